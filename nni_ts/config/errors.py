@@ -1,0 +1,40 @@
+"""Turning pydantic validation errors into messages a user can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pydantic
+
+__all__ = ["format_loc", "format_validation_error"]
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``("machineList", 0, "port")`` -> ``machineList[0].port``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(exc: pydantic.ValidationError) -> str:
+    """One line per problem: the key path, then what was wrong and what was expected."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = format_loc([p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; it is not a field of this section)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"]
+            if "input" in err and err["type"] not in ("missing",):
+                shown = repr(err["input"])
+                if len(shown) > 80:
+                    shown = shown[:77] + "..."
+                msg += f" (got {shown})"
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines) if len(lines) == 1 else "\n  " + "\n  ".join(lines)
