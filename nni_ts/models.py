@@ -125,6 +125,11 @@ class TrialJobDetail(_Model):
     infrastructure_failure: bool = Field(
         False, description="True when the trial failed because of the platform, not the user's code."
     )
+    platform_data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Opaque, JSON-serialisable facts the platform needs to re-attach to the trial "
+        "after a manager restart (a pid and its start time, a host, a job name). Persisted by the store.",
+    )
 
 
 class TrialJobMetric(_Model):

@@ -291,6 +291,33 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             raise
         return detail.model_copy(deep=True)
 
+    async def reattach_trial_job(self, detail: TrialJobDetail, metrics_delivered: int = 0) -> TrialJobDetail:
+        """Take over a trial started by an earlier run of the manager (resume).
+
+        ``detail`` is the trial as it was persisted (with its ``platform_data``); ``metrics_delivered``
+        is how many of its records the caller already has: the platform delivers only the ones after.
+        If the trial is still running it is watched again; if it ended meanwhile, its remaining records
+        and its terminal status are delivered. A trial the platform cannot find ends FAILED with
+        ``infrastructure_failure=True``. Never re-runs the trial. Returns a copy of the detail.
+        """
+        self._require(ServiceState.RUNNING, call="reattach_trial_job")
+        if detail.id in self._trials:
+            raise TrialStateError(f"Trial {detail.id} is already known to this service.")
+        detail = detail.model_copy(deep=True)
+        self._adopt(detail, metrics_delivered)
+        if detail.status.is_terminal:
+            return detail.model_copy(deep=True)
+        try:
+            await self._reattach(detail, metrics_delivered)
+        except NotImplementedError:
+            self._set_status(
+                detail.id,
+                TrialJobStatus.FAILED,
+                message=f"The {self.platform_name} platform cannot re-attach to a running trial.",
+                infrastructure_failure=True,
+            )
+        return detail.model_copy(deep=True)
+
     async def update_trial_job(self, trial_job_id: str, form: TrialJobApplicationForm) -> TrialJobDetail:
         """Give a live trial new hyper-parameters (multi-phase). Most platforms do not support it."""
         self._require(ServiceState.RUNNING, call="update_trial_job")
@@ -456,6 +483,10 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
     @abc.abstractmethod
     async def _submit(self, detail: TrialJobDetail) -> None:
         """Launch (or queue) the trial described by ``detail``. Status changes go through ``_set_status``."""
+
+    async def _reattach(self, detail: TrialJobDetail, metrics_delivered: int) -> None:
+        """Watch an adopted trial again; skip its first ``metrics_delivered`` records."""
+        raise NotImplementedError
 
     async def _update(self, detail: TrialJobDetail, form: TrialJobApplicationForm) -> None:
         raise TrialStateError(f"The {self.platform_name} platform does not support updating a running trial.")
