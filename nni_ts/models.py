@@ -25,7 +25,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class TrialJobStatus(str, enum.Enum):
+class TrialJobStatus(enum.StrEnum):
     """A trial's status. WAITING and RUNNING are live, UNKNOWN is temporary, the rest are terminal."""
 
     WAITING = "WAITING"

@@ -1,0 +1,467 @@
+"""The local platform: every trial is a process group on this machine.
+
+How a trial runs
+----------------
+* Its directory is ``<experiment dir>/trials/<id>/`` (``NNI_SYS_DIR`` and ``NNI_OUTPUT_DIR``), with
+  ``parameter.cfg`` written before launch, ``stdout`` and ``stderr`` files, and ``.nni/``.
+* It is started as ``/bin/sh -c`` with the trial command, in its own session and process group, with
+  the working directory set to the trial code directory. A three-line wrapper records the command's
+  exit code in ``.nni/code``, so that a restarted manager learns how a trial it did not start ended.
+* ``NNI_PLATFORM=local``: NNI's SDK, and the light ``nni`` module, append records to
+  ``.nni/metrics``. The service learns of each append through inotify (a poll elsewhere) and delivers
+  the record's bytes to the listeners, in order, before the terminal status.
+* No pipe connects the trial to the manager: a manager that dies leaves its trials running and
+  ``reattach_trial_job`` takes them over (the pid is checked with its start time).
+
+Cancel sends SIGTERM to the process group, waits ``cancelGracePeriod`` seconds, then SIGKILLs it.
+When a trial's main process ends, what is left of its process group is killed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+
+import trial_keeper
+from trial_keeper.records import FrameDecoder, FramingError
+
+from ..config.local import LocalConfig
+from ..errors import ConfigError, PlatformError
+from ..models import TrialJobDetail, TrialJobStatus
+from ..training_service import TrainingService
+from ._inotify import DirWatcher
+from .gpu import GpuScheduler, query_local_gpus
+
+__all__ = ["LocalTrainingService", "build_trial_env", "parameters_as_args"]
+
+log = logging.getLogger(__name__)
+
+# $1 is the user's command (with the prepare command before it). The exit code goes to .nni/code.
+_WRAPPER = 'eval "$1"\nrc=$?\necho "$rc" > "$NNI_SYS_DIR/.nni/code"\nexit "$rc"\n'
+
+
+@dataclass
+class _Run:
+    """What the service tracks of one live trial."""
+
+    detail: TrialJobDetail
+    pid: int = 0
+    popen: subprocess.Popen[bytes] | None = None
+    pidfd: int = -1
+    gpus: list[int] = field(default_factory=list)
+    decoder: FrameDecoder = field(default_factory=FrameDecoder)
+    metrics_fh: Any = None
+    skip: int = 0  # records already delivered before a re-attach
+    cancel_status: TrialJobStatus | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    exit_code: int | None = None
+
+
+def parameters_as_args(parameters: dict[str, Any]) -> str:
+    """``--name=value`` arguments for the hyper-parameters, each shell-quoted (cube-studio style)."""
+    args = []
+    for name, value in parameters.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        args.append(shlex.quote(f"--{name}={text}"))
+    return " ".join(args)
+
+
+def build_trial_env(
+    base: dict[str, str],
+    *,
+    platform: str,
+    trial_id: str,
+    experiment_id: str,
+    sequence_id: int,
+    sys_dir: str,
+    output_dir: str,
+    code_dir: str,
+    gpus: list[int],
+) -> dict[str, str]:
+    """The environment NNI's trial SDK expects (see docs/architecture.md), plus the light nni path."""
+    env = dict(base)
+    env.update(
+        NNI_PLATFORM=platform,
+        NNI_SYS_DIR=sys_dir,
+        NNI_OUTPUT_DIR=output_dir,
+        NNI_TRIAL_JOB_ID=trial_id,
+        NNI_EXP_ID=experiment_id,
+        NNI_TRIAL_SEQ_ID=str(sequence_id),
+        NNI_CODE_DIR=code_dir,
+        MULTI_PHASE="false",
+        CUDA_VISIBLE_DEVICES=",".join(str(g) for g in gpus),
+    )
+    env.pop("NNI_TRIAL_COMMAND_CHANNEL", None)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = trial_keeper.LIGHT_NNI_PATH + (os.pathsep + path if path else "")
+    return env
+
+
+class LocalTrainingService(TrainingService[LocalConfig]):
+    """Runs trials as local process groups. See the module docstring."""
+
+    platform_name: ClassVar[str] = "local"
+    config_class: ClassVar[type[LocalConfig]] = LocalConfig
+
+    def __init__(self, config: LocalConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self._runs: dict[str, _Run] = {}
+        self._queue: deque[_Run] = deque()
+        self._watcher = DirWatcher()
+        self._gpu: GpuScheduler | None = None
+        self._base_env: dict[str, str] = {}
+        self._code_dir = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _start(self) -> None:
+        cfg = self.config
+        code_dir = Path(cfg.trial_code_directory).expanduser().resolve()
+        if not code_dir.is_dir():
+            raise ConfigError(
+                f"the trial code directory {str(code_dir)!r} does not exist or is not a directory.",
+                path="trialCodeDirectory",
+            )
+        self._code_dir = str(code_dir)
+        self._base_env = dict(os.environ)
+        if cfg.trial_gpu_number > 0 or cfg.gpu_indices is not None:
+            gpus = await query_local_gpus()
+            self._gpu = GpuScheduler(
+                gpus,
+                gpu_indices=cfg.gpu_indices,
+                max_trials_per_gpu=cfg.max_trial_number_per_gpu,
+                use_active_gpu=cfg.use_active_gpu,
+            )
+            if cfg.trial_gpu_number > self._gpu.capacity():
+                raise ConfigError(
+                    f"trials need {cfg.trial_gpu_number} GPU(s) but only {self._gpu.capacity()} usable GPU(s) "
+                    "were found (nvidia-smi, gpuIndices and useActiveGpu decide which).",
+                    path="trialGpuNumber",
+                )
+        self._watcher.start()
+
+    async def _clean_up(self) -> None:
+        self._queue.clear()
+        self._watcher.close()
+
+    # ------------------------------------------------------------------ submit
+
+    async def _submit(self, detail: TrialJobDetail) -> None:
+        if self.config.trial_command is None and detail.form.command is None:
+            raise ConfigError("no trial command is configured.", path="trialCommand")
+        gpu_number = detail.form.gpu_number
+        if gpu_number is None:
+            gpu_number = self.config.trial_gpu_number
+        if gpu_number > 0 and (self._gpu is None or gpu_number > self._gpu.capacity()):
+            capacity = 0 if self._gpu is None else self._gpu.capacity()
+            raise ConfigError(f"a trial asks for {gpu_number} GPU(s) but this machine has {capacity} usable.")
+        trial_dir = Path(detail.working_directory)
+        (trial_dir / ".nni").mkdir(parents=True, exist_ok=True)
+        (trial_dir / "parameter.cfg").write_text(detail.form.hyper_parameters.value, encoding="utf-8")
+        run = _Run(detail)
+        self._runs[detail.id] = run
+        self._queue.append(run)
+        self._launch_queued()
+
+    def _gpu_need(self, run: _Run) -> int:
+        n = run.detail.form.gpu_number
+        return self.config.trial_gpu_number if n is None else n
+
+    def _launch_queued(self) -> None:
+        while self._queue:
+            run = self._queue[0]
+            need = self._gpu_need(run)
+            if need > 0:
+                assert self._gpu is not None
+                gpus = self._gpu.try_assign(run.detail.id, need)
+                if gpus is None:
+                    return  # wait until a trial releases a GPU
+                run.gpus = gpus
+            self._queue.popleft()
+            try:
+                self._spawn(run)
+            except OSError as exc:
+                self._release(run)
+                self._set_status(
+                    run.detail.id,
+                    TrialJobStatus.FAILED,
+                    message=f"The trial could not be started: {exc}.",
+                    infrastructure_failure=True,
+                )
+                run.done.set()
+
+    def _command(self, run: _Run) -> str:
+        cfg = self.config
+        command = run.detail.form.command or cfg.trial_command or ""
+        if cfg.hyperparameters_as_args:
+            args = parameters_as_args(run.detail.form.parameters())
+            if args:
+                command = f"{command} {args}"
+        if cfg.trial_prepare_command:
+            command = f"{cfg.trial_prepare_command}\n{command}"
+        return command
+
+    def _spawn(self, run: _Run) -> None:
+        detail = run.detail
+        trial_dir = detail.working_directory
+        env = build_trial_env(
+            self._base_env,
+            platform="local",
+            trial_id=detail.id,
+            experiment_id=self.experiment_id,
+            sequence_id=detail.sequence_id,
+            sys_dir=trial_dir,
+            output_dir=trial_dir,
+            code_dir=self._code_dir,
+            gpus=run.gpus,
+        )
+        env.update(detail.form.env)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        out = os.open(os.path.join(trial_dir, "stdout"), flags, 0o644)
+        err = os.open(os.path.join(trial_dir, "stderr"), flags, 0o644)
+        try:
+            popen = subprocess.Popen(
+                ["/bin/sh", "-c", _WRAPPER, "nni-ts-trial", self._command(run)],
+                cwd=self._code_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+        finally:
+            os.close(out)
+            os.close(err)
+        run.popen = popen
+        run.pid = popen.pid
+        detail.platform_data = {"pid": popen.pid, "create_time": _create_time(popen.pid), "gpus": run.gpus}
+        detail.url = f"file://{trial_dir}"
+        detail.host = "localhost"
+        self._watch(run)
+        self._set_status(detail.id, TrialJobStatus.RUNNING)
+
+    def _watch(self, run: _Run) -> None:
+        """Follow the trial's metrics file and wait for its main process to end."""
+        nni_dir = os.path.join(run.detail.working_directory, ".nni")
+        self._watcher.watch(run.detail.id, nni_dir, self._on_files_changed)
+        self._read_metrics(run)
+        try:
+            run.pidfd = os.pidfd_open(run.pid)
+        except (AttributeError, OSError):
+            run.pidfd = -1
+        if run.pidfd >= 0:
+            asyncio.get_running_loop().add_reader(run.pidfd, self._on_exit, run)
+        else:
+            task = asyncio.get_running_loop().create_task(
+                self._wait_in_thread(run), name=f"nni-ts-local-wait-{run.detail.id}"
+            )
+            task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+
+    # ------------------------------------------------------------------ metrics
+
+    def _on_files_changed(self, trial_id: str) -> None:
+        run = self._runs.get(trial_id)
+        if run is not None and not run.done.is_set():
+            self._read_metrics(run)
+
+    def _read_metrics(self, run: _Run) -> None:
+        if run.metrics_fh is None:
+            try:
+                run.metrics_fh = open(os.path.join(run.detail.working_directory, ".nni", "metrics"), "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                return
+        data = run.metrics_fh.read()
+        if not data:
+            return
+        try:
+            records = run.decoder.feed(data)
+        except FramingError as exc:
+            log.error("Trial %s wrote a malformed metrics file: %s", run.detail.id, exc)
+            return
+        for record in records:
+            if run.skip > 0:
+                run.skip -= 1
+                continue
+            self._deliver_metric(run.detail.id, record.decode("utf-8", errors="surrogateescape"))
+
+    # ------------------------------------------------------------------ exit
+
+    def _on_exit(self, run: _Run) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(run.pidfd)
+        os.close(run.pidfd)
+        run.pidfd = -1
+        code: int | None = None
+        if run.popen is not None:
+            code = run.popen.poll()
+            if code is None:  # pidfd readable means it exited; reap it
+                code = run.popen.wait()
+        self._finish(run, code)
+
+    async def _wait_in_thread(self, run: _Run) -> None:
+        if run.popen is not None:
+            code = await asyncio.to_thread(run.popen.wait)
+        else:
+            while psutil.pid_exists(run.pid):
+                await asyncio.sleep(0.1)
+            code = None
+        self._finish(run, code)
+
+    def _finish(self, run: _Run, code: int | None) -> None:
+        """The main process is gone: kill leftovers, drain metrics, set the terminal status."""
+        if run.exited.is_set():
+            return
+        run.exited.set()
+        _killpg(run.pid, signal.SIGKILL)
+        if code is None:
+            code = _read_exit_code(run.detail.working_directory)
+        run.exit_code = code
+        self._read_metrics(run)
+        if run.decoder.pending:
+            log.warning("Trial %s left an incomplete record in its metrics file.", run.detail.id)
+        self._watcher.unwatch(run.detail.id)
+        if run.metrics_fh is not None:
+            run.metrics_fh.close()
+            run.metrics_fh = None
+        self._release(run)
+        if run.cancel_status is not None:
+            self._set_status(run.detail.id, run.cancel_status, message="Cancelled.", exit_code=code)
+        elif code == 0:
+            self._set_status(run.detail.id, TrialJobStatus.SUCCEEDED, exit_code=0)
+        else:
+            self._set_status(run.detail.id, TrialJobStatus.FAILED, message=_exit_message(code), exit_code=code)
+        run.done.set()
+        self._runs.pop(run.detail.id, None)
+        self._launch_queued()
+
+    def _release(self, run: _Run) -> None:
+        if self._gpu is not None:
+            self._gpu.release(run.detail.id)
+
+    # ------------------------------------------------------------------ cancel
+
+    async def _cancel(self, detail: TrialJobDetail, status: TrialJobStatus) -> None:
+        run = self._runs.get(detail.id)
+        if run is None:
+            return
+        run.cancel_status = status
+        if run in self._queue:  # never started
+            self._queue.remove(run)
+            self._runs.pop(detail.id, None)
+            self._set_status(detail.id, status, message="Cancelled before it started.")
+            run.done.set()
+            return
+        _killpg(run.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self.config.cancel_grace_period):
+                await run.exited.wait()
+        except TimeoutError:
+            _killpg(run.pid, signal.SIGKILL)
+        try:
+            async with asyncio.timeout(10):
+                await run.done.wait()
+        except TimeoutError as exc:
+            raise PlatformError(f"Trial {detail.id} (pid {run.pid}) did not stop after SIGKILL.") from exc
+        # Wait until nothing of the process group is left (bounded).
+        for _ in range(200):
+            if not _group_alive(run.pid):
+                break
+            _killpg(run.pid, signal.SIGKILL)
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ resume
+
+    async def _reattach(self, detail: TrialJobDetail, metrics_delivered: int) -> None:
+        data = detail.platform_data
+        pid = int(data.get("pid", 0))
+        run = _Run(detail, pid=pid, gpus=list(data.get("gpus", [])), skip=metrics_delivered)
+        self._runs[detail.id] = run
+        if self._gpu is not None and run.gpus:
+            self._gpu.assign_exact(detail.id, run.gpus)
+        alive = pid > 0 and _create_time(pid) == data.get("create_time")
+        nni_dir = os.path.join(detail.working_directory, ".nni")
+        if alive:
+            if detail.status is TrialJobStatus.WAITING:
+                self._set_status(detail.id, TrialJobStatus.RUNNING)
+            self._watch(run)
+        elif os.path.isdir(nni_dir) and pid > 0:
+            self._finish(run, None)
+        else:
+            self._runs.pop(detail.id, None)
+            self._set_status(
+                detail.id,
+                TrialJobStatus.FAILED,
+                message="The trial was not running any more and left no exit status.",
+                infrastructure_failure=True,
+            )
+
+
+def _create_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    if pgid <= 0:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Zombies count as members until reaped; ignore groups made only of zombies.
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def _read_exit_code(trial_dir: str) -> int | None:
+    try:
+        text = Path(trial_dir, ".nni", "code").read_text().strip()
+        return int(text)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _exit_message(code: int | None) -> str:
+    if code is None:
+        return "The trial ended, but its exit status is unknown."
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"The trial was killed by {name}."
+    if code > 128:
+        try:
+            name = signal.Signals(code - 128).name
+            return f"The trial command exited with code {code} (its process was killed by {name})."
+        except ValueError:
+            pass
+    return f"The trial command exited with code {code}."
