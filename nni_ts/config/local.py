@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import TrainingServiceConfig
 
-__all__ = ["LocalConfig"]
+__all__ = ["LocalConfig", "parse_gpu_indices"]
+
+
+def parse_gpu_indices(value: Any) -> Any:
+    """NNI accepts ``[0, 1]``, ``"0,1"`` (v1) and ``0``; all become a list of ints."""
+    if value is None or isinstance(value, list):
+        return value
+    if isinstance(value, bool):
+        return value  # let pydantic reject it
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        if all(p.isdigit() for p in parts):
+            return [int(p) for p in parts]
+    return value
 
 
 class LocalConfig(TrainingServiceConfig):
@@ -26,3 +41,5 @@ class LocalConfig(TrainingServiceConfig):
     cancel_grace_period: float = Field(
         5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a trial is cancelled."
     )
+
+    _gpus = field_validator("gpu_indices", mode="before")(classmethod(lambda cls, v: parse_gpu_indices(v)))

@@ -1,0 +1,82 @@
+"""Configuration of the FrameworkController platform."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import ConfigModel, TrainingServiceConfig
+from .kubernetes import K8sStorageConfig, parse_memory_mb
+
+__all__ = ["FrameworkAttemptCompletionPolicy", "FrameworkControllerConfig", "FrameworkControllerRoleConfig"]
+
+_ROLE_NAME = re.compile(r"^[a-z0-9]{1,63}$")
+
+
+class FrameworkAttemptCompletionPolicy(ConfigModel):
+    """When a framework attempt completes, counted per task role. -1 means never."""
+
+    min_failed_task_count: int = Field(1, ge=-1, description="Failed tasks that fail the attempt.")
+    min_succeed_task_count: int = Field(
+        -1, ge=-1, description="Succeeded tasks that complete the attempt (v1 and the CRD: minSucceededTaskCount)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _v1_spelling(cls, data: Any) -> Any:
+        # The trap: NNI v2 says minSucceedTaskCount, v1 and the CRD minSucceededTaskCount. Accept both.
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("minSucceededTaskCount", "min_succeeded_task_count"):
+                if key in data:
+                    data.setdefault("minSucceedTaskCount", data.pop(key))
+        return data
+
+
+class FrameworkControllerRoleConfig(ConfigModel):
+    """One task role of the framework."""
+
+    name: str = Field(description="The role name: lowercase letters and digits, at most 63 (FrameworkController).")
+    task_number: int = Field(1, ge=1, description="How many tasks of this role.")
+    command: str = Field(description="The command each task runs, in the trial code directory.")
+    gpu_number: int = Field(0, ge=0, description="GPUs per task.")
+    cpu_number: float = Field(1, gt=0, description="CPUs per task.")
+    memory_size: int = Field(description="Memory per task in MiB; accepts 8192, '8g', '8gb', '512mb'.")
+    docker_image: str = Field("msranni/nni:latest", description="The container image.")
+    private_registry_auth_path: str | None = Field(None, description="Registry credentials (docker config.json).")
+    framework_attempt_completion_policy: FrameworkAttemptCompletionPolicy = Field(
+        default_factory=FrameworkAttemptCompletionPolicy, description="When this role completes the attempt."
+    )
+
+    _mem = field_validator("memory_size", mode="before")(classmethod(lambda cls, v: parse_memory_mb(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _ROLE_NAME.match(v):
+            raise ValueError(f"role name {v!r} must be 1 to 63 lowercase letters or digits (FrameworkController rule)")
+        return v
+
+
+class FrameworkControllerConfig(TrainingServiceConfig):
+    """Trials run as FrameworkController Frameworks (NNI's ``frameworkcontroller`` training service)."""
+
+    platform: Literal["frameworkcontroller"] = Field("frameworkcontroller", description="Always 'frameworkcontroller'.")
+    storage: K8sStorageConfig = Field(description="Where the code and trial directories are shared with pods.")
+    service_account_name: str | None = Field(None, description="The pods' service account.")
+    task_roles: list[FrameworkControllerRoleConfig] = Field(min_length=1, description="The task roles.")
+    namespace: str = Field("default", description="The Kubernetes namespace of the frameworks.")
+    reuse_mode: bool = Field(False, description="Accepted for NNI compatibility; has no effect.")
+    pending_timeout: float = Field(
+        600, gt=0, description="Seconds a pod may stay Pending before the trial is reported and cancelled (nni-ts)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_roles(self) -> FrameworkControllerConfig:
+        names = [r.name for r in self.task_roles]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task role names must be unique; repeated: {', '.join(dupes)}")
+        return self

@@ -1,0 +1,58 @@
+"""Configuration of the Kubeflow platform (TFJob and PyTorchJob)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import ConfigModel, TrainingServiceConfig
+from .kubernetes import K8sStorageConfig, parse_memory_mb
+
+__all__ = ["KubeflowConfig", "KubeflowRoleConfig"]
+
+
+class KubeflowRoleConfig(ConfigModel):
+    """One replica type of the job (worker, ps or master)."""
+
+    replicas: int = Field(1, ge=1, description="How many replicas of this role.")
+    command: str = Field(description="The command each replica runs, in the trial code directory.")
+    gpu_number: int = Field(0, ge=0, description="GPUs per replica (nvidia.com/gpu).")
+    cpu_number: float = Field(1, gt=0, description="CPUs per replica.")
+    memory_size: int = Field(description="Memory per replica in MiB; accepts 8192, '8g', '8gb', '512mb'.")
+    docker_image: str = Field("msranni/nni:latest", description="The container image.")
+    private_registry_auth_path: str | None = Field(
+        None, description="A docker config.json with registry credentials, turned into an imagePullSecret."
+    )
+    code_directory: str | None = Field(None, description="Accepted for NNI compatibility; the trial code is shared.")
+
+    _mem = field_validator("memory_size", mode="before")(classmethod(lambda cls, v: parse_memory_mb(v)))
+
+
+class KubeflowConfig(TrainingServiceConfig):
+    """Trials run as Kubeflow TFJobs or PyTorchJobs (NNI's ``kubeflow`` training service)."""
+
+    platform: Literal["kubeflow"] = Field("kubeflow", description="Always 'kubeflow'.")
+    operator: Literal["tf-operator", "pytorch-operator"] = Field(description="tf-operator or pytorch-operator.")
+    api_version: str = Field("v1", description="The kubeflow.org API version; only v1 is supported.")
+    storage: K8sStorageConfig = Field(description="Where the code and trial directories are shared with pods.")
+    worker: KubeflowRoleConfig | None = Field(None, description="The worker role.")
+    ps: KubeflowRoleConfig | None = Field(None, description="The parameter-server role (tf-operator).")
+    master: KubeflowRoleConfig | None = Field(None, description="The master role (pytorch-operator).")
+    namespace: str = Field("default", description="The Kubernetes namespace of the jobs.")
+    reuse_mode: bool = Field(False, description="Accepted for NNI compatibility; has no effect.")
+    pending_timeout: float = Field(
+        600, gt=0, description="Seconds a pod may stay Pending before the trial is reported and cancelled (nni-ts)."
+    )
+
+    @model_validator(mode="after")
+    def _roles(self) -> KubeflowConfig:
+        if self.api_version != "v1":
+            raise ValueError(f"apiVersion {self.api_version!r} is not supported; use v1")
+        if self.worker is None and self.master is None:
+            raise ValueError("a kubeflow job needs a worker role (or a master role for pytorch-operator)")
+        if self.operator == "tf-operator" and self.master is not None:
+            raise ValueError("tf-operator jobs have worker and ps roles, not master")
+        if self.operator == "pytorch-operator" and self.ps is not None:
+            raise ValueError("pytorch-operator jobs have master and worker roles, not ps")
+        return self

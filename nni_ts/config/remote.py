@@ -1,0 +1,60 @@
+"""Configuration of the remote (SSH) platform."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import ConfigModel, TrainingServiceConfig
+from .local import parse_gpu_indices
+
+__all__ = ["RemoteConfig", "RemoteMachineConfig"]
+
+
+class RemoteMachineConfig(ConfigModel):
+    """One SSH host that runs trials."""
+
+    host: str = Field(description="Host name or IP address of the machine.")
+    port: int = Field(22, ge=1, le=65535, description="SSH port.")
+    user: str = Field(description="SSH user name.")
+    password: str | None = Field(None, description="SSH password; prefer sshKeyFile.", repr=False)
+    ssh_key_file: str | None = Field(
+        None, description="Private key file (relative paths resolve against the config file); ~ expands."
+    )
+    ssh_passphrase: str | None = Field(
+        None, description="Passphrase of the key file (v1 and PROTOCOLS call it 'passphrase').", repr=False
+    )
+    use_active_gpu: bool = Field(False, description="Also place trials on GPUs other processes use.")
+    max_trial_number_per_gpu: int = Field(1, ge=1, description="How many trials may share one GPU.")
+    gpu_indices: list[int] | None = Field(None, description="Only these GPUs may be used (all when unset).")
+    python_path: str | None = Field(
+        None, description="A directory prepended to PATH on the host, so that its python3 is used."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "passphrase" in data:
+            data = dict(data)
+            data.setdefault("sshPassphrase", data.pop("passphrase"))
+        return data
+
+    _gpus = field_validator("gpu_indices", mode="before")(classmethod(lambda cls, v: parse_gpu_indices(v)))
+
+    @model_validator(mode="after")
+    def _credentials(self) -> RemoteMachineConfig:
+        if self.password is None and self.ssh_key_file is None:
+            self.ssh_key_file = "~/.ssh/id_rsa"
+        return self
+
+
+class RemoteConfig(TrainingServiceConfig):
+    """Trials run on SSH hosts (NNI's ``remote`` training service)."""
+
+    platform: Literal["remote"] = Field("remote", description="Always 'remote'.")
+    machine_list: list[RemoteMachineConfig] = Field(min_length=1, description="The hosts that run trials.")
+    reuse_mode: bool = Field(True, description="Accepted for NNI compatibility; trials always reuse the connection.")
+    cancel_grace_period: float = Field(
+        5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a trial is cancelled."
+    )
