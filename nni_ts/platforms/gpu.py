@@ -85,9 +85,7 @@ class GpuScheduler:
     def usable(self) -> list[GpuInfo]:
         allowed = set(self.gpu_indices) if self.gpu_indices is not None else None
         return [
-            g
-            for g in self.gpus
-            if (allowed is None or g.index in allowed) and (self.use_active_gpu or not g.active)
+            g for g in self.gpus if (allowed is None or g.index in allowed) and (self.use_active_gpu or not g.active)
         ]
 
     def capacity(self) -> int:

@@ -46,7 +46,7 @@ from ..training_service import TrainingService
 __all__ = ["TrainingServiceConformance", "form", "wait_for_status"]
 
 KIT_TRIAL = textwrap.dedent(
-    r'''
+    r"""
     import json, os, subprocess, sys, time
     import nni
 
@@ -82,7 +82,7 @@ KIT_TRIAL = textwrap.dedent(
         nni.report_final_result(1.0)
     elif mode == "echo":
         nni.report_final_result({"default": 1.0, "params": params, "argv": sys.argv[1:]})
-    '''
+    """
 )
 
 
@@ -96,7 +96,11 @@ def form(parameters: dict[str, Any], sequence_id: int = 0, parameter_id: int | N
 
 
 async def wait_for_status(
-    service: TrainingService[Any], trial_id: str, *, timeout: float, terminal: bool = True,
+    service: TrainingService[Any],
+    trial_id: str,
+    *,
+    timeout: float,
+    terminal: bool = True,
     status: TrialJobStatus | None = None,
 ) -> TrialJobDetail:
     """Wait (event-driven, bounded) until the trial is terminal, or has ``status``."""
@@ -216,13 +220,16 @@ class TrainingServiceConformance:
         assert [m.sequence for m in rec.of(detail.id)] == list(range(6))
         assert all(r["trial_job_id"] == detail.id for r in records)
         first = json.loads(records[0]["value"])
-        assert first == {"default": 0.0, "step": 0, "text": "it's \"q\" é"}
+        assert first == {"default": 0.0, "step": 0, "text": 'it\'s "q" é'}
         assert json.loads(records[-1]["value"]) == 0.75
         # Every record arrives before the terminal status event.
         kinds = [k for k, tid, _ in rec.log if tid == detail.id]
         last_metric = max(i for i, k in enumerate(kinds) if k == "metric")
-        terminal = [i for i, (k, tid, v) in enumerate(e for e in rec.log if e[1] == detail.id)
-                    if k == "status" and v.is_terminal]
+        terminal = [
+            i
+            for i, (k, tid, v) in enumerate(e for e in rec.log if e[1] == detail.id)
+            if k == "status" and v.is_terminal
+        ]
         assert len(terminal) == 1 and terminal[0] > last_metric
 
     async def test_nan_and_infinity_are_kept(self, service: TrainingService[Any]) -> None:
@@ -306,8 +313,9 @@ class TrainingServiceConformance:
         with pytest.raises(InvalidStateError):
             await svc.submit_trial_job(form({"mode": "ok"}))
         async with svc:
-            ids = [(await svc.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}, i))).id
-                   for i in range(3)]
+            ids = [
+                (await svc.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}, i))).id for i in range(3)
+            ]
             pids = [p for tid in ids for p in await _wait_pids(pid_dir, tid, 2, self.timeout)]
         for tid in ids:
             assert (await svc.get_trial_job(tid)).status is TrialJobStatus.SYS_CANCELED
@@ -347,7 +355,7 @@ class TrainingServiceConformance:
         canary = tmp_path / f"pwned-{uuid.uuid4().hex}"
         tricky = {
             "mode": "echo",
-            "quote": "it's a \"test\"",
+            "quote": 'it\'s a "test"',
             "shell": f"$(touch {canary}) `touch {canary}`; touch {canary}",
             "newline": "a\nb",
             "unicode": "héllo wörld ✓ 你好",
