@@ -183,7 +183,7 @@ class MedianStopAssessor(Assessor):
             direction=_direction(optimize_mode),
             sampler=optuna.samplers.RandomSampler(),
             pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=n_startup_trials, n_warmup_steps=max(0, start_step - 1), interval_steps=1
+                n_startup_trials=n_startup_trials, n_warmup_steps=max(0, start_step), interval_steps=1
             ),
         )
         self.trials: dict[str, optuna.trial.Trial] = {}
