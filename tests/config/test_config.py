@@ -386,3 +386,11 @@ def test_third_party_platform_config_validates() -> None:
 def test_experiment_config_is_one_model() -> None:
     assert set(ExperimentConfig.model_fields) >= {"trial_concurrency", "training_service", "tuner", "assessor"}
     assert all(f.description for f in ExperimentConfig.model_fields.values())
+
+
+def test_configuration_reference_is_current() -> None:
+    """docs/configuration.md is generated from the models; regenerate it when a field changes."""
+    from nni_ts.config.reference import render_reference
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert doc == render_reference(), "run: python -m nni_ts.config.reference > docs/configuration.md"
