@@ -394,3 +394,11 @@ def test_configuration_reference_is_current() -> None:
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert doc == render_reference(), "run: python -m nni_ts.config.reference > docs/configuration.md"
+
+
+@pytest.mark.parametrize("example", ["quickstart", "nni-compat", "remote", "kubeflow", "frameworkcontroller"])
+def test_example_configs_load(example: str) -> None:
+    for path in sorted((ROOT / "examples" / example).glob("config*.yml")):
+        cfg = load_experiment_config(path)
+        platform = cfg.training_service.platform
+        assert platform == ("local" if example in ("quickstart", "nni-compat") else example)
