@@ -222,3 +222,39 @@ def test_rerun_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert sorted((t.parameter_id, t.attempt, t.status.value) for t in trials) == [
         (0, 1, "FAILED"), (0, 2, "SUCCEEDED"), (1, 1, "FAILED"), (1, 2, "SUCCEEDED")
     ]
+
+
+def test_stop_after_the_manager_died_cancels_what_it_left(tmp_path: Path) -> None:
+    """A manager killed with SIGKILL leaves trials running; `nni-ts stop` finds and cancels them."""
+    import os
+    import signal
+
+    import psutil
+
+    cfg = _write_config(tmp_path, SLOW_TRIAL, maxTrialNumber=2)
+    manager = subprocess.Popen([*CLI, "create", "-c", str(cfg), "--id", "orphan", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def running() -> list:  # type: ignore[type-arg]
+        try:
+            with open_store(readonly=True) as s:
+                return [t for t in s.list_trials("orphan", with_detail=True)
+                        if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("pid")]
+        except Exception:
+            return []
+
+    try:
+        _wait(lambda: len(running()) == 2, 60, "two running trials")
+    finally:
+        os.kill(manager.pid, signal.SIGKILL)
+        manager.wait(timeout=30)
+    pids = [t.detail.platform_data["pid"] for t in running()]
+    assert all(psutil.pid_exists(p) for p in pids)
+    stop = subprocess.run([*CLI, "--json", "stop", "--all"], capture_output=True, text=True, timeout=180)
+    assert stop.returncode == 0, stop.stderr
+    assert json.loads(stop.stdout)["stopped"] == ["orphan"]
+    for p in pids:
+        assert not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+    with open_store(readonly=True) as s:
+        assert s.get_experiment("orphan").status == "STOPPED"
+        assert {t.status for t in s.list_trials("orphan")} == {TrialJobStatus.USER_CANCELED}
