@@ -12,6 +12,7 @@ import os
 import signal
 from typing import Any, Literal
 
+import psutil
 from pydantic import Field
 
 from nni_ts import TrainingService, TrialJobDetail, TrialJobStatus
@@ -71,6 +72,7 @@ class ToyTrainingService(TrainingService[ToyConfig]):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await self._waiters[detail.id]
+        await _group_gone(proc.pid)
 
     async def _clean_up(self) -> None:
         for task in getattr(self, "_waiters", {}).values():
@@ -78,6 +80,23 @@ class ToyTrainingService(TrainingService[ToyConfig]):
 
     def __repr__(self) -> str:
         return f"ToyTrainingService({self.experiment_id!r})"
+
+
+async def _group_gone(pgid: int, timeout: float = 10.0) -> None:
+    """Wait until no live process is left in the group (SIGKILL is delivered, not instantly obeyed)."""
+    async with asyncio.timeout(timeout):
+        while any(
+            p.info["status"] != psutil.STATUS_ZOMBIE and _pgid(p.pid) == pgid
+            for p in psutil.process_iter(["status"])
+        ):
+            await asyncio.sleep(0.01)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 __all__: list[Any] = ["ToyConfig", "ToyTrainingService"]
