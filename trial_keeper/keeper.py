@@ -1,0 +1,592 @@
+"""The keeper itself: run the trial's command, journal its records, report them to the manager.
+
+Standard library only, Python 3.8+. Threads, not asyncio: one reader per output stream, one reporter
+that posts to the ClusterServer, and the main thread waiting for the command and handling signals.
+
+Delivery: a record is written to the trial's stdout file, then to the journal (fsync'd), then queued
+for the reporter. The reporter posts every record not yet acknowledged, in seq order, and forgets
+them only when the server's ``next_seq`` passes them. After an error it retries with capped,
+jittered back-off; if the server answers with a ``next_seq`` below what the keeper still holds (a
+restarted server), the missing records are read back from the journal and sent again.
+"""
+
+import base64
+import errno
+import http.client as http_client
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from urllib.parse import quote, urlsplit
+
+from . import LIGHT_NNI_PATH, __version__
+from .journal import JOURNAL_NAME, MAX_LINE, STATE_DIR, Journal, read_journal, write_exit
+from .records import parse_stdout_line
+
+__all__ = ["Keeper", "KeeperConfig", "Reporter", "build_env"]
+
+log = logging.getLogger("trial_keeper")
+
+#: Records and bytes in one report, at most.
+BATCH_RECORDS = 2000
+BATCH_BYTES = 2 * 1024 * 1024
+#: Back-off after a failed report: from MIN to MAX seconds, doubling, with jitter.
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
+#: Seconds to wait for a connection or an answer.
+HTTP_TIMEOUT = 30.0
+
+
+class KeeperError(Exception):
+    """A mistake in the keeper's arguments or environment; the message says what to fix."""
+
+
+class KeeperConfig(object):
+    """What the keeper needs; see ``python -m trial_keeper --help`` for each field."""
+
+    def __init__(
+        self,
+        trial_id,
+        trial_dir,
+        command,
+        attempt=1,
+        server_url=None,
+        token=None,
+        heartbeat=5.0,
+        grace=10.0,
+        report_timeout=300.0,
+        platform="remote",
+        experiment_id="",
+        sequence_id=0,
+        output_dir=None,
+        code_dir=None,
+        passthrough=True,
+    ):
+        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool) -> None
+        self.trial_id = trial_id
+        self.trial_dir = os.path.abspath(trial_dir)
+        self.command = command
+        self.attempt = attempt
+        self.server_url = server_url or None
+        self.token = token
+        self.heartbeat = heartbeat
+        self.grace = grace
+        self.report_timeout = report_timeout
+        self.platform = platform
+        self.experiment_id = experiment_id
+        self.sequence_id = sequence_id
+        self.output_dir = os.path.abspath(output_dir) if output_dir else self.trial_dir
+        self.code_dir = os.path.abspath(code_dir) if code_dir else os.getcwd()
+        self.passthrough = passthrough
+        self.validate()
+
+    def validate(self):
+        # type: () -> None
+        if not self.trial_id:
+            raise KeeperError("The trial id is empty; pass --trial-id or set NNI_TS_KEEPER_TRIAL_ID.")
+        if not self.command or not self.command.strip():
+            raise KeeperError("The trial command is empty; pass it after '--' or set NNI_TS_KEEPER_COMMAND.")
+        if self.platform == "local":
+            raise KeeperError(
+                "--platform local is not supported: with NNI_PLATFORM=local the trial SDK writes records to a "
+                "file instead of stdout. Use the platform's own name (remote, kubeflow, frameworkcontroller)."
+            )
+        if self.attempt < 0:
+            raise KeeperError("--attempt must be 0 or more, not %d." % self.attempt)
+        if not self.heartbeat > 0:
+            raise KeeperError("--heartbeat must be a positive number of seconds, not %r." % self.heartbeat)
+        if self.grace < 0:
+            raise KeeperError("--grace must be 0 or more seconds, not %r." % self.grace)
+        if self.server_url is not None:
+            parts = urlsplit(self.server_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise KeeperError("--server-url must be an http:// or https:// URL, not %r." % self.server_url)
+            if not self.token:
+                raise KeeperError("A server URL was given without a token; pass --token or --token-file.")
+        if not os.path.isdir(self.code_dir):
+            raise KeeperError("The code directory %r does not exist." % self.code_dir)
+
+
+def build_env(config, base=None):
+    # type: (KeeperConfig, dict | None) -> dict
+    """The trial's environment: NNI's variables, the light nni on PYTHONPATH, no keeper secrets."""
+    env = dict(os.environ if base is None else base)
+    for name in list(env):
+        if name.startswith("NNI_TS_KEEPER_"):
+            del env[name]
+    env.pop("NNI_TRIAL_COMMAND_CHANNEL", None)
+    env.update(
+        {
+            "NNI_PLATFORM": config.platform,
+            "NNI_TRIAL_JOB_ID": config.trial_id,
+            "NNI_EXP_ID": config.experiment_id,
+            "NNI_SYS_DIR": config.trial_dir,
+            "NNI_OUTPUT_DIR": config.output_dir,
+            "NNI_TRIAL_SEQ_ID": str(config.sequence_id),
+            "NNI_CODE_DIR": config.code_dir,
+            "MULTI_PHASE": "false",
+        }
+    )
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = LIGHT_NNI_PATH + (os.pathsep + path if path else "")
+    return env
+
+
+class _Fatal(Exception):
+    """The server refused the keeper for good (version mismatch, a malformed report)."""
+
+
+class Reporter(threading.Thread):
+    """Posts records, heartbeats and the exit to the ClusterServer; see the module docstring."""
+
+    def __init__(self, config, started_ms, pid, journal_path):
+        # type: (KeeperConfig, int, int, str) -> None
+        threading.Thread.__init__(self, name="nni-ts-keeper-reporter")
+        self.daemon = True
+        self.config = config
+        self.journal_path = journal_path
+        self._cond = threading.Condition()
+        self._unacked = []  # type: list  # [(seq, data)] in seq order
+        self._next_seq = 0  # the server's acknowledgement
+        self._exit = None  # type: dict | None
+        self._exit_accepted = False
+        self._log_answer = None  # type: dict | None
+        self._done = False
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_MIN
+        self._last_ok = 0.0
+        self.fatal = None  # type: str | None
+        self.failures = 0
+        self._conn = None  # type: http_client.HTTPConnection | None
+        parts = urlsplit(config.server_url or "http://127.0.0.1")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or (443 if self._https else 80)
+        self._path = parts.path.rstrip("/") + "/api/v1/trials/%s/report" % quote(config.trial_id, safe="")
+        self._identity = {
+            "keeper_version": __version__,
+            "attempt": config.attempt,
+            "started_ms": started_ms,
+            "host": socket.gethostname()[:255],
+            "pid": pid,
+        }
+
+    # ---------------------------------------------------------------- called by the keeper
+
+    def add(self, records):
+        # type: (list) -> None
+        with self._cond:
+            self._unacked.extend(records)
+            self._cond.notify()
+
+    def set_exit(self, exit_code, end_time_ms, record_count):
+        # type: (int, int, int) -> None
+        with self._cond:
+            self._exit = {"exit_code": exit_code, "end_time_ms": end_time_ms, "record_count": record_count}
+            self._cond.notify()
+
+    def finish(self, timeout):
+        # type: (float) -> bool
+        """Wait until the exit is acknowledged (True) or ``timeout`` passes (False); then stop."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._done and self.fatal is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            ok = self._exit_accepted
+            self._done = True
+            self._cond.notify_all()
+        return ok
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self):
+        # type: () -> None
+        try:
+            while True:
+                with self._cond:
+                    body = self._next_body()
+                    if body is None:
+                        return
+                try:
+                    ack = self._post(body)
+                except _Fatal as exc:
+                    with self._cond:
+                        self.fatal = str(exc)
+                        self._cond.notify_all()
+                    log.error("The server refused this keeper: %s The journal keeps every record.", exc)
+                    return
+                except Exception as exc:  # any network or server trouble: back off and retry
+                    self._close_conn()
+                    self.failures += 1
+                    with self._cond:
+                        self._retry_at = time.monotonic() + self._backoff * (0.5 + random.random() / 2)
+                        self._backoff = min(BACKOFF_MAX, self._backoff * 2)
+                    if self.failures == 1 or self.failures % 20 == 0:
+                        log.warning("Reporting to %s failed (%s); retrying.", self.config.server_url, exc)
+                    continue
+                with self._cond:
+                    self._backoff = BACKOFF_MIN
+                    self._last_ok = time.monotonic()
+                    self._acknowledge(ack, body)
+        finally:
+            self._close_conn()
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _next_body(self):
+        # type: () -> dict | None
+        """Wait (holding the condition) until a report is due; None when finished."""
+        while True:
+            if self._done:
+                return None
+            now = time.monotonic()
+            if now < self._retry_at:
+                self._cond.wait(self._retry_at - now)
+                continue
+            urgent = bool(self._unacked) or self._log_answer is not None
+            urgent = urgent or (self._exit is not None and not self._exit_accepted)
+            due = self._last_ok + self.config.heartbeat
+            if urgent or now >= due:
+                break
+            self._cond.wait(due - now)
+        body = dict(self._identity)
+        batch = []
+        size = 0
+        for seq, data in self._unacked:
+            if batch and (len(batch) >= BATCH_RECORDS or size + len(data) > BATCH_BYTES):
+                break
+            batch.append({"seq": seq, "data": data})
+            size += len(data) + 32
+        body["records"] = batch
+        if self._exit is not None and len(batch) == len(self._unacked):
+            body["exited"] = self._exit
+        if self._log_answer is not None:
+            body["log_tail"] = self._log_answer
+        return body
+
+    def _acknowledge(self, ack, body):
+        # type: (dict, dict) -> None
+        if body.get("log_tail") is not None and self._log_answer is body["log_tail"]:
+            self._log_answer = None
+        next_seq = int(ack.get("next_seq", 0))
+        held = self._unacked[0][0] if self._unacked else None
+        if held is not None and next_seq < held:
+            # The server lost what it had acknowledged (restarted): take the gap from the journal.
+            missing = [
+                r
+                for r in read_journal(self.journal_path, self.config.trial_id, self.config.attempt)
+                if next_seq <= r[0] < held
+            ]
+            self._unacked[0:0] = missing
+        elif held is None and next_seq < self._next_seq:
+            self._unacked = [
+                r
+                for r in read_journal(self.journal_path, self.config.trial_id, self.config.attempt)
+                if r[0] >= next_seq
+            ]
+        self._next_seq = next_seq
+        drop = 0
+        while drop < len(self._unacked) and self._unacked[drop][0] < next_seq:
+            drop += 1
+        if drop:
+            del self._unacked[:drop]
+        if ack.get("exit_accepted"):
+            self._exit_accepted = True
+            self._done = True
+            self._cond.notify_all()
+        request = ack.get("log_request")
+        if request and self._log_answer is None:
+            self._log_answer = _log_tail(self.config.trial_dir, request)
+
+    def _post(self, body):
+        # type: (dict) -> dict
+        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": "Bearer " + (self.config.token or ""),
+        }
+        if self._conn is None:
+            cls = http_client.HTTPSConnection if self._https else http_client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=HTTP_TIMEOUT)
+        self._conn.request("POST", self._path, body=payload, headers=headers)
+        response = self._conn.getresponse()
+        data = response.read()
+        if response.getheader("Connection", "").lower() == "close":
+            self._close_conn()
+        if response.status == 200:
+            return json.loads(data.decode("utf-8"))
+        message = _error_text(data)
+        if response.status in (400, 409, 413, 422):
+            raise _Fatal("HTTP %d: %s" % (response.status, message))
+        raise IOError("HTTP %d: %s" % (response.status, message))
+
+    def _close_conn(self):
+        # type: () -> None
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+
+def _error_text(data):
+    # type: (bytes) -> str
+    try:
+        return str(json.loads(data.decode("utf-8"))["error"])
+    except Exception:
+        return data[:500].decode("utf-8", "replace")
+
+
+def _log_tail(trial_dir, request):
+    # type: (str, dict) -> dict
+    name = "stderr" if request.get("file") == "stderr" else "stdout"
+    tail = max(0, int(request.get("tail", 65536)))
+    data = b""
+    try:
+        with open(os.path.join(trial_dir, name), "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - tail))
+            data = fh.read(tail)
+    except (IOError, OSError):
+        pass
+    return {"request_id": str(request.get("request_id", "")), "file": name, "data": base64.b64encode(data).decode()}
+
+
+class Keeper(object):
+    """Runs one trial. ``Keeper(config).run()`` returns the trial's exit code."""
+
+    def __init__(self, config):
+        # type: (KeeperConfig) -> None
+        self.config = config
+        self.state_dir = os.path.join(config.trial_dir, STATE_DIR)
+        self.journal_path = os.path.join(config.trial_dir, JOURNAL_NAME)
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._journal = None  # type: Journal | None
+        self._reporter = None  # type: Reporter | None
+        self._popen = None  # type: subprocess.Popen | None
+        self._stop_requested = False
+        self._kill_timer = None  # type: threading.Timer | None
+
+    # ---------------------------------------------------------------- main
+
+    def run(self):
+        # type: () -> int
+        cfg = self.config
+        if not os.path.isdir(cfg.trial_dir):
+            os.makedirs(cfg.trial_dir)
+        if not os.path.isdir(self.state_dir):
+            os.makedirs(self.state_dir)
+        _setup_logging(os.path.join(self.state_dir, "keeper.log"))
+        marker = os.path.join(self.state_dir, "attempt-%d" % cfg.attempt)
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise KeeperError(
+                    "Attempt %d of trial %s already ran in %s; a re-run needs a new --attempt number."
+                    % (cfg.attempt, cfg.trial_id, cfg.trial_dir)
+                ) from None
+            raise
+        if not os.path.exists(os.path.join(cfg.trial_dir, "parameter.cfg")):
+            log.warning("%s has no parameter.cfg; nni.get_next_parameter() will fail.", cfg.trial_dir)
+        self._journal = Journal(self.journal_path, cfg.trial_id, cfg.attempt)
+        out_file = open(os.path.join(cfg.trial_dir, "stdout"), "wb", buffering=0)
+        err_file = open(os.path.join(cfg.trial_dir, "stderr"), "wb", buffering=0)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        try:
+            if self._stop_requested:
+                return 128 + signal.SIGTERM
+            started_ms = int(time.time() * 1000)
+            self._popen = subprocess.Popen(
+                ["/bin/sh", "-c", cfg.command],
+                cwd=cfg.code_dir,
+                env=build_env(cfg),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+            )
+            log.info("Trial %s attempt %d started: pid %d.", cfg.trial_id, cfg.attempt, self._popen.pid)
+            if cfg.server_url:
+                self._reporter = Reporter(cfg, started_ms, self._popen.pid, self.journal_path)
+                self._reporter.start()
+            if self._stop_requested:  # a signal came while starting
+                self._terminate()
+            readers = [
+                threading.Thread(
+                    target=self._read_stream,
+                    args=(self._popen.stdout, out_file, _std_out(cfg.passthrough), True),
+                    name="nni-ts-keeper-stdout",
+                ),
+                threading.Thread(
+                    target=self._read_stream,
+                    args=(self._popen.stderr, err_file, _std_err(cfg.passthrough), False),
+                    name="nni-ts-keeper-stderr",
+                ),
+            ]
+            for reader in readers:
+                reader.daemon = True
+                reader.start()
+            returncode = self._popen.wait()
+            end_ms = int(time.time() * 1000)
+            _killpg(self._popen.pid, signal.SIGKILL)  # what is left of the trial's group goes with it
+            if self._kill_timer is not None:
+                self._kill_timer.cancel()
+            for reader in readers:
+                reader.join(10.0)
+            exit_code = 128 - returncode if returncode < 0 else returncode
+            with self._seq_lock:
+                count = self._seq
+            write_exit(self.state_dir, cfg.trial_id, cfg.attempt, exit_code, end_ms, count)
+            log.info("Trial %s ended with exit code %d after %d record(s).", cfg.trial_id, exit_code, count)
+            if self._reporter is not None:
+                self._reporter.set_exit(exit_code, end_ms, count)
+                timeout = cfg.report_timeout if not self._stop_requested else min(cfg.report_timeout, cfg.grace + 5)
+                if not self._reporter.finish(timeout):
+                    log.error(
+                        "The exit of trial %s could not be reported to %s; the journal in %s has every record.",
+                        cfg.trial_id,
+                        cfg.server_url,
+                        self.journal_path,
+                    )
+            return exit_code
+        finally:
+            if self._popen is not None and self._popen.poll() is None:
+                _killpg(self._popen.pid, signal.SIGKILL)
+            out_file.close()
+            err_file.close()
+            if self._journal is not None:
+                self._journal.close()
+
+    # ---------------------------------------------------------------- output
+
+    def _read_stream(self, pipe, copy, passthrough, parse):
+        # type: (object, object, object, bool) -> None
+        fd = pipe.fileno()  # type: ignore[attr-defined]
+        partial = b""
+        skipping = False  # inside a line longer than MAX_LINE: not a record
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                chunk = b""
+            copy.write(chunk)  # type: ignore[attr-defined]
+            if passthrough is not None and chunk:
+                try:
+                    passthrough.write(chunk)  # type: ignore[attr-defined]
+                    passthrough.flush()  # type: ignore[attr-defined]
+                except (IOError, OSError, ValueError):
+                    passthrough = None
+            if not parse:
+                if not chunk:
+                    break
+                continue
+            found = []
+            if chunk:
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+            else:
+                lines = [partial] if partial else []
+                partial = b""
+            for line in lines:
+                if skipping:
+                    skipping = False
+                    continue
+                if len(line) > MAX_LINE:
+                    continue
+                record = parse_stdout_line(line)
+                if record is not None:
+                    found.append(record.decode("utf-8", "replace"))
+            if len(partial) > MAX_LINE:
+                partial = b""
+                skipping = True
+            if found:
+                self._publish(found)
+            if not chunk:
+                break
+        try:
+            pipe.close()  # type: ignore[attr-defined]
+        except (IOError, OSError):
+            pass
+
+    def _publish(self, texts):
+        # type: (list) -> None
+        with self._seq_lock:
+            records = []
+            for text in texts:
+                records.append((self._seq, text))
+                self._seq += 1
+            assert self._journal is not None
+            self._journal.append(records)
+        if self._reporter is not None:
+            self._reporter.add(records)
+
+    # ---------------------------------------------------------------- stopping
+
+    def _on_signal(self, signum, frame):
+        # type: (int, object) -> None
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        log.info("Signal %d: stopping the trial (grace period %g s).", signum, self.config.grace)
+        if self._popen is not None:
+            self._terminate()
+
+    def _terminate(self):
+        # type: () -> None
+        assert self._popen is not None
+        _killpg(self._popen.pid, signal.SIGTERM)
+        self._kill_timer = threading.Timer(self.config.grace, _killpg, (self._popen.pid, signal.SIGKILL))
+        self._kill_timer.daemon = True
+        self._kill_timer.start()
+
+
+def _killpg(pgid, signum):
+    # type: (int, int) -> None
+    try:
+        os.killpg(pgid, signum)
+    except (OSError, ProcessLookupError):
+        pass
+
+
+def _std_out(passthrough):
+    # type: (bool) -> object
+    return getattr(sys.stdout, "buffer", None) if passthrough else None
+
+
+def _std_err(passthrough):
+    # type: (bool) -> object
+    return getattr(sys.stderr, "buffer", None) if passthrough else None
+
+
+def _setup_logging(path):
+    # type: (str) -> None
+    if log.handlers:
+        return
+    fmt = logging.Formatter("%(asctime)s [nni-ts keeper] %(levelname)s %(message)s")
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(fmt)
+    log.addHandler(to_file)
+    to_err = logging.StreamHandler(sys.stderr)
+    to_err.setFormatter(fmt)
+    to_err.setLevel(logging.WARNING)
+    log.addHandler(to_err)
+    log.setLevel(logging.INFO)
+    log.propagate = False
