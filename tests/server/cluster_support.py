@@ -1,0 +1,180 @@
+"""Helpers shared by the cluster server's tests: a recording sink, trial scripts, and keepers as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = '{"parameter_id": 7, "parameter_source": "algorithm", "parameters": {"lr": 0.5}, "parameter_index": 0}'
+
+
+class RecordingSink:
+    """A TrialSink that keeps everything, with events to await."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, str]] = []
+        self.started = asyncio.Event()
+        self.exited = asyncio.Event()
+        self.lost = asyncio.Event()
+        self.exit: tuple[int, int] | None = None
+        self.rejected: list[str] = []
+        self.heartbeats = 0
+        self.events: list[str] = []
+        self._waiters: list[tuple[int, asyncio.Event]] = []
+
+    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+        self.events.append("started")
+        self.started.set()
+
+    def on_records(self, records: list[tuple[int, str]]) -> None:
+        assert not self.exited.is_set(), "a record came after the exit"
+        self.records.extend(records)
+        for n, event in self._waiters:
+            if len(self.records) >= n:
+                event.set()
+
+    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+        assert self.exit is None, "the exit was delivered twice"
+        self.events.append("exited")
+        self.exit = (exit_code, end_time_ms)
+        self.exited.set()
+
+    def on_lost(self, message: str) -> None:
+        self.events.append("lost")
+        self.lost.set()
+
+    def on_heartbeat(self) -> None:
+        self.events.append("heartbeat")
+        self.heartbeats += 1
+
+    def on_rejected(self, message: str) -> None:
+        self.rejected.append(message)
+
+    async def wait_count(self, n: int, timeout: float = 60.0) -> None:
+        event = asyncio.Event()
+        if len(self.records) >= n:
+            return
+        self._waiters.append((n, event))
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+    def check_exactly(self, expected: list[str]) -> None:
+        seqs = [s for s, _ in self.records]
+        assert seqs == list(range(len(expected))), "records are missing, duplicated or out of order"
+        for (seq, data), want in zip(self.records, expected, strict=True):
+            assert data == want, f"record {seq} changed on the way"
+
+
+def value_of(i: int) -> Any:
+    return {"i": i, "s": "it's a \"quote\" \\ back'slash ' end", "u": "ünï 🎉"}
+
+
+def record_text(trial_id: str, i: int) -> str:
+    """The exact text the trial below writes for its record ``i``."""
+    if i % 7 == 3:  # written by hand, UTF-8 bytes as they are (no \\u escapes)
+        return json.dumps(
+            {"trial_job_id": trial_id, "type": "PERIODICAL", "raw": i, "v": value_of(i)}, ensure_ascii=False
+        )
+    return json.dumps(
+        {
+            "parameter_id": 7,
+            "trial_job_id": trial_id,
+            "type": "PERIODICAL",
+            "sequence": i - (i + 4) // 7,
+            "value": json.dumps(value_of(i)),
+        }
+    )
+
+
+TRIAL = r"""
+import json, os, sys
+import nni
+
+params = nni.get_next_parameter()
+assert params == {"lr": 0.5}, params
+n = int(sys.argv[1]); pause = int(sys.argv[2]); gate = sys.argv[3]; code = int(sys.argv[4])
+
+def value_of(i):
+    return {"i": i, "s": "it's a \"quote\" \\ back'slash ' end", "u": "ünï 🎉"}
+
+for i in range(n):
+    if i == pause and gate != "-":
+        with open(gate) as fh:
+            fh.readline()
+    if i % 7 == 3:
+        rec = json.dumps({"trial_job_id": nni.get_trial_id(), "type": "PERIODICAL", "raw": i, "v": value_of(i)},
+                         ensure_ascii=False)
+        sys.stdout.buffer.write(b"NNISDK_MEb'" + rec.encode("utf-8") + b"'\n")
+        sys.stdout.flush()
+    else:
+        nni.report_intermediate_result(value_of(i))
+    if i % 100 == 0:
+        print("progress", i, "with a ' quote")
+        sys.stderr.write("err %d\n" % i)
+sys.exit(code)
+"""
+
+
+def trial_command(trial_dir: Path, n: int, *, pause: int = -1, gate: Path | None = None, code: int = 0) -> str:
+    script = trial_dir.parent / "trial.py"
+    return f"{sys.executable} {script} {n} {pause} {gate if gate else '-'} {code}"
+
+
+async def start_keeper(
+    trial_dir: Path,
+    trial_id: str,
+    command: str,
+    *,
+    server_url: str | None = None,
+    token: str | None = None,
+    attempt: int = 1,
+    extra: list[str] | None = None,
+    passthrough: bool = False,
+) -> asyncio.subprocess.Process:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO)
+    args = [
+        sys.executable,
+        "-m",
+        "trial_keeper",
+        "--trial-id",
+        trial_id,
+        "--trial-dir",
+        str(trial_dir),
+        "--attempt",
+        str(attempt),
+        "--heartbeat",
+        "0.2",
+        "--grace",
+        "2",
+        "--report-timeout",
+        "60",
+    ]
+    if server_url:
+        args += ["--server-url", server_url, "--token", token or ""]
+    if not passthrough:
+        args.append("--no-passthrough")
+    args += extra or []
+    args += ["--", command]
+    err = open(trial_dir.parent / f"keeper-{trial_id}-{attempt}.err", "ab")  # noqa: SIM115
+    try:
+        return await asyncio.create_subprocess_exec(
+            *args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if passthrough else asyncio.subprocess.DEVNULL,
+            stderr=err,
+            cwd=str(trial_dir.parent),
+        )
+    finally:
+        err.close()
+
+
+async def wait_exit(proc: asyncio.subprocess.Process, timeout: float = 120.0) -> int:
+    async with asyncio.timeout(timeout):
+        return await proc.wait()
