@@ -4,10 +4,11 @@ Standard library only, Python 3.8+. One JSON line per record::
 
     {"trial": "Ab3dE", "attempt": 1, "seq": 0, "data": "<the record text, byte for byte>"}
 
-A record's ``seq`` is its position among the records in the trial's stdout, counted from 0. It is
-therefore the same whoever computes it: the keeper, a keeper restarted on the same trial directory,
-or a platform reading the files back over NFS or SSH (``recover_records``). That is what makes
-delivery idempotent end to end.
+A record's ``seq`` is its position among the records in the trial's stdout, counted from 0: the
+same whoever computes it, the keeper or a platform reading the files back over NFS or SSH
+(``recover_records``). That is what makes delivery idempotent end to end. The keeper keeps record
+lines out of its ``stdout`` copy (users see their own output there), so after a keeper's death the
+journal is what holds the records; ``records_in_stdout`` reads a raw capture made without a keeper.
 """
 
 import json
@@ -118,8 +119,8 @@ def records_in_stdout(data, complete_only=True):
 
 def recover_records(trial_dir, trial_id=None, attempt=None, stdout_name="stdout"):
     # type: (str, str | None, int | None, str) -> list
-    """Everything a trial reported, from its directory alone: the journal, completed by the stdout
-    capture (records the keeper had not journaled yet, for example because it was killed)."""
+    """Everything a trial reported, from its directory alone: the journal, completed by record lines
+    found in the stdout file (there are none when the keeper wrote it; a raw capture has them)."""
     found = dict(read_journal(os.path.join(trial_dir, JOURNAL_NAME), trial_id, attempt))
     try:
         with open(os.path.join(trial_dir, stdout_name), "rb") as fh:

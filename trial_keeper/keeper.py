@@ -477,6 +477,12 @@ class Keeper(object):
 
     def _read_stream(self, pipe, copy, passthrough, parse):
         # type: (object, object, object, bool) -> None
+        """Copy one output stream to its file (and to the keeper's own, unless disabled).
+
+        On stdout, complete lines holding a metric record are journaled and reported instead of
+        being copied to the file; every other byte is copied as it is. A line is copied once its
+        newline arrives (or at the end, or once it is longer than MAX_LINE, when it cannot hold a record).
+        """
         fd = pipe.fileno()  # type: ignore[attr-defined]
         partial = b""
         skipping = False  # inside a line longer than MAX_LINE: not a record
@@ -487,38 +493,43 @@ class Keeper(object):
                 if exc.errno == errno.EINTR:
                     continue
                 chunk = b""
-            copy.write(chunk)  # type: ignore[attr-defined]
+            if not parse:
+                if chunk:
+                    copy.write(chunk)  # type: ignore[attr-defined]
+            else:
+                found = []
+                plain = []
+                if chunk:
+                    lines = (partial + chunk).split(b"\n")
+                    partial = lines.pop()
+                    lines = [line + b"\n" for line in lines]
+                else:
+                    lines = [partial] if partial else []
+                    partial = b""
+                for line in lines:
+                    record = None
+                    if skipping:
+                        skipping = False
+                    elif len(line) <= MAX_LINE + 1:
+                        record = parse_stdout_line(line)
+                    if record is None:
+                        plain.append(line)
+                    else:
+                        found.append(record.decode("utf-8", "replace"))
+                if len(partial) > MAX_LINE:
+                    plain.append(partial)
+                    partial = b""
+                    skipping = True
+                if found:
+                    self._publish(found)
+                if plain:
+                    copy.write(b"".join(plain))  # type: ignore[attr-defined]
             if passthrough is not None and chunk:
                 try:
                     passthrough.write(chunk)  # type: ignore[attr-defined]
                     passthrough.flush()  # type: ignore[attr-defined]
                 except (IOError, OSError, ValueError):
                     passthrough = None
-            if not parse:
-                if not chunk:
-                    break
-                continue
-            found = []
-            if chunk:
-                lines = (partial + chunk).split(b"\n")
-                partial = lines.pop()
-            else:
-                lines = [partial] if partial else []
-                partial = b""
-            for line in lines:
-                if skipping:
-                    skipping = False
-                    continue
-                if len(line) > MAX_LINE:
-                    continue
-                record = parse_stdout_line(line)
-                if record is not None:
-                    found.append(record.decode("utf-8", "replace"))
-            if len(partial) > MAX_LINE:
-                partial = b""
-                skipping = True
-            if found:
-                self._publish(found)
             if not chunk:
                 break
         try:
