@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from aiohttp import ClientSession, web
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = '{"parameter_id": 7, "parameter_source": "algorithm", "parameters": {"lr": 0.5}, "parameter_index": 0}'
@@ -104,8 +109,12 @@ def value_of(i):
 
 for i in range(n):
     if i == pause and gate != "-":
-        with open(gate) as fh:
-            fh.readline()
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(gate)
+        s.sendall(b"waiting")
+        assert s.recv(2) == b"go"
+        s.close()
     if i % 7 == 3:
         rec = json.dumps({"trial_job_id": nni.get_trial_id(), "type": "PERIODICAL", "raw": i, "v": value_of(i)},
                          ensure_ascii=False)
@@ -178,3 +187,102 @@ async def start_keeper(
 async def wait_exit(proc: asyncio.subprocess.Process, timeout: float = 120.0) -> int:
     async with asyncio.timeout(timeout):
         return await proc.wait()
+
+
+class Gate:
+    """A Unix socket the trial connects to at its pause point; it waits there until :meth:`release`."""
+
+    def __init__(self) -> None:
+        # A short path: Unix socket paths are limited to 107 bytes.
+        self._dir = tempfile.mkdtemp(prefix="nnits-gate-", dir="/tmp")
+        self.path = Path(self._dir) / "s"
+        self.waiting = asyncio.Event()
+        self._writer: asyncio.StreamWriter | None = None
+        self._server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> Gate:
+        self._server = await asyncio.start_unix_server(self._on_client, path=str(self.path))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(7)
+        self._writer = writer
+        self.waiting.set()
+
+    async def release(self, timeout: float = 60.0) -> None:
+        async with asyncio.timeout(timeout):
+            await self.waiting.wait()
+        assert self._writer is not None
+        self._writer.write(b"go")
+        await self._writer.drain()
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of the server that drops connections and replays requests.
+
+    ``drop_before``: chance to drop a request without forwarding it. ``drop_after``: chance to
+    forward it, then drop the connection instead of answering (the server has the records, the
+    keeper gets no acknowledgement). ``replay``: post each request a second time, and an older one.
+    """
+
+    def __init__(
+        self, upstream: str, *, drop_before: float = 0.0, drop_after: float = 0.0, replay: bool = False
+    ) -> None:
+        self.upstream = upstream
+        self.drop_before = drop_before
+        self.drop_after = drop_after
+        self.replay = replay
+        self.rng = random.Random(4)
+        self.bodies: list[tuple[str, dict[str, str], bytes]] = []
+        self.dropped = 0
+        self.replayed = 0
+        self.url = ""
+
+    async def __aenter__(self) -> FaultyProxy:
+        self._session = ClientSession()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    async def _post(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        async with self._session.post(self.upstream + path, data=body, headers=headers) as r:
+            return r.status, await r.read()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        if self.rng.random() < self.drop_before:
+            self.dropped += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        status, data = await self._post(request.path, headers, body)
+        if self.replay:
+            self.bodies.append((request.path, headers, body))
+            old = self.bodies[self.rng.randrange(len(self.bodies))]
+            await self._post(request.path, headers, body)
+            await self._post(*old)
+            self.replayed += 2
+        if self.rng.random() < self.drop_after:
+            self.dropped += 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
+        return web.Response(status=status, body=data, content_type="application/json")
