@@ -26,7 +26,7 @@ from aiohttp import web
 import trial_keeper
 
 from .models import TRIAL_ID_PATTERN, ErrorBody, LogRequest, LogTail, Report, ReportAck
-from .sink import TrialChannel, TrialSink
+from .sink import MAX_HELD, TrialChannel, TrialSink
 
 __all__ = ["API_PREFIX", "ClusterServer"]
 
@@ -255,11 +255,19 @@ class ClusterServer:
                 channel.rejected = True
                 channel._call("on_rejected", message)
             return _error(409, message)
-        if channel.attempt is None:
-            channel.attempt = report.attempt
-        elif report.attempt != channel.attempt:
+        if channel.attempt is not None and report.attempt != channel.attempt:
             message = f"Attempt {report.attempt} of trial {trial_id} is stale; the server accepts {channel.attempt}."
             return _error(409, message)
+        if report.records and not channel.exited:
+            furthest = max(r.seq for r in report.records)
+            if furthest - channel.next_seq > MAX_HELD:
+                message = (
+                    f"Record {furthest} of trial {trial_id} is more than {MAX_HELD} ahead of the next expected "
+                    f"record ({channel.next_seq}); send the missing records first."
+                )
+                return _error(422, message)
+        # The report is acceptable: nothing above changed any state.
+        channel.attempt = report.attempt
         channel.last_seen = time.monotonic()
         if not channel.started:
             channel.started = True
@@ -267,10 +275,7 @@ class ClusterServer:
         if channel.lost:
             channel.lost = False
             channel._call("on_heartbeat")
-        try:
-            channel.feed((r.seq, r.data) for r in report.records)
-        except ValueError as exc:
-            return _error(422, str(exc))
+        channel.feed((r.seq, r.data) for r in report.records)
         exit_accepted = False
         if report.exited is not None:
             ex = report.exited
