@@ -1,0 +1,168 @@
+"""Ingestion: N concurrent trial keepers, each reporting R records/s for S seconds, to one ClusterServer.
+
+Prints records lost or duplicated, delivery latency (from the trial's report call to the sink) p50/p99,
+and the server process's CPU share. Baseline, measured in the same run: the same trials writing to
+bare pipes read by this process (no keeper, no journal, no HTTP). The last line holds both.
+
+    python bench/bench_ingest.py [--keepers 100] [--rate 50] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import percentile  # noqa: E402
+
+import trial_keeper  # noqa: E402
+from nni_ts.server import ClusterServer  # noqa: E402
+
+PARAMS = '{"parameter_id": 1, "parameter_source": "algorithm", "parameters": {}, "parameter_index": 0}'
+TRIAL = """
+import sys, time
+import nni
+nni.get_next_parameter()
+n, rate = int(sys.argv[1]), float(sys.argv[2])
+t0 = time.time()
+for i in range(n):
+    delay = t0 + i / rate - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    nni.report_intermediate_result({"t": time.time(), "i": i})
+"""
+
+
+class Sink:
+    def __init__(self, latencies: list[float]) -> None:
+        self.latencies = latencies
+        self.seqs: list[int] = []
+        self.done = asyncio.Event()
+
+    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+        pass
+
+    def on_records(self, records: list[tuple[int, str]]) -> None:
+        now = time.time()
+        for seq, data in records:
+            self.seqs.append(seq)
+            value = json.loads(json.loads(data)["value"])
+            self.latencies.append((now - value["t"]) * 1000)
+
+    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+        self.done.set()
+
+    def on_lost(self, message: str) -> None:
+        print("lost:", message, file=sys.stderr)
+
+    def on_heartbeat(self) -> None:
+        pass
+
+    def on_rejected(self, message: str) -> None:
+        print("rejected:", message, file=sys.stderr)
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def with_keepers(root: Path, keepers: int, rate: float, seconds: float) -> tuple[list[float], int, int, float]:
+    n = int(rate * seconds)
+    latencies: list[float] = []
+    sinks = []
+    env = dict(os.environ, PYTHONPATH=str(Path(trial_keeper.__file__).resolve().parents[1]))
+    procs = []
+    async with ClusterServer(heartbeat_timeout=30) as server:
+        for k in range(keepers):
+            trial_id = f"t{k}"
+            trial_dir = root / trial_id
+            trial_dir.mkdir()
+            (trial_dir / "parameter.cfg").write_text(PARAMS)
+            sink = Sink(latencies)
+            sinks.append(sink)
+            server.register(trial_id, sink)
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "trial_keeper", "--trial-id", trial_id, "--trial-dir", str(trial_dir),
+                    "--server-url", server.url, "--token", server.token_for(trial_id), "--no-passthrough",
+                    "--", f"{sys.executable} {root / 'trial.py'} {n} {rate}",
+                    env=env, stdin=asyncio.subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        cpu0, t0 = cpu(), time.monotonic()
+        async with asyncio.timeout(seconds * 4 + 120):
+            await asyncio.gather(*(p.wait() for p in procs))
+            await asyncio.gather(*(s.done.wait() for s in sinks))
+        cpu_s, wall = cpu() - cpu0, time.monotonic() - t0
+    lost = sum(n - len(set(s.seqs)) for s in sinks)
+    dup = sum(len(s.seqs) - len(set(s.seqs)) for s in sinks)
+    order_ok = all(s.seqs == list(range(n)) for s in sinks)
+    if not order_ok:
+        print("records out of order!", file=sys.stderr)
+    return latencies, lost, dup, cpu_s / wall
+
+
+async def bare_pipes(root: Path, keepers: int, rate: float, seconds: float) -> tuple[list[float], float]:
+    n = int(rate * seconds)
+    latencies: list[float] = []
+    env = dict(os.environ, PYTHONPATH=trial_keeper.LIGHT_NNI_PATH, NNI_PLATFORM="remote")
+
+    async def one(k: int) -> None:
+        trial_dir = root / f"b{k}"
+        trial_dir.mkdir()
+        (trial_dir / "parameter.cfg").write_text(PARAMS)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(root / "trial.py"), str(n), str(rate),
+            env=dict(env, NNI_SYS_DIR=str(trial_dir), NNI_TRIAL_JOB_ID=f"b{k}"),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        async for line in proc.stdout:
+            now = time.time()
+            record = trial_keeper.records.parse_stdout_line(line)
+            if record is not None:
+                latencies.append((now - json.loads(json.loads(record)["value"])["t"]) * 1000)
+        await proc.wait()
+
+    cpu0, t0 = cpu(), time.monotonic()
+    await asyncio.gather(*(one(k) for k in range(keepers)))
+    return latencies, (cpu() - cpu0) / (time.monotonic() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keepers", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=50.0, help="records per second per trial")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    import trial_keeper.records  # noqa: F401
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "trial.py").write_text(TRIAL)
+        lat, lost, dup, share = asyncio.run(with_keepers(root, args.keepers, args.rate, args.seconds))
+        base, base_share = asyncio.run(bare_pipes(root, args.keepers, args.rate, args.seconds))
+    total = int(args.rate * args.seconds) * args.keepers
+    print(f"keepers={args.keepers} rate={args.rate:g}/s seconds={args.seconds:g} records={total} "
+          f"({total / args.seconds:.0f}/s)")
+    print(f"lost={lost} duplicated={dup}")
+    print(f"server CPU share {share * 100:.1f}% of one core ({share * 100 / os.cpu_count():.1f}% of {os.cpu_count()})")
+    print(f"baseline (bare pipes, no keeper/HTTP): p50 {percentile(base, 50):.2f} ms "
+          f"p99 {percentile(base, 99):.2f} ms, reader CPU {base_share * 100:.1f}% of one core")
+    print(f"ingest {total} records from {args.keepers} keepers: lost {lost}, dup {dup}, latency p50 "
+          f"{percentile(lat, 50):.2f} ms p99 {percentile(lat, 99):.2f} ms (target p99 <= 50), server CPU "
+          f"{share * 100:.1f}% of a core; baseline bare pipes p50 {percentile(base, 50):.2f} ms p99 "
+          f"{percentile(base, 99):.2f} ms; p99 ratio {percentile(lat, 99) / max(percentile(base, 99), 1e-9):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
