@@ -1,8 +1,9 @@
 """Ingestion: N concurrent trial keepers, each reporting R records/s for S seconds, to one ClusterServer.
 
-Prints records lost or duplicated, delivery latency (from the trial's report call to the sink) p50/p99,
-and the server process's CPU share. Baseline, measured in the same run: the same trials writing to
-bare pipes read by this process (no keeper, no journal, no HTTP). The last line holds both.
+Trials start reporting together once all are up (start-up is not measured). Prints records lost or
+duplicated, delivery latency (from the trial's report call to the sink) p50/p99, and the server
+process's CPU share. Baseline, measured in the same run: the same trials writing to bare pipes read
+by this process (no keeper, no journal, no HTTP). The last line holds both.
 
     python bench/bench_ingest.py [--keepers 100] [--rate 50] [--seconds 30]
 """
@@ -31,8 +32,8 @@ TRIAL = """
 import sys, time
 import nni
 nni.get_next_parameter()
-n, rate = int(sys.argv[1]), float(sys.argv[2])
-t0 = time.time()
+n, rate, t0 = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+time.sleep(max(0.0, t0 - time.time()))  # every trial starts together, once all are up
 for i in range(n):
     delay = t0 + i / rate - time.time()
     if delay > 0:
@@ -77,6 +78,7 @@ def cpu() -> float:
 
 async def with_keepers(root: Path, keepers: int, rate: float, seconds: float) -> tuple[list[float], int, int, float]:
     n = int(rate * seconds)
+    start_at = time.time() + max(5.0, keepers * 0.1)
     latencies: list[float] = []
     sinks = []
     env = dict(os.environ, PYTHONPATH=str(Path(trial_keeper.__file__).resolve().parents[1]))
@@ -94,10 +96,11 @@ async def with_keepers(root: Path, keepers: int, rate: float, seconds: float) ->
                 await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "trial_keeper", "--trial-id", trial_id, "--trial-dir", str(trial_dir),
                     "--server-url", server.url, "--token", server.token_for(trial_id), "--no-passthrough",
-                    "--", f"{sys.executable} {root / 'trial.py'} {n} {rate}",
+                    "--", f"{sys.executable} {root / 'trial.py'} {n} {rate} {start_at}",
                     env=env, stdin=asyncio.subprocess.DEVNULL,
                 )
             )  # fmt: skip
+        await asyncio.sleep(max(0.0, start_at - time.time()))  # measure the reporting window only
         cpu0, t0 = cpu(), time.monotonic()
         async with asyncio.timeout(seconds * 4 + 120):
             await asyncio.gather(*(p.wait() for p in procs))
@@ -113,6 +116,7 @@ async def with_keepers(root: Path, keepers: int, rate: float, seconds: float) ->
 
 async def bare_pipes(root: Path, keepers: int, rate: float, seconds: float) -> tuple[list[float], float]:
     n = int(rate * seconds)
+    start_at = time.time() + max(5.0, keepers * 0.1)
     latencies: list[float] = []
     env = dict(os.environ, PYTHONPATH=trial_keeper.LIGHT_NNI_PATH, NNI_PLATFORM="remote")
 
@@ -121,7 +125,7 @@ async def bare_pipes(root: Path, keepers: int, rate: float, seconds: float) -> t
         trial_dir.mkdir()
         (trial_dir / "parameter.cfg").write_text(PARAMS)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(root / "trial.py"), str(n), str(rate),
+            sys.executable, str(root / "trial.py"), str(n), str(rate), str(start_at),
             env=dict(env, NNI_SYS_DIR=str(trial_dir), NNI_TRIAL_JOB_ID=f"b{k}"),
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
