@@ -315,12 +315,15 @@ class Reporter(threading.Thread):
             "Content-Type": "application/json",
             "Authorization": "Bearer " + (self.config.token or ""),
         }
-        if self._conn is None:
-            cls = http_client.HTTPSConnection if self._https else http_client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=HTTP_TIMEOUT)
-        self._conn.request("POST", self._path, body=payload, headers=headers)
-        response = self._conn.getresponse()
-        data = response.read()
+        reused = self._conn is not None
+        try:
+            response, data = self._exchange(payload, headers)
+        except (http_client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            # The server closed an idle kept-alive connection: once more on a new one (reports are idempotent).
+            self._close_conn()
+            response, data = self._exchange(payload, headers)
         if response.getheader("Connection", "").lower() == "close":
             self._close_conn()
         if response.status == 200:
@@ -329,6 +332,15 @@ class Reporter(threading.Thread):
         if response.status in (400, 409, 413, 422):
             raise _Fatal("HTTP %d: %s" % (response.status, message))
         raise IOError("HTTP %d: %s" % (response.status, message))
+
+    def _exchange(self, payload, headers):
+        # type: (bytes, dict) -> tuple
+        if self._conn is None:
+            cls = http_client.HTTPSConnection if self._https else http_client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=HTTP_TIMEOUT)
+        self._conn.request("POST", self._path, body=payload, headers=headers)
+        response = self._conn.getresponse()
+        return response, response.read()
 
     def _close_conn(self):
         # type: () -> None

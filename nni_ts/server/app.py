@@ -286,7 +286,7 @@ class ClusterServer:
         ack = ReportAck(
             next_seq=channel.next_seq,
             exit_accepted=exit_accepted,
-            log_request=pending[0] if pending is not None and not exit_accepted else None,
+            log_request=pending[0] if pending is not None and not pending[1].done() and not exit_accepted else None,
         )
         return web.Response(body=ack.model_dump_json(exclude_none=True), content_type="application/json")
 
