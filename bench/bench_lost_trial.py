@@ -50,11 +50,13 @@ def form() -> TrialJobApplicationForm:
 async def measure(service: Any, trials: int, sock_path: str, keeper: bool) -> tuple[list[float], list[float]]:
     """Seconds from SIGKILL to UNKNOWN (keeper only) and to the terminal status, per trial."""
     pids: asyncio.Queue[int] = asyncio.Queue()
+    closed: asyncio.Queue[None] = asyncio.Queue()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await pids.put(int(await reader.readline()))
         await reader.read()  # hold the connection until the trial dies
         writer.close()
+        await closed.put(None)
 
     server = await asyncio.start_unix_server(on_client, path=sock_path)
     killed: dict[str, float] = {}
@@ -91,6 +93,8 @@ async def measure(service: Any, trials: int, sock_path: str, keeper: bool) -> tu
                 os.killpg(detail.platform_data["pid"], signal.SIGKILL)
         async with asyncio.timeout(600):
             await finished.wait()
+            for _ in details:
+                await closed.get()
     server.close()
     await server.wait_closed()
     return list(unknown.values()), list(final.values())

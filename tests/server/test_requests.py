@@ -116,6 +116,7 @@ async def test_openapi_is_served(server: ClusterServer) -> None:
             doc = await r.json()
         async with session.get(f"{server.url}/api/v1/version") as r:
             assert (await r.json())["keeper_version"] == trial_keeper.__version__
+    assert server.url.startswith("http://127.0.0.1:")  # loopback unless another address is asked for
     assert doc["openapi"].startswith("3.")
     assert "/api/v1/trials/{trial_id}/report" in doc["paths"]
     assert set(doc["components"]["schemas"]) >= {"Report", "Record", "Exited", "ReportAck", "ErrorBody"}
