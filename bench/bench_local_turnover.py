@@ -11,37 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TRIVIAL_TRIAL  # noqa: E402
+from _common import TRIVIAL_TRIAL, bare_xargs  # noqa: E402
 
-import trial_keeper  # noqa: E402
 from nni_ts.models import TrialJobDetail  # noqa: E402
 from nni_ts.platforms.local import LocalTrainingService  # noqa: E402
 from nni_ts.testing.conformance import form  # noqa: E402
-
-
-def bare(code: Path, trials: int, concurrency: int) -> float:
-    sys_dir = code / "bare-sys"
-    (sys_dir / ".nni").mkdir(parents=True, exist_ok=True)
-    (sys_dir / "parameter.cfg").write_text(json.dumps({"parameter_id": 0, "parameters": {"x": 1}}))
-    env = dict(os.environ, NNI_PLATFORM="local", NNI_SYS_DIR=str(sys_dir), NNI_OUTPUT_DIR=str(sys_dir),
-               NNI_TRIAL_JOB_ID="bare", NNI_EXP_ID="bare", NNI_TRIAL_SEQ_ID="0",
-               PYTHONPATH=trial_keeper.LIGHT_NNI_PATH)
-    start = time.perf_counter()
-    subprocess.run(
-        ["xargs", f"-P{concurrency}", "-I{}", "python3", "trial.py"],
-        input="\n".join(str(i) for i in range(trials)) + "\n", text=True, cwd=code, env=env, check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
 
 
 async def ours(code: Path, trials: int, concurrency: int) -> float:
@@ -97,8 +77,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp)
         (code / "trial.py").write_text(TRIVIAL_TRIAL)
-        bare(code, 8, args.concurrency)  # warm the page cache
-        t_bare = bare(code, args.trials, args.concurrency)
+        bare_xargs(code, 8, args.concurrency)  # warm the page cache
+        t_bare = bare_xargs(code, args.trials, args.concurrency)
         t_ours = asyncio.run(ours(code, args.trials, args.concurrency))
     bare_tp, ours_tp = args.trials / t_bare, args.trials / t_ours
     print(f"local turnover: {args.trials} trials at concurrency {args.concurrency}: "

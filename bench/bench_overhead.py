@@ -12,37 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TRIVIAL_TRIAL  # noqa: E402
+from _common import TRIVIAL_TRIAL, bare_xargs  # noqa: E402
 
-import trial_keeper  # noqa: E402
 from nni_ts.experiment import Experiment  # noqa: E402
 from nni_ts.storage import open_store  # noqa: E402
-
-
-def bare(code: Path, trials: int, concurrency: int) -> float:
-    sys_dir = code / "bare-sys"
-    (sys_dir / ".nni").mkdir(parents=True, exist_ok=True)
-    (sys_dir / "parameter.cfg").write_text(json.dumps({"parameter_id": 0, "parameters": {"x": 1}}))
-    env = dict(os.environ, NNI_PLATFORM="local", NNI_SYS_DIR=str(sys_dir), NNI_OUTPUT_DIR=str(sys_dir),
-               NNI_TRIAL_JOB_ID="bare", NNI_EXP_ID="bare", NNI_TRIAL_SEQ_ID="0",
-               PYTHONPATH=trial_keeper.LIGHT_NNI_PATH)
-    start = time.perf_counter()
-    subprocess.run(
-        ["xargs", f"-P{concurrency}", "-I{}", "python3", "trial.py"],
-        input="\n".join(str(i) for i in range(trials)) + "\n", text=True, cwd=code, env=env, check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
 
 
 def ours(code: Path, trials: int, concurrency: int, tuner: str) -> tuple[float, float]:
@@ -78,8 +59,8 @@ def main() -> None:
         os.environ["NNI_TS_HOME"] = str(Path(tmp) / "home")
         code = Path(tmp)
         (code / "trial.py").write_text(TRIVIAL_TRIAL)
-        bare(code, 8, args.concurrency)  # warm the page cache
-        t_bare = bare(code, args.trials, args.concurrency)
+        bare_xargs(code, 8, args.concurrency)  # warm the page cache
+        t_bare = bare_xargs(code, args.trials, args.concurrency)
         t_ours, cpu = ours(code, args.trials, args.concurrency, args.tuner)
     per_bare = t_bare / args.trials * 1000
     per_ours = t_ours / args.trials * 1000
