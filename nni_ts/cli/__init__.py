@@ -109,6 +109,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("platforms", help="The installed platforms.")
     pl.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
+
+    from .service_cmds import add_parsers as add_service_parsers
+
+    add_service_parsers(sub, _Parser)
     return p
 
 
@@ -575,6 +579,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_trial(args, out)
         if args.command == "platforms":
             return _cmd_platforms(args, out)
+        if args.command in ("serve", "users"):
+            from .service_cmds import run as run_service_command
+
+            return run_service_command(args, out)
         parser.error(f"unknown command {args.command}")
     except UserError as exc:
         return _user_mistake(exc)

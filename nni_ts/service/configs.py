@@ -1,0 +1,245 @@
+"""Turning what a user posts into an experiment config the service may run, and hiding secrets.
+
+The service, not the user, decides where an experiment's files live (its workspace's directory),
+which platform runs it (the service's), and which Kubernetes namespace it uses (one per workspace).
+Paths a user names must stay inside their workspace; custom tuner classes (code that would run
+inside the service) are for admins only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config.experiment import ExperimentConfig
+from ..config.loader import config_from_dict
+from ..config.v1 import convert_v1, is_v1
+from ..errors import ConfigError
+from .users import NAME_PATTERN
+
+__all__ = [
+    "LegacyRequest",
+    "PlatformPolicy",
+    "prepare_config",
+    "legacy_to_v2",
+    "redact",
+    "resource_need",
+    "workspace_namespace",
+]
+
+_SECRET_KEY = re.compile(r"(?i)(passw(or)?d|passphrase|secret|token|credential|apikey|api_key|accesskey|privatekey)")
+REDACTED = "***"
+_K8S = ("kubeflow", "frameworkcontroller")
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with every secret-looking key's value replaced by ``***``."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+@dataclass
+class PlatformPolicy:
+    """How the service runs experiments: its platform and the settings every experiment inherits."""
+
+    platform: str = "local"
+    #: trainingService keys merged under each experiment's own (storage, nniManagerIp...).
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: ``{user}`` and ``{workspace}`` are replaced; the result is made a valid namespace name.
+    namespace_template: str = "nni-{user}-{workspace}"
+
+
+def workspace_namespace(template: str, user: str, workspace: str) -> str:
+    """A DNS-1123 namespace name for a workspace (lower case, at most 63 characters)."""
+    raw = template.format(user=user, workspace=workspace).lower()
+    name = re.sub(r"[^a-z0-9-]+", "-", raw).strip("-") or "nni"
+    if len(name) > 63 or name != raw:
+        digest = hashlib.sha256(f"{user}\0{workspace}".encode()).hexdigest()[:8]
+        name = f"{name[:54].rstrip('-')}-{digest}"
+    return name
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def prepare_config(
+    raw: Any,
+    *,
+    user: str,
+    is_admin: bool,
+    workspace: str,
+    workspace_dir: Path,
+    policy: PlatformPolicy,
+) -> ExperimentConfig:
+    """Validate a posted config (v1 or v2) under the service's rules. Raises ConfigError (a 422)."""
+    source = "the request body"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"expected a JSON object holding an NNI experiment config, got {type(raw).__name__}.")
+    data = convert_v1(dict(raw), source=source) if is_v1(raw) else dict(raw)
+    code_dir = workspace_dir / "code"
+    if data.get("experimentWorkingDirectory") is not None:
+        raise ConfigError(
+            "the service decides where experiment files go; remove experimentWorkingDirectory.",
+            source=source,
+            path="experimentWorkingDirectory",
+        )
+    data["experimentWorkingDirectory"] = str(workspace_dir / "experiments")
+    for key in ("trialCodeDirectory", "searchSpaceFile"):
+        if data.get(key) is None:
+            continue
+        value = data[key]
+        if not isinstance(value, str):
+            continue  # the model reports the type
+        path = Path(value) if Path(value).is_absolute() else code_dir / value
+        if not is_admin and not _inside(path, workspace_dir):
+            raise ConfigError(
+                f"{value!r} is outside your workspace; paths must be inside the workspace's code directory.",
+                source=source,
+                path=key,
+            )
+        data[key] = str(path)
+    data.setdefault("trialCodeDirectory", str(code_dir))
+    for key in ("tuner", "assessor", "advisor"):
+        algo = data.get(key)
+        if isinstance(algo, dict) and not is_admin and (algo.get("className") or algo.get("codeDirectory")):
+            raise ConfigError(
+                "custom algorithm classes run inside the service and are allowed for admins only; "
+                "use a built-in name such as TPE.",
+                source=source,
+                path=f"{key}.className",
+            )
+    ts = data.get("trainingService")
+    if ts is None:
+        ts = {"platform": policy.platform}
+    if not isinstance(ts, dict):
+        raise ConfigError("expected a mapping such as {platform: local}.", source=source, path="trainingService")
+    platform = ts.get("platform", policy.platform)
+    if platform != policy.platform:
+        raise ConfigError(
+            f"this service runs experiments on {policy.platform!r}, not {platform!r}.",
+            source=source,
+            path="trainingService.platform",
+        )
+    merged = {**policy.defaults, **ts, "platform": policy.platform}
+    if policy.platform in _K8S:
+        namespace = workspace_namespace(policy.namespace_template, user, workspace)
+        if ts.get("namespace") not in (None, namespace) and not is_admin:
+            raise ConfigError(
+                f"the workspace's namespace is {namespace!r}; remove namespace or set it to that.",
+                source=source,
+                path="trainingService.namespace",
+            )
+        merged["namespace"] = ts.get("namespace") or namespace
+    data["trainingService"] = merged
+    code_dir.mkdir(parents=True, exist_ok=True)
+    return config_from_dict(data, source=source, base_dir=code_dir)
+
+
+def resource_need(config: ExperimentConfig) -> tuple[int, int]:
+    """(concurrent trials, GPUs per trial) of a config, for quotas."""
+    ts = config.training_service
+    gpus = config.trial_gpu_number or ts.trial_gpu_number or 0
+    roles: list[Any] = [getattr(ts, n, None) for n in ("worker", "ps", "master")]
+    roles += list(getattr(ts, "task_roles", None) or [])
+    role_gpus = 0
+    for role in roles:
+        if role is None:
+            continue
+        count = getattr(role, "replicas", None) or getattr(role, "task_number", None) or 1
+        role_gpus += int(count) * int(getattr(role, "gpu_number", 0) or 0)
+    return config.trial_concurrency, max(int(gpus), role_gpus)
+
+
+class LegacyRequest(BaseModel):
+    """The seeds' launcher body (``POST /api/v1/nni-exp``)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    user: str = Field(pattern=NAME_PATTERN, description="The user name.")
+    workspace: str = Field(pattern=NAME_PATTERN, description="The workspace name.")
+    trail_concurrency: int | None = Field(
+        None, alias="trailConcurrency", ge=1, le=1000, description="Concurrent trials (the seeds' spelling)."
+    )
+    trial_concurrency: int | None = Field(
+        None, alias="trialConcurrency", ge=1, le=1000, description="Concurrent trials."
+    )
+    num: int = Field(ge=1, le=100000, description="How many trials (maxTrialNumber).")
+    target: Literal["maximize", "minimize"] = Field(description="The optimize mode.")
+    command: str = Field(min_length=1, max_length=10000, description="The trial command.")
+    gpu_num: int = Field(0, alias="gpuNum", ge=0, le=64, description="GPUs per trial.")
+    search_space: dict[str, Any] = Field(description="The NNI search space.")
+    image: str | None = Field(None, max_length=500, description="The trial image (Kubernetes platforms).")
+    tuner: str = Field("TPE", max_length=100, description="A built-in tuner name.")
+    cpu_num: float = Field(1, alias="cpuNum", gt=0, le=1024, description="CPUs per trial (Kubernetes platforms).")
+    memory_mb: int = Field(4096, alias="memoryMB", ge=1, description="Memory per trial in MiB (Kubernetes platforms).")
+    max_exec_duration: str | None = Field(None, alias="maxExecDuration", description="e.g. '1h'.")
+
+    @property
+    def concurrency(self) -> int:
+        return self.trial_concurrency or self.trail_concurrency or 1
+
+
+def parse_legacy(body: Any) -> LegacyRequest:
+    """Validate the seeds' body; errors become ConfigError with the key path."""
+    if not isinstance(body, dict):
+        raise ConfigError("expected a JSON object with user, workspace, num, target, command and search_space.")
+    try:
+        req = LegacyRequest.model_validate(body)
+    except pydantic.ValidationError as exc:
+        from ..config.errors import format_loc
+
+        err = exc.errors(include_url=False)[0]
+        loc = format_loc([p for p in err["loc"] if isinstance(p, str | int)])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise ConfigError(f"{msg}.", source="the request body", path=loc) from None
+    if req.trail_concurrency and req.trial_concurrency and req.trail_concurrency != req.trial_concurrency:
+        raise ConfigError(
+            "trailConcurrency and trialConcurrency disagree; give one of them.",
+            source="the request body",
+            path="trialConcurrency",
+        )
+    return req
+
+
+def legacy_to_v2(req: LegacyRequest, policy: PlatformPolicy) -> dict[str, Any]:
+    """The v2 config a seeds' body stands for, on the service's platform."""
+    data: dict[str, Any] = {
+        "experimentName": f"{req.user}-{req.workspace}",
+        "searchSpace": req.search_space,
+        "trialCommand": req.command,
+        "trialConcurrency": req.concurrency,
+        "maxTrialNumber": req.num,
+        "trialGpuNumber": req.gpu_num,
+        "tuner": {"name": req.tuner, "classArgs": {"optimize_mode": req.target}},
+    }
+    if req.max_exec_duration:
+        data["maxExperimentDuration"] = req.max_exec_duration
+    ts: dict[str, Any] = {"platform": policy.platform}
+    role = {
+        "command": req.command,
+        "gpuNumber": req.gpu_num,
+        "cpuNumber": req.cpu_num,
+        "memorySize": req.memory_mb,
+    }
+    if req.image:
+        role["dockerImage"] = req.image
+    if policy.platform == "kubeflow" and "worker" not in policy.defaults and "master" not in policy.defaults:
+        ts["worker"] = {"replicas": 1, **role}
+    elif policy.platform == "frameworkcontroller" and "taskRoles" not in policy.defaults:
+        ts["taskRoles"] = [{"name": "worker", "taskNumber": 1, **role}]
+    data["trainingService"] = ts
+    return data

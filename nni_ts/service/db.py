@@ -1,0 +1,328 @@
+"""The service's database: SQLite (embedded, the default) or PostgreSQL (asyncpg, for replicas).
+
+One small interface over both: SQL is written once with PostgreSQL's ``$1`` placeholders and the
+SQLite backend rewrites them to ``?``. Only portable SQL is used (``INSERT ... ON CONFLICT``,
+``BIGINT``, ``DOUBLE PRECISION``, text ids made in Python).
+
+The SQLite backend runs its statements on the event loop's thread, like :mod:`nni_ts.storage`:
+each is a sub-millisecond call on a WAL database. A transaction holds an asyncio lock, so two
+coroutines never interleave statements inside one.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import StoreError, UserError
+
+__all__ = ["Database", "open_database"]
+
+SCHEMA_VERSION = 1
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS svc_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS svc_users (
+    name TEXT PRIMARY KEY,
+    is_admin INTEGER NOT NULL DEFAULT 0,
+    token_hash TEXT UNIQUE,
+    max_trials INTEGER,
+    max_gpus INTEGER,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS svc_workspaces (
+    user_name TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_name, name)
+);
+CREATE TABLE IF NOT EXISTS svc_experiments (
+    id TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    workspace TEXT NOT NULL,
+    name TEXT,
+    platform TEXT NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT,
+    config TEXT NOT NULL,
+    trial_concurrency INTEGER NOT NULL,
+    gpus_per_trial INTEGER NOT NULL,
+    optimize_mode TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    legacy INTEGER NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    ended_ms BIGINT
+);
+CREATE INDEX IF NOT EXISTS svc_experiments_ws ON svc_experiments (user_name, workspace);
+CREATE TABLE IF NOT EXISTS svc_trials (
+    experiment_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    sequence_id INTEGER NOT NULL,
+    parameter_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    parameters TEXT NOT NULL,
+    status TEXT NOT NULL,
+    start_ms BIGINT,
+    end_ms BIGINT,
+    exit_code INTEGER,
+    message TEXT,
+    final_value DOUBLE PRECISION,
+    final_data TEXT,
+    metric_count INTEGER NOT NULL,
+    PRIMARY KEY (experiment_id, id)
+);
+CREATE TABLE IF NOT EXISTS svc_metrics (
+    experiment_id TEXT NOT NULL,
+    trial_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    value DOUBLE PRECISION,
+    data TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (experiment_id, trial_id, seq)
+);
+CREATE TABLE IF NOT EXISTS svc_audit (
+    id {serial},
+    at_ms BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+"""
+
+_PLACEHOLDER = re.compile(r"\$\d+")
+
+
+class Database(abc.ABC):
+    """Async access to the service's tables. ``$1, $2...`` placeholders, positional arguments in order."""
+
+    url: str
+    dialect: str
+
+    @abc.abstractmethod
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run a statement; return the number of rows it changed."""
+
+    @abc.abstractmethod
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run a statement once per row of arguments, in one transaction."""
+
+    @abc.abstractmethod
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """The rows a query returns."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    @abc.abstractmethod
+    def transaction(self) -> Any:
+        """``async with db.transaction() as tx:`` where ``tx`` has execute/fetch/fetchrow."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def _create_schema(self) -> None:
+        serial = "BIGSERIAL PRIMARY KEY" if self.dialect == "postgresql" else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        for statement in _TABLES.format(serial=serial).split(";"):
+            if statement.strip():
+                await self.execute(statement)
+        row = await self.fetchrow("SELECT value FROM svc_meta WHERE key = $1", "schema_version")
+        if row is None:
+            await self.execute(
+                "INSERT INTO svc_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                "schema_version",
+                str(SCHEMA_VERSION),
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"The service database {self.url_redacted} was written by a newer nni-ts (schema {row[0]}); "
+                f"this one understands schema {SCHEMA_VERSION}. Upgrade nni-ts."
+            )
+
+    @property
+    def url_redacted(self) -> str:
+        """The URL without its password (safe to log and show)."""
+        return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.url)
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot open the service database {path}: {exc}.") from exc
+        self._tx_lock = asyncio.Lock()
+        self._in_tx = False
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return _PLACEHOLDER.sub("?", sql)
+
+    def _run(self, sql: str, args: Sequence[Any]) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(self._sql(sql), tuple(args))
+        except sqlite3.Error as exc:
+            raise StoreError(f"The service database {self.path} refused a statement: {exc}.") from exc
+
+    async def _wait_outside_tx(self) -> None:
+        # A statement from another coroutine waits until a running transaction ends.
+        if self._in_tx and self._tx_lock.locked():
+            async with self._tx_lock:
+                pass
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        await self._wait_outside_tx()
+        return self._run(sql, args).rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._wait_outside_tx()
+        try:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(self._sql(sql), [tuple(r) for r in rows])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"The service database {self.path} refused a statement: {exc}.") from exc
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        await self._wait_outside_tx()
+        return [tuple(r) for r in self._run(sql, args).fetchall()]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteTx]:
+        async with self._tx_lock:
+            self._in_tx = True
+            self._run("BEGIN IMMEDIATE", ())
+            try:
+                yield _SqliteTx(self)
+            except BaseException:
+                self._run("ROLLBACK", ())
+                raise
+            else:
+                self._run("COMMIT", ())
+            finally:
+                self._in_tx = False
+
+    async def close(self) -> None:
+        self._db.close()
+
+
+class _SqliteTx:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self._db._run(sql, args).rowcount
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._db._run(sql, args).fetchall()]
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+
+class PostgresDatabase(Database):
+    dialect = "postgresql"
+
+    def __init__(self, url: str, pool: Any) -> None:
+        self.url = url
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str) -> PostgresDatabase:
+        try:
+            import asyncpg  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise UserError(
+                "A postgresql:// database needs the asyncpg package: pip install 'nni-ts[postgres]'."
+            ) from exc
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=10, command_timeout=60)
+        except (OSError, asyncpg.PostgresError) as exc:
+            redacted = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+            raise StoreError(f"Cannot connect to the service database {redacted}: {exc}.") from exc
+        return cls(url, pool)
+
+    @staticmethod
+    def _rowcount(status: str) -> int:
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return self._rowcount(await self._pool.execute(sql, *args))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._pool.executemany(sql, [tuple(r) for r in rows])
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._pool.fetch(sql, *args)]
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PgTx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _PgTx(conn)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+class _PgTx:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return PostgresDatabase._rowcount(await self._conn.execute(sql, *args))
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._conn.fetch(sql, *args)]
+
+    async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+
+def default_database_url() -> str:
+    from ..paths import home
+
+    return f"sqlite:///{home() / 'service.db'}"
+
+
+async def open_database(url: str | None = None) -> Database:
+    """Open (and create the tables of) ``sqlite:///PATH`` or ``postgresql://user:pw@host:port/db``."""
+    url = url or default_database_url()
+    if url.startswith("sqlite:///"):
+        db: Database = SqliteDatabase(Path(url[len("sqlite:///") :]).expanduser())
+    elif url.startswith(("postgresql://", "postgres://")):
+        db = await PostgresDatabase.connect(url)
+    else:
+        raise UserError(
+            f"Unsupported database URL {url.split('://')[0]!r}://...; expected sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DB."
+        )
+    try:
+        await db._create_schema()
+    except BaseException:
+        await db.close()
+        raise
+    return db
