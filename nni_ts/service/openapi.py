@@ -61,6 +61,10 @@ def openapi_document() -> dict[str, Any]:
             types = [t for t in prop.pop("anyOf") if t.get("type") != "null"]
             prop.update(types[0] if len(types) == 1 else {"oneOf": types})
             prop["nullable"] = True
+        for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if isinstance(prop.get(bound), int | float) and not isinstance(prop[bound], bool):
+                prop[plain] = prop[bound]  # OpenAPI 3.0: a boolean beside minimum / maximum
+                prop[bound] = True
     target = {
         "type": "object",
         "required": ["user", "workspace"],

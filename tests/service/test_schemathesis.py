@@ -1,0 +1,106 @@
+"""Schemathesis against the service's OpenAPI description: no input makes it answer 5xx.
+
+The fuzzed users have a quota of 0 concurrent trials, so no generated body ever starts a trial
+(a launcher body is a valid request with an arbitrary shell command). One real experiment, owned
+by a third user, gives the experiment and trial routes something to find.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from service_support import Api, quick_config, running_service
+
+from nni_ts.service import ServiceSettings, openapi_document
+from nni_ts.service.db import open_database
+from nni_ts.service.users import add_user
+
+schema = schemathesis.openapi.from_dict(openapi_document())
+
+
+class ServiceThread:
+    """The service on its own event loop in a thread (schemathesis calls are synchronous)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.ready = threading.Event()
+        self.url = ""
+        self.tokens: dict[str, str] = {}
+        self.ids: dict[str, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="schemathesis-service")
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        url = f"sqlite:///{self.data_dir / 'service.db'}"
+        db = await open_database(url)
+        for name, admin, quota in (("alice", False, 0), ("root", True, 0), ("owner", False, 4)):
+            token = await add_user(db, name, admin=admin, max_trials=quota)
+            assert token is not None
+            self.tokens[name] = token
+        await db.close()
+        async with running_service(ServiceSettings(data_dir=self.data_dir, database_url=url)) as (service, api, u):
+            created = await api.ok(
+                "POST", "/workspaces/w/experiments", token=self.tokens["owner"], json=quick_config(trials=1)
+            )
+            done = await api.wait_experiment(created["id"], self.tokens["owner"])
+            trials = await api.ok("GET", f"/experiments/{created['id']}/trials", token=self.tokens["owner"])
+            self.ids = {"experiment_id": done["id"], "trial_id": trials[0]["id"]}
+            self.url = u
+            self.ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ServiceThread:
+        self._thread.start()
+        assert self.ready.wait(60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None and self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
+    with ServiceThread(tmp_path_factory.mktemp("schemathesis-service")) as service:
+        yield service
+
+
+@schema.parametrize()
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_server_errors(case: Any, live_service: ServiceThread) -> None:
+    salt = hash(repr(case.body)) + hash(repr(case.query))
+    who = ("alice", "root", None)[salt % 3]
+    headers = dict(case.headers or {})
+    if who is not None and "Authorization" not in headers:
+        headers["Authorization"] = f"Bearer {live_service.tokens[who]}"
+    case.headers = headers
+    if case.path_parameters and salt % 2 == 0:  # half the cases reach a real experiment and trial
+        for key in ("experiment_id", "trial_id"):
+            if key in case.path_parameters:
+                case.path_parameters[key] = live_service.ids[key]
+    response = case.call(base_url=live_service.url)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert "error" in response.json()
+
+
+def test_fuzzing_started_no_trial(live_service: ServiceThread) -> None:
+    async def check() -> list[Any]:
+        async with aiohttp.ClientSession() as session:
+            api = Api(live_service.url, session)
+            return list(await api.ok("GET", "/experiments", token=live_service.tokens["root"]))
+
+    experiments = asyncio.run(check())
+    assert all(e["user"] == "owner" for e in experiments)
