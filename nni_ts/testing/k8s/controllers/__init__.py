@@ -1,0 +1,24 @@
+"""Simulated operators of the fake cluster: tf-operator, pytorch-operator and FrameworkController."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..api import Api
+
+__all__ = ["make_controllers"]
+
+
+def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
+    from .framework import FrameworkController
+    from .kubeflow import PyTorchOperator, TFOperator
+
+    known = {"tf-operator": TFOperator, "pytorch-operator": PyTorchOperator,
+             "frameworkcontroller": FrameworkController}
+    out = []
+    for name in names:
+        if name not in known:
+            raise ValueError(f"Unknown simulated controller {name!r}; expected one of {', '.join(sorted(known))}.")
+        out.append(known[name](api))
+    return out

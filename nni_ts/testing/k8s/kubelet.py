@@ -1,0 +1,736 @@
+"""The simulated scheduler and kubelet: pods are placed on nodes by their cpu, memory and nvidia.com/gpu
+requests, and each container's command runs as a real local process in its own process group.
+
+Volumes are mapped to local directories by rewriting paths: every occurrence of a container's
+``mountPath`` in its command, args, env values and workingDir is replaced by the local directory that
+stands in for the volume (an NFS export from ``nfs_exports``, an emptyDir under the state directory, a
+hostPath as is, configMaps and secrets written as files). Images are not pulled: the host's programs
+(``python3`` on PATH) run; an image named in ``missing_images`` or containing ``doesnotexist`` never
+pulls (ErrImagePull, then ImagePullBackOff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .api import Api
+from .util import JSON, ApiError, LabelSelector, now_iso, parse_quantity
+
+__all__ = ["Kubelet", "Node"]
+
+log = logging.getLogger(__name__)
+
+RESOURCES = ("cpu", "memory", "nvidia.com/gpu")
+HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT", "TZ")
+
+
+@dataclass
+class Node:
+    """A simulated node: its capacity decides which pods fit."""
+
+    name: str
+    cpu: float | str = 16
+    memory: str | int = "64Gi"
+    gpus: int = 0
+    pods: int = 1000
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def object(self) -> JSON:
+        capacity = {"cpu": str(self.cpu), "memory": str(self.memory), "nvidia.com/gpu": str(self.gpus),
+                    "pods": str(self.pods)}
+        return {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name,
+                                                       "kubernetes.io/os": "linux", **self.labels}},
+            "spec": {},
+            "status": {
+                "capacity": capacity, "allocatable": dict(capacity),
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                "message": "kubelet is posting ready status", "lastHeartbeatTime": now_iso(),
+                                "lastTransitionTime": now_iso()}],
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                              {"type": "Hostname", "address": self.name}],
+                "nodeInfo": {"kubeletVersion": "v1.32.0-fake", "operatingSystem": "linux",
+                             "architecture": "amd64", "containerRuntimeVersion": "fake://1.0"},
+            },
+        }
+
+
+def pod_requests(pod: JSON) -> dict[str, float]:
+    """The pod's requests (limits stand in for missing requests), summed over its containers."""
+    total = dict.fromkeys(RESOURCES, 0.0)
+    for c in pod.get("spec", {}).get("containers") or []:
+        res = c.get("resources") or {}
+        for name in RESOURCES:
+            value = (res.get("requests") or {}).get(name, (res.get("limits") or {}).get(name))
+            if value is not None:
+                with contextlib.suppress(ValueError):
+                    total[name] += parse_quantity(value)
+    return total
+
+
+def _node_ready(node: JSON) -> bool:
+    for cond in node.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def _terminal(pod: JSON) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+@dataclass
+class _Container:
+    name: str
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    oom: bool = False
+
+
+class PodRunner:
+    """Runs one pod's containers and reports its status."""
+
+    def __init__(self, kubelet: Kubelet, pod: JSON) -> None:
+        self.kubelet = kubelet
+        self.namespace = pod["metadata"]["namespace"]
+        self.name = pod["metadata"]["name"]
+        self.uid = pod["metadata"]["uid"]
+        self.pod = pod
+        self.dir: Path = kubelet.state_dir / "pods" / self.namespace / f"{self.name}-{self.uid[:8]}"
+        self.containers = {c["name"]: _Container(c["name"]) for c in pod["spec"]["containers"]}
+        self.task: asyncio.Task[None] | None = None
+        self.stopping = False
+        self.stop_reason: tuple[str, str, str] | None = None  # (phase, reason, message)
+        self.done = asyncio.Event()
+        self.log_written = asyncio.Event()
+
+    # ------------------------------------------------------------- status writes
+
+    def _current(self) -> JSON | None:
+        pod = self.kubelet.api.store.get(("", "pods"), self.namespace, self.name)
+        if pod is None or pod["metadata"]["uid"] != self.uid:
+            return None
+        return pod
+
+    def write_status(self, **changes: Any) -> None:
+        pod = self._current()
+        if pod is None:
+            return
+        status = copy.deepcopy(pod.get("status") or {})
+        status.update(changes)
+        self.kubelet.api.update_status(self.kubelet.pods_type, self.namespace, self.name, status)
+
+    def container_statuses(self, waiting: tuple[str, str] | None = None) -> list[JSON]:
+        out = []
+        for spec in self.pod["spec"]["containers"]:
+            c = self.containers[spec["name"]]
+            state: JSON
+            if waiting is not None:
+                state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+            elif c.exit_code is not None:
+                state = {"terminated": {"exitCode": c.exit_code, "reason": c.reason, "startedAt": c.started_at,
+                                        "finishedAt": c.finished_at, "containerID": f"fake://{self.uid}-{c.name}"}}
+            elif c.proc is not None:
+                state = {"running": {"startedAt": c.started_at}}
+            else:
+                state = {"waiting": {"reason": "ContainerCreating"}}
+            out.append({"name": c.name, "image": spec.get("image", ""), "imageID": f"fake://{spec.get('image', '')}",
+                        "ready": "running" in state, "started": "running" in state,
+                        "restartCount": c.restarts, "state": state,
+                        "containerID": f"fake://{self.uid}-{c.name}"})
+        return out
+
+    def _conditions(self, ready: bool, scheduled_time: str | None = None) -> list[JSON]:
+        now = now_iso()
+        value = "True" if ready else "False"
+        return [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled_time or now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": value, "lastTransitionTime": now},
+            {"type": "Ready", "status": value, "lastTransitionTime": now},
+        ]
+
+    # ------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            await self._kill_all(signal.SIGKILL)
+            raise
+        except Exception:  # noqa: BLE001 - a broken pod must not take the kubelet down
+            log.exception("The fake kubelet failed to run pod %s/%s.", self.namespace, self.name)
+            self.write_status(phase="Failed", reason="KubeletError", message="the fake kubelet failed")
+        finally:
+            self.done.set()
+
+    async def _run(self) -> None:
+        kubelet = self.kubelet
+        api = kubelet.api
+        for spec in self.pod["spec"]["containers"]:
+            image = str(spec.get("image", ""))
+            if kubelet.image_missing(image):
+                msg = f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack ' \
+                      f'image "{image}": not found'
+                self.write_status(containerStatuses=self.container_statuses(("ErrImagePull", msg)))
+                api.record_event(self.pod, "Failed", msg, "Warning", "kubelet")
+                await asyncio.sleep(kubelet.image_backoff)
+                if self.stopping:
+                    return
+                self.write_status(containerStatuses=self.container_statuses(
+                    ("ImagePullBackOff", f'Back-off pulling image "{image}"')))
+                api.record_event(self.pod, "BackOff", f'Back-off pulling image "{image}"', "Warning", "kubelet")
+                await self.done.wait()
+                return
+        try:
+            env_per_container = {c["name"]: self._env(c) for c in self.pod["spec"]["containers"]}
+            mounts = self._volumes()
+        except _ConfigError as exc:
+            self.write_status(containerStatuses=self.container_statuses(("CreateContainerConfigError", str(exc))))
+            api.record_event(self.pod, "Failed", f"Error: {exc}", "Warning", "kubelet")
+            await self.done.wait()
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        policy = self.pod["spec"].get("restartPolicy", "Always")
+        loops = [self._container_loop(spec, env_per_container[spec["name"]], mounts, policy)
+                 for spec in self.pod["spec"]["containers"]]
+        await asyncio.gather(*loops)
+        if self.stopping and self.stop_reason is None:
+            return
+        codes = [c.exit_code for c in self.containers.values()]
+        if self.stop_reason is not None:
+            phase, reason, message = self.stop_reason
+            self.write_status(phase=phase, reason=reason, message=message,
+                              containerStatuses=self.container_statuses(),
+                              conditions=self._conditions(False, self._scheduled_time()))
+            return
+        phase = "Succeeded" if all(code == 0 for code in codes) else "Failed"
+        self.write_status(phase=phase, containerStatuses=self.container_statuses(),
+                          conditions=self._conditions(False, self._scheduled_time()))
+
+    def _scheduled_time(self) -> str | None:
+        pod = self._current()
+        for cond in (pod or {}).get("status", {}).get("conditions") or []:
+            if cond.get("type") == "PodScheduled":
+                return str(cond.get("lastTransitionTime"))
+        return None
+
+    async def _container_loop(self, spec: JSON, env: dict[str, str], mounts: list[tuple[str, Path]],
+                              policy: str) -> None:
+        c = self.containers[spec["name"]]
+        kubelet = self.kubelet
+        while not self.stopping:
+            argv = [*(spec.get("command") or []), *(spec.get("args") or [])]
+            argv = [_rewrite(str(a), mounts) for a in argv]
+            workdir = spec.get("workingDir")
+            cwd = Path(_rewrite(workdir, mounts)) if workdir else self.dir
+            log_path = self.log_path(c.name, c.restarts)
+            c.exit_code, c.reason = None, ""
+            if not argv:
+                code, reason = 128, "ContainerCannotRun"
+                log_path.write_text("the fake kubelet runs commands only: this container has no command or args\n")
+                c.started_at = c.finished_at = now_iso()
+            else:
+                code, reason = await self._spawn(c, argv, env, cwd, log_path, spec)
+            c.exit_code, c.reason, c.finished_at = code, reason, now_iso()
+            c.proc = None
+            if self.stopping:
+                return
+            restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+            if not restart:
+                running_left = any(o.proc is not None for o in self.containers.values())
+                if running_left:
+                    self.write_status(containerStatuses=self.container_statuses())
+                return
+            self.write_status(containerStatuses=self.container_statuses())
+            await asyncio.sleep(kubelet.restart_backoff)
+            c.restarts += 1
+
+    def log_path(self, container: str, restart: int) -> Path:
+        return Path(self.dir / f"{container}-{restart}.log")
+
+    async def _spawn(self, c: _Container, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path,
+                     spec: JSON) -> tuple[int, str]:
+        with open(log_path, "ab") as out:
+            try:
+                cwd.mkdir(parents=True, exist_ok=True)
+                c.proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd), env=env,
+                    start_new_session=True)
+            except (OSError, ValueError) as exc:
+                out.write(f"failed to start the container command {argv!r}: {exc}\n".encode())
+                c.started_at = now_iso()
+                return 128, "StartError"
+        c.started_at = now_iso()
+        self.log_written.set()
+        self.write_status(phase="Running", podIP="127.0.0.1", hostIP="127.0.0.1",
+                          startTime=(self._current() or {}).get("status", {}).get("startTime") or now_iso(),
+                          containerStatuses=self.container_statuses(),
+                          conditions=self._conditions(True, self._scheduled_time()))
+        if c.restarts == 0:
+            self.kubelet.api.record_event(self.pod, "Started", f"Started container {c.name}", "Normal", "kubelet")
+        watcher = None
+        limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+        if limit is not None and self.kubelet.enforce_memory_limits:
+            watcher = asyncio.create_task(self._watch_memory(c, parse_quantity(limit)), name=f"oom-{self.name}")
+        try:
+            code = await c.proc.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        # The container ends when its main process does; take its process group down with it.
+        _killpg(c.proc.pid, signal.SIGKILL)
+        if code < 0:
+            code = 128 - code
+        if c.oom:
+            return 137, "OOMKilled"
+        return code, "Completed" if code == 0 else "Error"
+
+    async def _watch_memory(self, c: _Container, limit: float) -> None:
+        assert c.proc is not None
+        pid = c.proc.pid
+        while True:
+            await asyncio.sleep(0.2)
+            try:
+                procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in procs)
+            except psutil.Error:
+                return
+            if rss > limit:
+                c.oom = True
+                _killpg(pid, signal.SIGKILL)
+                return
+
+    async def _kill_all(self, sig: int) -> None:
+        for c in self.containers.values():
+            if c.proc is not None and c.proc.returncode is None:
+                _killpg(c.proc.pid, sig)
+
+    async def stop(self, grace: float, result: tuple[str, str, str] | None = None) -> None:
+        """Stop the pod's processes: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        self.stopping = True
+        self.stop_reason = result
+        await self._kill_all(signal.SIGTERM if grace > 0 else signal.SIGKILL)
+        if grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    while any(c.proc is not None and c.proc.returncode is None for c in self.containers.values()):
+                        await asyncio.sleep(0.02)
+            await self._kill_all(signal.SIGKILL)
+        self.done.set()
+        if self.task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                async with asyncio.timeout(5):
+                    await asyncio.shield(self.task)
+        for c in self.containers.values():
+            if c.proc is not None and c.proc.returncode is None:
+                _killpg(c.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        await c.proc.wait()
+
+    # ------------------------------------------------------------- env and volumes
+
+    def _env(self, spec: JSON) -> dict[str, str]:
+        env = {k: os.environ[k] for k in HOST_ENV if k in os.environ}
+        env["HOSTNAME"] = self.name
+        env["KUBERNETES_SERVICE_HOST"] = "127.0.0.1"
+        env["KUBERNETES_SERVICE_PORT"] = str(self.kubelet.api_port)
+        for source in spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "configMapRef" in source:
+                data = self._lookup("configmaps", source["configMapRef"], None)
+                env.update({prefix + k: str(v) for k, v in (data or {}).get("data", {}).items()})
+            if "secretRef" in source:
+                data = self._lookup("secrets", source["secretRef"], None)
+                env.update({prefix + k: base64.b64decode(v).decode(errors="replace")
+                            for k, v in (data or {}).get("data", {}).items()})
+        for item in spec.get("env") or []:
+            name = item.get("name")
+            if "value" in item or "valueFrom" not in item:
+                value = str(item.get("value", ""))
+                env[name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)),
+                                   value)
+                continue
+            source = item["valueFrom"]
+            if "fieldRef" in source:
+                env[name] = self._field(source["fieldRef"].get("fieldPath", ""))
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = self._lookup("secrets", ref, ref.get("key"))
+                if secret is not None:
+                    env[name] = base64.b64decode(secret["data"][ref["key"]]).decode(errors="replace")
+            elif "configMapKeyRef" in source:
+                ref = source["configMapKeyRef"]
+                cm = self._lookup("configmaps", ref, ref.get("key"))
+                if cm is not None:
+                    env[name] = str(cm["data"][ref["key"]])
+            elif "resourceFieldRef" in source:
+                env[name] = str(((spec.get("resources") or {}).get("limits") or {}).get(
+                    source["resourceFieldRef"].get("resource", "").split(".", 1)[-1], "0"))
+        gpus = self.kubelet.gpu_assignment.get(self.uid)
+        if gpus is not None:
+            env.setdefault("NVIDIA_VISIBLE_DEVICES", ",".join(map(str, gpus)) or "void")
+        return env
+
+    def _lookup(self, plural: str, ref: JSON, key: str | None) -> JSON | None:
+        obj = self.kubelet.api.store.get(("", plural), self.namespace, ref.get("name", ""))
+        kind = "secret" if plural == "secrets" else "configmap"
+        if obj is None or (key is not None and key not in (obj.get("data") or {})):
+            if ref.get("optional"):
+                return None
+            if obj is None:
+                raise _ConfigError(f'{kind} "{ref.get("name")}" not found')
+            raise _ConfigError(f"couldn't find key {key} in {kind.capitalize()} {self.namespace}/{ref.get('name')}")
+        return obj
+
+    def _field(self, path: str) -> str:
+        pod = self._current() or self.pod
+        meta = pod["metadata"]
+        simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
+                  "metadata.uid": meta["uid"], "spec.nodeName": pod["spec"].get("nodeName", ""),
+                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+                  "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1", "status.podIPs": "127.0.0.1"}
+        if path in simple:
+            return str(simple[path])
+        match = re.match(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+        if match:
+            return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+        return ""
+
+    def _volumes(self) -> list[tuple[str, Path]]:
+        kubelet = self.kubelet
+        local: dict[str, Path] = {}
+        for vol in self.pod["spec"].get("volumes") or []:
+            name = vol.get("name", "")
+            if "nfs" in vol:
+                local[name] = kubelet.nfs_dir(str(vol["nfs"].get("server", "")), str(vol["nfs"].get("path", "/")))
+            elif "hostPath" in vol:
+                local[name] = Path(vol["hostPath"].get("path", "/"))
+            elif "configMap" in vol or "secret" in vol:
+                target = self.dir / "volumes" / name
+                target.mkdir(parents=True, exist_ok=True)
+                if "configMap" in vol:
+                    obj = self._lookup("configmaps", vol["configMap"], None)
+                    for k, v in ((obj or {}).get("data") or {}).items():
+                        (target / k).write_text(str(v))
+                else:
+                    ref = {"name": vol["secret"].get("secretName"), "optional": vol["secret"].get("optional")}
+                    obj = self._lookup("secrets", ref, None)
+                    for k, v in ((obj or {}).get("data") or {}).items():
+                        (target / k).write_bytes(base64.b64decode(v))
+                local[name] = target
+            else:  # emptyDir and anything else: a fresh directory
+                local[name] = self.dir / "volumes" / name
+            local[name].mkdir(parents=True, exist_ok=True)
+        mounts: list[tuple[str, Path]] = []
+        for spec in self.pod["spec"]["containers"]:
+            for mount in spec.get("volumeMounts") or []:
+                base = local.get(mount.get("name", ""))
+                if base is None:
+                    raise _ConfigError(f"volume {mount.get('name')!r} is mounted but not defined in spec.volumes")
+                target = base / mount["subPath"] if mount.get("subPath") else base
+                target.mkdir(parents=True, exist_ok=True)
+                mounts.append((str(mount["mountPath"]).rstrip("/") or "/", target))
+        mounts.sort(key=lambda m: -len(m[0]))
+        return mounts
+
+
+class _ConfigError(Exception):
+    pass
+
+
+def _rewrite(text: str, mounts: list[tuple[str, Path]]) -> str:
+    for mount_path, local in mounts:
+        if mount_path == "/":
+            continue
+        pattern = r"(?<![\w.-])" + re.escape(mount_path) + r"(?=/|$|[\s'\";&|)<>:])"
+        replacement = str(local).replace("\\", "\\\\")
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
+def _killpg(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class Kubelet:
+    """Scheduler and kubelet for every node of the fake cluster."""
+
+    def __init__(self, api: Api, state_dir: Path, *, nfs_exports: dict[tuple[str, str], Path] | None = None,
+                 missing_images: set[str] | None = None, grace_cap: float = 2.0, image_backoff: float = 0.3,
+                 restart_backoff: float = 0.1, enforce_memory_limits: bool = True, api_port: int = 0) -> None:
+        self.api = api
+        self.state_dir = state_dir
+        self.nfs_exports = {(s, p.rstrip("/") or "/"): Path(d) for (s, p), d in (nfs_exports or {}).items()}
+        self.missing_images = missing_images if missing_images is not None else set()
+        self.grace_cap = grace_cap
+        self.image_backoff = image_backoff
+        self.restart_backoff = restart_backoff
+        self.enforce_memory_limits = enforce_memory_limits
+        self.api_port = api_port
+        self.pods_type = api.rtype("", "v1", "pods")
+        self.runners: dict[str, PodRunner] = {}
+        self.gpu_assignment: dict[str, list[int]] = {}
+        self._wake = asyncio.Event()
+        self._unschedulable_reason: dict[str, str] = {}
+        self._stop_tasks: set[asyncio.Task[None]] = set()
+        api.pod_deletion_hook = self._on_delete
+        api.store.subscribe(self._on_event)
+
+    def image_missing(self, image: str) -> bool:
+        return image in self.missing_images or "doesnotexist" in image
+
+    def nfs_dir(self, server: str, path: str) -> Path:
+        path = path.rstrip("/") or "/"
+        for (s, export), local in sorted(self.nfs_exports.items(), key=lambda kv: -len(kv[0][1])):
+            if s == server and (path == export or path.startswith(export.rstrip("/") + "/")):
+                rel = path[len(export):].lstrip("/")
+                return Path(local / rel) if rel else Path(local)
+        return self.state_dir / "nfs" / server / path.lstrip("/")
+
+    # ------------------------------------------------------------- events
+
+    def _on_event(self, event: Any) -> None:
+        if event.gr == ("", "pods"):
+            if event.type == "DELETED":
+                runner = self.runners.pop(event.obj["metadata"]["uid"], None)
+                self.gpu_assignment.pop(event.obj["metadata"]["uid"], None)
+                if runner is not None and not runner.stopping:
+                    self._spawn_stop(runner, 0)
+            self._wake.set()
+        elif event.gr == ("", "nodes"):
+            self._wake.set()
+
+    def _on_delete(self, pod: JSON, grace: int) -> bool:
+        runner = self.runners.get(pod["metadata"]["uid"])
+        if runner is None:
+            return False
+        if runner.stopping:
+            return True
+        self._spawn_stop(runner, min(float(grace), self.grace_cap), remove=True)
+        return True
+
+    def _spawn_stop(self, runner: PodRunner, grace: float, remove: bool = False,
+                    result: tuple[str, str, str] | None = None) -> asyncio.Task[None]:
+        async def stop() -> None:
+            await runner.stop(grace, result)
+            if remove:
+                pod = self.api.store.get(("", "pods"), runner.namespace, runner.name)
+                if pod is not None and pod["metadata"]["uid"] == runner.uid:
+                    self.api.remove_now(self.pods_type, runner.namespace, runner.name)
+        task = asyncio.get_running_loop().create_task(stop(), name=f"kubelet-stop-{runner.name}")
+        self._stop_tasks.add(task)
+        task.add_done_callback(self._stop_tasks.discard)
+        return task
+
+    # ------------------------------------------------------------- scheduling
+
+    async def run(self) -> None:
+        """Schedule pending pods and start scheduled ones whenever pods or nodes change."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._schedule()
+            except Exception:  # noqa: BLE001
+                log.exception("The fake scheduler failed.")
+            await asyncio.sleep(0)
+
+    def _schedule(self) -> None:
+        store = self.api.store
+        nodes = store.list(("", "nodes"))
+        pods = store.list(("", "pods"))
+        used: dict[str, dict[str, float]] = {n["metadata"]["name"]: dict.fromkeys(RESOURCES, 0.0) for n in nodes}
+        count: dict[str, int] = dict.fromkeys(used, 0)
+        gpus_used: dict[str, set[int]] = {n: set() for n in used}
+        for pod in pods:
+            node = pod["spec"].get("nodeName")
+            if node in used and not _terminal(pod):
+                for k, v in pod_requests(pod).items():
+                    used[node][k] += v
+                count[node] += 1
+                gpus_used[node].update(self.gpu_assignment.get(pod["metadata"]["uid"], []))
+        pending = sorted((p for p in pods if not p["spec"].get("nodeName") and not _terminal(p)
+                          and not p["metadata"].get("deletionTimestamp")),
+                         key=lambda p: int(p["metadata"]["resourceVersion"]))
+        for pod in pending:
+            self._place(pod, nodes, used, count, gpus_used)
+        for pod in pods:
+            uid = pod["metadata"]["uid"]
+            if pod["spec"].get("nodeName") and uid not in self.runners and not _terminal(pod) \
+                    and not pod["metadata"].get("deletionTimestamp"):
+                node = store.get(("", "nodes"), "", pod["spec"]["nodeName"])
+                if node is None or not _node_ready(node):
+                    continue
+                runner = PodRunner(self, pod)
+                self.runners[uid] = runner
+                runner.task = asyncio.get_running_loop().create_task(
+                    runner.run(), name=f"pod-{pod['metadata']['name']}")
+
+    def _place(self, pod: JSON, nodes: list[JSON], used: dict[str, dict[str, float]], count: dict[str, int],
+               gpus_used: dict[str, set[int]]) -> None:
+        want = pod_requests(pod)
+        selector = pod["spec"].get("nodeSelector") or {}
+        reasons: dict[str, int] = {}
+        for node in nodes:
+            name = node["metadata"]["name"]
+            if not _node_ready(node):
+                reasons["node(s) had untolerated taint {node.kubernetes.io/unreachable: }"] = reasons.get(
+                    "node(s) had untolerated taint {node.kubernetes.io/unreachable: }", 0) + 1
+                continue
+            if not LabelSelector.from_dict({"matchLabels": selector}).matches(node["metadata"].get("labels")):
+                reasons["node(s) didn't match Pod's node affinity/selector"] = reasons.get(
+                    "node(s) didn't match Pod's node affinity/selector", 0) + 1
+                continue
+            alloc = node["status"].get("allocatable") or {}
+            short = []
+            for res in RESOURCES:
+                cap = parse_quantity(alloc.get(res, "0"))
+                if want[res] > 0 and used[name][res] + want[res] > cap + 1e-9:
+                    short.append(f"Insufficient {res}")
+            if count[name] + 1 > int(parse_quantity(alloc.get("pods", "110"))):
+                short.append("Too many pods")
+            if short:
+                for s in short:
+                    reasons[s] = reasons.get(s, 0) + 1
+                continue
+            for res in RESOURCES:
+                used[name][res] += want[res]
+            count[name] += 1
+            ngpu = int(want["nvidia.com/gpu"])
+            if ngpu:
+                free = [i for i in range(int(parse_quantity(alloc.get("nvidia.com/gpu", "0"))))
+                        if i not in gpus_used[name]]
+                self.gpu_assignment[pod["metadata"]["uid"]] = free[:ngpu]
+                gpus_used[name].update(free[:ngpu])
+            self._bind(pod, name)
+            return
+        message = f"0/{len(nodes)} nodes are available: " + ", ".join(
+            f"{n} {r}" for r, n in sorted(reasons.items())) + "."
+        uid = pod["metadata"]["uid"]
+        if self._unschedulable_reason.get(uid) == message:
+            return
+        self._unschedulable_reason[uid] = message
+        status = copy.deepcopy(pod.get("status") or {})
+        status["phase"] = "Pending"
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": message, "lastTransitionTime": now_iso()}]
+        self.api.update_status(self.pods_type, pod["metadata"]["namespace"], pod["metadata"]["name"], status)
+        self.api.record_event(pod, "FailedScheduling", message, "Warning", "default-scheduler")
+
+    def _bind(self, pod: JSON, node: str) -> None:
+        self._unschedulable_reason.pop(pod["metadata"]["uid"], None)
+        new = copy.deepcopy(pod)
+        new["spec"]["nodeName"] = node
+        status = new.setdefault("status", {})
+        status["conditions"] = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]
+        status["hostIP"] = "127.0.0.1"
+        self.api.store.put(("", "pods"), new, added=False)
+        self.api.record_event(new, "Scheduled", f"Successfully assigned {pod['metadata']['namespace']}/"
+                              f"{pod['metadata']['name']} to {node}", "Normal", "default-scheduler")
+
+    # ------------------------------------------------------------- faults
+
+    def fail_pod(self, namespace: str, name: str, reason: str, message: str, phase: str = "Failed",
+                 oom: bool = False) -> asyncio.Task[None] | None:
+        pod = self.api.store.get(("", "pods"), namespace, name)
+        if pod is None:
+            raise ApiError.not_found("pods", name)
+        runner = self.runners.get(pod["metadata"]["uid"])
+        if runner is None:
+            status = copy.deepcopy(pod.get("status") or {})
+            status.update(phase=phase, reason=reason, message=message)
+            self.api.update_status(self.pods_type, namespace, name, status)
+            return None
+        if oom:
+            for c in runner.containers.values():
+                c.oom = True
+            for c in runner.containers.values():
+                if c.proc is not None:
+                    _killpg(c.proc.pid, signal.SIGKILL)
+            return None
+        return self._spawn_stop(runner, 0, result=(phase, reason, message))
+
+    # ------------------------------------------------------------- logs
+
+    async def logs(self, pod: JSON, container: str, follow: bool, tail: int | None, previous: bool
+                   ) -> AsyncIterator[bytes]:
+        runner = self.runners.get(pod["metadata"]["uid"])
+        if runner is None or container not in runner.containers or not runner.log_path(container, 0).exists():
+            statuses = (pod.get("status") or {}).get("containerStatuses") or []
+            waiting = next((s["state"]["waiting"].get("reason") for s in statuses
+                            if s.get("name") == container and "waiting" in (s.get("state") or {})), None)
+            reason = {"ErrImagePull": "trying and failing to pull image",
+                      "ImagePullBackOff": "trying and failing to pull image"}.get(waiting or "", waiting)
+            raise ApiError.bad_request(f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to '
+                                       f'start: {reason or "ContainerCreating"}')
+        c = runner.containers[container]
+        index = c.restarts - 1 if previous else c.restarts
+        if index < 0:
+            raise ApiError.bad_request(f'previous terminated container "{container}" in pod '
+                                       f'"{pod["metadata"]["name"]}" not found')
+        path = runner.log_path(container, index)
+        data = path.read_bytes() if path.exists() else b""
+        if tail is not None:
+            lines = data.splitlines(keepends=True)
+            data = b"".join(lines[-tail:]) if tail > 0 else b""
+        yield data
+        if not follow or previous:
+            return
+        offset = path.stat().st_size if path.exists() else 0
+        while True:
+            finished = runner.done.is_set() or (c.proc is None and c.exit_code is not None
+                                                and c.restarts == index)
+            if path.exists():
+                size = path.stat().st_size
+                if size > offset:
+                    with open(path, "rb") as f:
+                        f.seek(offset)
+                        chunk = f.read(size - offset)
+                    offset = size
+                    yield chunk
+                    continue
+            if finished or runner.stopping or c.restarts != index:
+                return
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------- shutdown
+
+    async def close(self) -> None:
+        """Kill every pod's processes (their whole process groups) and wait for them."""
+        runners = list(self.runners.values())
+        self.runners.clear()
+        await asyncio.gather(*(r.stop(0) for r in runners), return_exceptions=True)
+        for r in runners:
+            if r.task is not None and not r.task.done():
+                r.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await r.task
+        for task in list(self._stop_tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        _ = time

@@ -1,0 +1,139 @@
+"""The resource types the fake API server serves: built-in core ones and those CustomResourceDefinitions add."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .util import JSON, ApiError
+
+__all__ = ["BUILTIN_TYPES", "ResourceType", "from_crd", "check_crd"]
+
+ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+@dataclass
+class ResourceType:
+    """One served resource: ``group``/``version``/``plural`` with its kind and behaviour."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    singular: str = ""
+    short_names: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    has_status: bool = False
+    schema: JSON | None = None
+    printer_columns: list[JSON] = field(default_factory=list)
+    field_selectors: set[str] = field(default_factory=set)
+    crd_name: str | None = None
+
+    def __post_init__(self) -> None:
+        self.singular = self.singular or self.kind.lower()
+        self.field_selectors |= {"metadata.name", "metadata.namespace"}
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def group_resource(self) -> str:
+        """``plural.group`` as used in messages (``tfjobs.kubeflow.org``), or just ``pods``."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.group, self.version, self.plural)
+
+    @property
+    def is_custom(self) -> bool:
+        return self.crd_name is not None
+
+    def discovery(self) -> list[JSON]:
+        entry: JSON = {
+            "name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
+            "kind": self.kind, "verbs": list(ALL_VERBS),
+        }
+        if self.short_names:
+            entry["shortNames"] = list(self.short_names)
+        if self.categories:
+            entry["categories"] = list(self.categories)
+        out = [entry]
+        if self.has_status:
+            out.append({"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced,
+                        "kind": self.kind, "verbs": ["get", "patch", "update"]})
+        if self.kind == "Pod":
+            out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+        return out
+
+
+BUILTIN_TYPES: list[ResourceType] = [
+    ResourceType("", "v1", "pods", "Pod", short_names=["po"], categories=["all"], has_status=True,
+                 field_selectors={"status.phase", "spec.nodeName", "spec.restartPolicy"}),
+    ResourceType("", "v1", "secrets", "Secret", field_selectors={"type"}),
+    ResourceType("", "v1", "configmaps", "ConfigMap", short_names=["cm"]),
+    ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, short_names=["ns"], has_status=True,
+                 field_selectors={"status.phase"}),
+    ResourceType("", "v1", "events", "Event", short_names=["ev"],
+                 field_selectors={"involvedObject.name", "involvedObject.kind", "involvedObject.namespace",
+                                  "involvedObject.uid", "reason", "type"}),
+    ResourceType("", "v1", "nodes", "Node", namespaced=False, short_names=["no"], has_status=True),
+    ResourceType("", "v1", "services", "Service", short_names=["svc"], categories=["all"], has_status=True),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
+    ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+                 namespaced=False, short_names=["crd", "crds"], has_status=True),
+]
+
+
+def check_crd(obj: JSON) -> None:
+    """Raise 422 if a CustomResourceDefinition lacks what the server needs to serve it."""
+    name = (obj.get("metadata") or {}).get("name", "")
+    spec = obj.get("spec") or {}
+    causes: list[tuple[str, str, str]] = []
+    group = spec.get("group")
+    names = spec.get("names") or {}
+    if not group:
+        causes.append(("spec.group", "FieldValueRequired", "Required value"))
+    if not names.get("plural"):
+        causes.append(("spec.names.plural", "FieldValueRequired", "Required value"))
+    if not names.get("kind"):
+        causes.append(("spec.names.kind", "FieldValueRequired", "Required value"))
+    if spec.get("scope") not in ("Namespaced", "Cluster"):
+        causes.append(("spec.scope", "FieldValueNotSupported",
+                       f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"'))
+    if group and names.get("plural") and name != f"{names['plural']}.{group}":
+        causes.append(("metadata.name", "FieldValueInvalid",
+                       f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'))
+    versions = spec.get("versions") or []
+    if not versions:
+        causes.append(("spec.versions", "FieldValueRequired",
+                       "Required value: must have exactly one version marked as storage version"))
+    elif sum(1 for v in versions if v.get("storage")) != 1:
+        causes.append(("spec.versions", "FieldValueInvalid",
+                       "Invalid value: must have exactly one version marked as storage version"))
+    if causes:
+        raise ApiError.invalid("CustomResourceDefinition", name, "apiextensions.k8s.io", causes)
+
+
+def from_crd(obj: JSON) -> list[ResourceType]:
+    """The resource types (one per served version) a CustomResourceDefinition object defines."""
+    spec = obj["spec"]
+    names = spec["names"]
+    out = []
+    for version in spec.get("versions") or []:
+        if not version.get("served", True):
+            continue
+        subresources = version.get("subresources") or {}
+        schema: Any = (version.get("schema") or {}).get("openAPIV3Schema")
+        out.append(ResourceType(
+            group=spec["group"], version=version["name"], plural=names["plural"], kind=names["kind"],
+            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+            singular=names.get("singular") or names["kind"].lower(),
+            short_names=list(names.get("shortNames") or []), categories=list(names.get("categories") or []),
+            has_status="status" in subresources, schema=schema,
+            printer_columns=list(version.get("additionalPrinterColumns") or []),
+            crd_name=obj["metadata"]["name"],
+        ))
+    return out
