@@ -156,9 +156,9 @@ class Api:
             namespace = ""
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = self._generate_name(rtype, namespace, str(meta["generateName"]))
-        self._validate_meta(rtype, obj, creating=True)
+        meta_causes = self._validate_meta(rtype, obj, creating=True)
         gr = (rtype.group, rtype.plural)
-        if self.store.get(gr, namespace, meta["name"]) is not None:
+        if not meta_causes and self.store.get(gr, namespace, meta["name"]) is not None:
             raise ApiError.already_exists(rtype.plural, meta["name"], rtype.group)
         for key in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields",
                     "selfLink"):
@@ -169,7 +169,7 @@ class Api:
         if rtype.has_status and rtype.kind not in ("Node",):
             obj.pop("status", None)
         self._defaults(rtype, obj)
-        self._validate_body(rtype, obj, field_validation)
+        self._validate_body(rtype, obj, field_validation, meta_causes)
         if dry_run:
             return obj
         stored = self.store.put(gr, obj, added=True)
@@ -212,6 +212,7 @@ class Api:
                  "Invalid value: 0x0: must be specified for an update")])
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         cur_meta = current["metadata"]
+        meta_causes: builtins.list[tuple[str, str, str]] = []
         if subresource == "status":
             new_status = obj.get("status")
             obj = copy.deepcopy(current)
@@ -241,11 +242,11 @@ class Api:
                     raise ApiError.invalid(rtype.kind, name, rtype.group, [
                         ("metadata.finalizers", "FieldValueForbidden",
                          "Forbidden: no new finalizers can be added if the object is being deleted")])
-            self._validate_meta(rtype, obj, creating=False)
+            meta_causes = self._validate_meta(rtype, obj, creating=False)
             self._defaults(rtype, obj)
             if self._spec_changed(rtype, current, obj):
                 meta["generation"] = int(cur_meta.get("generation", 1)) + 1
-        self._validate_body(rtype, obj, field_validation)
+        self._validate_body(rtype, obj, field_validation, meta_causes)
         if dry_run:
             return obj
         if obj["metadata"].get("deletionTimestamp") and not obj["metadata"].get("finalizers"):
@@ -390,20 +391,27 @@ class Api:
             self._gc_queue.put_nowait(item)
 
     def _on_event(self, event: Any) -> None:
+        meta = event.obj["metadata"]
         if event.type == "DELETED":
-            uid = event.obj["metadata"].get("uid", "")
+            uid = meta.get("uid", "")
             if uid in self.store.owner_index:
                 self._gc_enqueue(("orphaned", uid))
-        elif event.type == "MODIFIED" and event.obj["metadata"].get("deletionTimestamp"):
-            finalizers = event.obj["metadata"].get("finalizers") or []
+        elif event.type == "MODIFIED" and meta.get("deletionTimestamp"):
+            finalizers = meta.get("finalizers") or []
             if "foregroundDeletion" in finalizers or "orphan" in finalizers or "kubernetes" in finalizers:
-                self._gc_enqueue(("finalize", (event.gr, event.namespace, event.obj["metadata"]["name"])))
-            if event.gr == ("", "pods"):
-                owner_uids = [r.get("uid") for r in event.obj["metadata"].get("ownerReferences") or []]
-                for uid in owner_uids:
-                    key = self.store.uids.get(uid or "")
-                    if key is not None:
+                self._gc_enqueue(("finalize", (event.gr, event.namespace, meta["name"])))
+        if event.type == "DELETED" or meta.get("deletionTimestamp"):
+            # An owner waiting in foreground deletion may now be free to go.
+            for ref in meta.get("ownerReferences") or []:
+                key = self.store.uids.get(ref.get("uid") or "")
+                if key is not None:
+                    owner = self.store.get(*key)
+                    if owner is not None and owner["metadata"].get("deletionTimestamp"):
                         self._gc_enqueue(("finalize", key))
+            if event.namespace and event.type == "DELETED":
+                ns = self.store.get(("", "namespaces"), "", event.namespace)
+                if ns is not None and ns["metadata"].get("deletionTimestamp"):
+                    self._gc_enqueue(("finalize", (("", "namespaces"), "", event.namespace)))
 
     def _check_owners(self, gr: GR, obj: JSON) -> None:
         refs = obj["metadata"].get("ownerReferences") or []
@@ -493,7 +501,7 @@ class Api:
 
     # ---------------------------------------------------------------- validation and defaults
 
-    def _validate_meta(self, rtype: ResourceType, obj: JSON, creating: bool) -> None:
+    def _validate_meta(self, rtype: ResourceType, obj: JSON, creating: bool) -> builtins.list[tuple[str, str, str]]:
         meta = obj["metadata"]
         name = meta.get("name")
         causes: builtins.list[tuple[str, str, str]] = []
@@ -513,8 +521,9 @@ class Api:
                                f"alphanumeric character (label {key})"))
         if rtype.kind == "Pod":
             causes.extend(self._pod_causes(obj))
-        if causes:
-            raise ApiError.invalid(rtype.kind, str(name or meta.get("generateName") or ""), rtype.group, causes)
+        if not name:
+            raise ApiError.invalid(rtype.kind, str(meta.get("generateName") or ""), rtype.group, causes)
+        return causes
 
     @staticmethod
     def _pod_causes(pod: JSON) -> builtins.list[tuple[str, str, str]]:
@@ -539,12 +548,16 @@ class Api:
                            f'Unsupported value: "{policy}": supported values: "Always", "OnFailure", "Never"'))
         return causes
 
-    def _validate_body(self, rtype: ResourceType, obj: JSON, field_validation: str) -> None:
+    def _validate_body(self, rtype: ResourceType, obj: JSON, field_validation: str,
+                       meta_causes: builtins.list[tuple[str, str, str]]) -> None:
         if rtype.kind == "CustomResourceDefinition":
             check_crd(obj)
         if rtype.schema is None:
+            if meta_causes:
+                raise ApiError.invalid(rtype.kind, obj["metadata"].get("name", ""), rtype.group, meta_causes)
             return
         causes, pruned = validate(rtype.schema, obj)
+        causes = meta_causes + [c for c in causes if c not in meta_causes]
         if field_validation == "Strict" and pruned:
             raise ApiError.bad_request(
                 f'{rtype.kind} in version "{rtype.version}" cannot be handled as a {rtype.kind}: strict decoding '

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import copy
+import os
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -30,17 +32,25 @@ log = logging.getLogger(__name__)
 CONTROLLERS = ("tf-operator", "pytorch-operator", "frameworkcontroller")
 
 
+_YAML_CACHE: dict[tuple[str, float], list[JSON]] = {}
+
+
 def load_yaml_documents(path: Path | str) -> list[JSON]:
-    """The non-empty YAML documents of a file (``kind: List`` items are expanded)."""
-    with open(path, encoding="utf-8") as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
-    out: list[JSON] = []
-    for doc in docs:
-        if doc.get("kind") == "List":
-            out.extend(doc.get("items") or [])
-        else:
-            out.append(doc)
-    return out
+    """The non-empty YAML documents of a file (``kind: List`` items are expanded). Parsed files are cached
+    (the real CRDs are large), and every call returns fresh copies."""
+    key = (str(Path(path).resolve()), os.stat(path).st_mtime)
+    if key not in _YAML_CACHE:
+        loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        with open(path, encoding="utf-8") as f:
+            docs = [d for d in yaml.load_all(f, Loader=loader) if d]
+        out: list[JSON] = []
+        for doc in docs:
+            if doc.get("kind") == "List":
+                out.extend(doc.get("items") or [])
+            else:
+                out.append(doc)
+        _YAML_CACHE[key] = out
+    return copy.deepcopy(_YAML_CACHE[key])
 
 
 class FakeCluster:
