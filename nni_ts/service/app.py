@@ -26,8 +26,7 @@ from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..experiment import Experiment
 from ..experiment.experiment import _optimize_mode
 from ..models import now_ms
-from ..storage import Store, open_store
-from ..training_service import TRIAL_FILES, new_trial_id
+from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
 from .configs import PlatformPolicy, legacy_to_v2, parse_legacy, prepare_config, redact, resource_need
 from .db import Database, open_database
@@ -83,8 +82,8 @@ class ExperimentService:
         self.settings = settings
         self.data_dir = Path(settings.data_dir).expanduser().resolve()
         self._db: Database | None = None
-        self._store: Store | None = None
         self._manager: ExperimentManager | None = None
+        self._platform_class: type[TrainingService[Any]] | None = None
         self._quota_lock = asyncio.Lock()
 
     @property
@@ -101,26 +100,33 @@ class ExperimentService:
 
     async def start(self) -> list[str]:
         """Open the database and the store; re-attach to this replica's running experiments."""
+        from ..registry import get_platform_class
+
+        self._platform_class = get_platform_class(self.settings.policy.platform)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = await open_database(self.settings.database_url)
-        self._store = open_store(self.data_dir / "experiments.db")
-        self._manager = ExperimentManager(self._db, self._store, replica=self.settings.replica)
-        return await self._manager.resume_owned()
+        manager = ExperimentManager(
+            self.settings.database_url, self.data_dir / "experiments.db", replica=self.settings.replica
+        )
+        try:
+            await manager.open()
+        except BaseException:
+            await self._db.close()
+            raise
+        self._manager = manager
+        return await manager.resume_owned()
 
     async def close(self, *, stop_experiments: bool = True) -> None:
         """Stop every experiment (cancelling trials), or with ``stop_experiments=False`` only detach:
         then the caller must exit the process without cancelling tasks (see ExperimentManager.detach)."""
         if self._manager is not None:
             if stop_experiments:
-                await self._manager.stop_all()
+                await self._manager.close()
             else:
                 await self._manager.detach()
         if self._db is not None:
             await self._db.close()
             self._db = None
-        if self._store is not None and stop_experiments:
-            self._store.close()
-            self._store = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body, middlewares=[self._errors, self._auth])
@@ -434,8 +440,23 @@ class ExperimentService:
                 f"{user.name}/{workspace}/{experiment_id}",
                 {"legacy": legacy, "config": shown},
             )
-        exp = Experiment(config, experiment_id=experiment_id, store=self._store, tuner=tuner, control_socket=False)
-        self.manager.start(exp)
+        # The platform class is looked up once (entry points are slow to scan), not per experiment.
+        assert self._platform_class is not None and config.experiment_working_directory is not None
+        service = self._platform_class(
+            config.training_service,
+            experiment_id=experiment_id,
+            experiment_dir=Path(config.experiment_working_directory) / experiment_id,
+        )
+        await self.manager.launch(
+            lambda store: Experiment(
+                config,
+                experiment_id=experiment_id,
+                store=store,
+                tuner=tuner,
+                service=service,
+                control_socket=False,
+            )
+        )
         log.info("User %s created experiment %s in workspace %s.", user.name, experiment_id, workspace)
         return {"id": experiment_id, "user": user.name, "workspace": workspace, "status": "RUNNING"}
 
@@ -696,7 +717,7 @@ class ExperimentService:
         if self.manager.is_live(experiment_id):
             if rerun:
                 raise HTTPProblem(409, f"Experiment {experiment_id} is running; re-run failed trials after it ends.")
-            self.manager.extend_live(experiment_id, max_trial_number=number, max_duration=duration)
+            await self.manager.extend_live(experiment_id, max_trial_number=number, max_duration=duration)
             await self.db.execute(
                 "UPDATE svc_experiments SET config = $1, updated_ms = $2 WHERE id = $3",
                 json.dumps(config),
@@ -708,31 +729,36 @@ class ExperimentService:
             if row[5] == "RUNNING" and row[11] != self.settings.replica:
                 raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row[11]!r}.")
             owner = await users_mod.get_user(self.db, row[1]) or user
-            try:
-                exp = Experiment.resume(
-                    experiment_id,
-                    store=self._store,
-                    max_trial_number=number,
-                    max_experiment_duration=duration,
-                    rerun_failed=rerun,
-                    control_socket=False,
-                )
-            except StoreError as exc:
-                raise HTTPProblem(409, f"Experiment {experiment_id} cannot be continued: {exc}") from None
-            async with self._quota_lock, self.db.transaction() as tx:
-                await self._check_quota(tx, owner, int(row[8]), int(row[9]), exclude=experiment_id)
-                await tx.execute(
-                    "UPDATE svc_experiments SET config = $1, status = $2, message = NULL, ended_ms = NULL, "
-                    "owner = $3, updated_ms = $4 WHERE id = $5",
-                    json.dumps(config),
-                    "RUNNING",
-                    self.settings.replica,
-                    now_ms(),
-                    experiment_id,
-                )
-                await audit(tx, user.name, "experiment.extend", f"{row[1]}/{row[2]}/{experiment_id}", detail)
-            self.manager.forget(experiment_id)
-            self.manager.start(exp)
+            async with self._quota_lock:
+                async with self.db.transaction() as tx:
+                    await self._check_quota(tx, owner, int(row[8]), int(row[9]), exclude=experiment_id)
+                    # RUNNING before it starts: its end (however soon) is recorded after this.
+                    await tx.execute(
+                        "UPDATE svc_experiments SET config = $1, status = $2, message = NULL, ended_ms = NULL, "
+                        "owner = $3, updated_ms = $4 WHERE id = $5",
+                        json.dumps(config),
+                        "RUNNING",
+                        self.settings.replica,
+                        now_ms(),
+                        experiment_id,
+                    )
+                    await audit(tx, user.name, "experiment.extend", f"{row[1]}/{row[2]}/{experiment_id}", detail)
+                try:
+                    await self.manager.resume(
+                        experiment_id,
+                        max_trial_number=number,
+                        max_experiment_duration=duration,
+                        rerun_failed=rerun,
+                    )
+                except NniTsError as exc:
+                    await self.db.execute(
+                        "UPDATE svc_experiments SET status = $1, message = $2, config = $3 WHERE id = $4",
+                        row[5],
+                        row[6],
+                        row[7],
+                        experiment_id,
+                    )
+                    raise HTTPProblem(409, f"Experiment {experiment_id} cannot be continued: {exc}") from None
         row = await self._experiment_row(user, experiment_id)
         return web.json_response(await self._details(row))
 
@@ -777,13 +803,7 @@ class ExperimentService:
         )
         if known is None:
             raise HTTPProblem(404, f"Experiment {row[0]} has no trial {trial_id!r}.")
-        data: bytes | None = None
-        exp = self.manager.experiment(row[0])
-        if exp is not None and exp.service is not None and self.manager.is_live(row[0]):
-            try:
-                data = await exp.service.get_trial_file(trial_id, name, tail=tail)
-            except NniTsError:
-                data = None
+        data = await self.manager.trial_file(row[0], trial_id, name, tail)
         if data is None:
             path = self.workspace_dir(row[1], row[2]) / "experiments" / row[0] / "trials" / trial_id / name
             data = await asyncio.to_thread(_read_tail, path, tail)

@@ -1,5 +1,14 @@
 """Running experiments inside the service: start, stop, extend, re-attach, mirror, and broadcast events.
 
+Threads
+-------
+Experiments run on their own event loop in one *engine* thread; the HTTP API runs on the main
+loop. Starting trials is system-call heavy (directories, files, ``fork``), and those calls release
+the GIL, so the API keeps answering while hundreds of trials start and end. Every Experiment,
+its training service and the experiment store are touched only from the engine thread; the API
+reaches them through :meth:`ExperimentManager._call`. Each thread has its own connection (pool) to
+the service database.
+
 Where results live
 ------------------
 Each experiment runs the ordinary loop (:class:`~nni_ts.experiment.Experiment`), which writes its
@@ -8,11 +17,11 @@ before anything else sees them. The service *mirrors* the store into its own dat
 of the experiment (a status change, a metric, a trial's end) marks the experiment dirty and one
 mirror task per experiment copies what changed (upserted trials, metrics inserted with
 ``ON CONFLICT DO NOTHING``). The API reads only the service database, so PostgreSQL replicas serve
-every experiment's results. The copy is idempotent: a restarted service starts each experiment's
-mirror from what the database already holds, so a crash between a store write and its mirror loses
-nothing: the next sync (at the latest the one made on re-attach) catches up.
+every experiment's results. The copy is idempotent and restarts from what the database already
+holds, so a crash between a store write and its mirror loses nothing: the next sync (at the latest
+the one made when the experiment is re-attached) catches up.
 
-Shutdown is crash-only: ``detach()`` stops mirroring after a last sync and leaves trials running;
+Shutdown is crash-only: :meth:`detach` stops mirroring after a last sync and leaves trials running;
 the next service re-attaches through :meth:`Experiment.resume`.
 """
 
@@ -21,21 +30,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import NniTsError, StoreError, UserError
 from ..experiment import Experiment
 from ..experiment.experiment import config_to_storable
 from ..models import TrialJobDetail, now_ms
-from ..storage import Store, TrialRecord
-from .db import Database
+from ..storage import Store, TrialRecord, open_store
+from .db import Database, open_database
 
 __all__ = ["ExperimentManager"]
 
 log = logging.getLogger(__name__)
 
 _QUEUE = 10_000
+T = TypeVar("T")
 
 
 def _clean_text(text: str | None) -> str | None:
@@ -56,51 +69,133 @@ class _Mirror:
 class _Live:
     id: str
     exp: Experiment
-    task: asyncio.Task[None] | None = None
-    subscribers: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None  # engine loop
+    subscribers: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)  # API loop only
     mirror: _Mirror = field(default_factory=_Mirror)
     dirty: bool = False
-    syncer: asyncio.Task[None] | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    syncer: asyncio.Task[None] | None = None  # engine loop
+    done: bool = False  # set by the engine thread when the experiment's loop has ended
 
 
 class ExperimentManager:
-    """The experiments this service process runs. All methods run on the service's event loop."""
+    """The experiments this service process runs, on the engine thread."""
 
-    def __init__(self, db: Database, store: Store, *, replica: str) -> None:
-        self.db = db
-        self.store = store
+    def __init__(self, database_url: str | None, store_path: Path, *, replica: str) -> None:
+        self.database_url = database_url
+        self.store_path = store_path
         self.replica = replica
         self._live: dict[str, _Live] = {}
         self._closing = False
+        self._db: Database | None = None  # the engine thread's connection
+        self._store: Store | None = None
+        self._api_loop: asyncio.AbstractEventLoop | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._engine_main, name="nni-ts-service-engine", daemon=True)
 
-    # ------------------------------------------------------------------ queries
+    # ------------------------------------------------------------------ the engine thread
+
+    async def open(self) -> None:
+        """Start the engine thread and open its database connection and the experiment store."""
+        self._api_loop = asyncio.get_running_loop()
+        self._thread.start()
+        await self._call(self._engine_open())
+
+    async def _engine_open(self) -> None:
+        self._db = await open_database(self.database_url)
+        try:
+            self._store = open_store(self.store_path)
+        except BaseException:
+            await self._db.close()
+            raise
+
+    def _engine_main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        # Detached (experiments still running): leave the loop as it is, the process exits.
+        if self._closing and not self._live_tasks():
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+
+    def _live_tasks(self) -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+
+    async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the engine loop and wait for it from the API loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    @property
+    def db(self) -> Database:
+        assert self._db is not None
+        return self._db
+
+    # ------------------------------------------------------------------ queries (API thread)
 
     def is_live(self, experiment_id: str) -> bool:
         live = self._live.get(experiment_id)
-        return live is not None and not live.finished.is_set()
-
-    def experiment(self, experiment_id: str) -> Experiment | None:
-        live = self._live.get(experiment_id)
-        return live.exp if live is not None else None
+        return live is not None and not live.done
 
     @property
     def live_ids(self) -> list[str]:
-        return [i for i in self._live if self.is_live(i)]
+        return [i for i in list(self._live) if self.is_live(i)]
 
     # ------------------------------------------------------------------ start and resume
 
-    def start(self, exp: Experiment) -> None:
-        """Run ``exp`` in the background; its status goes to the service database when it ends."""
+    async def launch(self, factory: Any) -> None:
+        """Build an Experiment with ``factory(store)`` and run it on the engine thread.
+
+        The experiment is live (``is_live``, ``subscribe``) when this returns; its loop starts as
+        soon as the engine thread gets to it (a busy engine does not delay the API's answer)."""
+        exp = factory(self.store)  # a plain object until it runs: nothing here touches the engine's state
         live = _Live(exp.id, exp)
         self._live[exp.id] = live
+        self._loop.call_soon_threadsafe(self._run_live, live)
+
+    async def resume(
+        self,
+        experiment_id: str,
+        *,
+        max_trial_number: int | None = None,
+        max_experiment_duration: str | int | None = None,
+        rerun_failed: bool = False,
+    ) -> None:
+        """Continue an ended (or orphaned) experiment with more budget. Raises StoreError."""
+
+        async def go() -> None:
+            exp = Experiment.resume(
+                experiment_id,
+                store=self.store,
+                max_trial_number=max_trial_number,
+                max_experiment_duration=max_experiment_duration,
+                rerun_failed=rerun_failed,
+                control_socket=False,
+            )
+            self._live.pop(experiment_id, None)
+            self._start(exp)
+
+        await self._call(go())
+
+    def _start(self, exp: Experiment) -> None:  # engine thread
+        live = _Live(exp.id, exp)
+        self._live[exp.id] = live
+        self._run_live(live)
+
+    def _run_live(self, live: _Live) -> None:  # engine thread
+        exp = live.exp
         exp.events.on("started", lambda _id: self._on_started(live))
         exp.events.on("metric", lambda trial_id, parsed: self._on_metric(live, trial_id, parsed))
         exp.events.on("trial_end", lambda record: self._on_trial_end(live, record))
-        live.task = asyncio.get_running_loop().create_task(self._run(live), name=f"nni-ts-service-exp-{exp.id}")
+        live.task = self._loop.create_task(self._run(live), name=f"nni-ts-service-exp-{exp.id}")
 
     async def resume_owned(self) -> list[str]:
         """Re-attach to every experiment this replica was running when it stopped."""
+        return await self._call(self._resume_owned())
+
+    async def _resume_owned(self) -> list[str]:
         rows = await self.db.fetch(
             "SELECT id FROM svc_experiments WHERE status = $1 AND owner = $2 ORDER BY created_ms",
             "RUNNING",
@@ -117,7 +212,7 @@ class ExperimentManager:
                 await self._set_status(experiment_id, "ERROR", f"It could not be re-attached after a restart: {exc}")
                 continue
             log.info("Re-attaching to experiment %s.", experiment_id)
-            self.start(exp)
+            self._start(exp)
             resumed.append(experiment_id)
         return resumed
 
@@ -135,9 +230,10 @@ class ExperimentManager:
             log.exception("Experiment %s failed.", live.id)
             message = f"Internal error: {exc!r}"
         finally:
-            live.finished.set()
             if not self._closing:
                 await self._final(live, status, message)
+            live.done = True
+            self._to_api(self._close_streams, live)
 
     async def _final(self, live: _Live, status: str, message: str | None) -> None:
         try:
@@ -146,8 +242,6 @@ class ExperimentManager:
         except NniTsError as exc:
             log.error("Could not record the end of experiment %s: %s", live.id, exc)
         self._broadcast(live, {"event": "experiment", "status": status, "message": message})
-        for queue in list(live.subscribers):
-            queue.put_nowait(None)
 
     async def _set_status(self, experiment_id: str, status: str, message: str | None, *, ended: bool = False) -> None:
         now = now_ms()
@@ -164,11 +258,13 @@ class ExperimentManager:
 
     async def stop(self, experiment_id: str, reason: str, *, timeout: float = 120.0) -> bool:
         """Stop a live experiment and wait until its trials are cancelled. False if it was not live."""
+        return await self._call(self._stop(experiment_id, reason, timeout))
+
+    async def _stop(self, experiment_id: str, reason: str, timeout: float) -> bool:
         live = self._live.get(experiment_id)
-        if live is None or live.finished.is_set():
+        if live is None or live.done or live.task is None:
             return False
         live.exp.stop(reason)
-        assert live.task is not None
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(live.task)
@@ -178,25 +274,48 @@ class ExperimentManager:
             pass
         return True
 
-    def extend_live(self, experiment_id: str, *, max_trial_number: int | None, max_duration: str | int | None) -> None:
+    async def extend_live(
+        self, experiment_id: str, *, max_trial_number: int | None, max_duration: str | int | None
+    ) -> None:
         """Raise the budget of a running experiment in place (its loop picks it up at once)."""
-        live = self._live[experiment_id]
-        config = live.exp.config
-        if max_trial_number is not None:
-            config.max_trial_number = max_trial_number
-        if max_duration is not None:
-            config.max_experiment_duration = max_duration
-        self.store.update_experiment(experiment_id, config=config_to_storable(config))
-        live.exp._wake.set()  # the loop re-reads its budget when woken
+
+        async def go() -> None:
+            live = self._live[experiment_id]
+            config = live.exp.config
+            if max_trial_number is not None:
+                config.max_trial_number = max_trial_number
+            if max_duration is not None:
+                config.max_experiment_duration = max_duration
+            self.store.update_experiment(experiment_id, config=config_to_storable(config))
+            live.exp._wake.set()  # the loop re-reads its budget when woken
+
+        await self._call(go())
+
+    async def trial_file(self, experiment_id: str, trial_id: str, name: str, tail: int | None) -> bytes | None:
+        """A trial file through the live experiment's platform; None if the experiment is not live."""
+
+        async def go() -> bytes | None:
+            live = self._live.get(experiment_id)
+            if live is None or live.done or live.exp.service is None:
+                return None
+            try:
+                return await live.exp.service.get_trial_file(trial_id, name, tail=tail)
+            except NniTsError:
+                return None
+
+        return await self._call(go())
 
     def forget(self, experiment_id: str) -> None:
-        self._live.pop(experiment_id, None)
+        live = self._live.get(experiment_id)
+        if live is not None and live.done:
+            self._live.pop(experiment_id, None)
 
     # ------------------------------------------------------------------ events
 
     def subscribe(self, experiment_id: str) -> asyncio.Queue[dict[str, Any] | None] | None:
+        """A queue of the experiment's events (API loop); None when it is not live."""
         live = self._live.get(experiment_id)
-        if live is None or live.finished.is_set():
+        if live is None or live.done:
             return None
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(_QUEUE)
         live.subscribers.add(queue)
@@ -207,13 +326,33 @@ class ExperimentManager:
         if live is not None:
             live.subscribers.discard(queue)
 
-    def _broadcast(self, live: _Live, event: dict[str, Any]) -> None:
-        event = {"experimentId": live.id, "time": now_ms(), **event}
+    def _to_api(self, fn: Any, *args: Any) -> None:
+        if self._api_loop is not None and not self._api_loop.is_closed():
+            try:
+                self._api_loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the API loop closed meanwhile
+                pass
+
+    def _broadcast(self, live: _Live, event: dict[str, Any]) -> None:  # engine thread
+        self._to_api(self._deliver, live, {"experimentId": live.id, "time": now_ms(), **event})
+
+    @staticmethod
+    def _deliver(live: _Live, event: dict[str, Any]) -> None:  # API thread
         for queue in list(live.subscribers):
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:  # a reader that does not keep up is dropped, not waited for
                 live.subscribers.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(None)
+
+    @staticmethod
+    def _close_streams(live: _Live) -> None:  # API thread
+        for queue in list(live.subscribers):
+            live.subscribers.discard(queue)
+            try:
+                queue.put_nowait(None)
+            except asyncio.QueueFull:
                 queue.get_nowait()
                 queue.put_nowait(None)
 
@@ -237,49 +376,32 @@ class ExperimentManager:
         self._poke(live)
 
     def _on_trial_end(self, live: _Live, record: TrialRecord) -> None:
-        self._broadcast(
-            live,
-            {
-                "event": "trial_end",
-                "trialId": record.id,
-                "status": record.status.value,
-                "finalValue": record.final_value,
-            },
-        )
+        event = {"event": "trial_end", "trialId": record.id, "status": record.status.value}
+        self._broadcast(live, event | {"finalValue": record.final_value})
         self._poke(live)
 
-    # ------------------------------------------------------------------ mirror
+    # ------------------------------------------------------------------ mirror (engine thread)
 
     def _poke(self, live: _Live) -> None:
         live.dirty = True
         if self._closing:
             return
         if live.syncer is None or live.syncer.done():
-            live.syncer = asyncio.get_running_loop().create_task(
-                self._sync_loop(live), name=f"nni-ts-service-mirror-{live.id}"
-            )
+            live.syncer = self._loop.create_task(self._sync_loop(live), name=f"nni-ts-service-mirror-{live.id}")
 
     async def _sync_loop(self, live: _Live) -> None:
         while live.dirty and not self._closing:
             live.dirty = False
             try:
                 await self.sync(live)
-            except NniTsError as exc:
+            except Exception as exc:  # a database outage must not end the experiment
                 log.warning("Mirroring experiment %s failed (retried on its next event): %s", live.id, exc)
                 return
-            except Exception as exc:  # a database outage must not end the experiment
-                log.warning("Mirroring experiment %s failed (retried on its next event): %r", live.id, exc)
-                return
 
-    async def sync(self, live: _Live | str) -> None:
+    async def sync(self, live: _Live) -> None:
         """Copy what changed in the store for this experiment into the service database."""
-        if isinstance(live, str):
-            found = self._live.get(live)
-            target = found if found is not None else _Live(live, None)  # type: ignore[arg-type]
-        else:
-            target = live
-        mirror = target.mirror
-        experiment_id = target.id
+        mirror = live.mirror
+        experiment_id = live.id
         if not mirror.loaded:
             rows = await self.db.fetch(
                 "SELECT trial_id, COUNT(*) FROM svc_metrics WHERE experiment_id = $1 GROUP BY trial_id", experiment_id
@@ -350,24 +472,45 @@ class ExperimentManager:
     async def detach(self) -> None:
         """Stop mirroring after a last sync; experiments and trials keep running (crash-only shutdown).
 
-        The process must then exit without cancelling the experiments' tasks (``os._exit``), or
-        their trials would be cancelled."""
+        The process must then exit (``os._exit``) without cancelling the engine's tasks, or their
+        trials would be cancelled."""
+        await self._call(self._detach())
+        for live in list(self._live.values()):
+            self._close_streams(live)
+
+    async def _detach(self) -> None:
         self._closing = True
         for live in list(self._live.values()):
             if live.syncer is not None and not live.syncer.done():
                 await asyncio.wait([live.syncer], timeout=10)
-            if not live.finished.is_set():
+            if not live.done:
                 try:
                     await self.sync(live)
                 except Exception as exc:
                     log.warning("The last sync of experiment %s failed: %r", live.id, exc)
-            for queue in list(live.subscribers):
-                queue.put_nowait(None)
+        if self._db is not None:
+            await self._db.close()
 
-    async def stop_all(self, reason: str = "The service stopped.") -> None:
-        """Stop every live experiment (their trials are cancelled) and record their end."""
-        await asyncio.gather(*(self.stop(i, reason) for i in list(self._live)), return_exceptions=True)
+    async def close(self, reason: str = "The service stopped.") -> None:
+        """Stop every live experiment (their trials are cancelled), record their end, end the thread."""
+        if not self._thread.is_alive():
+            return
+        await self._call(self._close(reason))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join, 60)
+
+    async def _close(self, reason: str) -> None:
+        await asyncio.gather(*(self._stop(i, reason, 120.0) for i in list(self._live)), return_exceptions=True)
         for live in list(self._live.values()):
             if live.syncer is not None and not live.syncer.done():
                 await asyncio.wait([live.syncer], timeout=10)
         self._closing = True
+        leftovers = [t for t in self._live_tasks() if t is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=10)
+        if self._db is not None:
+            await self._db.close()
+        if self._store is not None:
+            self._store.close()
