@@ -397,6 +397,7 @@ class ApiServer:
 
             if gone is not None:
                 await response.write(json.dumps({"type": "ERROR", "object": gone.status()}).encode() + b"\n")
+                await response.write_eof()
                 return response
             for obj in initial:
                 if matches(obj):

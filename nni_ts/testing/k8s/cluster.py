@@ -7,8 +7,8 @@ import asyncio
 import builtins
 import contextlib
 import copy
-import os
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
