@@ -1,0 +1,258 @@
+"""deploy/: the service's manifests are complete, least-privilege, apply to the fake cluster with kubectl,
+and the Deployment's pod, run by the fake kubelet, serves the API (the seeds' launcher body included)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from service_support import Api
+
+from nni_ts.registry import available_platforms
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+
+# What the kubeflow and frameworkcontroller platforms touch, and nothing else.
+ALLOWED = {
+    ("kubeflow.org", "tfjobs"),
+    ("kubeflow.org", "pytorchjobs"),
+    ("frameworkcontroller.microsoft.com", "frameworks"),
+    ("", "pods"),
+    ("", "pods/log"),
+    ("", "secrets"),
+    ("", "configmaps"),
+    ("", "events"),
+}
+
+
+def _documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, (kind, found)
+    return found[0]
+
+
+def test_manifests_are_complete_and_rbac_is_least_privilege() -> None:
+    docs = _documents()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "Namespace",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service",
+        ]
+    )
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    role, binding = _one(docs, "Role"), _one(docs, "RoleBinding")
+    granted = set()
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+        granted |= {(g, r) for g in rule["apiGroups"] for r in rule["resources"]}
+    assert granted == ALLOWED
+    deployment, service_account = _one(docs, "Deployment"), _one(docs, "ServiceAccount")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == service_account["metadata"]["name"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": service_account["metadata"]["name"],
+            "namespace": deployment["metadata"]["namespace"],
+        }
+    ]
+    # The Role lives where trials run: the namespace the service is told to use.
+    args = pod["containers"][0]["args"]
+    assert f"--namespace-template={role['metadata']['namespace']}" in args
+    # No secret in the manifests: the database URL comes from a Secret the operator creates.
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["NNI_TS_SERVICE_DB"]["valueFrom"]["secretKeyRef"]["name"] == "nni-ts-db"
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    # The Service selects the Deployment's pods and exposes its port.
+    svc = _one(docs, "Service")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+    assert svc["spec"]["ports"][0]["targetPort"] == pod["containers"][0]["ports"][0]["name"]
+
+
+# The fake cluster serves core v1 and custom resources; Deployments, Roles and RoleBindings are
+# registered as stand-in resources (same group, version, kind and names) so that kubectl applies them.
+def _standin(group: str, kind: str, plural: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                }
+            ],
+        },
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _kubectl(kubeconfig: Path, cache: Path, *args: str) -> tuple[int, str, str]:
+    exe = shutil.which("kubectl")
+    assert exe is not None
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--cache-dir",
+        str(cache),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed (scripts/test installs Debian's kubernetes-client).")
+    from nni_ts.testing.k8s import FakeCluster
+
+    async with FakeCluster(tmp_path / "cluster") as cluster:
+        for group, kind, plural in (
+            ("apps", "Deployment", "deployments"),
+            ("rbac.authorization.k8s.io", "Role", "roles"),
+            ("rbac.authorization.k8s.io", "RoleBinding", "rolebindings"),
+        ):
+            cluster.create(_standin(group, kind, plural))
+        cache = tmp_path / "kube-cache"
+        for path in sorted(DEPLOY.glob("*.yaml")):
+            if path.name == "40-storage.yaml":
+                continue  # PersistentVolumeClaims are not served by the fake cluster (checked above)
+            code, out, err = await _kubectl(cluster.kubeconfig, cache, "apply", "-f", str(path))
+            assert code == 0, (path.name, out, err)
+        code, out, err = await _kubectl(cluster.kubeconfig, cache, "get", "deployment", "-n", "nni-ts", "-o", "json")
+        assert code == 0, err
+        deployment = json.loads(out)["items"][0]
+        assert cluster.get("roles", "nni-ts-trials", namespace="nni-exp") is not None
+        assert cluster.get("services", "nni-ts", namespace="nni-ts") is not None
+
+        # Run the Deployment's pod template as the Deployment controller would: the data volume is
+        # an emptyDir here (no PersistentVolume), the port a free one, and the platform local when
+        # the Kubernetes platforms are not installed. The command line is otherwise the manifest's.
+        port = _free_port()
+        template = deployment["spec"]["template"]
+        spec = json.loads(json.dumps(template["spec"]))
+        container = spec["containers"][0]
+        args = [a for a in container["args"] if not a.startswith(("--host=", "--port="))]
+        args += ["--host=127.0.0.1", f"--port={port}"]
+        if "kubeflow" not in available_platforms():
+            args = [a for a in args if not a.startswith(("--platform=", "--platform-config="))]
+        container["args"] = args
+        if shutil.which(container["command"][0]) is None:
+            container["command"] = [sys.executable, "-m", "nni_ts.cli", *container["command"][1:]]
+        container["ports"] = [{"name": "http", "containerPort": port}]
+        spec["volumes"] = [
+            v if "persistentVolumeClaim" not in v else {"name": v["name"], "emptyDir": {}} for v in spec["volumes"]
+        ]
+        db = tmp_path / "service.db"
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "nni-ts-db"},
+                "stringData": {"url": f"sqlite:///{db}"},
+            },
+            namespace="nni-ts",
+        )
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "nni-ts-service-0", "labels": template["metadata"]["labels"]},
+                "spec": spec,
+            },
+            namespace="nni-ts",
+        )
+        await cluster.wait_for_object(
+            "pods",
+            "nni-ts-service-0",
+            lambda p: p.get("status", {}).get("phase") == "Running",
+            namespace="nni-ts",
+            timeout=30,
+        )
+        added = subprocess.run(
+            [sys.executable, "-m", "nni_ts.cli", "--json", "users", "--db", f"sqlite:///{db}", "add", "cuizihan"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert added.returncode == 0, added.stderr
+        token = json.loads(added.stdout)["token"]
+        async with aiohttp.ClientSession() as session:
+            api = Api(f"http://127.0.0.1:{port}", session)
+            async with asyncio.timeout(30):  # the pod's process binds its port
+                while True:
+                    try:
+                        status, text = await api.call("GET", "/api/v1/nni-exp/hello")
+                        break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)
+            assert (status, text) == (200, "Hello world")
+            health = await api.ok("GET", "/healthz")
+            assert health["ok"] and health["replica"] == "nni-ts-service"
+            if "kubeflow" not in available_platforms():
+                body = {
+                    "user": "cuizihan",
+                    "workspace": "test",
+                    "trailConcurrency": 1,
+                    "num": 2,
+                    "target": "maximize",
+                    "command": "python3 -c \"import nni; nni.report_final_result(nni.get_next_parameter()['a'])\"",
+                    "gpuNum": 0,
+                    "search_space": {"a": {"_type": "choice", "_value": [1, 2]}},
+                }
+                created = await api.ok("POST", "/nni-exp", token=token, json=body)
+                await api.wait_experiment(created["experimentId"], token)
+                result = await api.ok("GET", "/nni-exp", token=token, json={"workspace": "test", "user": "cuizihan"})
+                assert result["trialCounts"] == {"SUCCEEDED": 2}
+        log = cluster.pod_log("nni-ts-service-0", namespace="nni-ts")
+        assert "listening on http://127.0.0.1" in log and token not in log
+        cluster.delete("pods", "nni-ts-service-0", namespace="nni-ts")
+        await cluster.wait_deleted("pods", "nni-ts-service-0", namespace="nni-ts", timeout=30)
