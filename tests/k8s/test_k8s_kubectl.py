@@ -1,0 +1,154 @@
+"""The real kubectl (1.32) against the fake cluster: get, apply -f with validation, delete, logs, get -w,
+-o json, and a Kubeflow documentation-style TFJob applied with kubectl running to Succeeded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+from k8s_support import Kubectl, condition
+
+from nni_ts.testing.k8s import FakeCluster
+
+pytestmark = pytest.mark.timeout(90)
+
+# The shape of Kubeflow's documentation example (a single Worker running a command).
+TFJOB_YAML = """\
+apiVersion: kubeflow.org/v1
+kind: TFJob
+metadata:
+  name: tfjob-simple
+  namespace: default
+spec:
+  tfReplicaSpecs:
+    Worker:
+      replicas: 1
+      restartPolicy: OnFailure
+      template:
+        spec:
+          containers:
+            - name: tensorflow
+              image: kubeflow/tf-mnist-with-summaries:latest
+              command:
+                - "python3"
+                - "-c"
+                - "import os; print('training on', os.environ['HOSTNAME']); print('TF_CONFIG', os.environ['TF_CONFIG'])"
+"""
+
+
+async def test_apply_tfjob_runs_to_succeeded(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:
+    manifest = tmp_path / "tfjob.yaml"
+    manifest.write_text(TFJOB_YAML)
+    result = await kubectl("apply", "-f", str(manifest))
+    assert result.code == 0, result.err
+    assert result.out.strip() == "tfjob.kubeflow.org/tfjob-simple created"
+    await cluster.wait_for_object("tfjobs", "tfjob-simple", lambda o: condition(o, "Succeeded"), timeout=20)
+    table = await kubectl("get", "tfjobs")
+    assert table.code == 0
+    header, row = table.out.splitlines()[:2]
+    assert header.split() == ["NAME", "STATE", "AGE"] and row.split()[:2] == ["tfjob-simple", "Succeeded"]
+    job = (await kubectl("get", "tfjob", "tfjob-simple", "-o", "json")).json()
+    assert job["status"]["replicaStatuses"]["Worker"]["succeeded"] == 1
+    assert [c["type"] for c in job["status"]["conditions"] if c["status"] == "True"] == ["Created", "Succeeded"]
+    pods = (await kubectl("get", "pods", "-l", "training.kubeflow.org/job-name=tfjob-simple", "-o", "json")).json()
+    assert [p["metadata"]["name"] for p in pods["items"]] == ["tfjob-simple-worker-0"]
+    logs = await kubectl("logs", "tfjob-simple-worker-0")
+    assert "training on tfjob-simple-worker-0" in logs.out
+    assert '"worker": ["tfjob-simple-worker-0.default.svc:2222"]' in logs.out
+    again = await kubectl("apply", "-f", str(manifest))
+    assert again.code == 0 and "unchanged" in again.out
+    deleted = await kubectl("delete", "-f", str(manifest))
+    assert deleted.code == 0 and 'tfjob.kubeflow.org "tfjob-simple" deleted' in deleted.out
+    await cluster.wait_deleted("pods", "tfjob-simple-worker-0")
+
+
+async def test_apply_rejects_invalid_objects(kubectl: Kubectl, tmp_path: Path) -> None:
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(TFJOB_YAML.replace("replicas: 1", "replicas: one"))
+    result = await kubectl("apply", "-f", str(manifest))
+    assert result.code != 0
+    assert "spec.tfReplicaSpecs[Worker].replicas" in result.err and "must be of type integer" in result.err
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(TFJOB_YAML.replace("  tfReplicaSpecs:", "  notAField: 1\n  tfReplicaSpecs:"))
+    result = await kubectl("apply", "-f", str(unknown))
+    assert result.code != 0 and 'unknown field "spec.notAField"' in result.err
+    result = await kubectl("apply", "--validate=false", "-f", str(unknown))
+    assert result.code == 0, result.err
+
+
+async def test_pod_lifecycle_with_kubectl(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text("""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: sleeper
+  labels: {app: demo}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: main
+      image: busybox:1.36
+      command: ["sh", "-c", "echo started; sleep 30"]
+""")
+    assert (await kubectl("apply", "-f", str(manifest))).code == 0
+    await cluster.wait_for_object("pods", "sleeper", lambda p: p["status"]["phase"] == "Running")
+    got = await kubectl("get", "pods")
+    assert got.out.splitlines()[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert got.out.splitlines()[1].split()[:3] == ["sleeper", "1/1", "Running"]
+    await cluster.wait_for(lambda c: "started" in c.pod_log("sleeper"))
+    assert (await kubectl("logs", "sleeper")).out == "started\n"
+    wide = await kubectl("get", "pod", "sleeper", "-o", "wide")
+    assert "fake-node-1" in wide.out and "127.0.0.1" in wide.out
+    name_only = await kubectl("get", "pods", "-o", "name")
+    assert name_only.out.strip() == "pod/sleeper"
+    patched = await kubectl("label", "pod", "sleeper", "tier=backend")
+    assert patched.code == 0, patched.err
+    assert (cluster.get("pods", "sleeper") or {})["metadata"]["labels"] == {"app": "demo", "tier": "backend"}
+    deleted = await kubectl("delete", "pod", "sleeper", "--wait=true")
+    assert deleted.code == 0 and 'pod "sleeper" deleted' in deleted.out
+    assert cluster.get("pods", "sleeper") is None
+    missing = await kubectl("get", "pod", "sleeper")
+    assert missing.code != 0 and 'pods "sleeper" not found' in missing.err
+
+
+async def test_get_watch_shows_the_job_progress(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *kubectl.argv("get", "tfjobs", "-w", "--request-timeout=20s"), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        await cluster.wait_for(lambda c: c.request_counts[("watch", "tfjobs")] >= 1, timeout=20)
+        manifest = tmp_path / "tfjob.yaml"
+        manifest.write_text(TFJOB_YAML)
+        assert (await kubectl("apply", "-f", str(manifest))).code == 0
+        states: list[str] = []
+        async with asyncio.timeout(20):
+            while "Succeeded" not in states:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "kubectl get -w ended early"
+                parts = line.split()
+                if parts and parts[0] == "tfjob-simple":
+                    states.append(parts[1] if len(parts) > 2 else "")
+        assert states[-1] == "Succeeded"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def test_get_json_of_core_objects_and_events(cluster: FakeCluster, kubectl: Kubectl) -> None:
+    cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}})
+    out = (await kubectl("get", "configmap", "c", "-o", "json")).json()
+    assert out["data"] == {"a": "b"} and out["metadata"]["name"] == "c"
+    nodes = (await kubectl("get", "nodes", "-o", "json")).json()
+    assert nodes["items"][0]["status"]["capacity"]["cpu"] == "16"
+    ns = await kubectl("get", "namespaces")
+    assert "default" in ns.out and "Active" in ns.out
+    crds = await kubectl("get", "crds")
+    assert "tfjobs.kubeflow.org" in crds.out
+    version = json.loads((await kubectl("version", "-o", "json")).out)
+    assert version["serverVersion"]["minor"] == "32"
