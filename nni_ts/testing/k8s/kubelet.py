@@ -202,8 +202,10 @@ class PodRunner:
                 await self.done.wait()
                 return
         try:
-            env_per_container = {c["name"]: self._env(c) for c in self.pod["spec"]["containers"]}
             mounts = self._volumes()
+            env_per_container = {c["name"]: {k: v if k in HOST_ENV else _rewrite(v, mounts)
+                                             for k, v in self._env(c).items()}
+                                 for c in self.pod["spec"]["containers"]}
         except _ConfigError as exc:
             self.write_status(containerStatuses=self.container_statuses(("CreateContainerConfigError", str(exc))))
             api.record_event(self.pod, "Failed", f"Error: {exc}", "Warning", "kubelet")
