@@ -236,7 +236,7 @@ async def test_framework_stop_by_json_patch(cluster: FakeCluster) -> None:
 async def test_framework_evicted_pod_is_failed_without_failed_container(cluster: FakeCluster) -> None:
     cluster.create(framework("fwev", [role("worker", [sys.executable, "-c", "import time; time.sleep(60)"])]))
     await cluster.wait_for_object("pods", "fwev-worker-0", lambda p: p["status"].get("phase") == "Running")
-    cluster.faults.evict_pod("default", "fwev-worker-0")
+    await cluster.faults.evict_pod("default", "fwev-worker-0")
     fw = await cluster.wait_for_object("frameworks", "fwev", fw_done)
     comp = fw["status"]["attemptStatus"]["completionStatus"]
     assert comp["code"] in (-300, 137)

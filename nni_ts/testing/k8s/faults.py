@@ -56,19 +56,21 @@ class Faults:
         faults.delay = 0.0
         faults.gone_watches = 0
 
-    def evict_pod(self, namespace: str, name: str,
-                  message: str = "The node was low on resource: memory. ") -> asyncio.Task[None] | None:
-        """Evict a pod: its processes are killed and it ends Failed with reason Evicted."""
-        return self._cluster.kubelet.fail_pod(namespace, name, "Evicted", message)
+    async def evict_pod(self, namespace: str, name: str,
+                        message: str = "The node was low on resource: memory. ") -> None:
+        """Evict a pod: its processes are killed and it ends Failed with reason Evicted (done on return)."""
+        task = self._cluster.kubelet.fail_pod(namespace, name, "Evicted", message)
+        if task is not None:
+            await task
 
     def oom_kill(self, namespace: str, name: str) -> None:
         """Kill a pod's containers as the OOM killer does (exit code 137, reason OOMKilled)."""
         self._cluster.kubelet.fail_pod(namespace, name, "OOMKilled", "", oom=True)
 
-    def lose_node(self, name: str, pod_phase: str = "Failed") -> list[asyncio.Task[None]]:
+    async def lose_node(self, name: str, pod_phase: str = "Failed") -> None:
         """The node stops responding: its Ready condition turns Unknown, its pods' processes are killed and
         the pods end in ``pod_phase`` (Failed or Unknown) with reason NodeLost. Nothing is scheduled there
-        any more."""
+        any more. Done on return."""
         api = self._cluster.api
         node = api.store.get(("", "nodes"), "", name)
         if node is None:
@@ -90,7 +92,8 @@ class Faults:
                     f"Node {name} which was running pod {pod['metadata']['name']} is unresponsive", phase=pod_phase)
                 if task is not None:
                     tasks.append(task)
-        return tasks
+        for task in tasks:
+            await task
 
     def restore_node(self, name: str) -> None:
         """Bring a lost node back (Ready again, pods can be scheduled on it)."""

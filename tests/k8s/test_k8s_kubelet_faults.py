@@ -1,0 +1,188 @@
+"""Scheduler and kubelet (capacity, images, OOM, logs) and the fault switches."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kubernetes_asyncio as k8s
+import pytest
+
+from nni_ts.testing.k8s import FakeCluster, Node
+
+pytestmark = pytest.mark.timeout(60)
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def pod(name: str, command: list[str], *, image: str = "busybox", resources: dict[str, Any] | None = None,
+        restart: str = "Never") -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": image, "command": command}
+    if resources:
+        container["resources"] = resources
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": restart, "containers": [container]}}
+
+
+def phase(p: dict[str, Any] | None) -> str:
+    return str(((p or {}).get("status") or {}).get("phase", ""))
+
+
+async def test_pending_on_capacity_until_room_frees(tmp_path: Path) -> None:
+    async with FakeCluster(tmp_path / "c", nodes=[Node("small", cpu=2, memory="1Gi", gpus=1)]) as cluster:
+        cluster.create(pod("gpu1", SLEEP, resources={"limits": {"nvidia.com/gpu": 1}}))
+        await cluster.wait_for_object("pods", "gpu1", lambda p: phase(p) == "Running")
+        cluster.create(pod("gpu2", ["true"], resources={"limits": {"nvidia.com/gpu": 1}}))
+        cluster.create(pod("huge", ["true"], resources={"requests": {"cpu": "4", "memory": "512Mi"}}))
+        gpu2 = await cluster.wait_for_object("pods", "gpu2", lambda p: bool(p["status"].get("conditions")))
+        cond = gpu2["status"]["conditions"][0]
+        assert (cond["type"], cond["status"], cond["reason"]) == ("PodScheduled", "False", "Unschedulable")
+        assert cond["message"] == "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+        huge = await cluster.wait_for_object("pods", "huge", lambda p: bool(p["status"].get("conditions")))
+        assert "Insufficient cpu" in huge["status"]["conditions"][0]["message"]
+        events = [e for e in cluster.list("events") if e["reason"] == "FailedScheduling"]
+        assert {e["involvedObject"]["name"] for e in events} == {"gpu2", "huge"}
+        assert phase(cluster.get("pods", "gpu2")) == "Pending"
+        env_gpu = cluster.kubelet.gpu_assignment[(cluster.get("pods", "gpu1") or {})["metadata"]["uid"]]
+        assert env_gpu == [0]
+        cluster.delete("pods", "gpu1")
+        await cluster.wait_for_object("pods", "gpu2", lambda p: phase(p) == "Succeeded")
+        assert phase(cluster.get("pods", "huge")) == "Pending"
+
+
+async def test_missing_image_stays_pending_with_pull_errors(tmp_path: Path) -> None:
+    async with FakeCluster(tmp_path / "c", missing_images=["private/listed:1"], image_backoff=0.05) as cluster:
+        cluster.create(pod("nopull", ["true"], image="registry.example.com/doesnotexist:1"))
+        cluster.faults.missing_image("other/img:2")
+        cluster.create(pod("listed", ["true"], image="other/img:2"))
+        for name in ("nopull", "listed"):
+            got = await cluster.wait_for_object("pods", name, lambda p: "ImagePullBackOff" in str(
+                p["status"].get("containerStatuses")))
+            assert phase(got) == "Pending"
+        reasons = {e["reason"] for e in cluster.list("events") if e["involvedObject"]["name"] == "nopull"}
+        assert {"Failed", "BackOff"} <= reasons
+        cfg = k8s.client.Configuration()
+        cfg.host = cluster.url
+        async with k8s.client.ApiClient(cfg) as client:
+            with pytest.raises(k8s.client.ApiException) as info:
+                await k8s.client.CoreV1Api(client).read_namespaced_pod_log("nopull", "default")
+        assert info.value.status == 400 and "is waiting to start: trying and failing to pull image" in info.value.body
+
+
+async def test_oom_by_memory_limit_and_by_switch(cluster: FakeCluster) -> None:
+    hog = [sys.executable, "-c", "import time; x = bytearray(200 * 1024 * 1024); time.sleep(30)"]
+    cluster.create(pod("hog", hog, resources={"limits": {"memory": "64Mi"}}))
+    got = await cluster.wait_for_object("pods", "hog", lambda p: phase(p) == "Failed", timeout=20)
+    term = got["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (term["exitCode"], term["reason"]) == (137, "OOMKilled")
+    cluster.create(pod("victim", SLEEP))
+    await cluster.wait_for_object("pods", "victim", lambda p: phase(p) == "Running")
+    cluster.faults.oom_kill("default", "victim")
+    got = await cluster.wait_for_object("pods", "victim", lambda p: phase(p) == "Failed")
+    assert got["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+
+
+async def test_eviction_and_node_loss(tmp_path: Path) -> None:
+    async with FakeCluster(tmp_path / "c", nodes=[Node("n1"), Node("n2", labels={"zone": "b"})]) as cluster:
+        cluster.create(pod("ev", SLEEP))
+        await cluster.wait_for_object("pods", "ev", lambda p: phase(p) == "Running")
+        pid = next(iter(cluster.kubelet.runners.values())).containers["main"].proc.pid  # type: ignore[union-attr]
+        await cluster.faults.evict_pod("default", "ev")
+        got = await cluster.wait_for_object("pods", "ev", lambda p: phase(p) == "Failed")
+        assert got["status"]["reason"] == "Evicted"
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        body = pod("lost", SLEEP)
+        body["spec"]["nodeSelector"] = {"zone": "b"}
+        cluster.create(body)
+        await cluster.wait_for_object("pods", "lost", lambda p: phase(p) == "Running")
+        await cluster.faults.lose_node("n2")
+        got = await cluster.wait_for_object("pods", "lost", lambda p: phase(p) == "Failed")
+        assert got["status"]["reason"] == "NodeLost"
+        node = cluster.get("nodes", "n2", "") or {}
+        assert [c["status"] for c in node["status"]["conditions"] if c["type"] == "Ready"] == ["Unknown"]
+        cluster.create(dict(body, metadata={"name": "lost2"}))
+        got = await cluster.wait_for_object("pods", "lost2", lambda p: bool(p["status"].get("conditions")))
+        assert "untolerated taint" in got["status"]["conditions"][0]["message"]
+        cluster.faults.restore_node("n2")
+        await cluster.wait_for_object("pods", "lost2", lambda p: phase(p) == "Running")
+
+
+async def test_log_follow_and_previous(cluster: FakeCluster) -> None:
+    script = "import sys, time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.1)\nsys.exit(1)"
+    cluster.create(pod("counter", [sys.executable, "-c", script], restart="OnFailure"))
+    await cluster.wait_for_object("pods", "counter", lambda p: phase(p) == "Running")
+    async with aiohttp.ClientSession() as session, asyncio.timeout(10):
+        async with session.get(f"{cluster.url}/api/v1/namespaces/default/pods/counter/log",
+                               params={"follow": "true"}) as resp:
+            text = await resp.text()
+    assert text == "0\n1\n2\n"
+    await cluster.wait_for_object("pods", "counter", lambda p: p["status"]["containerStatuses"][0][
+        "restartCount"] >= 1)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{cluster.url}/api/v1/namespaces/default/pods/counter/log",
+                               params={"previous": "true", "tailLines": "1"}) as resp:
+            assert await resp.text() == "2\n"
+
+
+async def test_error_bursts_and_slowness(cluster: FakeCluster) -> None:
+    cfg = k8s.client.Configuration()
+    cfg.host = cluster.url
+    async with k8s.client.ApiClient(cfg) as client:
+        core = k8s.client.CoreV1Api(client)
+        cluster.faults.error_burst(429, 2, verbs=["list"])
+        for _ in range(2):
+            with pytest.raises(k8s.client.ApiException) as info:
+                await core.list_namespaced_pod("default")
+            assert info.value.status == 429 and info.value.headers["Retry-After"] == "1"
+        await core.list_namespaced_pod("default")
+        await core.read_namespace("default")
+        cluster.faults.error_burst(500, 1, resource="pods")
+        await core.read_namespace("default")  # other resources are not affected
+        with pytest.raises(k8s.client.ApiException) as info:
+            await core.list_namespaced_pod("default")
+        assert info.value.status == 500 and "InternalError" in info.value.body
+        cluster.faults.slow(0.3)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await core.list_namespaced_pod("default")
+        assert loop.time() - start >= 0.3
+        cluster.faults.clear()
+
+
+async def test_sync_official_client_in_a_thread(cluster: FakeCluster) -> None:
+    import kubernetes
+
+    def work() -> list[str]:
+        cfg = kubernetes.client.Configuration()
+        cfg.host = cluster.url
+        with kubernetes.client.ApiClient(cfg) as client:
+            core = kubernetes.client.CoreV1Api(client)
+            core.create_namespaced_config_map("default", {"metadata": {"name": "sync"}, "data": {"a": "1"}})
+            custom = kubernetes.client.CustomObjectsApi(client)
+            custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs", {
+                "apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "sync"},
+                "spec": {"tfReplicaSpecs": {"Worker": {"replicas": 1, "template": {"spec": {"containers": [
+                    {"name": "tensorflow", "image": "x", "command": ["true"]}]}}}}}})
+            seen = []
+            watch = kubernetes.watch.Watch()
+            for event in watch.stream(custom.list_namespaced_custom_object, "kubeflow.org", "v1", "default",
+                                      "tfjobs", timeout_seconds=10):
+                states = [c["type"] for c in event["object"].get("status", {}).get("conditions", [])
+                          if c["status"] == "True"]
+                seen.append(event["type"])
+                if "Succeeded" in states:
+                    watch.stop()
+            names = [i.metadata.name for i in core.list_namespaced_config_map("default").items]
+            try:
+                core.read_namespaced_config_map("nope", "default")
+            except kubernetes.client.ApiException as exc:
+                names.append(str(exc.status))
+            return seen + names
+
+    result = await asyncio.to_thread(work)
+    assert result[0] == "ADDED" and result[-2:] == ["sync", "404"]
