@@ -305,7 +305,7 @@ class _PgTx:
 def default_database_url() -> str:
     from ..paths import home
 
-    return f"sqlite:///{home() / 'service.db'}"
+    return f"sqlite:///{home() / 'service' / 'service.db'}"
 
 
 async def open_database(url: str | None = None) -> Database:

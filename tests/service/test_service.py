@@ -190,6 +190,13 @@ async def test_bad_input_is_a_4xx_with_a_reason(svc: Running) -> None:
     assert 400 <= status < 500
     status, body = await api.call("GET", "/experiments/nope/trials/x/log", token=token, params={"file": "/etc/passwd"})
     assert status in (400, 404)
+    # A mistake only the platform sees (a missing code directory) ends the experiment in ERROR, with a reason.
+    status, body = await api.call(
+        "POST", "/workspaces/w/experiments", token=token, json=quick_config() | {"trialCodeDirectory": "missing"}
+    )
+    assert status == 201, body
+    failed = await api.wait_experiment(body["id"], token)
+    assert failed["status"] == "ERROR" and "does not exist" in failed["message"], failed
     # A v1 config is accepted as well (converted).
     v1 = {
         "authorName": "default",
