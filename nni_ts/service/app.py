@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 from collections.abc import Awaitable, Callable
@@ -163,7 +164,8 @@ class ExperimentService:
         except HTTPProblem as exc:
             return _error(exc.status, str(exc), **exc.extra)
         except ConfigError as exc:
-            extra = {"path": exc.path} if exc.path else {}
+            paths = [exc.path] if exc.path else _config_error_paths(str(exc))
+            extra: dict[str, Any] = {"path": paths[0], "paths": paths} if paths else {}
             return _error(422, str(exc), **extra)
         except UserError as exc:
             return _error(400, str(exc))
@@ -859,6 +861,18 @@ class ExperimentService:
         return web.json_response(
             [{"time": r[0], "actor": r[1], "action": r[2], "target": r[3], "detail": json.loads(r[4])} for r in rows]
         )
+
+
+_PROBLEM = re.compile(
+    r"(?:invalid experiment config: at |^  )(\(top level\)|[A-Za-z0-9_.\[\]-]+)"
+    r"(?: \(line \d+\))?(?: \(v1 key [^)]*\))?: ",
+    re.MULTILINE,
+)
+
+
+def _config_error_paths(message: str) -> list[str]:
+    """The key paths a config error names (``config_from_dict`` lists them in its message)."""
+    return _PROBLEM.findall(message)
 
 
 def _json_safe(value: Any) -> Any:

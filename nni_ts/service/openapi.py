@@ -77,7 +77,12 @@ def openapi_document() -> dict[str, Any]:
         "Error": {
             "type": "object",
             "required": ["error"],
-            "properties": {"error": {"type": "string"}, "path": {"type": "string"}, "quota": {"type": "string"}},
+            "properties": {
+                "error": {"type": "string", "description": "What was wrong, as a sentence."},
+                "path": {"type": "string", "description": "The config key at fault (422)."},
+                "paths": {"type": "array", "items": {"type": "string"}, "description": "Every key at fault (422)."},
+                "quota": {"type": "string", "description": "The quota exceeded (403): concurrentTrials or gpus."},
+            },
         },
         "LegacyRequest": legacy,
         "LegacyTarget": target,

@@ -161,9 +161,10 @@ async def _token_for(svc: Running, name: str) -> str:
 async def test_bad_input_is_a_4xx_with_a_reason(svc: Running) -> None:
     api, token = svc.api, svc.tokens["alice"]
     cases: list[tuple[Any, int, str | None]] = [
-        (quick_config() | {"trialConcurrency": 0}, 422, None),
-        (quick_config() | {"trialConcurency": 2}, 422, None),
-        (quick_config() | {"tuner": {"name": "NoSuchTuner"}}, 422, None),
+        (quick_config() | {"trialConcurrency": 0}, 422, "trialConcurrency"),
+        (quick_config() | {"trialConcurency": 2}, 422, "trialConcurency"),
+        (quick_config() | {"tuner": {"name": "NoSuchTuner"}}, 422, "tuner.name"),
+        (quick_config() | {"searchSpace": {"x": {"_type": "uniform", "_value": [1]}}}, 422, None),
         (quick_config() | {"trainingService": {"platform": "remote"}}, 422, "trainingService.platform"),
         (quick_config() | {"experimentWorkingDirectory": "/tmp"}, 422, "experimentWorkingDirectory"),
         (quick_config() | {"trialCodeDirectory": "/etc"}, 422, "trialCodeDirectory"),
@@ -176,6 +177,9 @@ async def test_bad_input_is_a_4xx_with_a_reason(svc: Running) -> None:
         assert isinstance(body["error"], str) and body["error"]
         if path:
             assert body.get("path") == path, body
+    both = quick_config() | {"trialConcurrency": 0, "maxTrialNumber": -1}
+    status, body = await api.call("POST", "/workspaces/w/experiments", token=token, json=both)
+    assert status == 422 and body["paths"] == ["trialConcurrency", "maxTrialNumber"], body
     status, body = await api.call("POST", "/workspaces/w/experiments", token=token, data=b"{not json")
     assert status == 400 and "JSON" in body["error"]
     status, body = await api.call("POST", "/nni-exp", token=token, json=SEED_POST | {"target": "biggest"})
