@@ -241,3 +241,29 @@ async def test_framework_evicted_pod_is_failed_without_failed_container(cluster:
     comp = fw["status"]["attemptStatus"]["completionStatus"]
     assert comp["code"] in (-300, 137)
     assert comp["type"]["name"] == "Failed"
+
+
+async def test_framework_barrier_init_container_and_plain_init_container(cluster: FakeCluster,
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    worker = role("worker", ["sh", "-c", "if [ -f /mnt/frameworkbarrier/injector.sh ]; then "
+                             ". /mnt/frameworkbarrier/injector.sh; fi; "
+                             "echo $(cat /work/ready) ips=$FB_WORKER_IPS > /out/$FC_TASK_INDEX"],
+                  tasks=2)
+    pod_spec = worker["task"]["pod"]["spec"]
+    pod_spec["volumes"] = [{"name": "frameworkbarrier-volume", "emptyDir": {}}, {"name": "work", "emptyDir": {}},
+                           {"name": "out", "hostPath": {"path": str(out)}}]
+    pod_spec["initContainers"] = [
+        {"name": "frameworkbarrier", "image": "frameworkcontroller/frameworkbarrier",
+         "volumeMounts": [{"name": "frameworkbarrier-volume", "mountPath": "/mnt/frameworkbarrier"}]},
+        {"name": "prepare", "image": "busybox", "command": ["sh", "-c", "echo ready > /work/ready"],
+         "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+    ]
+    pod_spec["containers"][0]["volumeMounts"] = [
+        {"name": "frameworkbarrier-volume", "mountPath": "/mnt/frameworkbarrier"},
+        {"name": "work", "mountPath": "/work"}, {"name": "out", "mountPath": "/out"}]
+    cluster.create(framework("fwbar", [worker]))
+    fw = await cluster.wait_for_object("frameworks", "fwbar", fw_done)
+    assert fw["status"]["attemptStatus"]["completionStatus"]["code"] == 0
+    assert (out / "1").read_text() == "ready ips=127.0.0.1,127.0.0.1\n"

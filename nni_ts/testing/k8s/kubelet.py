@@ -117,6 +117,7 @@ class PodRunner:
         self.pod = pod
         self.dir: Path = kubelet.state_dir / "pods" / self.namespace / f"{self.name}-{self.uid[:8]}"
         self.containers = {c["name"]: _Container(c["name"]) for c in pod["spec"]["containers"]}
+        self.init_containers: list[_Container] = []
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
         self.stop_reason: tuple[str, str, str] | None = None  # (phase, reason, message)
@@ -212,6 +213,10 @@ class PodRunner:
             await self.done.wait()
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.pod["spec"].get("initContainers") or []:
+            env = {k: v if k in HOST_ENV else _rewrite(v, mounts) for k, v in self._env(spec).items()}
+            if not await self._run_init(spec, env, mounts):
+                return
         policy = self.pod["spec"].get("restartPolicy", "Always")
         loops = [self._container_loop(spec, env_per_container[spec["name"]], mounts, policy)
                  for spec in self.pod["spec"]["containers"]]
@@ -267,11 +272,64 @@ class PodRunner:
             await asyncio.sleep(kubelet.restart_backoff)
             c.restarts += 1
 
+    async def _run_init(self, spec: JSON, env: dict[str, str], mounts: list[tuple[str, Path]]) -> bool:
+        """Run one init container to completion; False (and the pod Failed) if it fails. The
+        FrameworkController's ``frameworkbarrier`` is simulated: it writes ``injector.sh`` (exporting
+        ``FB_<ROLE>_IPS`` and ``FB_<ROLE>_ADDRESSES`` for every task role) into its volume mounts."""
+        c = _Container(spec["name"])
+        self.init_containers.append(c)
+        c.started_at = now_iso()
+        image = str(spec.get("image", ""))
+        code, reason = 0, "Completed"
+        if "frameworkbarrier" in image:
+            script = self._barrier_script()
+            for mount in spec.get("volumeMounts") or []:
+                target = Path(_rewrite(str(mount["mountPath"]).rstrip("/"), mounts))
+                target.mkdir(parents=True, exist_ok=True)
+                (target / "injector.sh").write_text(script)
+        else:
+            argv = [_rewrite(str(a), mounts) for a in [*(spec.get("command") or []), *(spec.get("args") or [])]]
+            workdir = spec.get("workingDir")
+            cwd = Path(_rewrite(workdir, mounts)) if workdir else self.dir
+            if argv:
+                code, reason = await self._spawn(c, argv, env, cwd, self.log_path(c.name, 0), spec, init=True)
+        c.exit_code, c.reason, c.finished_at, c.proc = code, reason, now_iso(), None
+        if self.stopping:
+            return False
+        if code != 0:
+            self.write_status(phase="Failed", initContainerStatuses=self._init_statuses(),
+                              containerStatuses=self.container_statuses(("PodInitializing", "")))
+            return False
+        self.write_status(initContainerStatuses=self._init_statuses())
+        return True
+
+    def _init_statuses(self) -> list[JSON]:
+        out = []
+        for c in self.init_containers:
+            state: JSON = ({"terminated": {"exitCode": c.exit_code, "reason": c.reason, "startedAt": c.started_at,
+                                           "finishedAt": c.finished_at}} if c.exit_code is not None
+                           else {"running": {"startedAt": c.started_at}})
+            out.append({"name": c.name, "ready": c.exit_code == 0, "restartCount": 0, "state": state,
+                        "image": "", "imageID": ""})
+        return out
+
+    def _barrier_script(self) -> str:
+        labels = self.pod["metadata"].get("labels") or {}
+        fw = self.kubelet.api.store.get(("frameworkcontroller.microsoft.com", "frameworks"), self.namespace,
+                                        labels.get("FC_FRAMEWORK_NAME", ""))
+        lines = ["#!/bin/sh", "# written by the fake cluster's simulated frameworkbarrier"]
+        for role in ((fw or {}).get("spec") or {}).get("taskRoles") or []:
+            key = re.sub(r"[^A-Za-z0-9]", "_", str(role.get("name", ""))).upper()
+            ips = ",".join(["127.0.0.1"] * int(role.get("taskNumber", 1)))
+            lines.append(f"export FB_{key}_IPS={ips}")
+            lines.append(f"export FB_{key}_ADDRESSES={ips}")
+        return "\n".join(lines) + "\n"
+
     def log_path(self, container: str, restart: int) -> Path:
         return Path(self.dir / f"{container}-{restart}.log")
 
     async def _spawn(self, c: _Container, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path,
-                     spec: JSON) -> tuple[int, str]:
+                     spec: JSON, init: bool = False) -> tuple[int, str]:
         with open(log_path, "ab") as out:
             try:
                 cwd.mkdir(parents=True, exist_ok=True)
@@ -284,12 +342,16 @@ class PodRunner:
                 return 128, "StartError"
         c.started_at = now_iso()
         self.log_written.set()
-        self.write_status(phase="Running", podIP="127.0.0.1", hostIP="127.0.0.1",
-                          startTime=(self._current() or {}).get("status", {}).get("startTime") or now_iso(),
-                          containerStatuses=self.container_statuses(),
-                          conditions=self._conditions(True, self._scheduled_time()))
-        if c.restarts == 0:
-            self.kubelet.api.record_event(self.pod, "Started", f"Started container {c.name}", "Normal", "kubelet")
+        if init:
+            self.write_status(initContainerStatuses=self._init_statuses(), podIP="127.0.0.1", hostIP="127.0.0.1")
+        else:
+            self.write_status(phase="Running", podIP="127.0.0.1", hostIP="127.0.0.1",
+                              startTime=(self._current() or {}).get("status", {}).get("startTime") or now_iso(),
+                              containerStatuses=self.container_statuses(),
+                              conditions=self._conditions(True, self._scheduled_time()))
+            if c.restarts == 0:
+                self.kubelet.api.record_event(self.pod, "Started", f"Started container {c.name}", "Normal",
+                                              "kubelet")
         watcher = None
         limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
         if limit is not None and self.kubelet.enforce_memory_limits:
@@ -325,7 +387,7 @@ class PodRunner:
                 return
 
     async def _kill_all(self, sig: int) -> None:
-        for c in self.containers.values():
+        for c in [*self.init_containers, *self.containers.values()]:
             if c.proc is not None and c.proc.returncode is None:
                 _killpg(c.proc.pid, sig)
 
@@ -337,7 +399,8 @@ class PodRunner:
         if grace > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    while any(c.proc is not None and c.proc.returncode is None for c in self.containers.values()):
+                    while any(c.proc is not None and c.proc.returncode is None
+                              for c in [*self.init_containers, *self.containers.values()]):
                         await asyncio.sleep(0.02)
             await self._kill_all(signal.SIGKILL)
         self.done.set()
@@ -345,7 +408,7 @@ class PodRunner:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 async with asyncio.timeout(5):
                     await asyncio.shield(self.task)
-        for c in self.containers.values():
+        for c in [*self.init_containers, *self.containers.values()]:
             if c.proc is not None and c.proc.returncode is None:
                 _killpg(c.proc.pid, signal.SIGKILL)
                 with contextlib.suppress(TimeoutError):
@@ -447,7 +510,7 @@ class PodRunner:
                 local[name] = self.dir / "volumes" / name
             local[name].mkdir(parents=True, exist_ok=True)
         mounts: list[tuple[str, Path]] = []
-        for spec in self.pod["spec"]["containers"]:
+        for spec in [*(self.pod["spec"].get("initContainers") or []), *self.pod["spec"]["containers"]]:
             for mount in spec.get("volumeMounts") or []:
                 base = local.get(mount.get("name", ""))
                 if base is None:
