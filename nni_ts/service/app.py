@@ -9,6 +9,7 @@ exist); an admin sees all. See docs/service.md for the routes and their bodies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -497,7 +498,8 @@ class ExperimentService:
             check_name(name, "user")
             found = await users_mod.get_user(self.db, name)
             if found is None:
-                await users_mod.add_user(self.db, name, actor="nni-exp (unauthenticated)", with_token=False)
+                with contextlib.suppress(UserError):  # another request may have created it meanwhile
+                    await users_mod.add_user(self.db, name, actor=f"{name} (unauthenticated)", with_token=False)
                 found = await users_mod.get_user(self.db, name)
             assert found is not None
             return found, f"{name} (unauthenticated)"

@@ -401,3 +401,34 @@ def test_database_url_mistakes_are_clear(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="Unsupported database URL 'mysql'"):
         asyncio.run(open_database("mysql://x"))
+
+
+async def test_legacy_routes_without_tokens_when_configured(db_url: str, tmp_path: Path) -> None:
+    from service_support import running_service
+
+    from nni_ts.service import ServiceSettings
+
+    settings = ServiceSettings(data_dir=tmp_path / "svc", database_url=db_url, legacy_auth="none")
+    async with running_service(settings) as (service, api, _url):
+        body = SEED_POST | {
+            "command": quick_config()["trialCommand"],
+            "num": 2,
+            "search_space": {"x": {"_type": "choice", "_value": [0.25]}},
+        }
+        created = await api.ok("POST", "/nni-exp", json=body)
+        async with asyncio.timeout(60):
+            while True:
+                result = await api.ok("GET", "/nni-exp", json=SEED_GET)
+                if result["status"] != "RUNNING":
+                    break
+                await asyncio.sleep(0.05)
+        assert result["experimentId"] == created["experimentId"] and result["trialCounts"] == {"SUCCEEDED": 2}
+        # Only the launcher routes are open; the rest of the API still needs a token.
+        assert (await api.call("GET", "/experiments"))[0] == 401
+        await api.ok("DELETE", "/nni-exp", params=SEED_GET)
+        rows = await service.db.fetch("SELECT actor, action FROM svc_audit ORDER BY id")
+        assert [tuple(r) for r in rows] == [
+            ("cuizihan (unauthenticated)", "user.add"),
+            ("cuizihan (unauthenticated)", "experiment.create"),
+            ("cuizihan (unauthenticated)", "experiment.delete"),
+        ]
