@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import ConfigModel, TrainingServiceConfig
-from .kubernetes import K8sStorageConfig, parse_memory_mb
+from .base import ConfigModel
+from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
 
 __all__ = ["FrameworkAttemptCompletionPolicy", "FrameworkControllerConfig", "FrameworkControllerRoleConfig"]
 
@@ -60,18 +60,12 @@ class FrameworkControllerRoleConfig(ConfigModel):
         return v
 
 
-class FrameworkControllerConfig(TrainingServiceConfig):
+class FrameworkControllerConfig(KubernetesPlatformConfig):
     """Trials run as FrameworkController Frameworks (NNI's ``frameworkcontroller`` training service)."""
 
     platform: Literal["frameworkcontroller"] = Field("frameworkcontroller", description="Always 'frameworkcontroller'.")
-    storage: K8sStorageConfig = Field(description="Where the code and trial directories are shared with pods.")
     service_account_name: str | None = Field(None, description="The pods' service account.")
     task_roles: list[FrameworkControllerRoleConfig] = Field(min_length=1, description="The task roles.")
-    namespace: str = Field("default", description="The Kubernetes namespace of the frameworks.")
-    reuse_mode: bool = Field(False, description="Accepted for NNI compatibility; has no effect.")
-    pending_timeout: float = Field(
-        600, gt=0, description="Seconds a pod may stay Pending before the trial is reported and cancelled (nni-ts)."
-    )
 
     @model_validator(mode="after")
     def _unique_roles(self) -> FrameworkControllerConfig:

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import ConfigModel, TrainingServiceConfig
-from .kubernetes import K8sStorageConfig, parse_memory_mb
+from .base import ConfigModel
+from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
 
 __all__ = ["KubeflowConfig", "KubeflowRoleConfig"]
 
@@ -29,21 +29,15 @@ class KubeflowRoleConfig(ConfigModel):
     _mem = field_validator("memory_size", mode="before")(classmethod(lambda cls, v: parse_memory_mb(v)))
 
 
-class KubeflowConfig(TrainingServiceConfig):
+class KubeflowConfig(KubernetesPlatformConfig):
     """Trials run as Kubeflow TFJobs or PyTorchJobs (NNI's ``kubeflow`` training service)."""
 
     platform: Literal["kubeflow"] = Field("kubeflow", description="Always 'kubeflow'.")
     operator: Literal["tf-operator", "pytorch-operator"] = Field(description="tf-operator or pytorch-operator.")
     api_version: str = Field("v1", description="The kubeflow.org API version; only v1 is supported.")
-    storage: K8sStorageConfig = Field(description="Where the code and trial directories are shared with pods.")
     worker: KubeflowRoleConfig | None = Field(None, description="The worker role.")
     ps: KubeflowRoleConfig | None = Field(None, description="The parameter-server role (tf-operator).")
     master: KubeflowRoleConfig | None = Field(None, description="The master role (pytorch-operator).")
-    namespace: str = Field("default", description="The Kubernetes namespace of the jobs.")
-    reuse_mode: bool = Field(False, description="Accepted for NNI compatibility; has no effect.")
-    pending_timeout: float = Field(
-        600, gt=0, description="Seconds a pod may stay Pending before the trial is reported and cancelled (nni-ts)."
-    )
 
     @model_validator(mode="after")
     def _roles(self) -> KubeflowConfig:

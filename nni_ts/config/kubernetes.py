@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .base import ConfigModel
+from .base import ConfigModel, TrainingServiceConfig
 
-__all__ = ["K8sStorageConfig", "SshUploadConfig", "parse_memory_mb"]
+__all__ = ["K8sStorageConfig", "KubernetesPlatformConfig", "SshUploadConfig", "parse_memory_mb"]
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _UNIT_MB = {"": 1.0, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
 
 
@@ -50,7 +51,10 @@ class K8sStorageConfig(ConfigModel):
     server: str | None = Field(None, description="NFS server (nfs).")
     path: str | None = Field(None, description="The exported path on the NFS server (nfs).")
     local_mount_path: str | None = Field(
-        None, description="Where the NFS export is already mounted on the manager's host (nni-ts; no sudo needed)."
+        None,
+        description="Where the NFS export is already mounted on the manager's host (nni-ts; no sudo needed). "
+        "When neither this nor upload is given and the server is this host (localhost, 127.0.0.1), the "
+        "exported path itself is used.",
     )
     upload: SshUploadConfig | None = Field(
         None, description="Upload code over SFTP to the NFS server's host instead of a local mount (nni-ts)."
@@ -75,3 +79,50 @@ class K8sStorageConfig(ConfigModel):
             if missing:
                 raise ValueError(f"azureStorage needs {', '.join(missing)}")
         return self
+
+
+class KubernetesPlatformConfig(TrainingServiceConfig):
+    """What the Kubeflow and FrameworkController platforms share: the cluster, the namespace, the
+    storage the pods and the manager share, and how the trial keeper in each pod reports."""
+
+    storage: K8sStorageConfig = Field(description="Where the code and trial directories are shared with pods.")
+    namespace: str = Field("default", description="The Kubernetes namespace of the jobs.")
+    reuse_mode: bool = Field(False, description="Accepted for NNI compatibility; has no effect.")
+    pending_timeout: float = Field(
+        600, gt=0, description="Seconds a pod may stay Pending before the trial is reported and cancelled (nni-ts)."
+    )
+    kubeconfig: str | None = Field(
+        None,
+        description="A kubeconfig file (nni-ts). Default: $KUBECONFIG, then ~/.kube/config, then the "
+        "in-cluster service account.",
+    )
+    context: str | None = Field(
+        None, description="The kubeconfig context to use; default its current context (nni-ts)."
+    )
+    cluster_server_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="The port the manager listens on for the trial keepers in the pods; 0 picks a free one, "
+        "kept across a resume (nni-ts).",
+    )
+    keeper_heartbeat: float = Field(5.0, gt=0, description="Seconds between the keepers' heartbeats (nni-ts).")
+    report_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a keeper keeps trying to reach the manager after its trial ended; after that the "
+        "metrics are read back from the trial directory on the shared storage (nni-ts).",
+    )
+    cancel_grace_period: float = Field(
+        10.0, ge=0, description="Seconds from SIGTERM to SIGKILL when a trial's pods are deleted (nni-ts)."
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if not _DNS_LABEL.match(v):
+            raise ValueError(
+                f"namespace {v!r} must be a DNS label: at most 63 lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit"
+            )
+        return v

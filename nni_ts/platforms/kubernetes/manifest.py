@@ -1,0 +1,227 @@
+"""Pieces of the objects both Kubernetes platforms create: labels, the experiment's anchor ConfigMap and
+the ownerReference to it, registry Secrets, resources, the shared-storage volume, and the container that
+runs the trial under the trial keeper.
+
+Every object of an experiment carries the labels ``nni-ts.io/experiment`` (and ``nni-ts.io/trial`` for
+a trial's objects) and an ownerReference to the anchor: deleting the anchor garbage-collects them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from .names import (
+    ANNOTATION_SEQUENCE,
+    ANNOTATION_TRIAL,
+    LABEL_EXPERIMENT,
+    LABEL_MANAGED_BY,
+    LABEL_ROLE,
+    LABEL_TRIAL,
+    MANAGED_BY,
+    anchor_name,
+    label_value,
+)
+from .staging import MOUNT_PATH
+
+__all__ = [
+    "STORAGE_VOLUME",
+    "KeeperSpec",
+    "anchor_configmap",
+    "container",
+    "experiment_labels",
+    "experiment_selector",
+    "owner_reference",
+    "registry_secret",
+    "resources",
+    "storage_volume",
+    "trial_labels",
+]
+
+JSON = dict[str, Any]
+STORAGE_VOLUME = "nni-ts-storage"
+
+
+def experiment_labels(experiment_id: str) -> dict[str, str]:
+    return {LABEL_EXPERIMENT: label_value(experiment_id), LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def experiment_selector(experiment_id: str) -> str:
+    return f"{LABEL_EXPERIMENT}={label_value(experiment_id)}"
+
+
+def trial_labels(experiment_id: str, trial_id: str, role: str | None = None) -> dict[str, str]:
+    labels = {**experiment_labels(experiment_id), LABEL_TRIAL: label_value(trial_id)}
+    if role is not None:
+        labels[LABEL_ROLE] = label_value(role)
+    return labels
+
+
+def trial_annotations(trial_id: str, sequence_id: int) -> dict[str, str]:
+    return {ANNOTATION_TRIAL: trial_id, ANNOTATION_SEQUENCE: str(sequence_id)}
+
+
+def anchor_configmap(experiment_id: str, namespace: str) -> JSON:
+    """The experiment's anchor: every other object of the experiment is owned by it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": anchor_name(experiment_id),
+            "namespace": namespace,
+            "labels": experiment_labels(experiment_id),
+            "annotations": {"nni-ts.io/experiment-id": experiment_id},
+        },
+        "data": {"experiment": experiment_id, "note": "Deleting this ConfigMap deletes every job of the experiment."},
+    }
+
+
+def owner_reference(anchor: JSON) -> JSON:
+    """An ownerReference to ``anchor`` (as the API server returned it, with its uid)."""
+    meta = anchor["metadata"]
+    return {
+        "apiVersion": anchor.get("apiVersion", "v1"),
+        "kind": anchor.get("kind", "ConfigMap"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": False,
+    }
+
+
+def registry_secret(name: str, namespace: str, experiment_id: str, docker_config: bytes, owner: JSON | None) -> JSON:
+    """A ``kubernetes.io/dockerconfigjson`` Secret from a docker config.json (privateRegistryAuthPath)."""
+    meta: JSON = {"name": name, "namespace": namespace, "labels": experiment_labels(experiment_id)}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": meta,
+        "data": {".dockerconfigjson": base64.b64encode(docker_config).decode()},
+    }
+
+
+def _cpu(value: float) -> str:
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def resources(cpu: float, memory_mb: int, gpus: int) -> JSON:
+    """Requests equal to limits (a Guaranteed pod when the cluster allows it), GPUs as nvidia.com/gpu."""
+    amounts = {"cpu": _cpu(cpu), "memory": f"{int(memory_mb)}Mi"}
+    if gpus:
+        amounts["nvidia.com/gpu"] = str(int(gpus))
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def storage_volume(storage: Any, azure_secret: str | None = None) -> JSON:
+    """The volume that holds the code and the trial directories (NFS, or an Azure file share)."""
+    if storage.storage_type == "nfs":
+        return {"name": STORAGE_VOLUME, "nfs": {"server": storage.server, "path": storage.path}}
+    return {
+        "name": STORAGE_VOLUME,
+        "azureFile": {"secretName": azure_secret, "shareName": storage.azure_share, "readOnly": False},
+    }
+
+
+@dataclass
+class KeeperSpec:
+    """What a trial's containers need to run the keeper: ids, paths inside the pod, the server."""
+
+    trial_id: str
+    experiment_id: str
+    sequence_id: int
+    platform: str
+    trial_dir: str
+    code_dir: str
+    keeper_dir: str
+    server_url: str
+    token: str
+    heartbeat: float
+    grace: float
+    report_timeout: float
+    env: dict[str, str] = field(default_factory=dict)
+
+
+#: The container's shell script. ``__PRIMARY__`` is replaced by a test that is true in the one pod whose
+#: keeper reports to the manager; the others run their command under a journal-only keeper in a
+#: directory of their own (``<trial>/replicas/<pod>``) so that their output is kept too.
+_LAUNCHER = """\
+PY=$(command -v python3 || command -v python) || { echo "nni-ts: the image has no python3 or python; \
+the trial keeper needs Python 3.8 or newer in the image." >&2; exit 127; }
+export PYTHONPATH="$NNI_TS_KEEPER_HOME${PYTHONPATH:+:$PYTHONPATH}"
+if [ -f /mnt/frameworkbarrier/injector.sh ]; then . /mnt/frameworkbarrier/injector.sh; fi
+if ! __PRIMARY__; then
+  D="$NNI_TS_KEEPER_TRIAL_DIR/replicas/${HOSTNAME:-replica}"
+  mkdir -p "$D" && cp "$NNI_TS_KEEPER_TRIAL_DIR/parameter.cfg" "$D/"
+  export NNI_TS_KEEPER_TRIAL_DIR="$D" NNI_TS_KEEPER_OUTPUT_DIR="$D"
+  unset NNI_TS_KEEPER_SERVER_URL NNI_TS_KEEPER_TOKEN
+fi
+exec "$PY" -m trial_keeper
+"""
+
+
+def launcher_script(primary_test: str) -> str:
+    return _LAUNCHER.replace("__PRIMARY__", primary_test)
+
+
+def container(
+    *,
+    name: str,
+    image: str,
+    command: str,
+    keeper: KeeperSpec,
+    primary_test: str,
+    cpu: float,
+    memory_mb: int,
+    gpus: int,
+    extra_mounts: list[JSON] | None = None,
+) -> JSON:
+    """The container of one role: ``/bin/sh -c <launcher>``, the keeper configured through env."""
+    env: dict[str, str] = {
+        "NNI_TS_KEEPER_HOME": keeper.keeper_dir,
+        "NNI_TS_KEEPER_TRIAL_ID": keeper.trial_id,
+        "NNI_TS_KEEPER_ATTEMPT": "1",
+        "NNI_TS_KEEPER_TRIAL_DIR": keeper.trial_dir,
+        "NNI_TS_KEEPER_CODE_DIR": keeper.code_dir,
+        "NNI_TS_KEEPER_PLATFORM": keeper.platform,
+        "NNI_TS_KEEPER_EXPERIMENT_ID": keeper.experiment_id,
+        "NNI_TS_KEEPER_SEQUENCE_ID": str(keeper.sequence_id),
+        "NNI_TS_KEEPER_HEARTBEAT": f"{keeper.heartbeat:g}",
+        "NNI_TS_KEEPER_GRACE": f"{keeper.grace:g}",
+        "NNI_TS_KEEPER_REPORT_TIMEOUT": f"{keeper.report_timeout:g}",
+        "NNI_TS_KEEPER_SERVER_URL": keeper.server_url,
+        "NNI_TS_KEEPER_TOKEN": keeper.token,
+        "NNI_TS_KEEPER_COMMAND": command,
+    }
+    if not gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    env.update(keeper.env)
+    return {
+        "name": name,
+        "image": image,
+        "command": ["/bin/sh", "-c", launcher_script(primary_test)],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "resources": resources(cpu, memory_mb, gpus),
+        "volumeMounts": [{"name": STORAGE_VOLUME, "mountPath": MOUNT_PATH}, *(extra_mounts or [])],
+    }
+
+
+def trial_command(base: str, parameters_json: str, *, prepare: str | None = None, as_args: bool = False) -> str:
+    """The shell command a trial runs: the prepare command first, the hyper-parameters appended as
+    ``--name=value`` (shell-quoted) when ``as_args``."""
+    command = base
+    if as_args:
+        data = json.loads(parameters_json)
+        params = data.get("parameters") if isinstance(data, dict) else None
+        if isinstance(params, dict):
+            args = [shlex.quote(f"--{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in params.items()]
+            command = " ".join([command, *args])
+    if prepare:
+        command = f"{prepare}\n{command}"
+    return command

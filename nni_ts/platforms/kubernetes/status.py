@@ -1,0 +1,205 @@
+"""What a job's and its pods' status mean for a trial, with messages a user can act on.
+
+Pure functions over the JSON objects the API server returns, so that they can be tested on their own:
+
+* :func:`kubeflow_job_view` reads a TFJob's / PyTorchJob's ``status.conditions`` (PROTOCOLS §4);
+* :func:`framework_view` reads a Framework's ``status.state`` and its attempt's ``completionStatus`` (§5);
+* :func:`pod_problem` finds why a pod is stuck or died: ImagePullBackOff, Unschedulable, OOMKilled,
+  eviction, a configuration error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["JobView", "PodProblem", "framework_view", "kubeflow_job_view", "pod_phase", "pod_problem"]
+
+JSON = dict[str, Any]
+Phase = Literal["pending", "running", "succeeded", "failed"]
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job's state as a trial sees it."""
+
+    phase: Phase
+    message: str | None = None
+    exit_code: int | None = None
+    #: The platform, not the user's code, ended the job (a pod deleted or evicted, a node lost).
+    infrastructure: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a pod does not run, or why it died."""
+
+    kind: Literal["image", "unschedulable", "config", "oom", "evicted", "crashloop"]
+    pod: str
+    message: str
+
+    @property
+    def infrastructure(self) -> bool:
+        return self.kind == "evicted"
+
+
+# ---------------------------------------------------------------------- Kubeflow
+
+
+def _conditions(obj: JSON) -> dict[str, JSON]:
+    out: dict[str, JSON] = {}
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, dict) and isinstance(cond.get("type"), str):
+            out[cond["type"]] = cond
+    return out
+
+
+def kubeflow_job_view(obj: JSON) -> JobView:
+    """The state of a TFJob or PyTorchJob from its conditions. Finished once Succeeded or Failed is True."""
+    conds = _conditions(obj)
+    kind = obj.get("kind", "job")
+    name = (obj.get("metadata") or {}).get("name", "?")
+
+    def true(kind_: str) -> JSON | None:
+        c = conds.get(kind_)
+        return c if c is not None and c.get("status") == "True" else None
+
+    if (c := true("Succeeded")) is not None:
+        return JobView("succeeded", c.get("message"), 0)
+    if (c := true("Failed")) is not None:
+        reason = c.get("reason") or "Failed"
+        message = c.get("message") or f"The {kind} {name} failed."
+        return JobView("failed", f"The {kind} {name} failed ({reason}): {message}")
+    if true("Running") is not None or true("Restarting") is not None:
+        return JobView("running")
+    return JobView("pending")
+
+
+# ---------------------------------------------------------------------- FrameworkController
+
+#: Negative completion codes that mean the platform ended the framework, not the user's code.
+_INFRA_CODES = {-100, -101, -110, -111, -120, -300, -310}
+_CODE_HINTS = {
+    -100: "the framework's ConfigMap was deleted outside nni-ts",
+    -101: "a pod of the framework was deleted outside nni-ts (evicted, or its node was lost)",
+    -110: "the controller's local cache timed out creating the ConfigMap",
+    -111: "the controller's local cache timed out creating a pod",
+    -120: "a pod could not be created (a transient error)",
+    -200: "a pod could not be created (a permanent error: the pod spec was rejected)",
+    -210: "the framework was stopped",
+    -300: "a pod failed without a failed container (evicted, or its node was lost)",
+    -310: "a pod could not be created (an unknown error)",
+}
+
+
+def framework_view(obj: JSON) -> JobView:
+    """The state of a Framework: running from AttemptRunning on, finished at Completed."""
+    status = obj.get("status") or {}
+    state = status.get("state")
+    name = (obj.get("metadata") or {}).get("name", "?")
+    if state != "Completed":
+        if state in ("AttemptRunning", "AttemptDeletionPending", "AttemptDeletionRequested", "AttemptDeleting"):
+            return JobView("running")
+        return JobView("pending")
+    attempt = status.get("attemptStatus") or {}
+    comp = attempt.get("completionStatus") or {}
+    code = comp.get("code")
+    type_ = comp.get("type") or {}
+    if type_.get("name") == "Succeeded" or code == 0:
+        return JobView("succeeded", None, 0)
+    phrase = comp.get("phrase") or "Failed"
+    attributes = ", ".join(type_.get("attributes") or [])
+    diagnostics = str(comp.get("diagnostics") or "").strip()
+    parts = [f"The Framework {name} completed with code {code} ({phrase}{'; ' + attributes if attributes else ''})"]
+    hint = _CODE_HINTS.get(code) if isinstance(code, int) else None
+    if isinstance(code, int) and code > 0 and code not in (200, 201, 210):
+        hint = f"a task's command exited with code {code}"
+    if hint:
+        parts.append(hint)
+    message = ": ".join(parts) + "."
+    if diagnostics:
+        message += f" Diagnostics: {diagnostics[:2000]}"
+    exit_code = code if isinstance(code, int) and code > 0 else None
+    return JobView("failed", message, exit_code, infrastructure=isinstance(code, int) and code in _INFRA_CODES)
+
+
+# ---------------------------------------------------------------------- pods
+
+
+def pod_phase(pod: JSON) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _limit(pod: JSON, container: str) -> str | None:
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if c.get("name") == container:
+            limits = (c.get("resources") or {}).get("limits") or {}
+            value = limits.get("memory")
+            return str(value) if value is not None else None
+    return None
+
+
+def pod_problem(pod: JSON) -> PodProblem | None:
+    """The first thing that keeps ``pod`` from running or that killed it, or None."""
+    meta = pod.get("metadata") or {}
+    name = str(meta.get("name", "?"))
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase == "Failed" and status.get("reason") == "Evicted":
+        return PodProblem("evicted", name, f"The pod {name} was evicted: {status.get('message') or 'no reason given'}.")
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        reason = waiting.get("reason")
+        detail = str(waiting.get("message") or "").strip()
+        if reason in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"):
+            image = cs.get("image") or "?"
+            return PodProblem(
+                "image",
+                name,
+                f"The image {image!r} of pod {name} cannot be pulled ({reason}){': ' + detail if detail else ''}. "
+                "Check the role's dockerImage, and privateRegistryAuthPath for a private registry.",
+            )
+        if reason in ("CreateContainerConfigError", "CreateContainerError", "RunContainerError"):
+            return PodProblem(
+                "config", name, f"The container of pod {name} cannot start ({reason}){': ' + detail if detail else ''}."
+            )
+        for key in ("state", "lastState"):
+            term = (cs.get(key) or {}).get("terminated") or {}
+            if term.get("reason") == "OOMKilled":
+                limit = _limit(pod, str(cs.get("name")))
+                return PodProblem(
+                    "oom",
+                    name,
+                    f"The container of pod {name} was killed for using more memory than its limit"
+                    f"{' (' + limit + ')' if limit else ''} (OOMKilled, exit code {term.get('exitCode', 137)}); "
+                    "raise the role's memorySize.",
+                )
+        if reason == "CrashLoopBackOff":
+            return PodProblem("crashloop", name, f"The container of pod {name} keeps crashing (CrashLoopBackOff).")
+    if phase == "Pending":
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                why = str(cond.get("message") or cond.get("reason") or "no node fits").strip()
+                return PodProblem(
+                    "unschedulable",
+                    name,
+                    f"The pod {name} cannot be scheduled: {why}. Lower the role's cpuNumber, memorySize or "
+                    "gpuNumber, or add capacity to the cluster.",
+                )
+    return None
+
+
+def terminated_exit_code(pod: JSON, container: str | None = None) -> int | None:
+    """The exit code of the pod's (first, or named) container once it terminated."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container is not None and cs.get("name") != container:
+            continue
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if "exitCode" in term:
+            return int(term["exitCode"])
+    return None
