@@ -319,3 +319,12 @@ async def test_bearer_token_and_namespace_access(tmp_path: Any) -> None:
             assert status == expected, (token, ns)
         assert "token: admin-token" in cluster.kubeconfig.read_text()
         await asyncio.sleep(0)
+
+
+async def test_tls_kubeconfig_with_token_for_kubernetes_asyncio(tmp_path: Any) -> None:
+    async with FakeCluster(tmp_path / "c", token="tok", tls=True) as cluster:
+        assert cluster.url.startswith("https://")
+        api_client = await k8s.config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        async with api_client:
+            names = [n.metadata.name for n in (await k8s.client.CoreV1Api(api_client).list_namespace()).items]
+        assert "default" in names

@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="a node, name[:cpu=8,memory=32Gi,gpus=2] (repeatable; default one large node)")
     serve.add_argument("--nfs", type=_export, action="append", default=[],
                        help="map an NFS export to a local directory: SERVER:/EXPORT=LOCAL_DIR (repeatable)")
-    serve.add_argument("--token", default=None, help="require this bearer token")
+    serve.add_argument("--token", default=None,
+                       help="require this bearer token (kubectl sends tokens only over HTTPS: add --tls)")
+    serve.add_argument("--tls", action="store_true",
+                       help="serve HTTPS with a self-signed certificate (its CA is named in the kubeconfig)")
     serve.add_argument("--namespace", action="append", default=[], help="create this namespace (repeatable)")
     serve.add_argument("--missing-image", action="append", default=[],
                        help="an image that never pulls (repeatable; names containing 'doesnotexist' never do)")
@@ -78,7 +81,7 @@ async def _serve(args: argparse.Namespace) -> int:
         cluster = FakeCluster(args.state_dir, crd_files=args.crd, builtin_crds=not args.no_builtin_crds,
                               nodes=args.node or None, nfs_exports=dict(args.nfs), token=args.token,
                               namespaces=args.namespace, host=args.host, port=args.port,
-                              missing_images=args.missing_image)
+                              missing_images=args.missing_image, tls=args.tls)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import logging
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,8 +56,10 @@ class ApiServer:
     """Serve ``api`` over HTTP on ``host:port`` (port 0 picks a free one; a restart keeps the port)."""
 
     def __init__(self, api: Api, *, host: str = "127.0.0.1", port: int = 0,
-                 tokens: dict[str, list[str] | None] | None = None, log_source: LogSource | None = None) -> None:
+                 tokens: dict[str, list[str] | None] | None = None, log_source: LogSource | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.api = api
+        self.ssl_context = ssl_context
         self.host, self.port = host, port
         self.tokens = tokens
         self.log_source = log_source
@@ -68,14 +71,15 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
         if self.port == 0:
             server: Any = site._server  # noqa: SLF001 - the only way to learn the bound port

@@ -23,6 +23,7 @@ from .faults import Faults
 from .kubelet import Kubelet, Node
 from .resources import ResourceType
 from .store import Store
+from .tls import make_certificate, server_context
 from .util import JSON, ApiError
 
 __all__ = ["FakeCluster", "load_yaml_documents"]
@@ -63,7 +64,7 @@ class FakeCluster:
                  namespaces: Iterable[str] = (), host: str = "127.0.0.1", port: int = 0,
                  controllers: Iterable[str] = CONTROLLERS, missing_images: Iterable[str] = (),
                  grace_cap: float = 2.0, history_size: int = 20000, enforce_memory_limits: bool = True,
-                 image_backoff: float = 0.3, restart_backoff: float = 0.1) -> None:
+                 image_backoff: float = 0.3, restart_backoff: float = 0.1, tls: bool = False) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.api = Api(Store(history_size))
@@ -88,7 +89,12 @@ class FakeCluster:
         if token is not None:
             all_tokens[token] = None
         self.token = token
-        self.server = ApiServer(self.api, host=host, port=port, tokens=all_tokens or None)
+        self.ca_file: Path | None = None
+        ssl_context = None
+        if tls:
+            self.ca_file, key_file = make_certificate(self.state_dir / "pki", host)
+            ssl_context = server_context(self.ca_file, key_file)
+        self.server = ApiServer(self.api, host=host, port=port, tokens=all_tokens or None, ssl_context=ssl_context)
         self.kubelet = Kubelet(self.api, self.state_dir,
                                nfs_exports={k: Path(v) for k, v in (nfs_exports or {}).items()},
                                missing_images=set(missing_images), grace_cap=grace_cap,
@@ -142,7 +148,8 @@ class FakeCluster:
         user: JSON = {"token": self.token} if self.token else {}
         config = {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": {"server": self.url, **(
+                {"certificate-authority": str(self.ca_file)} if self.ca_file is not None else {})}}],
             "users": [{"name": "fake-user", "user": user}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user",
                                                       "namespace": "default"}}],
