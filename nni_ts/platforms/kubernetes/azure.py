@@ -24,7 +24,7 @@ from trial_keeper.journal import EXIT_NAME, JOURNAL_NAME, STATE_DIR, read_exit, 
 
 from ...errors import ConfigError, PlatformError
 from .manifest import experiment_labels
-from .staging import Stager, _code_files, keeper_source_files
+from .staging import Stager, keeper_source_files
 
 __all__ = ["AzureStager", "storage_key"]
 
@@ -137,13 +137,17 @@ class AzureStager(Stager):
 
     def _prepare(self, code_dir: Path) -> bool:
         marker = posixpath.join(self.rel_root, ".staged")
+        changed = self._changed(code_dir)
         if self._exists(marker):
             return False
-        self._upload(_code_files(code_dir), posixpath.join(self.rel_root, "code"))
+        self._upload_code(changed)
         self._upload(keeper_source_files(), posixpath.join(self.rel_root, "keeper"))
         self._mkdirs(posixpath.join(self.rel_root, "trials"))
         self._client().get_file_client(marker).upload_file(json.dumps({"code": str(code_dir)}).encode())
         return True
+
+    def _upload_code(self, files: list[tuple[Path, str]]) -> None:
+        self._upload(files, posixpath.join(self.rel_root, "code"))
 
     def _write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
         d = posixpath.join(self.rel_root, "trials", trial_id)

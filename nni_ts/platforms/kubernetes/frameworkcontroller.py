@@ -74,7 +74,7 @@ class FrameworkControllerTrainingService(KubernetesTrainingService[FrameworkCont
             if exc.status == 404:
                 return False
             raise
-        return await self._delete(self._collection(), trial.job, "Foreground")
+        return await self._delete(self._collection(), trial.job, "Background")
 
 
 def _role_pod(

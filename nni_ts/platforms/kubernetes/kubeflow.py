@@ -5,7 +5,8 @@ replicas, command, resources and image. Every replica runs its command under the
 that reports to the manager is the first worker of a TFJob, or the master of a PyTorchJob (the first
 worker when there is none). Replicas never restart (``restartPolicy: Never``, ``backoffLimit: 0``): a
 trial is one run. ``cleanPodPolicy: Running`` stops parameter servers once the workers are done.
-Cancel deletes the job with ``propagationPolicy: Foreground`` and waits until its pods are gone.
+Cancel deletes the job with ``propagationPolicy: Background`` and waits (on the pod watch) until its pods
+are gone: their processes got SIGTERM and the grace period.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class KubeflowTrainingService(KubernetesTrainingService[KubeflowConfig]):
         return kubeflow_job_view(obj)
 
     async def _stop_job(self, trial: _Trial) -> bool:
-        return await self._delete(self._collection(), trial.job, "Foreground")
+        return await self._delete(self._collection(), trial.job, "Background")
 
 
 def build_kubeflow_job(service: KubeflowTrainingService, trial: _Trial, keeper: mf.KeeperSpec) -> JSON:

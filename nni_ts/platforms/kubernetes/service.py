@@ -444,6 +444,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         trial = _Trial(detail=detail, job=self._job_name(detail.id))
         detail.working_directory = self.stager.trial_location(detail.id)
         detail.platform_data = {"job": trial.job, "namespace": self.namespace, "kind": self.plural, "attempt": 1}
+        await self.stager.refresh(Path(self.config.trial_code_directory).expanduser().resolve())
         await self.stager.write_trial(detail.id, {"parameter.cfg": detail.form.hyper_parameters.value.encode()})
         self._track(trial)
         self.server.register(detail.id, _Sink(self, trial), attempt=trial.attempt)

@@ -70,6 +70,7 @@ class Stager(abc.ABC):
     def __init__(self, experiment_id: str) -> None:
         self.experiment_id = experiment_id
         self.rel_root = posixpath.join("nni-ts", experiment_id)
+        self._snapshot: dict[str, tuple[int, int]] = {}
 
     # paths inside the pods
     @property
@@ -94,6 +95,36 @@ class Stager(abc.ABC):
         if not code_dir.is_dir():
             raise ConfigError(f"the trial code directory {code_dir} does not exist or is not a directory.")
         return await asyncio.to_thread(self._prepare, code_dir)
+
+    async def refresh(self, code_dir: Path) -> int:
+        """Upload the code files that changed since the last upload (none, usually); returns how many.
+
+        The code goes up once per experiment; a file added or edited later reaches the trials submitted
+        after the change, as on the local platform.
+        """
+        return await asyncio.to_thread(self._refresh, code_dir)
+
+    def _changed(self, code_dir: Path) -> list[tuple[Path, str]]:
+        changed = []
+        for src, rel in _code_files(code_dir):
+            try:
+                st = src.lstat()
+            except OSError:
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            if self._snapshot.get(rel) != key:
+                self._snapshot[rel] = key
+                changed.append((src, rel))
+        return changed
+
+    def _refresh(self, code_dir: Path) -> int:
+        changed = self._changed(code_dir)
+        if changed:
+            self._upload_code(changed)
+        return len(changed)
+
+    @abc.abstractmethod
+    def _upload_code(self, files: list[tuple[Path, str]]) -> None: ...
 
     async def write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
         await asyncio.to_thread(self._write_trial, trial_id, files)
@@ -145,19 +176,12 @@ class LocalStager(Stager):
                 "Mount the NFS export there (storage.localMountPath), or use storage.upload for SFTP."
             )
         marker = self.root / ".staged"
+        changed = self._changed(code_dir)
         if marker.exists():
             return False
         code = self.root / "code"
         keeper = self.root / "keeper"
-        for src, rel in _code_files(code_dir):
-            dst = code / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if src.is_symlink():
-                if dst.is_symlink() or dst.exists():
-                    dst.unlink()
-                dst.symlink_to(os.readlink(src))
-            else:
-                shutil.copy2(src, dst)
+        self._upload_code(changed)
         code.mkdir(parents=True, exist_ok=True)
         for src, rel in keeper_source_files():
             dst = keeper / rel
@@ -166,6 +190,18 @@ class LocalStager(Stager):
         (self.root / "trials").mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"code": str(code_dir), "keeper": trial_keeper.__version__}))
         return True
+
+    def _upload_code(self, files: list[tuple[Path, str]]) -> None:
+        code = self.root / "code"
+        for src, rel in files:
+            dst = code / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.is_symlink():
+                if dst.is_symlink() or dst.exists():
+                    dst.unlink()
+                dst.symlink_to(os.readlink(src))
+            else:
+                shutil.copy2(src, dst)
 
     def _write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
         d = self.root / "trials" / trial_id
@@ -296,15 +332,20 @@ class SftpStager(Stager):
         with self._lock:
             sftp = self._connect()
             marker = posixpath.join(self.root, ".staged")
+            changed = self._changed(code_dir)
             if self._exists(sftp, marker):
                 return False
-            self._put_tree(sftp, _code_files(code_dir), posixpath.join(self.root, "code"))
+            self._put_tree(sftp, changed, posixpath.join(self.root, "code"))
             self._mkdirs(sftp, posixpath.join(self.root, "code"))
             self._put_tree(sftp, keeper_source_files(), posixpath.join(self.root, "keeper"))
             self._mkdirs(sftp, posixpath.join(self.root, "trials"))
             with sftp.open(marker, "w") as fh:
                 fh.write(json.dumps({"code": str(code_dir), "keeper": trial_keeper.__version__}))
             return True
+
+    def _upload_code(self, files: list[tuple[Path, str]]) -> None:
+        with self._lock:
+            self._put_tree(self._connect(), files, posixpath.join(self.root, "code"))
 
     def _write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
         with self._lock:

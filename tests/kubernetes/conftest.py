@@ -1,0 +1,112 @@
+"""Fixtures for the Kubernetes platforms: a fake cluster (nni_ts.testing.k8s) with the real CRDs, an NFS
+export mapped to a local directory, and factories for both platforms' services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerTrainingService
+from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
+from nni_ts.testing.k8s import FakeCluster, Node
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = (REPO / ".." / "shared" / "crds").resolve()
+NFS_SERVER = "10.0.0.1"
+NFS_PATH = "/exports/nni"
+
+
+def crd_files() -> list[Path]:
+    if not CRD_DIR.is_dir():
+        pytest.skip(f"the real CRDs are not at {CRD_DIR} (../shared/crds from the repository root)")
+    return sorted(CRD_DIR.glob("*.yaml"))
+
+
+@pytest.fixture
+def nfs_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "nfs-export"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, nfs_dir: Path) -> AsyncIterator[FakeCluster]:
+    async with FakeCluster(
+        tmp_path / "cluster",
+        crd_files=crd_files(),
+        nodes=[Node("node-1", cpu=256, memory="512Gi", gpus=2)],
+        nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir},
+    ) as c:
+        yield c
+
+
+def storage(nfs_dir: Path) -> dict[str, Any]:
+    return {"storageType": "nfs", "server": NFS_SERVER, "path": NFS_PATH, "localMountPath": str(nfs_dir)}
+
+
+def kubeflow_config(
+    cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any
+) -> dict[str, Any]:
+    role = {"replicas": 1, "command": command, "cpuNumber": 0.5, "memorySize": "512m", "dockerImage": "python:3.11"}
+    role.update(overrides.pop("role", {}))
+    config: dict[str, Any] = {
+        "platform": "kubeflow",
+        "operator": "tf-operator",
+        "trialCodeDirectory": str(code_dir),
+        "kubeconfig": str(cluster.kubeconfig),
+        "storage": storage(nfs_dir),
+        "worker": role,
+        "cancelGracePeriod": 2,
+        "keeperHeartbeat": 0.5,
+    }
+    config.update(overrides)
+    return config
+
+
+def fc_config(cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any) -> dict[str, Any]:
+    role = {
+        "name": "worker",
+        "taskNumber": 1,
+        "command": command,
+        "cpuNumber": 0.5,
+        "memorySize": "512m",
+        "dockerImage": "python:3.11",
+        "frameworkAttemptCompletionPolicy": {"minFailedTaskCount": 1, "minSucceededTaskCount": 1},
+    }
+    role.update(overrides.pop("role", {}))
+    config: dict[str, Any] = {
+        "platform": "frameworkcontroller",
+        "trialCodeDirectory": str(code_dir),
+        "kubeconfig": str(cluster.kubeconfig),
+        "storage": storage(nfs_dir),
+        "taskRoles": [role, *overrides.pop("extra_roles", [])],
+        "cancelGracePeriod": 2,
+        "keeperHeartbeat": 0.5,
+    }
+    config.update(overrides)
+    return config
+
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture(params=["kubeflow", "frameworkcontroller"])
+def platform(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_service(cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str) -> Factory:
+    """``make(code_dir, command, **config_overrides, service_kwargs={...})`` for the parametrized platform."""
+
+    def make(code_dir: Path, command: str, **overrides: Any) -> Any:
+        kwargs = overrides.pop("service_kwargs", {})
+        kwargs.setdefault("experiment_dir", tmp_path / "exp")
+        if platform == "kubeflow":
+            return KubeflowTrainingService(kubeflow_config(cluster, nfs_dir, code_dir, command, **overrides), **kwargs)
+        return FrameworkControllerTrainingService(fc_config(cluster, nfs_dir, code_dir, command, **overrides), **kwargs)
+
+    return make
