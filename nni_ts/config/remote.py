@@ -31,6 +31,16 @@ class RemoteMachineConfig(ConfigModel):
     python_path: str | None = Field(
         None, description="A directory prepended to PATH on the host, so that its python3 is used."
     )
+    pre_command: str | None = Field(
+        None,
+        description="A shell command run on the host before each trial's keeper starts, in the same shell "
+        "(for example 'source ~/venv/bin/activate'); NNI v1 calls it preCommand.",
+    )
+    work_directory: str | None = Field(
+        None,
+        description="The directory on the host for code, the keeper and trial directories (relative paths "
+        "and ~ resolve against the user's home). Default: ~/nni-ts.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -57,4 +67,25 @@ class RemoteConfig(TrainingServiceConfig):
     reuse_mode: bool = Field(True, description="Accepted for NNI compatibility; trials always reuse the connection.")
     cancel_grace_period: float = Field(
         5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when a trial is cancelled."
+    )
+    known_hosts_file: str | None = Field(
+        None,
+        description="The known_hosts file host keys are checked against (~ expands). Default: "
+        "~/.ssh/known_hosts, plus the system's /etc/ssh/ssh_known_hosts.",
+    )
+    accept_new_host_keys: bool = Field(
+        False,
+        description="Accept (and add to knownHostsFile) the key of a host that is not in it yet, like "
+        "OpenSSH's StrictHostKeyChecking=accept-new. A key that differs from a known one is always refused.",
+    )
+    keeper_reporting: Literal["tunnel", "direct"] = Field(
+        "tunnel",
+        description="How trial keepers reach the manager: 'tunnel' through an SSH reverse tunnel on each "
+        "host's 127.0.0.1 (hosts need no route to the manager), or 'direct' over HTTP to nniManagerIp.",
+    )
+    keeper_heartbeat: float = Field(
+        5.0, gt=0, description="Seconds between a keeper's heartbeats when it has nothing to report."
+    )
+    heartbeat_timeout: float = Field(
+        15.0, gt=0, description="Seconds without word from a keeper before its trial turns UNKNOWN."
     )

@@ -167,6 +167,7 @@ def _machine(value: Any, path: str, source: str) -> dict[str, Any]:
         "maxTrialNumPerGpu": "maxTrialNumberPerGpu",
         "useActiveGpu": "useActiveGpu",
         "pythonPath": "pythonPath",
+        "preCommand": "preCommand",
     }
     out: dict[str, Any] = {}
     for key, val in _dict(value, path, source).items():
