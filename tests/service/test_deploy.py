@@ -188,6 +188,9 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
         if shutil.which(container["command"][0]) is None:
             container["command"] = [sys.executable, "-m", "nni_ts.cli", *container["command"][1:]]
         container["ports"] = [{"name": "http", "containerPort": port}]
+        # The fake kubelet maps volumes by rewriting paths in the arguments; a volume mounted at /tmp
+        # would also rewrite the host's own temporary paths (the other volumes' directories) again.
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["mountPath"] != "/tmp"]
         spec["volumes"] = [
             v if "persistentVolumeClaim" not in v else {"name": v["name"], "emptyDir": {}} for v in spec["volumes"]
         ]
@@ -227,13 +230,16 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
         token = json.loads(added.stdout)["token"]
         async with aiohttp.ClientSession() as session:
             api = Api(f"http://127.0.0.1:{port}", session)
-            async with asyncio.timeout(30):  # the pod's process binds its port
-                while True:
-                    try:
-                        status, text = await api.call("GET", "/api/v1/nni-exp/hello")
-                        break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.1)
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:  # until the pod's process binds its port (bounded)
+                try:
+                    status, text = await api.call("GET", "/api/v1/nni-exp/hello")
+                    break
+                except aiohttp.ClientConnectionError:
+                    pod = cluster.get("pods", "nni-ts-service-0", namespace="nni-ts") or {}
+                    log = cluster.pod_log("nni-ts-service-0", namespace="nni-ts")
+                    assert asyncio.get_running_loop().time() < deadline, (pod.get("status"), log, container)
+                    await asyncio.sleep(0.1)
             assert (status, text) == (200, "Hello world")
             health = await api.ok("GET", "/healthz")
             assert health["ok"] and health["replica"] == "nni-ts-service"
