@@ -154,35 +154,42 @@ async def test_error_bursts_and_slowness(cluster: FakeCluster) -> None:
         cluster.faults.clear()
 
 
-async def test_sync_official_client_in_a_thread(cluster: FakeCluster) -> None:
-    import kubernetes
+SYNC_CLIENT = """
+import sys
+import kubernetes
+cfg = kubernetes.client.Configuration()
+cfg.host = sys.argv[1]
+with kubernetes.client.ApiClient(cfg) as client:
+    core = kubernetes.client.CoreV1Api(client)
+    core.create_namespaced_config_map("default", {"metadata": {"name": "sync"}, "data": {"a": "1"}})
+    custom = kubernetes.client.CustomObjectsApi(client)
+    custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs", {
+        "apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "sync"},
+        "spec": {"tfReplicaSpecs": {"Worker": {"replicas": 1, "template": {"spec": {"containers": [
+            {"name": "tensorflow", "image": "x", "command": ["true"]}]}}}}}})
+    seen = []
+    watch = kubernetes.watch.Watch()
+    for event in watch.stream(custom.list_namespaced_custom_object, "kubeflow.org", "v1", "default",
+                              "tfjobs", timeout_seconds=10):
+        states = [c["type"] for c in event["object"].get("status", {}).get("conditions", [])
+                  if c["status"] == "True"]
+        seen.append(event["type"])
+        if "Succeeded" in states:
+            watch.stop()
+    seen += [i.metadata.name for i in core.list_namespaced_config_map("default").items]
+    try:
+        core.read_namespaced_config_map("nope", "default")
+    except kubernetes.client.ApiException as exc:
+        seen.append(str(exc.status))
+    print(" ".join(seen))
+"""
 
-    def work() -> list[str]:
-        cfg = kubernetes.client.Configuration()
-        cfg.host = cluster.url
-        with kubernetes.client.ApiClient(cfg) as client:
-            core = kubernetes.client.CoreV1Api(client)
-            core.create_namespaced_config_map("default", {"metadata": {"name": "sync"}, "data": {"a": "1"}})
-            custom = kubernetes.client.CustomObjectsApi(client)
-            custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs", {
-                "apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "sync"},
-                "spec": {"tfReplicaSpecs": {"Worker": {"replicas": 1, "template": {"spec": {"containers": [
-                    {"name": "tensorflow", "image": "x", "command": ["true"]}]}}}}}})
-            seen = []
-            watch = kubernetes.watch.Watch()
-            for event in watch.stream(custom.list_namespaced_custom_object, "kubeflow.org", "v1", "default",
-                                      "tfjobs", timeout_seconds=10):
-                states = [c["type"] for c in event["object"].get("status", {}).get("conditions", [])
-                          if c["status"] == "True"]
-                seen.append(event["type"])
-                if "Succeeded" in states:
-                    watch.stop()
-            names = [i.metadata.name for i in core.list_namespaced_config_map("default").items]
-            try:
-                core.read_namespaced_config_map("nope", "default")
-            except kubernetes.client.ApiException as exc:
-                names.append(str(exc.status))
-            return seen + names
 
-    result = await asyncio.to_thread(work)
-    assert result[0] == "ADDED" and result[-2:] == ["sync", "404"]
+async def test_sync_official_client_in_a_subprocess(cluster: FakeCluster, tmp_path: Path) -> None:
+    # A subprocess: the official client blocks, and tests/kubernetes (a test package) would shadow it here.
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SYNC_CLIENT, cluster.url, cwd=tmp_path,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    words = out.decode().split()
+    assert words[0] == "ADDED" and words[-2:] == ["sync", "404"]

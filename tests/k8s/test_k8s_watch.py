@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -109,14 +110,16 @@ async def test_label_selector_turns_changes_into_added_and_deleted(cluster: Fake
     assert [e["type"] for e in events] == ["ADDED", "DELETED"]
 
 
-async def test_kubernetes_asyncio_watch_of_custom_objects(cluster: FakeCluster) -> None:
+async def test_kubernetes_asyncio_watch_of_custom_objects(cluster: FakeCluster, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     cfg = k8s.client.Configuration()
     cfg.host = cluster.url
     async with k8s.client.ApiClient(cfg) as client:
         custom = k8s.client.CustomObjectsApi(client)
         body = {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "w"},
                 "spec": {"tfReplicaSpecs": {"Worker": {"replicas": 1, "template": {"spec": {"containers": [
-                    {"name": "tensorflow", "image": "x", "command": ["true"]}]}}}}}}
+                    {"name": "tensorflow", "image": "x",
+                     "command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"]}]}}}}}}
         await custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs", body)
         seen: list[str] = []
         watch = k8s.watch.Watch()
@@ -125,6 +128,7 @@ async def test_kubernetes_asyncio_watch_of_custom_objects(cluster: FakeCluster) 
             conditions = [c["type"] for c in event["object"].get("status", {}).get("conditions", [])
                           if c["status"] == "True"]
             seen.append(event["type"])
+            gate.touch()
             if "Succeeded" in conditions:
                 watch.stop()
         assert seen[0] == "ADDED" and "MODIFIED" in seen

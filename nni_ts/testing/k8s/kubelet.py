@@ -15,10 +15,12 @@ import asyncio
 import base64
 import contextlib
 import copy
+import json
 import logging
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -97,7 +99,7 @@ def _terminal(pod: JSON) -> bool:
 @dataclass
 class _Container:
     name: str
-    proc: asyncio.subprocess.Process | None = None
+    proc: _Process | None = None
     restarts: int = 0
     exit_code: int | None = None
     reason: str = ""
@@ -333,9 +335,7 @@ class PodRunner:
         with open(log_path, "ab") as out:
             try:
                 cwd.mkdir(parents=True, exist_ok=True)
-                c.proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd), env=env,
-                    start_new_session=True)
+                c.proc = _Process(argv, out, cwd, env)
             except (OSError, ValueError) as exc:
                 out.write(f"failed to start the container command {argv!r}: {exc}\n".encode())
                 c.started_at = now_iso()
@@ -526,6 +526,46 @@ class _ConfigError(Exception):
     pass
 
 
+class _Process:
+    """A child process in its own session, awaited through a pidfd (no watcher thread per child) where
+    the platform has them, else through a thread."""
+
+    def __init__(self, argv: list[str], out: Any, cwd: Path, env: dict[str, str]) -> None:
+        self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd),
+                                       env=env, start_new_session=True)
+        self.pid = self._popen.pid
+        self.returncode: int | None = None
+        self._done: asyncio.Future[int] | None = None
+
+    async def wait(self) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        if self._done is None:
+            loop = asyncio.get_running_loop()
+            self._done = loop.create_future()
+            pidfd_open = getattr(os, "pidfd_open", None)
+            fd = -1
+            if pidfd_open is not None:
+                with contextlib.suppress(OSError):
+                    fd = pidfd_open(self.pid)
+            if fd >= 0:
+                def on_exit() -> None:
+                    loop.remove_reader(fd)
+                    os.close(fd)
+                    self._finish()
+                loop.add_reader(fd, on_exit)
+            else:
+                task = asyncio.ensure_future(asyncio.to_thread(self._popen.wait))
+                task.add_done_callback(lambda _t: self._finish())
+        return await asyncio.shield(self._done)
+
+    def _finish(self) -> None:
+        code = self._popen.wait()
+        self.returncode = code
+        if self._done is not None and not self._done.done():
+            self._done.set_result(code)
+
+
 def _rewrite(text: str, mounts: list[tuple[str, Path]]) -> str:
     for mount_path, local in mounts:
         if mount_path == "/":
@@ -560,6 +600,11 @@ class Kubelet:
         self.runners: dict[str, PodRunner] = {}
         self.gpu_assignment: dict[str, list[int]] = {}
         self._wake = asyncio.Event()
+        self.pending: dict[str, tuple[str, str]] = {}
+        self.to_start: dict[str, tuple[str, str]] = {}
+        self.bound: dict[str, tuple[str, dict[str, float]]] = {}
+        self.usage: dict[str, dict[str, float]] = {}
+        self.count: dict[str, int] = {}
         self._unschedulable_reason: dict[str, str] = {}
         self._stop_tasks: set[asyncio.Task[None]] = set()
         api.pod_deletion_hook = self._on_delete
@@ -580,14 +625,56 @@ class Kubelet:
 
     def _on_event(self, event: Any) -> None:
         if event.gr == ("", "pods"):
+            obj = event.obj
+            uid = obj["metadata"]["uid"]
             if event.type == "DELETED":
-                runner = self.runners.pop(event.obj["metadata"]["uid"], None)
-                self.gpu_assignment.pop(event.obj["metadata"]["uid"], None)
+                runner = self.runners.pop(uid, None)
+                self.gpu_assignment.pop(uid, None)
+                self._unschedulable_reason.pop(uid, None)
+                self.pending.pop(uid, None)
+                self._unbind(uid)
                 if runner is not None and not runner.stopping:
                     self._spawn_stop(runner, 0)
-            self._wake.set()
+                self._wake.set()
+                return
+            node = obj["spec"].get("nodeName")
+            terminal = _terminal(obj)
+            deleting = bool(obj["metadata"].get("deletionTimestamp"))
+            if not node:
+                if not terminal and not deleting:
+                    if uid not in self.pending:
+                        self.pending[uid] = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                        self._wake.set()
+                else:
+                    self.pending.pop(uid, None)
+                return
+            self.pending.pop(uid, None)
+            if terminal:
+                if self._unbind(uid):
+                    self._wake.set()
+                return
+            if uid not in self.bound:
+                self.bound[uid] = (node, pod_requests(obj))
+                usage = self.usage.setdefault(node, dict.fromkeys(RESOURCES, 0.0))
+                for k, v in self.bound[uid][1].items():
+                    usage[k] += v
+                self.count[node] = self.count.get(node, 0) + 1
+            if uid not in self.runners and not deleting:
+                self.to_start[uid] = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+                self._wake.set()
         elif event.gr == ("", "nodes"):
             self._wake.set()
+
+    def _unbind(self, uid: str) -> bool:
+        entry = self.bound.pop(uid, None)
+        if entry is None:
+            return False
+        node, requests = entry
+        usage = self.usage.setdefault(node, dict.fromkeys(RESOURCES, 0.0))
+        for k, v in requests.items():
+            usage[k] -= v
+        self.count[node] = self.count.get(node, 1) - 1
+        return True
 
     def _on_delete(self, pod: JSON, grace: int) -> bool:
         runner = self.runners.get(pod["metadata"]["uid"])
@@ -627,77 +714,70 @@ class Kubelet:
     def _schedule(self) -> None:
         store = self.api.store
         nodes = store.list(("", "nodes"))
-        pods = store.list(("", "pods"))
-        used: dict[str, dict[str, float]] = {n["metadata"]["name"]: dict.fromkeys(RESOURCES, 0.0) for n in nodes}
-        count: dict[str, int] = dict.fromkeys(used, 0)
-        gpus_used: dict[str, set[int]] = {n: set() for n in used}
-        for pod in pods:
-            node = pod["spec"].get("nodeName")
-            if node in used and not _terminal(pod):
-                for k, v in pod_requests(pod).items():
-                    used[node][k] += v
-                count[node] += 1
-                gpus_used[node].update(self.gpu_assignment.get(pod["metadata"]["uid"], []))
-        pending = sorted((p for p in pods if not p["spec"].get("nodeName") and not _terminal(p)
-                          and not p["metadata"].get("deletionTimestamp")),
-                         key=lambda p: int(p["metadata"]["resourceVersion"]))
-        for pod in pending:
-            self._place(pod, nodes, used, count, gpus_used)
-        for pod in pods:
-            uid = pod["metadata"]["uid"]
-            if pod["spec"].get("nodeName") and uid not in self.runners and not _terminal(pod) \
-                    and not pod["metadata"].get("deletionTimestamp"):
-                node = store.get(("", "nodes"), "", pod["spec"]["nodeName"])
-                if node is None or not _node_ready(node):
-                    continue
-                runner = PodRunner(self, pod)
-                self.runners[uid] = runner
-                runner.task = asyncio.get_running_loop().create_task(
-                    runner.run(), name=f"pod-{pod['metadata']['name']}")
+        failed: set[tuple[float, ...]] = set()
+        for uid, (ns, name) in list(self.pending.items()):
+            pod = store.get(("", "pods"), ns, name)
+            if pod is None or pod["metadata"]["uid"] != uid:
+                self.pending.pop(uid, None)
+                continue
+            want = pod_requests(pod)
+            shape = (*want.values(), hash(json.dumps(pod["spec"].get("nodeSelector") or {}, sort_keys=True)))
+            if shape in failed and uid in self._unschedulable_reason:
+                continue  # an identical pod did not fit in this pass, and this one already says why
+            if not self._place(pod, want, nodes):
+                failed.add(shape)
+        for uid, (ns, name) in list(self.to_start.items()):
+            del self.to_start[uid]
+            pod = store.get(("", "pods"), ns, name)
+            if pod is None or pod["metadata"]["uid"] != uid or uid in self.runners or _terminal(pod) \
+                    or pod["metadata"].get("deletionTimestamp"):
+                continue
+            node = store.get(("", "nodes"), "", pod["spec"]["nodeName"])
+            if node is None or not _node_ready(node):
+                continue
+            runner = PodRunner(self, pod)
+            self.runners[uid] = runner
+            runner.task = asyncio.get_running_loop().create_task(runner.run(), name=f"pod-{name}")
 
-    def _place(self, pod: JSON, nodes: list[JSON], used: dict[str, dict[str, float]], count: dict[str, int],
-               gpus_used: dict[str, set[int]]) -> None:
-        want = pod_requests(pod)
+    def _place(self, pod: JSON, want: dict[str, float], nodes: list[JSON]) -> bool:
         selector = pod["spec"].get("nodeSelector") or {}
         reasons: dict[str, int] = {}
         for node in nodes:
             name = node["metadata"]["name"]
             if not _node_ready(node):
-                reasons["node(s) had untolerated taint {node.kubernetes.io/unreachable: }"] = reasons.get(
-                    "node(s) had untolerated taint {node.kubernetes.io/unreachable: }", 0) + 1
+                key = "node(s) had untolerated taint {node.kubernetes.io/unreachable: }"
+                reasons[key] = reasons.get(key, 0) + 1
                 continue
             if not LabelSelector.from_dict({"matchLabels": selector}).matches(node["metadata"].get("labels")):
-                reasons["node(s) didn't match Pod's node affinity/selector"] = reasons.get(
-                    "node(s) didn't match Pod's node affinity/selector", 0) + 1
+                key = "node(s) didn't match Pod's node affinity/selector"
+                reasons[key] = reasons.get(key, 0) + 1
                 continue
             alloc = node["status"].get("allocatable") or {}
+            used = self.usage.get(name) or dict.fromkeys(RESOURCES, 0.0)
             short = []
             for res in RESOURCES:
                 cap = parse_quantity(alloc.get(res, "0"))
-                if want[res] > 0 and used[name][res] + want[res] > cap + 1e-9:
+                if want[res] > 0 and used[res] + want[res] > cap + 1e-9:
                     short.append(f"Insufficient {res}")
-            if count[name] + 1 > int(parse_quantity(alloc.get("pods", "110"))):
+            if self.count.get(name, 0) + 1 > int(parse_quantity(alloc.get("pods", "110"))):
                 short.append("Too many pods")
             if short:
                 for s in short:
                     reasons[s] = reasons.get(s, 0) + 1
                 continue
-            for res in RESOURCES:
-                used[name][res] += want[res]
-            count[name] += 1
             ngpu = int(want["nvidia.com/gpu"])
             if ngpu:
-                free = [i for i in range(int(parse_quantity(alloc.get("nvidia.com/gpu", "0"))))
-                        if i not in gpus_used[name]]
+                taken = {i for uid, (n, _) in self.bound.items() if n == name
+                         for i in self.gpu_assignment.get(uid, [])}
+                free = [i for i in range(int(parse_quantity(alloc.get("nvidia.com/gpu", "0")))) if i not in taken]
                 self.gpu_assignment[pod["metadata"]["uid"]] = free[:ngpu]
-                gpus_used[name].update(free[:ngpu])
             self._bind(pod, name)
-            return
+            return True
         message = f"0/{len(nodes)} nodes are available: " + ", ".join(
             f"{n} {r}" for r, n in sorted(reasons.items())) + "."
         uid = pod["metadata"]["uid"]
         if self._unschedulable_reason.get(uid) == message:
-            return
+            return False
         self._unschedulable_reason[uid] = message
         status = copy.deepcopy(pod.get("status") or {})
         status["phase"] = "Pending"
@@ -705,6 +785,7 @@ class Kubelet:
                                  "message": message, "lastTransitionTime": now_iso()}]
         self.api.update_status(self.pods_type, pod["metadata"]["namespace"], pod["metadata"]["name"], status)
         self.api.record_event(pod, "FailedScheduling", message, "Warning", "default-scheduler")
+        return False
 
     def _bind(self, pod: JSON, node: str) -> None:
         self._unschedulable_reason.pop(pod["metadata"]["uid"], None)
