@@ -42,6 +42,11 @@ class SshUploadConfig(ConfigModel):
     user: str = Field(description="SSH user name.")
     ssh_key_file: str | None = Field(None, description="Private key file.")
     password: str | None = Field(None, description="SSH password; prefer sshKeyFile.", repr=False)
+    known_hosts_file: str | None = Field(
+        None,
+        description="A known_hosts file to check the host's key against. Default: ~/.ssh/known_hosts, "
+        "and a host missing from it is accepted on first use.",
+    )
 
 
 class K8sStorageConfig(ConfigModel):

@@ -269,6 +269,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 export_path=str(storage.path),
                 key_file=up.ssh_key_file,
                 password=up.password,
+                known_hosts=up.known_hosts_file,
             )
         if storage.server and _is_loopback(storage.server) or storage.server == socket.gethostname():
             return LocalStager(self.experiment_id, Path(str(storage.path)))

@@ -1,0 +1,116 @@
+"""TFJob conditions, Framework states and pod problems mapped to what a trial's status and message say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nni_ts.platforms.kubernetes.status import framework_view, kubeflow_job_view, pod_problem, terminated_exit_code
+
+
+def _job(*conditions: tuple[str, str], message: str = "") -> dict[str, Any]:
+    return {
+        "kind": "TFJob",
+        "metadata": {"name": "j"},
+        "status": {
+            "conditions": [
+                {"type": t, "status": s, "reason": f"TFJob{t}", "message": message or f"{t} now"} for t, s in conditions
+            ]
+        },
+    }
+
+
+def test_kubeflow_conditions() -> None:
+    assert kubeflow_job_view({"metadata": {"name": "j"}}).phase == "pending"
+    assert kubeflow_job_view(_job(("Created", "True"))).phase == "pending"
+    assert kubeflow_job_view(_job(("Created", "True"), ("Running", "True"))).phase == "running"
+    assert kubeflow_job_view(_job(("Running", "True"), ("Restarting", "True"))).phase == "running"
+    done = kubeflow_job_view(_job(("Running", "False"), ("Succeeded", "True")))
+    assert done.phase == "succeeded" and done.finished
+    failed = kubeflow_job_view(
+        _job(
+            ("Running", "False"),
+            ("Failed", "True"),
+            message="TFJob default/j has failed because 1 Worker replica(s) failed.",
+        )
+    )
+    assert failed.phase == "failed" and "1 Worker replica(s) failed" in (failed.message or "")
+    assert "TFJobFailed" in (failed.message or "")
+    assert not failed.infrastructure
+
+
+def _fw(state: str, code: int | None = None, name: str = "Failed", attrs: list[str] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"state": state}
+    if code is not None:
+        status["attemptStatus"] = {
+            "completionStatus": {
+                "code": code,
+                "phrase": "Phrase",
+                "type": {"name": name, "attributes": attrs or []},
+                "diagnostics": "container exited: boom",
+            }
+        }
+    return {"kind": "Framework", "metadata": {"name": "fw"}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("state", "phase"),
+    [("AttemptCreationPending", "pending"), ("AttemptPreparing", "pending"), ("AttemptRunning", "running"),
+     ("AttemptDeletionPending", "running")],
+)  # fmt: skip
+def test_framework_states(state: str, phase: str) -> None:
+    assert framework_view(_fw(state)).phase == phase
+
+
+def test_framework_completion_codes() -> None:
+    assert framework_view(_fw("Completed", 0, "Succeeded")).phase == "succeeded"
+    user = framework_view(_fw("Completed", 3, attrs=[]))
+    assert user.phase == "failed" and user.exit_code == 3 and not user.infrastructure
+    assert "exited with code 3" in (user.message or "") and "boom" in (user.message or "")
+    permanent = framework_view(_fw("Completed", 210, attrs=["Permanent"]))
+    assert "Permanent" in (permanent.message or "") and not permanent.infrastructure
+    deleted = framework_view(_fw("Completed", -101, attrs=["Transient"]))
+    assert deleted.infrastructure and "deleted outside nni-ts" in (deleted.message or "")
+    evicted = framework_view(_fw("Completed", -300))
+    assert evicted.infrastructure
+    rejected = framework_view(_fw("Completed", -200, attrs=["Permanent"]))
+    assert not rejected.infrastructure and "rejected" in (rejected.message or "")
+    stopped = framework_view(_fw("Completed", -210))
+    assert stopped.phase == "failed" and "stopped" in (stopped.message or "")
+
+
+def _pod(phase: str = "Pending", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p-worker-0"},
+        "spec": {"containers": [{"name": "tensorflow", "resources": {"limits": {"memory": "512Mi"}}}]},
+        "status": {"phase": phase, **status},
+    }
+
+
+def test_pod_problems() -> None:
+    assert pod_problem(_pod("Running")) is None
+    image = pod_problem(
+        _pod(containerStatuses=[{"name": "tensorflow", "image": "bad:1", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": 'Back-off pulling image "bad:1"'}}}])
+    )  # fmt: skip
+    assert image is not None and image.kind == "image" and "bad:1" in image.message and "dockerImage" in image.message
+    unsched = pod_problem(
+        _pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}])
+    )  # fmt: skip
+    assert unsched is not None and unsched.kind == "unschedulable" and "Insufficient nvidia.com/gpu" in unsched.message
+    oom = pod_problem(
+        _pod("Failed", containerStatuses=[{"name": "tensorflow", "state": {"terminated": {
+            "reason": "OOMKilled", "exitCode": 137}}}])
+    )  # fmt: skip
+    assert oom is not None and oom.kind == "oom" and "512Mi" in oom.message and "memorySize" in oom.message
+    evicted = pod_problem(_pod("Failed", reason="Evicted", message="The node was low on resource: memory."))
+    assert evicted is not None and evicted.infrastructure and "low on resource" in evicted.message
+    config = pod_problem(
+        _pod(containerStatuses=[{"name": "c", "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                                                      "message": 'secret "x" not found'}}}])
+    )  # fmt: skip
+    assert config is not None and config.kind == "config"
+    done = _pod("Succeeded", containerStatuses=[{"name": "tensorflow", "state": {"terminated": {"exitCode": 0}}}])
+    assert terminated_exit_code(done) == 0 and terminated_exit_code(_pod()) is None
