@@ -98,7 +98,13 @@ class ExperimentManager:
         """Start the engine thread and open its database connection and the experiment store."""
         self._api_loop = asyncio.get_running_loop()
         self._thread.start()
-        await self._call(self._engine_open())
+        try:
+            await self._call(self._engine_open())
+        except BaseException:
+            self._closing = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join, 60)
+            raise
 
     async def _engine_open(self) -> None:
         self._db = await open_database(self.database_url)

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,17 @@ from nni_ts.service.db import open_database
 from nni_ts.service.users import add_user
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_engine_threads() -> Iterator[None]:
+    """Fail a test that leaves a service's engine thread running."""
+    before = set(threading.enumerate())
+    yield
+    left = [t for t in threading.enumerate() if t not in before and t.name == "nni-ts-service-engine"]
+    for t in left:
+        t.join(10)
+    assert not [t for t in left if t.is_alive()], "the test left a service's engine thread running"
 
 
 def _pg_bin(name: str) -> str | None:

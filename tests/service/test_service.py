@@ -432,3 +432,19 @@ async def test_legacy_routes_without_tokens_when_configured(db_url: str, tmp_pat
             ("cuizihan (unauthenticated)", "experiment.create"),
             ("cuizihan (unauthenticated)", "experiment.delete"),
         ]
+
+
+async def test_a_service_that_cannot_open_its_store_says_why(tmp_path: Path) -> None:
+    import threading
+
+    import pytest
+
+    from nni_ts.errors import StoreError
+    from nni_ts.service import ExperimentService, ServiceSettings
+
+    data = tmp_path / "svc"
+    (data / "experiments.db").mkdir(parents=True)  # a directory where the store's file should be
+    service = ExperimentService(ServiceSettings(data_dir=data, database_url=f"sqlite:///{tmp_path / 's.db'}"))
+    with pytest.raises(StoreError, match="experiments.db"):
+        await service.start()
+    assert not [t for t in threading.enumerate() if t.name == "nni-ts-service-engine"]
