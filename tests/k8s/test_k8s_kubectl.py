@@ -152,3 +152,34 @@ async def test_get_json_of_core_objects_and_events(cluster: FakeCluster, kubectl
     assert "tfjobs.kubeflow.org" in crds.out
     version = json.loads((await kubectl("version", "-o", "json")).out)
     assert version["serverVersion"]["minor"] == "32"
+
+
+async def test_more_kubectl_commands(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:
+    objects = tmp_path / "objects.yaml"
+    objects.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\n"
+                       "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm1, namespace: team}\ndata: {a: b}\n")
+    created = await kubectl("create", "-f", str(objects))
+    assert created.code == 0 and "namespace/team created" in created.out and "configmap/cm1 created" in created.out
+    assert (await kubectl("patch", "cm", "cm1", "-n", "team", "--type=merge", "-p", '{"data":{"c":"d"}}')).code == 0
+    assert (await kubectl("patch", "cm", "cm1", "-n", "team", "--type=json", "-p",
+                          '[{"op":"remove","path":"/data/a"}]')).code == 0
+    assert (await kubectl("get", "cm", "cm1", "-n", "team", "-o", "jsonpath={.data}")).out == '{"c":"d"}'
+    imperative = await kubectl("create", "configmap", "cm2", "--from-literal=a=b")
+    assert imperative.code != 0 and "does not decode application/vnd.kubernetes.protobuf" in imperative.err
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: counter, namespace: team}\nspec:\n"
+                   "  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox\n"
+                   "    command: [sh, -c, 'for i in 1 2 3; do echo $i; sleep 0.1; done']\n")
+    applied = await kubectl("apply", "--server-side", "-f", str(pod))
+    assert applied.code == 0 and "serverside-applied" in applied.out, applied.err
+    followed = await kubectl("logs", "-f", "counter", "-n", "team")
+    assert followed.out == "1\n2\n3\n"
+    everywhere = await kubectl("get", "pods", "-A")
+    assert everywhere.out.splitlines()[1].split()[:2] == ["team", "counter"]
+    described = await kubectl("describe", "pod", "counter", "-n", "team")
+    assert described.code == 0 and "Exit Code:    0" in described.out
+    explained = await kubectl("explain", "tfjob.spec.tfReplicaSpecs")
+    assert explained.code == 0 and "replicas\t<integer>" in explained.out
+    deleted = await kubectl("delete", "namespace", "team", "--wait=true", "--timeout=20s")
+    assert deleted.code == 0, deleted.err
+    assert cluster.get("namespaces", "team", "") is None and cluster.get("pods", "counter", "team") is None

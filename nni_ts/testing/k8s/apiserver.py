@@ -285,6 +285,10 @@ class ApiServer:
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
+        if "protobuf" in request.content_type or "cbor" in request.content_type:
+            raise ApiError(415, "UnsupportedMediaType", f"the fake Kubernetes API server does not decode "
+                           f"{request.content_type} request bodies; send JSON or YAML (kubectl apply -f and "
+                           "create -f do; kubectl's imperative create commands send protobuf)")
         raw = await request.read()
         if not raw:
             raise ApiError.bad_request("the request body is empty; expected a JSON object")
