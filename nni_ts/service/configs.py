@@ -134,6 +134,8 @@ def prepare_config(
             source=source,
             path="trainingService.platform",
         )
+    if not is_admin:
+        _check_platform_keys(ts, policy, workspace_dir, code_dir, source)
     merged = {**policy.defaults, **ts, "platform": policy.platform}
     if policy.platform in _K8S:
         namespace = workspace_namespace(policy.namespace_template, user, workspace)
@@ -147,6 +149,52 @@ def prepare_config(
     data["trainingService"] = merged
     code_dir.mkdir(parents=True, exist_ok=True)
     return config_from_dict(data, source=source, base_dir=code_dir)
+
+
+#: Platform keys that reach the service's own credentials: only an admin may set them.
+_ADMIN_KEYS = frozenset({"kubeconfig", "context", "clusterServerPort", "machineList"})
+_PATH_SUFFIXES = ("File", "Path", "Directory", "Dir")
+
+
+def _check_platform_keys(
+    ts: dict[str, Any], policy: PlatformPolicy, workspace_dir: Path, code_dir: Path, source: str
+) -> None:
+    """A user may not override what the service's platform config sets, nor reach its credentials or
+    files outside the workspace (a kubeconfig, SSH keys, registry secrets staged into the cluster)."""
+    for key, value in ts.items():
+        if key == "platform":
+            continue
+        if key in _ADMIN_KEYS:
+            raise ConfigError(
+                f"{key} is set by the service's administrator, not in an experiment.",
+                source=source,
+                path=f"trainingService.{key}",
+            )
+        if key in policy.defaults and value != policy.defaults[key]:
+            raise ConfigError(
+                f"{key} is set by the service for every experiment; remove it.",
+                source=source,
+                path=f"trainingService.{key}",
+            )
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                sub_path = f"{path}.{key}"
+                if isinstance(key, str) and key.endswith(_PATH_SUFFIXES) and isinstance(sub, str) and sub:
+                    target = Path(sub) if Path(sub).is_absolute() else code_dir / sub
+                    if not _inside(target, workspace_dir):
+                        raise ConfigError(
+                            f"{sub!r} is outside your workspace; paths must be inside the workspace's code directory.",
+                            source=source,
+                            path=sub_path,
+                        )
+                walk(sub, sub_path)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(ts, "trainingService")
 
 
 def resource_need(config: ExperimentConfig) -> tuple[int, int]:

@@ -114,5 +114,19 @@ async def test_seeds_body_runs_in_the_workspace_namespace(k8s: tuple[str, Any, P
             },
         )
         assert status == 422 and err["path"] == "trainingService.namespace", err
+        # Nor can a user reach the service's credentials or change the shared storage.
+        for key, value in (("kubeconfig", "/root/.kube/config"), ("storage", {"storageType": "nfs"})):
+            status, err = await api.call(
+                "POST",
+                "/workspaces/test/experiments",
+                token=token,
+                json={
+                    "searchSpace": {"a": {"_type": "choice", "_value": [1]}},
+                    "trialConcurrency": 1,
+                    "tuner": {"name": "Random"},
+                    "trainingService": {"platform": platform, key: value},
+                },
+            )
+            assert status == 422 and err["path"] == f"trainingService.{key}", err
         await api.ok("DELETE", "/nni-exp", token=token, json={"workspace": "test", "user": "cuizihan"})
         assert not cluster.list(KINDS[platform], namespace=namespace)

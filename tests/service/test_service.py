@@ -169,6 +169,16 @@ async def test_bad_input_is_a_4xx_with_a_reason(svc: Running) -> None:
         (quick_config() | {"experimentWorkingDirectory": "/tmp"}, 422, "experimentWorkingDirectory"),
         (quick_config() | {"trialCodeDirectory": "/etc"}, 422, "trialCodeDirectory"),
         (quick_config() | {"tuner": {"className": "os.System"}}, 422, "tuner.className"),
+        (
+            quick_config() | {"trainingService": {"platform": "local", "trialCodeDirectory": "/etc"}},
+            422,
+            "trainingService.trialCodeDirectory",
+        ),
+        (
+            quick_config() | {"trainingService": {"platform": "local", "kubeconfig": "/k"}},
+            422,
+            "trainingService.kubeconfig",
+        ),
         ([1, 2], 422, None),
     ]
     for config, code, path in cases:
