@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import kubernetes_asyncio as k8s
 import psutil
 
@@ -114,6 +115,11 @@ async def ours(jobs: int, slots: int, create_concurrency: int, state: Path) -> t
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/fake/request-counts") as resp:
+                counts = await resp.json()
+        print("requests seen by the server: " + ", ".join(f"{c['verb']} {c['resource']}: {c['count']}"
+                                                          for c in counts))
         final_rss = proc.memory_info().rss / 2**20
         return elapsed, max(peak, final_rss), idle_rss, len(succeeded)
     finally:

@@ -133,6 +133,9 @@ class ApiServer:
                 return web.json_response(VERSION_INFO)
             if path in ("/healthz", "/livez", "/readyz"):
                 return web.Response(text="ok")
+            if path == "/fake/request-counts":
+                return web.json_response([{"verb": v, "resource": r, "count": n}
+                                          for (v, r), n in sorted(self.request_counts.items())])
             if parts and parts[0] == "openapi":
                 self.request_counts[("get", "openapi")] += 1
                 return web.json_response(openapi.document(self.api, parts[1:], request.query.get("hash")))
