@@ -1,0 +1,90 @@
+"""Done means: ``nni-ts create -c examples/<platform>/config.yml``, pointed by KUBECONFIG at the fake
+cluster served by ``python -m nni_ts.testing.k8s serve``, completes its experiment, and kubectl shows the
+jobs while they run. Everything runs as subprocesses, bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, crd_files
+
+NFS = Path("/tmp/nni-ts-nfs")  # the examples' NFS export: this machine stands in for the NFS server
+
+
+@pytest.fixture
+def served_cluster(tmp_path: Path) -> Iterator[Path]:
+    """A fake cluster in another process; yields its kubeconfig."""
+    NFS.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "nni_ts.testing.k8s", "serve", "--port", "0", "--state-dir", str(tmp_path / "k8s")]
+    args += ["--nfs", f"127.0.0.1:{NFS}={NFS}"]
+    for crd in crd_files():
+        args += ["--crd", str(crd)]
+    log = (tmp_path / "serve.err").open("w")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "kubeconfig:" in line, (line, (tmp_path / "serve.err").read_text())
+        yield Path(line.rsplit("kubeconfig:", 1)[1].strip())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+        log.close()
+
+
+@pytest.mark.parametrize(("example", "plural"), [("kubeflow", "tfjobs"), ("frameworkcontroller", "frameworks")])
+def test_example_runs_on_the_served_fake_cluster(served_cluster: Path, example: str, plural: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian: kubernetes-client)")
+    env = dict(os.environ, KUBECONFIG=str(served_cluster))
+    before = set(NFS.joinpath("nni-ts").glob("*")) if NFS.joinpath("nni-ts").exists() else set()
+    create = subprocess.Popen(
+        ["nni-ts", "create", "-c", str(REPO / "examples" / example / "config.yml"), "--quiet", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not seen and create.poll() is None and time.monotonic() < deadline:
+            out = subprocess.run(
+                [kubectl, "get", plural, "-l", "app.kubernetes.io/managed-by=nni-ts", "-o", "json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert out.returncode == 0, out.stderr
+            seen = [item["metadata"]["name"] for item in json.loads(out.stdout)["items"]]
+        table = subprocess.run([kubectl, "get", plural], env=env, capture_output=True, text=True, timeout=30)
+        stdout, stderr = create.communicate(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if create.poll() is None:
+            create.kill()
+            create.wait()
+        for path in set(NFS.joinpath("nni-ts").glob("*")) - before:
+            shutil.rmtree(path, ignore_errors=True)
+    assert create.returncode == 0, (stdout, stderr)
+    assert seen, f"kubectl never showed a {plural} of the experiment while it ran"
+    assert table.returncode == 0
+    result = json.loads(stdout)
+    assert result["status"] == "DONE" and result["trials"] == 6, result
+    assert result["best"]["status"] == "SUCCEEDED", result["best"]
