@@ -43,7 +43,7 @@ class Api:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.by_gr: dict[GR, ResourceType] = {}
         self.pod_deletion_hook: DeletionHook | None = None
-        self._gc_queue: asyncio.Queue[tuple[str, Any]] | None = None
+        self._gc_queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         for rtype in BUILTIN_TYPES:
             self._register(rtype)
         self.store.subscribe(self._on_event)
@@ -387,8 +387,7 @@ class Api:
     # ---------------------------------------------------------------- garbage collection
 
     def _gc_enqueue(self, item: tuple[str, Any]) -> None:
-        if self._gc_queue is not None:
-            self._gc_queue.put_nowait(item)
+        self._gc_queue.put_nowait(item)
 
     def _on_event(self, event: Any) -> None:
         meta = event.obj["metadata"]
@@ -420,7 +419,6 @@ class Api:
 
     async def run_gc(self) -> None:
         """The garbage collector and namespace finaliser (a task of the cluster)."""
-        self._gc_queue = asyncio.Queue()
         while True:
             kind, arg = await self._gc_queue.get()
             try:
