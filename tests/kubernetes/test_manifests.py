@@ -264,3 +264,61 @@ def test_namespace_must_be_a_dns_label(bad: str) -> None:
     with pytest.raises(ConfigError, match="DNS label"):
         KubeflowTrainingService({"operator": "tf-operator", "storage": STORAGE, "namespace": bad,
                                  "worker": {"command": "x", "memorySize": 1}})  # fmt: skip
+
+
+# ---------------------------------------------------------------------- Azure file shares
+
+AZURE = {
+    "storageType": "azureStorage",
+    "azureAccount": "acct",
+    "azureShare": "share1",
+    "keyVaultName": "vault",
+    "keyVaultKey": "storage-key",
+}
+
+
+def test_azure_file_share_volume(tmp_path: Path) -> None:
+    config = {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "python3 t.py", "memorySize": 512}}
+    svc = _offline(KubeflowTrainingService(config, experiment_id=EXP), tmp_path)
+    body = _build(svc)
+    _assert_valid(_schema("tfjobs"), body)
+    (volume,) = body["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"]
+    assert volume == {
+        "name": "nni-ts-storage",
+        "azureFile": {"secretName": svc._azure_secret_name(), "shareName": "share1", "readOnly": False},
+    }
+
+
+def test_azure_key_goes_into_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nni_ts.platforms.kubernetes import azure
+
+    monkeypatch.setenv("NNI_TS_AZURE_STORAGE_KEY", "c2VjcmV0")
+    storage = KubeflowTrainingService.config_class.model_validate(
+        {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "x", "memorySize": 1}}
+    ).storage
+    stager = azure.AzureStager(EXP, storage)
+    stager._share = object()  # the SDK's client is not needed to build the Secret
+    stager._key = azure.storage_key("vault", "storage-key")
+    secret = stager.secret("s", "default", {"kind": "ConfigMap", "name": "a", "uid": "u", "apiVersion": "v1"})
+    import base64
+
+    assert base64.b64decode(secret["data"]["azurestorageaccountkey"]) == b"c2VjcmV0"
+    assert base64.b64decode(secret["data"]["azurestorageaccountname"]) == b"acct"
+
+
+def test_azure_without_its_sdk_or_cli_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+
+    from nni_ts.errors import ConfigError
+    from nni_ts.platforms.kubernetes import azure
+
+    monkeypatch.setitem(sys.modules, "azure.storage.fileshare", None)
+    storage = KubeflowTrainingService.config_class.model_validate(
+        {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "x", "memorySize": 1}}
+    ).storage
+    with pytest.raises(ConfigError, match=r"nni-ts\[azure\]"):
+        azure.AzureStager(EXP, storage)._client()
+    monkeypatch.delenv("NNI_TS_AZURE_STORAGE_KEY", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="Azure CLI"):
+        azure.storage_key("vault", "key")
