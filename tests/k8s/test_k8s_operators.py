@@ -120,6 +120,8 @@ async def test_pytorchjob_master_and_worker(cluster: FakeCluster) -> None:
     assert job["status"]["conditions"][-1]["reason"] == "PyTorchJobSucceeded"
     assert set(job["status"]["replicaStatuses"]) == {"Master", "Worker"}
     assert cluster.pod_log("pt-master-0").strip() == "0/3 localhost:23456"
+    # the job succeeds with its Master; a Worker may still be finishing
+    await cluster.wait_for_object("pods", "pt-worker-1", lambda p: p["status"].get("phase") == "Succeeded")
     assert cluster.pod_log("pt-worker-1").strip() == "2/3 pt-master-0:23456"
     labels = (cluster.get("pods", "pt-master-0") or {})["metadata"]["labels"]
     assert labels["training.kubeflow.org/replica-type"] == "master"
