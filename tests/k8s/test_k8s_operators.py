@@ -55,8 +55,8 @@ async def test_tfjob_failure_marks_failed_with_replica_counts(cluster: FakeClust
     assert not running or running[0]["status"] == "False"
     assert job["status"]["replicaStatuses"]["Worker"]["failed"] >= 1
     assert job["status"]["completionTime"]
-    pod = cluster.get("pods", "fails-worker-0")
-    assert pod is not None and pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    pod = await cluster.wait_for_object("pods", "fails-worker-0", lambda p: p["status"].get("phase") == "Failed")
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
 
 
 async def test_tfjob_running_then_succeeded_conditions(cluster: FakeCluster, tmp_path: Path) -> None:
