@@ -84,7 +84,7 @@ class IgnoreRules:
             negate = line.startswith("!")
             if negate:
                 line = line[1:]
-            elif line.startswith("\\!") or line.startswith("\\#"):
+            elif line.startswith(("\\!", "\\#")):
                 line = line[1:]
             dir_only = line.endswith("/")
             line = line.rstrip("/")

@@ -68,7 +68,10 @@ _ALIVE_FN = (
     'else kill -0 "$1" 2>/dev/null; fi; }'
 )
 # tp DIR: the pid (= process group) of the trial its keeper started, from the keeper's log.
-_TRIAL_PID_FN = "tp() { sed -n 's/.* started: pid \\([0-9][0-9]*\\)\\..*/\\1/p' \"$1/.nni-ts/keeper.log\" 2>/dev/null | tail -n 1; }"
+_TRIAL_PID_FN = (
+    "tp() { sed -n 's/.* started: pid \\([0-9][0-9]*\\)\\..*/\\1/p' \"$1/.nni-ts/keeper.log\" 2>/dev/null"
+    " | tail -n 1; }"
+)
 
 
 @dataclass(eq=False)
@@ -775,7 +778,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 _TRIAL_PID_FN,
                 f"p={q(str(pid or ''))}; s={q(start or '')}; d={q(remote_dir)}",
                 'if ka "$p" "$s"; then kill -TERM "$p" && echo keeper; exit 0; fi',
-                't=$(tp "$d"); if [ -n "$t" ]; then kill -KILL -- "-$t" 2>/dev/null; fi; echo group',
+                't=$(tp "$d"); if [ -n "$t" ]; then kill -s KILL -- "-$t" 2>/dev/null; fi; echo group',
             ]
         )
         out = await host.conn.run(self._shell(script), timeout=30)

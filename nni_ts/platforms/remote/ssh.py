@@ -365,7 +365,7 @@ class HostConnection:
                 err += data
             code = chan.recv_exit_status()
             return ExecResult(code, bytes(out), bytes(err))
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise PlatformError(f"A command on {self.label} did not finish within {timeout:g} s.") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SshConnectError(f"The connection to {self.label} failed during a command: {exc}.") from None
