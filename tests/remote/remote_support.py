@@ -95,7 +95,9 @@ async def wait_metrics(rec: Recorder, trial_id: str, count: int, timeout: float 
             await asyncio.sleep(0.02)
 
 
-async def wait_status(service: RemoteTrainingService, trial_id: str, status: TrialJobStatus, timeout: float = 30) -> None:
+async def wait_status(
+    service: RemoteTrainingService, trial_id: str, status: TrialJobStatus, timeout: float = 30
+) -> None:
     await wait_for_status(service, trial_id, timeout=timeout, status=status)
 
 
