@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -419,6 +420,7 @@ class PodRunner:
 
     def _env(self, spec: JSON) -> dict[str, str]:
         env = {k: os.environ[k] for k in HOST_ENV if k in os.environ}
+        env["PATH"] = _host_path()
         env["HOSTNAME"] = self.name
         env["KUBERNETES_SERVICE_HOST"] = "127.0.0.1"
         env["KUBERNETES_SERVICE_PORT"] = str(self.kubelet.api_port)
@@ -564,6 +566,16 @@ class _Process:
         self.returncode = code
         if self._done is not None and not self._done.done():
             self._done.set_result(code)
+
+
+def _host_path() -> str:
+    """The host's PATH, led by the directory of this interpreter when it has a ``python3``: the pods'
+    ``python3`` is the interpreter running the cluster (its packages, e.g. trial_keeper, included)."""
+    path = os.environ.get("PATH", os.defpath)
+    here = os.path.dirname(sys.executable)
+    if here and os.path.exists(os.path.join(here, "python3")) and path.split(os.pathsep)[0] != here:
+        path = here + os.pathsep + path
+    return path
 
 
 def _rewrite(text: str, mounts: list[tuple[str, Path]]) -> str:
