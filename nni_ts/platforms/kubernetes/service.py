@@ -292,6 +292,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     async def _start_inner(self) -> None:
         cfg = self.config
         self.stager = self._make_stager()
+        # One cheap request first: an unreachable API server is reported in seconds, by its address.
+        await self.kube.request("GET", "/version", timeout=10)
         code_dir = Path(cfg.trial_code_directory).expanduser().resolve()
         await self.stager.prepare(code_dir)
         selector = mf.experiment_selector(self.experiment_id)
@@ -445,8 +447,13 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         trial = _Trial(detail=detail, job=self._job_name(detail.id))
         detail.working_directory = self.stager.trial_location(detail.id)
         detail.platform_data = {"job": trial.job, "namespace": self.namespace, "kind": self.plural, "attempt": 1}
-        await self.stager.refresh(Path(self.config.trial_code_directory).expanduser().resolve())
-        await self.stager.write_trial(detail.id, {"parameter.cfg": detail.form.hyper_parameters.value.encode()})
+        try:
+            await self.stager.refresh(Path(self.config.trial_code_directory).expanduser().resolve())
+            await self.stager.write_trial(detail.id, {"parameter.cfg": detail.form.hyper_parameters.value.encode()})
+        except OSError as exc:
+            raise PlatformError(
+                f"Cannot write trial {detail.id}'s directory {detail.working_directory} on the shared storage: {exc}"
+            ) from exc
         self._track(trial)
         self.server.register(detail.id, _Sink(self, trial), attempt=trial.attempt)
         body = self._build_job(trial, self._keeper_spec(trial))
