@@ -38,13 +38,15 @@ TRIAL = textwrap.dedent(
             time.sleep(0.05)
     nni.report_intermediate_result(2)
     files = sorted(os.listdir("."))
-    nni.report_final_result({"default": 3, "cvd": os.environ.get("CUDA_VISIBLE_DEVICES"), "files": files})
+    final = {"default": 3, "cvd": os.environ.get("CUDA_VISIBLE_DEVICES"), "files": files}
+    final["pre"] = os.environ.get("PRE_VAR")
+    nni.report_final_result(final)
     """
 )
 
 
 def machine(host: SshHost, **extra: Any) -> dict[str, Any]:
-    return host.machine(workDirectory=str(host.work_dir), pythonPath=PYTHON_DIR, **extra)
+    return host.machine(**{"workDirectory": str(host.work_dir), "pythonPath": PYTHON_DIR, **extra})
 
 
 def make_code(tmp_path: Path, name: str = "code") -> Path:
