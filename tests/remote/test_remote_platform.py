@@ -155,7 +155,8 @@ def test_v1_machine_list_with_pre_command(tmp_path: Path) -> None:
         "authorName: a\nexperimentName: e\ntrialConcurrency: 1\nmaxTrialNum: 1\ntrainingServicePlatform: remote\n"
         "searchSpacePath: space.json\ntuner:\n  builtinTunerName: Random\n"
         "trial:\n  codeDir: .\n  command: python3 t.py\n  gpuNum: 0\n"
-        "machineList:\n  - ip: 10.0.0.1\n    username: u\n    passwd: secret-pw\n    preCommand: source ~/venv/bin/activate\n"
+        "machineList:\n  - ip: 10.0.0.1\n    username: u\n    passwd: secret-pw\n"
+        "    preCommand: source ~/venv/bin/activate\n"
     )
     config = load_experiment_config(tmp_path / "config.yml")
     machine0 = config.training_service.machine_list[0]  # type: ignore[union-attr]
