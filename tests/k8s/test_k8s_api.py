@@ -191,7 +191,6 @@ async def test_patches(client: k8s.client.ApiClient) -> None:
 
 async def test_status_subresource(cluster: FakeCluster, client: k8s.client.ApiClient) -> None:
     custom = k8s.client.CustomObjectsApi(client)
-    cluster_ctl = FakeCluster  # noqa: F841 - keep the name of the type visible in failures
     body = tfjob("s", ["sleep", "30"])
     body["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
     created = await custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs", body)

@@ -193,3 +193,15 @@ async def test_sync_official_client_in_a_subprocess(cluster: FakeCluster, tmp_pa
     assert proc.returncode == 0, err.decode()
     words = out.decode().split()
     assert words[0] == "ADDED" and words[-2:] == ["sync", "404"]
+
+
+async def test_crash_loop_back_off(tmp_path: Path) -> None:
+    async with FakeCluster(tmp_path / "c", restart_backoff=0.3) as cluster:
+        cluster.create(pod("crash", ["sh", "-c", "exit 2"], restart="Always"))
+        got = await cluster.wait_for_object("pods", "crash", lambda p: "CrashLoopBackOff" in str(
+            p["status"].get("containerStatuses")))
+        status = got["status"]["containerStatuses"][0]
+        assert status["lastState"]["terminated"]["exitCode"] == 2
+        await cluster.wait_for_object("pods", "crash", lambda p: p["status"]["containerStatuses"][0][
+            "restartCount"] >= 2)
+        assert phase(cluster.get("pods", "crash")) == "Running"

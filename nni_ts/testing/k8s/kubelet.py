@@ -22,7 +22,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +106,7 @@ class _Container:
     started_at: str = ""
     finished_at: str = ""
     oom: bool = False
+    waiting: tuple[str, str] | None = None
 
 
 class PodRunner:
@@ -148,8 +148,13 @@ class PodRunner:
         for spec in self.pod["spec"]["containers"]:
             c = self.containers[spec["name"]]
             state: JSON
+            last: JSON | None = None
             if waiting is not None:
                 state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+            elif c.waiting is not None:
+                state = {"waiting": {"reason": c.waiting[0], "message": c.waiting[1]}}
+                last = {"terminated": {"exitCode": c.exit_code, "reason": c.reason, "startedAt": c.started_at,
+                                       "finishedAt": c.finished_at}}
             elif c.exit_code is not None:
                 state = {"terminated": {"exitCode": c.exit_code, "reason": c.reason, "startedAt": c.started_at,
                                         "finishedAt": c.finished_at, "containerID": f"fake://{self.uid}-{c.name}"}}
@@ -157,10 +162,13 @@ class PodRunner:
                 state = {"running": {"startedAt": c.started_at}}
             else:
                 state = {"waiting": {"reason": "ContainerCreating"}}
-            out.append({"name": c.name, "image": spec.get("image", ""), "imageID": f"fake://{spec.get('image', '')}",
-                        "ready": "running" in state, "started": "running" in state,
-                        "restartCount": c.restarts, "state": state,
-                        "containerID": f"fake://{self.uid}-{c.name}"})
+            entry: JSON = {"name": c.name, "image": spec.get("image", ""),
+                           "imageID": f"fake://{spec.get('image', '')}", "ready": "running" in state,
+                           "started": "running" in state, "restartCount": c.restarts, "state": state,
+                           "containerID": f"fake://{self.uid}-{c.name}"}
+            if last is not None:
+                entry["lastState"] = last
+            out.append(entry)
         return out
 
     def _conditions(self, ready: bool, scheduled_time: str | None = None) -> list[JSON]:
@@ -271,8 +279,13 @@ class PodRunner:
                 if running_left:
                     self.write_status(containerStatuses=self.container_statuses())
                 return
+            # Back off before the restart as the kubelet does (doubling, capped at 16 times the first delay).
+            delay = kubelet.restart_backoff * min(2 ** c.restarts, 16)
+            c.waiting = ("CrashLoopBackOff", f"back-off {delay:g}s restarting failed container={c.name} "
+                         f"pod={self.name}_{self.namespace}({self.uid})")
             self.write_status(containerStatuses=self.container_statuses())
-            await asyncio.sleep(kubelet.restart_backoff)
+            await asyncio.sleep(delay)
+            c.waiting = None
             c.restarts += 1
 
     async def _run_init(self, spec: JSON, env: dict[str, str], mounts: list[tuple[str, Path]]) -> bool:
@@ -891,4 +904,3 @@ class Kubelet:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        _ = time

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
-
 from ..api import Api
 from ..store import Event
 from ..util import JSON
@@ -91,6 +89,3 @@ class Controller:
 
     def record(self, obj: JSON, reason: str, message: str, type_: str = "Normal") -> None:
         self.api.record_event(obj, reason, message, type_, self.name)
-
-    def _unused(self) -> Any:
-        return None
