@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 from ..api import Api
 from ..store import Event
 from ..util import JSON
