@@ -6,7 +6,8 @@ Secret (``azurestorageaccountname`` / ``azurestorageaccountkey``) that the pods'
 names. Files go up and come back through ``azure-storage-file-share`` (``pip install nni-ts[azure]``).
 ``$NNI_TS_AZURE_FILE_ENDPOINT`` replaces ``https://<account>.file.core.windows.net`` (a test endpoint).
 
-Verified: the manifests (volume, Secret) and the error messages. Not verified against Azure itself.
+Verified: the manifests (volume, Secret), the error messages, and the SDK calls against a faked Azure Files
+endpoint (tests/kubernetes/test_azure.py). Not verified against Azure itself, nor Key Vault through ``az``.
 """
 
 from __future__ import annotations
