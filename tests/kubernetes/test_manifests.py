@@ -92,7 +92,7 @@ STORAGE = {"storageType": "nfs", "server": "10.0.0.1", "path": "/exports/nni", "
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
 def test_tfjob_with_worker_and_ps(tmp_path: Path) -> None:
@@ -143,6 +143,7 @@ def test_tfjob_with_worker_and_ps(tmp_path: Path) -> None:
     assert env["NNI_TS_KEEPER_PLATFORM"] == "kubeflow"
     assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin decides
     assert "*-worker-0) true" in c["command"][2]
+    assert {"name": "NNI_TS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     ps = specs["PS"]["template"]["spec"]["containers"][0]
     assert ps["resources"]["limits"] == {"cpu": "500m", "memory": "1024Mi"}
     assert _env(ps)["CUDA_VISIBLE_DEVICES"] == ""

@@ -95,7 +95,8 @@ def build_kubeflow_job(service: KubeflowTrainingService, trial: _Trial, keeper: 
         if replica_type == primary and detail.form.command:
             base = detail.form.command
         command = service._command_for(base, detail)
-        test = f'case "${{HOSTNAME:-}}" in *-{replica_type.lower()}-0) true;; *) false;; esac'
+        # The operator names pods <job>-<replica type>-<index>; the pod's name comes from the downward API.
+        test = f'case "${{NNI_TS_POD_NAME:-}}" in *-{replica_type.lower()}-0) true;; *) false;; esac'
         if replica_type != primary:
             test = "false"
         gpus = role.gpu_number if role.gpu_number else 0

@@ -157,7 +157,7 @@ the trial keeper needs Python 3.8 or newer in the image." >&2; exit 127; }
 export PYTHONPATH="$NNI_TS_KEEPER_HOME${PYTHONPATH:+:$PYTHONPATH}"
 if [ -f /mnt/frameworkbarrier/injector.sh ]; then . /mnt/frameworkbarrier/injector.sh; fi
 if ! __PRIMARY__; then
-  D="$NNI_TS_KEEPER_TRIAL_DIR/replicas/${HOSTNAME:-replica}"
+  D="$NNI_TS_KEEPER_TRIAL_DIR/replicas/${NNI_TS_POD_NAME:-${HOSTNAME:-replica}}"
   mkdir -p "$D" && cp "$NNI_TS_KEEPER_TRIAL_DIR/parameter.cfg" "$D/"
   export NNI_TS_KEEPER_TRIAL_DIR="$D" NNI_TS_KEEPER_OUTPUT_DIR="$D"
   unset NNI_TS_KEEPER_SERVER_URL NNI_TS_KEEPER_TOKEN
@@ -206,7 +206,10 @@ def container(
         "name": name,
         "image": image,
         "command": ["/bin/sh", "-c", launcher_script(primary_test)],
-        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "env": [
+            {"name": "NNI_TS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *({"name": k, "value": v} for k, v in env.items()),
+        ],
         "resources": resources(cpu, memory_mb, gpus),
         "volumeMounts": [{"name": STORAGE_VOLUME, "mountPath": MOUNT_PATH}, *(extra_mounts or [])],
     }
