@@ -152,3 +152,25 @@ def test_quantities() -> None:
     for bad in ("lots", True, "1Gb"):
         with pytest.raises(ValueError, match="is not a quantity"):
             parse_quantity(bad)
+
+
+def test_package_all_resolves() -> None:
+    import nni_ts.testing.k8s as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
+
+
+def test_threaded_cluster_for_synchronous_code(tmp_path: Any) -> None:
+    import json
+    import urllib.request
+
+    from nni_ts.testing.k8s import ThreadedCluster
+
+    with ThreadedCluster(tmp_path / "c") as tc:
+        tc.call(lambda c: c.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "t"}}))
+        with urllib.request.urlopen(f"{tc.url}/api/v1/namespaces/default/configmaps/t", timeout=10) as resp:
+            assert json.loads(resp.read())["metadata"]["name"] == "t"
+        tc.run(lambda c: c.faults.restart_api(downtime=0.05))
+        assert tc.call(lambda c: c.request_counts[("get", "configmaps")]) == 1
+        assert tc.kubeconfig.exists()

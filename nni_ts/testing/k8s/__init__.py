@@ -16,6 +16,8 @@ from .builtin_crds import BUILTIN_CRDS
 from .cluster import FakeCluster, load_yaml_documents
 from .faults import Faults
 from .kubelet import Node
+from .threaded import ThreadedCluster
 from .util import ApiError
 
-__all__ = ["BUILTIN_CRDS", "Api", "ApiError", "FakeCluster", "Faults", "Node", "load_yaml_documents"]
+__all__ = ["BUILTIN_CRDS", "Api", "ApiError", "FakeCluster", "Faults", "Node", "ThreadedCluster",
+           "load_yaml_documents"]
