@@ -3,7 +3,10 @@ export mapped to a local directory, and factories for both platforms' services."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,30 @@ def make_service(cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: 
         return FrameworkControllerTrainingService(fc_config(cluster, nfs_dir, code_dir, command, **overrides), **kwargs)
 
     return make
+
+
+@contextlib.contextmanager
+def serve_fake_cluster(tmp_path: Path, nfs: Path) -> Iterator[Path]:
+    """``python -m nni_ts.testing.k8s serve`` in another process, with ``127.0.0.1:<nfs>`` exported from
+    ``nfs`` itself (this machine is the NFS server); yields its kubeconfig."""
+    args = [sys.executable, "-m", "nni_ts.testing.k8s", "serve", "--port", "0", "--state-dir", str(tmp_path / "k8s")]
+    args += ["--nfs", f"127.0.0.1:{nfs}={nfs}"]
+    for crd in crd_files():
+        args += ["--crd", str(crd)]
+    err = tmp_path / "serve.err"
+    with err.open("w") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "kubeconfig:" in line, (line, err.read_text())
+            yield Path(line.rsplit("kubeconfig:", 1)[1].strip())
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()

@@ -8,43 +8,22 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, crd_files
+from .conftest import REPO, serve_fake_cluster
 
 NFS = Path("/tmp/nni-ts-nfs")  # the examples' NFS export: this machine stands in for the NFS server
 
 
 @pytest.fixture
 def served_cluster(tmp_path: Path) -> Iterator[Path]:
-    """A fake cluster in another process; yields its kubeconfig."""
     NFS.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-m", "nni_ts.testing.k8s", "serve", "--port", "0", "--state-dir", str(tmp_path / "k8s")]
-    args += ["--nfs", f"127.0.0.1:{NFS}={NFS}"]
-    for crd in crd_files():
-        args += ["--crd", str(crd)]
-    log = (tmp_path / "serve.err").open("w")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert "kubeconfig:" in line, (line, (tmp_path / "serve.err").read_text())
-        yield Path(line.rsplit("kubeconfig:", 1)[1].strip())
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-        log.close()
+    with serve_fake_cluster(tmp_path, NFS) as kubeconfig:
+        yield kubeconfig
 
 
 @pytest.mark.parametrize(("example", "plural"), [("kubeflow", "tfjobs"), ("frameworkcontroller", "frameworks")])

@@ -1,0 +1,105 @@
+"""A manager SIGKILLed mid-experiment on the Kubernetes platform: the jobs run on; ``nni-ts resume``
+re-attaches them (same jobs, nothing re-run, no record delivered twice) and completes the budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nni_ts.models import TrialJobStatus
+from nni_ts.storage import open_store
+
+from .conftest import serve_fake_cluster
+
+CLI = [sys.executable, "-m", "nni_ts.cli"]
+TRIAL = """\
+import os, time, nni
+p = nni.get_next_parameter()
+with open(os.path.join(os.environ["NNI_OUTPUT_DIR"], "runs.txt"), "a") as fh:
+    fh.write("run\\n")
+for i in range(6):
+    nni.report_intermediate_result(i)
+    time.sleep(0.5)
+nni.report_final_result(p["x"])
+"""
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running(exp: str) -> list[Any]:
+    try:
+        with open_store(readonly=True) as s:
+            return [t for t in s.list_trials(exp, with_detail=True)
+                    if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("job")
+                    and s.metrics(exp, t.id)]  # fmt: skip
+    except Exception:
+        return []
+
+
+def test_sigkilled_manager_is_resumed_without_rerunning(tmp_path: Path) -> None:
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "trial.py").write_text(TRIAL)
+    config = {
+        "experimentName": "k8s-resume",
+        "searchSpace": {"x": {"_type": "choice", "_value": [1, 2, 3, 4]}},
+        "trialCodeDirectory": str(code),
+        "trialConcurrency": 2,
+        "maxTrialNumber": 3,
+        "tuner": {"name": "Random", "classArgs": {"seed": 1}},
+        "trainingService": {
+            "platform": "kubeflow",
+            "operator": "tf-operator",
+            "storage": {"storageType": "nfs", "server": "127.0.0.1", "path": str(nfs)},
+            "worker": {"replicas": 1, "command": "python3 trial.py", "memorySize": "512m", "cpuNumber": 0.5},
+            "keeperHeartbeat": 0.5,
+            "cancelGracePeriod": 2,
+        },
+    }
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(yaml.safe_dump(config))
+    with serve_fake_cluster(tmp_path, nfs) as kubeconfig:
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+        manager = subprocess.Popen([*CLI, "create", "-c", str(cfg), "--id", "k8sresume", "--quiet"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            _wait(lambda: len(_running("k8sresume")) == 2, 90, "two running trials with metrics")
+        finally:
+            os.kill(manager.pid, signal.SIGKILL)
+            manager.wait(timeout=30)
+        before = {t.id: t.detail.platform_data["job"] for t in _running("k8sresume")}
+        jobs = subprocess.run(["kubectl", "get", "tfjobs", "-o", "json"], env=env, capture_output=True, text=True,
+                              timeout=30)  # fmt: skip
+        if jobs.returncode == 0:  # kubectl is optional here: the jobs outlive their manager
+            assert set(before.values()) <= {j["metadata"]["name"] for j in json.loads(jobs.stdout)["items"]}
+        resume = subprocess.run([*CLI, "--json", "resume", "k8sresume", "--quiet"], env=env, capture_output=True,
+                                text=True, timeout=180)  # fmt: skip
+        assert resume.returncode == 0, (resume.stdout, resume.stderr)
+    with open_store(readonly=True) as s:
+        trials = s.list_trials("k8sresume", with_detail=True)
+        assert len(trials) == 3 and {t.attempt for t in trials} == {1}
+        assert all(t.status is TrialJobStatus.SUCCEEDED for t in trials), [(t.status, t.message) for t in trials]
+        for t in trials:
+            metrics = s.metrics("k8sresume", t.id)
+            assert [m.type for m in metrics] == ["PERIODICAL"] * 6 + ["FINAL"], t.id
+            if t.id in before:
+                assert t.detail is not None and t.detail.platform_data["job"] == before[t.id]
+    for trial_dir in (nfs / "nni-ts" / "k8sresume" / "trials").iterdir():
+        assert (trial_dir / "runs.txt").read_text() == "run\n", trial_dir.name  # never re-run
