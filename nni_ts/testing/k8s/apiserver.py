@@ -434,7 +434,11 @@ class ApiServer:
                 await self._send_event(item, matches, send, rtype)
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionError:
+            # The client went away: nothing to answer.
+            if request.transport is not None:
+                request.transport.close()
+        except asyncio.CancelledError:
             if request.transport is not None:
                 request.transport.close()
             raise
@@ -497,6 +501,8 @@ class ApiServer:
                 if not queue.empty():
                     break
                 await response.write(chunk)
+        except ConnectionError:
+            return response
         finally:
             self._streams.discard(queue)
             await chunks.aclose()  # type: ignore[attr-defined]
