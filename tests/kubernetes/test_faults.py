@@ -203,3 +203,34 @@ async def test_manager_restart_reattaches_and_sweeps_orphans(
         await wait_for_status(second, fresh.id, timeout=TIMEOUT)
         await cluster.wait_for(lambda c: c.get(second.plural, orphan_job) is None, timeout=TIMEOUT)
         assert orphan_job in second.orphans_swept
+
+
+@pytest.mark.parametrize("pod_phase", ["Failed", "Unknown"])
+async def test_lost_node_is_an_infrastructure_failure(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, pid_dir: Path, pod_phase: str
+) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    try:
+        async with svc:
+            detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 20, "pid_dir": str(pid_dir)}))
+            await wait_for_status(svc, detail.id, timeout=TIMEOUT, status=TrialJobStatus.RUNNING)
+            node = _pods(cluster, detail.id)[0]["spec"]["nodeName"]
+            await cluster.faults.lose_node(node, pod_phase=pod_phase)
+            done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+            assert done.status is TrialJobStatus.FAILED
+            assert done.infrastructure_failure
+            assert "lost with its node" in (done.message or "")
+    finally:
+        _kill_pids(pid_dir)
+
+
+async def test_bursts_of_api_errors_are_retried(cluster: FakeCluster, make_service: Factory, code_dir: Path) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    async with svc:
+        cluster.faults.error_burst(status=500, count=2, verbs=["create"])
+        first = await svc.submit_trial_job(form({"mode": "ok", "n": 1}, 0))
+        cluster.faults.error_burst(status=429, count=2, verbs=["create"], retry_after=0)
+        second = await svc.submit_trial_job(form({"mode": "ok", "n": 1}, 1))
+        for d in (first, second):
+            done = await wait_for_status(svc, d.id, timeout=TIMEOUT)
+            assert done.status is TrialJobStatus.SUCCEEDED, done.message

@@ -107,6 +107,10 @@ def test_pod_problems() -> None:
     assert oom is not None and oom.kind == "oom" and "512Mi" in oom.message and "memorySize" in oom.message
     evicted = pod_problem(_pod("Failed", reason="Evicted", message="The node was low on resource: memory."))
     assert evicted is not None and evicted.infrastructure and "low on resource" in evicted.message
+    lost = pod_problem(_pod("Failed", reason="NodeLost", message="Node n1 which was running pod p is unresponsive"))
+    assert lost is not None and lost.infrastructure and "lost with its node" in lost.message
+    unknown = pod_problem(_pod("Unknown"))
+    assert unknown is not None and unknown.infrastructure
     config = pod_problem(
         _pod(containerStatuses=[{"name": "c", "state": {"waiting": {"reason": "CreateContainerConfigError",
                                                                       "message": 'secret "x" not found'}}}])

@@ -114,10 +114,12 @@ class KubeClient:
         """Send one request and return the decoded JSON answer. Retries (bounded, with back-off) when the
         server cannot be reached or answers 429 / 5xx; raises :class:`KubeApiError` for other errors."""
         delay = 0.1
+        told: float | None = None
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                await asyncio.sleep(delay * (0.5 + random.random()))
+                await asyncio.sleep(told if told is not None else delay * (0.5 + random.random()))
+                told = None
                 delay = min(delay * 2, 3.0)
             try:
                 resp = await self._send(method, path, query, body, content_type, aiohttp.ClientTimeout(total=timeout))
@@ -128,6 +130,9 @@ class KubeClient:
                     error = _api_error(resp.status, text, method, path)
                     if resp.status in _RETRY_STATUS:
                         last = error
+                        retry_after = resp.headers.get("Retry-After", "")
+                        if retry_after.isdigit():  # the server says when: wait that long (at most 10 s)
+                            told = min(float(retry_after), 10.0)
                         continue
                     raise error
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:

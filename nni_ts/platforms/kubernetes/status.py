@@ -38,6 +38,7 @@ class JobView:
 class PodProblem:
     """Why a pod does not run, or why it died."""
 
+    #: ``evicted`` covers every way the platform took the pod away: eviction, a lost node, preemption.
     kind: Literal["image", "unschedulable", "config", "oom", "evicted", "crashloop"]
     pod: str
     message: str
@@ -129,6 +130,9 @@ def framework_view(obj: JSON) -> JobView:
 
 # ---------------------------------------------------------------------- pods
 
+#: Pod failure reasons that mean the node, not the trial, ended the pod.
+_LOST_REASONS = {"NodeLost", "Shutdown", "Terminated", "NodeShutdown", "UnexpectedAdmissionError", "Preempting"}
+
 
 def pod_phase(pod: JSON) -> str:
     return str((pod.get("status") or {}).get("phase") or "Pending")
@@ -149,8 +153,12 @@ def pod_problem(pod: JSON) -> PodProblem | None:
     name = str(meta.get("name", "?"))
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
-    if phase == "Failed" and status.get("reason") == "Evicted":
+    reason = status.get("reason")
+    if phase == "Failed" and reason == "Evicted":
         return PodProblem("evicted", name, f"The pod {name} was evicted: {status.get('message') or 'no reason given'}.")
+    if phase == "Unknown" or (phase == "Failed" and reason in _LOST_REASONS):
+        why = status.get("message") or reason or "its node stopped answering"
+        return PodProblem("evicted", name, f"The pod {name} was lost with its node ({reason or phase}): {why}.")
     for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         state = cs.get("state") or {}
         waiting = state.get("waiting") or {}
