@@ -269,3 +269,15 @@ async def test_framework_barrier_init_container_and_plain_init_container(cluster
     fw = await cluster.wait_for_object("frameworks", "fwbar", fw_done)
     assert fw["status"]["attemptStatus"]["completionStatus"]["code"] == 0
     assert (out / "1").read_text() == "ready ips=127.0.0.1,127.0.0.1\n"
+
+
+async def test_evicted_pod_of_an_on_failure_job_is_recreated(cluster: FakeCluster, tmp_path: Path) -> None:
+    marker = tmp_path / "runs"
+    script = f"echo x >> {marker}; [ $(wc -l < {marker}) -ge 2 ] || sleep 60"
+    cluster.create(tfjob("evicted", ["sh", "-c", script], restart="OnFailure"))
+    first = await cluster.wait_for_object("pods", "evicted-worker-0", lambda p: p["status"].get("phase") == "Running")
+    await cluster.faults.evict_pod("default", "evicted-worker-0")
+    job = await cluster.wait_for_object("tfjobs", "evicted", lambda o: condition(o, "Succeeded"), timeout=20)
+    assert any(c["type"] == "Restarting" for c in job["status"]["conditions"])
+    second = cluster.get("pods", "evicted-worker-0") or {}
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]

@@ -121,7 +121,11 @@ class KubeflowOperator(Controller):
                     counts["succeeded"] += 1
                 elif phase == "Failed":
                     code = _exit_code(found)
-                    if policy == "ExitCode" and not finished and code is not None and code >= 128:
+                    # A failed pod the kubelet will not restart (evicted, node lost; or a retryable exit code
+                    # under ExitCode) is re-created, as the operator does.
+                    retryable = policy in ("OnFailure", "Always") or (
+                        policy == "ExitCode" and code is not None and code >= 128)
+                    if retryable and not finished:
                         self.api.delete(self.api.rtype("", "v1", "pods"), namespace, found["metadata"]["name"],
                                         grace_period=0)
                         recreated += 1
