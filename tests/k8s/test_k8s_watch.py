@@ -176,3 +176,16 @@ async def test_watch_as_table(cluster: FakeCluster, session: aiohttp.ClientSessi
         lines = [json.loads(x) for x in (await resp.text()).splitlines() if x.strip()]
     assert lines[0]["object"]["kind"] == "Table"
     assert lines[0]["object"]["rows"][0]["cells"][0] == "t"
+
+
+async def test_bookmarks_and_initial_events_end(cluster: FakeCluster) -> None:
+    cluster.server.bookmark_interval = 0.2
+    cluster.create(cm("b1"))
+    events = await raw_watch(cluster, "/api/v1/namespaces/default/configmaps",
+                             {"watch": "true", "allowWatchBookmarks": "true", "sendInitialEvents": "true",
+                              "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "1"})
+    assert events[0]["type"] == "ADDED"
+    assert events[1]["type"] == "BOOKMARK"
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert sum(1 for e in events if e["type"] == "BOOKMARK") >= 3
+    assert all(e["object"]["kind"] == "ConfigMap" for e in events)

@@ -13,6 +13,7 @@ import copy
 import logging
 import re
 import uuid
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,9 @@ class Api:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.by_gr: dict[GR, ResourceType] = {}
         self.pod_deletion_hook: DeletionHook | None = None
+        #: Events recorded by the cluster itself are kept up to this number (the oldest go first).
+        self.max_events = 10000
+        self._events: deque[tuple[str, str]] = deque()
         self._gc_queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         for rtype in BUILTIN_TYPES:
             self._register(rtype)
@@ -629,4 +633,8 @@ class Api:
             "reportingComponent": component,
         }
         with contextlib.suppress(ApiError):
-            self.create(events, ns, body)
+            created = self.create(events, ns, body)
+            self._events.append((ns, created["metadata"]["name"]))
+            while len(self._events) > self.max_events:
+                old_ns, old_name = self._events.popleft()
+                self.store.remove(("", "events"), old_ns, old_name)

@@ -64,6 +64,8 @@ class ApiServer:
         self.tokens = tokens
         self.log_source = log_source
         self.faults = ServerFaults()
+        #: Seconds of silence after which a watch that allows bookmarks gets one.
+        self.bookmark_interval = 5.0
         self.request_counts: Counter[tuple[str, str]] = Counter()
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Queue[Event | None]] = set()
@@ -410,9 +412,21 @@ class ApiServer:
                 await response.write(json.dumps({"type": "ERROR", "object": gone.status()}).encode() + b"\n")
                 await response.write_eof()
                 return response
+            bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
+            last_rv = str(store.rv)
+
+            async def bookmark(initial_end: bool = False) -> None:
+                meta: JSON = {"resourceVersion": last_rv}
+                if initial_end:
+                    meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+                await response.write(json.dumps({"type": "BOOKMARK", "object": {
+                    "kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": meta}}).encode() + b"\n")
+
             for obj in initial:
                 if matches(obj):
                     await send("ADDED", obj)
+            if bookmarks and q.get("sendInitialEvents", "").lower() == "true":
+                await bookmark(initial_end=True)
             for event in replay:
                 if not namespace or event.namespace == namespace:
                     await self._send_event(event, matches, send, rtype)
@@ -422,10 +436,19 @@ class ApiServer:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     break
+                wait = remaining
+                if bookmarks:
+                    wait = self.bookmark_interval if wait is None else min(wait, self.bookmark_interval)
                 try:
-                    item = await asyncio.wait_for(queue.get(), remaining)
+                    item = await asyncio.wait_for(queue.get(), wait)
                 except TimeoutError:
+                    if bookmarks and (deadline is None or loop.time() < deadline):
+                        last_rv = str(store.rv)
+                        await bookmark()
+                        continue
                     break
+                if item is not None:
+                    last_rv = str(item.rv)
                 if item is None:
                     # The server is going away: drop the connection as a dying server does.
                     if request.transport is not None:
