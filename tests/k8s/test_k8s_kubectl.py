@@ -146,6 +146,8 @@ async def test_get_json_of_core_objects_and_events(cluster: FakeCluster, kubectl
     assert out["data"] == {"a": "b"} and out["metadata"]["name"] == "c"
     nodes = (await kubectl("get", "nodes", "-o", "json")).json()
     assert nodes["items"][0]["status"]["capacity"]["cpu"] == "16"
+    node_table = await kubectl("get", "nodes")
+    assert node_table.out.splitlines()[1].split()[:3] == ["fake-node-1", "Ready", "<none>"]
     ns = await kubectl("get", "namespaces")
     assert "default" in ns.out and "Active" in ns.out
     crds = await kubectl("get", "crds")

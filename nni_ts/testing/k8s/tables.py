@@ -107,6 +107,8 @@ def _columns(rtype: ResourceType) -> list[JSON]:
         return cols
     if rtype.kind == "Namespace":
         return [name, col("Status"), age]
+    if rtype.kind == "Node":
+        return [name, col("Status"), col("Roles"), age, col("Version")]
     if rtype.kind == "Event":
         return [col("Last Seen"), col("Type"), col("Reason"), col("Object"), col("Message"), name]
     return [name, age]
@@ -128,6 +130,11 @@ def _cells(rtype: ResourceType, obj: JSON) -> list[Any]:
         return cells
     if rtype.kind == "Namespace":
         return [meta["name"], (obj.get("status") or {}).get("phase", ""), human_age(meta.get("creationTimestamp"))]
+    if rtype.kind == "Node":
+        status = obj.get("status") or {}
+        ready = next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
+        return [meta["name"], "Ready" if ready == "True" else "NotReady", "<none>",
+                human_age(meta.get("creationTimestamp")), (status.get("nodeInfo") or {}).get("kubeletVersion", "")]
     if rtype.kind == "Event":
         inv = obj.get("involvedObject") or {}
         return [human_age(obj.get("lastTimestamp")), obj.get("type", ""), obj.get("reason", ""),
