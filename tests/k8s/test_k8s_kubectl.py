@@ -185,3 +185,15 @@ async def test_more_kubectl_commands(cluster: FakeCluster, kubectl: Kubectl, tmp
     deleted = await kubectl("delete", "namespace", "team", "--wait=true", "--timeout=20s")
     assert deleted.code == 0, deleted.err
     assert cluster.get("namespaces", "team", "") is None and cluster.get("pods", "counter", "team") is None
+
+
+async def test_foreground_deletion_of_a_running_job(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:
+    manifest = tmp_path / "tfjob.yaml"
+    command_start = TFJOB_YAML.index("              command:")
+    manifest.write_text(TFJOB_YAML[:command_start] + '              command: ["sleep", "60"]\n')
+    assert (await kubectl("apply", "-f", str(manifest))).code == 0
+    await cluster.wait_for_object("pods", "tfjob-simple-worker-0", lambda p: p["status"].get("phase") == "Running")
+    deleted = await kubectl("delete", "tfjob", "tfjob-simple", "--cascade=foreground", "--wait=true",
+                            "--timeout=20s")
+    assert deleted.code == 0, deleted.err
+    assert cluster.get("tfjobs", "tfjob-simple") is None and cluster.get("pods", "tfjob-simple-worker-0") is None
