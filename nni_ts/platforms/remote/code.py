@@ -124,8 +124,18 @@ class CodeArchive:
     files: int
 
 
-def build_archive(directory: Path, *, use_ignore_file: bool = True, exclude_names: tuple[str, ...] = ()) -> CodeArchive:
-    """Pack ``directory`` (honouring its ``.nniignore``), entries sorted, for upload and caching."""
+def build_archive(
+    directory: Path,
+    *,
+    use_ignore_file: bool = True,
+    exclude_names: tuple[str, ...] = (),
+    prefix: str = "",
+    extra: dict[str, bytes] | None = None,
+) -> CodeArchive:
+    """Pack ``directory`` (honouring its ``.nniignore``), entries sorted, for upload and caching.
+
+    ``prefix`` is put before every name (``"pkg/"``); ``extra`` adds files ``{name: content}`` at the top.
+    """
     directory = Path(directory)
     rules = IgnoreRules.from_directory(directory) if use_ignore_file else IgnoreRules([])
     entries: list[tuple[str, Path]] = []
@@ -155,7 +165,7 @@ def build_archive(directory: Path, *, use_ignore_file: bool = True, exclude_name
     count = 0
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
         for rel, full in entries:
-            info = tar.gettarinfo(str(full), arcname=rel)
+            info = tar.gettarinfo(str(full), arcname=prefix + rel)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.mtime = int(info.mtime)
@@ -172,4 +182,11 @@ def build_archive(directory: Path, *, use_ignore_file: bool = True, exclude_name
             elif info.isdir():
                 digest.update(b"D\0" + rel.encode() + b"\0")
                 tar.addfile(info)
+        for name, content in sorted((extra or {}).items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mode = 0o644
+            digest.update(b"X\0" + name.encode() + b"\0" + hashlib.sha256(content).digest())
+            tar.addfile(info, io.BytesIO(content))
+            count += 1
     return CodeArchive(buf.getvalue(), digest.hexdigest()[:32], count)

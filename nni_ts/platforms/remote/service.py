@@ -52,13 +52,14 @@ from ...server import ClusterServer, ServiceSink
 from ...training_service import TrainingService
 from ..gpu import NVIDIA_SMI_QUERY, GpuScheduler, parse_nvidia_smi
 from .code import CodeArchive, build_archive
-from .ssh import HostConnection, SshConnectError, expand_remote
+from .ssh import HostAgent, HostConnection, SshConnectError, expand_remote
 
 __all__ = ["RemoteTrainingService"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORK_DIR = "~/nni-ts"
+AGENT_FILE = "nni_ts_agent.py"
 STATE_FILE = "remote-state.json"
 
 # ka PID START: whether the keeper with this pid and start time (field 22 of /proc/PID/stat) lives.
@@ -95,6 +96,7 @@ class _Host:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     code_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     lost_at_start: bool = False
+    agent: HostAgent | None = None
 
     @property
     def label(self) -> str:
@@ -277,6 +279,8 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 run = self._runs.get(tid)
                 if run is not None and run.gpus and tid not in host.gpus._owner:
                     host.gpus.assign_exact(tid, run.gpus)
+        await self._ensure_keeper(host)
+        await self._start_agent(host)
         await self._open_reporting(host)
         host.ready = True
         host.error = None
@@ -367,6 +371,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         if not host.ready:
             return
         host.ready = False
+        host.agent = None
         host.error = f"lost the connection ({reason})"
         log.warning("Lost the connection to machine %s (%s); reconnecting.", host.label, reason)
         for tid in list(host.trials):
@@ -408,21 +413,27 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         ]
         if not live:
             return
-        q = shlex.quote
-        lines = [
-            _ALIVE_FN,
-            'c() { e=0; [ -f "$4/.nni-ts/exit" ] && e=1; a=0; ka "$2" "$3" && a=1; echo "$1 $e $a"; }',
-        ]
-        for run in live:
-            lines.append(
-                f"c {q(run.detail.id)} {q(str(run.keeper_pid))} {q(run.keeper_start or '')} {q(run.remote_dir)}"
-            )
-        result = await host.conn.run(self._shell("\n".join(lines)), timeout=60)
         seen: dict[str, tuple[bool, bool]] = {}
-        for line in result.text().splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                seen[parts[0]] = (parts[1] == "1", parts[2] == "1")
+        agent = host.agent
+        if agent is not None and not agent.closed:
+            trials = [[r.detail.id, r.keeper_pid, r.keeper_start, r.remote_dir] for r in live]
+            answer = await agent.request("poll", trials=trials)
+            for tid, (exited, alive) in answer["status"].items():
+                seen[tid] = (bool(exited), bool(alive))
+        else:
+            q = shlex.quote
+            lines = [
+                _ALIVE_FN,
+                'c() { e=0; [ -f "$4/.nni-ts/exit" ] && e=1; a=0; ka "$2" "$3" && a=1; echo "$1 $e $a"; }',
+            ]
+            for run in live:
+                pid, start = q(str(run.keeper_pid)), q(run.keeper_start or "")
+                lines.append(f"c {q(run.detail.id)} {pid} {start} {q(run.remote_dir)}")
+            result = await host.conn.run(self._shell("\n".join(lines)), timeout=60)
+            for line in result.text().splitlines():
+                parts = line.split()
+                if len(parts) == 3:
+                    seen[parts[0]] = (parts[1] == "1", parts[2] == "1")
         for run in live:
             tid = run.detail.id
             if tid not in seen or run.detail.status.is_terminal:
@@ -597,24 +608,82 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             lines.append(m.pre_command)
         return lines
 
-    async def _archives(self) -> tuple[CodeArchive, CodeArchive]:
+    async def _keeper_archive(self) -> CodeArchive:
+        async with self._archive_lock:
+            if self._keeper is None:
+                keeper_root = Path(trial_keeper.__file__).resolve().parent
+                agent = Path(__file__).with_name("agent.py").read_bytes()
+                self._keeper = await asyncio.to_thread(
+                    build_archive,
+                    keeper_root,
+                    use_ignore_file=False,
+                    exclude_names=("__pycache__",),
+                    prefix="trial_keeper/",
+                    extra={AGENT_FILE: agent},
+                )
+            return self._keeper
+
+    async def _code_archive(self) -> CodeArchive:
         async with self._archive_lock:
             if self._code is None:
                 code_dir = Path(self.config.trial_code_directory).expanduser().resolve()
-                keeper_root = Path(trial_keeper.__file__).resolve().parent
-                self._code = await asyncio.to_thread(build_archive, code_dir)
-                keeper = await asyncio.to_thread(
-                    build_archive, keeper_root, use_ignore_file=False, exclude_names=("__pycache__",)
-                )
-                self._keeper = keeper
-                log.info(
-                    "Trial code: %d files, %d bytes packed (hash %s).",
-                    self._code.files,
-                    len(self._code.data),
-                    self._code.digest,
-                )
-            assert self._keeper is not None
-            return self._code, self._keeper
+                code = await asyncio.to_thread(build_archive, code_dir)
+                self._code = code
+                log.info("Trial code: %d files, %d bytes packed (hash %s).", code.files, len(code.data), code.digest)
+            return self._code
+
+    async def _upload(self, host: _Host, archive: CodeArchive, dest: str, what: str) -> None:
+        """Unpack ``archive`` into ``dest`` on the host unless a complete copy is there already."""
+        if await host.conn.exists(f"{dest}/.nni-ts-complete"):
+            log.info("Machine %s already has %s (%s).", host.label, what, archive.digest)
+            return
+        q = shlex.quote
+        tmp_tar = f"{host.work}/.upload-{secrets.token_hex(6)}.tar.gz"
+        with tempfile.NamedTemporaryFile(dir=self.experiment_dir, suffix=".tar.gz", delete=False) as fh:
+            fh.write(archive.data)
+            local_tar = Path(fh.name)
+        try:
+            await host.conn.put(local_tar, tmp_tar)
+        finally:
+            local_tar.unlink(missing_ok=True)
+        tmp_dir = f"{dest}.tmp-{secrets.token_hex(6)}"
+        script = "\n".join(
+            [
+                f"t={q(tmp_tar)}; d={q(dest)}; x={q(tmp_dir)}",
+                'mkdir -p "$x" "$(dirname "$d")" || exit 4',
+                'tar -xzf "$t" -C "$x" || { rm -rf "$x" "$t"; exit 5; }',
+                'rm -f "$t"; touch "$x/.nni-ts-complete"',
+                'if [ -e "$d/.nni-ts-complete" ]; then rm -rf "$x"; else rm -rf "$d"; mv "$x" "$d"; fi',
+            ]
+        )
+        await host.conn.check(self._shell(script), what=f"unpack {what}")
+        log.info("Uploaded %s to %s (%d bytes).", what, host.label, len(archive.data))
+
+    async def _ensure_keeper(self, host: _Host) -> None:
+        keeper = await self._keeper_archive()
+        host.keeper_dir = f"{host.work}/keeper/{keeper.digest}"
+        await self._upload(host, keeper, host.keeper_dir, "the trial keeper")
+
+    async def _start_agent(self, host: _Host) -> None:
+        q = shlex.quote
+        kd = host.keeper_dir
+        script = "\n".join(
+            [
+                *self._env_prelude(host.machine),
+                f"PYTHONPATH={q(kd)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH",
+                f"exec python3 -u {q(kd + '/' + AGENT_FILE)}",
+            ]
+        )
+        agent = HostAgent(host.conn)
+        try:
+            await agent.start(self._shell(script, host.machine))
+        except (PlatformError, SshConnectError) as exc:
+            if not host.conn.connected:
+                raise
+            log.warning("The nni-ts agent did not start on %s (%s); trials start through the shell.", host.label, exc)
+            host.agent = None
+            return
+        host.agent = agent
 
     async def _ensure_code(self, host: _Host) -> None:
         if host.code_ready:
@@ -622,45 +691,17 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         async with host.code_lock:
             if host.code_ready:
                 return
-            code, keeper = await self._archives()
+            code = await self._code_archive()
             q = shlex.quote
             cache = f"{host.work}/code/{code.digest}"
-            keeper_dir = f"{host.work}/keeper/{keeper.digest}"
+            await self._upload(host, code, cache, "the trial code")
             exp_code = f"{host.exp_dir}/code"
-            for archive, dest, what in (
-                (keeper, f"{keeper_dir}/trial_keeper", "the trial keeper"),
-                (code, cache, "the trial code"),
-            ):
-                if await host.conn.exists(f"{dest}/.nni-ts-complete"):
-                    log.info("Machine %s already has %s (%s).", host.label, what, archive.digest)
-                    continue
-                tmp_tar = f"{host.work}/.upload-{secrets.token_hex(6)}.tar.gz"
-                with tempfile.NamedTemporaryFile(dir=self.experiment_dir, suffix=".tar.gz", delete=False) as fh:
-                    fh.write(archive.data)
-                    local_tar = Path(fh.name)
-                try:
-                    await host.conn.put(local_tar, tmp_tar)
-                finally:
-                    local_tar.unlink(missing_ok=True)
-                tmp_dir = f"{dest}.tmp-{secrets.token_hex(6)}"
-                script = "\n".join(
-                    [
-                        f"t={q(tmp_tar)}; d={q(dest)}; x={q(tmp_dir)}",
-                        'mkdir -p "$x" "$(dirname "$d")" || exit 4',
-                        'tar -xzf "$t" -C "$x" || { rm -rf "$x" "$t"; exit 5; }',
-                        'rm -f "$t"; touch "$x/.nni-ts-complete"',
-                        'if [ -e "$d/.nni-ts-complete" ]; then rm -rf "$x"; else rm -rf "$d"; mv "$x" "$d"; fi',
-                    ]
-                )
-                await host.conn.check(self._shell(script), what=f"unpack {what}")
-                log.info("Uploaded %s to %s (%d bytes).", what, host.label, len(archive.data))
             script = (
                 f"e={q(exp_code)}; c={q(cache)}\n"
                 '[ -d "$e" ] || cp -al "$c" "$e" 2>/dev/null || { rm -rf "$e"; cp -a "$c" "$e"; } || exit 6'
             )
             await host.conn.check(self._shell(script), what="link the trial code into the experiment")
             host.code_dir = exp_code
-            host.keeper_dir = keeper_dir
             host.code_ready = True
 
     def _trial_command(self, detail: TrialJobDetail) -> str:
@@ -677,9 +718,45 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             command = f"{cfg.trial_prepare_command}\n{command}"
         return command
 
+    def _keeper_args(self, host: _Host, run: _Run) -> list[str]:
+        cfg = self.config
+        detail = run.detail
+        return [
+            "--trial-id", detail.id,
+            "--attempt", str(run.attempt),
+            "--trial-dir", run.remote_dir,
+            "--code-dir", host.code_dir,
+            "--server-url", self._server_url(host),
+            "--token-file", f"{run.remote_dir}/.nni-ts/token",
+            "--platform", "remote",
+            "--experiment-id", self.experiment_id,
+            "--sequence-id", str(detail.sequence_id),
+            "--heartbeat", f"{cfg.keeper_heartbeat:g}",
+            "--grace", f"{cfg.cancel_grace_period:g}",
+            "--no-passthrough",
+            "--", self._trial_command(detail),
+        ]  # fmt: skip
+
+    async def _launch_with_agent(self, host: _Host, agent: HostAgent, run: _Run) -> str:
+        detail = run.detail
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in run.gpus)}
+        for key, value in detail.form.env.items():
+            if not key.isidentifier():
+                raise ConfigError(f"The environment variable name {key!r} of trial {detail.id} is not valid.")
+            env[key] = value
+        token = self.server.token_for(detail.id)
+        answer = await agent.request(
+            "launch",
+            dir=run.remote_dir,
+            files={"parameter.cfg": detail.form.hyper_parameters.value, ".nni-ts/token": token},
+            private=[".nni-ts/token"],
+            argv=self._keeper_args(host, run),
+            env=env,
+        )
+        return f"nni-ts-keeper {answer['pid']} {answer.get('start') or ''}"
+
     def _launch_script(self, host: _Host, run: _Run) -> str:
         q = shlex.quote
-        cfg = self.config
         detail = run.detail
         lines = [
             f"d={q(run.remote_dir)}",
@@ -695,22 +772,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 raise ConfigError(f"The environment variable name {key!r} of trial {detail.id} is not valid.")
             lines.append(f"{key}={q(value)}; export {key}")
         cvd = ",".join(str(g) for g in run.gpus)
-        argv = [
-            "python3", "-m", "trial_keeper",
-            "--trial-id", detail.id,
-            "--attempt", str(run.attempt),
-            "--trial-dir", run.remote_dir,
-            "--code-dir", host.code_dir,
-            "--server-url", self._server_url(host),
-            "--token-file", f"{run.remote_dir}/.nni-ts/token",
-            "--platform", "remote",
-            "--experiment-id", self.experiment_id,
-            "--sequence-id", str(detail.sequence_id),
-            "--heartbeat", f"{cfg.keeper_heartbeat:g}",
-            "--grace", f"{cfg.cancel_grace_period:g}",
-            "--no-passthrough",
-            "--", self._trial_command(detail),
-        ]  # fmt: skip
+        argv = ["python3", "-m", "trial_keeper", *self._keeper_args(host, run)]
         lines.append(
             f"CUDA_VISIBLE_DEVICES={q(cvd)} PYTHONPATH={q(host.keeper_dir)}${{PYTHONPATH:+:$PYTHONPATH}} "
             f"setsid {' '.join(q(a) for a in argv)} </dev/null >.nni-ts/keeper.out 2>&1 &"
@@ -731,9 +793,15 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         }
         try:
             await self._ensure_code(host)
-            script = self._launch_script(host, run)
-            stdin = self.server.token_for(detail.id).encode() + b"\n" + detail.form.hyper_parameters.value.encode()
-            out = await host.conn.check(self._shell(script, host.machine), stdin=stdin, what=f"start trial {detail.id}")
+            if host.agent is not None and not host.agent.closed:
+                out = await self._launch_with_agent(host, host.agent, run)
+            else:
+                script = self._launch_script(host, run)
+                token = self.server.token_for(detail.id).encode()
+                stdin = token + b"\n" + detail.form.hyper_parameters.value.encode()
+                out = await host.conn.check(
+                    self._shell(script, host.machine), stdin=stdin, what=f"start trial {detail.id}"
+                )
         except SshConnectError as exc:
             if detail.status.is_terminal:
                 return
@@ -771,6 +839,10 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     async def _kill_remote(self, host: _Host, pid: int | None, start: str | None, remote_dir: str, tid: str) -> str:
         """SIGTERM the keeper if it lives, else SIGKILL the trial's process group. Returns which."""
+        agent = host.agent
+        if agent is not None and not agent.closed:
+            answer = await agent.request("kill", pid=pid, start=start, dir=remote_dir)
+            return str(answer["how"])
         q = shlex.quote
         script = "\n".join(
             [

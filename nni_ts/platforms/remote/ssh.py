@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import select
@@ -493,3 +494,116 @@ def expand_remote(home: str, path: str | None, default: str) -> str:
     if not p.startswith("/"):
         p = home.rstrip("/") + "/" + p
     return os.path.normpath(p)
+
+
+class HostAgent:
+    """The client of the host agent (:mod:`.agent`) over one long-lived exec channel.
+
+    Requests are JSON lines matched by ``rid``; a reader thread resolves their futures on the loop.
+    If the channel closes, every pending and later request raises :class:`SshConnectError`.
+    """
+
+    def __init__(self, conn: HostConnection) -> None:
+        self.conn = conn
+        self._chan: paramiko.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next = 0
+        self._send_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self.closed = False
+
+    async def start(self, command: str, *, timeout: float = 30.0) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._pending[-1] = ready
+        await self.conn._call(self._open, command)
+        try:
+            async with asyncio.timeout(timeout):
+                await ready
+        except TimeoutError:
+            await self.close()
+            raise PlatformError(f"The nni-ts agent on {self.conn.label} did not start within {timeout:g} s.") from None
+
+    def _open(self, command: str) -> None:
+        transport = self.conn._transport()
+        chan = transport.open_session(timeout=self.conn.connect_timeout)
+        chan.exec_command(command)
+        self._chan = chan
+        self._reader = threading.Thread(target=self._read, name=f"nni-ts-agent-{self.conn.label}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        chan = self._chan
+        assert chan is not None and self._loop is not None
+        fh = chan.makefile("rb")
+        err_tail = b""
+        try:
+            while True:
+                line = fh.readline()
+                if not line:
+                    break
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                rid = -1 if msg.get("ready") else msg.get("rid")
+                if isinstance(rid, int):
+                    self._loop.call_soon_threadsafe(self._resolve, rid, msg)
+        except Exception:  # the connection went away
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                while chan.recv_stderr_ready():
+                    err_tail = (err_tail + chan.recv_stderr(65536))[-2000:]
+            self.closed = True
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._fail_all, err_tail.decode("utf-8", "replace").strip())
+
+    def _resolve(self, rid: int, msg: dict[str, Any]) -> None:
+        fut = self._pending.pop(rid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _fail_all(self, why: str) -> None:
+        reason = f"The nni-ts agent on {self.conn.label} ended" + (f": {why}" if why else ".")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(SshConnectError(reason))
+        self._pending.clear()
+
+    async def request(self, op: str, *, timeout: float = 60.0, **payload: Any) -> dict[str, Any]:
+        if self.closed or self._chan is None or self._loop is None:
+            raise SshConnectError(f"The nni-ts agent on {self.conn.label} is not running.")
+        self._next += 1
+        rid = self._next
+        fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._pending[rid] = fut
+        data = (json.dumps({"op": op, "rid": rid, **payload}) + "\n").encode("utf-8")
+        chan = self._chan
+
+        def send() -> None:
+            with self._send_lock:
+                chan.sendall(data)
+
+        try:
+            await self.conn._call(send)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._pending.pop(rid, None)
+            raise SshConnectError(f"The connection to {self.conn.label} failed: {exc}.") from None
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await fut
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise PlatformError(f"The nni-ts agent on {self.conn.label} did not answer within {timeout:g} s.") from None
+        if "error" in answer:
+            raise PlatformError(f"The nni-ts agent on {self.conn.label} failed to {op}: {answer['error']}")
+        return answer
+
+    async def close(self) -> None:
+        self.closed = True
+        chan = self._chan
+        if chan is not None:
+            with contextlib.suppress(Exception):
+                await self.conn._call(chan.close)
