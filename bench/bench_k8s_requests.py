@@ -142,8 +142,8 @@ async def _cluster_main(state: Path, nfs: Path, hold: float, ready: Any, stop: A
                             {"type": "Running", "status": "True", "reason": "TFJobRunning"}]  # fmt: skip
                     c.api.update_status(rtype, "default", name, {"conditions": cond})
                 elif now - seen[name] >= hold:
-                    env = {e["name"]: e["value"] for e in job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"][
-                        "containers"][0]["env"]}  # fmt: skip
+                    pod = job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+                    env = {e["name"]: e.get("value", "") for e in pod["containers"][0]["env"]}
                     trial, exp = env["NNI_TS_KEEPER_TRIAL_ID"], env["NNI_TS_KEEPER_EXPERIMENT_ID"]
                     d = nfs / "nni-ts" / exp / "trials" / trial / ".nni-ts"
                     d.mkdir(parents=True, exist_ok=True)
