@@ -64,6 +64,7 @@ def make_service(
     hosts: list[dict[str, Any]] | None = None,
     poll_interval: float = 0.5,
     experiment_id: str | None = None,
+    use_agent: bool = True,
     **overrides: Any,
 ) -> RemoteTrainingService:
     config = {
@@ -78,7 +79,12 @@ def make_service(
         **overrides,
     }
     return RemoteTrainingService(
-        config, experiment_dir=exp_dir, experiment_id=experiment_id, poll_interval=poll_interval, connect_timeout=5
+        config,
+        experiment_dir=exp_dir,
+        experiment_id=experiment_id,
+        poll_interval=poll_interval,
+        connect_timeout=5,
+        use_agent=use_agent,
     )
 
 

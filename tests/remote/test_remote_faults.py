@@ -93,10 +93,11 @@ async def test_host_down_for_good_fails_its_trials_and_cancel_of_unknown(
             await wait_gone(pid, timeout=60)
 
 
-async def test_sigkilled_keeper(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
+async def test_sigkilled_keeper(sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool) -> None:
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp")
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", use_agent=use_agent)
     async with svc:
         rec = Recorder(svc)
         t = await svc.submit_trial_job(form({"release": str(tmp_path / "never"), "pid_dir": str(pid_dir)}))
@@ -184,3 +185,23 @@ async def test_host_key_mismatch_and_unknown_host(sshd_cluster: SshdCluster, tmp
         t = await svc.submit_trial_job(form({}))
         assert (await wait_for_status(svc, t.id, timeout=30)).status is TrialJobStatus.SUCCEEDED
     assert host1.known_hosts_line().split()[2] in empty.read_text()
+
+
+async def test_killed_agent_is_replaced(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=[machine(sshd_cluster.hosts[0])])
+    async with svc:
+        agent = svc._hosts[0].agent
+        assert agent is not None and agent.pid
+        os.kill(agent.pid, signal.SIGKILL)
+        for i in range(3):  # through the shell meanwhile, then through a new agent
+            t = await svc.submit_trial_job(form({}, i))
+            done = await wait_for_status(svc, t.id, timeout=30)
+            assert done.status is TrialJobStatus.SUCCEEDED, done.message
+        t = await svc.submit_trial_job(form({"release": str(tmp_path / "never"), "pid_dir": str(pid_dir)}, 9))
+        trial_pid = await wait_pid_file(pid_dir, t.id)
+        await wait_status(svc, t.id, TrialJobStatus.RUNNING)
+        await svc.cancel_trial_job(t.id)
+        assert (await svc.get_trial_job(t.id)).status is TrialJobStatus.USER_CANCELED
+        await wait_gone(trial_pid)

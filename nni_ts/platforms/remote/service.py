@@ -123,7 +123,8 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     Keyword arguments beyond the contract's: ``poll_interval`` (seconds between the batched status
     polls of each host), ``reconnect_max`` (longest back-off between reconnection attempts),
-    ``connect_timeout`` (seconds for one SSH connection attempt).
+    ``connect_timeout`` (seconds for one SSH connection attempt), ``use_agent`` (False: start,
+    poll and kill keepers with one shell command each instead of through the host agent).
     """
 
     platform_name: ClassVar[str] = "remote"
@@ -136,9 +137,11 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         poll_interval: float = 5.0,
         reconnect_max: float = 30.0,
         connect_timeout: float = 10.0,
+        use_agent: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
+        self.use_agent = use_agent
         self.poll_interval = poll_interval
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
@@ -361,6 +364,9 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 self._host_lost(host, "the connection dropped")
                 continue
             try:
+                if host.agent is not None and host.agent.closed:
+                    log.warning("The nni-ts agent on %s ended; starting it again.", host.label)
+                    await self._start_agent(host)
                 await self._poll(host)
             except SshConnectError as exc:
                 self._host_lost(host, str(exc))
@@ -665,6 +671,8 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         await self._upload(host, keeper, host.keeper_dir, "the trial keeper")
 
     async def _start_agent(self, host: _Host) -> None:
+        if not self.use_agent:
+            return
         q = shlex.quote
         kd = host.keeper_dir
         script = "\n".join(

@@ -512,6 +512,8 @@ class HostAgent:
         self._send_lock = threading.Lock()
         self._reader: threading.Thread | None = None
         self.closed = False
+        #: The agent's pid on the host.
+        self.pid: int | None = None
 
     async def start(self, command: str, *, timeout: float = 30.0) -> None:
         self._loop = asyncio.get_running_loop()
@@ -520,10 +522,11 @@ class HostAgent:
         await self.conn._call(self._open, command)
         try:
             async with asyncio.timeout(timeout):
-                await ready
+                hello = await ready
         except TimeoutError:
             await self.close()
             raise PlatformError(f"The nni-ts agent on {self.conn.label} did not start within {timeout:g} s.") from None
+        self.pid = int(hello.get("pid") or 0) or None
 
     def _open(self, command: str) -> None:
         transport = self.conn._transport()
