@@ -12,6 +12,13 @@ from .local import parse_gpu_indices
 __all__ = ["RemoteConfig", "RemoteMachineConfig"]
 
 
+class _Hidden:
+    """Stands in for a secret of the wrong type, so that error messages do not show it."""
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
 class RemoteMachineConfig(ConfigModel):
     """One SSH host that runs trials."""
 
@@ -48,6 +55,14 @@ class RemoteMachineConfig(ConfigModel):
         if isinstance(data, dict) and "passphrase" in data:
             data = dict(data)
             data.setdefault("sshPassphrase", data.pop("passphrase"))
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("password", "sshPassphrase", "ssh_passphrase"):
+                value = data.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    data[key] = str(value)  # a numeric password in YAML
+                elif value is not None and not isinstance(value, str):
+                    data[key] = _Hidden()  # fails validation without echoing the secret
         return data
 
     _gpus = field_validator("gpu_indices", mode="before")(classmethod(lambda cls, v: parse_gpu_indices(v)))

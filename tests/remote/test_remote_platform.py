@@ -167,3 +167,17 @@ def test_v1_machine_list_with_pre_command(tmp_path: Path) -> None:
     machine0 = config.training_service.machine_list[0]  # type: ignore[union-attr]
     assert machine0.pre_command == "source ~/venv/bin/activate" and machine0.host == "10.0.0.1"
     assert "secret-pw" not in repr(config)
+
+
+def test_secrets_are_not_echoed_by_config_errors() -> None:
+    from nni_ts.errors import ConfigError
+    from nni_ts.platforms.remote import RemoteTrainingService
+
+    secret = "s3cret-never-shown"
+    for key in ("password", "passphrase"):
+        with pytest.raises(ConfigError) as info:
+            RemoteTrainingService({"platform": "remote", "machineList": [{"host": "h", "user": "u", key: [secret]}]})
+        assert secret not in str(info.value) and key in str(info.value).lower()
+    svc = RemoteTrainingService({"platform": "remote", "machineList": [{"host": "h", "user": "u", "password": 123456}]})
+    assert svc.config.machine_list[0].password == "123456"
+    assert "123456" not in repr(svc.config)
