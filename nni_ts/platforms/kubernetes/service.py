@@ -27,6 +27,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -385,15 +386,19 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             self._server = ClusterServer(bind, port, secret=secret, heartbeat_timeout=heartbeat_timeout)
             try:
                 await self._server.start()
-            except OSError:
+            except OSError as exc:
                 if not port or cfg.cluster_server_port:
-                    raise
+                    raise PlatformError(
+                        f"Cannot listen on {bind}:{port} for the trial keepers (trainingService.clusterServerPort, "
+                        f"nniManagerIp): {exc.strerror or exc}."
+                    ) from exc
                 log.warning("Port %d is taken; the trial keepers of a previous run will use the journal.", port)
                 self._server = ClusterServer(bind, 0, secret=secret, heartbeat_timeout=heartbeat_timeout)
                 await self._server.start()
             path = self._server_state_file()
-            path.write_text(json.dumps({"port": self._server.port, "secret": secret.hex()}))
-            path.chmod(0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps({"port": self._server.port, "secret": secret.hex()}))
 
     def _keeper_url(self) -> str:
         if self.keeper_server_url:
@@ -519,7 +524,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             except (KubeApiError, TemporaryError) as exc:
                 log.warning("Could not delete the orphan %s %s: %s", self.kind, name, exc)
 
-    async def _delete(self, collection: str, name: str, propagation: str = "Foreground") -> bool:
+    async def _delete(self, collection: str, name: str, propagation: str = "Background") -> bool:
         """Delete one object; False if it did not exist."""
         try:
             await self.kube.request(
