@@ -86,7 +86,7 @@ class ExperimentService:
         self._db: Database | None = None
         self._manager: ExperimentManager | None = None
         self._platform_class: type[TrainingService[Any]] | None = None
-        self._quota_lock = asyncio.Lock()
+        self._quota_locks: dict[str, asyncio.Lock] = {}  # per user: one quota check at a time
 
     @property
     def db(self) -> Database:
@@ -338,6 +338,9 @@ class ExperimentService:
         assert row is not None
         return int(row[0]), int(row[1])
 
+    def _quota_lock(self, user: str) -> asyncio.Lock:
+        return self._quota_locks.setdefault(user, asyncio.Lock())
+
     def _limits(self, user: User) -> tuple[int, int]:
         trials = user.max_trials if user.max_trials is not None else self.settings.default_max_trials
         gpus = user.max_gpus if user.max_gpus is not None else self.settings.default_max_gpus
@@ -406,7 +409,7 @@ class ExperimentService:
         experiment_id = new_trial_id(8).lower()
         shown = redact(raw if isinstance(raw, dict) else {})
         stored = redact(config.model_dump(mode="json", by_alias=True, exclude_none=True))
-        async with self._quota_lock, self.db.transaction() as tx:
+        async with self._quota_lock(user.name), self.db.transaction() as tx:
             await self._check_quota(tx, user, trials, gpus)
             now = now_ms()
             await tx.execute(
@@ -733,7 +736,7 @@ class ExperimentService:
             if row[5] == "RUNNING" and row[11] != self.settings.replica:
                 raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row[11]!r}.")
             owner = await users_mod.get_user(self.db, row[1]) or user
-            async with self._quota_lock:
+            async with self._quota_lock(owner.name):
                 async with self.db.transaction() as tx:
                     await self._check_quota(tx, owner, int(row[8]), int(row[9]), exclude=experiment_id)
                     # RUNNING before it starts: its end (however soon) is recorded after this.
