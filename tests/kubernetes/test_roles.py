@@ -134,3 +134,31 @@ async def test_missing_crd_and_missing_cluster_say_what_to_do(
     with pytest.raises(ConfigError, match="KUBECONFIG"):
         async with KubeflowTrainingService(config, experiment_dir=tmp_path / "exp2"):
             pass
+
+
+async def test_pytorchjob_in_its_own_namespace(tmp_path: Path, nfs_dir: Path, code_dir: Path) -> None:
+    from nni_ts.testing.k8s import Node
+
+    from .conftest import NFS_PATH, NFS_SERVER, crd_files
+
+    async with FakeCluster(
+        tmp_path / "cluster",
+        crd_files=crd_files(),
+        nodes=[Node("n1", cpu=16, memory="64Gi")],
+        nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir},
+        namespaces=["nni-exp"],
+    ) as cluster:
+        config = kubeflow_config(cluster, nfs_dir, code_dir, "python3 trial.py", operator="pytorch-operator",
+                                 namespace="nni-exp")  # fmt: skip
+        config["master"] = dict(config["worker"])
+        svc = KubeflowTrainingService(config, experiment_dir=tmp_path / "exp")
+        metrics: list[TrialJobMetric] = []
+        svc.add_trial_job_metric_listener(metrics.append)
+        async with svc:
+            detail = await svc.submit_trial_job(form({}))
+            done = await wait_for_status(svc, detail.id, timeout=60)
+            assert done.status is TrialJobStatus.SUCCEEDED, done.message
+            assert cluster.get("pytorchjobs", done.platform_data["job"], namespace="nni-exp") is not None
+            assert cluster.list("pytorchjobs", namespace="default") == []
+        value = json.loads(json.loads(metrics[0].data)["value"])
+        assert value["host"].endswith("-master-0")
