@@ -276,6 +276,7 @@ async def test_evicted_pod_of_an_on_failure_job_is_recreated(cluster: FakeCluste
     script = f"echo x >> {marker}; [ $(wc -l < {marker}) -ge 2 ] || sleep 60"
     cluster.create(tfjob("evicted", ["sh", "-c", script], restart="OnFailure"))
     first = await cluster.wait_for_object("pods", "evicted-worker-0", lambda p: p["status"].get("phase") == "Running")
+    await cluster.wait_for(lambda c: marker.exists() and marker.read_text() == "x\n", message="first run started")
     await cluster.faults.evict_pod("default", "evicted-worker-0")
     job = await cluster.wait_for_object("tfjobs", "evicted", lambda o: condition(o, "Succeeded"), timeout=20)
     assert any(c["type"] == "Restarting" for c in job["status"]["conditions"])
