@@ -83,7 +83,10 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     ur = usub.add_parser("remove", help="Remove a user; its token stops working.")
     ur.add_argument("name")
     usub.add_parser("list", help="Every user (never their tokens).")
-    for p in (u, ua, ut, uq, ur):
+    ul = usub.choices["list"]
+    for p in (ua, ut, uq, ur, ul):  # --db also after the action: `nni-ts users add NAME --db URL`
+        p.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for p in (u, ua, ut, uq, ur, ul):
         p.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
 
 

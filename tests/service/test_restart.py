@@ -125,6 +125,10 @@ def test_users_commands(tmp_path: Path) -> None:
     assert shown.returncode == 2 and "--rotate" in shown.stderr
     rotated = _users(db_url, "token", "carol", "--rotate")
     assert rotated.returncode == 0 and json.loads(rotated.stdout)["token"] != token
+    after = subprocess.run(
+        [*CLI, "--json", "users", "list", "--db", db_url], capture_output=True, text=True, timeout=60
+    )
+    assert after.returncode == 0 and json.loads(after.stdout)[0]["name"] == "carol", after.stderr
     listed = json.loads(_users(db_url, "list").stdout)
     assert listed == [{"name": "carol", "admin": True, "maxTrials": 4, "maxGpus": None}]
     assert _users(db_url, "quota", "carol", "--max-gpus", "2").returncode == 0
