@@ -234,3 +234,15 @@ async def test_bursts_of_api_errors_are_retried(cluster: FakeCluster, make_servi
         for d in (first, second):
             done = await wait_for_status(svc, d.id, timeout=TIMEOUT)
             assert done.status is TrialJobStatus.SUCCEEDED, done.message
+
+
+async def test_an_image_without_python_says_so(cluster: FakeCluster, make_service: Factory, code_dir: Path) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    async with svc:
+        f = form({"mode": "ok"})
+        f.env = {"PATH": "/nonexistent"}  # as in an image without python
+        detail = await svc.submit_trial_job(f)
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        assert done.status is TrialJobStatus.FAILED
+        assert "no python3 or python" in (done.message or ""), done.message
+        assert done.exit_code == 127

@@ -143,6 +143,22 @@ class KubeClient:
             f"{self.retries + 1} tries: {last}"
         ) from last
 
+    async def request_text(
+        self, method: str, path: str, *, query: Mapping[str, Any] | None = None, timeout: float = 30.0
+    ) -> str:
+        """Like :meth:`request` for an answer that is plain text (a pod's log). No retries."""
+        try:
+            resp = await self._send(method, path, query, None, None, aiohttp.ClientTimeout(total=timeout))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TemporaryError(
+                f"The Kubernetes API server at {self.host} could not serve {method} {path}: {exc}"
+            ) from exc
+        async with resp:
+            text = await resp.text(errors="replace")
+            if resp.status >= 300:
+                raise _api_error(resp.status, text, method, path)
+            return text
+
     async def stream(self, path: str, query: Mapping[str, Any], *, read_timeout: float) -> AsyncIterator[JSON]:
         """Open a watch and yield its events (``{"type": ..., "object": ...}``) until the server ends it.
 

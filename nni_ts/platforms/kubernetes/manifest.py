@@ -152,8 +152,11 @@ class KeeperSpec:
 #: keeper reports to the manager; the others run their command under a journal-only keeper in a
 #: directory of their own (``<trial>/replicas/<pod>``) so that their output is kept too.
 _LAUNCHER = """\
-PY=$(command -v python3 || command -v python) || { echo "nni-ts: the image has no python3 or python; \
-the trial keeper needs Python 3.8 or newer in the image." >&2; exit 127; }
+fail() { echo "nni-ts: $1" >&2; echo "$1" > "$NNI_TS_KEEPER_TRIAL_DIR/launcher-error" 2>/dev/null; exit 127; }
+PY=$(command -v python3 || command -v python) || fail "the image has no python3 or python on its PATH; \
+the trial keeper needs Python 3.8 or newer in the image."
+"$PY" -c "import sys; sys.exit(sys.version_info < (3, 8))" || fail "the image's $PY is older than Python 3.8, \
+which the trial keeper needs."
 export PYTHONPATH="$NNI_TS_KEEPER_HOME${PYTHONPATH:+:$PYTHONPATH}"
 if [ -f /mnt/frameworkbarrier/injector.sh ]; then . /mnt/frameworkbarrier/injector.sh; fi
 if ! __PRIMARY__; then
@@ -211,6 +214,8 @@ def container(
             *({"name": k, "value": v} for k, v in env.items()),
         ],
         "resources": resources(cpu, memory_mb, gpus),
+        # On a failure the last log lines become the container's termination message (kubectl describe).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": STORAGE_VOLUME, "mountPath": MOUNT_PATH}, *(extra_mounts or [])],
     }
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import aiohttp
+
 from ...config.kubernetes import KubernetesPlatformConfig
 from ...errors import ConfigError, PlatformError, TemporaryError
 from ...models import TrialJobDetail, TrialJobStatus
@@ -109,6 +111,7 @@ class _Trial:
     stopping: bool = False
     concluded: bool = False
     finalizing: bool = False
+    log_tail: str = ""
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -690,9 +693,30 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                     trial.forced = (trial.problem.message, True)
                     await self._stop_trial(trial)
                     return
+            if trial.keeper_exit is None and trial.job_final is not None and trial.job_final.phase == "failed":
+                # The keeper could not even record an exit (no python in the image, killed...): the launcher
+                # may have left the reason on the share; else the pod's last lines usually say why (one
+                # request, on this failure path only).
+                assert self.stager is not None
+                with contextlib.suppress(OSError, PlatformError):
+                    reason = await self.stager.read_file(trial.id, "launcher-error", 4096)
+                    trial.log_tail = reason.decode("utf-8", "replace").strip()
+                if not trial.log_tail:
+                    trial.log_tail = await self._pod_log_tail(trial.primary_pod)
             self._conclude(trial)
         finally:
             trial.finalizing = False
+
+    async def _pod_log_tail(self, pod: str, lines: int = 10) -> str:
+        try:
+            async with asyncio.timeout(10):
+                body = await self.kube.request_text(
+                    "GET", f"{self._collection('pods')}/{pod}/log", query={"tailLines": lines, "limitBytes": 4096}
+                )
+        except (KubeApiError, TemporaryError, TimeoutError, aiohttp.ClientError) as exc:
+            log.info("No log for pod %s: %s", pod, exc)
+            return ""
+        return body.strip()
 
     async def _read_back(self, trial: _Trial) -> None:
         assert self.stager is not None
@@ -792,7 +816,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         parts = [view.message if view is not None and view.message else f"The {self.kind} {trial.job} failed."]
         if problem is not None:
             parts.append(problem.message)
-        parts.append("The trial keeper did not record an exit (it was killed with the trial).")
+        parts.append("The trial keeper did not record an exit (it was killed with the trial, or never started).")
+        if trial.log_tail:
+            parts.append(f"From pod {trial.primary_pod}: {trial.log_tail}")
         return TrialJobStatus.FAILED, " ".join(parts), code, False
 
     # ------------------------------------------------------------------ cancel, files, clean-up
