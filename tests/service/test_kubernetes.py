@@ -130,3 +130,129 @@ async def test_seeds_body_runs_in_the_workspace_namespace(k8s: tuple[str, Any, P
             assert status == 422 and err["path"] == f"trainingService.{key}", err
         await api.ok("DELETE", "/nni-exp", token=token, json={"workspace": "test", "user": "cuizihan"})
         assert not cluster.list(KINDS[platform], namespace=namespace)
+
+
+GATED = b"""
+import os, sys, time
+import nni
+params = nni.get_next_parameter()
+nni.report_intermediate_result(params["alpha"] / 2)
+deadline = time.monotonic() + 120
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.02)
+nni.report_final_result(params["alpha"])
+"""
+
+
+async def _start_serve(args: list[str]) -> tuple[Any, str]:
+    import asyncio
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nni_ts.cli",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
+    assert "listening on http://" in line, line
+    return proc, line.split("listening on ", 1)[1].split()[0]
+
+
+async def test_service_restart_reattaches_kubernetes_trials(k8s: tuple[str, Any, Path], tmp_path: Path) -> None:
+    import asyncio
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    import aiohttp
+    import yaml
+
+    platform, cluster, nfs_dir = k8s
+    defaults: dict[str, Any] = {
+        "kubeconfig": str(cluster.kubeconfig),
+        "storage": {"storageType": "nfs", "server": NFS[0], "path": NFS[1], "localMountPath": str(nfs_dir)},
+        "cancelGracePeriod": 2,
+        "keeperHeartbeat": 0.5,
+    }
+    if platform == "kubeflow":
+        defaults["operator"] = "tf-operator"
+    platform_file = tmp_path / "platform.yaml"
+    platform_file.write_text(yaml.safe_dump(defaults))
+    db_url = f"sqlite:///{tmp_path / 'service.db'}"
+    added = subprocess.run(
+        [sys.executable, "-m", "nni_ts.cli", "--json", "users", "add", "cuizihan", "--db", db_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    args = [
+        "--db",
+        db_url,
+        "--data-dir",
+        str(tmp_path / "svc"),
+        "--replica",
+        "r1",
+        "--platform",
+        platform,
+        "--platform-config",
+        str(platform_file),
+    ]
+    namespace = workspace_namespace("nni-{user}-{workspace}", "cuizihan", "test")
+    gate = tmp_path / "gate"
+    kind = KINDS[platform]
+    async with aiohttp.ClientSession() as session:
+        proc, url = await _start_serve(args)
+        try:
+            api = Api(url, session)
+            await api.ok("PUT", "/workspaces/test/files/train.py", token=token, data=GATED)
+            body = {
+                "user": "cuizihan",
+                "workspace": "test",
+                "trailConcurrency": 2,
+                "num": 3,
+                "target": "maximize",
+                "command": f"python3 train.py {gate}",
+                "gpuNum": 0,
+                "image": "python:3.11",
+                "memoryMB": 512,
+                "search_space": {"alpha": {"_type": "choice", "_value": [1, 0.5, 0.25]}},
+            }
+            experiment_id = (await api.ok("POST", "/nni-exp", token=token, json=body))["experimentId"]
+            async with asyncio.timeout(90):  # two trials run, each has reported its first record
+                while True:
+                    trials = await api.ok("GET", f"/experiments/{experiment_id}/trials", token=token)
+                    if len(trials) == 2 and all(t["status"] == "RUNNING" and t["metricCount"] == 1 for t in trials):
+                        break
+                    await asyncio.sleep(0.1)
+            before = {t["id"] for t in trials}
+            jobs = {j["metadata"]["name"] for j in cluster.list(kind, namespace=namespace)}
+            assert len(jobs) == 2
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        # The jobs outlive the service.
+        assert {j["metadata"]["name"] for j in cluster.list(kind, namespace=namespace)} == jobs
+        proc, url = await _start_serve(args)
+        try:
+            api = Api(url, session)
+            shown = await api.ok("GET", f"/experiments/{experiment_id}", token=token)
+            assert shown["live"], shown
+            gate.touch()
+            done = await api.wait_experiment(experiment_id, token, timeout=120)
+            assert done["status"] == "DONE" and done["trialCounts"] == {"SUCCEEDED": 3}, done
+            trials = await api.ok("GET", f"/experiments/{experiment_id}/trials", token=token)
+            assert before <= {t["id"] for t in trials} and all(t["attempt"] == 1 for t in trials)
+            assert all(t["metricCount"] == 2 for t in trials), trials
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
