@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -194,17 +195,9 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
         spec["volumes"] = [
             v if "persistentVolumeClaim" not in v else {"name": v["name"], "emptyDir": {}} for v in spec["volumes"]
         ]
-        db = tmp_path / "service.db"
-        cluster.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "nni-ts-db"},
-                "stringData": {"url": f"sqlite:///{db}"},
-            },
-            namespace="nni-ts",
-        )
-        cluster.create(
+        # No nni-ts-db Secret: the service uses SQLite under $NNI_TS_HOME/service on its data volume,
+        # and `nni-ts users add` with the same NNI_TS_HOME (as `kubectl exec` would run it) finds it.
+        created = cluster.create(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -220,11 +213,14 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
             namespace="nni-ts",
             timeout=30,
         )
+        data_volume = next(cluster.state_dir.glob(f"pods/nni-ts/nni-ts-service-0-{created['metadata']['uid'][:8]}*"))
+        home = data_volume / "volumes" / "data"
         added = subprocess.run(
-            [sys.executable, "-m", "nni_ts.cli", "--json", "users", "--db", f"sqlite:///{db}", "add", "cuizihan"],
+            [sys.executable, "-m", "nni_ts.cli", "--json", "users", "add", "cuizihan"],
             capture_output=True,
             text=True,
             timeout=60,
+            env=dict(os.environ, NNI_TS_HOME=str(home)),
         )
         assert added.returncode == 0, added.stderr
         token = json.loads(added.stdout)["token"]
@@ -243,6 +239,7 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
             assert (status, text) == (200, "Hello world")
             health = await api.ok("GET", "/healthz")
             assert health["ok"] and health["replica"] == "nni-ts-service"
+            assert (await api.ok("GET", "/me", token=token))["name"] == "cuizihan"  # one database for both
             if "kubeflow" not in available_platforms():
                 body = {
                     "user": "cuizihan",
