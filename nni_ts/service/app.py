@@ -167,7 +167,7 @@ class ExperimentService:
         except ConfigError as exc:
             paths = [exc.path] if exc.path else _config_error_paths(str(exc))
             extra: dict[str, Any] = {"path": paths[0], "paths": paths} if paths else {}
-            return _error(422, str(exc), **extra)
+            return _error(422, _mask_secret_inputs(str(exc)), **extra)
         except UserError as exc:
             return _error(400, str(exc))
         except StoreError as exc:
@@ -873,6 +873,18 @@ _PROBLEM = re.compile(
     r"(?: \(line \d+\))?(?: \(v1 key [^)]*\))?: ",
     re.MULTILINE,
 )
+
+
+_SECRET_INPUT = re.compile(
+    r"((?:passw(?:or)?d|passphrase|secret|token|credential|api_?key|accesskey|privatekey)[^:\n]*:[^\n]*?)"
+    r"\(got [^\n]*\)",
+    re.IGNORECASE,
+)
+
+
+def _mask_secret_inputs(message: str) -> str:
+    """A config error never repeats the value given for a secret key (``... password: ... (got ***)``)."""
+    return _SECRET_INPUT.sub(r"\1(got ***)", message)
 
 
 def _config_error_paths(message: str) -> list[str]:

@@ -308,6 +308,14 @@ def test_secrets_are_redacted() -> None:
     for secret in ("p1", "p2", "p3", "p4", "p5"):
         assert f'"{secret}"' not in shown
     assert '"/k"' in shown and '"h"' in shown
+    from nni_ts.service.app import _mask_secret_inputs
+
+    message = (
+        "x: invalid experiment config:\n  ts.machineList[0].password: bad (got 12345)\n  trialConcurrency: bad (got 0)"
+    )
+    assert _mask_secret_inputs(message) == (
+        "x: invalid experiment config:\n  ts.machineList[0].password: bad (got ***)\n  trialConcurrency: bad (got 0)"
+    )
 
 
 async def test_sse_streams_trial_and_metric_events(svc: Running) -> None:
