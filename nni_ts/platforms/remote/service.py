@@ -321,6 +321,15 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         await self._shutdown()
 
     async def _shutdown(self) -> None:
+        for h in self._hosts:
+            if h.pending_kills:
+                log.warning(
+                    "Machine %s is unreachable: the processes of trials %s could not be killed; "
+                    "they end by themselves or when killed on the host (their trial directories are under %s).",
+                    h.label,
+                    ", ".join(t for t, *_ in h.pending_kills),
+                    h.exp_dir or h.machine.work_directory or DEFAULT_WORK_DIR,
+                )
         for task in [*self._monitors, *self._tasks]:
             task.cancel()
         for task in [*self._monitors, *self._tasks]:
