@@ -45,7 +45,9 @@ async def test_apply_tfjob_runs_to_succeeded(cluster: FakeCluster, kubectl: Kube
     result = await kubectl("apply", "-f", str(manifest))
     assert result.code == 0, result.err
     assert result.out.strip() == "tfjob.kubeflow.org/tfjob-simple created"
-    await cluster.wait_for_object("tfjobs", "tfjob-simple", lambda o: condition(o, "Succeeded"), timeout=20)
+    waited = await kubectl("wait", "--for=condition=Succeeded", "tfjob/tfjob-simple", "--timeout=20s")
+    assert waited.code == 0 and "condition met" in waited.out, waited.err
+    assert condition(cluster.get("tfjobs", "tfjob-simple"), "Succeeded")
     table = await kubectl("get", "tfjobs")
     assert table.code == 0
     header, row = table.out.splitlines()[:2]

@@ -205,3 +205,14 @@ async def test_crash_loop_back_off(tmp_path: Path) -> None:
         await cluster.wait_for_object("pods", "crash", lambda p: p["status"]["containerStatuses"][0][
             "restartCount"] >= 2)
         assert phase(cluster.get("pods", "crash")) == "Running"
+
+
+async def test_eviction_api_deletes_the_pod(cluster: FakeCluster) -> None:
+    cluster.create(pod("drained", SLEEP))
+    await cluster.wait_for_object("pods", "drained", lambda p: phase(p) == "Running")
+    cfg = k8s.client.Configuration()
+    cfg.host = cluster.url
+    async with k8s.client.ApiClient(cfg) as client:
+        await k8s.client.CoreV1Api(client).create_namespaced_pod_eviction("drained", "default", {
+            "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "drained"}})
+    await cluster.wait_deleted("pods", "drained")

@@ -227,6 +227,16 @@ class ApiServer:
         await self._apply_faults(verb, plural)
         dry_run = "All" in q.getall("dryRun", [])
         field_validation = q.get("fieldValidation", "")
+        if sub == "eviction" and rtype.kind == "Pod" and request.method == "POST":
+            # The Eviction API (kubectl drain): the pod is deleted gracefully.
+            body = await self._body(request)
+            options = (body or {}).get("deleteOptions") or {}
+            self.api.delete(rtype, namespace, name, dry_run=dry_run,
+                            grace_period=options.get("gracePeriodSeconds"),
+                            propagation=options.get("propagationPolicy"),
+                            preconditions=options.get("preconditions"))
+            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                      "code": 201}, status=201)
         if sub and sub not in ("status", "log") or sub == "status" and not rtype.has_status or (
                 sub == "log" and rtype.kind != "Pod"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")

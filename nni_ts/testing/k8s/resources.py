@@ -66,6 +66,8 @@ class ResourceType:
                         "kind": self.kind, "verbs": ["get", "patch", "update"]})
         if self.kind == "Pod":
             out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+            out.append({"name": "pods/eviction", "singularName": "", "namespaced": True, "group": "policy",
+                        "version": "v1", "kind": "Eviction", "verbs": ["create"]})
         return out
 
 
