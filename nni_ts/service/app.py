@@ -83,6 +83,7 @@ class ExperimentService:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.data_dir = Path(settings.data_dir).expanduser().resolve()
+        self.database_url = settings.database_url or f"sqlite:///{self.data_dir / 'service.db'}"
         self._db: Database | None = None
         self._manager: ExperimentManager | None = None
         self._platform_class: type[TrainingService[Any]] | None = None
@@ -106,17 +107,20 @@ class ExperimentService:
 
         self._platform_class = get_platform_class(self.settings.policy.platform)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._db = await open_database(self.settings.database_url)
-        manager = ExperimentManager(
-            self.settings.database_url, self.data_dir / "experiments.db", replica=self.settings.replica
-        )
+        self._db = await open_database(self.database_url)
+        manager = ExperimentManager(self.database_url, self.data_dir / "experiments.db", replica=self.settings.replica)
         try:
             await manager.open()
         except BaseException:
             await self._db.close()
+            self._db = None
             raise
         self._manager = manager
-        return await manager.resume_owned()
+        try:
+            return await manager.resume_owned()
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self, *, stop_experiments: bool = True) -> None:
         """Stop every experiment (cancelling trials), or with ``stop_experiments=False`` only detach:
