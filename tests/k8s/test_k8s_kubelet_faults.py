@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -216,3 +217,31 @@ async def test_eviction_api_deletes_the_pod(cluster: FakeCluster) -> None:
         await k8s.client.CoreV1Api(client).create_namespaced_pod_eviction("drained", "default", {
             "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "drained"}})
     await cluster.wait_deleted("pods", "drained")
+
+
+async def test_bind_mount_volume_mode(tmp_path: Path) -> None:
+    from nni_ts.testing.k8s.kubelet import _can_bind_mount
+
+    if not _can_bind_mount():
+        pytest.skip("bind-mounted volumes need root and `unshare --mount` (the rewrite mode is tested elsewhere).")
+    export = tmp_path / "export"
+    (export / "exp").mkdir(parents=True)
+    mount_path = f"/tmp/nni-ts-fake-bind-{os.getpid()}"
+    script = ("import os; d = os.path.join(os.sep + 'tmp', os.path.basename(os.environ['MP'])); "
+              "open(os.path.join(d, 'exp', 'out'), 'w').write(os.getcwd())")
+    async with FakeCluster(tmp_path / "c", nfs_exports={("10.0.0.1", "/exports"): export},
+                           volume_mode="bind") as cluster:
+        assert cluster.kubelet.bind_mounts
+        body = pod("bind", [sys.executable, "-c", script])
+        spec = body["spec"]
+        spec["containers"][0]["workingDir"] = f"{mount_path}/exp"
+        spec["containers"][0]["env"] = [{"name": "MP", "value": mount_path}]
+        spec["containers"][0]["volumeMounts"] = [{"name": "nfs", "mountPath": mount_path}]
+        spec["volumes"] = [{"name": "nfs", "nfs": {"server": "10.0.0.1", "path": "/exports"}}]
+        cluster.create(body)
+        got = await cluster.wait_for_object("pods", "bind", lambda p: phase(p) in ("Succeeded", "Failed"))
+        assert phase(got) == "Succeeded", cluster.pod_log("bind")
+    # The path was built at run time, so only a real mount could map it; the process saw the mount path.
+    assert (export / "exp" / "out").read_text() == f"{mount_path}/exp"
+    with contextlib.suppress(OSError):
+        os.rmdir(mount_path)

@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--tls", action="store_true",
                        help="serve HTTPS with a self-signed certificate (its CA is named in the kubeconfig)")
     serve.add_argument("--namespace", action="append", default=[], help="create this namespace (repeatable)")
+    serve.add_argument("--volume-mode", choices=["rewrite", "bind", "auto"], default="rewrite",
+                       help="map volumes by rewriting mount paths in commands and env (default), or bind-mount them "
+                            "in a private mount namespace per container (root only; 'auto': bind when possible)")
     serve.add_argument("--missing-image", action="append", default=[],
                        help="an image that never pulls (repeatable; names containing 'doesnotexist' never do)")
     args = parser.parse_args(argv)
@@ -81,7 +84,7 @@ async def _serve(args: argparse.Namespace) -> int:
         cluster = FakeCluster(args.state_dir, crd_files=args.crd, builtin_crds=not args.no_builtin_crds,
                               nodes=args.node or None, nfs_exports=dict(args.nfs), token=args.token,
                               namespaces=args.namespace, host=args.host, port=args.port,
-                              missing_images=args.missing_image, tls=args.tls)
+                              missing_images=args.missing_image, tls=args.tls, volume_mode=args.volume_mode)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

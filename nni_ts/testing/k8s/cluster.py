@@ -64,7 +64,8 @@ class FakeCluster:
                  namespaces: Iterable[str] = (), host: str = "127.0.0.1", port: int = 0,
                  controllers: Iterable[str] = CONTROLLERS, missing_images: Iterable[str] = (),
                  grace_cap: float = 2.0, history_size: int = 20000, enforce_memory_limits: bool = True,
-                 image_backoff: float = 0.3, restart_backoff: float = 0.1, tls: bool = False) -> None:
+                 image_backoff: float = 0.3, restart_backoff: float = 0.1, tls: bool = False,
+                 volume_mode: str = "rewrite") -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.api = Api(Store(history_size))
@@ -99,7 +100,7 @@ class FakeCluster:
                                nfs_exports={k: Path(v) for k, v in (nfs_exports or {}).items()},
                                missing_images=set(missing_images), grace_cap=grace_cap,
                                enforce_memory_limits=enforce_memory_limits, image_backoff=image_backoff,
-                               restart_backoff=restart_backoff)
+                               restart_backoff=restart_backoff, volume_mode=volume_mode)
         self.server.log_source = self.kubelet.logs
         self.faults = Faults(self)
         self.controller_names = list(controllers)

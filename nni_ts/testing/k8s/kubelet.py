@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,7 +217,7 @@ class PodRunner:
                 return
         try:
             mounts = self._volumes()
-            env_per_container = {c["name"]: {k: v if k in HOST_ENV else _rewrite(v, mounts)
+            env_per_container = {c["name"]: {k: v if k in HOST_ENV else self._map(v, mounts)
                                              for k, v in self._env(c).items()}
                                  for c in self.pod["spec"]["containers"]}
         except _ConfigError as exc:
@@ -225,7 +227,7 @@ class PodRunner:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         for spec in self.pod["spec"].get("initContainers") or []:
-            env = {k: v if k in HOST_ENV else _rewrite(v, mounts) for k, v in self._env(spec).items()}
+            env = {k: v if k in HOST_ENV else self._map(v, mounts) for k, v in self._env(spec).items()}
             if not await self._run_init(spec, env, mounts):
                 return
         policy = self.pod["spec"].get("restartPolicy", "Always")
@@ -257,10 +259,7 @@ class PodRunner:
         c = self.containers[spec["name"]]
         kubelet = self.kubelet
         while not self.stopping:
-            argv = [*(spec.get("command") or []), *(spec.get("args") or [])]
-            argv = [_rewrite(str(a), mounts) for a in argv]
-            workdir = spec.get("workingDir")
-            cwd = Path(_rewrite(workdir, mounts)) if workdir else self.dir
+            argv, cwd = self._command(spec, mounts)
             log_path = self.log_path(c.name, c.restarts)
             c.exit_code, c.reason = None, ""
             if not argv:
@@ -304,9 +303,7 @@ class PodRunner:
                 target.mkdir(parents=True, exist_ok=True)
                 (target / "injector.sh").write_text(script)
         else:
-            argv = [_rewrite(str(a), mounts) for a in [*(spec.get("command") or []), *(spec.get("args") or [])]]
-            workdir = spec.get("workingDir")
-            cwd = Path(_rewrite(workdir, mounts)) if workdir else self.dir
+            argv, cwd = self._command(spec, mounts)
             if argv:
                 code, reason = await self._spawn(c, argv, env, cwd, self.log_path(c.name, 0), spec, init=True)
         c.exit_code, c.reason, c.finished_at, c.proc = code, reason, now_iso(), None
@@ -340,6 +337,27 @@ class PodRunner:
             lines.append(f"export FB_{key}_IPS={ips}")
             lines.append(f"export FB_{key}_ADDRESSES={ips}")
         return "\n".join(lines) + "\n"
+
+    def _map(self, value: str, mounts: list[tuple[str, Path]]) -> str:
+        """A string as the process sees it: mount paths rewritten, unless volumes are bind-mounted."""
+        return value if self.kubelet.bind_mounts else _rewrite(value, mounts)
+
+    def _command(self, spec: JSON, mounts: list[tuple[str, Path]]) -> tuple[list[str], Path]:
+        """The argv and working directory of a container, with its volumes mapped."""
+        argv = [str(a) for a in [*(spec.get("command") or []), *(spec.get("args") or [])]]
+        workdir = spec.get("workingDir")
+        if not argv or not self.kubelet.bind_mounts:
+            return [_rewrite(a, mounts) for a in argv], Path(_rewrite(workdir, mounts)) if workdir else self.dir
+        # A private mount namespace: each volume bind-mounted at its mountPath (created on the host when
+        # missing), then the working directory, then the command.
+        names = {m["mountPath"].rstrip("/") or "/" for m in spec.get("volumeMounts") or []}
+        steps = [f"mkdir -p {shlex.quote(mp)} && mount --bind {shlex.quote(str(local))} {shlex.quote(mp)} "
+                 f"|| exit 126" for mp, local in sorted(mounts, key=lambda m: len(m[0])) if mp in names and mp != "/"]
+        if workdir:
+            steps.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)} || exit 126")
+        script = "; ".join([*steps, 'exec "$@"'])
+        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "fake-kubelet",
+                *argv], self.dir
 
     def log_path(self, container: str, restart: int) -> Path:
         return Path(self.dir / f"{container}-{restart}.log")
@@ -581,6 +599,23 @@ class _Process:
             self._done.set_result(code)
 
 
+_BIND_PROBE: list[bool] = []
+
+
+def _can_bind_mount() -> bool:
+    """Whether this process may create private mount namespaces and bind-mount in them (probed once)."""
+    if not _BIND_PROBE:
+        ok = False
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("unshare"):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+                                        "mount --bind / / 2>/dev/null || mount -t tmpfs none /mnt"],
+                                       capture_output=True, timeout=10)
+                ok = probe.returncode == 0
+        _BIND_PROBE.append(ok)
+    return _BIND_PROBE[0]
+
+
 def _host_path() -> str:
     """The host's PATH, led by the directory of this interpreter when it has a ``python3``: the pods'
     ``python3`` is the interpreter running the cluster (its packages, e.g. trial_keeper, included)."""
@@ -611,7 +646,8 @@ class Kubelet:
 
     def __init__(self, api: Api, state_dir: Path, *, nfs_exports: dict[tuple[str, str], Path] | None = None,
                  missing_images: set[str] | None = None, grace_cap: float = 2.0, image_backoff: float = 0.3,
-                 restart_backoff: float = 0.1, enforce_memory_limits: bool = True, api_port: int = 0) -> None:
+                 restart_backoff: float = 0.1, enforce_memory_limits: bool = True, api_port: int = 0,
+                 volume_mode: str = "rewrite") -> None:
         self.api = api
         self.state_dir = state_dir
         self.nfs_exports = {(s, p.rstrip("/") or "/"): Path(d) for (s, p), d in (nfs_exports or {}).items()}
@@ -621,6 +657,14 @@ class Kubelet:
         self.restart_backoff = restart_backoff
         self.enforce_memory_limits = enforce_memory_limits
         self.api_port = api_port
+        if volume_mode not in ("rewrite", "bind", "auto"):
+            raise ValueError(f"volume_mode {volume_mode!r} is not one of 'rewrite', 'bind' or 'auto'.")
+        can_bind = _can_bind_mount()
+        if volume_mode == "bind" and not can_bind:
+            raise ValueError("volume_mode 'bind' needs root and a working `unshare --mount`; use 'rewrite' or 'auto'.")
+        #: True when volumes are bind-mounted in a private mount namespace per container, False when paths
+        #: are rewritten.
+        self.bind_mounts = volume_mode == "bind" or (volume_mode == "auto" and can_bind)
         self.pods_type = api.rtype("", "v1", "pods")
         self.runners: dict[str, PodRunner] = {}
         self.gpu_assignment: dict[str, list[int]] = {}
