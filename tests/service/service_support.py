@@ -123,6 +123,7 @@ import os, sys, time
 import nni
 
 params = nni.get_next_parameter()
+print("waiting at the gate", flush=True)
 nni.report_intermediate_result(1)
 nni.report_intermediate_result(2)
 gate = sys.argv[1]

@@ -358,6 +358,18 @@ async def test_stop_and_extend(svc: Running) -> None:
     assert status == 422 and body["path"] == "maxTrialNumber"
     status, body = await api.call("POST", f"/experiments/{a}/extend", token=token, json={"rerunFailed": True})
     assert status == 409
+    # A running trial's log, through the platform.
+    async with asyncio.timeout(30):
+        while True:
+            trials = await api.ok("GET", f"/experiments/{a}/trials", token=token)
+            running = [t for t in trials if t["status"] == "RUNNING" and t["metricCount"] == 2]
+            if running:
+                break
+            await asyncio.sleep(0.05)
+    log_path = f"/experiments/{a}/trials/{running[0]['id']}/log"
+    assert "waiting at the gate" in await api.ok("GET", log_path, token=token)
+    assert await api.ok("GET", log_path, token=token, params={"tail": "5"}) == "gate\n"
+    assert (await api.call("GET", log_path, token=token, params={"tail": "-1"}))[0] == 400
     stopped = await api.ok("POST", f"/experiments/{a}/stop", token=token)
     assert stopped["status"] == "STOPPED"
     assert (await api.call("POST", f"/experiments/{a}/stop", token=token))[0] == 409
