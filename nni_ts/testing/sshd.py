@@ -95,6 +95,19 @@ def _nvidia_smi_script(csv_path: Path) -> str:
     )
 
 
+def _wait_dead(procs: list[psutil.Process], timeout: float) -> None:
+    """Wait (bounded) until every process is gone or a zombie (orphans may wait for init to reap them)."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        while time.monotonic() < deadline:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.Error:
+                break
+            time.sleep(0.01)
+
+
 class SshHost:
     """One sshd on 127.0.0.1 acting as a separate host. See the module docstring.
 
@@ -280,13 +293,20 @@ class SshHost:
         """
         if self._proc is None:
             return
-        procs = self.sshd_processes()
-        for proc in procs:
+        # Sessions first, while the listener still lives to reap them; then the listener.
+        sessions = self.sshd_processes()[1:]
+        for proc in sessions:
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(procs, timeout=5)
+        _wait_dead(sessions, timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=5)
+        # Sessions that started while the listener was dying.
+        for proc in self.sshd_processes()[1:]:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGKILL)
         self._proc = None
 
     def __repr__(self) -> str:
