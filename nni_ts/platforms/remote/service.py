@@ -35,7 +35,6 @@ import logging
 import os
 import secrets
 import shlex
-import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -654,13 +653,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             return
         q = shlex.quote
         tmp_tar = f"{host.work}/.upload-{secrets.token_hex(6)}.tar.gz"
-        with tempfile.NamedTemporaryFile(dir=self.experiment_dir, suffix=".tar.gz", delete=False) as fh:
-            fh.write(archive.data)
-            local_tar = Path(fh.name)
-        try:
-            await host.conn.put(local_tar, tmp_tar)
-        finally:
-            local_tar.unlink(missing_ok=True)
+        await host.conn.put_bytes(archive.data, tmp_tar)
         tmp_dir = f"{dest}.tmp-{secrets.token_hex(6)}"
         script = "\n".join(
             [

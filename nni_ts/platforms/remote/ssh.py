@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -395,6 +396,15 @@ class HostConnection:
                 self._sftp_client().put(str(local), remote)
 
         await self._wrap_sftp(go, f"upload {local} to {remote}")
+
+    async def put_bytes(self, data: bytes, remote: str) -> None:
+        """Write ``data`` to the file ``remote`` on the host."""
+
+        def go() -> None:
+            with self._sftp_lock:
+                self._sftp_client().putfo(io.BytesIO(data), remote, file_size=len(data))
+
+        await self._wrap_sftp(go, f"upload {remote}")
 
     async def read(self, remote: str, *, tail: int | None = None, missing_ok: bool = True) -> bytes:
         """The content of a file on the host (its last ``tail`` bytes); b'' if it does not exist."""
