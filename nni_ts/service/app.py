@@ -306,27 +306,37 @@ class ExperimentService:
         "message, final_value, final_data, metric_count"
     )
 
-    async def _trial_rows(self, experiment_id: str) -> list[tuple[Any, ...]]:
+    async def _trial_rows(
+        self, experiment_id: str, *, limit: int | None = None, offset: int = 0
+    ) -> list[tuple[Any, ...]]:
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         return await self.db.fetch(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 ORDER BY sequence_id, attempt",
+            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 ORDER BY sequence_id, attempt{page}",
             experiment_id,
         )
 
     async def _details(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """An experiment with its trial counts and best trial (aggregated in SQL: cheap to poll)."""
         out = self._exp_dict(row)
-        trials = [self._trial_dict(t) for t in await self._trial_rows(row[0])]
-        counts: dict[str, int] = {}
-        for t in trials:
-            counts[t["status"]] = counts.get(t["status"], 0) + 1
-        scored = [t for t in trials if t["finalValue"] is not None]
-        sign = -1.0 if row[10] == "minimize" else 1.0
-        best = max(scored, key=lambda t: sign * t["finalValue"]) if scored else None
+        counts = {
+            str(r[0]): int(r[1])
+            for r in await self.db.fetch(
+                "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row[0]
+            )
+        }
+        direction = "ASC" if row[10] == "minimize" else "DESC"
+        best_row = await self.db.fetchrow(
+            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND final_value IS NOT NULL "
+            f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
+            row[0],
+        )
+        best = self._trial_dict(best_row) if best_row is not None else None
         config = json.loads(row[7])
         out.update(
             config=config,
             maxTrialNumber=config.get("maxTrialNumber"),
             trialCounts=counts,
-            trialCount=len(trials),
+            trialCount=sum(counts.values()),
             best=best,
             live=self.manager.is_live(row[0]),
         )
@@ -773,9 +783,16 @@ class ExperimentService:
         row = await self._experiment_row(user, experiment_id)
         return web.json_response(await self._details(row))
 
+    def _page(self, request: web.Request) -> tuple[int | None, int]:
+        limit = self._query_int(request, "limit", minimum=1, maximum=1_000_000)
+        offset = self._query_int(request, "offset", minimum=0, maximum=2**31) or 0
+        return limit, offset
+
     async def _trials(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
-        return web.json_response([self._trial_dict(t) for t in await self._trial_rows(row[0])])
+        limit, offset = self._page(request)
+        rows = await self._trial_rows(row[0], limit=limit, offset=offset if limit is not None else 0)
+        return web.json_response([self._trial_dict(t) for t in rows])
 
     async def _trial(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
@@ -796,10 +813,22 @@ class ExperimentService:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
-        rows = await self.db.fetch(
-            "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 ORDER BY trial_id, seq",
-            row[0],
-        )
+        limit, offset = self._page(request)
+        page = f" LIMIT {limit} OFFSET {offset}" if limit is not None else ""
+        trial = request.query.get("trial")
+        if trial is not None:
+            rows = await self.db.fetch(
+                "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 "
+                f"ORDER BY seq{page}",
+                row[0],
+                trial,
+            )
+        else:
+            rows = await self.db.fetch(
+                "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 "
+                f"ORDER BY trial_id, seq{page}",
+                row[0],
+            )
         return web.json_response([_metric_dict(m[4], m) for m in rows])
 
     async def _log(self, request: web.Request) -> web.Response:

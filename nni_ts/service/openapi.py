@@ -43,6 +43,10 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 _EXP = _path_param("experiment_id", ID_PATTERN)
 _TRIAL = _path_param("trial_id", ID_PATTERN)
 _WS = _path_param("workspace", NAME_PATTERN)
+_PAGE = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000000}, "At most this many (default: all)."),
+    _query("offset", {"type": "integer", "minimum": 0}, "Skip this many first (with limit)."),
+]
 _SECURE: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
@@ -292,9 +296,9 @@ def openapi_document() -> dict[str, Any]:
         f"{_API}/experiments/{{experiment_id}}/trials": {
             "get": _op(
                 "listTrials",
-                "Every trial: parameters, status, final value.",
-                {"200": _json({"type": "array", "items": _ref("Trial")}), **_errors(401, 404)},
-                parameters=[_EXP],
+                "The trials in sequence order: parameters, status, final value.",
+                {"200": _json({"type": "array", "items": _ref("Trial")}), **_errors(400, 401, 404)},
+                parameters=[_EXP, *_PAGE],
             )
         },
         f"{_API}/experiments/{{experiment_id}}/trials/{{trial_id}}": {
@@ -324,9 +328,9 @@ def openapi_document() -> dict[str, Any]:
         f"{_API}/experiments/{{experiment_id}}/metrics": {
             "get": _op(
                 "listMetrics",
-                "Every metric record of the experiment.",
-                {"200": _json({"type": "array", "items": _ref("Metric")}), **_errors(401, 404)},
-                parameters=[_EXP],
+                "The experiment's metric records, by trial then sequence (or one trial's).",
+                {"200": _json({"type": "array", "items": _ref("Metric")}), **_errors(400, 401, 404)},
+                parameters=[_EXP, _query("trial", {"type": "string"}, "Only this trial's records."), *_PAGE],
             )
         },
         f"{_API}/experiments/{{experiment_id}}/events": {

@@ -90,6 +90,14 @@ async def test_two_users_each_see_and_touch_only_their_own(svc: Running) -> None
     log = await api.ok("GET", f"/experiments/{b}/trials/{trial}/log", token=t["bob"])
     assert "trial says" in log
     assert len(await api.ok("GET", f"/experiments/{b}/metrics", token=t["bob"])) == 4
+    # Pages of trials and metrics.
+    page = await api.ok("GET", f"/experiments/{a}/trials", token=t["alice"], params={"limit": "1", "offset": "1"})
+    assert [p["sequenceId"] for p in page] == [1]
+    mine = await api.ok("GET", f"/experiments/{b}/metrics", token=t["bob"], params={"trial": trial})
+    assert [(m["trialId"], m["seq"]) for m in mine] == [(trial, 0), (trial, 1)]
+    one = await api.ok("GET", f"/experiments/{b}/metrics", token=t["bob"], params={"limit": "1", "offset": "3"})
+    assert len(one) == 1 and one[0]["type"] == "FINAL"
+    assert (await api.call("GET", f"/experiments/{b}/trials", token=t["bob"], params={"limit": "0"}))[0] == 400
 
     # No token, a wrong token: 401.
     assert (await api.call("GET", "/experiments"))[0] == 401
