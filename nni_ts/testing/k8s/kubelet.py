@@ -351,12 +351,13 @@ class PodRunner:
         # A private mount namespace: each volume bind-mounted at its mountPath (created on the host when
         # missing), then the working directory, then the command.
         names = {m["mountPath"].rstrip("/") or "/" for m in spec.get("volumeMounts") or []}
-        steps = [f"mkdir -p {shlex.quote(mp)} && mount --bind {shlex.quote(str(local))} {shlex.quote(mp)} "
+        mkdir, mount = shlex.quote(_TOOLS["mkdir"]), shlex.quote(_TOOLS["mount"])
+        steps = [f"{mkdir} -p {shlex.quote(mp)} && {mount} --bind {shlex.quote(str(local))} {shlex.quote(mp)} "
                  f"|| exit 126" for mp, local in sorted(mounts, key=lambda m: len(m[0])) if mp in names and mp != "/"]
         if workdir:
-            steps.append(f"mkdir -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)} || exit 126")
+            steps.append(f"{mkdir} -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)} || exit 126")
         script = "; ".join([*steps, 'exec "$@"'])
-        return ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "fake-kubelet",
+        return [_TOOLS["unshare"], "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "fake-kubelet",
                 *argv], self.dir
 
     def log_path(self, container: str, restart: int) -> Path:
@@ -600,16 +601,22 @@ class _Process:
 
 
 _BIND_PROBE: list[bool] = []
+#: Absolute paths of the tools bind mode needs (a container's PATH may not find them).
+_TOOLS: dict[str, str] = {}
 
 
 def _can_bind_mount() -> bool:
     """Whether this process may create private mount namespaces and bind-mount in them (probed once)."""
     if not _BIND_PROBE:
         ok = False
-        if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("unshare"):
+        for tool in ("unshare", "mount", "mkdir"):
+            found = shutil.which(tool)
+            if found:
+                _TOOLS[tool] = found
+        if hasattr(os, "geteuid") and os.geteuid() == 0 and len(_TOOLS) == 3:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
-                probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
-                                        "mount --bind / / 2>/dev/null || mount -t tmpfs none /mnt"],
+                probe = subprocess.run([_TOOLS["unshare"], "--mount", "--propagation", "private", "--", "/bin/sh",
+                                        "-c", f"{_TOOLS['mount']} -t tmpfs none /mnt"],
                                        capture_output=True, timeout=10)
                 ok = probe.returncode == 0
         _BIND_PROBE.append(ok)
