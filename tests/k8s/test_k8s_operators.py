@@ -282,3 +282,11 @@ async def test_evicted_pod_of_an_on_failure_job_is_recreated(cluster: FakeCluste
     assert any(c["type"] == "Restarting" for c in job["status"]["conditions"])
     second = cluster.get("pods", "evicted-worker-0") or {}
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
+
+
+async def test_active_deadline_fails_the_job_and_stops_its_pods(cluster: FakeCluster) -> None:
+    cluster.create(tfjob("late", [sys.executable, "-c", "import time; time.sleep(60)"],
+                         extra_spec={"runPolicy": {"activeDeadlineSeconds": 1}}))
+    job = await cluster.wait_for_object("tfjobs", "late", lambda o: condition(o, "Failed"))
+    assert job["status"]["conditions"][-1]["reason"] == "DeadlineExceeded"
+    await cluster.wait_deleted("pods", "late-worker-0")

@@ -143,7 +143,12 @@ class KubeflowOperator(Controller):
             self._update_conditions(job, status, specs, by_key, failed_types, run_policy, restarts + recreated)
         if _finished(status) and not finished:
             status["completionTime"] = now_iso()
-            self._clean_pods(job, run_policy.get("cleanPodPolicy", "None"))
+            policy = run_policy.get("cleanPodPolicy", "None")
+            failed = next((c for c in status["conditions"] if c["type"] == "Failed" and c["status"] == "True"), None)
+            if failed is not None and failed.get("reason") in ("DeadlineExceeded", "BackoffLimitExceeded") \
+                    and policy == "None":
+                policy = "Running"  # past its deadline or back-off limit, a job's active pods are stopped
+            self._clean_pods(job, policy)
             deadline = None
         else:
             deadline = run_policy.get("activeDeadlineSeconds")
@@ -167,7 +172,7 @@ class KubeflowOperator(Controller):
             total = restarts + sum(int(s.get("restartCount", 0)) for p in by_key.values()
                                    for s in (p.get("status") or {}).get("containerStatuses") or [])
             if total > int(backoff):
-                self._finish(job, status, "Failed", f"{kind}Failed", f"{kind} {full} has failed because it has "
+                self._finish(job, status, "Failed", "BackoffLimitExceeded", f"{kind} {full} has failed because it has "
                              "reached the specified backoff limit")
                 return
         deadline = run_policy.get("activeDeadlineSeconds")
