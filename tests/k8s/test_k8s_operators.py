@@ -290,3 +290,9 @@ async def test_active_deadline_fails_the_job_and_stops_its_pods(cluster: FakeClu
     job = await cluster.wait_for_object("tfjobs", "late", lambda o: condition(o, "Failed"))
     assert job["status"]["conditions"][-1]["reason"] == "DeadlineExceeded"
     await cluster.wait_deleted("pods", "late-worker-0")
+
+
+async def test_ttl_after_finished_deletes_the_job_and_its_pods(cluster: FakeCluster) -> None:
+    cluster.create(tfjob("ttl", ["true"], extra_spec={"runPolicy": {"ttlSecondsAfterFinished": 0}}))
+    await cluster.wait_deleted("tfjobs", "ttl")
+    await cluster.wait_deleted("pods", "ttl-worker-0")

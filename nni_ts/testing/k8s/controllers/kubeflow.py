@@ -157,6 +157,17 @@ class KubeflowOperator(Controller):
             self.api.update_status(rtype, namespace, name, status)
         if deadline and not _finished(status):
             self.enqueue_later(float(deadline) + 0.05, namespace, name)
+        ttl = run_policy.get("ttlSecondsAfterFinished")
+        if ttl is not None and _finished(status) and status.get("completionTime"):
+            done = _dt.datetime.strptime(status["completionTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.UTC)
+            left = float(ttl) - (_dt.datetime.now(_dt.UTC) - done).total_seconds()
+            if left <= 0:
+                try:
+                    self.api.delete(rtype, namespace, name, propagation="Background")
+                except ApiError:
+                    pass
+            else:
+                self.enqueue_later(left + 0.05, namespace, name)
 
     def _update_conditions(self, job: JSON, status: JSON, specs: JSON, by_key: dict[tuple[str, int], JSON],
                            failed_types: dict[str, int], run_policy: JSON, restarts: int) -> None:
