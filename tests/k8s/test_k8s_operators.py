@@ -296,3 +296,13 @@ async def test_ttl_after_finished_deletes_the_job_and_its_pods(cluster: FakeClus
     cluster.create(tfjob("ttl", ["true"], extra_spec={"runPolicy": {"ttlSecondsAfterFinished": 0}}))
     await cluster.wait_deleted("tfjobs", "ttl")
     await cluster.wait_deleted("pods", "ttl-worker-0")
+
+
+async def test_framework_retries_up_to_max_retry_count(cluster: FakeCluster) -> None:
+    cluster.create(framework("fwretry", [role("worker", ["sh", "-c", "exit 3"])],
+                             retryPolicy={"fancyRetryPolicy": False, "maxRetryCount": 1}))
+    fw = await cluster.wait_for_object("frameworks", "fwretry", fw_done, timeout=20)
+    assert fw["status"]["attemptStatus"]["id"] == 1
+    assert fw["status"]["retryPolicyStatus"] == {"totalRetriedCount": 1, "accountableRetriedCount": 1,
+                                                 "retryDelaySec": None}
+    assert fw["status"]["attemptStatus"]["completionStatus"]["code"] == 3
