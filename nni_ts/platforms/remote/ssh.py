@@ -110,6 +110,7 @@ class _Pump(threading.Thread):
             chan.close()
             return
         sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self._peer[chan] = sock
             self._peer[sock] = chan
@@ -263,9 +264,18 @@ class HostConnection:
             elif m.password is None:
                 look_for_keys = True  # the default ~/.ssh/id_rsa is missing: try the usual keys and the agent
         try:
+            # Our own socket, with TCP_NODELAY: small SSH packets (reports through the tunnel, agent
+            # requests) must not wait for delayed ACKs (40 ms each without it).
+            sock = socket.create_connection((m.host, m.port), timeout=self.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            client.close()
+            raise SshConnectError(f"Cannot connect to {self.label}: {exc or type(exc).__name__}.") from None
+        try:
             client.connect(
                 m.host,
                 port=m.port,
+                sock=sock,
                 username=m.user,
                 password=m.password,
                 key_filename=key_file,
@@ -278,9 +288,11 @@ class HostConnection:
             )
         except HostKeyError:
             client.close()
+            sock.close()
             raise
         except paramiko.BadHostKeyException as exc:
             client.close()
+            sock.close()
             where = self.known_hosts or "known_hosts"
             raise HostKeyError(
                 f"The host key of {self.label} does not match {where}: the host offered "
@@ -290,6 +302,7 @@ class HostConnection:
             ) from None
         except paramiko.AuthenticationException as exc:
             client.close()
+            sock.close()
             what = f"the key {key_file}" if key_file else ("the password" if m.password else "the default keys")
             raise SshConnectError(
                 f"{self.label} refused to log in with {what}: {self.redact(str(exc))} "
@@ -297,6 +310,7 @@ class HostConnection:
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             client.close()
+            sock.close()
             raise SshConnectError(
                 f"Cannot connect to {self.label}: {self.redact(str(exc)) or type(exc).__name__}."
             ) from None
