@@ -274,7 +274,8 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         )
         out = await conn.check(self._shell(script, m), what="prepare the experiment's directories and check python3")
         host.gpu_known = True
-        if out.rstrip().endswith("nni-ts-gpu-ok"):
+        # On a reconnection the first inventory stays: our own trials now make their GPUs look busy.
+        if host.gpus is None and out.rstrip().endswith("nni-ts-gpu-ok"):
             gpus = parse_nvidia_smi(out.rstrip()[: -len("nni-ts-gpu-ok")])
             host.gpus = GpuScheduler(gpus, m.gpu_indices, m.max_trial_number_per_gpu, m.use_active_gpu)
             for tid in host.trials:  # re-attached trials keep their GPUs
@@ -405,8 +406,12 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         for tid, pid, start, rdir in kills:
             with contextlib.suppress(Exception):
                 await self._kill_remote(host, pid, start, rdir, tid)
-        with contextlib.suppress(SshConnectError):
+        try:
             await self._poll(host)
+        except SshConnectError as exc:
+            self._host_lost(host, str(exc))
+        except Exception:
+            log.exception("Polling machine %s after reconnecting failed; trying again later.", host.label)
 
     def _note_waiting(self) -> None:
         down = [f"{h.label} ({h.error})" for h in self._hosts if not h.ready and h.error]
