@@ -205,3 +205,33 @@ async def test_killed_agent_is_replaced(sshd_cluster: SshdCluster, tmp_path: Pat
         await svc.cancel_trial_job(t.id)
         assert (await svc.get_trial_job(t.id)).status is TrialJobStatus.USER_CANCELED
         await wait_gone(trial_pid)
+
+
+@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
+async def test_keepers_that_cannot_report_are_read_back_from_their_journal(
+    sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool
+) -> None:
+    """The tunnel is closed under running keepers: their records and ends come from the journal over SFTP."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    release = tmp_path / "release"
+    hosts = [machine(sshd_cluster.hosts[0])]
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts, use_agent=use_agent)
+    async with svc:
+        rec = Recorder(svc)
+        t = await svc.submit_trial_job(form({"release": str(release), "pid_dir": str(pid_dir)}))
+        await wait_metrics(rec, t.id, 1)
+        host = svc._hosts[0]
+        port = host.conn.tunnel_port
+        assert port
+        host.conn._transport().cancel_port_forward("127.0.0.1", port)  # new connections are refused
+        assert host.conn._pump is not None
+        host.conn._pump.stop()  # and the open ones are closed
+        release.touch()
+        done = await wait_for_status(svc, t.id, timeout=30)
+        assert done.status is TrialJobStatus.SUCCEEDED, done.message
+        values = rec.values(t.id)
+        assert values[:2] == [1, 2] and values[2]["default"] == 3 and len(values) == 3
+        await wait_gone(done.platform_data["keeper_pid"])  # the keeper is told to stop retrying
+    log = next((sshd_cluster.hosts[0].work_dir / "experiments").glob("*/trials/*/.nni-ts/keeper.log")).read_text()
+    assert "failed" in log, "the keeper could report: the test did not cut it off"

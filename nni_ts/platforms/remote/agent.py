@@ -16,6 +16,8 @@ The first line out is ``{"ready": true, "pid": N}``.
   alive]}}``: whether the keeper recorded the trial's end, whether the keeper lives.
 * ``{"op": "kill", "rid", "pid", "start", "dir"}`` -> ``{"how": "keeper" | "group"}``: SIGTERM to
   a live keeper, else SIGKILL to the trial's process group (its pid, from the keeper's log).
+* ``{"op": "stop", "rid", "pid", "start"}`` -> ``{"stopped"}``: SIGKILL a keeper whose trial's end
+  was read from its journal (it would go on retrying its report).
 
 An answer with ``"error"`` reports a failed request. End of input ends the agent.
 """
@@ -136,11 +138,20 @@ def kill(req: dict[str, Any]) -> dict[str, Any]:
     return {"how": "group"}
 
 
+def stop(req: dict[str, Any]) -> dict[str, Any]:
+    """SIGKILL a keeper whose trial's end is already delivered (it would go on retrying its report)."""
+    pid, start = req.get("pid"), req.get("start")
+    if pid and alive(pid, start):
+        os.kill(int(pid), signal.SIGKILL)
+        return {"stopped": True}
+    return {"stopped": False}
+
+
 def main() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
     import trial_keeper.__main__  # noqa: F401 - imported once here, not in every keeper
 
-    handlers: dict[str, Any] = {"launch": launch, "poll": poll, "kill": kill}
+    handlers: dict[str, Any] = {"launch": launch, "poll": poll, "kill": kill, "stop": stop}
     out = sys.stdout
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     out.flush()

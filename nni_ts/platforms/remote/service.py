@@ -463,8 +463,9 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                     self._set_status(tid, TrialJobStatus.RUNNING, message=f"{host.label} is back.")
                 if exited:
                     host.exit_seen[tid] = host.exit_seen.get(tid, 0) + 1
-                    if host.exit_seen[tid] >= 2:
-                        await self._recover(run, host)
+                    if host.exit_seen[tid] >= 2 and await self._recover(run, host):
+                        # The keeper is still trying to report an end that is now delivered: stop it.
+                        await self._stop_keeper(host, run)
                 continue
             if exited:
                 await self._recover(run, host)
@@ -851,6 +852,22 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 )
             return
         detail.platform_data.update({"keeper_pid": run.keeper_pid, "keeper_start": run.keeper_start})
+
+    async def _stop_keeper(self, host: _Host, run: _Run) -> None:
+        """SIGKILL a keeper that has nothing left to do but report (its trial's end is delivered)."""
+        agent = host.agent
+        if agent is not None and not agent.closed:
+            await agent.request("stop", pid=run.keeper_pid, start=run.keeper_start)
+            return
+        q = shlex.quote
+        script = "\n".join(
+            [
+                _ALIVE_FN,
+                f"p={q(str(run.keeper_pid or ''))}; s={q(run.keeper_start or '')}",
+                'if ka "$p" "$s"; then kill -s KILL "$p"; fi; exit 0',
+            ]
+        )
+        await host.conn.run(self._shell(script), timeout=30)
 
     async def _kill_remote(self, host: _Host, pid: int | None, start: str | None, remote_dir: str, tid: str) -> str:
         """SIGTERM the keeper if it lives, else SIGKILL the trial's process group. Returns which."""

@@ -112,6 +112,10 @@ class _Pump(threading.Thread):
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
+            if self._stopped:
+                sock.close()
+                chan.close()
+                return
             self._peer[chan] = sock
             self._peer[sock] = chan
         self._wake()
@@ -121,7 +125,8 @@ class _Pump(threading.Thread):
             self._wake_w.send(b"x")
 
     def stop(self) -> None:
-        self._stopped = True
+        with self._lock:
+            self._stopped = True
         self._wake()
 
     def _drop(self, end: Any) -> None:
@@ -166,6 +171,7 @@ class _Pump(threading.Thread):
                         self._drop(end)
         finally:
             with self._lock:
+                self._stopped = True
                 ends = list(self._peer)
                 self._peer.clear()
             for end in ends:
