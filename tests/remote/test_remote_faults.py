@@ -235,3 +235,12 @@ async def test_keepers_that_cannot_report_are_read_back_from_their_journal(
         await wait_gone(done.platform_data["keeper_pid"])  # the keeper is told to stop retrying
     log = next((sshd_cluster.hosts[0].work_dir / "experiments").glob("*/trials/*/.nni-ts/keeper.log")).read_text()
     assert "failed" in log, "the keeper could report: the test did not cut it off"
+
+
+async def test_missing_key_file_is_named(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
+    hosts = [{**machine(sshd_cluster.hosts[0]), "sshKeyFile": str(tmp_path / "no-such-key")}]
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
+    with pytest.raises(PlatformError) as info:
+        await svc.start()
+    assert "no-such-key" in str(info.value) and "does not exist" in str(info.value)
+    await svc.clean_up()

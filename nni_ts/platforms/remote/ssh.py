@@ -258,6 +258,9 @@ class HostConnection:
         else:
             with contextlib.suppress(OSError):
                 client.load_system_host_keys()
+            if os.path.exists("/etc/ssh/ssh_known_hosts"):
+                with contextlib.suppress(OSError):
+                    client.get_host_keys().load("/etc/ssh/ssh_known_hosts")
         policy_cls = _AcceptNew if self.accept_new_host_keys else _Reject
         default_known = Path("~/.ssh/known_hosts").expanduser()
         client.set_missing_host_key_policy(policy_cls(self.known_hosts or default_known))
@@ -267,6 +270,8 @@ class HostConnection:
             path = Path(m.ssh_key_file).expanduser()
             if path.exists():
                 key_file = str(path)
+            elif m.ssh_key_file != "~/.ssh/id_rsa":
+                raise SshConnectError(f"The sshKeyFile of {self.label}, {m.ssh_key_file}, does not exist.")
             elif m.password is None:
                 look_for_keys = True  # the default ~/.ssh/id_rsa is missing: try the usual keys and the agent
         try:
@@ -314,12 +319,11 @@ class HostConnection:
                 f"{self.label} refused to log in with {what}: {self.redact(str(exc))} "
                 f"Check user, sshKeyFile, password and passphrase of this machine."
             ) from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
+        except Exception as exc:  # paramiko raises many kinds (SSHException, OSError, EOFError, ValueError...)
             client.close()
             sock.close()
-            raise SshConnectError(
-                f"Cannot connect to {self.label}: {self.redact(str(exc)) or type(exc).__name__}."
-            ) from None
+            reason = self.redact(str(exc)) or type(exc).__name__
+            raise SshConnectError(f"Cannot connect to {self.label}: {reason}.") from None
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(KEEPALIVE)
