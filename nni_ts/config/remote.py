@@ -12,6 +12,16 @@ from .local import parse_gpu_indices
 __all__ = ["RemoteConfig", "RemoteMachineConfig"]
 
 
+_V1_KEYS = {
+    "ip": "host",
+    "username": "user",
+    "passwd": "password",
+    "sshKeyPath": "sshKeyFile",
+    "passphrase": "sshPassphrase",
+    "maxTrialNumPerGpu": "maxTrialNumberPerGpu",
+}
+
+
 class _Hidden:
     """Stands in for a secret of the wrong type, so that error messages do not show it."""
 
@@ -52,9 +62,12 @@ class RemoteMachineConfig(ConfigModel):
     @model_validator(mode="before")
     @classmethod
     def _aliases(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "passphrase" in data:
+        if isinstance(data, dict):
+            # NNI's own names, as its set_cluster_metadata("machine_list", ...) takes them (v1 style).
             data = dict(data)
-            data.setdefault("sshPassphrase", data.pop("passphrase"))
+            for old_key, new_key in _V1_KEYS.items():
+                if old_key in data and new_key not in data:
+                    data[new_key] = data.pop(old_key)
         if isinstance(data, dict):
             data = dict(data)
             for key in ("password", "sshPassphrase", "ssh_passphrase"):

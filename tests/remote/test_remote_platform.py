@@ -181,3 +181,15 @@ def test_secrets_are_not_echoed_by_config_errors() -> None:
     svc = RemoteTrainingService({"platform": "remote", "machineList": [{"host": "h", "user": "u", "password": 123456}]})
     assert svc.config.machine_list[0].password == "123456"
     assert "123456" not in repr(svc.config)
+
+
+async def test_nni_style_machine_list_metadata() -> None:
+    from nni_ts.platforms.remote import RemoteTrainingService
+
+    svc = RemoteTrainingService({"platform": "remote", "machineList": [{"host": "h", "user": "u"}]})
+    await svc.set_cluster_metadata(
+        "machine_list",
+        json.dumps([{"ip": "10.0.0.9", "port": 2222, "username": "bob", "passwd": "pw", "maxTrialNumPerGpu": 2}]),
+    )
+    m = svc.config.machine_list[0]
+    assert (m.host, m.port, m.user, m.password, m.max_trial_number_per_gpu) == ("10.0.0.9", 2222, "bob", "pw", 2)
