@@ -244,3 +244,21 @@ async def test_missing_key_file_is_named(sshd_cluster: SshdCluster, tmp_path: Pa
         await svc.start()
     assert "no-such-key" in str(info.value) and "does not exist" in str(info.value)
     await svc.clean_up()
+
+
+@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
+async def test_host_without_a_usable_python_is_reported(
+    sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool
+) -> None:
+    old = tmp_path / "old-python"
+    old.mkdir()
+    fake = old / "python3"
+    fake.write_text("#!/bin/sh\necho 'Python 2.7.18' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    hosts = [{**machine(sshd_cluster.hosts[0]), "pythonPath": str(old)}]
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts, use_agent=use_agent)
+    with pytest.raises(PlatformError) as info:
+        await svc.start()
+    assert "older than 3.8" in str(info.value) and "Python 2.7.18" in str(info.value)
+    assert f"127.0.0.1:{sshd_cluster.hosts[0].port}" in str(info.value)
+    await svc.clean_up()

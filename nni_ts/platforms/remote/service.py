@@ -61,6 +61,14 @@ DEFAULT_WORK_DIR = "~/nni-ts"
 AGENT_FILE = "nni_ts_agent.py"
 STATE_FILE = "remote-state.json"
 
+# Run on each host at connection (after pythonPath and preCommand): python3 3.8+, then the GPUs.
+_HOST_CHECKS = [
+    "command -v python3 >/dev/null 2>&1 || { echo 'python3 is not on the PATH' >&2; exit 3; }",
+    "python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' "
+    '|| { echo "python3 is older than 3.8: $(python3 -V 2>&1)" >&2; exit 3; }',
+    f"{' '.join(NVIDIA_SMI_QUERY)} 2>/dev/null && echo nni-ts-gpu-ok",
+    "exit 0",
+]
 # ka PID START: whether the keeper with this pid and start time (field 22 of /proc/PID/stat) lives.
 _ALIVE_FN = (
     'ka() { if [ -z "$1" ]; then return 1; fi; '
@@ -260,19 +268,16 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         m = host.machine
         host.work = expand_remote(conn.home, m.work_directory, DEFAULT_WORK_DIR)
         host.exp_dir = f"{host.work}/experiments/{self.experiment_id}"
-        q = shlex.quote
-        script = "\n".join(
-            [
-                f"mkdir -p {q(host.exp_dir + '/trials')} {q(host.work + '/code')} {q(host.work + '/keeper')} || exit 4",
-                *self._env_prelude(m),
-                "command -v python3 >/dev/null 2>&1 || { echo 'python3 is not on the PATH' >&2; exit 3; }",
-                "python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' "
-                '|| { echo "python3 is older than 3.8: $(python3 -V 2>&1)" >&2; exit 3; }',
-                f"{' '.join(NVIDIA_SMI_QUERY)} 2>/dev/null && echo nni-ts-gpu-ok",
-                "exit 0",
-            ]
-        )
-        out = await conn.check(self._shell(script, m), what="prepare the experiment's directories and check python3")
+        await conn.makedirs(f"{host.exp_dir}/trials", f"{host.work}/code", f"{host.work}/keeper")
+        await self._ensure_keeper(host)
+        out: str | None = None
+        if self.use_agent:
+            out = await self._start_agent(host)  # the checks below run in the same command
+        if out is None:
+            out = await conn.check(
+                self._shell("\n".join([*self._env_prelude(m), *_HOST_CHECKS]), m),
+                what="check python3 and the GPUs",
+            )
         host.gpu_known = True
         # On a reconnection the first inventory stays: our own trials now make their GPUs look busy.
         if host.gpus is None and out.rstrip().endswith("nni-ts-gpu-ok"):
@@ -282,8 +287,6 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 run = self._runs.get(tid)
                 if run is not None and run.gpus and tid not in host.gpus._owner:
                     host.gpus.assign_exact(tid, run.gpus)
-        await self._ensure_keeper(host)
-        await self._start_agent(host)
         await self._open_reporting(host)
         host.ready = True
         host.error = None
@@ -678,28 +681,37 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         host.keeper_dir = f"{host.work}/keeper/{keeper.digest}"
         await self._upload(host, keeper, host.keeper_dir, "the trial keeper")
 
-    async def _start_agent(self, host: _Host) -> None:
+    async def _start_agent(self, host: _Host) -> str | None:
+        """Check python3 and the GPUs, then start the host agent, in one command.
+
+        Returns what the checks printed, or None when the agent could not start for a reason other
+        than the checks (the shell path is used then).
+        """
         if not self.use_agent:
-            return
+            return None
         q = shlex.quote
         kd = host.keeper_dir
         script = "\n".join(
             [
                 *self._env_prelude(host.machine),
+                *_HOST_CHECKS[:-1],
                 f"PYTHONPATH={q(kd)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH",
                 f"exec python3 -u {q(kd + '/' + AGENT_FILE)}",
             ]
         )
         agent = HostAgent(host.conn)
         try:
-            await agent.start(self._shell(script, host.machine))
+            preamble = await agent.start(self._shell(script, host.machine))
         except (PlatformError, SshConnectError) as exc:
             if not host.conn.connected:
                 raise
+            if agent.exit_code == 3:  # python3 missing or too old: the host cannot run trials
+                raise PlatformError(f"{host.label} cannot run trials: {exc}") from None
             log.warning("The nni-ts agent did not start on %s (%s); trials start through the shell.", host.label, exc)
             host.agent = None
-            return
+            return None
         host.agent = agent
+        return "\n".join(preamble) + "\n"
 
     async def _ensure_code(self, host: _Host) -> None:
         if host.code_ready:

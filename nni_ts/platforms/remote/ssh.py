@@ -450,6 +450,27 @@ class HostConnection:
 
         return await self._wrap_sftp(go, f"read {remote}")
 
+    async def makedirs(self, *paths: str) -> None:
+        """``mkdir -p`` over SFTP (no shell involved)."""
+
+        def go() -> None:
+            with self._sftp_lock:
+                sftp = self._sftp_client()
+                for path in paths:
+                    parts = [p for p in path.split("/") if p]
+                    current = ""
+                    for part in parts:
+                        current += "/" + part
+                        try:
+                            sftp.stat(current)
+                        except FileNotFoundError:
+                            try:
+                                sftp.mkdir(current)
+                            except OSError:
+                                sftp.stat(current)  # made meanwhile by someone else, or a real error
+
+        await self._wrap_sftp(go, f"create {', '.join(paths)}")
+
     async def exists(self, remote: str) -> bool:
         def go() -> bool:
             with self._sftp_lock:
@@ -548,8 +569,13 @@ class HostAgent:
         self.closed = False
         #: The agent's pid on the host.
         self.pid: int | None = None
+        #: Lines the start command printed before the agent's first line.
+        self.preamble: list[str] = []
+        #: The start command's exit code, if it ended.
+        self.exit_code: int | None = None
 
-    async def start(self, command: str, *, timeout: float = 30.0) -> None:
+    async def start(self, command: str, *, timeout: float = 30.0) -> list[str]:
+        """Run ``command`` (which ends by exec'ing the agent); return what it printed before the agent."""
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending[-1] = ready
@@ -561,6 +587,7 @@ class HostAgent:
             await self.close()
             raise PlatformError(f"The nni-ts agent on {self.conn.label} did not start within {timeout:g} s.") from None
         self.pid = int(hello.get("pid") or 0) or None
+        return self.preamble
 
     def _open(self, command: str) -> None:
         transport = self.conn._transport()
@@ -582,7 +609,11 @@ class HostAgent:
                     break
                 try:
                     msg = json.loads(line)
+                    if not isinstance(msg, dict):
+                        raise ValueError
                 except ValueError:
+                    if self.pid is None and -1 in self._pending:
+                        self.preamble.append(line.decode("utf-8", "replace").rstrip("\n"))
                     continue
                 rid = -1 if msg.get("ready") else msg.get("rid")
                 if isinstance(rid, int):
@@ -593,6 +624,9 @@ class HostAgent:
             with contextlib.suppress(Exception):
                 while chan.recv_stderr_ready():
                     err_tail = (err_tail + chan.recv_stderr(65536))[-2000:]
+            with contextlib.suppress(Exception):
+                if chan.status_event.wait(1.0):
+                    self.exit_code = chan.exit_status
             self.closed = True
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._fail_all, err_tail.decode("utf-8", "replace").strip())
