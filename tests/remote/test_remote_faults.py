@@ -262,3 +262,26 @@ async def test_host_without_a_usable_python_is_reported(
     assert "older than 3.8" in str(info.value) and "Python 2.7.18" in str(info.value)
     assert f"127.0.0.1:{sshd_cluster.hosts[0].port}" in str(info.value)
     await svc.clean_up()
+
+
+async def test_key_with_a_passphrase(
+    sshd_cluster: SshdCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host0 = sshd_cluster.hosts[0]
+    key = tmp_path / "locked_key"
+    passphrase = "locked-with-a-phrase"
+    host0.authorize(generate_key(key, passphrase=passphrase))
+    hosts = [{**machine(host0), "sshKeyFile": str(key), "passphrase": passphrase}]
+    with caplog.at_level(logging.DEBUG):
+        svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
+        async with svc:
+            t = await svc.submit_trial_job(form({}))
+            assert (await wait_for_status(svc, t.id, timeout=30)).status is TrialJobStatus.SUCCEEDED
+    assert all(passphrase not in r.getMessage() for r in caplog.records)
+    # Without the passphrase the key cannot be used, and the message says so.
+    hosts = [{**machine(host0), "sshKeyFile": str(key)}]
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp2", hosts=hosts)
+    with pytest.raises(PlatformError) as info:
+        await svc.start()
+    assert str(key) in str(info.value)
+    await svc.clean_up()
