@@ -193,3 +193,5 @@ async def test_nni_style_machine_list_metadata() -> None:
     )
     m = svc.config.machine_list[0]
     assert (m.host, m.port, m.user, m.password, m.max_trial_number_per_gpu) == ("10.0.0.9", 2222, "bob", "pw", 2)
+    shown = json.loads(await svc.get_cluster_metadata("machineList"))
+    assert shown[0]["password"] == "***" and shown[0]["host"] == "10.0.0.9"

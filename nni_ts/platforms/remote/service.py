@@ -178,6 +178,19 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         """Each machine's label, whether it is connected and set up, its last error and its trials."""
         return [{"host": h.label, "ready": h.ready, "error": h.error, "trials": sorted(h.trials)} for h in self._hosts]
 
+    async def get_cluster_metadata(self, key: str) -> str:
+        """As the contract's, with passwords and passphrases of ``machineList`` shown as ``***``."""
+        text = await super().get_cluster_metadata(key)
+        value = json.loads(text)
+        if isinstance(value, list) and key in ("machineList", "machine_list"):
+            for entry in value:
+                if isinstance(entry, dict):
+                    for field_name in ("password", "ssh_passphrase", "sshPassphrase"):
+                        if entry.get(field_name):
+                            entry[field_name] = "***"
+            return json.dumps(value)
+        return text
+
     # ------------------------------------------------------------------ lifecycle
 
     def _state_path(self) -> Path:
