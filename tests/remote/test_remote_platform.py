@@ -195,3 +195,16 @@ async def test_nni_style_machine_list_metadata() -> None:
     assert (m.host, m.port, m.user, m.password, m.max_trial_number_per_gpu) == ("10.0.0.9", 2222, "bob", "pw", 2)
     shown = json.loads(await svc.get_cluster_metadata("machineList"))
     assert shown[0]["password"] == "***" and shown[0]["host"] == "10.0.0.9"
+
+
+async def test_no_keeper_outlives_the_service(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
+    """Keepers whose last answer was lost as the service closed would retry for minutes: they are stopped."""
+    from remote_support import wait_gone
+
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp")
+    async with svc:
+        trials = [await svc.submit_trial_job(form({}, i)) for i in range(6)]
+        done = [await wait_for_status(svc, t.id, timeout=30) for t in trials]
+    assert all(d.status is TrialJobStatus.SUCCEEDED for d in done)
+    for d in done:
+        await wait_gone(d.platform_data["keeper_pid"], timeout=10)

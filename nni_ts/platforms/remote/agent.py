@@ -16,8 +16,9 @@ The first line out is ``{"ready": true, "pid": N}``.
   alive]}}``: whether the keeper recorded the trial's end, whether the keeper lives.
 * ``{"op": "kill", "rid", "pid", "start", "dir"}`` -> ``{"how": "keeper" | "group"}``: SIGTERM to
   a live keeper, else SIGKILL to the trial's process group (its pid, from the keeper's log).
-* ``{"op": "stop", "rid", "pid", "start"}`` -> ``{"stopped"}``: SIGKILL a keeper whose trial's end
-  was read from its journal (it would go on retrying its report).
+* ``{"op": "stop", "rid", "pid", "start"}`` or ``{"op": "stop", "rid", "keepers": [[pid, start]...]}``
+  -> ``{"stopped": N}``: SIGKILL keepers whose trials' ends are delivered (they would go on retrying
+  a report whose answer was lost).
 
 An answer with ``"error"`` reports a failed request. End of input ends the agent.
 """
@@ -139,12 +140,22 @@ def kill(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def stop(req: dict[str, Any]) -> dict[str, Any]:
-    """SIGKILL a keeper whose trial's end is already delivered (it would go on retrying its report)."""
-    pid, start = req.get("pid"), req.get("start")
-    if pid and alive(pid, start):
-        os.kill(int(pid), signal.SIGKILL)
-        return {"stopped": True}
-    return {"stopped": False}
+    """SIGKILL keepers whose trials' ends are already delivered (they would go on retrying a report).
+
+    ``pid`` and ``start`` name one keeper; ``keepers: [[pid, start], ...]`` several.
+    """
+    keepers = list(req.get("keepers") or [])
+    if req.get("pid"):
+        keepers.append([req.get("pid"), req.get("start")])
+    stopped = 0
+    for pid, start in keepers:
+        if pid and alive(pid, start):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                stopped += 1
+            except OSError:
+                pass
+    return {"stopped": stopped}
 
 
 def main() -> int:

@@ -337,6 +337,20 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         await self._shutdown()
 
     async def _shutdown(self) -> None:
+        # A keeper whose exit report was answered just as the tunnel closed would retry it for
+        # minutes: every trial is delivered by now, so its lingering keepers are stopped.
+        stops = []
+        for h in self._hosts:
+            if h.ready and h.agent is not None and not h.agent.closed:
+                keepers = [
+                    [r.keeper_pid, r.keeper_start]
+                    for r in self._runs.values()
+                    if r.host is h and r.keeper_pid is not None and r.detail.exit_code is not None
+                ]
+                if keepers:
+                    stops.append(h.agent.request("stop", keepers=keepers, timeout=10))
+        if stops:
+            await asyncio.gather(*stops, return_exceptions=True)
         for h in self._hosts:
             if h.pending_kills:
                 log.warning(
