@@ -208,3 +208,22 @@ async def test_no_keeper_outlives_the_service(sshd_cluster: SshdCluster, tmp_pat
     assert all(d.status is TrialJobStatus.SUCCEEDED for d in done)
     for d in done:
         await wait_gone(d.platform_data["keeper_pid"], timeout=10)
+
+
+def test_host_agent_is_python_3_8_and_stdlib_only() -> None:
+    import ast
+
+    import nni_ts.platforms.remote.agent as agent
+
+    path = Path(agent.__file__)
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 8))
+    imported = {
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not any(name.startswith("nni_ts") for name in imported)
+    for func in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):  # no 3.9+ generics at runtime
+        for ann in [a.annotation for a in func.args.args] + [func.returns]:
+            assert not (isinstance(ann, ast.Subscript) and getattr(ann.value, "id", "") in ("dict", "list"))

@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP035  (this file runs on the hosts, on Python 3.8: typing.Dict/List on purpose)
 """The host agent: one small process per SSH connection that starts keepers, polls and kills them.
 
 Uploaded next to the ``trial_keeper`` package and run as ``python3 -u nni_ts_agent.py`` over one
@@ -31,7 +32,7 @@ import re
 import signal
 import sys
 import traceback
-from typing import Any
+from typing import Any, Dict, List
 
 _STARTED = re.compile(r" started: pid (\d+)\.")
 
@@ -78,7 +79,7 @@ def _write(path: str, text: str, private: bool) -> None:
         fh.write(text)
 
 
-def launch(req: dict[str, Any]) -> dict[str, Any]:
+def launch(req: Dict[str, Any]) -> Dict[str, Any]:
     trial_dir = req["dir"]
     state = os.path.join(trial_dir, ".nni-ts")
     if not os.path.isdir(state):
@@ -117,15 +118,15 @@ def launch(req: dict[str, Any]) -> dict[str, Any]:
     return {"pid": pid, "start": start_time(pid)}
 
 
-def poll(req: dict[str, Any]) -> dict[str, Any]:
-    status: dict[str, list[bool]] = {}
+def poll(req: Dict[str, Any]) -> Dict[str, Any]:
+    status: Dict[str, List[bool]] = {}
     for tid, pid, start, trial_dir in req.get("trials") or []:
         exited = os.path.exists(os.path.join(trial_dir, ".nni-ts", "exit"))
         status[tid] = [exited, alive(pid, start)]
     return {"status": status}
 
 
-def kill(req: dict[str, Any]) -> dict[str, Any]:
+def kill(req: Dict[str, Any]) -> Dict[str, Any]:
     pid, start = req.get("pid"), req.get("start")
     if pid and alive(pid, start):
         os.kill(int(pid), signal.SIGTERM)
@@ -139,7 +140,7 @@ def kill(req: dict[str, Any]) -> dict[str, Any]:
     return {"how": "group"}
 
 
-def stop(req: dict[str, Any]) -> dict[str, Any]:
+def stop(req: Dict[str, Any]) -> Dict[str, Any]:
     """SIGKILL keepers whose trials' ends are already delivered (they would go on retrying a report).
 
     ``pid`` and ``start`` name one keeper; ``keepers: [[pid, start], ...]`` several.
@@ -162,7 +163,7 @@ def main() -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # keepers are reaped by the kernel
     import trial_keeper.__main__  # noqa: F401 - imported once here, not in every keeper
 
-    handlers: dict[str, Any] = {"launch": launch, "poll": poll, "kill": kill, "stop": stop}
+    handlers: Dict[str, Any] = {"launch": launch, "poll": poll, "kill": kill, "stop": stop}
     out = sys.stdout
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     out.flush()
