@@ -438,10 +438,10 @@ class Experiment:
         )
 
     def _make_assessor(self) -> Assessor | None:
-        builtin = getattr(self._tuner, "builtin_assessor", None)
+        builtin: Assessor | None = getattr(self._tuner, "builtin_assessor", None)
         algo = self.config.assessor
         if algo is None:
-            return builtin  # type: ignore[no-any-return]
+            return builtin
         from ..tuners import create_assessor
 
         return create_assessor(

@@ -187,7 +187,7 @@ with kubernetes.client.ApiClient(cfg) as client:
 
 
 async def test_sync_official_client_in_a_subprocess(cluster: FakeCluster, tmp_path: Path) -> None:
-    # A subprocess: the official client blocks, and tests/kubernetes (a test package) would shadow it here.
+    # A subprocess: the official client blocks, and the in-process server must keep serving.
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SYNC_CLIENT, cluster.url, cwd=tmp_path,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)

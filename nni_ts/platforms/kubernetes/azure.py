@@ -7,7 +7,7 @@ names. Files go up and come back through ``azure-storage-file-share`` (``pip ins
 ``$NNI_TS_AZURE_FILE_ENDPOINT`` replaces ``https://<account>.file.core.windows.net`` (a test endpoint).
 
 Verified: the manifests (volume, Secret), the error messages, and the SDK calls against a faked Azure Files
-endpoint (tests/kubernetes/test_azure.py). Not verified against Azure itself, nor Key Vault through ``az``.
+endpoint (tests/kube_platforms/test_azure.py). Not verified against Azure itself, nor Key Vault through ``az``.
 """
 
 from __future__ import annotations

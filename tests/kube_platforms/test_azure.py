@@ -1,5 +1,5 @@
 """The Azure file-share stager through the real ``azure-storage-file-share`` SDK, against a faked Azure
-Files endpoint (tests/kubernetes/fake_azure.py). Not verified here: Azure itself, Key Vault, and pods
+Files endpoint (tests/kube_platforms/fake_azure.py). Not verified here: Azure itself, Key Vault, and pods
 mounting the share (the fake cluster maps an azureFile volume to a fresh directory)."""
 
 from __future__ import annotations
