@@ -24,6 +24,7 @@ __all__ = ["ENTRY_POINT_GROUP", "available_platforms", "get_platform_class", "re
 ENTRY_POINT_GROUP = "nni_ts.platforms"
 
 _registered: dict[str, type[TrainingService[Any]]] = {}
+_loaded: dict[str, type[TrainingService[Any]]] = {}  # entry points already loaded (a scan costs ~10 ms)
 
 
 def _entry_points() -> dict[str, EntryPoint]:
@@ -44,6 +45,8 @@ def get_platform_class(name: str) -> type[TrainingService[Any]]:
     """The TrainingService class registered under ``name``. Unknown names raise ConfigError."""
     if name in _registered:
         return _registered[name]
+    if name in _loaded:
+        return _loaded[name]
     ep = _entry_points().get(name)
     if ep is None:
         known = ", ".join(available_platforms()) or "none"
@@ -63,4 +66,5 @@ def get_platform_class(name: str) -> type[TrainingService[Any]]:
 
     if not (isinstance(cls, type) and issubclass(cls, TrainingService)):
         raise ConfigError(f"the entry point {name!r} ({ep.value}) is not a TrainingService subclass.")
+    _loaded[name] = cls
     return cls

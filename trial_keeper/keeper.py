@@ -39,6 +39,7 @@ BATCH_BYTES = 2 * 1024 * 1024
 #: Back-off after a failed report: from MIN to MAX seconds, doubling, with jitter.
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
+LATE_SIGNAL_WAIT = 2.0  # seconds a SIGTERM after the trial ended leaves for the last acknowledgement
 #: Seconds to wait for a connection or an answer.
 HTTP_TIMEOUT = 30.0
 
@@ -152,6 +153,7 @@ class Reporter(threading.Thread):
         self.config = config
         self.journal_path = journal_path
         self._cond = threading.Condition()
+        self._deadline_cap = None  # type: float | None
         self._unacked = []  # type: list  # [(seq, data)] in seq order
         self._next_seq = 0  # the server's acknowledgement
         self._exit = None  # type: dict | None
@@ -185,6 +187,13 @@ class Reporter(threading.Thread):
             self._unacked.extend(records)
             self._cond.notify()
 
+    def cut_short(self, seconds):
+        # type: (float) -> None
+        """Give up waiting for the exit's acknowledgement ``seconds`` from now (a late SIGTERM)."""
+        with self._cond:
+            self._deadline_cap = time.monotonic() + seconds
+            self._cond.notify_all()
+
     def set_exit(self, exit_code, end_time_ms, record_count):
         # type: (int, int, int) -> None
         with self._cond:
@@ -197,6 +206,8 @@ class Reporter(threading.Thread):
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._done and self.fatal is None:
+                if self._deadline_cap is not None:
+                    deadline = min(deadline, self._deadline_cap)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -434,6 +445,7 @@ class Keeper(object):
                 close_fds=True,
             )
             log.info("Trial %s attempt %d started: pid %d.", cfg.trial_id, cfg.attempt, self._popen.pid)
+            _write_pid_file(self.state_dir, os.getpid(), self._popen.pid, started_ms)
             if cfg.server_url:
                 self._reporter = Reporter(cfg, started_ms, self._popen.pid, self.journal_path)
                 self._reporter.start()
@@ -568,6 +580,13 @@ class Keeper(object):
         if self._stop_requested:
             return
         self._stop_requested = True
+        if self._popen is not None and self._popen.returncode is not None:
+            # The trial has ended; the keeper is waiting for its exit to be acknowledged. Stop soon:
+            # the journal and the exit file hold everything for whoever reads them back.
+            log.info("Signal %d after the trial ended: giving up reporting within %g s.", signum, LATE_SIGNAL_WAIT)
+            if self._reporter is not None:
+                self._reporter.cut_short(LATE_SIGNAL_WAIT)
+            return
         log.info("Signal %d: stopping the trial (grace period %g s).", signum, self.config.grace)
         if self._popen is not None:
             self._terminate()
@@ -579,6 +598,16 @@ class Keeper(object):
         self._kill_timer = threading.Timer(self.config.grace, _killpg, (self._popen.pid, signal.SIGKILL))
         self._kill_timer.daemon = True
         self._kill_timer.start()
+
+
+def _write_pid_file(state_dir, keeper_pid, trial_pgid, started_ms):
+    # type: (str, int, int, int) -> None
+    """``<state dir>/pid``: the keeper's pid and the trial's process group, for platforms that must find them."""
+    path = os.path.join(state_dir, "pid")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"keeper_pid": keeper_pid, "trial_pgid": trial_pgid, "start_time_ms": started_ms}, fh)
+    os.rename(tmp, path)
 
 
 def _killpg(pgid, signum):

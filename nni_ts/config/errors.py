@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pydantic
 
-__all__ = ["format_loc", "format_validation_error"]
+__all__ = ["format_loc", "format_validation_error", "is_secret_key", "redact"]
 
 
 def format_loc(loc: Sequence[int | str]) -> str:
@@ -18,6 +19,27 @@ def format_loc(loc: Sequence[int | str]) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
+
+
+_SECRET_ENDINGS = ("password", "passwd", "passphrase", "token", "secret", "accountkey", "storagekey",
+                   "accesskey", "apikey", "privatekey")
+
+
+def is_secret_key(name: object) -> bool:
+    """Whether a config key holds a secret (password, passphrase, token, storage key...)."""
+    if not isinstance(name, str):
+        return False
+    key = name.lower().replace("_", "").replace("-", "")
+    return key == "pass" or key.endswith(_SECRET_ENDINGS)
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every secret-named entry of every mapping inside it replaced by ``<hidden>``."""
+    if isinstance(value, dict):
+        return {k: "<hidden>" if is_secret_key(k) else redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
 
 
 def format_validation_error(exc: pydantic.ValidationError) -> str:
@@ -32,7 +54,8 @@ def format_validation_error(exc: pydantic.ValidationError) -> str:
         else:
             msg = err["msg"]
             if "input" in err and err["type"] not in ("missing",):
-                shown = repr(err["input"])
+                secret = any(is_secret_key(p) for p in err["loc"])
+                shown = "<hidden>" if secret else repr(redact(err["input"]))
                 if len(shown) > 80:
                     shown = shown[:77] + "..."
                 msg += f" (got {shown})"

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pydantic
 import pytest
 import yaml
 
@@ -402,3 +403,36 @@ def test_example_configs_load(example: str) -> None:
         cfg = load_experiment_config(path)
         platform = cfg.training_service.platform
         assert platform == ("local" if example in ("quickstart", "nni-compat") else example)
+
+
+def test_validation_errors_never_echo_secrets() -> None:
+    from nni_ts.config.errors import format_validation_error
+
+    class Machine(pydantic.BaseModel):
+        host: str
+        port: int
+        password: int  # a secret-named field of the wrong type: its value must not be shown
+
+    class Conf(pydantic.BaseModel):
+        machines: list[Machine]
+
+    with pytest.raises(pydantic.ValidationError) as info:
+        Conf.model_validate({"machines": [{"host": "h", "port": 22, "password": "hunter2"},
+                                          {"host": "h", "port": 22, "password": 1, "extra": {"token": "tok-s3cret"}},
+                                          "not-a-mapping", {"host": "h", "port": "x", "password": 1}]})
+    text = format_validation_error(info.value)
+    assert "machines[0].password" in text and "<hidden>" in text
+    assert "hunter2" not in text
+    assert "machines[3].port" in text and "'x'" in text  # other values are still shown
+    with pytest.raises(pydantic.ValidationError) as info:
+        Conf.model_validate({"machines": [[{"sshPassphrase": "pp-s3cret"}]]})
+    assert "pp-s3cret" not in format_validation_error(info.value)
+
+
+def test_remote_config_error_does_not_show_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"trialCommand": "python3 t.py", "searchSpace": {},
+                          "trainingService": {"platform": "remote", "machineList": [
+                              {"host": "h", "user": "u", "password": ["hunter2"], "port": "nope"}]}})
+    assert "hunter2" not in str(info.value)
+    assert "port" in str(info.value)

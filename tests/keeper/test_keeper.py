@@ -201,3 +201,38 @@ def test_runs_on_python_3_8_syntax() -> None:
     root = Path(trial_keeper.__file__).parent
     for path in root.rglob("*.py"):
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 8))
+
+
+def test_late_sigterm_cuts_the_final_report_short_and_pid_file(trial_dir: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on: every report fails
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trial_keeper", "--trial-dir", str(trial_dir), "--no-passthrough", "--trial-id", "L",
+         "--server-url", f"http://127.0.0.1:{port}", "--token", "x", "--report-timeout", "600",
+         "--", "echo \"NNISDK_MEb'{\\\"v\\\": 1}'\""],
+        env=env, cwd=str(trial_dir.parent), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(600):  # the trial ends at once; then the keeper keeps trying to report its exit
+            if read_exit(str(trial_dir)) is not None:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the trial's exit was never written")
+        assert proc.poll() is None, "the keeper should still be trying to report"
+        pid = json.loads((trial_dir / ".nni-ts" / "pid").read_text())
+        assert pid["keeper_pid"] == proc.pid and pid["trial_pgid"] > 0 and pid["start_time_ms"] > 0
+        proc.send_signal(signal.SIGTERM)
+        # Without the cut the keeper would wait for --report-timeout (600 s); the bound here is 60 s.
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert read_journal(str(trial_dir / ".nni-ts" / "journal")) == [(0, '{"v": 1}')]
