@@ -106,6 +106,9 @@ class ApiServer:
             return self._error(exc)
         except web.HTTPException:
             raise
+        except ConnectionResetError:  # the client went away mid-stream (a closed watch or log follow)
+            log.debug("The client of %s %s disconnected.", request.method, request.path)
+            raise
         except Exception as exc:  # noqa: BLE001 - a server answers 500, it does not crash
             log.exception("The fake API server failed on %s %s.", request.method, request.path)
             return self._error(ApiError(500, "InternalError", f"Internal error occurred: {exc}"))
