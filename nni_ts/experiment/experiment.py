@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
+import pydantic
 from pyee import EventEmitter
 
 from ..errors import ConfigError, NniTsError, StoreError, UserError
@@ -176,6 +177,7 @@ class Experiment:
         self._live: dict[str, _Live] = {}
         self._pending_retries: deque[_Live] = deque()
         self._wake = asyncio.Event()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._stop_reason: str | None = None
         self._tuner_exhausted = False
         self._next_parameter_id = 0
@@ -267,6 +269,31 @@ class Experiment:
             raise UserError(f"Trial {trial_id} is not running in experiment {self.id}.")
         self._cancel_reasons[trial_id] = "Killed by the user."
         await self._cancel(trial_id, early=False)
+
+    def extend(
+        self, *, max_trial_number: int | None = None, max_experiment_duration: str | int | float | None = None
+    ) -> None:
+        """Raise the budget of this running experiment in place; the loop acts on it at once.
+
+        Values are validated like the config's (a ConfigError names the key). The caller persists the new
+        config if it must survive a restart (``nni-ts extend`` and the service do).
+        """
+        from ..config.errors import format_validation_error
+
+        try:
+            if max_trial_number is not None:
+                self.config.max_trial_number = max_trial_number
+            if max_experiment_duration is not None:
+                self.config.max_experiment_duration = max_experiment_duration
+        except pydantic.ValidationError as exc:
+            raise ConfigError(f"Cannot extend experiment {self.id}: {format_validation_error(exc)}") from None
+        deadline = self.config.max_experiment_seconds
+        if max_experiment_duration is not None and deadline is not None:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+        self._wake.set()
 
     def stop(self, reason: str = "Stopped by the user.") -> None:
         """Ask the loop to stop: no new trials, running ones are cancelled. Safe from signal handlers."""
@@ -515,9 +542,8 @@ class Experiment:
     async def _main_loop(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = self.config.max_experiment_seconds
-        timer = None
         if deadline is not None:
-            timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         try:
             while True:
                 self._wake.clear()
@@ -540,8 +566,9 @@ class Experiment:
                     raise self._errors[0]
                 await self._wake.wait()
         finally:
-            if timer is not None:
-                timer.cancel()
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+                self._deadline_timer = None
         if self._stop_reason is not None:
             self._message = self._stop_reason
             user_stop = not self._stop_reason.startswith("max")

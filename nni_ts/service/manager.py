@@ -287,13 +287,8 @@ class ExperimentManager:
 
         async def go() -> None:
             live = self._live[experiment_id]
-            config = live.exp.config
-            if max_trial_number is not None:
-                config.max_trial_number = max_trial_number
-            if max_duration is not None:
-                config.max_experiment_duration = max_duration
-            self.store.update_experiment(experiment_id, config=config_to_storable(config))
-            live.exp._wake.set()  # the loop re-reads its budget when woken
+            live.exp.extend(max_trial_number=max_trial_number, max_experiment_duration=max_duration)
+            self.store.update_experiment(experiment_id, config=config_to_storable(live.exp.config))
 
         await self._call(go())
 

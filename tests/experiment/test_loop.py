@@ -240,3 +240,23 @@ async def test_missing_search_space_is_a_config_error(code: Path) -> None:
     del cfg["searchSpace"]
     with pytest.raises(ConfigError, match="(?i)search ?space"):
         await Experiment(cfg).run()
+
+
+async def test_extend_raises_the_budget_of_a_running_experiment(code: Path) -> None:
+    import asyncio
+
+    tuner = ListTuner([{"x": 0.1 * i, "sleep": 0.3} for i in range(1, 8)])
+    exp = Experiment(_config(code, maxTrialNumber=2, trialConcurrency=1, maxExperimentDuration="1h"), tuner=tuner)
+    started = asyncio.Event()
+    exp.events.on("metric", lambda *_: started.set())  # the first trial runs
+    task = asyncio.create_task(exp.run())
+    async with asyncio.timeout(60):
+        await started.wait()
+    with pytest.raises(ConfigError, match="maxTrialNumber|max_trial_number"):
+        exp.extend(max_trial_number=-1)
+    exp.extend(max_trial_number=4, max_experiment_duration="2h")
+    async with asyncio.timeout(120):
+        result = await task
+    assert result.status == "DONE"
+    assert len(result.trials) == 4
+    assert exp.config.max_experiment_seconds == 7200
