@@ -61,6 +61,12 @@ def alive(pid: int | None, start: str | None) -> bool:
 
 
 def trial_pid(trial_dir: str) -> int | None:
+    """The trial's process group: from the keeper's pid file, else from its log (older keepers)."""
+    try:
+        with open(os.path.join(trial_dir, ".nni-ts", "pid"), encoding="utf-8") as fh:
+            return int(json.load(fh)["trial_pgid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     found = None
     try:
         with open(os.path.join(trial_dir, ".nni-ts", "keeper.log"), errors="replace") as fh:

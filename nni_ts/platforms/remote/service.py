@@ -75,10 +75,12 @@ _ALIVE_FN = (
     'if [ -n "$2" ] && [ -r "/proc/$1/stat" ]; then [ "$(cut -d" " -f22 "/proc/$1/stat" 2>/dev/null)" = "$2" ]; '
     'else kill -0 "$1" 2>/dev/null; fi; }'
 )
-# tp DIR: the pid (= process group) of the trial its keeper started, from the keeper's log.
+# tp DIR: the pid (= process group) of the trial its keeper started: from the keeper's pid file,
+# else from its log.
 _TRIAL_PID_FN = (
-    "tp() { sed -n 's/.* started: pid \\([0-9][0-9]*\\)\\..*/\\1/p' \"$1/.nni-ts/keeper.log\" 2>/dev/null"
-    " | tail -n 1; }"
+    "tp() { p=$(sed -n 's/.*\"trial_pgid\": *\\([0-9][0-9]*\\).*/\\1/p' \"$1/.nni-ts/pid\" 2>/dev/null); "
+    "[ -n \"$p\" ] || p=$(sed -n 's/.* started: pid \\([0-9][0-9]*\\)\\..*/\\1/p' \"$1/.nni-ts/keeper.log\" "
+    "2>/dev/null | tail -n 1); echo \"$p\"; }"
 )
 
 
