@@ -486,6 +486,7 @@ class ExperimentService:
             raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row[11]!r}; delete it there.")
         await self.manager.stop(experiment_id, f"Deleted by {actor or user.name}.")
         self.manager.forget(experiment_id)
+        await self.manager.purge(experiment_id)
         exp_dir = self.workspace_dir(row[1], row[2]) / "experiments" / experiment_id
         await asyncio.to_thread(shutil.rmtree, exp_dir, True)
         async with self.db.transaction() as tx:

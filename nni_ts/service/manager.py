@@ -311,6 +311,16 @@ class ExperimentManager:
         if live is not None and live.done:
             self._live.pop(experiment_id, None)
 
+    async def purge(self, experiment_id: str) -> None:
+        """Remove a stopped experiment's rows from the experiment store (on the engine thread, its owner)."""
+
+        async def go() -> None:
+            if experiment_id in self._live and not self._live[experiment_id].done:
+                raise UserError(f"Experiment {experiment_id} is still running; stop it first.")
+            self.store.delete_experiment(experiment_id)
+
+        await self._call(go())
+
     # ------------------------------------------------------------------ events
 
     def subscribe(self, experiment_id: str) -> asyncio.Queue[dict[str, Any] | None] | None:

@@ -296,6 +296,28 @@ class Store:
         rows = self._db.execute(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments ORDER BY created_ms").fetchall()
         return [_experiment_from_row(r) for r in rows]
 
+    def delete_experiment(self, experiment_id: str) -> bool:
+        """Remove an experiment with its trials and metrics, in one transaction; False if it was not there.
+
+        The caller makes sure nothing runs any more (the service stops an experiment before deleting it).
+        """
+        if self.readonly:
+            raise StoreError("This store was opened read-only.")
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("DELETE FROM metrics WHERE experiment_id=?", (experiment_id,))
+                    self._db.execute("DELETE FROM trials WHERE experiment_id=?", (experiment_id,))
+                    cur = self._db.execute("DELETE FROM experiments WHERE id=?", (experiment_id,))
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"Deleting experiment {experiment_id} from {self.path} failed: {exc}.") from exc
+        return cur.rowcount > 0
+
     def update_experiment(self, experiment_id: str, **fields: Any) -> None:
         allowed = {"status", "config", "ended_ms", "manager_pid", "manager_started", "message", "name", "active_ms"}
         unknown = set(fields) - allowed

@@ -129,3 +129,17 @@ def test_acknowledged_metrics_survive_sigkill(tmp_path: Path) -> None:
         seqs = [m.seq for m in s.metrics("e1", "t1")]
         assert seqs[: acked + 1] == list(range(acked + 1))
         assert s.get_trial("e1", "t1").metric_count == len(seqs)
+
+
+def test_delete_experiment_removes_its_trials_and_metrics_only(store: Store, tmp_path: Path) -> None:
+    store.create_experiment("e2", name="other", platform="local", config={}, working_dir=tmp_path)
+    for exp in ("e1", "e2"):
+        store.insert_trial(_trial(exp, "t1"))
+        store.add_metric(exp, "t1", 0, type="FINAL", value=1.0, data="x")
+    assert store.delete_experiment("e1") is True
+    assert store.delete_experiment("e1") is False
+    with pytest.raises(StoreError, match="no experiment"):
+        store.get_experiment("e1")
+    assert store.list_trials("e1") == [] and store.metrics("e1", "t1") == []
+    assert [t.id for t in store.list_trials("e2")] == ["t1"] and len(store.metrics("e2", "t1")) == 1
+    store.create_experiment("e1", name="again", platform="local", config={}, working_dir=tmp_path)  # the id is free
