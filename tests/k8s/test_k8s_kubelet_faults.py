@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import kubernetes_asyncio as k8s
+import psutil
 import pytest
 
 from nni_ts.testing.k8s import FakeCluster, Node
@@ -245,3 +246,29 @@ async def test_bind_mount_volume_mode(tmp_path: Path) -> None:
     assert (export / "exp" / "out").read_text() == f"{mount_path}/exp"
     with contextlib.suppress(OSError):
         os.rmdir(mount_path)
+
+
+async def test_stopping_a_container_kills_every_process_it_started(cluster: FakeCluster, tmp_path: Path) -> None:
+    # Like a container runtime: a process that left the container's process group (its own session,
+    # as the trial keeper starts trials) still dies with the pod, and so does an orphan of an ended container.
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    escape = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(120)'], start_new_session=True); open({str(pids)!r} + '/' + sys.argv[1], 'w')"
+              f".write(str(p.pid)); time.sleep(float(sys.argv[2]))")
+    cluster.create(pod("stopped", [sys.executable, "-c", escape, "stopped", "120"]))
+    cluster.create(pod("ended", [sys.executable, "-c", escape, "ended", "0"]))
+    await cluster.wait_for(lambda c: (pids / "stopped").exists() and (pids / "ended").exists(), timeout=30)
+    await cluster.wait_for_object("pods", "ended", lambda p: phase(p) == "Succeeded")
+    cluster.delete("pods", "stopped")
+    await cluster.wait_deleted("pods", "stopped")
+    for name in ("stopped", "ended"):
+        try:
+            child = psutil.Process(int((pids / name).read_text()))
+        except psutil.NoSuchProcess:
+            continue  # already gone
+        try:
+            child.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            child.kill()
+            pytest.fail(f"a process started by the {name!r} pod outlived its container")

@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,7 +398,7 @@ class PodRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
         # The container ends when its main process does; take its process group down with it.
-        _killpg(c.proc.pid, signal.SIGKILL)
+        c.proc.signal_all(signal.SIGKILL)
         if code < 0:
             code = 128 - code
         if c.oom:
@@ -416,13 +417,13 @@ class PodRunner:
                 return
             if rss > limit:
                 c.oom = True
-                _killpg(pid, signal.SIGKILL)
+                c.proc.signal_all(signal.SIGKILL)
                 return
 
     async def _kill_all(self, sig: int) -> None:
         for c in [*self.init_containers, *self.containers.values()]:
             if c.proc is not None and c.proc.returncode is None:
-                _killpg(c.proc.pid, sig)
+                c.proc.signal_all(sig)
 
     async def stop(self, grace: float, result: tuple[str, str, str] | None = None) -> None:
         """Stop the pod's processes: SIGTERM, then SIGKILL after ``grace`` seconds."""
@@ -443,7 +444,7 @@ class PodRunner:
                     await asyncio.shield(self.task)
         for c in [*self.init_containers, *self.containers.values()]:
             if c.proc is not None and c.proc.returncode is None:
-                _killpg(c.proc.pid, signal.SIGKILL)
+                c.proc.signal_all(signal.SIGKILL)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2):
                         await c.proc.wait()
@@ -565,6 +566,10 @@ class _Process:
     the platform has them, else through a thread."""
 
     def __init__(self, argv: list[str], out: Any, cwd: Path, env: dict[str, str]) -> None:
+        # Every process of the container inherits this marker, so that, like a container runtime, the
+        # kubelet can kill them all, including those that started their own session or were orphaned.
+        self.marker = uuid.uuid4().hex
+        env = {**env, CONTAINER_MARKER: self.marker}
         self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd),
                                        env=env, start_new_session=True)
         self.pid = self._popen.pid
@@ -592,6 +597,15 @@ class _Process:
                 task = asyncio.ensure_future(asyncio.to_thread(self._popen.wait))
                 task.add_done_callback(lambda _t: self._finish())
         return await asyncio.shield(self._done)
+
+    def signal_all(self, sig: int) -> None:
+        """``sig`` to the container's process group; SIGKILL also reaches every other process it started."""
+        _killpg(self.pid, sig)
+        if sig == signal.SIGKILL:
+            for proc in psutil.process_iter():
+                with contextlib.suppress(psutil.Error):
+                    if proc.pid != os.getpid() and proc.environ().get(CONTAINER_MARKER) == self.marker:
+                        proc.kill()
 
     def _finish(self) -> None:
         code = self._popen.wait()
@@ -641,6 +655,9 @@ def _rewrite(text: str, mounts: list[tuple[str, Path]]) -> str:
         replacement = str(local).replace("\\", "\\\\")
         text = re.sub(pattern, replacement, text)
     return text
+
+
+CONTAINER_MARKER = "NNI_TS_FAKE_CONTAINER"
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -892,7 +909,7 @@ class Kubelet:
                 c.oom = True
             for c in runner.containers.values():
                 if c.proc is not None:
-                    _killpg(c.proc.pid, signal.SIGKILL)
+                    c.proc.signal_all(signal.SIGKILL)
             return None
         return self._spawn_stop(runner, 0, result=(phase, reason, message))
 
