@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 TRIVIAL_TRIAL = "import nni\np = nni.get_next_parameter()\nnni.report_final_result(p.get('x', 0))\n"
 
@@ -47,3 +49,54 @@ def bare_xargs(code: Path, trials: int, concurrency: int, script: str = "trial.p
         stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
+
+
+async def service_turnover(svc: Any, trials: int, concurrency: int, *, warmup: bool = False) -> float:
+    """Seconds for ``svc`` (a TrainingService, not started) to run ``trials`` trivial trials, keeping
+    ``concurrency`` of them in flight: each end submits the next. Checks one metric per trial and that
+    every trial succeeded. ``warmup`` runs one trial first, untimed (code upload, first connections).
+    """
+    from nni_ts.models import TrialJobDetail, TrialJobStatus
+    from nni_ts.testing.conformance import form
+
+    done = asyncio.Event()
+    finished = submitted = metrics = 0
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_metric(_m: object) -> None:
+        nonlocal metrics
+        metrics += 1
+
+    async def submit_next() -> None:
+        nonlocal submitted
+        if submitted < trials:
+            submitted += 1
+            await svc.submit_trial_job(form({"x": submitted}, submitted))
+
+    def on_status(d: TrialJobDetail) -> None:
+        nonlocal finished
+        if d.status.is_terminal:
+            finished += 1
+            if finished == trials:
+                done.set()
+            else:
+                t = asyncio.get_running_loop().create_task(submit_next())
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+
+    async with svc:
+        if warmup:
+            warm = await svc.submit_trial_job(form({"x": 0}, 0))
+            while not (await svc.get_trial_job(warm.id)).status.is_terminal:
+                await asyncio.sleep(0.05)
+        svc.add_trial_job_metric_listener(on_metric)
+        svc.events.on("trial_status", on_status)
+        start = time.perf_counter()
+        for _ in range(concurrency):
+            await submit_next()
+        await asyncio.wait_for(done.wait(), 600)
+        elapsed = time.perf_counter() - start
+    assert metrics == trials, f"{metrics} metrics for {trials} trials"
+    failed = [t for t in await svc.list_trial_jobs() if t.status is not TrialJobStatus.SUCCEEDED]
+    assert not failed, failed[0].message
+    return elapsed

@@ -13,60 +13,18 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TRIVIAL_TRIAL, bare_xargs  # noqa: E402
+from _common import TRIVIAL_TRIAL, bare_xargs, service_turnover  # noqa: E402
 
-from nni_ts.models import TrialJobDetail  # noqa: E402
 from nni_ts.platforms.local import LocalTrainingService  # noqa: E402
-from nni_ts.testing.conformance import form  # noqa: E402
 
 
 async def ours(code: Path, trials: int, concurrency: int) -> float:
     svc = LocalTrainingService({"trialCommand": "python3 trial.py", "trialCodeDirectory": str(code)},
                                experiment_dir=code / "exp")
-    done = asyncio.Event()
-    finished = 0
-    submitted = 0
-    metrics = 0
-
-    def on_metric(_m: object) -> None:
-        nonlocal metrics
-        metrics += 1
-
-    async def submit_next() -> None:
-        nonlocal submitted
-        if submitted < trials:
-            submitted += 1
-            await svc.submit_trial_job(form({"x": submitted}, submitted))
-
-    pending: set[asyncio.Task[None]] = set()
-
-    def on_status(d: TrialJobDetail) -> None:
-        nonlocal finished
-        if d.status.is_terminal:
-            finished += 1
-            if finished == trials:
-                done.set()
-            else:
-                t = asyncio.get_running_loop().create_task(submit_next())
-                pending.add(t)
-                t.add_done_callback(pending.discard)
-
-    async with svc:
-        svc.add_trial_job_metric_listener(on_metric)
-        svc.events.on("trial_status", on_status)
-        start = time.perf_counter()
-        for _ in range(concurrency):
-            await submit_next()
-        await done.wait()
-        elapsed = time.perf_counter() - start
-    assert metrics == trials, f"{metrics} metrics for {trials} trials"
-    failed = [t for t in await svc.list_trial_jobs() if t.status.value != "SUCCEEDED"]
-    assert not failed, failed[0].message
-    return elapsed
+    return await service_turnover(svc, trials, concurrency)
 
 
 def main() -> None:

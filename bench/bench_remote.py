@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import TRIVIAL_TRIAL, percentile  # noqa: E402
+from _common import TRIVIAL_TRIAL, percentile, service_turnover  # noqa: E402
 
 from nni_ts.models import TrialJobDetail, TrialJobStatus  # noqa: E402
 from nni_ts.platforms.local import LocalTrainingService  # noqa: E402
@@ -41,48 +41,8 @@ Factory = Callable[[Path], Any]
 
 
 async def turnover(make: Factory, exp_dir: Path, trials: int, concurrency: int) -> float:
-    svc = make(exp_dir)
-    done = asyncio.Event()
-    finished = submitted = metrics = 0
-    pending: set[asyncio.Task[Any]] = set()
-
-    def on_metric(_m: object) -> None:
-        nonlocal metrics
-        metrics += 1
-
-    async def submit_next() -> None:
-        nonlocal submitted
-        if submitted < trials:
-            submitted += 1
-            await svc.submit_trial_job(form({"x": submitted}, submitted))
-
-    def on_status(d: TrialJobDetail) -> None:
-        nonlocal finished
-        if d.status.is_terminal:
-            finished += 1
-            if finished == trials:
-                done.set()
-            else:
-                t = asyncio.get_running_loop().create_task(submit_next())
-                pending.add(t)
-                t.add_done_callback(pending.discard)
-
-    async with svc:
-        # Warm-up: code upload and first connections are not part of the turnover.
-        warm = await svc.submit_trial_job(form({"x": 0}, 0))
-        while not (await svc.get_trial_job(warm.id)).status.is_terminal:
-            await asyncio.sleep(0.05)
-        svc.add_trial_job_metric_listener(on_metric)
-        svc.events.on("trial_status", on_status)
-        start = time.perf_counter()
-        for _ in range(concurrency):
-            await submit_next()
-        await asyncio.wait_for(done.wait(), 600)
-        elapsed = time.perf_counter() - start
-    assert metrics == trials, f"{metrics} metrics for {trials} trials"
-    failed = [t for t in await svc.list_trial_jobs() if t.status is not TrialJobStatus.SUCCEEDED]
-    assert not failed, failed[0].message
-    return elapsed
+    # Warm-up: code upload and first connections are not part of the turnover.
+    return await service_turnover(make(exp_dir), trials, concurrency, warmup=True)
 
 
 async def latency(make: Factory, exp_dir: Path, warmup: int, count: int) -> list[float]:
