@@ -12,6 +12,7 @@ one copy. The experiment loop writes a record here *before* anyone sees it (tune
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -235,6 +236,24 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextlib.contextmanager
+    def _transaction(self, failure: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error). ``failure`` starts
+        the error message: "<failure> <path> failed: <reason>."."""
+        if self.readonly:
+            raise StoreError("This store was opened read-only.")
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{failure} {self.path} failed: {exc}.") from exc
+
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         if self.readonly:
             raise StoreError("This store was opened read-only.")
@@ -301,21 +320,10 @@ class Store:
 
         The caller makes sure nothing runs any more (the service stops an experiment before deleting it).
         """
-        if self.readonly:
-            raise StoreError("This store was opened read-only.")
-        try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.execute("DELETE FROM metrics WHERE experiment_id=?", (experiment_id,))
-                    self._db.execute("DELETE FROM trials WHERE experiment_id=?", (experiment_id,))
-                    cur = self._db.execute("DELETE FROM experiments WHERE id=?", (experiment_id,))
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"Deleting experiment {experiment_id} from {self.path} failed: {exc}.") from exc
+        with self._transaction(f"Deleting experiment {experiment_id} from") as db:
+            db.execute("DELETE FROM metrics WHERE experiment_id=?", (experiment_id,))
+            db.execute("DELETE FROM trials WHERE experiment_id=?", (experiment_id,))
+            cur = db.execute("DELETE FROM experiments WHERE id=?", (experiment_id,))
         return cur.rowcount > 0
 
     def update_experiment(self, experiment_id: str, **fields: Any) -> None:
@@ -403,35 +411,24 @@ class Store:
         data: str,
     ) -> bool:
         """Store one record durably. Returns False if this (trial, seq) was already stored."""
-        if self.readonly:
-            raise StoreError("This store was opened read-only.")
-        try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    cur = self._db.execute(
-                        "INSERT OR IGNORE INTO metrics VALUES (?,?,?,?,?,?,?)",
-                        (experiment_id, trial_id, seq, type, value, data, now_ms()),
+        with self._transaction("Writing a metric to") as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO metrics VALUES (?,?,?,?,?,?,?)",
+                (experiment_id, trial_id, seq, type, value, data, now_ms()),
+            )
+            inserted = cur.rowcount == 1
+            if inserted:
+                if type == "FINAL":
+                    db.execute(
+                        "UPDATE trials SET metric_count=metric_count+1, final_value=?, final_data=? "
+                        "WHERE experiment_id=? AND id=?",
+                        (value, data, experiment_id, trial_id),
                     )
-                    inserted = cur.rowcount == 1
-                    if inserted:
-                        if type == "FINAL":
-                            self._db.execute(
-                                "UPDATE trials SET metric_count=metric_count+1, final_value=?, final_data=? "
-                                "WHERE experiment_id=? AND id=?",
-                                (value, data, experiment_id, trial_id),
-                            )
-                        else:
-                            self._db.execute(
-                                "UPDATE trials SET metric_count=metric_count+1 WHERE experiment_id=? AND id=?",
-                                (experiment_id, trial_id),
-                            )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"Writing a metric to {self.path} failed: {exc}.") from exc
+                else:
+                    db.execute(
+                        "UPDATE trials SET metric_count=metric_count+1 WHERE experiment_id=? AND id=?",
+                        (experiment_id, trial_id),
+                    )
         return inserted
 
     def metrics(self, experiment_id: str, trial_id: str) -> list[MetricRecord]:
