@@ -602,10 +602,9 @@ class _Process:
         """``sig`` to the container's process group; SIGKILL also reaches every other process it started."""
         _killpg(self.pid, sig)
         if sig == signal.SIGKILL:
-            for proc in psutil.process_iter():
-                with contextlib.suppress(psutil.Error):
-                    if proc.pid != os.getpid() and proc.environ().get(CONTAINER_MARKER) == self.marker:
-                        proc.kill()
+            for pid in _pids_marked(self.marker):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _finish(self) -> None:
         code = self._popen.wait()
@@ -658,6 +657,36 @@ def _rewrite(text: str, mounts: list[tuple[str, Path]]) -> str:
 
 
 CONTAINER_MARKER = "NNI_TS_FAKE_CONTAINER"
+
+
+def _pids_marked(marker: str) -> list[int]:
+    """The processes whose environment holds ``CONTAINER_MARKER=marker`` (read from /proc: psutil's
+    per-process objects made this scan cost half the fake's throughput)."""
+    needle = f"\0{CONTAINER_MARKER}={marker}\0".encode()
+    me = os.getpid()
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no procfs: the slower portable way
+        return [p.pid for p in psutil.process_iter() if _environ_marker(p) == marker and p.pid != me]
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as fh:
+                if needle in b"\0" + fh.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _environ_marker(proc: psutil.Process) -> str | None:
+    try:
+        value: str | None = proc.environ().get(CONTAINER_MARKER)
+    except psutil.Error:
+        return None
+    return value
 
 
 def _killpg(pid: int, sig: int) -> None:
