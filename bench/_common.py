@@ -24,8 +24,10 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def summary(values: list[float]) -> str:
-    return (f"p50={percentile(values, 50):.2f} p99={percentile(values, 99):.2f} "
-            f"mean={statistics.fmean(values):.2f} max={max(values):.2f}")
+    return (
+        f"p50={percentile(values, 50):.2f} p99={percentile(values, 99):.2f} "
+        f"mean={statistics.fmean(values):.2f} max={max(values):.2f}"
+    )
 
 
 def bare_xargs(code: Path, trials: int, concurrency: int, script: str = "trial.py") -> float:
@@ -39,13 +41,24 @@ def bare_xargs(code: Path, trials: int, concurrency: int, script: str = "trial.p
     sys_dir = code / "bare-sys"
     (sys_dir / ".nni").mkdir(parents=True, exist_ok=True)
     (sys_dir / "parameter.cfg").write_text(json.dumps({"parameter_id": 0, "parameters": {"x": 1}}))
-    env = dict(os.environ, NNI_PLATFORM="local", NNI_SYS_DIR=str(sys_dir), NNI_OUTPUT_DIR=str(sys_dir),
-               NNI_TRIAL_JOB_ID="bare", NNI_EXP_ID="bare", NNI_TRIAL_SEQ_ID="0",
-               PYTHONPATH=trial_keeper.LIGHT_NNI_PATH)
+    env = dict(
+        os.environ,
+        NNI_PLATFORM="local",
+        NNI_SYS_DIR=str(sys_dir),
+        NNI_OUTPUT_DIR=str(sys_dir),
+        NNI_TRIAL_JOB_ID="bare",
+        NNI_EXP_ID="bare",
+        NNI_TRIAL_SEQ_ID="0",
+        PYTHONPATH=trial_keeper.LIGHT_NNI_PATH,
+    )
     start = time.perf_counter()
     subprocess.run(
         ["xargs", f"-P{concurrency}", "-I{}", "python3", script],
-        input="\n".join(str(i) for i in range(trials)) + "\n", text=True, cwd=code, env=env, check=True,
+        input="\n".join(str(i) for i in range(trials)) + "\n",
+        text=True,
+        cwd=code,
+        env=env,
+        check=True,
         stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - start

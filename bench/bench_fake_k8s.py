@@ -36,10 +36,31 @@ def free_port() -> int:
 
 
 def tfjob(i: int) -> dict[str, object]:
-    return {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": f"bench-{i:05d}"},
-            "spec": {"tfReplicaSpecs": {"Worker": {"replicas": 1, "restartPolicy": "Never", "template": {"spec": {
-                "containers": [{"name": "tensorflow", "image": "busybox", "command": ["true"],
-                                "resources": {"requests": {"cpu": "1"}}}]}}}}}}
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "TFJob",
+        "metadata": {"name": f"bench-{i:05d}"},
+        "spec": {
+            "tfReplicaSpecs": {
+                "Worker": {
+                    "replicas": 1,
+                    "restartPolicy": "Never",
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "tensorflow",
+                                    "image": "busybox",
+                                    "command": ["true"],
+                                    "resources": {"requests": {"cpu": "1"}},
+                                }
+                            ]
+                        }
+                    },
+                }
+            }
+        },
+    }
 
 
 async def baseline(jobs: int, slots: int) -> float:
@@ -59,9 +80,19 @@ async def baseline(jobs: int, slots: int) -> float:
 async def ours(jobs: int, slots: int, create_concurrency: int, state: Path) -> tuple[float, float, float, int]:
     port = free_port()
     server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nni_ts.testing.k8s", "serve", "--port", str(port), "--state-dir", str(state),
-        "--node", f"bench:cpu={slots},memory=1Ti,pods={jobs + 10}", stdout=asyncio.subprocess.PIPE,
-        start_new_session=True)
+        sys.executable,
+        "-m",
+        "nni_ts.testing.k8s",
+        "serve",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(state),
+        "--node",
+        f"bench:cpu={slots},memory=1Ti,pods={jobs + 10}",
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
     assert server.stdout is not None
     peak = 0.0
     try:
@@ -87,11 +118,19 @@ async def ours(jobs: int, slots: int, create_concurrency: int, state: Path) -> t
 
             async def follow() -> None:
                 watch = k8s.watch.Watch()
-                async for event in watch.stream(custom.list_namespaced_custom_object, "kubeflow.org", "v1",
-                                                "default", "tfjobs", timeout_seconds=3600):
+                async for event in watch.stream(
+                    custom.list_namespaced_custom_object,
+                    "kubeflow.org",
+                    "v1",
+                    "default",
+                    "tfjobs",
+                    timeout_seconds=3600,
+                ):
                     obj = event["object"]
-                    if any(c.get("type") == "Succeeded" and c.get("status") == "True"
-                           for c in (obj.get("status") or {}).get("conditions") or []):
+                    if any(
+                        c.get("type") == "Succeeded" and c.get("status") == "True"
+                        for c in (obj.get("status") or {}).get("conditions") or []
+                    ):
                         succeeded.add(obj["metadata"]["name"])
                         if len(succeeded) == jobs:
                             all_done.set()
@@ -103,8 +142,7 @@ async def ours(jobs: int, slots: int, create_concurrency: int, state: Path) -> t
 
             async def create(i: int) -> None:
                 async with sem:
-                    await custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs",
-                                                                 tfjob(i))
+                    await custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs", tfjob(i))
 
             start = time.perf_counter()
             await asyncio.gather(*(create(i) for i in range(jobs)))
@@ -118,8 +156,7 @@ async def ours(jobs: int, slots: int, create_concurrency: int, state: Path) -> t
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}/fake/request-counts") as resp:
                 counts = await resp.json()
-        print("requests seen by the server: " + ", ".join(f"{c['verb']} {c['resource']}: {c['count']}"
-                                                          for c in counts))
+        print("requests seen by the server: " + ", ".join(f"{c['verb']} {c['resource']}: {c['count']}" for c in counts))
         final_rss = proc.memory_info().rss / 2**20
         return elapsed, max(peak, final_rss), idle_rss, len(succeeded)
     finally:
@@ -144,12 +181,18 @@ async def main() -> None:
         elapsed, peak, idle, done = await ours(args.jobs, args.slots, args.create_concurrency, Path(tmp) / "state")
     bare = await baseline(args.jobs, args.slots)
     ours_rate, bare_rate = args.jobs / elapsed, args.jobs / bare
-    print(f"fake cluster: {done}/{args.jobs} TFJobs created, watched and Succeeded in {elapsed:.1f} s "
-          f"({ours_rate:.1f} jobs/s, {args.slots} pods at a time); server RSS idle {idle:.0f} MiB, peak {peak:.0f} MiB")
-    print(f"baseline: {args.jobs} bare `true` processes, {args.slots} at a time, in {bare:.2f} s "
-          f"({bare_rate:.1f} processes/s)")
-    print(f"RESULT fake_k8s_jobs_per_s={ours_rate:.1f} bare_processes_per_s={bare_rate:.1f} "
-          f"ratio={ours_rate / bare_rate:.3f} server_peak_rss_mib={peak:.0f}")
+    print(
+        f"fake cluster: {done}/{args.jobs} TFJobs created, watched and Succeeded in {elapsed:.1f} s "
+        f"({ours_rate:.1f} jobs/s, {args.slots} pods at a time); server RSS idle {idle:.0f} MiB, peak {peak:.0f} MiB"
+    )
+    print(
+        f"baseline: {args.jobs} bare `true` processes, {args.slots} at a time, in {bare:.2f} s "
+        f"({bare_rate:.1f} processes/s)"
+    )
+    print(
+        f"RESULT fake_k8s_jobs_per_s={ours_rate:.1f} bare_processes_per_s={bare_rate:.1f} "
+        f"ratio={ours_rate / bare_rate:.3f} server_peak_rss_mib={peak:.0f}"
+    )
 
 
 if __name__ == "__main__":

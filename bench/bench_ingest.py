@@ -156,16 +156,22 @@ def main() -> None:
         lat, lost, dup, share = asyncio.run(with_keepers(root, args.keepers, args.rate, args.seconds))
         base, base_share = asyncio.run(bare_pipes(root, args.keepers, args.rate, args.seconds))
     total = int(args.rate * args.seconds) * args.keepers
-    print(f"keepers={args.keepers} rate={args.rate:g}/s seconds={args.seconds:g} records={total} "
-          f"({total / args.seconds:.0f}/s)")
+    print(
+        f"keepers={args.keepers} rate={args.rate:g}/s seconds={args.seconds:g} records={total} "
+        f"({total / args.seconds:.0f}/s)"
+    )
     print(f"lost={lost} duplicated={dup}")
     print(f"server CPU share {share * 100:.1f}% of one core ({share * 100 / os.cpu_count():.1f}% of {os.cpu_count()})")
-    print(f"baseline (bare pipes, no keeper/HTTP): p50 {percentile(base, 50):.2f} ms "
-          f"p99 {percentile(base, 99):.2f} ms, reader CPU {base_share * 100:.1f}% of one core")
-    print(f"ingest {total} records from {args.keepers} keepers: lost {lost}, dup {dup}, latency p50 "
-          f"{percentile(lat, 50):.2f} ms p99 {percentile(lat, 99):.2f} ms (target p99 <= 50), server CPU "
-          f"{share * 100:.1f}% of a core; baseline bare pipes p50 {percentile(base, 50):.2f} ms p99 "
-          f"{percentile(base, 99):.2f} ms; p99 ratio {percentile(lat, 99) / max(percentile(base, 99), 1e-9):.1f}x")
+    print(
+        f"baseline (bare pipes, no keeper/HTTP): p50 {percentile(base, 50):.2f} ms "
+        f"p99 {percentile(base, 99):.2f} ms, reader CPU {base_share * 100:.1f}% of one core"
+    )
+    print(
+        f"ingest {total} records from {args.keepers} keepers: lost {lost}, dup {dup}, latency p50 "
+        f"{percentile(lat, 50):.2f} ms p99 {percentile(lat, 99):.2f} ms (target p99 <= 50), server CPU "
+        f"{share * 100:.1f}% of a core; baseline bare pipes p50 {percentile(base, 50):.2f} ms p99 "
+        f"{percentile(base, 99):.2f} ms; p99 ratio {percentile(lat, 99) / max(percentile(base, 99), 1e-9):.1f}x"
+    )
 
 
 if __name__ == "__main__":

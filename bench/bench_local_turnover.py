@@ -22,8 +22,9 @@ from nni_ts.platforms.local import LocalTrainingService  # noqa: E402
 
 
 async def ours(code: Path, trials: int, concurrency: int) -> float:
-    svc = LocalTrainingService({"trialCommand": "python3 trial.py", "trialCodeDirectory": str(code)},
-                               experiment_dir=code / "exp")
+    svc = LocalTrainingService(
+        {"trialCommand": "python3 trial.py", "trialCodeDirectory": str(code)}, experiment_dir=code / "exp"
+    )
     return await service_turnover(svc, trials, concurrency)
 
 
@@ -39,9 +40,11 @@ def main() -> None:
         t_bare = bare_xargs(code, args.trials, args.concurrency)
         t_ours = asyncio.run(ours(code, args.trials, args.concurrency))
     bare_tp, ours_tp = args.trials / t_bare, args.trials / t_ours
-    print(f"local turnover: {args.trials} trials at concurrency {args.concurrency}: "
-          f"nni-ts {ours_tp:.1f} trials/s ({t_ours:.2f} s), bare xargs -P{args.concurrency} {bare_tp:.1f} trials/s "
-          f"({t_bare:.2f} s), ratio {ours_tp / bare_tp:.3f} (target >= 0.9)")
+    print(
+        f"local turnover: {args.trials} trials at concurrency {args.concurrency}: "
+        f"nni-ts {ours_tp:.1f} trials/s ({t_ours:.2f} s), bare xargs -P{args.concurrency} {bare_tp:.1f} trials/s "
+        f"({t_bare:.2f} s), ratio {ours_tp / bare_tp:.3f} (target >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

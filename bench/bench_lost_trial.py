@@ -138,13 +138,17 @@ def main() -> None:
         to_unknown, to_final = asyncio.run(keeper_run())
         (root / "s").unlink(missing_ok=True)
         _, base = asyncio.run(local_run())
-    print(f"settings: heartbeat {args.heartbeat:g} s, heartbeat time-out {args.heartbeat_timeout:g} s, "
-          f"unknown time-out {args.unknown_timeout:g} s, {args.trials} trials")
+    print(
+        f"settings: heartbeat {args.heartbeat:g} s, heartbeat time-out {args.heartbeat_timeout:g} s, "
+        f"unknown time-out {args.unknown_timeout:g} s, {args.trials} trials"
+    )
     print(f"SIGKILL -> UNKNOWN: p50 {percentile(to_unknown, 50):.2f} s max {max(to_unknown):.2f} s")
     print(f"SIGKILL -> FAILED (infrastructure): p50 {percentile(to_final, 50):.2f} s max {max(to_final):.2f} s")
-    print(f"lost trial: SIGKILL->UNKNOWN p50 {percentile(to_unknown, 50):.2f} s (bound {args.heartbeat_timeout:g}+1), "
-          f"->FAILED p50 {percentile(to_final, 50):.2f} s (bound {args.heartbeat_timeout + args.unknown_timeout:g}+1); "
-          f"baseline local platform (sees the child die) SIGKILL->FAILED p50 {percentile(base, 50) * 1000:.1f} ms")
+    print(
+        f"lost trial: SIGKILL->UNKNOWN p50 {percentile(to_unknown, 50):.2f} s (bound {args.heartbeat_timeout:g}+1), "
+        f"->FAILED p50 {percentile(to_final, 50):.2f} s (bound {args.heartbeat_timeout + args.unknown_timeout:g}+1); "
+        f"baseline local platform (sees the child die) SIGKILL->FAILED p50 {percentile(base, 50) * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ async def ours(code: Path, n: int, pace: float) -> list[float]:
         if rec["type"] == "PERIODICAL":
             lat.append((now - float(json.loads(rec["value"]))) * 1000)
 
-    svc = LocalTrainingService({"trialCommand": f"python3 trial.py {n} {pace}", "trialCodeDirectory": str(code)},
-                               experiment_dir=code / "exp")
+    svc = LocalTrainingService(
+        {"trialCommand": f"python3 trial.py {n} {pace}", "trialCodeDirectory": str(code)}, experiment_dir=code / "exp"
+    )
     async with svc:
         svc.add_trial_job_metric_listener(on_metric)
         d = await svc.submit_trial_job(form({}))
@@ -70,8 +71,9 @@ async def ours(code: Path, n: int, pace: float) -> list[float]:
 
 async def baseline(code: Path, n: int, pace: float) -> list[float]:
     r, w = os.pipe()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "pipe_trial.py", str(n), str(pace), str(w),
-                                                cwd=code, pass_fds=(w,))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "pipe_trial.py", str(n), str(pace), str(w), cwd=code, pass_fds=(w,)
+    )
     os.close(w)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -86,8 +88,7 @@ async def baseline(code: Path, n: int, pace: float) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reports", type=int, default=10000)
-    parser.add_argument("--pace", type=float, default=0.0005,
-                        help="seconds between reports (0 = as fast as possible)")
+    parser.add_argument("--pace", type=float, default=0.0005, help="seconds between reports (0 = as fast as possible)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp)
@@ -98,9 +99,11 @@ def main() -> None:
     assert len(lat) == args.reports, len(lat)
     print(f"baseline (bare pipe) ms: {summary(base)}")
     print(f"nni-ts local ms: {summary(lat)}")
-    print(f"metric latency over {args.reports} reports: p50 {percentile(lat, 50):.2f} ms, "
-          f"p99 {percentile(lat, 99):.2f} ms (targets 5 / 20); bare pipe p50 {percentile(base, 50):.2f} ms, "
-          f"p99 {percentile(base, 99):.2f} ms")
+    print(
+        f"metric latency over {args.reports} reports: p50 {percentile(lat, 50):.2f} ms, "
+        f"p99 {percentile(lat, 99):.2f} ms (targets 5 / 20); bare pipe p50 {percentile(base, 50):.2f} ms, "
+        f"p99 {percentile(base, 99):.2f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -67,10 +67,12 @@ def main() -> None:
     overhead = per_ours - per_bare
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"manager CPU {cpu / args.trials * 1000:.2f} ms per trial, peak RSS {rss:.0f} MB")
-    print(f"loop overhead: {args.trials} trials at concurrency {args.concurrency} ({args.tuner}): "
-          f"nni-ts {per_ours:.2f} ms/trial ({t_ours:.1f} s), bare xargs -P{args.concurrency} {per_bare:.2f} ms/trial "
-          f"({t_bare:.1f} s), overhead {overhead:.2f} ms/trial = {overhead / per_bare * 100:.1f}% of a bare spawn "
-          f"(target <= 10%)")
+    print(
+        f"loop overhead: {args.trials} trials at concurrency {args.concurrency} ({args.tuner}): "
+        f"nni-ts {per_ours:.2f} ms/trial ({t_ours:.1f} s), bare xargs -P{args.concurrency} {per_bare:.2f} ms/trial "
+        f"({t_bare:.1f} s), overhead {overhead:.2f} ms/trial = {overhead / per_bare * 100:.1f}% of a bare spawn "
+        f"(target <= 10%)"
+    )
 
 
 if __name__ == "__main__":

@@ -72,8 +72,12 @@ async def latency(make: Factory, exp_dir: Path, warmup: int, count: int) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reporting", choices=["tunnel", "direct"], default="tunnel",
-                        help="how keepers reach the manager (the platform's keeperReporting)")
+    parser.add_argument(
+        "--reporting",
+        choices=["tunnel", "direct"],
+        default="tunnel",
+        help="how keepers reach the manager (the platform's keeperReporting)",
+    )
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=5)

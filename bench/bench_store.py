@@ -38,8 +38,9 @@ def populate(home: Path, code: Path, trials: int, metrics: int) -> None:
         "trainingService": {"platform": "local"},
     }
     store = open_store(home / "nni-ts.db")
-    store.create_experiment("bench", name="store-bench", platform="local", config=config, working_dir=home / "exp",
-                            status="DONE")
+    store.create_experiment(
+        "bench", name="store-bench", platform="local", config=config, working_dir=home / "exp", status="DONE"
+    )
     db = store._db
     db.execute("BEGIN")
     now = int(time.time() * 1000)
@@ -48,8 +49,27 @@ def populate(home: Path, code: Path, trials: int, metrics: int) -> None:
     for i in range(trials):
         tid = f"t{i:05d}"
         final = json.dumps({"type": "FINAL", "sequence": metrics - 1, "value": json.dumps(i / trials)})
-        trial_rows.append(("bench", tid, i, i, 1, json.dumps({"x": i / trials, "y": i % 3 + 1}), "SUCCEEDED", now, now,
-                           now, 0, None, 0, i / trials, final, metrics, None))
+        trial_rows.append(
+            (
+                "bench",
+                tid,
+                i,
+                i,
+                1,
+                json.dumps({"x": i / trials, "y": i % 3 + 1}),
+                "SUCCEEDED",
+                now,
+                now,
+                now,
+                0,
+                None,
+                0,
+                i / trials,
+                final,
+                metrics,
+                None,
+            )
+        )
         for s in range(metrics - 1):
             data = json.dumps({"type": "PERIODICAL", "sequence": s, "value": json.dumps(s / metrics)})
             metric_rows.append(("bench", tid, s, "PERIODICAL", s / metrics, data, now))
@@ -72,8 +92,10 @@ def best_of(n: int, cmd: list[str], env: dict[str, str]) -> float:
 
 def child_rss(cmd: list[str], env: dict[str, str]) -> float:
     """Peak RSS in MB of one child run (the command runs in a fresh helper so the figure is its own)."""
-    probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    probe = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     out = subprocess.run([sys.executable, "-c", probe, *cmd], env=env, check=True, capture_output=True, text=True)
     return int(out.stdout.strip()) / 1024
 
@@ -94,10 +116,14 @@ def main() -> None:
         size = (home / "nni-ts.db").stat().st_size / 1e6
         env = dict(os.environ, NNI_TS_HOME=str(home))
         cli = [sys.executable, "-m", "nni_ts.cli"]
-        bare_read = [sys.executable, "-c",
-                     "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
-                     "rows = db.execute('SELECT * FROM trials WHERE experiment_id=?', ('bench',)).fetchall(); "
-                     "print(len(rows))", str(home / "nni-ts.db")]
+        bare_read = [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+            "rows = db.execute('SELECT * FROM trials WHERE experiment_id=?', ('bench',)).fetchall(); "
+            "print(len(rows))",
+            str(home / "nni-ts.db"),
+        ]
         t_bare = best_of(3, bare_read, env)
         t_ls = best_of(3, [*cli, "trial", "ls", "bench", "--json"], env)
         t_csv = best_of(3, [*cli, "experiment", "export", "bench", "--format", "csv"], env)
@@ -111,11 +137,15 @@ def main() -> None:
             n = len(store.list_trials("bench"))
             assert n == args.trials + 10, n
     print(f"store: {args.trials} trials x {args.metrics} metrics = {size:.0f} MB, filled in {fill:.1f} s")
-    print(f"manager resuming the store and running 10 more trials: {t_extend:.1f} s, "
-          f"own peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB in the bench process")
-    print(f"store at scale: trial ls {t_ls:.2f} s, export csv {t_csv:.2f} s, export json {t_json:.2f} s "
-          f"(bare sqlite3 read of the same trials {t_bare:.2f} s; target < 1 s); manager peak RSS {rss_mgr:.0f} MB "
-          f"(bare python {rss_bare:.0f} MB; target < 150 MB)")
+    print(
+        f"manager resuming the store and running 10 more trials: {t_extend:.1f} s, "
+        f"own peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB in the bench process"
+    )
+    print(
+        f"store at scale: trial ls {t_ls:.2f} s, export csv {t_csv:.2f} s, export json {t_json:.2f} s "
+        f"(bare sqlite3 read of the same trials {t_bare:.2f} s; target < 1 s); manager peak RSS {rss_mgr:.0f} MB "
+        f"(bare python {rss_bare:.0f} MB; target < 150 MB)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,13 @@ def test_unknown_attribute() -> None:
 
 
 def test_errors_all_matches_module() -> None:
-    exported = {n for n in dir(errors) if isinstance(getattr(errors, n), type)
-                and issubclass(getattr(errors, n), Exception) and getattr(errors, n).__module__ == errors.__name__}
+    exported = {
+        n
+        for n in dir(errors)
+        if isinstance(getattr(errors, n), type)
+        and issubclass(getattr(errors, n), Exception)
+        and getattr(errors, n).__module__ == errors.__name__
+    }
     assert exported == set(errors.__all__)
     assert all(issubclass(getattr(errors, n), errors.NniTsError) for n in errors.__all__)
 

@@ -39,19 +39,29 @@ class ToyTrainingService(TrainingService[ToyConfig]):
         with open(os.path.join(trial_dir, "parameter.cfg"), "w", encoding="utf-8") as fh:
             fh.write(detail.form.hyper_parameters.value)
         code_dir = os.path.abspath(self.config.trial_code_directory)
-        env = build_trial_env(dict(os.environ), platform="local", trial_id=detail.id,
-                              experiment_id=self.experiment_id, sequence_id=detail.sequence_id,
-                              sys_dir=trial_dir, output_dir=trial_dir, code_dir=code_dir, gpus=[])
+        env = build_trial_env(
+            dict(os.environ),
+            platform="local",
+            trial_id=detail.id,
+            experiment_id=self.experiment_id,
+            sequence_id=detail.sequence_id,
+            sys_dir=trial_dir,
+            output_dir=trial_dir,
+            code_dir=code_dir,
+            gpus=[],
+        )
         command = detail.form.command or self.config.trial_command or ""
         if self.config.hyperparameters_as_args:
             command += " " + parameters_as_args(detail.form.parameters())
         with open(os.path.join(trial_dir, "stdout"), "wb") as out, open(os.path.join(trial_dir, "stderr"), "wb") as err:
             proc = await asyncio.create_subprocess_shell(
-                command, cwd=code_dir, env=env, stdout=out, stderr=err, start_new_session=True)
+                command, cwd=code_dir, env=env, stdout=out, stderr=err, start_new_session=True
+            )
         self._procs[detail.id] = proc
         self._set_status(detail.id, TrialJobStatus.RUNNING)
         self._waiters[detail.id] = asyncio.get_running_loop().create_task(
-            self._wait(detail, proc), name=f"toy-wait-{detail.id}")
+            self._wait(detail, proc), name=f"toy-wait-{detail.id}"
+        )
 
     async def _wait(self, detail: TrialJobDetail, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -86,8 +96,7 @@ async def _group_gone(pgid: int, timeout: float = 10.0) -> None:
     """Wait until no live process is left in the group (SIGKILL is delivered, not instantly obeyed)."""
     async with asyncio.timeout(timeout):
         while any(
-            p.info["status"] != psutil.STATUS_ZOMBIE and _pgid(p.pid) == pgid
-            for p in psutil.process_iter(["status"])
+            p.info["status"] != psutil.STATUS_ZOMBIE and _pgid(p.pid) == pgid for p in psutil.process_iter(["status"])
         ):
             await asyncio.sleep(0.01)
 

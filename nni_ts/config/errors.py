@@ -21,8 +21,18 @@ def format_loc(loc: Sequence[int | str]) -> str:
     return out or "(top level)"
 
 
-_SECRET_ENDINGS = ("password", "passwd", "passphrase", "token", "secret", "accountkey", "storagekey",
-                   "accesskey", "apikey", "privatekey")
+_SECRET_ENDINGS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "token",
+    "secret",
+    "accountkey",
+    "storagekey",
+    "accesskey",
+    "apikey",
+    "privatekey",
+)
 
 
 def is_secret_key(name: object) -> bool:

@@ -22,8 +22,10 @@ from nni_ts.storage import open_store
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "nni_ts.cli"]
 
-FAST_TRIAL = "import nni\np = nni.get_next_parameter()\nnni.report_intermediate_result(0)\nprint('hello from', p)\n" \
-             "nni.report_final_result(p['x'])\n"
+FAST_TRIAL = (
+    "import nni\np = nni.get_next_parameter()\nnni.report_intermediate_result(0)\nprint('hello from', p)\n"
+    "nni.report_final_result(p['x'])\n"
+)
 SLOW_TRIAL = "import nni, time\np = nni.get_next_parameter()\nprint('started', flush=True)\ntime.sleep(120)\n"
 
 
@@ -59,8 +61,9 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
 def test_quickstart_main_job(tmp_path: Path) -> None:
     """The README's main-job command completes an experiment and prints the best trial."""
     shutil.copytree(ROOT / "examples" / "quickstart", tmp_path / "quickstart")
-    proc = subprocess.run([*CLI, "create", "-c", str(tmp_path / "quickstart" / "config.yml")],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*CLI, "create", "-c", str(tmp_path / "quickstart" / "config.yml")], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     assert "DONE" in proc.stdout
     assert "Best trial" in proc.stdout
@@ -155,8 +158,9 @@ def test_user_mistakes_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_detach_then_trial_kill_and_stop(tmp_path: Path) -> None:
     cfg = _write_config(tmp_path, SLOW_TRIAL, maxTrialNumber=4)
-    proc = subprocess.run([*CLI, "--json", "create", "-c", str(cfg), "--id", "bg", "--detach"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*CLI, "--json", "create", "-c", str(cfg), "--id", "bg", "--detach"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["id"] == "bg"
 
@@ -220,7 +224,10 @@ def test_rerun_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         trials = s.list_trials("rr")
     assert len(trials) == 4
     assert sorted((t.parameter_id, t.attempt, t.status.value) for t in trials) == [
-        (0, 1, "FAILED"), (0, 2, "SUCCEEDED"), (1, 1, "FAILED"), (1, 2, "SUCCEEDED")
+        (0, 1, "FAILED"),
+        (0, 2, "SUCCEEDED"),
+        (1, 1, "FAILED"),
+        (1, 2, "SUCCEEDED"),
     ]
 
 
@@ -232,14 +239,20 @@ def test_stop_after_the_manager_died_cancels_what_it_left(tmp_path: Path) -> Non
     import psutil
 
     cfg = _write_config(tmp_path, SLOW_TRIAL, maxTrialNumber=2)
-    manager = subprocess.Popen([*CLI, "create", "-c", str(cfg), "--id", "orphan", "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manager = subprocess.Popen(
+        [*CLI, "create", "-c", str(cfg), "--id", "orphan", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def running() -> list:  # type: ignore[type-arg]
         try:
             with open_store(readonly=True) as s:
-                return [t for t in s.list_trials("orphan", with_detail=True)
-                        if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("pid")]
+                return [
+                    t
+                    for t in s.list_trials("orphan", with_detail=True)
+                    if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("pid")
+                ]
         except Exception:
             return []
 

@@ -417,9 +417,16 @@ def test_validation_errors_never_echo_secrets() -> None:
         machines: list[Machine]
 
     with pytest.raises(pydantic.ValidationError) as info:
-        Conf.model_validate({"machines": [{"host": "h", "port": 22, "password": "hunter2"},
-                                          {"host": "h", "port": 22, "password": 1, "extra": {"token": "tok-s3cret"}},
-                                          "not-a-mapping", {"host": "h", "port": "x", "password": 1}]})
+        Conf.model_validate(
+            {
+                "machines": [
+                    {"host": "h", "port": 22, "password": "hunter2"},
+                    {"host": "h", "port": 22, "password": 1, "extra": {"token": "tok-s3cret"}},
+                    "not-a-mapping",
+                    {"host": "h", "port": "x", "password": 1},
+                ]
+            }
+        )
     text = format_validation_error(info.value)
     assert "machines[0].password" in text and "<hidden>" in text
     assert "hunter2" not in text
@@ -431,8 +438,15 @@ def test_validation_errors_never_echo_secrets() -> None:
 
 def test_remote_config_error_does_not_show_the_password() -> None:
     with pytest.raises(ConfigError) as info:
-        config_from_dict({"trialCommand": "python3 t.py", "searchSpace": {},
-                          "trainingService": {"platform": "remote", "machineList": [
-                              {"host": "h", "user": "u", "password": ["hunter2"], "port": "nope"}]}})
+        config_from_dict(
+            {
+                "trialCommand": "python3 t.py",
+                "searchSpace": {},
+                "trainingService": {
+                    "platform": "remote",
+                    "machineList": [{"host": "h", "user": "u", "password": ["hunter2"], "port": "nope"}],
+                },
+            }
+        )
     assert "hunter2" not in str(info.value)
     assert "port" in str(info.value)

@@ -198,8 +198,9 @@ async def test_infrastructure_failures_are_retried_apart(code: Path, tmp_path: P
     FlakyLocal.seen = set()
     tuner = ListTuner([{"x": 0.1}, {"x": 0.2}])
     cfg = _config(code)
-    service = FlakyLocal({"trialCommand": "python3 trial.py", "trialCodeDirectory": str(code)},
-                         experiment_dir=tmp_path / "exp")
+    service = FlakyLocal(
+        {"trialCommand": "python3 trial.py", "trialCodeDirectory": str(code)}, experiment_dir=tmp_path / "exp"
+    )
     exp = Experiment(cfg, tuner=tuner, service=service)
     result = await exp.run()
     assert exp.progress().infra_retries == 2

@@ -73,13 +73,21 @@ def test_resume_after_sigkill_reattaches_and_loses_nothing(tmp_path: Path) -> No
     cfg_path = tmp_path / "config.yml"
     cfg_path.write_text(yaml.safe_dump(config))
     cli = [sys.executable, "-m", "nni_ts.cli"]
-    manager = subprocess.Popen([*cli, "create", "-c", str(cfg_path), "--id", "resumeme", "--quiet"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manager = subprocess.Popen(
+        [*cli, "create", "-c", str(cfg_path), "--id", "resumeme", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
+
         def two_blocked() -> bool:
-            blocked = [t for t in _trials("resumeme") if t.sequence_id >= 2 and t.metric_count >= 3
-                       and t.status is TrialJobStatus.RUNNING]
+            blocked = [
+                t
+                for t in _trials("resumeme")
+                if t.sequence_id >= 2 and t.metric_count >= 3 and t.status is TrialJobStatus.RUNNING
+            ]
             return len(blocked) == 2
+
         _wait_until(two_blocked, 60, "two trials blocked at the gate")
     finally:
         manager.send_signal(signal.SIGKILL)
@@ -98,8 +106,9 @@ def test_resume_after_sigkill_reattaches_and_loses_nothing(tmp_path: Path) -> No
     assert json.loads(view.stdout)["status"] == "INTERRUPTED"
 
     (code / "gate").touch()
-    resumed = subprocess.run([*cli, "--json", "resume", "resumeme", "--quiet"], capture_output=True, text=True,
-                             timeout=120)
+    resumed = subprocess.run(
+        [*cli, "--json", "resume", "resumeme", "--quiet"], capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["status"] == "DONE"

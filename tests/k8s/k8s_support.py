@@ -34,8 +34,11 @@ class Kubectl:
 
     async def __call__(self, *args: str, timeout: float = 30.0, stdin: str | None = None) -> Result:
         proc = await asyncio.create_subprocess_exec(
-            *self.argv(*args), stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *self.argv(*args),
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin is not None else None), timeout)
         except TimeoutError:
@@ -45,15 +48,30 @@ class Kubectl:
         return Result(proc.returncode or 0, out.decode(), err.decode())
 
 
-def tfjob(name: str, command: list[str], *, replicas: int = 1, restart: str = "Never",
-          extra_spec: dict[str, Any] | None = None, image: str = "busybox:1.36") -> dict[str, Any]:
+def tfjob(
+    name: str,
+    command: list[str],
+    *,
+    replicas: int = 1,
+    restart: str = "Never",
+    extra_spec: dict[str, Any] | None = None,
+    image: str = "busybox:1.36",
+) -> dict[str, Any]:
     """A TFJob with a single Worker role, as Kubeflow's documentation shows."""
     return {
-        "apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": name},
-        "spec": {"tfReplicaSpecs": {"Worker": {
-            "replicas": replicas, "restartPolicy": restart,
-            "template": {"spec": {"containers": [{"name": "tensorflow", "image": image, "command": command}]}},
-        }}, **(extra_spec or {})},
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "TFJob",
+        "metadata": {"name": name},
+        "spec": {
+            "tfReplicaSpecs": {
+                "Worker": {
+                    "replicas": replicas,
+                    "restartPolicy": restart,
+                    "template": {"spec": {"containers": [{"name": "tensorflow", "image": image, "command": command}]}},
+                }
+            },
+            **(extra_spec or {}),
+        },
     }
 
 

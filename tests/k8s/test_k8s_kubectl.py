@@ -119,8 +119,10 @@ spec:
 
 async def test_get_watch_shows_the_job_progress(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *kubectl.argv("get", "tfjobs", "-w", "--request-timeout=20s"), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        *kubectl.argv("get", "tfjobs", "-w", "--request-timeout=20s"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stdout is not None
     try:
         await cluster.wait_for(lambda c: c.request_counts[("watch", "tfjobs")] >= 1, timeout=20)
@@ -160,20 +162,25 @@ async def test_get_json_of_core_objects_and_events(cluster: FakeCluster, kubectl
 
 async def test_more_kubectl_commands(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:
     objects = tmp_path / "objects.yaml"
-    objects.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\n"
-                       "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm1, namespace: team}\ndata: {a: b}\n")
+    objects.write_text(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm1, namespace: team}\ndata: {a: b}\n"
+    )
     created = await kubectl("create", "-f", str(objects))
     assert created.code == 0 and "namespace/team created" in created.out and "configmap/cm1 created" in created.out
     assert (await kubectl("patch", "cm", "cm1", "-n", "team", "--type=merge", "-p", '{"data":{"c":"d"}}')).code == 0
-    assert (await kubectl("patch", "cm", "cm1", "-n", "team", "--type=json", "-p",
-                          '[{"op":"remove","path":"/data/a"}]')).code == 0
+    assert (
+        await kubectl("patch", "cm", "cm1", "-n", "team", "--type=json", "-p", '[{"op":"remove","path":"/data/a"}]')
+    ).code == 0
     assert (await kubectl("get", "cm", "cm1", "-n", "team", "-o", "jsonpath={.data}")).out == '{"c":"d"}'
     imperative = await kubectl("create", "configmap", "cm2", "--from-literal=a=b")
     assert imperative.code != 0 and "does not decode application/vnd.kubernetes.protobuf" in imperative.err
     pod = tmp_path / "pod.yaml"
-    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: counter, namespace: team}\nspec:\n"
-                   "  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox\n"
-                   "    command: [sh, -c, 'for i in 1 2 3; do echo $i; sleep 0.1; done']\n")
+    pod.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: counter, namespace: team}\nspec:\n"
+        "  restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox\n"
+        "    command: [sh, -c, 'for i in 1 2 3; do echo $i; sleep 0.1; done']\n"
+    )
     applied = await kubectl("apply", "--server-side", "-f", str(pod))
     assert applied.code == 0 and "serverside-applied" in applied.out, applied.err
     followed = await kubectl("logs", "-f", "counter", "-n", "team")
@@ -195,7 +202,6 @@ async def test_foreground_deletion_of_a_running_job(cluster: FakeCluster, kubect
     manifest.write_text(TFJOB_YAML[:command_start] + '              command: ["sleep", "60"]\n')
     assert (await kubectl("apply", "-f", str(manifest))).code == 0
     await cluster.wait_for_object("pods", "tfjob-simple-worker-0", lambda p: p["status"].get("phase") == "Running")
-    deleted = await kubectl("delete", "tfjob", "tfjob-simple", "--cascade=foreground", "--wait=true",
-                            "--timeout=20s")
+    deleted = await kubectl("delete", "tfjob", "tfjob-simple", "--cascade=foreground", "--wait=true", "--timeout=20s")
     assert deleted.code == 0, deleted.err
     assert cluster.get("tfjobs", "tfjob-simple") is None and cluster.get("pods", "tfjob-simple-worker-0") is None

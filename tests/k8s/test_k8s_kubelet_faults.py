@@ -21,13 +21,23 @@ pytestmark = pytest.mark.timeout(60)
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
-def pod(name: str, command: list[str], *, image: str = "busybox", resources: dict[str, Any] | None = None,
-        restart: str = "Never") -> dict[str, Any]:
+def pod(
+    name: str,
+    command: list[str],
+    *,
+    image: str = "busybox",
+    resources: dict[str, Any] | None = None,
+    restart: str = "Never",
+) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "main", "image": image, "command": command}
     if resources:
         container["resources"] = resources
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"restartPolicy": restart, "containers": [container]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": restart, "containers": [container]},
+    }
 
 
 def phase(p: dict[str, Any] | None) -> str:
@@ -62,8 +72,9 @@ async def test_missing_image_stays_pending_with_pull_errors(tmp_path: Path) -> N
         cluster.faults.missing_image("other/img:2")
         cluster.create(pod("listed", ["true"], image="other/img:2"))
         for name in ("nopull", "listed"):
-            got = await cluster.wait_for_object("pods", name, lambda p: "ImagePullBackOff" in str(
-                p["status"].get("containerStatuses")))
+            got = await cluster.wait_for_object(
+                "pods", name, lambda p: "ImagePullBackOff" in str(p["status"].get("containerStatuses"))
+            )
             assert phase(got) == "Pending"
         reasons = {e["reason"] for e in cluster.list("events") if e["involvedObject"]["name"] == "nopull"}
         assert {"Failed", "BackOff"} <= reasons
@@ -119,15 +130,16 @@ async def test_log_follow_and_previous(cluster: FakeCluster) -> None:
     cluster.create(pod("counter", [sys.executable, "-c", script], restart="OnFailure"))
     await cluster.wait_for_object("pods", "counter", lambda p: phase(p) == "Running")
     async with aiohttp.ClientSession() as session, asyncio.timeout(10):
-        async with session.get(f"{cluster.url}/api/v1/namespaces/default/pods/counter/log",
-                               params={"follow": "true"}) as resp:
+        async with session.get(
+            f"{cluster.url}/api/v1/namespaces/default/pods/counter/log", params={"follow": "true"}
+        ) as resp:
             text = await resp.text()
     assert text == "0\n1\n2\n"
-    await cluster.wait_for_object("pods", "counter", lambda p: p["status"]["containerStatuses"][0][
-        "restartCount"] >= 1)
+    await cluster.wait_for_object("pods", "counter", lambda p: p["status"]["containerStatuses"][0]["restartCount"] >= 1)
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{cluster.url}/api/v1/namespaces/default/pods/counter/log",
-                               params={"previous": "true", "tailLines": "1"}) as resp:
+        async with session.get(
+            f"{cluster.url}/api/v1/namespaces/default/pods/counter/log", params={"previous": "true", "tailLines": "1"}
+        ) as resp:
             assert await resp.text() == "2\n"
 
 
@@ -189,8 +201,15 @@ with kubernetes.client.ApiClient(cfg) as client:
 
 async def test_sync_official_client_in_a_subprocess(cluster: FakeCluster, tmp_path: Path) -> None:
     # A subprocess: the official client blocks, and the in-process server must keep serving.
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SYNC_CLIENT, cluster.url, cwd=tmp_path,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SYNC_CLIENT,
+        cluster.url,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     words = out.decode().split()
@@ -200,12 +219,14 @@ async def test_sync_official_client_in_a_subprocess(cluster: FakeCluster, tmp_pa
 async def test_crash_loop_back_off(tmp_path: Path) -> None:
     async with FakeCluster(tmp_path / "c", restart_backoff=0.3) as cluster:
         cluster.create(pod("crash", ["sh", "-c", "exit 2"], restart="Always"))
-        got = await cluster.wait_for_object("pods", "crash", lambda p: "CrashLoopBackOff" in str(
-            p["status"].get("containerStatuses")))
+        got = await cluster.wait_for_object(
+            "pods", "crash", lambda p: "CrashLoopBackOff" in str(p["status"].get("containerStatuses"))
+        )
         status = got["status"]["containerStatuses"][0]
         assert status["lastState"]["terminated"]["exitCode"] == 2
-        await cluster.wait_for_object("pods", "crash", lambda p: p["status"]["containerStatuses"][0][
-            "restartCount"] >= 2)
+        await cluster.wait_for_object(
+            "pods", "crash", lambda p: p["status"]["containerStatuses"][0]["restartCount"] >= 2
+        )
         assert phase(cluster.get("pods", "crash")) == "Running"
 
 
@@ -215,8 +236,9 @@ async def test_eviction_api_deletes_the_pod(cluster: FakeCluster) -> None:
     cfg = k8s.client.Configuration()
     cfg.host = cluster.url
     async with k8s.client.ApiClient(cfg) as client:
-        await k8s.client.CoreV1Api(client).create_namespaced_pod_eviction("drained", "default", {
-            "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "drained"}})
+        await k8s.client.CoreV1Api(client).create_namespaced_pod_eviction(
+            "drained", "default", {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "drained"}}
+        )
     await cluster.wait_deleted("pods", "drained")
 
 
@@ -228,10 +250,13 @@ async def test_bind_mount_volume_mode(tmp_path: Path) -> None:
     export = tmp_path / "export"
     (export / "exp").mkdir(parents=True)
     mount_path = f"/tmp/nni-ts-fake-bind-{os.getpid()}"
-    script = ("import os; d = os.path.join(os.sep + 'tmp', os.path.basename(os.environ['MP'])); "
-              "open(os.path.join(d, 'exp', 'out'), 'w').write(os.getcwd())")
-    async with FakeCluster(tmp_path / "c", nfs_exports={("10.0.0.1", "/exports"): export},
-                           volume_mode="bind") as cluster:
+    script = (
+        "import os; d = os.path.join(os.sep + 'tmp', os.path.basename(os.environ['MP'])); "
+        "open(os.path.join(d, 'exp', 'out'), 'w').write(os.getcwd())"
+    )
+    async with FakeCluster(
+        tmp_path / "c", nfs_exports={("10.0.0.1", "/exports"): export}, volume_mode="bind"
+    ) as cluster:
         assert cluster.kubelet.bind_mounts
         body = pod("bind", [sys.executable, "-c", script])
         spec = body["spec"]
@@ -253,9 +278,11 @@ async def test_stopping_a_container_kills_every_process_it_started(cluster: Fake
     # as the trial keeper starts trials) still dies with the pod, and so does an orphan of an ended container.
     pids = tmp_path / "pids"
     pids.mkdir()
-    escape = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
-              f"time.sleep(120)'], start_new_session=True); open({str(pids)!r} + '/' + sys.argv[1], 'w')"
-              f".write(str(p.pid)); time.sleep(float(sys.argv[2]))")
+    escape = (
+        f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+        f"time.sleep(120)'], start_new_session=True); open({str(pids)!r} + '/' + sys.argv[1], 'w')"
+        f".write(str(p.pid)); time.sleep(float(sys.argv[2]))"
+    )
     cluster.create(pod("stopped", [sys.executable, "-c", escape, "stopped", "120"]))
     cluster.create(pod("ended", [sys.executable, "-c", escape, "ended", "0"]))
     await cluster.wait_for(lambda c: (pids / "stopped").exists() and (pids / "ended").exists(), timeout=30)

@@ -17,26 +17,58 @@ pytestmark = pytest.mark.timeout(60)
 
 def pytorchjob(name: str, master_cmd: list[str], worker_cmd: list[str], workers: int = 1) -> dict[str, Any]:
     def role(cmd: list[str], replicas: int) -> dict[str, Any]:
-        return {"replicas": replicas, "restartPolicy": "Never", "template": {"spec": {"containers": [
-            {"name": "pytorch", "image": "pytorch/pytorch:latest", "command": cmd}]}}}
-    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name},
-            "spec": {"pytorchReplicaSpecs": {"Master": role(master_cmd, 1), "Worker": role(worker_cmd, workers)}}}
+        return {
+            "replicas": replicas,
+            "restartPolicy": "Never",
+            "template": {
+                "spec": {"containers": [{"name": "pytorch", "image": "pytorch/pytorch:latest", "command": cmd}]}
+            },
+        }
+
+    return {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "metadata": {"name": name},
+        "spec": {"pytorchReplicaSpecs": {"Master": role(master_cmd, 1), "Worker": role(worker_cmd, workers)}},
+    }
 
 
 def framework(name: str, roles: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "frameworkcontroller.microsoft.com/v1", "kind": "Framework", "metadata": {"name": name},
-            "spec": {"executionType": "Start", "retryPolicy": {"fancyRetryPolicy": True, "maxRetryCount": 0},
-                     "taskRoles": roles, **spec}}
+    return {
+        "apiVersion": "frameworkcontroller.microsoft.com/v1",
+        "kind": "Framework",
+        "metadata": {"name": name},
+        "spec": {
+            "executionType": "Start",
+            "retryPolicy": {"fancyRetryPolicy": True, "maxRetryCount": 0},
+            "taskRoles": roles,
+            **spec,
+        },
+    }
 
 
-def role(name: str, command: list[str], tasks: int = 1, min_failed: int = 1, min_succeeded: int = -1,
-         retry: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"name": name, "taskNumber": tasks,
-            "frameworkAttemptCompletionPolicy": {"minFailedTaskCount": min_failed,
-                                                 "minSucceededTaskCount": min_succeeded},
-            "task": {"retryPolicy": retry or {"fancyRetryPolicy": False, "maxRetryCount": 0},
-                     "pod": {"spec": {"restartPolicy": "Never", "containers": [
-                         {"name": "main", "image": "ubuntu:trusty", "command": command}]}}}}
+def role(
+    name: str,
+    command: list[str],
+    tasks: int = 1,
+    min_failed: int = 1,
+    min_succeeded: int = -1,
+    retry: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "taskNumber": tasks,
+        "frameworkAttemptCompletionPolicy": {"minFailedTaskCount": min_failed, "minSucceededTaskCount": min_succeeded},
+        "task": {
+            "retryPolicy": retry or {"fancyRetryPolicy": False, "maxRetryCount": 0},
+            "pod": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "ubuntu:trusty", "command": command}],
+                }
+            },
+        },
+    }
 
 
 def fw_done(obj: dict[str, Any]) -> bool:
@@ -44,6 +76,7 @@ def fw_done(obj: dict[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------- Kubeflow
+
 
 async def test_tfjob_failure_marks_failed_with_replica_counts(cluster: FakeCluster) -> None:
     cluster.create(tfjob("fails", ["sh", "-c", "exit 3"], replicas=2))
@@ -89,7 +122,8 @@ async def test_tfjob_exit_code_policy_recreates_on_retryable_codes(cluster: Fake
     cluster.create(tfjob("codes", ["sh", "-c", script], restart="ExitCode"))
     job = await cluster.wait_for_object("tfjobs", "codes", lambda o: condition(o, "Failed"), timeout=20)
     assert [c["type"] for c in job["status"]["conditions"]][:2] == ["Created", "Restarting"] or any(
-        c["type"] == "Restarting" for c in job["status"]["conditions"])
+        c["type"] == "Restarting" for c in job["status"]["conditions"]
+    )
     assert marker.read_text().count("x") == 2  # 137 is retryable (re-created), 1 is not
 
 
@@ -102,6 +136,7 @@ async def test_deleting_a_job_deletes_its_pods_and_kills_processes(cluster: Fake
     cluster.delete("tfjobs", "long", propagation="Background")
     await cluster.wait_for(lambda c: not c.list("pods"), message="pods deleted with their job")
     import os
+
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -131,10 +166,12 @@ async def test_pytorchjob_master_and_worker(cluster: FakeCluster) -> None:
 async def test_pytorchjob_through_kubernetes_asyncio_with_nfs_volume(tmp_path: Path, crd_files: list[Path]) -> None:
     export = tmp_path / "export"
     (export / "exp1" / "trial1").mkdir(parents=True)
-    (export / "exp1" / "trial1" / "run.py").write_text("import os\nprint('cwd', os.getcwd())\n"
-                                                      "open('out.txt', 'w').write(os.environ['NNI_X'])\n")
-    async with FakeCluster(tmp_path / "c", crd_files=crd_files,
-                           nfs_exports={("10.0.0.1", "/exports"): export}) as cluster:
+    (export / "exp1" / "trial1" / "run.py").write_text(
+        "import os\nprint('cwd', os.getcwd())\nopen('out.txt', 'w').write(os.environ['NNI_X'])\n"
+    )
+    async with FakeCluster(
+        tmp_path / "c", crd_files=crd_files, nfs_exports={("10.0.0.1", "/exports"): export}
+    ) as cluster:
         body = pytorchjob("nfs", ["sh", "-c", "cd /mnt/nfs/exp1/trial1 && python3 run.py"], ["true"])
         master = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
         master["containers"][0]["env"] = [{"name": "NNI_X", "value": "/mnt/nfs/exp1"}]
@@ -152,21 +189,27 @@ async def test_pytorchjob_through_kubernetes_asyncio_with_nfs_volume(tmp_path: P
 
 # ---------------------------------------------------------------- FrameworkController
 
+
 async def test_framework_succeeds(cluster: FakeCluster) -> None:
-    cluster.create(framework("fwok", [role("worker", ["sh", "-c", "echo $FC_TASKROLE_NAME $FC_TASK_INDEX"],
-                                           tasks=2)]))
+    cluster.create(framework("fwok", [role("worker", ["sh", "-c", "echo $FC_TASKROLE_NAME $FC_TASK_INDEX"], tasks=2)]))
     fw = await cluster.wait_for_object("frameworks", "fwok", fw_done)
     comp = fw["status"]["attemptStatus"]["completionStatus"]
-    assert comp["code"] == 0 and comp["phrase"] == "Succeeded" and comp["type"] == {"name": "Succeeded",
-                                                                                     "attributes": []}
+    assert (
+        comp["code"] == 0 and comp["phrase"] == "Succeeded" and comp["type"] == {"name": "Succeeded", "attributes": []}
+    )
     tasks = fw["status"]["attemptStatus"]["taskRoleStatuses"][0]["taskStatuses"]
     assert [t["state"] for t in tasks] == ["TaskCompleted", "TaskCompleted"]
     assert fw["status"]["completionTime"]
 
 
 async def test_framework_permanent_failure_ends_completed(cluster: FakeCluster) -> None:
-    cluster.create(framework("fwperm", [role("worker", ["sh", "-c", "exit 210"])],
-                             retryPolicy={"fancyRetryPolicy": True, "maxRetryCount": 3}))
+    cluster.create(
+        framework(
+            "fwperm",
+            [role("worker", ["sh", "-c", "exit 210"])],
+            retryPolicy={"fancyRetryPolicy": True, "maxRetryCount": 3},
+        )
+    )
     states: list[str] = []
 
     def seen(c: FakeCluster) -> bool:
@@ -175,6 +218,7 @@ async def test_framework_permanent_failure_ends_completed(cluster: FakeCluster) 
         if state and (not states or states[-1] != state):
             states.append(state)
         return state == "Completed"
+
     await cluster.wait_for(seen)
     fw = cluster.get("frameworks", "fwperm") or {}
     comp = fw["status"]["attemptStatus"]["completionStatus"]
@@ -192,12 +236,20 @@ async def test_framework_unrecognized_exit_code_and_transient_retry(cluster: Fak
     cluster.create(framework("fwone", [role("worker", ["sh", "-c", "exit 1"])]))
     fw = await cluster.wait_for_object("frameworks", "fwone", fw_done)
     comp = fw["status"]["attemptStatus"]["completionStatus"]
-    assert (comp["code"], comp["phrase"], comp["type"]) == (1, "ContainerUnrecognizedFailed",
-                                                            {"name": "Failed", "attributes": []})
+    assert (comp["code"], comp["phrase"], comp["type"]) == (
+        1,
+        "ContainerUnrecognizedFailed",
+        {"name": "Failed", "attributes": []},
+    )
     marker = tmp_path / "tries"
     script = f"echo x >> {marker}; [ $(wc -l < {marker}) -ge 2 ] || exit 200"
-    cluster.create(framework("fwtrans", [role("worker", ["sh", "-c", script])],
-                             retryPolicy={"fancyRetryPolicy": True, "maxRetryCount": 0}))
+    cluster.create(
+        framework(
+            "fwtrans",
+            [role("worker", ["sh", "-c", script])],
+            retryPolicy={"fancyRetryPolicy": True, "maxRetryCount": 0},
+        )
+    )
     fw = await cluster.wait_for_object("frameworks", "fwtrans", fw_done, timeout=20)
     assert fw["status"]["attemptStatus"]["id"] == 1
     assert fw["status"]["retryPolicyStatus"]["totalRetriedCount"] == 1
@@ -206,10 +258,15 @@ async def test_framework_unrecognized_exit_code_and_transient_retry(cluster: Fak
 
 
 async def test_framework_min_succeeded_task_count(cluster: FakeCluster) -> None:
-    cluster.create(framework("fwmin", [
-        role("master", ["true"], min_succeeded=1),
-        role("worker", [sys.executable, "-c", "import time; time.sleep(60)"], tasks=2),
-    ]))
+    cluster.create(
+        framework(
+            "fwmin",
+            [
+                role("master", ["true"], min_succeeded=1),
+                role("worker", [sys.executable, "-c", "import time; time.sleep(60)"], tasks=2),
+            ],
+        )
+    )
     fw = await cluster.wait_for_object("frameworks", "fwmin", fw_done, timeout=20)
     comp = fw["status"]["attemptStatus"]["completionStatus"]
     assert comp["code"] == 0 and comp["trigger"]["taskRoleName"] == "master"
@@ -219,19 +276,28 @@ async def test_framework_min_succeeded_task_count(cluster: FakeCluster) -> None:
 
 async def test_framework_stop_by_json_patch(cluster: FakeCluster) -> None:
     cluster.create(framework("fwstop", [role("worker", [sys.executable, "-c", "import time; time.sleep(60)"])]))
-    await cluster.wait_for_object("frameworks", "fwstop", lambda o: o.get("status", {}).get("state") ==
-                                  "AttemptRunning")
+    await cluster.wait_for_object(
+        "frameworks", "fwstop", lambda o: o.get("status", {}).get("state") == "AttemptRunning"
+    )
     cfg = k8s.client.Configuration()
     cfg.host = cluster.url
     async with k8s.client.ApiClient(cfg) as client:
         custom = k8s.client.CustomObjectsApi(client)
         await custom.patch_namespaced_custom_object(
-            "frameworkcontroller.microsoft.com", "v1", "default", "frameworks", "fwstop",
-            [{"op": "replace", "path": "/spec/executionType", "value": "Stop"}])
+            "frameworkcontroller.microsoft.com",
+            "v1",
+            "default",
+            "frameworks",
+            "fwstop",
+            [{"op": "replace", "path": "/spec/executionType", "value": "Stop"}],
+        )
     fw = await cluster.wait_for_object("frameworks", "fwstop", fw_done)
     comp = fw["status"]["attemptStatus"]["completionStatus"]
-    assert (comp["code"], comp["phrase"], comp["type"]) == (-210, "StopFrameworkRequested",
-                                                            {"name": "Failed", "attributes": ["Permanent"]})
+    assert (comp["code"], comp["phrase"], comp["type"]) == (
+        -210,
+        "StopFrameworkRequested",
+        {"name": "Failed", "attributes": ["Permanent"]},
+    )
     await cluster.wait_deleted("pods", "fwstop-worker-0")
 
 
@@ -245,26 +311,44 @@ async def test_framework_evicted_pod_is_failed_without_failed_container(cluster:
     assert comp["type"]["name"] == "Failed"
 
 
-async def test_framework_barrier_init_container_and_plain_init_container(cluster: FakeCluster,
-                                                                       tmp_path: Path) -> None:
+async def test_framework_barrier_init_container_and_plain_init_container(cluster: FakeCluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    worker = role("worker", ["sh", "-c", "if [ -f /mnt/frameworkbarrier/injector.sh ]; then "
-                             ". /mnt/frameworkbarrier/injector.sh; fi; "
-                             "echo $(cat /work/ready) ips=$FB_WORKER_IPS > /out/$FC_TASK_INDEX"],
-                  tasks=2)
+    worker = role(
+        "worker",
+        [
+            "sh",
+            "-c",
+            "if [ -f /mnt/frameworkbarrier/injector.sh ]; then "
+            ". /mnt/frameworkbarrier/injector.sh; fi; "
+            "echo $(cat /work/ready) ips=$FB_WORKER_IPS > /out/$FC_TASK_INDEX",
+        ],
+        tasks=2,
+    )
     pod_spec = worker["task"]["pod"]["spec"]
-    pod_spec["volumes"] = [{"name": "frameworkbarrier-volume", "emptyDir": {}}, {"name": "work", "emptyDir": {}},
-                           {"name": "out", "hostPath": {"path": str(out)}}]
+    pod_spec["volumes"] = [
+        {"name": "frameworkbarrier-volume", "emptyDir": {}},
+        {"name": "work", "emptyDir": {}},
+        {"name": "out", "hostPath": {"path": str(out)}},
+    ]
     pod_spec["initContainers"] = [
-        {"name": "frameworkbarrier", "image": "frameworkcontroller/frameworkbarrier",
-         "volumeMounts": [{"name": "frameworkbarrier-volume", "mountPath": "/mnt/frameworkbarrier"}]},
-        {"name": "prepare", "image": "busybox", "command": ["sh", "-c", "echo ready > /work/ready"],
-         "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+        {
+            "name": "frameworkbarrier",
+            "image": "frameworkcontroller/frameworkbarrier",
+            "volumeMounts": [{"name": "frameworkbarrier-volume", "mountPath": "/mnt/frameworkbarrier"}],
+        },
+        {
+            "name": "prepare",
+            "image": "busybox",
+            "command": ["sh", "-c", "echo ready > /work/ready"],
+            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+        },
     ]
     pod_spec["containers"][0]["volumeMounts"] = [
         {"name": "frameworkbarrier-volume", "mountPath": "/mnt/frameworkbarrier"},
-        {"name": "work", "mountPath": "/work"}, {"name": "out", "mountPath": "/out"}]
+        {"name": "work", "mountPath": "/work"},
+        {"name": "out", "mountPath": "/out"},
+    ]
     cluster.create(framework("fwbar", [worker]))
     fw = await cluster.wait_for_object("frameworks", "fwbar", fw_done)
     assert fw["status"]["attemptStatus"]["completionStatus"]["code"] == 0
@@ -285,8 +369,13 @@ async def test_evicted_pod_of_an_on_failure_job_is_recreated(cluster: FakeCluste
 
 
 async def test_active_deadline_fails_the_job_and_stops_its_pods(cluster: FakeCluster) -> None:
-    cluster.create(tfjob("late", [sys.executable, "-c", "import time; time.sleep(60)"],
-                         extra_spec={"runPolicy": {"activeDeadlineSeconds": 1}}))
+    cluster.create(
+        tfjob(
+            "late",
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            extra_spec={"runPolicy": {"activeDeadlineSeconds": 1}},
+        )
+    )
     job = await cluster.wait_for_object("tfjobs", "late", lambda o: condition(o, "Failed"))
     assert job["status"]["conditions"][-1]["reason"] == "DeadlineExceeded"
     await cluster.wait_deleted("pods", "late-worker-0")
@@ -299,10 +388,18 @@ async def test_ttl_after_finished_deletes_the_job_and_its_pods(cluster: FakeClus
 
 
 async def test_framework_retries_up_to_max_retry_count(cluster: FakeCluster) -> None:
-    cluster.create(framework("fwretry", [role("worker", ["sh", "-c", "exit 3"])],
-                             retryPolicy={"fancyRetryPolicy": False, "maxRetryCount": 1}))
+    cluster.create(
+        framework(
+            "fwretry",
+            [role("worker", ["sh", "-c", "exit 3"])],
+            retryPolicy={"fancyRetryPolicy": False, "maxRetryCount": 1},
+        )
+    )
     fw = await cluster.wait_for_object("frameworks", "fwretry", fw_done, timeout=20)
     assert fw["status"]["attemptStatus"]["id"] == 1
-    assert fw["status"]["retryPolicyStatus"] == {"totalRetriedCount": 1, "accountableRetriedCount": 1,
-                                                 "retryDelaySec": None}
+    assert fw["status"]["retryPolicyStatus"] == {
+        "totalRetriedCount": 1,
+        "accountableRetriedCount": 1,
+        "retryDelaySec": None,
+    }
     assert fw["status"]["attemptStatus"]["completionStatus"]["code"] == 3

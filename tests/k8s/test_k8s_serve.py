@@ -31,12 +31,28 @@ async def test_serve_with_kubectl_then_sigterm(tmp_path: Path, crd_files: list[P
     state = tmp_path / "state"
     export = tmp_path / "export"
     export.mkdir()
-    args = [sys.executable, "-m", "nni_ts.testing.k8s", "serve", "--port", str(port), "--state-dir", str(state),
-            "--node", "n1:cpu=4,memory=8Gi,gpus=1", "--nfs", f"10.0.0.9:/srv={export}", "--token", "s3cret", "--tls"]
+    args = [
+        sys.executable,
+        "-m",
+        "nni_ts.testing.k8s",
+        "serve",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(state),
+        "--node",
+        "n1:cpu=4,memory=8Gi,gpus=1",
+        "--nfs",
+        f"10.0.0.9:/srv={export}",
+        "--token",
+        "s3cret",
+        "--tls",
+    ]
     for crd in crd_files:
         args += ["--crd", str(crd)]
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True
+    )
     assert proc.stdout is not None
     try:
         async with asyncio.timeout(20):
@@ -67,8 +83,12 @@ spec:
         pid = int((export / "pid").read_text())
         assert (export / "hello").read_text() == "hi\n"
         nodes = (await kubectl("get", "nodes", "-o", "json")).json()
-        assert nodes["items"][0]["status"]["capacity"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1",
-                                                           "pods": "1000"}
+        assert nodes["items"][0]["status"]["capacity"] == {
+            "cpu": "4",
+            "memory": "8Gi",
+            "nvidia.com/gpu": "1",
+            "pods": "1000",
+        }
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             assert await proc.wait() == 0
@@ -82,12 +102,22 @@ spec:
 
 
 async def test_serve_mistakes_are_sentences(tmp_path: Path) -> None:
-    for extra, expected in ((["--node", "n1:cpu=lots"], "'lots' is not a quantity"),
-                            (["--nfs", "nowhere"], "expected SERVER:/EXPORT/PATH=LOCAL_DIR"),
-                            (["--crd", str(tmp_path / "missing.yaml")], "no such file")):
+    for extra, expected in (
+        (["--node", "n1:cpu=lots"], "'lots' is not a quantity"),
+        (["--nfs", "nowhere"], "expected SERVER:/EXPORT/PATH=LOCAL_DIR"),
+        (["--crd", str(tmp_path / "missing.yaml")], "no such file"),
+    ):
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nni_ts.testing.k8s", "serve", "--state-dir", str(tmp_path / "s"), *extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "nni_ts.testing.k8s",
+            "serve",
+            "--state-dir",
+            str(tmp_path / "s"),
+            *extra,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 2, err
         assert expected in err.decode() and "Traceback" not in err.decode()

@@ -17,7 +17,8 @@ SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "spec": {
-            "type": "object", "required": ["name"],
+            "type": "object",
+            "required": ["name"],
             "properties": {
                 "name": {"type": "string", "pattern": "^[a-z]+$", "maxLength": 5},
                 "count": {"type": "integer", "minimum": 0, "maximum": 3, "default": 1},
@@ -39,27 +40,38 @@ def causes(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def test_valid_object_gets_defaults_and_pruning() -> None:
-    obj = {"metadata": {"name": "x"}, "spec": {"name": "abc", "unknown": 1, "free": {"anything": [1]},
-                                               "limits": {"cpu": "1", "gpu": 2}, "maybe": None}}
+    obj = {
+        "metadata": {"name": "x"},
+        "spec": {
+            "name": "abc",
+            "unknown": 1,
+            "free": {"anything": [1]},
+            "limits": {"cpu": "1", "gpu": 2},
+            "maybe": None,
+        },
+    }
     found, pruned = validate(SCHEMA, obj)
     assert found == [] and pruned == ["spec.unknown"]
     assert obj["spec"]["count"] == 1 and "unknown" not in obj["spec"] and obj["spec"]["free"] == {"anything": [1]}
 
 
-@pytest.mark.parametrize(("spec", "field", "reason"), [
-    ({}, "spec.name", "FieldValueRequired"),
-    ({"name": "ABC"}, "spec.name", "FieldValueInvalid"),
-    ({"name": "abcdefg"}, "spec.name", "FieldValueTooLong"),
-    ({"name": "a", "count": 4}, "spec.count", "FieldValueInvalid"),
-    ({"name": "a", "count": "1"}, "spec.count", "FieldValueInvalid"),
-    ({"name": "a", "count": True}, "spec.count", "FieldValueInvalid"),
-    ({"name": "a", "mode": "C"}, "spec.mode", "FieldValueNotSupported"),
-    ({"name": "a", "ratio": 0}, "spec.ratio", "FieldValueInvalid"),
-    ({"name": "a", "tags": ["x", "y", "z"]}, "spec.tags", "FieldValueTooMany"),
-    ({"name": "a", "tags": ["x", 2]}, "spec.tags[1]", "FieldValueInvalid"),
-    ({"name": "a", "limits": {"cpu": [1]}}, "spec.limits[cpu]", "FieldValueInvalid"),
-    ({"name": "a", "count": None}, "spec.count", "FieldValueInvalid"),
-])
+@pytest.mark.parametrize(
+    ("spec", "field", "reason"),
+    [
+        ({}, "spec.name", "FieldValueRequired"),
+        ({"name": "ABC"}, "spec.name", "FieldValueInvalid"),
+        ({"name": "abcdefg"}, "spec.name", "FieldValueTooLong"),
+        ({"name": "a", "count": 4}, "spec.count", "FieldValueInvalid"),
+        ({"name": "a", "count": "1"}, "spec.count", "FieldValueInvalid"),
+        ({"name": "a", "count": True}, "spec.count", "FieldValueInvalid"),
+        ({"name": "a", "mode": "C"}, "spec.mode", "FieldValueNotSupported"),
+        ({"name": "a", "ratio": 0}, "spec.ratio", "FieldValueInvalid"),
+        ({"name": "a", "tags": ["x", "y", "z"]}, "spec.tags", "FieldValueTooMany"),
+        ({"name": "a", "tags": ["x", 2]}, "spec.tags[1]", "FieldValueInvalid"),
+        ({"name": "a", "limits": {"cpu": [1]}}, "spec.limits[cpu]", "FieldValueInvalid"),
+        ({"name": "a", "count": None}, "spec.count", "FieldValueInvalid"),
+    ],
+)
 def test_invalid_fields_are_named(spec: dict[str, Any], field: str, reason: str) -> None:
     assert causes({"spec": spec}).get(field) == reason
 
@@ -71,9 +83,11 @@ def test_real_messages() -> None:
     assert messages["spec.count"] == "Invalid value: 9: spec.count in body should be less than or equal to 3"
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                           lambda children: st.lists(children, max_size=3)
-                           | st.dictionaries(st.text(max_size=3), children, max_size=3), max_leaves=10)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=10,
+)
 json_objects = st.dictionaries(st.text(max_size=3), json_values, max_size=4)
 
 
@@ -92,17 +106,25 @@ def test_merge_patch_properties(target: dict[str, Any], patch: dict[str, Any]) -
 
 def test_json_patch_operations_and_failures() -> None:
     doc = {"spec": {"a": [1, 2], "b": "x"}}
-    out = json_patch(doc, [{"op": "add", "path": "/spec/a/-", "value": 3},
-                           {"op": "replace", "path": "/spec/b", "value": "y"},
-                           {"op": "move", "from": "/spec/b", "path": "/spec/c"},
-                           {"op": "copy", "from": "/spec/a", "path": "/spec/d"},
-                           {"op": "test", "path": "/spec/c", "value": "y"},
-                           {"op": "remove", "path": "/spec/a/0"},
-                           {"op": "add", "path": "/spec/x~1y", "value": 1}])
+    out = json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/spec/a/-", "value": 3},
+            {"op": "replace", "path": "/spec/b", "value": "y"},
+            {"op": "move", "from": "/spec/b", "path": "/spec/c"},
+            {"op": "copy", "from": "/spec/a", "path": "/spec/d"},
+            {"op": "test", "path": "/spec/c", "value": "y"},
+            {"op": "remove", "path": "/spec/a/0"},
+            {"op": "add", "path": "/spec/x~1y", "value": 1},
+        ],
+    )
     assert out == {"spec": {"a": [2, 3], "c": "y", "d": [1, 2, 3], "x/y": 1}}
     assert doc == {"spec": {"a": [1, 2], "b": "x"}}
-    for bad in ([{"op": "replace", "path": "/spec/zz", "value": 1}], [{"op": "remove", "path": "/nope"}],
-                [{"op": "test", "path": "/spec/b", "value": "other"}]):
+    for bad in (
+        [{"op": "replace", "path": "/spec/zz", "value": 1}],
+        [{"op": "remove", "path": "/nope"}],
+        [{"op": "test", "path": "/spec/b", "value": "other"}],
+    ):
         with pytest.raises(ApiError) as info:
             json_patch(doc, bad)
         assert info.value.code == 422
@@ -111,12 +133,28 @@ def test_json_patch_operations_and_failures() -> None:
 
 
 def test_strategic_merge_patch_basics() -> None:
-    pod = {"spec": {"containers": [{"name": "a", "image": "1", "env": [{"name": "X", "value": "1"}]},
-                                   {"name": "b", "image": "1"}]},
-           "metadata": {"finalizers": ["f1"], "labels": {"k": "v"}}}
-    out = strategic_merge_patch(pod, {"spec": {"containers": [
-        {"name": "a", "env": [{"name": "Y", "value": "2"}]}, {"name": "c", "image": "3"},
-        {"name": "b", "$patch": "delete"}]}, "metadata": {"finalizers": ["f2"], "labels": {"k": None}}})
+    pod = {
+        "spec": {
+            "containers": [
+                {"name": "a", "image": "1", "env": [{"name": "X", "value": "1"}]},
+                {"name": "b", "image": "1"},
+            ]
+        },
+        "metadata": {"finalizers": ["f1"], "labels": {"k": "v"}},
+    }
+    out = strategic_merge_patch(
+        pod,
+        {
+            "spec": {
+                "containers": [
+                    {"name": "a", "env": [{"name": "Y", "value": "2"}]},
+                    {"name": "c", "image": "3"},
+                    {"name": "b", "$patch": "delete"},
+                ]
+            },
+            "metadata": {"finalizers": ["f2"], "labels": {"k": None}},
+        },
+    )
     assert [c["name"] for c in out["spec"]["containers"]] == ["a", "c"]
     assert out["spec"]["containers"][0]["env"] == [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]
     assert out["metadata"] == {"finalizers": ["f1", "f2"], "labels": {}}
@@ -132,8 +170,15 @@ def test_label_and_field_selectors() -> None:
     assert LabelSelector.parse("tier notin (db)").matches({})
     with pytest.raises(ApiError):
         LabelSelector.parse("a in b")
-    expr = LabelSelector.from_dict({"matchLabels": {"a": "1"}, "matchExpressions": [
-        {"key": "b", "operator": "Exists"}, {"key": "c", "operator": "NotIn", "values": ["x"]}]})
+    expr = LabelSelector.from_dict(
+        {
+            "matchLabels": {"a": "1"},
+            "matchExpressions": [
+                {"key": "b", "operator": "Exists"},
+                {"key": "c", "operator": "NotIn", "values": ["x"]},
+            ],
+        }
+    )
     assert expr.matches({"a": "1", "b": ""}) and not expr.matches({"a": "1"})
     fields = FieldSelector.parse("metadata.name=p,status.phase!=Failed", {"metadata.name", "status.phase"})
     assert fields.matches({"metadata": {"name": "p"}, "status": {"phase": "Running"}})

@@ -18,8 +18,9 @@ from nni_ts.testing.k8s import FakeCluster
 pytestmark = pytest.mark.timeout(60)
 
 
-async def raw_watch(cluster: FakeCluster, path: str, params: dict[str, str], limit: int | None = None,
-                    timeout: float = 10.0) -> list[dict[str, Any]]:
+async def raw_watch(
+    cluster: FakeCluster, path: str, params: dict[str, str], limit: int | None = None, timeout: float = 10.0
+) -> list[dict[str, Any]]:
     """The events of one watch request, read line by line until the stream ends (or ``limit`` events)."""
     events: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as session, asyncio.timeout(timeout):
@@ -40,15 +41,20 @@ def cm(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
 async def test_initial_added_then_changes_and_timeout(cluster: FakeCluster) -> None:
     cluster.create(cm("a"))
     cluster.create(cm("b"))
-    watch = asyncio.create_task(raw_watch(cluster, "/api/v1/namespaces/default/configmaps",
-                                          {"watch": "true", "timeoutSeconds": "1"}))
+    watch = asyncio.create_task(
+        raw_watch(cluster, "/api/v1/namespaces/default/configmaps", {"watch": "true", "timeoutSeconds": "1"})
+    )
     await cluster.wait_for(lambda c: c.request_counts[("watch", "configmaps")] == 1)
     await asyncio.sleep(0.1)
     cluster.create(cm("c"))
     cluster.delete("configmaps", "a")
     events = await watch  # ends by itself after timeoutSeconds
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c"), ("DELETED", "a")]
+        ("ADDED", "a"),
+        ("ADDED", "b"),
+        ("ADDED", "c"),
+        ("DELETED", "a"),
+    ]
 
 
 async def test_resume_from_resource_version_and_watch_capital_true(cluster: FakeCluster) -> None:
@@ -58,8 +64,11 @@ async def test_resume_from_resource_version_and_watch_capital_true(cluster: Fake
     obj = dict(cluster.get("configmaps", "two") or {})
     obj["data"] = {"k": "v"}
     cluster.api.update(cluster.resource("configmaps"), "default", "two", obj)
-    events = await raw_watch(cluster, "/api/v1/namespaces/default/configmaps",
-                             {"watch": "True", "resourceVersion": rv, "timeoutSeconds": "1"})
+    events = await raw_watch(
+        cluster,
+        "/api/v1/namespaces/default/configmaps",
+        {"watch": "True", "resourceVersion": rv, "timeoutSeconds": "1"},
+    )
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "two"), ("MODIFIED", "two")]
     assert int(events[-1]["object"]["metadata"]["resourceVersion"]) > int(rv)
 
@@ -68,16 +77,18 @@ async def test_too_old_resource_version_gets_410(cluster: FakeCluster) -> None:
     first = cluster.create(cm("old"))
     cluster.create(cm("newer"))
     cluster.faults.compact()
-    events = await raw_watch(cluster, "/api/v1/namespaces/default/configmaps",
-                             {"watch": "true", "resourceVersion": first["metadata"]["resourceVersion"]})
+    events = await raw_watch(
+        cluster,
+        "/api/v1/namespaces/default/configmaps",
+        {"watch": "true", "resourceVersion": first["metadata"]["resourceVersion"]},
+    )
     assert len(events) == 1 and events[0]["type"] == "ERROR"
     assert events[0]["object"]["code"] == 410 and events[0]["object"]["reason"] == "Expired"
     # the switch: the next watch fails even from the current version
     cluster.faults.gone_next_watches(1)
     events = await raw_watch(cluster, "/api/v1/namespaces/default/configmaps", {"watch": "true"})
     assert events[0]["object"]["code"] == 410
-    events = await raw_watch(cluster, "/api/v1/namespaces/default/configmaps",
-                             {"watch": "true", "timeoutSeconds": "1"})
+    events = await raw_watch(cluster, "/api/v1/namespaces/default/configmaps", {"watch": "true", "timeoutSeconds": "1"})
     assert [e["type"] for e in events] == ["ADDED", "ADDED"]
 
 
@@ -91,16 +102,25 @@ async def test_kubernetes_asyncio_watch_raises_410(cluster: FakeCluster) -> None
         core = k8s.client.CoreV1Api(client)
         watch = k8s.watch.Watch()
         with pytest.raises(k8s.client.ApiException) as info:
-            async for _ in watch.stream(core.list_namespaced_config_map, "default",
-                                        resource_version=first["metadata"]["resourceVersion"], timeout_seconds=5):
+            async for _ in watch.stream(
+                core.list_namespaced_config_map,
+                "default",
+                resource_version=first["metadata"]["resourceVersion"],
+                timeout_seconds=5,
+            ):
                 pass
         assert info.value.status == 410
 
 
 async def test_label_selector_turns_changes_into_added_and_deleted(cluster: FakeCluster) -> None:
     cluster.create(cm("s", {"role": "a"}))
-    watch = asyncio.create_task(raw_watch(cluster, "/api/v1/namespaces/default/configmaps",
-                                          {"watch": "1", "labelSelector": "role=b", "timeoutSeconds": "1"}))
+    watch = asyncio.create_task(
+        raw_watch(
+            cluster,
+            "/api/v1/namespaces/default/configmaps",
+            {"watch": "1", "labelSelector": "role=b", "timeoutSeconds": "1"},
+        )
+    )
     await cluster.wait_for(lambda c: c.request_counts[("watch", "configmaps")] == 1)
     await asyncio.sleep(0.1)
     rtype = cluster.resource("configmaps")
@@ -116,17 +136,38 @@ async def test_kubernetes_asyncio_watch_of_custom_objects(cluster: FakeCluster, 
     cfg.host = cluster.url
     async with k8s.client.ApiClient(cfg) as client:
         custom = k8s.client.CustomObjectsApi(client)
-        body = {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "w"},
-                "spec": {"tfReplicaSpecs": {"Worker": {"replicas": 1, "template": {"spec": {"containers": [
-                    {"name": "tensorflow", "image": "x",
-                     "command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"]}]}}}}}}
+        body = {
+            "apiVersion": "kubeflow.org/v1",
+            "kind": "TFJob",
+            "metadata": {"name": "w"},
+            "spec": {
+                "tfReplicaSpecs": {
+                    "Worker": {
+                        "replicas": 1,
+                        "template": {
+                            "spec": {
+                                "containers": [
+                                    {
+                                        "name": "tensorflow",
+                                        "image": "x",
+                                        "command": ["sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.02; done"],
+                                    }
+                                ]
+                            }
+                        },
+                    }
+                }
+            },
+        }
         await custom.create_namespaced_custom_object("kubeflow.org", "v1", "default", "tfjobs", body)
         seen: list[str] = []
         watch = k8s.watch.Watch()
-        async for event in watch.stream(custom.list_namespaced_custom_object, "kubeflow.org", "v1", "default",
-                                        "tfjobs", timeout_seconds=10):
-            conditions = [c["type"] for c in event["object"].get("status", {}).get("conditions", [])
-                          if c["status"] == "True"]
+        async for event in watch.stream(
+            custom.list_namespaced_custom_object, "kubeflow.org", "v1", "default", "tfjobs", timeout_seconds=10
+        ):
+            conditions = [
+                c["type"] for c in event["object"].get("status", {}).get("conditions", []) if c["status"] == "True"
+            ]
             seen.append(event["type"])
             gate.touch()
             if "Succeeded" in conditions:
@@ -141,8 +182,9 @@ async def test_api_restart_breaks_watches_and_keeps_state(cluster: FakeCluster) 
     async def watch_until_end() -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{cluster.url}/api/v1/namespaces/default/configmaps",
-                                   params={"watch": "true"}) as resp:
+            async with session.get(
+                f"{cluster.url}/api/v1/namespaces/default/configmaps", params={"watch": "true"}
+            ) as resp:
                 try:
                     async for line in resp.content:
                         events.append(json.loads(line))
@@ -171,8 +213,11 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def test_watch_as_table(cluster: FakeCluster, session: aiohttp.ClientSession) -> None:
     cluster.create(cm("t"))
     headers = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
-    async with session.get(f"{cluster.url}/api/v1/namespaces/default/configmaps",
-                           params={"watch": "true", "timeoutSeconds": "1"}, headers=headers) as resp:
+    async with session.get(
+        f"{cluster.url}/api/v1/namespaces/default/configmaps",
+        params={"watch": "true", "timeoutSeconds": "1"},
+        headers=headers,
+    ) as resp:
         lines = [json.loads(x) for x in (await resp.text()).splitlines() if x.strip()]
     assert lines[0]["object"]["kind"] == "Table"
     assert lines[0]["object"]["rows"][0]["cells"][0] == "t"
@@ -181,9 +226,17 @@ async def test_watch_as_table(cluster: FakeCluster, session: aiohttp.ClientSessi
 async def test_bookmarks_and_initial_events_end(cluster: FakeCluster) -> None:
     cluster.server.bookmark_interval = 0.2
     cluster.create(cm("b1"))
-    events = await raw_watch(cluster, "/api/v1/namespaces/default/configmaps",
-                             {"watch": "true", "allowWatchBookmarks": "true", "sendInitialEvents": "true",
-                              "resourceVersionMatch": "NotOlderThan", "timeoutSeconds": "1"})
+    events = await raw_watch(
+        cluster,
+        "/api/v1/namespaces/default/configmaps",
+        {
+            "watch": "true",
+            "allowWatchBookmarks": "true",
+            "sendInitialEvents": "true",
+            "resourceVersionMatch": "NotOlderThan",
+            "timeoutSeconds": "1",
+        },
+    )
     assert events[0]["type"] == "ADDED"
     assert events[1]["type"] == "BOOKMARK"
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}

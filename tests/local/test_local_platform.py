@@ -88,16 +88,19 @@ async def test_gpu_placement_and_queueing(tmp_path: Path, fake_nvidia_smi: Path)
 
 
 async def test_too_many_gpus_is_a_config_error(tmp_path: Path, fake_nvidia_smi: Path) -> None:
-    svc = LocalTrainingService({"trialCommand": "true", "trialCodeDirectory": str(tmp_path), "trialGpuNumber": 4},
-                               experiment_dir=tmp_path / "exp")
+    svc = LocalTrainingService(
+        {"trialCommand": "true", "trialCodeDirectory": str(tmp_path), "trialGpuNumber": 4},
+        experiment_dir=tmp_path / "exp",
+    )
     with pytest.raises(ConfigError, match="3 usable GPU"):
         await svc.start()
     await svc.clean_up()
 
 
 async def test_missing_code_directory(tmp_path: Path) -> None:
-    svc = LocalTrainingService({"trialCommand": "true", "trialCodeDirectory": str(tmp_path / "nope")},
-                               experiment_dir=tmp_path / "exp")
+    svc = LocalTrainingService(
+        {"trialCommand": "true", "trialCodeDirectory": str(tmp_path / "nope")}, experiment_dir=tmp_path / "exp"
+    )
     with pytest.raises(ConfigError, match="trialCodeDirectory"):
         await svc.start()
     await svc.clean_up()
@@ -175,8 +178,11 @@ async def test_reattach_after_manager_death(tmp_path: Path) -> None:
     detail = TrialJobDetail.model_validate(state["detail"])
     assert detail.status is TrialJobStatus.RUNNING
     metrics: list[TrialJobMetric] = []
-    async with LocalTrainingService({"trialCommand": "python3 t.py", "trialCodeDirectory": str(code)},
-                                    experiment_id="resume1", experiment_dir=tmp_path / "exp") as svc:
+    async with LocalTrainingService(
+        {"trialCommand": "python3 t.py", "trialCodeDirectory": str(code)},
+        experiment_id="resume1",
+        experiment_dir=tmp_path / "exp",
+    ) as svc:
         svc.add_trial_job_metric_listener(metrics.append)
         await svc.reattach_trial_job(detail, metrics_delivered=state["delivered"])
         (Path(detail.working_directory) / "go").touch()
@@ -186,7 +192,10 @@ async def test_reattach_after_manager_death(tmp_path: Path) -> None:
     records = [json.loads(m.data) for m in metrics]
     # Only the records the first manager had not delivered, each once, in order.
     assert [(r["type"], json.loads(r["value"])) for r in records] == [
-        ("PERIODICAL", 2), ("PERIODICAL", 3), ("PERIODICAL", 4), ("FINAL", 42)
+        ("PERIODICAL", 2),
+        ("PERIODICAL", 3),
+        ("PERIODICAL", 4),
+        ("FINAL", 42),
     ]
 
 
@@ -202,8 +211,11 @@ async def test_reattach_to_a_trial_that_ended_meanwhile(tmp_path: Path) -> None:
         while not code_file.exists() or not code_file.read_text().strip():
             await asyncio.sleep(0.02)
     metrics: list[TrialJobMetric] = []
-    async with LocalTrainingService({"trialCommand": "python3 t.py", "trialCodeDirectory": str(code)},
-                                    experiment_id="resume1", experiment_dir=tmp_path / "exp") as svc:
+    async with LocalTrainingService(
+        {"trialCommand": "python3 t.py", "trialCodeDirectory": str(code)},
+        experiment_id="resume1",
+        experiment_dir=tmp_path / "exp",
+    ) as svc:
         svc.add_trial_job_metric_listener(metrics.append)
         await svc.reattach_trial_job(detail, metrics_delivered=state["delivered"])
         done = await wait_for_status(svc, detail.id, timeout=30)
@@ -212,11 +224,16 @@ async def test_reattach_to_a_trial_that_ended_meanwhile(tmp_path: Path) -> None:
 
 
 async def test_reattach_never_reruns_a_vanished_trial(tmp_path: Path) -> None:
-    detail = TrialJobDetail(id="gone1", status=TrialJobStatus.RUNNING, form=form({}),
-                            working_directory=str(tmp_path / "nowhere"),
-                            platform_data={"pid": 999999999, "create_time": 1.0})
-    async with LocalTrainingService({"trialCommand": "true", "trialCodeDirectory": str(tmp_path)},
-                                    experiment_dir=tmp_path / "exp") as svc:
+    detail = TrialJobDetail(
+        id="gone1",
+        status=TrialJobStatus.RUNNING,
+        form=form({}),
+        working_directory=str(tmp_path / "nowhere"),
+        platform_data={"pid": 999999999, "create_time": 1.0},
+    )
+    async with LocalTrainingService(
+        {"trialCommand": "true", "trialCodeDirectory": str(tmp_path)}, experiment_dir=tmp_path / "exp"
+    ) as svc:
         await svc.reattach_trial_job(detail)
         got = await svc.get_trial_job("gone1")
     assert got.status is TrialJobStatus.FAILED and got.infrastructure_failure
@@ -247,8 +264,9 @@ async def _run_nni_style(tmp_path: Path, python: str) -> tuple[TrialJobDetail, l
     code.mkdir(exist_ok=True)
     (code / "mnist.py").write_text(NNI_STYLE_TRIAL)
     metrics: list[TrialJobMetric] = []
-    async with LocalTrainingService({"trialCommand": f"{python} mnist.py", "trialCodeDirectory": str(code)},
-                                    experiment_dir=tmp_path / "exp") as svc:
+    async with LocalTrainingService(
+        {"trialCommand": f"{python} mnist.py", "trialCodeDirectory": str(code)}, experiment_dir=tmp_path / "exp"
+    ) as svc:
         svc.add_trial_job_metric_listener(metrics.append)
         d = await svc.submit_trial_job(form({"lr": 0.05, "optimizer": "adam"}, 0, parameter_id=7))
         done = await wait_for_status(svc, d.id, timeout=60)
@@ -261,7 +279,7 @@ def _check_nni_style(done: TrialJobDetail, metrics: list[TrialJobMetric]) -> lis
     records = [json.loads(m.data) for m in metrics]
     assert [r["type"] for r in records] == ["PERIODICAL"] * 3 + ["FINAL"]
     assert all(r["parameter_id"] == 7 and r["trial_job_id"] == done.id for r in records)
-    assert json.loads(records[-1]["value"]) == {"default": 0.05, "optimizer": "adam", "note": "it's \"fine\""}
+    assert json.loads(records[-1]["value"]) == {"default": 0.05, "optimizer": "adam", "note": 'it\'s "fine"'}
     return records
 
 
@@ -272,16 +290,16 @@ async def test_unmodified_nni_trial_with_the_light_module(tmp_path: Path) -> Non
     assert b"which nni: True" in out
     # The listener got the bytes as the SDK framed them in the metrics file.
     raw = (Path(done.working_directory) / ".nni" / "metrics").read_bytes()
-    assert [m.data.encode() for m in metrics] == [
-        chunk[6:-1] for chunk in raw.split(b"ME")[1:]
-    ]
+    assert [m.data.encode() for m in metrics] == [chunk[6:-1] for chunk in raw.split(b"ME")[1:]]
 
 
 REAL_NNI_PYTHON = os.environ.get("NNI_TS_REAL_NNI_PYTHON", "/opt/nni-real/bin/python")
 
 
-@pytest.mark.skipif(not Path(REAL_NNI_PYTHON).exists(), reason="needs a Python with the real nni installed "
-                    "(set NNI_TS_REAL_NNI_PYTHON; .ci/run creates /opt/nni-real)")
+@pytest.mark.skipif(
+    not Path(REAL_NNI_PYTHON).exists(),
+    reason="needs a Python with the real nni installed (set NNI_TS_REAL_NNI_PYTHON; .ci/run creates /opt/nni-real)",
+)
 async def test_unmodified_nni_trial_with_the_real_nni(tmp_path: Path) -> None:
     done, metrics, out = await _run_nni_style(tmp_path, REAL_NNI_PYTHON)
     _check_nni_style(done, metrics)

@@ -68,8 +68,9 @@ async def test_experiment_through_password_login(
         "trainingService": {
             "platform": "remote",
             "knownHostsFile": str(password_host.known_hosts),
-            "machineList": [{"host": password_host.host, "port": password_host.port, "user": user,
-                             "password": password}],
+            "machineList": [
+                {"host": password_host.host, "port": password_host.port, "user": user, "password": password}
+            ],
         },
     }
     caplog.set_level("DEBUG")
@@ -92,8 +93,12 @@ async def test_wrong_password_is_a_clear_error_without_the_password(
 
     wrong = "wrong-" + secrets.token_urlsafe(8)
     service = RemoteTrainingService(
-        {"trialCommand": "true", "trialCodeDirectory": str(tmp_path), "knownHostsFile": str(password_host.known_hosts),
-         "machineList": [{"host": password_host.host, "port": password_host.port, "user": user, "password": wrong}]},
+        {
+            "trialCommand": "true",
+            "trialCodeDirectory": str(tmp_path),
+            "knownHostsFile": str(password_host.known_hosts),
+            "machineList": [{"host": password_host.host, "port": password_host.port, "user": user, "password": wrong}],
+        },
         experiment_dir=tmp_path / "exp",
     )
     with pytest.raises(NniTsError) as info:

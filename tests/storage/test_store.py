@@ -49,9 +49,7 @@ def test_metric_written_twice_is_kept_once(store: Store) -> None:
 
 def test_update_trial_keeps_platform_data(store: Store) -> None:
     store.insert_trial(_trial("e1", "t1"))
-    form = TrialJobApplicationForm.model_validate(
-        {"sequence_id": 0, "hyper_parameters": {"value": "{}", "index": 0}}
-    )
+    form = TrialJobApplicationForm.model_validate({"sequence_id": 0, "hyper_parameters": {"value": "{}", "index": 0}})
     detail = TrialJobDetail(id="t1", status=TrialJobStatus.RUNNING, form=form, platform_data={"pid": 42})
     store.update_trial("e1", detail)
     t = store.get_trial("e1", "t1")

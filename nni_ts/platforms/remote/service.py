@@ -78,9 +78,9 @@ _ALIVE_FN = (
 # tp DIR: the pid (= process group) of the trial its keeper started: from the keeper's pid file,
 # else from its log.
 _TRIAL_PID_FN = (
-    "tp() { p=$(sed -n 's/.*\"trial_pgid\": *\\([0-9][0-9]*\\).*/\\1/p' \"$1/.nni-ts/pid\" 2>/dev/null); "
-    "[ -n \"$p\" ] || p=$(sed -n 's/.* started: pid \\([0-9][0-9]*\\)\\..*/\\1/p' \"$1/.nni-ts/keeper.log\" "
-    "2>/dev/null | tail -n 1); echo \"$p\"; }"
+    'tp() { p=$(sed -n \'s/.*"trial_pgid": *\\([0-9][0-9]*\\).*/\\1/p\' "$1/.nni-ts/pid" 2>/dev/null); '
+    '[ -n "$p" ] || p=$(sed -n \'s/.* started: pid \\([0-9][0-9]*\\)\\..*/\\1/p\' "$1/.nni-ts/keeper.log" '
+    '2>/dev/null | tail -n 1); echo "$p"; }'
 )
 
 

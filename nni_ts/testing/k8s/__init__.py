@@ -19,5 +19,4 @@ from .kubelet import Node
 from .threaded import ThreadedCluster
 from .util import ApiError
 
-__all__ = ["BUILTIN_CRDS", "Api", "ApiError", "FakeCluster", "Faults", "Node", "ThreadedCluster",
-           "load_yaml_documents"]
+__all__ = ["BUILTIN_CRDS", "Api", "ApiError", "FakeCluster", "Faults", "Node", "ThreadedCluster", "load_yaml_documents"]

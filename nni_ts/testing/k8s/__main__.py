@@ -22,7 +22,8 @@ def _node(text: str) -> Node:
         key, sep, value = item.partition("=")
         if not sep or key not in ("cpu", "memory", "gpus", "pods"):
             raise argparse.ArgumentTypeError(
-                f"--node {text!r}: expected name[:cpu=N,memory=Q,gpus=N,pods=N], got the item {item!r}.")
+                f"--node {text!r}: expected name[:cpu=N,memory=Q,gpus=N,pods=N], got the item {item!r}."
+            )
         try:
             parse_quantity(value)
         except ValueError as exc:
@@ -43,32 +44,68 @@ def _export(text: str) -> tuple[tuple[str, str], Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nni_ts.testing.k8s",
-                                     description="A fake Kubernetes cluster for tests (see docs/fake-cluster.md).")
+    parser = argparse.ArgumentParser(
+        prog="python -m nni_ts.testing.k8s",
+        description="A fake Kubernetes cluster for tests (see docs/fake-cluster.md).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the fake cluster until interrupted")
     serve.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--state-dir", type=Path, required=True,
-                       help="directory for the kubeconfig, pod logs and local stand-ins of volumes")
-    serve.add_argument("--crd", type=Path, action="append", default=[],
-                       help="a CustomResourceDefinition YAML file to load (repeatable)")
-    serve.add_argument("--no-builtin-crds", action="store_true",
-                       help="do not load the built-in minimal TFJob, PyTorchJob and Framework CRDs")
-    serve.add_argument("--node", type=_node, action="append", default=[],
-                       help="a node, name[:cpu=8,memory=32Gi,gpus=2] (repeatable; default one large node)")
-    serve.add_argument("--nfs", type=_export, action="append", default=[],
-                       help="map an NFS export to a local directory: SERVER:/EXPORT=LOCAL_DIR (repeatable)")
-    serve.add_argument("--token", default=None,
-                       help="require this bearer token (kubectl sends tokens only over HTTPS: add --tls)")
-    serve.add_argument("--tls", action="store_true",
-                       help="serve HTTPS with a self-signed certificate (its CA is named in the kubeconfig)")
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="directory for the kubeconfig, pod logs and local stand-ins of volumes",
+    )
+    serve.add_argument(
+        "--crd",
+        type=Path,
+        action="append",
+        default=[],
+        help="a CustomResourceDefinition YAML file to load (repeatable)",
+    )
+    serve.add_argument(
+        "--no-builtin-crds",
+        action="store_true",
+        help="do not load the built-in minimal TFJob, PyTorchJob and Framework CRDs",
+    )
+    serve.add_argument(
+        "--node",
+        type=_node,
+        action="append",
+        default=[],
+        help="a node, name[:cpu=8,memory=32Gi,gpus=2] (repeatable; default one large node)",
+    )
+    serve.add_argument(
+        "--nfs",
+        type=_export,
+        action="append",
+        default=[],
+        help="map an NFS export to a local directory: SERVER:/EXPORT=LOCAL_DIR (repeatable)",
+    )
+    serve.add_argument(
+        "--token", default=None, help="require this bearer token (kubectl sends tokens only over HTTPS: add --tls)"
+    )
+    serve.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate (its CA is named in the kubeconfig)",
+    )
     serve.add_argument("--namespace", action="append", default=[], help="create this namespace (repeatable)")
-    serve.add_argument("--volume-mode", choices=["rewrite", "bind", "auto"], default="rewrite",
-                       help="map volumes by rewriting mount paths in commands and env (default), or bind-mount them "
-                            "in a private mount namespace per container (root only; 'auto': bind when possible)")
-    serve.add_argument("--missing-image", action="append", default=[],
-                       help="an image that never pulls (repeatable; names containing 'doesnotexist' never do)")
+    serve.add_argument(
+        "--volume-mode",
+        choices=["rewrite", "bind", "auto"],
+        default="rewrite",
+        help="map volumes by rewriting mount paths in commands and env (default), or bind-mount them "
+        "in a private mount namespace per container (root only; 'auto': bind when possible)",
+    )
+    serve.add_argument(
+        "--missing-image",
+        action="append",
+        default=[],
+        help="an image that never pulls (repeatable; names containing 'doesnotexist' never do)",
+    )
     args = parser.parse_args(argv)
     for path in args.crd:
         if not path.is_file():
@@ -81,10 +118,20 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     try:
-        cluster = FakeCluster(args.state_dir, crd_files=args.crd, builtin_crds=not args.no_builtin_crds,
-                              nodes=args.node or None, nfs_exports=dict(args.nfs), token=args.token,
-                              namespaces=args.namespace, host=args.host, port=args.port,
-                              missing_images=args.missing_image, tls=args.tls, volume_mode=args.volume_mode)
+        cluster = FakeCluster(
+            args.state_dir,
+            crd_files=args.crd,
+            builtin_crds=not args.no_builtin_crds,
+            nodes=args.node or None,
+            nfs_exports=dict(args.nfs),
+            token=args.token,
+            namespaces=args.namespace,
+            host=args.host,
+            port=args.port,
+            missing_images=args.missing_image,
+            tls=args.tls,
+            volume_mode=args.volume_mode,
+        )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

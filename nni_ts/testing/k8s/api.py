@@ -63,16 +63,25 @@ class Api:
     def rtype(self, group: str, version: str, plural: str) -> ResourceType:
         rtype = self.types.get((group, version, plural))
         if rtype is None:
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource "
-                           f"({'/'.join(p for p in (group, version, plural) if p)})")
+            raise ApiError(
+                404,
+                "NotFound",
+                f"the server could not find the requested resource "
+                f"({'/'.join(p for p in (group, version, plural) if p)})",
+            )
         return rtype
 
     def find(self, resource: str) -> ResourceType:
         """A type by plural, singular, short name or kind (``tfjobs``, ``TFJob``, ``po``, ``pods.v1``)."""
         want = resource.lower()
         for rtype in self.types.values():
-            names = {rtype.plural, rtype.singular, rtype.kind.lower(), *rtype.short_names,
-                     f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural}
+            names = {
+                rtype.plural,
+                rtype.singular,
+                rtype.kind.lower(),
+                *rtype.short_names,
+                f"{rtype.plural}.{rtype.group}" if rtype.group else rtype.plural,
+            }
             if want in names:
                 return rtype
         raise ApiError(404, "NotFound", f'the server doesn\'t have a resource type "{resource}"')
@@ -117,13 +126,17 @@ class Api:
             raise ApiError.not_found(rtype.plural, name, rtype.group)
         return self._out(rtype, obj)
 
-    def list(self, rtype: ResourceType, namespace: str | None = None, label_selector: str | None = None,
-             field_selector: str | None = None) -> list[JSON]:
+    def list(
+        self,
+        rtype: ResourceType,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[JSON]:
         labels = LabelSelector.parse(label_selector)
         fields = FieldSelector.parse(field_selector, rtype.field_selectors)
         objs = self.store.list((rtype.group, rtype.plural), namespace if rtype.namespaced else None)
-        return [self._out(rtype, o) for o in objs
-                if labels.matches(o["metadata"].get("labels")) and fields.matches(o)]
+        return [self._out(rtype, o) for o in objs if labels.matches(o["metadata"].get("labels")) and fields.matches(o)]
 
     def _out(self, rtype: ResourceType, obj: JSON) -> JSON:
         if obj.get("apiVersion") != rtype.api_version:
@@ -132,8 +145,9 @@ class Api:
 
     # ---------------------------------------------------------------- writing
 
-    def create(self, rtype: ResourceType, namespace: str, body: JSON, *, dry_run: bool = False,
-               field_validation: str = "") -> JSON:
+    def create(
+        self, rtype: ResourceType, namespace: str, body: JSON, *, dry_run: bool = False, field_validation: str = ""
+    ) -> JSON:
         if not isinstance(body, dict):
             raise ApiError.bad_request("the body of the request is not a JSON object")
         obj = copy.deepcopy(body)
@@ -144,17 +158,22 @@ class Api:
         if rtype.namespaced:
             body_ns = meta.get("namespace")
             if body_ns and namespace and body_ns != namespace:
-                raise ApiError.bad_request("the namespace of the provided object does not match the namespace "
-                                           "sent on the request")
+                raise ApiError.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             namespace = namespace or body_ns or "default"
             meta["namespace"] = namespace
             if rtype.kind != "Namespace" and self.store.get(("", "namespaces"), "", namespace) is None:
                 raise ApiError.not_found("namespaces", namespace)
             ns_obj = self.store.get(("", "namespaces"), "", namespace)
             if ns_obj is not None and ns_obj["metadata"].get("deletionTimestamp"):
-                raise ApiError(403, "Forbidden", f'{rtype.plural} "{meta.get("name") or meta.get("generateName")}" '
-                               f"is forbidden: unable to create new content in namespace {namespace} because it is "
-                               "being terminated")
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'{rtype.plural} "{meta.get("name") or meta.get("generateName")}" '
+                    f"is forbidden: unable to create new content in namespace {namespace} because it is "
+                    "being terminated",
+                )
         else:
             meta.pop("namespace", None)
             namespace = ""
@@ -164,8 +183,7 @@ class Api:
         gr = (rtype.group, rtype.plural)
         if not meta_causes and self.store.get(gr, namespace, meta["name"]) is not None:
             raise ApiError.already_exists(rtype.plural, meta["name"], rtype.group)
-        for key in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields",
-                    "selfLink"):
+        for key in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"):
             meta.pop(key, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
@@ -186,14 +204,25 @@ class Api:
 
     def _generate_name(self, rtype: ResourceType, namespace: str, prefix: str) -> str:
         import random
+
         for _ in range(100):
             name = prefix[:58] + "".join(random.choice(_ALNUM) for _ in range(5))
             if self.store.get((rtype.group, rtype.plural), namespace, name) is None:
                 return name
         raise ApiError(409, "AlreadyExists", f"could not generate a unique name from {prefix!r}")
 
-    def update(self, rtype: ResourceType, namespace: str, name: str, body: JSON, *, subresource: str = "",
-               dry_run: bool = False, field_validation: str = "", require_rv: bool = True) -> JSON:
+    def update(
+        self,
+        rtype: ResourceType,
+        namespace: str,
+        name: str,
+        body: JSON,
+        *,
+        subresource: str = "",
+        dry_run: bool = False,
+        field_validation: str = "",
+        require_rv: bool = True,
+    ) -> JSON:
         if not isinstance(body, dict):
             raise ApiError.bad_request("the body of the request is not a JSON object")
         namespace = namespace if rtype.namespaced else ""
@@ -204,16 +233,26 @@ class Api:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if meta.get("name", name) != name:
-            raise ApiError.bad_request(f"the name of the object ({meta.get('name')}) does not match the name on "
-                                       f"the URL ({name})")
+            raise ApiError.bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({name})"
+            )
         rv = meta.get("resourceVersion")
         if rv:
             if str(rv) != current["metadata"]["resourceVersion"]:
                 raise ApiError.conflict(rtype.plural, name, rtype.group)
         elif rtype.is_custom and require_rv:
-            raise ApiError.invalid(rtype.kind, name, rtype.group, [
-                ("metadata.resourceVersion", "FieldValueInvalid",
-                 "Invalid value: 0x0: must be specified for an update")])
+            raise ApiError.invalid(
+                rtype.kind,
+                name,
+                rtype.group,
+                [
+                    (
+                        "metadata.resourceVersion",
+                        "FieldValueInvalid",
+                        "Invalid value: 0x0: must be specified for an update",
+                    )
+                ],
+            )
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         cur_meta = current["metadata"]
         meta_causes: builtins.list[tuple[str, str, str]] = []
@@ -231,8 +270,7 @@ class Api:
                     obj["status"] = copy.deepcopy(current["status"])
                 else:
                     obj.pop("status", None)
-            for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
-                        "generation"):
+            for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
                 if key in cur_meta:
                     meta[key] = cur_meta[key]
                 else:
@@ -243,9 +281,18 @@ class Api:
             if cur_meta.get("deletionTimestamp"):
                 added = set(meta.get("finalizers") or []) - set(cur_meta.get("finalizers") or [])
                 if added:
-                    raise ApiError.invalid(rtype.kind, name, rtype.group, [
-                        ("metadata.finalizers", "FieldValueForbidden",
-                         "Forbidden: no new finalizers can be added if the object is being deleted")])
+                    raise ApiError.invalid(
+                        rtype.kind,
+                        name,
+                        rtype.group,
+                        [
+                            (
+                                "metadata.finalizers",
+                                "FieldValueForbidden",
+                                "Forbidden: no new finalizers can be added if the object is being deleted",
+                            )
+                        ],
+                    )
             meta_causes = self._validate_meta(rtype, obj, creating=False)
             self._defaults(rtype, obj)
             if self._spec_changed(rtype, current, obj):
@@ -274,9 +321,19 @@ class Api:
         obj["metadata"] = dict(current["metadata"])
         return self.store.put((rtype.group, rtype.plural), obj, added=False)
 
-    def patch(self, rtype: ResourceType, namespace: str, name: str, body: Any, content_type: str, *,
-              subresource: str = "", dry_run: bool = False, field_validation: str = "",
-              force: bool = False) -> JSON:
+    def patch(
+        self,
+        rtype: ResourceType,
+        namespace: str,
+        name: str,
+        body: Any,
+        content_type: str,
+        *,
+        subresource: str = "",
+        dry_run: bool = False,
+        field_validation: str = "",
+        force: bool = False,
+    ) -> JSON:
         namespace = namespace if rtype.namespaced else ""
         current = self.store.get((rtype.group, rtype.plural), namespace, name)
         kind = content_type.split(";")[0].strip()
@@ -293,15 +350,23 @@ class Api:
             result = patches.merge_patch(base, body)
         elif kind == "application/strategic-merge-patch+json":
             if rtype.is_custom:
-                raise ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported for custom "
-                               f"resources ({rtype.group_resource}); use a JSON merge patch")
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    "strategic merge patch is not supported for custom "
+                    f"resources ({rtype.group_resource}); use a JSON merge patch",
+                )
             result = patches.strategic_merge_patch(base, body)
         elif kind == "application/apply-patch+yaml":
             result = (patches.merge_patch if rtype.is_custom else patches.strategic_merge_patch)(base, body)
         else:
-            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
-                           "accepted media types include: application/json-patch+json, "
-                           "application/merge-patch+json, application/apply-patch+yaml")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - "
+                "accepted media types include: application/json-patch+json, "
+                "application/merge-patch+json, application/apply-patch+yaml",
+            )
         if not isinstance(result, dict):
             raise ApiError.bad_request("the patch does not result in an object")
         meta = result.setdefault("metadata", {})
@@ -311,14 +376,23 @@ class Api:
         elif patched_rv and kind != "application/json-patch+json":
             raise ApiError.conflict(rtype.plural, name, rtype.group)
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
-        return self.update(rtype, namespace, name, result, subresource=subresource, dry_run=dry_run,
-                           field_validation=field_validation)
+        return self.update(
+            rtype, namespace, name, result, subresource=subresource, dry_run=dry_run, field_validation=field_validation
+        )
 
     # ---------------------------------------------------------------- deleting
 
-    def delete(self, rtype: ResourceType, namespace: str, name: str, *, propagation: str | None = None,
-               grace_period: int | None = None, preconditions: JSON | None = None,
-               dry_run: bool = False) -> JSON:
+    def delete(
+        self,
+        rtype: ResourceType,
+        namespace: str,
+        name: str,
+        *,
+        propagation: str | None = None,
+        grace_period: int | None = None,
+        preconditions: JSON | None = None,
+        dry_run: bool = False,
+    ) -> JSON:
         namespace = namespace if rtype.namespaced else ""
         gr = (rtype.group, rtype.plural)
         current = self.store.get(gr, namespace, name)
@@ -326,18 +400,35 @@ class Api:
             raise ApiError.not_found(rtype.plural, name, rtype.group)
         pre = preconditions or {}
         if pre.get("uid") and pre["uid"] != current["metadata"]["uid"]:
-            raise ApiError.conflict(rtype.plural, name, rtype.group,
-                                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
-                                    f"{current['metadata']['uid']}")
+            raise ApiError.conflict(
+                rtype.plural,
+                name,
+                rtype.group,
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
+                f"{current['metadata']['uid']}",
+            )
         if pre.get("resourceVersion") and pre["resourceVersion"] != current["metadata"]["resourceVersion"]:
-            raise ApiError.conflict(rtype.plural, name, rtype.group,
-                                    f"Precondition failed: ResourceVersion in precondition: "
-                                    f"{pre['resourceVersion']}, ResourceVersion in object meta: "
-                                    f"{current['metadata']['resourceVersion']}")
+            raise ApiError.conflict(
+                rtype.plural,
+                name,
+                rtype.group,
+                f"Precondition failed: ResourceVersion in precondition: "
+                f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                f"{current['metadata']['resourceVersion']}",
+            )
         if propagation not in (None, "", "Orphan", "Background", "Foreground"):
-            raise ApiError.invalid("DeleteOptions", "", "", [
-                ("propagationPolicy", "FieldValueNotSupported",
-                 f'Unsupported value: "{propagation}": supported values: "Foreground", "Background", "Orphan"')])
+            raise ApiError.invalid(
+                "DeleteOptions",
+                "",
+                "",
+                [
+                    (
+                        "propagationPolicy",
+                        "FieldValueNotSupported",
+                        f'Unsupported value: "{propagation}": supported values: "Foreground", "Background", "Orphan"',
+                    )
+                ],
+            )
         if dry_run:
             return self._out(rtype, current)
         obj = copy.deepcopy(current)
@@ -361,8 +452,11 @@ class Api:
             self._gc_enqueue(("finalize", (gr, namespace, name)))
             return self._out(rtype, stored)
         if rtype.kind == "Pod" and self.pod_deletion_hook is not None:
-            grace = grace_period if grace_period is not None else int(
-                obj.get("spec", {}).get("terminationGracePeriodSeconds", 30))
+            grace = (
+                grace_period
+                if grace_period is not None
+                else int(obj.get("spec", {}).get("terminationGracePeriodSeconds", 30))
+            )
             if self._pod_running(current) and grace > 0:
                 if not meta.get("deletionTimestamp"):
                     meta["deletionTimestamp"] = now_iso()
@@ -386,7 +480,8 @@ class Api:
     @staticmethod
     def _pod_running(pod: JSON) -> bool:
         return (pod.get("status") or {}).get("phase") in ("Running", "Pending") and bool(
-            pod.get("spec", {}).get("nodeName"))
+            pod.get("spec", {}).get("nodeName")
+        )
 
     # ---------------------------------------------------------------- garbage collection
 
@@ -462,8 +557,9 @@ class Api:
                 if dep is None:
                     continue
                 dep = copy.deepcopy(dep)
-                dep["metadata"]["ownerReferences"] = [r for r in dep["metadata"].get("ownerReferences") or []
-                                                      if r.get("uid") != uid]
+                dep["metadata"]["ownerReferences"] = [
+                    r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != uid
+                ]
                 if not dep["metadata"]["ownerReferences"]:
                     del dep["metadata"]["ownerReferences"]
                 self.store.put(dgr, dep, added=False)
@@ -509,18 +605,31 @@ class Api:
         causes: builtins.list[tuple[str, str, str]] = []
         if not name:
             causes.append(("metadata.name", "FieldValueRequired", "Required value: name or generateName is required"))
-        elif not isinstance(name, str) or len(name) > 253 or not (
-                _DNS_LABEL if rtype.kind in ("Namespace", "Service") else _DNS_SUBDOMAIN).match(name):
-            causes.append(("metadata.name", "FieldValueInvalid",
-                           f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
-                           "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
-                           "character (e.g. 'example.com')"))
+        elif (
+            not isinstance(name, str)
+            or len(name) > 253
+            or not (_DNS_LABEL if rtype.kind in ("Namespace", "Service") else _DNS_SUBDOMAIN).match(name)
+        ):
+            causes.append(
+                (
+                    "metadata.name",
+                    "FieldValueInvalid",
+                    f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
+                    "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
+                    "character (e.g. 'example.com')",
+                )
+            )
         for key, value in (meta.get("labels") or {}).items():
             if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-                causes.append(("metadata.labels", "FieldValueInvalid",
-                               f'Invalid value: "{value}": a valid label must be an empty string or consist of '
-                               "alphanumeric characters, '-', '_' or '.', and must start and end with an "
-                               f"alphanumeric character (label {key})"))
+                causes.append(
+                    (
+                        "metadata.labels",
+                        "FieldValueInvalid",
+                        f'Invalid value: "{value}": a valid label must be an empty string or consist of '
+                        "alphanumeric characters, '-', '_' or '.', and must start and end with an "
+                        f"alphanumeric character (label {key})",
+                    )
+                )
         if rtype.kind == "Pod":
             causes.extend(self._pod_causes(obj))
         if not name:
@@ -546,12 +655,18 @@ class Api:
                 causes.append((f"spec.containers[{i}].image", "FieldValueRequired", "Required value"))
         policy = spec.get("restartPolicy", "Always")
         if policy not in ("Always", "OnFailure", "Never"):
-            causes.append(("spec.restartPolicy", "FieldValueNotSupported",
-                           f'Unsupported value: "{policy}": supported values: "Always", "OnFailure", "Never"'))
+            causes.append(
+                (
+                    "spec.restartPolicy",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{policy}": supported values: "Always", "OnFailure", "Never"',
+                )
+            )
         return causes
 
-    def _validate_body(self, rtype: ResourceType, obj: JSON, field_validation: str,
-                       meta_causes: builtins.list[tuple[str, str, str]]) -> None:
+    def _validate_body(
+        self, rtype: ResourceType, obj: JSON, field_validation: str, meta_causes: builtins.list[tuple[str, str, str]]
+    ) -> None:
         if rtype.kind == "CustomResourceDefinition":
             check_crd(obj)
         if rtype.schema is None:
@@ -563,7 +678,8 @@ class Api:
         if field_validation == "Strict" and pruned:
             raise ApiError.bad_request(
                 f'{rtype.kind} in version "{rtype.version}" cannot be handled as a {rtype.kind}: strict decoding '
-                f"error: " + ", ".join(f'unknown field "{p}"' for p in pruned))
+                f"error: " + ", ".join(f'unknown field "{p}"' for p in pruned)
+            )
         if causes:
             raise ApiError.invalid(rtype.kind, obj["metadata"].get("name", ""), rtype.group, causes)
 
@@ -576,8 +692,12 @@ class Api:
             spec.setdefault("dnsPolicy", "ClusterFirst")
             for c in spec.get("containers") or []:
                 if isinstance(c, dict):
-                    c.setdefault("imagePullPolicy", "Always" if str(c.get("image", "")).endswith(":latest")
-                                 or ":" not in str(c.get("image", "")) else "IfNotPresent")
+                    c.setdefault(
+                        "imagePullPolicy",
+                        "Always"
+                        if str(c.get("image", "")).endswith(":latest") or ":" not in str(c.get("image", ""))
+                        else "IfNotPresent",
+                    )
                     c.setdefault("terminationMessagePath", "/dev/termination-log")
             if "status" not in obj:
                 obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
@@ -601,13 +721,26 @@ class Api:
         obj = copy.deepcopy(crd)
         names = obj["spec"]["names"]
         obj["status"] = {
-            "acceptedNames": {"kind": names["kind"], "plural": names["plural"],
-                              **({"singular": names["singular"]} if names.get("singular") else {})},
+            "acceptedNames": {
+                "kind": names["kind"],
+                "plural": names["plural"],
+                **({"singular": names["singular"]} if names.get("singular") else {}),
+            },
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                 "message": "no conflicts found", "lastTransitionTime": now_iso()},
-                {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted", "lastTransitionTime": now_iso()},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                    "lastTransitionTime": now_iso(),
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                    "lastTransitionTime": now_iso(),
+                },
             ],
             "storedVersions": [v["name"] for v in obj["spec"]["versions"] if v.get("storage")],
         }
@@ -615,8 +748,9 @@ class Api:
 
     # ---------------------------------------------------------------- events
 
-    def record_event(self, involved: JSON, reason: str, message: str, type_: str = "Normal",
-                     component: str = "fake-cluster") -> None:
+    def record_event(
+        self, involved: JSON, reason: str, message: str, type_: str = "Normal", component: str = "fake-cluster"
+    ) -> None:
         """Record a v1 Event about ``involved``, as controllers and the kubelet do."""
         meta = involved["metadata"]
         ns = meta.get("namespace") or "default"
@@ -624,12 +758,21 @@ class Api:
         now = now_iso()
         body = {
             "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": ns},
-            "involvedObject": {"kind": involved.get("kind"), "namespace": meta.get("namespace"),
-                               "name": meta["name"], "uid": meta.get("uid"),
-                               "apiVersion": involved.get("apiVersion"),
-                               "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message, "type": type_, "count": 1,
-            "source": {"component": component}, "firstTimestamp": now, "lastTimestamp": now,
+            "involvedObject": {
+                "kind": involved.get("kind"),
+                "namespace": meta.get("namespace"),
+                "name": meta["name"],
+                "uid": meta.get("uid"),
+                "apiVersion": involved.get("apiVersion"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "count": 1,
+            "source": {"component": component},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "reportingComponent": component,
         }
         with contextlib.suppress(ApiError):

@@ -34,9 +34,15 @@ __all__ = ["ApiServer", "ServerFaults"]
 log = logging.getLogger(__name__)
 
 VERSION_INFO = {
-    "major": "1", "minor": "32", "gitVersion": "v1.32.0-nni-ts-fake", "gitCommit": "0" * 40,
-    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0",
-    "compiler": "gc", "platform": "linux/amd64",
+    "major": "1",
+    "minor": "32",
+    "gitVersion": "v1.32.0-nni-ts-fake",
+    "gitCommit": "0" * 40,
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.23.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
 }
 
 LogSource = Callable[[JSON, str, bool, int | None, bool], AsyncIterator[bytes]]
@@ -55,9 +61,16 @@ class ServerFaults:
 class ApiServer:
     """Serve ``api`` over HTTP on ``host:port`` (port 0 picks a free one; a restart keeps the port)."""
 
-    def __init__(self, api: Api, *, host: str = "127.0.0.1", port: int = 0,
-                 tokens: dict[str, list[str] | None] | None = None, log_source: LogSource | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        api: Api,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens: dict[str, list[str] | None] | None = None,
+        log_source: LogSource | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.api = api
         self.ssl_context = ssl_context
         self.host, self.port = host, port
@@ -98,8 +111,9 @@ class ApiServer:
     # ------------------------------------------------------------------ middleware
 
     @web.middleware
-    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                          ) -> web.StreamResponse:
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         try:
             return await handler(request)
         except ApiError as exc:
@@ -139,18 +153,24 @@ class ApiServer:
             if path in ("/healthz", "/livez", "/readyz"):
                 return web.Response(text="ok")
             if path == "/fake/request-counts":
-                return web.json_response([{"verb": v, "resource": r, "count": n}
-                                          for (v, r), n in sorted(self.request_counts.items())])
+                return web.json_response(
+                    [{"verb": v, "resource": r, "count": n} for (v, r), n in sorted(self.request_counts.items())]
+                )
             if parts and parts[0] == "openapi":
                 self.request_counts[("get", "openapi")] += 1
                 return web.json_response(openapi.document(self.api, parts[1:], request.query.get("hash")))
         if parts[:1] == ["api"] and len(parts) <= 2 and request.method == "GET":
             self.request_counts[("get", "discovery")] += 1
             if len(parts) == 1:
-                return web.json_response({
-                    "kind": "APIVersions", "versions": ["v1"],
-                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
-                                                    "serverAddress": f"{self.host}:{self.port}"}]})
+                return web.json_response(
+                    {
+                        "kind": "APIVersions",
+                        "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [
+                            {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.host}:{self.port}"}
+                        ],
+                    }
+                )
             return self._resource_list("", parts[1])
         if parts[:1] == ["apis"] and len(parts) <= 3 and request.method == "GET":
             self.request_counts[("get", "discovery")] += 1
@@ -191,11 +211,13 @@ class ApiServer:
         if not resources:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         gv = f"{group}/{version}" if group else version
-        return web.json_response({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
-                                  "resources": resources})
+        return web.json_response(
+            {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+        )
 
-    async def _resource_request(self, request: web.Request, group: str, version: str, rest: list[str],
-                                allowed: list[str] | None) -> web.StreamResponse:
+    async def _resource_request(
+        self, request: web.Request, group: str, version: str, rest: list[str], allowed: list[str] | None
+    ) -> web.StreamResponse:
         namespace = ""
         if rest[0] == "namespaces" and len(rest) >= 3 and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
             namespace, rest = rest[1], rest[2:]
@@ -213,20 +235,36 @@ class ApiServer:
             else:
                 verb = "watch" if q.get("watch", "").lower() in ("true", "1") else "list"
         else:
-            verb = {"POST": "create", "PUT": "update", "PATCH": "patch",
-                    "DELETE": "delete" if name else "deletecollection"}.get(method, "")
+            verb = {
+                "POST": "create",
+                "PUT": "update",
+                "PATCH": "patch",
+                "DELETE": "delete" if name else "deletecollection",
+            }.get(method, "")
             if not verb:
-                raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method ({method}) "
-                               "on the requested resource")
+                raise ApiError(
+                    405,
+                    "MethodNotAllowed",
+                    f"the server does not allow this method ({method}) on the requested resource",
+                )
         resource_key = f"{plural}/{sub}" if sub else plural
         self.request_counts[(verb, resource_key)] += 1
         if allowed is not None:
             scope_ns = namespace or (name if plural == "namespaces" else "")
-            if not scope_ns and rtype.namespaced or scope_ns and scope_ns not in allowed or (
-                    not rtype.namespaced and plural != "namespaces"):
+            if (
+                not scope_ns
+                and rtype.namespaced
+                or scope_ns
+                and scope_ns not in allowed
+                or (not rtype.namespaced and plural != "namespaces")
+            ):
                 where = f' in the namespace "{scope_ns}"' if scope_ns else " at the cluster scope"
-                raise ApiError(403, "Forbidden", f'{rtype.group_resource} is forbidden: User "fake-user" cannot '
-                               f'{verb} resource "{plural}" in API group "{group}"{where}')
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'{rtype.group_resource} is forbidden: User "fake-user" cannot '
+                    f'{verb} resource "{plural}" in API group "{group}"{where}',
+                )
         await self._apply_faults(verb, plural)
         dry_run = "All" in q.getall("dryRun", [])
         field_validation = q.get("fieldValidation", "")
@@ -234,22 +272,34 @@ class ApiServer:
             # The Eviction API (kubectl drain): the pod is deleted gracefully.
             body = await self._body(request)
             options = (body or {}).get("deleteOptions") or {}
-            self.api.delete(rtype, namespace, name, dry_run=dry_run,
-                            grace_period=options.get("gracePeriodSeconds"),
-                            propagation=options.get("propagationPolicy"),
-                            preconditions=options.get("preconditions"))
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                      "code": 201}, status=201)
-        if sub and sub not in ("status", "log") or sub == "status" and not rtype.has_status or (
-                sub == "log" and rtype.kind != "Pod"):
+            self.api.delete(
+                rtype,
+                namespace,
+                name,
+                dry_run=dry_run,
+                grace_period=options.get("gracePeriodSeconds"),
+                propagation=options.get("propagationPolicy"),
+                preconditions=options.get("preconditions"),
+            )
+            return web.json_response(
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}, status=201
+            )
+        if (
+            sub
+            and sub not in ("status", "log")
+            or sub == "status"
+            and not rtype.has_status
+            or (sub == "log" and rtype.kind != "Pod")
+        ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if verb == "get":
             if sub == "log":
                 return await self._log(request, rtype, namespace, name)
             obj = self.api.get(rtype, namespace, name)
             if self._wants_table(request):
-                return web.json_response(table(rtype, [obj], obj["metadata"]["resourceVersion"],
-                                               q.get("includeObject", "Metadata")))
+                return web.json_response(
+                    table(rtype, [obj], obj["metadata"]["resourceVersion"], q.get("includeObject", "Metadata"))
+                )
             return web.json_response(obj)
         if verb == "list":
             return self._list(request, rtype, namespace)
@@ -261,14 +311,23 @@ class ApiServer:
             return web.json_response(obj, status=201)
         if verb == "update":
             body = await self._body(request)
-            obj = self.api.update(rtype, namespace, name, body, subresource=sub, dry_run=dry_run,
-                                  field_validation=field_validation)
+            obj = self.api.update(
+                rtype, namespace, name, body, subresource=sub, dry_run=dry_run, field_validation=field_validation
+            )
             return web.json_response(obj)
         if verb == "patch":
             body = await self._body(request)
-            obj = self.api.patch(rtype, namespace, name, body, request.content_type, subresource=sub,
-                                 dry_run=dry_run, field_validation=field_validation,
-                                 force=q.get("force", "") == "true")
+            obj = self.api.patch(
+                rtype,
+                namespace,
+                name,
+                body,
+                request.content_type,
+                subresource=sub,
+                dry_run=dry_run,
+                field_validation=field_validation,
+                force=q.get("force", "") == "true",
+            )
             return web.json_response(obj)
         options = await self._delete_options(request)
         if verb == "delete":
@@ -278,10 +337,19 @@ class ApiServer:
         deleted = []
         for obj in objs:
             with contextlib.suppress(ApiError):
-                deleted.append(self.api.delete(rtype, obj["metadata"].get("namespace", ""), obj["metadata"]["name"],
-                                               dry_run=dry_run, **options))
-        return web.json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
-                                  "metadata": {"resourceVersion": str(self.api.store.rv)}, "items": deleted})
+                deleted.append(
+                    self.api.delete(
+                        rtype, obj["metadata"].get("namespace", ""), obj["metadata"]["name"], dry_run=dry_run, **options
+                    )
+                )
+        return web.json_response(
+            {
+                "kind": f"{rtype.kind}List",
+                "apiVersion": rtype.api_version,
+                "metadata": {"resourceVersion": str(self.api.store.rv)},
+                "items": deleted,
+            }
+        )
 
     async def _apply_faults(self, verb: str, plural: str) -> None:
         faults = self.faults
@@ -295,18 +363,30 @@ class ApiServer:
             if burst[1] <= 0:
                 faults.bursts.remove(burst)
             if status == 429:
-                raise ApiError(429, "TooManyRequests", "Too many requests, please try again later.",
-                               {"retryAfterSeconds": retry_after}, {"Retry-After": str(retry_after)})
+                raise ApiError(
+                    429,
+                    "TooManyRequests",
+                    "Too many requests, please try again later.",
+                    {"retryAfterSeconds": retry_after},
+                    {"Retry-After": str(retry_after)},
+                )
             reasons = {500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout", 409: "Conflict"}
-            raise ApiError(status, reasons.get(status, "InternalError"),
-                           f"an error on the server (injected {status}) has prevented the request from succeeding")
+            raise ApiError(
+                status,
+                reasons.get(status, "InternalError"),
+                f"an error on the server (injected {status}) has prevented the request from succeeding",
+            )
 
     @staticmethod
     async def _body(request: web.Request) -> Any:
         if "protobuf" in request.content_type or "cbor" in request.content_type:
-            raise ApiError(415, "UnsupportedMediaType", f"the fake Kubernetes API server does not decode "
-                           f"{request.content_type} request bodies; send JSON or YAML (kubectl apply -f and "
-                           "create -f do; kubectl's imperative create commands send protobuf)")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the fake Kubernetes API server does not decode "
+                f"{request.content_type} request bodies; send JSON or YAML (kubectl apply -f and "
+                "create -f do; kubectl's imperative create commands send protobuf)",
+            )
         raw = await request.read()
         if not raw:
             raise ApiError.bad_request("the request body is empty; expected a JSON object")
@@ -332,8 +412,11 @@ class ApiServer:
         if propagation is None and orphan in (True, "true"):
             propagation = "Orphan"
         grace = body.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
-        return {"propagation": propagation, "grace_period": int(grace) if grace is not None else None,
-                "preconditions": body.get("preconditions")}
+        return {
+            "propagation": propagation,
+            "grace_period": int(grace) if grace is not None else None,
+            "preconditions": body.get("preconditions"),
+        }
 
     @staticmethod
     def _wants_table(request: web.Request) -> bool:
@@ -358,21 +441,23 @@ class ApiServer:
             start = next((i for i, k in enumerate(keys) if k > after), len(keys))
             rv = str(token.get("rv", rv))
         limit = int(q.get("limit") or 0)
-        page = objs[start:start + limit] if limit > 0 else objs[start:]
+        page = objs[start : start + limit] if limit > 0 else objs[start:]
         token_out = ""
         remaining = len(objs) - start - len(page)
         if limit > 0 and remaining > 0:
             last = page[-1]["metadata"]
-            token_out = base64.urlsafe_b64encode(json.dumps(
-                {"after": [last.get("namespace", ""), last["name"]], "rv": rv}).encode()).decode()
+            token_out = base64.urlsafe_b64encode(
+                json.dumps({"after": [last.get("namespace", ""), last["name"]], "rv": rv}).encode()
+            ).decode()
         if self._wants_table(request):
             return web.json_response(table(rtype, page, rv, q.get("includeObject", "Metadata"), token_out))
         meta: JSON = {"resourceVersion": rv}
         if token_out:
             meta["continue"] = token_out
             meta["remainingItemCount"] = remaining
-        return web.json_response({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version,
-                                  "metadata": meta, "items": page})
+        return web.json_response(
+            {"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version, "metadata": meta, "items": page}
+        )
 
     async def _watch(self, request: web.Request, rtype: ResourceType, namespace: str) -> web.StreamResponse:
         q = request.query
@@ -394,8 +479,9 @@ class ApiServer:
         store = self.api.store
         unsubscribe = store.subscribe(on_event)
         self._streams.add(queue)
-        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
-                                                           "Cache-Control": "no-cache, private"})
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"}
+        )
         try:
             rv = q.get("resourceVersion", "")
             initial: list[JSON] = []
@@ -432,8 +518,15 @@ class ApiServer:
                 meta: JSON = {"resourceVersion": last_rv}
                 if initial_end:
                     meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-                await response.write(json.dumps({"type": "BOOKMARK", "object": {
-                    "kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": meta}}).encode() + b"\n")
+                await response.write(
+                    json.dumps(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": meta},
+                        }
+                    ).encode()
+                    + b"\n"
+                )
 
             for obj in initial:
                 if matches(obj):
@@ -484,10 +577,17 @@ class ApiServer:
         return response
 
     @staticmethod
-    async def _send_event(event: Event, matches: Callable[[JSON | None], bool],
-                          send: Callable[[str, JSON], Awaitable[None]], rtype: ResourceType) -> None:
-        obj = event.obj if event.obj.get("apiVersion") == rtype.api_version else dict(
-            event.obj, apiVersion=rtype.api_version)
+    async def _send_event(
+        event: Event,
+        matches: Callable[[JSON | None], bool],
+        send: Callable[[str, JSON], Awaitable[None]],
+        rtype: ResourceType,
+    ) -> None:
+        obj = (
+            event.obj
+            if event.obj.get("apiVersion") == rtype.api_version
+            else dict(event.obj, apiVersion=rtype.api_version)
+        )
         now, before = matches(event.obj), matches(event.old)
         if event.type == "ADDED" and now:
             await send("ADDED", obj)
@@ -503,22 +603,23 @@ class ApiServer:
 
     # ------------------------------------------------------------------ logs
 
-    async def _log(self, request: web.Request, rtype: ResourceType, namespace: str, name: str
-                   ) -> web.StreamResponse:
+    async def _log(self, request: web.Request, rtype: ResourceType, namespace: str, name: str) -> web.StreamResponse:
         pod = self.api.get(rtype, namespace, name)
         q = request.query
         containers = [c["name"] for c in pod.get("spec", {}).get("containers") or []]
         container = q.get("container") or ""
         if not container:
             if len(containers) != 1:
-                raise ApiError.bad_request(f"a container name must be specified for pod {name}, choose one of: "
-                                           f"[{' '.join(containers)}]")
+                raise ApiError.bad_request(
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(containers)}]"
+                )
             container = containers[0]
         if container not in containers:
             raise ApiError.bad_request(f"container {container} is not valid for pod {name}")
         if self.log_source is None:
-            raise ApiError.bad_request(f'container "{container}" in pod "{name}" is waiting to start: '
-                                       "ContainerCreating")
+            raise ApiError.bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+            )
         follow = q.get("follow", "").lower() in ("true", "1")
         tail = int(q["tailLines"]) if q.get("tailLines") else None
         previous = q.get("previous", "").lower() in ("true", "1")

@@ -31,9 +31,12 @@ def _kubeflow(kind: str, plural: str, replicas_field: str, roles: list[str]) -> 
     schema: Any = {
         "type": "object",
         "properties": {
-            "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
             "spec": {
-                "type": "object", "required": [replicas_field],
+                "type": "object",
+                "required": [replicas_field],
                 "properties": {
                     replicas_field: {"type": "object", "additionalProperties": _replica_spec()},
                     "runPolicy": _ANY,
@@ -48,55 +51,82 @@ def _kubeflow(kind: str, plural: str, replicas_field: str, roles: list[str]) -> 
     }
     _ = roles
     return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.kubeflow.org"},
         "spec": {
-            "group": "kubeflow.org", "scope": "Namespaced",
+            "group": "kubeflow.org",
+            "scope": "Namespaced",
             "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": plural[:-1]},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-                "schema": {"openAPIV3Schema": schema},
-                "additionalPrinterColumns": [
-                    {"name": "State", "type": "string", "jsonPath": ".status.conditions[-1:].type"},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                ],
-            }],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {"openAPIV3Schema": schema},
+                    "additionalPrinterColumns": [
+                        {"name": "State", "type": "string", "jsonPath": ".status.conditions[-1:].type"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                }
+            ],
         },
     }
 
 
 _FRAMEWORK: JSON = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "frameworks.frameworkcontroller.microsoft.com"},
     "spec": {
-        "group": "frameworkcontroller.microsoft.com", "scope": "Namespaced",
+        "group": "frameworkcontroller.microsoft.com",
+        "scope": "Namespaced",
         "names": {"kind": "Framework", "plural": "frameworks", "singular": "framework"},
-        "versions": [{
-            "name": "v1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {
-                "type": "object",
-                "properties": {
-                    "metadata": {"type": "object", "properties": {
-                        "name": {"type": "string", "pattern": "^[a-z0-9]{1,63}$"}}},
-                    "spec": {
-                        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
                         "properties": {
-                            "executionType": {"type": "string", "enum": ["Create", "Start", "Stop"]},
-                            "retryPolicy": _ANY,
-                            "taskRoles": {"type": "array", "items": {
-                                "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                            "metadata": {
+                                "type": "object",
+                                "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]{1,63}$"}},
+                            },
+                            "spec": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
                                 "properties": {
-                                    "name": {"type": "string", "pattern": "^[a-z0-9]{1,63}$"},
-                                    "taskNumber": {"type": "integer", "minimum": 0},
-                                    "frameworkAttemptCompletionPolicy": _ANY,
-                                    "task": _ANY,
-                                }}},
+                                    "executionType": {"type": "string", "enum": ["Create", "Start", "Stop"]},
+                                    "retryPolicy": _ANY,
+                                    "taskRoles": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                            "properties": {
+                                                "name": {"type": "string", "pattern": "^[a-z0-9]{1,63}$"},
+                                                "taskNumber": {"type": "integer", "minimum": 0},
+                                                "frameworkAttemptCompletionPolicy": _ANY,
+                                                "task": _ANY,
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                            "status": {
+                                "type": "object",
+                                "nullable": True,
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            },
                         },
-                    },
-                    "status": {"type": "object", "nullable": True, "x-kubernetes-preserve-unknown-fields": True},
+                    }
                 },
-            }},
-        }],
+            }
+        ],
     },
 }
 

@@ -58,14 +58,29 @@ class FakeCluster:
     """A fake Kubernetes cluster speaking the real REST API on ``127.0.0.1``. Use it as an async context
     manager; see docs/fake-cluster.md."""
 
-    def __init__(self, state_dir: Path | str, *, crd_files: Iterable[Path | str] = (), builtin_crds: bool = True,
-                 nodes: Sequence[Node] | None = None, nfs_exports: dict[tuple[str, str], Path | str] | None = None,
-                 token: str | None = None, tokens: dict[str, list[str] | None] | None = None,
-                 namespaces: Iterable[str] = (), host: str = "127.0.0.1", port: int = 0,
-                 controllers: Iterable[str] = CONTROLLERS, missing_images: Iterable[str] = (),
-                 grace_cap: float = 2.0, history_size: int = 20000, enforce_memory_limits: bool = True,
-                 image_backoff: float = 0.3, restart_backoff: float = 0.1, tls: bool = False,
-                 volume_mode: str = "rewrite") -> None:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        crd_files: Iterable[Path | str] = (),
+        builtin_crds: bool = True,
+        nodes: Sequence[Node] | None = None,
+        nfs_exports: dict[tuple[str, str], Path | str] | None = None,
+        token: str | None = None,
+        tokens: dict[str, list[str] | None] | None = None,
+        namespaces: Iterable[str] = (),
+        host: str = "127.0.0.1",
+        port: int = 0,
+        controllers: Iterable[str] = CONTROLLERS,
+        missing_images: Iterable[str] = (),
+        grace_cap: float = 2.0,
+        history_size: int = 20000,
+        enforce_memory_limits: bool = True,
+        image_backoff: float = 0.3,
+        restart_backoff: float = 0.1,
+        tls: bool = False,
+        volume_mode: str = "rewrite",
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.api = Api(Store(history_size))
@@ -96,11 +111,17 @@ class FakeCluster:
             self.ca_file, key_file = make_certificate(self.state_dir / "pki", host)
             ssl_context = server_context(self.ca_file, key_file)
         self.server = ApiServer(self.api, host=host, port=port, tokens=all_tokens or None, ssl_context=ssl_context)
-        self.kubelet = Kubelet(self.api, self.state_dir,
-                               nfs_exports={k: Path(v) for k, v in (nfs_exports or {}).items()},
-                               missing_images=set(missing_images), grace_cap=grace_cap,
-                               enforce_memory_limits=enforce_memory_limits, image_backoff=image_backoff,
-                               restart_backoff=restart_backoff, volume_mode=volume_mode)
+        self.kubelet = Kubelet(
+            self.api,
+            self.state_dir,
+            nfs_exports={k: Path(v) for k, v in (nfs_exports or {}).items()},
+            missing_images=set(missing_images),
+            grace_cap=grace_cap,
+            enforce_memory_limits=enforce_memory_limits,
+            image_backoff=image_backoff,
+            restart_backoff=restart_backoff,
+            volume_mode=volume_mode,
+        )
         self.server.log_source = self.kubelet.logs
         self.faults = Faults(self)
         self.controller_names = list(controllers)
@@ -148,12 +169,20 @@ class FakeCluster:
     def _write_kubeconfig(self) -> None:
         user: JSON = {"token": self.token} if self.token else {}
         config = {
-            "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "fake", "cluster": {"server": self.url, **(
-                {"certificate-authority": str(self.ca_file)} if self.ca_file is not None else {})}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "clusters": [
+                {
+                    "name": "fake",
+                    "cluster": {
+                        "server": self.url,
+                        **({"certificate-authority": str(self.ca_file)} if self.ca_file is not None else {}),
+                    },
+                }
+            ],
             "users": [{"name": "fake-user", "user": user}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user",
-                                                      "namespace": "default"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user", "namespace": "default"}}],
             "current-context": "fake",
         }
         self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -179,8 +208,7 @@ class FakeCluster:
         rtype = self.resource(resource)
         return self.store.get((rtype.group, rtype.plural), namespace if rtype.namespaced else "", name)
 
-    def list(self, resource: str, namespace: str | None = "default", label_selector: str | None = None
-             ) -> list[JSON]:
+    def list(self, resource: str, namespace: str | None = "default", label_selector: str | None = None) -> list[JSON]:
         return self.api.list(self.resource(resource), namespace, label_selector)
 
     def create(self, obj: JSON, namespace: str | None = None) -> JSON:
@@ -198,8 +226,7 @@ class FakeCluster:
                 out.append(self.create(doc, namespace))
         return out
 
-    def delete(self, resource: str, name: str, namespace: str = "default", propagation: str | None = None
-               ) -> JSON:
+    def delete(self, resource: str, name: str, namespace: str = "default", propagation: str | None = None) -> JSON:
         return self.api.delete(self.resource(resource), namespace, name, propagation=propagation)
 
     def pod_log(self, name: str, namespace: str = "default", container: str | None = None) -> str:
@@ -215,8 +242,7 @@ class FakeCluster:
         path = runner.log_path(container, c.restarts)
         return path.read_text(errors="replace") if path.exists() else ""
 
-    async def wait_for(self, predicate: Callable[[FakeCluster], Any], timeout: float = 10.0,
-                       message: str = "") -> Any:
+    async def wait_for(self, predicate: Callable[[FakeCluster], Any], timeout: float = 10.0, message: str = "") -> Any:
         """Wait until ``predicate(cluster)`` returns a truthy value (checked after every change) and return
         it; raise ``TimeoutError`` naming ``message`` after ``timeout`` seconds."""
         try:
@@ -231,19 +257,29 @@ class FakeCluster:
                     except TimeoutError:
                         pass
         except TimeoutError:
-            raise TimeoutError(f"The fake cluster did not reach the expected state within {timeout} s"
-                               + (f": {message}." if message else ".")) from None
+            raise TimeoutError(
+                f"The fake cluster did not reach the expected state within {timeout} s"
+                + (f": {message}." if message else ".")
+            ) from None
 
-    async def wait_for_object(self, resource: str, name: str, predicate: Callable[[JSON], Any],
-                              namespace: str = "default", timeout: float = 10.0) -> JSON:
+    async def wait_for_object(
+        self,
+        resource: str,
+        name: str,
+        predicate: Callable[[JSON], Any],
+        namespace: str = "default",
+        timeout: float = 10.0,
+    ) -> JSON:
         """Wait until the object exists and ``predicate(obj)`` holds; return the object."""
+
         def check(c: FakeCluster) -> JSON | None:
             obj = c.get(resource, name, namespace)
             return obj if obj is not None and predicate(obj) else None
+
         result: JSON = await self.wait_for(check, timeout, f"{resource} {namespace}/{name}")
         return result
 
-    async def wait_deleted(self, resource: str, name: str, namespace: str = "default", timeout: float = 10.0
-                           ) -> None:
-        await self.wait_for(lambda c: c.get(resource, name, namespace) is None, timeout,
-                            f"{resource} {namespace}/{name} to be deleted")
+    async def wait_deleted(self, resource: str, name: str, namespace: str = "default", timeout: float = 10.0) -> None:
+        await self.wait_for(
+            lambda c: c.get(resource, name, namespace) is None, timeout, f"{resource} {namespace}/{name} to be deleted"
+        )

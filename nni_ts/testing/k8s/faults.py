@@ -38,12 +38,20 @@ class Faults:
         resourceVersion gets 410 Gone."""
         self._cluster.api.store.compact()
 
-    def error_burst(self, status: int = 500, count: int = 3, *, verbs: Iterable[str] | None = None,
-                    resource: str | None = None, retry_after: int = 1) -> None:
+    def error_burst(
+        self,
+        status: int = 500,
+        count: int = 3,
+        *,
+        verbs: Iterable[str] | None = None,
+        resource: str | None = None,
+        retry_after: int = 1,
+    ) -> None:
         """The next ``count`` API requests (optionally only these verbs / this plural resource) fail with
         ``status`` (429 carries ``Retry-After: retry_after``)."""
         self._cluster.server.faults.bursts.append(
-            [status, count, set(verbs) if verbs is not None else None, resource, retry_after])
+            [status, count, set(verbs) if verbs is not None else None, resource, retry_after]
+        )
 
     def slow(self, seconds: float) -> None:
         """Delay every API request by ``seconds`` (0 switches it off)."""
@@ -56,8 +64,9 @@ class Faults:
         faults.delay = 0.0
         faults.gone_watches = 0
 
-    async def evict_pod(self, namespace: str, name: str,
-                        message: str = "The node was low on resource: memory. ") -> None:
+    async def evict_pod(
+        self, namespace: str, name: str, message: str = "The node was low on resource: memory. "
+    ) -> None:
         """Evict a pod: its processes are killed and it ends Failed with reason Evicted (done on return)."""
         task = self._cluster.kubelet.fail_pod(namespace, name, "Evicted", message)
         if task is not None:
@@ -78,18 +87,29 @@ class Faults:
         node = copy.deepcopy(node)
         for cond in node["status"].get("conditions") or []:
             if cond["type"] == "Ready":
-                cond.update(status="Unknown", reason="NodeStatusUnknown",
-                            message="Kubelet stopped posting node status.", lastTransitionTime=now_iso())
-        node["spec"]["taints"] = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute",
-                                   "timeAdded": now_iso()}]
+                cond.update(
+                    status="Unknown",
+                    reason="NodeStatusUnknown",
+                    message="Kubelet stopped posting node status.",
+                    lastTransitionTime=now_iso(),
+                )
+        node["spec"]["taints"] = [
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": now_iso()}
+        ]
         api.store.put(("", "nodes"), node, added=False)
         tasks = []
         for pod in api.store.list(("", "pods")):
             if pod["spec"].get("nodeName") == name and pod.get("status", {}).get("phase") not in (
-                    "Succeeded", "Failed"):
+                "Succeeded",
+                "Failed",
+            ):
                 task = self._cluster.kubelet.fail_pod(
-                    pod["metadata"]["namespace"], pod["metadata"]["name"], "NodeLost",
-                    f"Node {name} which was running pod {pod['metadata']['name']} is unresponsive", phase=pod_phase)
+                    pod["metadata"]["namespace"],
+                    pod["metadata"]["name"],
+                    "NodeLost",
+                    f"Node {name} which was running pod {pod['metadata']['name']} is unresponsive",
+                    phase=pod_phase,
+                )
                 if task is not None:
                     tasks.append(task)
         for task in tasks:
@@ -104,8 +124,12 @@ class Faults:
         node = copy.deepcopy(node)
         for cond in node["status"].get("conditions") or []:
             if cond["type"] == "Ready":
-                cond.update(status="True", reason="KubeletReady", message="kubelet is posting ready status",
-                            lastTransitionTime=now_iso())
+                cond.update(
+                    status="True",
+                    reason="KubeletReady",
+                    message="kubelet is posting ready status",
+                    lastTransitionTime=now_iso(),
+                )
         node["spec"].pop("taints", None)
         api.store.put(("", "nodes"), node, added=False)
 

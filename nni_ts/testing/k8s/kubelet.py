@@ -55,22 +55,43 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
 
     def object(self) -> JSON:
-        capacity = {"cpu": str(self.cpu), "memory": str(self.memory), "nvidia.com/gpu": str(self.gpus),
-                    "pods": str(self.pods)}
+        capacity = {
+            "cpu": str(self.cpu),
+            "memory": str(self.memory),
+            "nvidia.com/gpu": str(self.gpus),
+            "pods": str(self.pods),
+        }
         return {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name,
-                                                       "kubernetes.io/os": "linux", **self.labels}},
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", **self.labels},
+            },
             "spec": {},
             "status": {
-                "capacity": capacity, "allocatable": dict(capacity),
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                "message": "kubelet is posting ready status", "lastHeartbeatTime": now_iso(),
-                                "lastTransitionTime": now_iso()}],
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
-                              {"type": "Hostname", "address": self.name}],
-                "nodeInfo": {"kubeletVersion": "v1.32.0-fake", "operatingSystem": "linux",
-                             "architecture": "amd64", "containerRuntimeVersion": "fake://1.0"},
+                "capacity": capacity,
+                "allocatable": dict(capacity),
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "kubelet is posting ready status",
+                        "lastHeartbeatTime": now_iso(),
+                        "lastTransitionTime": now_iso(),
+                    }
+                ],
+                "addresses": [
+                    {"type": "InternalIP", "address": "127.0.0.1"},
+                    {"type": "Hostname", "address": self.name},
+                ],
+                "nodeInfo": {
+                    "kubeletVersion": "v1.32.0-fake",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                    "containerRuntimeVersion": "fake://1.0",
+                },
             },
         }
 
@@ -156,19 +177,38 @@ class PodRunner:
                 state = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
             elif c.waiting is not None:
                 state = {"waiting": {"reason": c.waiting[0], "message": c.waiting[1]}}
-                last = {"terminated": {"exitCode": c.exit_code, "reason": c.reason, "startedAt": c.started_at,
-                                       "finishedAt": c.finished_at}}
+                last = {
+                    "terminated": {
+                        "exitCode": c.exit_code,
+                        "reason": c.reason,
+                        "startedAt": c.started_at,
+                        "finishedAt": c.finished_at,
+                    }
+                }
             elif c.exit_code is not None:
-                state = {"terminated": {"exitCode": c.exit_code, "reason": c.reason, "startedAt": c.started_at,
-                                        "finishedAt": c.finished_at, "containerID": f"fake://{self.uid}-{c.name}"}}
+                state = {
+                    "terminated": {
+                        "exitCode": c.exit_code,
+                        "reason": c.reason,
+                        "startedAt": c.started_at,
+                        "finishedAt": c.finished_at,
+                        "containerID": f"fake://{self.uid}-{c.name}",
+                    }
+                }
             elif c.proc is not None:
                 state = {"running": {"startedAt": c.started_at}}
             else:
                 state = {"waiting": {"reason": "ContainerCreating"}}
-            entry: JSON = {"name": c.name, "image": spec.get("image", ""),
-                           "imageID": f"fake://{spec.get('image', '')}", "ready": "running" in state,
-                           "started": "running" in state, "restartCount": c.restarts, "state": state,
-                           "containerID": f"fake://{self.uid}-{c.name}"}
+            entry: JSON = {
+                "name": c.name,
+                "image": spec.get("image", ""),
+                "imageID": f"fake://{spec.get('image', '')}",
+                "ready": "running" in state,
+                "started": "running" in state,
+                "restartCount": c.restarts,
+                "state": state,
+                "containerID": f"fake://{self.uid}-{c.name}",
+            }
             if last is not None:
                 entry["lastState"] = last
             out.append(entry)
@@ -204,23 +244,27 @@ class PodRunner:
         for spec in self.pod["spec"]["containers"]:
             image = str(spec.get("image", ""))
             if kubelet.image_missing(image):
-                msg = f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack ' \
-                      f'image "{image}": not found'
+                msg = (
+                    f'Failed to pull image "{image}": rpc error: code = NotFound desc = failed to pull and unpack '
+                    f'image "{image}": not found'
+                )
                 self.write_status(containerStatuses=self.container_statuses(("ErrImagePull", msg)))
                 api.record_event(self.pod, "Failed", msg, "Warning", "kubelet")
                 await asyncio.sleep(kubelet.image_backoff)
                 if self.stopping:
                     return
-                self.write_status(containerStatuses=self.container_statuses(
-                    ("ImagePullBackOff", f'Back-off pulling image "{image}"')))
+                self.write_status(
+                    containerStatuses=self.container_statuses(("ImagePullBackOff", f'Back-off pulling image "{image}"'))
+                )
                 api.record_event(self.pod, "BackOff", f'Back-off pulling image "{image}"', "Warning", "kubelet")
                 await self.done.wait()
                 return
         try:
             mounts = self._volumes()
-            env_per_container = {c["name"]: {k: v if k in HOST_ENV else self._map(v, mounts)
-                                             for k, v in self._env(c).items()}
-                                 for c in self.pod["spec"]["containers"]}
+            env_per_container = {
+                c["name"]: {k: v if k in HOST_ENV else self._map(v, mounts) for k, v in self._env(c).items()}
+                for c in self.pod["spec"]["containers"]
+            }
         except _ConfigError as exc:
             self.write_status(containerStatuses=self.container_statuses(("CreateContainerConfigError", str(exc))))
             api.record_event(self.pod, "Failed", f"Error: {exc}", "Warning", "kubelet")
@@ -232,21 +276,30 @@ class PodRunner:
             if not await self._run_init(spec, env, mounts):
                 return
         policy = self.pod["spec"].get("restartPolicy", "Always")
-        loops = [self._container_loop(spec, env_per_container[spec["name"]], mounts, policy)
-                 for spec in self.pod["spec"]["containers"]]
+        loops = [
+            self._container_loop(spec, env_per_container[spec["name"]], mounts, policy)
+            for spec in self.pod["spec"]["containers"]
+        ]
         await asyncio.gather(*loops)
         if self.stopping and self.stop_reason is None:
             return
         codes = [c.exit_code for c in self.containers.values()]
         if self.stop_reason is not None:
             phase, reason, message = self.stop_reason
-            self.write_status(phase=phase, reason=reason, message=message,
-                              containerStatuses=self.container_statuses(),
-                              conditions=self._conditions(False, self._scheduled_time()))
+            self.write_status(
+                phase=phase,
+                reason=reason,
+                message=message,
+                containerStatuses=self.container_statuses(),
+                conditions=self._conditions(False, self._scheduled_time()),
+            )
             return
         phase = "Succeeded" if all(code == 0 for code in codes) else "Failed"
-        self.write_status(phase=phase, containerStatuses=self.container_statuses(),
-                          conditions=self._conditions(False, self._scheduled_time()))
+        self.write_status(
+            phase=phase,
+            containerStatuses=self.container_statuses(),
+            conditions=self._conditions(False, self._scheduled_time()),
+        )
 
     def _scheduled_time(self) -> str | None:
         pod = self._current()
@@ -255,8 +308,9 @@ class PodRunner:
                 return str(cond.get("lastTransitionTime"))
         return None
 
-    async def _container_loop(self, spec: JSON, env: dict[str, str], mounts: list[tuple[str, Path]],
-                              policy: str) -> None:
+    async def _container_loop(
+        self, spec: JSON, env: dict[str, str], mounts: list[tuple[str, Path]], policy: str
+    ) -> None:
         c = self.containers[spec["name"]]
         kubelet = self.kubelet
         while not self.stopping:
@@ -280,9 +334,12 @@ class PodRunner:
                     self.write_status(containerStatuses=self.container_statuses())
                 return
             # Back off before the restart as the kubelet does (doubling, capped at 16 times the first delay).
-            delay = kubelet.restart_backoff * min(2 ** c.restarts, 16)
-            c.waiting = ("CrashLoopBackOff", f"back-off {delay:g}s restarting failed container={c.name} "
-                         f"pod={self.name}_{self.namespace}({self.uid})")
+            delay = kubelet.restart_backoff * min(2**c.restarts, 16)
+            c.waiting = (
+                "CrashLoopBackOff",
+                f"back-off {delay:g}s restarting failed container={c.name} "
+                f"pod={self.name}_{self.namespace}({self.uid})",
+            )
             self.write_status(containerStatuses=self.container_statuses())
             await asyncio.sleep(delay)
             c.waiting = None
@@ -311,8 +368,11 @@ class PodRunner:
         if self.stopping:
             return False
         if code != 0:
-            self.write_status(phase="Failed", initContainerStatuses=self._init_statuses(),
-                              containerStatuses=self.container_statuses(("PodInitializing", "")))
+            self.write_status(
+                phase="Failed",
+                initContainerStatuses=self._init_statuses(),
+                containerStatuses=self.container_statuses(("PodInitializing", "")),
+            )
             return False
         self.write_status(initContainerStatuses=self._init_statuses())
         return True
@@ -320,17 +380,35 @@ class PodRunner:
     def _init_statuses(self) -> list[JSON]:
         out = []
         for c in self.init_containers:
-            state: JSON = ({"terminated": {"exitCode": c.exit_code, "reason": c.reason, "startedAt": c.started_at,
-                                           "finishedAt": c.finished_at}} if c.exit_code is not None
-                           else {"running": {"startedAt": c.started_at}})
-            out.append({"name": c.name, "ready": c.exit_code == 0, "restartCount": 0, "state": state,
-                        "image": "", "imageID": ""})
+            state: JSON = (
+                {
+                    "terminated": {
+                        "exitCode": c.exit_code,
+                        "reason": c.reason,
+                        "startedAt": c.started_at,
+                        "finishedAt": c.finished_at,
+                    }
+                }
+                if c.exit_code is not None
+                else {"running": {"startedAt": c.started_at}}
+            )
+            out.append(
+                {
+                    "name": c.name,
+                    "ready": c.exit_code == 0,
+                    "restartCount": 0,
+                    "state": state,
+                    "image": "",
+                    "imageID": "",
+                }
+            )
         return out
 
     def _barrier_script(self) -> str:
         labels = self.pod["metadata"].get("labels") or {}
-        fw = self.kubelet.api.store.get(("frameworkcontroller.microsoft.com", "frameworks"), self.namespace,
-                                        labels.get("FC_FRAMEWORK_NAME", ""))
+        fw = self.kubelet.api.store.get(
+            ("frameworkcontroller.microsoft.com", "frameworks"), self.namespace, labels.get("FC_FRAMEWORK_NAME", "")
+        )
         lines = ["#!/bin/sh", "# written by the fake cluster's simulated frameworkbarrier"]
         for role in ((fw or {}).get("spec") or {}).get("taskRoles") or []:
             key = re.sub(r"[^A-Za-z0-9]", "_", str(role.get("name", ""))).upper()
@@ -353,19 +431,40 @@ class PodRunner:
         # missing), then the working directory, then the command.
         names = {m["mountPath"].rstrip("/") or "/" for m in spec.get("volumeMounts") or []}
         mkdir, mount = shlex.quote(_TOOLS["mkdir"]), shlex.quote(_TOOLS["mount"])
-        steps = [f"{mkdir} -p {shlex.quote(mp)} && {mount} --bind {shlex.quote(str(local))} {shlex.quote(mp)} "
-                 f"|| exit 126" for mp, local in sorted(mounts, key=lambda m: len(m[0])) if mp in names and mp != "/"]
+        steps = [
+            f"{mkdir} -p {shlex.quote(mp)} && {mount} --bind {shlex.quote(str(local))} {shlex.quote(mp)} || exit 126"
+            for mp, local in sorted(mounts, key=lambda m: len(m[0]))
+            if mp in names and mp != "/"
+        ]
         if workdir:
             steps.append(f"{mkdir} -p {shlex.quote(workdir)} && cd {shlex.quote(workdir)} || exit 126")
         script = "; ".join([*steps, 'exec "$@"'])
-        return [_TOOLS["unshare"], "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "fake-kubelet",
-                *argv], self.dir
+        return [
+            _TOOLS["unshare"],
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+            "fake-kubelet",
+            *argv,
+        ], self.dir
 
     def log_path(self, container: str, restart: int) -> Path:
         return Path(self.dir / f"{container}-{restart}.log")
 
-    async def _spawn(self, c: _Container, argv: list[str], env: dict[str, str], cwd: Path, log_path: Path,
-                     spec: JSON, init: bool = False) -> tuple[int, str]:
+    async def _spawn(
+        self,
+        c: _Container,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log_path: Path,
+        spec: JSON,
+        init: bool = False,
+    ) -> tuple[int, str]:
         with open(log_path, "ab") as out:
             try:
                 cwd.mkdir(parents=True, exist_ok=True)
@@ -379,13 +478,16 @@ class PodRunner:
         if init:
             self.write_status(initContainerStatuses=self._init_statuses(), podIP="127.0.0.1", hostIP="127.0.0.1")
         else:
-            self.write_status(phase="Running", podIP="127.0.0.1", hostIP="127.0.0.1",
-                              startTime=(self._current() or {}).get("status", {}).get("startTime") or now_iso(),
-                              containerStatuses=self.container_statuses(),
-                              conditions=self._conditions(True, self._scheduled_time()))
+            self.write_status(
+                phase="Running",
+                podIP="127.0.0.1",
+                hostIP="127.0.0.1",
+                startTime=(self._current() or {}).get("status", {}).get("startTime") or now_iso(),
+                containerStatuses=self.container_statuses(),
+                conditions=self._conditions(True, self._scheduled_time()),
+            )
             if c.restarts == 0:
-                self.kubelet.api.record_event(self.pod, "Started", f"Started container {c.name}", "Normal",
-                                              "kubelet")
+                self.kubelet.api.record_event(self.pod, "Started", f"Started container {c.name}", "Normal", "kubelet")
         watcher = None
         limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
         if limit is not None and self.kubelet.enforce_memory_limits:
@@ -433,8 +535,10 @@ class PodRunner:
         if grace > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    while any(c.proc is not None and c.proc.returncode is None
-                              for c in [*self.init_containers, *self.containers.values()]):
+                    while any(
+                        c.proc is not None and c.proc.returncode is None
+                        for c in [*self.init_containers, *self.containers.values()]
+                    ):
                         await asyncio.sleep(0.02)
             await self._kill_all(signal.SIGKILL)
         self.done.set()
@@ -464,14 +568,17 @@ class PodRunner:
                 env.update({prefix + k: str(v) for k, v in (data or {}).get("data", {}).items()})
             if "secretRef" in source:
                 data = self._lookup("secrets", source["secretRef"], None)
-                env.update({prefix + k: base64.b64decode(v).decode(errors="replace")
-                            for k, v in (data or {}).get("data", {}).items()})
+                env.update(
+                    {
+                        prefix + k: base64.b64decode(v).decode(errors="replace")
+                        for k, v in (data or {}).get("data", {}).items()
+                    }
+                )
         for item in spec.get("env") or []:
             name = item.get("name")
             if "value" in item or "valueFrom" not in item:
                 value = str(item.get("value", ""))
-                env[name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)),
-                                   value)
+                env[name] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
                 continue
             source = item["valueFrom"]
             if "fieldRef" in source:
@@ -487,8 +594,11 @@ class PodRunner:
                 if cm is not None:
                     env[name] = str(cm["data"][ref["key"]])
             elif "resourceFieldRef" in source:
-                env[name] = str(((spec.get("resources") or {}).get("limits") or {}).get(
-                    source["resourceFieldRef"].get("resource", "").split(".", 1)[-1], "0"))
+                env[name] = str(
+                    ((spec.get("resources") or {}).get("limits") or {}).get(
+                        source["resourceFieldRef"].get("resource", "").split(".", 1)[-1], "0"
+                    )
+                )
         gpus = self.kubelet.gpu_assignment.get(self.uid)
         if gpus is not None:
             env.setdefault("NVIDIA_VISIBLE_DEVICES", ",".join(map(str, gpus)) or "void")
@@ -508,10 +618,16 @@ class PodRunner:
     def _field(self, path: str) -> str:
         pod = self._current() or self.pod
         meta = pod["metadata"]
-        simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
-                  "metadata.uid": meta["uid"], "spec.nodeName": pod["spec"].get("nodeName", ""),
-                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
-                  "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1", "status.podIPs": "127.0.0.1"}
+        simple = {
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": pod["spec"].get("nodeName", ""),
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.podIP": "127.0.0.1",
+            "status.hostIP": "127.0.0.1",
+            "status.podIPs": "127.0.0.1",
+        }
         if path in simple:
             return str(simple[path])
         match = re.match(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
@@ -570,8 +686,9 @@ class _Process:
         # kubelet can kill them all, including those that started their own session or were orphaned.
         self.marker = uuid.uuid4().hex
         env = {**env, CONTAINER_MARKER: self.marker}
-        self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd),
-                                       env=env, start_new_session=True)
+        self._popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=str(cwd), env=env, start_new_session=True
+        )
         self.pid = self._popen.pid
         self.returncode: int | None = None
         self._done: asyncio.Future[int] | None = None
@@ -588,10 +705,12 @@ class _Process:
                 with contextlib.suppress(OSError):
                     fd = pidfd_open(self.pid)
             if fd >= 0:
+
                 def on_exit() -> None:
                     loop.remove_reader(fd)
                     os.close(fd)
                     self._finish()
+
                 loop.add_reader(fd, on_exit)
             else:
                 task = asyncio.ensure_future(asyncio.to_thread(self._popen.wait))
@@ -628,9 +747,20 @@ def _can_bind_mount() -> bool:
                 _TOOLS[tool] = found
         if hasattr(os, "geteuid") and os.geteuid() == 0 and len(_TOOLS) == 3:
             with contextlib.suppress(OSError, subprocess.SubprocessError):
-                probe = subprocess.run([_TOOLS["unshare"], "--mount", "--propagation", "private", "--", "/bin/sh",
-                                        "-c", f"{_TOOLS['mount']} -t tmpfs none /mnt"],
-                                       capture_output=True, timeout=10)
+                probe = subprocess.run(
+                    [
+                        _TOOLS["unshare"],
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "--",
+                        "/bin/sh",
+                        "-c",
+                        f"{_TOOLS['mount']} -t tmpfs none /mnt",
+                    ],
+                    capture_output=True,
+                    timeout=10,
+                )
                 ok = probe.returncode == 0
         _BIND_PROBE.append(ok)
     return _BIND_PROBE[0]
@@ -697,10 +827,20 @@ def _killpg(pid: int, sig: int) -> None:
 class Kubelet:
     """Scheduler and kubelet for every node of the fake cluster."""
 
-    def __init__(self, api: Api, state_dir: Path, *, nfs_exports: dict[tuple[str, str], Path] | None = None,
-                 missing_images: set[str] | None = None, grace_cap: float = 2.0, image_backoff: float = 0.3,
-                 restart_backoff: float = 0.1, enforce_memory_limits: bool = True, api_port: int = 0,
-                 volume_mode: str = "rewrite") -> None:
+    def __init__(
+        self,
+        api: Api,
+        state_dir: Path,
+        *,
+        nfs_exports: dict[tuple[str, str], Path] | None = None,
+        missing_images: set[str] | None = None,
+        grace_cap: float = 2.0,
+        image_backoff: float = 0.3,
+        restart_backoff: float = 0.1,
+        enforce_memory_limits: bool = True,
+        api_port: int = 0,
+        volume_mode: str = "rewrite",
+    ) -> None:
         self.api = api
         self.state_dir = state_dir
         self.nfs_exports = {(s, p.rstrip("/") or "/"): Path(d) for (s, p), d in (nfs_exports or {}).items()}
@@ -739,7 +879,7 @@ class Kubelet:
         path = path.rstrip("/") or "/"
         for (s, export), local in sorted(self.nfs_exports.items(), key=lambda kv: -len(kv[0][1])):
             if s == server and (path == export or path.startswith(export.rstrip("/") + "/")):
-                rel = path[len(export):].lstrip("/")
+                rel = path[len(export) :].lstrip("/")
                 return Path(local / rel) if rel else Path(local)
         return self.state_dir / "nfs" / server / path.lstrip("/")
 
@@ -807,14 +947,16 @@ class Kubelet:
         self._spawn_stop(runner, min(float(grace), self.grace_cap), remove=True)
         return True
 
-    def _spawn_stop(self, runner: PodRunner, grace: float, remove: bool = False,
-                    result: tuple[str, str, str] | None = None) -> asyncio.Task[None]:
+    def _spawn_stop(
+        self, runner: PodRunner, grace: float, remove: bool = False, result: tuple[str, str, str] | None = None
+    ) -> asyncio.Task[None]:
         async def stop() -> None:
             await runner.stop(grace, result)
             if remove:
                 pod = self.api.store.get(("", "pods"), runner.namespace, runner.name)
                 if pod is not None and pod["metadata"]["uid"] == runner.uid:
                     self.api.remove_now(self.pods_type, runner.namespace, runner.name)
+
         task = asyncio.get_running_loop().create_task(stop(), name=f"kubelet-stop-{runner.name}")
         self._stop_tasks.add(task)
         task.add_done_callback(self._stop_tasks.discard)
@@ -851,8 +993,13 @@ class Kubelet:
         for uid, (ns, name) in list(self.to_start.items()):
             del self.to_start[uid]
             pod = store.get(("", "pods"), ns, name)
-            if pod is None or pod["metadata"]["uid"] != uid or uid in self.runners or _terminal(pod) \
-                    or pod["metadata"].get("deletionTimestamp"):
+            if (
+                pod is None
+                or pod["metadata"]["uid"] != uid
+                or uid in self.runners
+                or _terminal(pod)
+                or pod["metadata"].get("deletionTimestamp")
+            ):
                 continue
             node = store.get(("", "nodes"), "", pod["spec"]["nodeName"])
             if node is None or not _node_ready(node):
@@ -889,22 +1036,29 @@ class Kubelet:
                 continue
             ngpu = int(want["nvidia.com/gpu"])
             if ngpu:
-                taken = {i for uid, (n, _) in self.bound.items() if n == name
-                         for i in self.gpu_assignment.get(uid, [])}
+                taken = {i for uid, (n, _) in self.bound.items() if n == name for i in self.gpu_assignment.get(uid, [])}
                 free = [i for i in range(int(parse_quantity(alloc.get("nvidia.com/gpu", "0")))) if i not in taken]
                 self.gpu_assignment[pod["metadata"]["uid"]] = free[:ngpu]
             self._bind(pod, name)
             return True
-        message = f"0/{len(nodes)} nodes are available: " + ", ".join(
-            f"{n} {r}" for r, n in sorted(reasons.items())) + "."
+        message = (
+            f"0/{len(nodes)} nodes are available: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + "."
+        )
         uid = pod["metadata"]["uid"]
         if self._unschedulable_reason.get(uid) == message:
             return False
         self._unschedulable_reason[uid] = message
         status = copy.deepcopy(pod.get("status") or {})
         status["phase"] = "Pending"
-        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                 "message": message, "lastTransitionTime": now_iso()}]
+        status["conditions"] = [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": message,
+                "lastTransitionTime": now_iso(),
+            }
+        ]
         self.api.update_status(self.pods_type, pod["metadata"]["namespace"], pod["metadata"]["name"], status)
         self.api.record_event(pod, "FailedScheduling", message, "Warning", "default-scheduler")
         return False
@@ -917,13 +1071,19 @@ class Kubelet:
         status["conditions"] = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]
         status["hostIP"] = "127.0.0.1"
         self.api.store.put(("", "pods"), new, added=False)
-        self.api.record_event(new, "Scheduled", f"Successfully assigned {pod['metadata']['namespace']}/"
-                              f"{pod['metadata']['name']} to {node}", "Normal", "default-scheduler")
+        self.api.record_event(
+            new,
+            "Scheduled",
+            f"Successfully assigned {pod['metadata']['namespace']}/{pod['metadata']['name']} to {node}",
+            "Normal",
+            "default-scheduler",
+        )
 
     # ------------------------------------------------------------- faults
 
-    def fail_pod(self, namespace: str, name: str, reason: str, message: str, phase: str = "Failed",
-                 oom: bool = False) -> asyncio.Task[None] | None:
+    def fail_pod(
+        self, namespace: str, name: str, reason: str, message: str, phase: str = "Failed", oom: bool = False
+    ) -> asyncio.Task[None] | None:
         pod = self.api.store.get(("", "pods"), namespace, name)
         if pod is None:
             raise ApiError.not_found("pods", name)
@@ -944,22 +1104,34 @@ class Kubelet:
 
     # ------------------------------------------------------------- logs
 
-    async def logs(self, pod: JSON, container: str, follow: bool, tail: int | None, previous: bool
-                   ) -> AsyncIterator[bytes]:
+    async def logs(
+        self, pod: JSON, container: str, follow: bool, tail: int | None, previous: bool
+    ) -> AsyncIterator[bytes]:
         runner = self.runners.get(pod["metadata"]["uid"])
         if runner is None or container not in runner.containers or not runner.log_path(container, 0).exists():
             statuses = (pod.get("status") or {}).get("containerStatuses") or []
-            waiting = next((s["state"]["waiting"].get("reason") for s in statuses
-                            if s.get("name") == container and "waiting" in (s.get("state") or {})), None)
-            reason = {"ErrImagePull": "trying and failing to pull image",
-                      "ImagePullBackOff": "trying and failing to pull image"}.get(waiting or "", waiting)
-            raise ApiError.bad_request(f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to '
-                                       f'start: {reason or "ContainerCreating"}')
+            waiting = next(
+                (
+                    s["state"]["waiting"].get("reason")
+                    for s in statuses
+                    if s.get("name") == container and "waiting" in (s.get("state") or {})
+                ),
+                None,
+            )
+            reason = {
+                "ErrImagePull": "trying and failing to pull image",
+                "ImagePullBackOff": "trying and failing to pull image",
+            }.get(waiting or "", waiting)
+            raise ApiError.bad_request(
+                f'container "{container}" in pod "{pod["metadata"]["name"]}" is waiting to '
+                f"start: {reason or 'ContainerCreating'}"
+            )
         c = runner.containers[container]
         index = c.restarts - 1 if previous else c.restarts
         if index < 0:
-            raise ApiError.bad_request(f'previous terminated container "{container}" in pod '
-                                       f'"{pod["metadata"]["name"]}" not found')
+            raise ApiError.bad_request(
+                f'previous terminated container "{container}" in pod "{pod["metadata"]["name"]}" not found'
+            )
         path = runner.log_path(container, index)
         data = path.read_bytes() if path.exists() else b""
         if tail is not None:
@@ -970,8 +1142,7 @@ class Kubelet:
             return
         offset = path.stat().st_size if path.exists() else 0
         while True:
-            finished = runner.done.is_set() or (c.proc is None and c.exit_code is not None
-                                                and c.restarts == index)
+            finished = runner.done.is_set() or (c.proc is None and c.exit_code is not None and c.restarts == index)
             if path.exists():
                 size = path.stat().st_size
                 if size > offset:

@@ -30,8 +30,11 @@ def _gvk(rtype: ResourceType) -> JSON:
 
 
 def _schema(rtype: ResourceType) -> JSON:
-    schema: JSON = copy.deepcopy(rtype.schema) if rtype.schema else {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    schema: JSON = (
+        copy.deepcopy(rtype.schema)
+        if rtype.schema
+        else {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    )
     schema["x-kubernetes-group-version-kind"] = [_gvk(rtype)]
     return schema
 
@@ -43,26 +46,46 @@ def _operations(rtype: ResourceType, v3: bool, ref: str) -> dict[str, JSON]:
 
     def param(name: str, where: str = "query") -> JSON:
         if v3:
-            return {"name": name, "in": where, "schema": {"type": "string", "uniqueItems": True},
-                    **({"required": True} if where == "path" else {})}
-        return {"name": name, "in": where, "type": "string", "uniqueItems": True,
-                **({"required": True} if where == "path" else {})}
+            return {
+                "name": name,
+                "in": where,
+                "schema": {"type": "string", "uniqueItems": True},
+                **({"required": True} if where == "path" else {}),
+            }
+        return {
+            "name": name,
+            "in": where,
+            "type": "string",
+            "uniqueItems": True,
+            **({"required": True} if where == "path" else {}),
+        }
 
     def op(action: str, write: bool) -> JSON:
         body: JSON = {
-            "operationId": f"{action}{rtype.kind}", "x-kubernetes-action": action,
+            "operationId": f"{action}{rtype.kind}",
+            "x-kubernetes-action": action,
             "x-kubernetes-group-version-kind": _gvk(rtype),
             "parameters": [param(p) for p in _PARAMS] if write else [param("pretty")],
-            "responses": {"200": ({"description": "OK", "content": {"application/json": {"schema": {"$ref": ref}}}}
-                                  if v3 else {"description": "OK", "schema": {"$ref": ref}})},
+            "responses": {
+                "200": (
+                    {"description": "OK", "content": {"application/json": {"schema": {"$ref": ref}}}}
+                    if v3
+                    else {"description": "OK", "schema": {"$ref": ref}}
+                )
+            },
         }
         return body
 
-    path_params = ([param("namespace", "path")] if rtype.namespaced else [])
+    path_params = [param("namespace", "path")] if rtype.namespaced else []
     return {
         collection: {"get": op("list", False), "post": op("post", True), "parameters": path_params},
-        item: {"get": op("get", False), "put": op("put", True), "patch": op("patch", True),
-               "delete": op("delete", False), "parameters": [*path_params, param("name", "path")]},
+        item: {
+            "get": op("get", False),
+            "put": op("put", True),
+            "patch": op("patch", True),
+            "delete": op("delete", False),
+            "parameters": [*path_params, param("name", "path")],
+        },
     }
 
 
@@ -77,8 +100,12 @@ def _gv_document(api: Api, group: str, version: str) -> JSON:
         paths.update(_operations(rtype, True, f"#/components/schemas/{name}"))
     if not paths:
         raise ApiError(404, "NotFound", f"no OpenAPI document for {group or 'core'}/{version}")
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes (nni-ts fake)", "version": "v1.32.0"},
-            "paths": paths, "components": {"schemas": schemas}}
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (nni-ts fake)", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
 
 
 def _hash(doc: Any) -> str:
@@ -94,8 +121,12 @@ def document(api: Api, parts: list[str], _hash_param: str | None = None) -> JSON
             name = _definition_name(rtype)
             definitions[name] = _schema(rtype)
             paths.update(_operations(rtype, False, f"#/definitions/{name}"))
-        return {"swagger": "2.0", "info": {"title": "Kubernetes (nni-ts fake)", "version": "v1.32.0"},
-                "paths": paths, "definitions": definitions}
+        return {
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes (nni-ts fake)", "version": "v1.32.0"},
+            "paths": paths,
+            "definitions": definitions,
+        }
     if parts == ["v3"]:
         index: JSON = {}
         gvs = sorted({(t.group, t.version) for t in api.types.values()})

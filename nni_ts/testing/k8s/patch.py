@@ -13,9 +13,18 @@ __all__ = ["json_patch", "merge_patch", "strategic_merge_patch"]
 
 #: List fields merged by key in strategic merge patch (field name -> merge key), as the built-in types declare.
 MERGE_KEYS: dict[str, str] = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "env": "name",
-    "volumes": "name", "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name",
-    "conditions": "type", "tolerations": "key", "hostAliases": "ip", "volumeDevices": "devicePath",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+    "imagePullSecrets": "name",
+    "conditions": "type",
+    "tolerations": "key",
+    "hostAliases": "ip",
+    "volumeDevices": "devicePath",
     "ownerReferences": "uid",
 }
 #: List fields whose strategy is "merge" of scalars (union), like finalizers.
@@ -52,8 +61,11 @@ def _walk(doc: Any, tokens: list[str], pointer: str) -> Any:
     for tok in tokens:
         if isinstance(cur, dict):
             if tok not in cur:
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: "
-                               f"doc is missing path: {pointer!r}")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"the server rejected our request due to an error in our request: doc is missing path: {pointer!r}",
+                )
             cur = cur[tok]
         elif isinstance(cur, list):
             try:

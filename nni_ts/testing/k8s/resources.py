@@ -53,8 +53,11 @@ class ResourceType:
 
     def discovery(self) -> list[JSON]:
         entry: JSON = {
-            "name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
-            "kind": self.kind, "verbs": list(ALL_VERBS),
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": list(ALL_VERBS),
         }
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
@@ -62,30 +65,81 @@ class ResourceType:
             entry["categories"] = list(self.categories)
         out = [entry]
         if self.has_status:
-            out.append({"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced,
-                        "kind": self.kind, "verbs": ["get", "patch", "update"]})
+            out.append(
+                {
+                    "name": f"{self.plural}/status",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "kind": self.kind,
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
         if self.kind == "Pod":
             out.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
-            out.append({"name": "pods/eviction", "singularName": "", "namespaced": True, "group": "policy",
-                        "version": "v1", "kind": "Eviction", "verbs": ["create"]})
+            out.append(
+                {
+                    "name": "pods/eviction",
+                    "singularName": "",
+                    "namespaced": True,
+                    "group": "policy",
+                    "version": "v1",
+                    "kind": "Eviction",
+                    "verbs": ["create"],
+                }
+            )
         return out
 
 
 BUILTIN_TYPES: list[ResourceType] = [
-    ResourceType("", "v1", "pods", "Pod", short_names=["po"], categories=["all"], has_status=True,
-                 field_selectors={"status.phase", "spec.nodeName", "spec.restartPolicy"}),
+    ResourceType(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        short_names=["po"],
+        categories=["all"],
+        has_status=True,
+        field_selectors={"status.phase", "spec.nodeName", "spec.restartPolicy"},
+    ),
     ResourceType("", "v1", "secrets", "Secret", field_selectors={"type"}),
     ResourceType("", "v1", "configmaps", "ConfigMap", short_names=["cm"]),
-    ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, short_names=["ns"], has_status=True,
-                 field_selectors={"status.phase"}),
-    ResourceType("", "v1", "events", "Event", short_names=["ev"],
-                 field_selectors={"involvedObject.name", "involvedObject.kind", "involvedObject.namespace",
-                                  "involvedObject.uid", "reason", "type"}),
+    ResourceType(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        namespaced=False,
+        short_names=["ns"],
+        has_status=True,
+        field_selectors={"status.phase"},
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "events",
+        "Event",
+        short_names=["ev"],
+        field_selectors={
+            "involvedObject.name",
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.uid",
+            "reason",
+            "type",
+        },
+    ),
     ResourceType("", "v1", "nodes", "Node", namespaced=False, short_names=["no"], has_status=True),
     ResourceType("", "v1", "services", "Service", short_names=["svc"], categories=["all"], has_status=True),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
-    ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
-                 namespaced=False, short_names=["crd", "crds"], has_status=True),
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        short_names=["crd", "crds"],
+        has_status=True,
+    ),
 ]
 
 
@@ -103,18 +157,34 @@ def check_crd(obj: JSON) -> None:
     if not names.get("kind"):
         causes.append(("spec.names.kind", "FieldValueRequired", "Required value"))
     if spec.get("scope") not in ("Namespaced", "Cluster"):
-        causes.append(("spec.scope", "FieldValueNotSupported",
-                       f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"'))
+        causes.append(
+            (
+                "spec.scope",
+                "FieldValueNotSupported",
+                f'Unsupported value: "{spec.get("scope")}": supported values: "Cluster", "Namespaced"',
+            )
+        )
     if group and names.get("plural") and name != f"{names['plural']}.{group}":
-        causes.append(("metadata.name", "FieldValueInvalid",
-                       f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'))
+        causes.append(
+            ("metadata.name", "FieldValueInvalid", f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group')
+        )
     versions = spec.get("versions") or []
     if not versions:
-        causes.append(("spec.versions", "FieldValueRequired",
-                       "Required value: must have exactly one version marked as storage version"))
+        causes.append(
+            (
+                "spec.versions",
+                "FieldValueRequired",
+                "Required value: must have exactly one version marked as storage version",
+            )
+        )
     elif sum(1 for v in versions if v.get("storage")) != 1:
-        causes.append(("spec.versions", "FieldValueInvalid",
-                       "Invalid value: must have exactly one version marked as storage version"))
+        causes.append(
+            (
+                "spec.versions",
+                "FieldValueInvalid",
+                "Invalid value: must have exactly one version marked as storage version",
+            )
+        )
     if causes:
         raise ApiError.invalid("CustomResourceDefinition", name, "apiextensions.k8s.io", causes)
 
@@ -129,13 +199,20 @@ def from_crd(obj: JSON) -> list[ResourceType]:
             continue
         subresources = version.get("subresources") or {}
         schema: Any = (version.get("schema") or {}).get("openAPIV3Schema")
-        out.append(ResourceType(
-            group=spec["group"], version=version["name"], plural=names["plural"], kind=names["kind"],
-            namespaced=spec.get("scope", "Namespaced") == "Namespaced",
-            singular=names.get("singular") or names["kind"].lower(),
-            short_names=list(names.get("shortNames") or []), categories=list(names.get("categories") or []),
-            has_status="status" in subresources, schema=schema,
-            printer_columns=list(version.get("additionalPrinterColumns") or []),
-            crd_name=obj["metadata"]["name"],
-        ))
+        out.append(
+            ResourceType(
+                group=spec["group"],
+                version=version["name"],
+                plural=names["plural"],
+                kind=names["kind"],
+                namespaced=spec.get("scope", "Namespaced") == "Namespaced",
+                singular=names.get("singular") or names["kind"].lower(),
+                short_names=list(names.get("shortNames") or []),
+                categories=list(names.get("categories") or []),
+                has_status="status" in subresources,
+                schema=schema,
+                printer_columns=list(version.get("additionalPrinterColumns") or []),
+                crd_name=obj["metadata"]["name"],
+            )
+        )
     return out

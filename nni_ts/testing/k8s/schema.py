@@ -56,7 +56,8 @@ def _type_name(value: Any) -> str:
 def _type_ok(expected: str, value: Any) -> bool:
     if expected == "integer":
         return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
+            isinstance(value, float) and value.is_integer()
+        )
     if expected == "number":
         return isinstance(value, int | float) and not isinstance(value, bool)
     kind = _TYPES.get(expected)
@@ -78,25 +79,40 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _check(schema: JSON, value: Any, path: str, causes: list[Cause], pruned: list[str], prune: bool,
-           root: bool = False) -> None:
+def _check(
+    schema: JSON, value: Any, path: str, causes: list[Cause], pruned: list[str], prune: bool, root: bool = False
+) -> None:
     where = path or "<root>"
     if value is None:
         if not schema.get("nullable") and schema.get("type") and not root:
-            causes.append((where, "FieldValueInvalid",
-                           f'Invalid value: "null": {where} in body must be of type {schema.get("type")}: "null"'))
+            causes.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f'Invalid value: "null": {where} in body must be of type {schema.get("type")}: "null"',
+                )
+            )
         return
     if schema.get("x-kubernetes-int-or-string"):
         if not (isinstance(value, str) or _type_ok("integer", value)):
-            causes.append((where, "FieldValueInvalid",
-                           f"Invalid value: {_show(value)}: {where} in body must be of type integer-or-string: "
-                           f"{_show(_type_name(value))}"))
+            causes.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {_show(value)}: {where} in body must be of type integer-or-string: "
+                    f"{_show(_type_name(value))}",
+                )
+            )
         return
     expected = schema.get("type")
     if expected and not _type_ok(expected, value):
-        causes.append((where, "FieldValueInvalid",
-                       f"Invalid value: {_show(value)}: {where} in body must be of type {expected}: "
-                       f'"{_type_name(value)}"'))
+        causes.append(
+            (
+                where,
+                "FieldValueInvalid",
+                f'Invalid value: {_show(value)}: {where} in body must be of type {expected}: "{_type_name(value)}"',
+            )
+        )
         return
     for sub in schema.get("allOf") or []:
         _check(sub, value, path, causes, [], False)
@@ -104,39 +120,65 @@ def _check(schema: JSON, value: Any, path: str, causes: list[Cause], pruned: lis
         causes.append((where, "FieldValueInvalid", f"Invalid value: {_show(value)}: {where} in body must match anyOf"))
     if "enum" in schema and value not in schema["enum"]:
         supported = ", ".join(json.dumps(v) for v in schema["enum"])
-        causes.append((where, "FieldValueNotSupported",
-                       f"Unsupported value: {_show(value)}: supported values: {supported}"))
+        causes.append(
+            (where, "FieldValueNotSupported", f"Unsupported value: {_show(value)}: supported values: {supported}")
+        )
     if isinstance(value, str):
         if "pattern" in schema and not _regex(schema["pattern"]).search(value):
-            causes.append((where, "FieldValueInvalid",
-                           f"Invalid value: {_show(value)}: {where} in body should match '{schema['pattern']}'"))
+            causes.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {_show(value)}: {where} in body should match '{schema['pattern']}'",
+                )
+            )
         if "maxLength" in schema and len(value) > schema["maxLength"]:
-            causes.append((where, "FieldValueTooLong",
-                           f"Too long: may not be longer than {schema['maxLength']}"))
+            causes.append((where, "FieldValueTooLong", f"Too long: may not be longer than {schema['maxLength']}"))
         if "minLength" in schema and len(value) < schema["minLength"]:
-            causes.append((where, "FieldValueInvalid",
-                           f"Invalid value: {_show(value)}: {where} in body should be at least "
-                           f"{schema['minLength']} chars long"))
+            causes.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {_show(value)}: {where} in body should be at least "
+                    f"{schema['minLength']} chars long",
+                )
+            )
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema:
             low = schema["minimum"]
             if value < low or (schema.get("exclusiveMinimum") is True and value == low):
                 word = "greater than" if schema.get("exclusiveMinimum") is True else "greater than or equal to"
-                causes.append((where, "FieldValueInvalid",
-                               f"Invalid value: {_show(value)}: {where} in body should be {word} {low}"))
+                causes.append(
+                    (
+                        where,
+                        "FieldValueInvalid",
+                        f"Invalid value: {_show(value)}: {where} in body should be {word} {low}",
+                    )
+                )
         if "maximum" in schema:
             high = schema["maximum"]
             if value > high or (schema.get("exclusiveMaximum") is True and value == high):
                 word = "less than" if schema.get("exclusiveMaximum") is True else "less than or equal to"
-                causes.append((where, "FieldValueInvalid",
-                               f"Invalid value: {_show(value)}: {where} in body should be {word} {high}"))
+                causes.append(
+                    (
+                        where,
+                        "FieldValueInvalid",
+                        f"Invalid value: {_show(value)}: {where} in body should be {word} {high}",
+                    )
+                )
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
-            causes.append((where, "FieldValueTooMany", f"Too many: {len(value)}: must have at most "
-                           f"{schema['maxItems']} items"))
+            causes.append(
+                (where, "FieldValueTooMany", f"Too many: {len(value)}: must have at most {schema['maxItems']} items")
+            )
         if "minItems" in schema and len(value) < schema["minItems"]:
-            causes.append((where, "FieldValueInvalid", f"Invalid value: {len(value)}: {where} in body should have "
-                           f"at least {schema['minItems']} items"))
+            causes.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {len(value)}: {where} in body should have at least {schema['minItems']} items",
+                )
+            )
         items = schema.get("items")
         if isinstance(items, dict):
             for i, item in enumerate(value):
@@ -145,8 +187,9 @@ def _check(schema: JSON, value: Any, path: str, causes: list[Cause], pruned: lis
         _check_object(schema, value, path, causes, pruned, prune, root)
 
 
-def _check_object(schema: JSON, value: JSON, path: str, causes: list[Cause], pruned: list[str], prune: bool,
-                  root: bool) -> None:
+def _check_object(
+    schema: JSON, value: JSON, path: str, causes: list[Cause], pruned: list[str], prune: bool, root: bool
+) -> None:
     props: JSON = schema.get("properties") or {}
     for name, sub in props.items():
         if name not in value and isinstance(sub, dict) and "default" in sub:
@@ -178,8 +221,13 @@ def _check_object(schema: JSON, value: JSON, path: str, causes: list[Cause], pru
             pruned.append(sub_path)
             del value[name]
     if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        causes.append((path or "<root>", "FieldValueTooMany", f"Too many: {len(value)}: must have at most "
-                       f"{schema['maxProperties']} items"))
+        causes.append(
+            (
+                path or "<root>",
+                "FieldValueTooMany",
+                f"Too many: {len(value)}: must have at most {schema['maxProperties']} items",
+            )
+        )
 
 
 def _errors_of(schema: JSON, value: Any) -> list[Cause]:

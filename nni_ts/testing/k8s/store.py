@@ -140,6 +140,7 @@ class Store:
         def unsubscribe() -> None:
             with contextlib.suppress(ValueError):
                 self.subscribers.remove(callback)
+
         return unsubscribe
 
     def changed(self) -> asyncio.Future[None]:

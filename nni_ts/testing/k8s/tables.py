@@ -57,7 +57,7 @@ def jsonpath(obj: Any, path: str) -> Any:
                     nxt.extend(v)
                 elif ":" in index:
                     start, _, stop = index.partition(":")
-                    nxt.extend(v[int(start) if start else None:int(stop) if stop else None])
+                    nxt.extend(v[int(start) if start else None : int(stop) if stop else None])
                 else:
                     try:
                         nxt.append(v[int(index)])
@@ -80,13 +80,20 @@ def _pod_row(pod: JSON) -> list[Any]:
         if "waiting" in state and state["waiting"].get("reason"):
             reason = state["waiting"]["reason"]
         elif "terminated" in state and status.get("phase") not in ("Running",):
-            reason = state["terminated"].get("reason") or ("Completed" if state["terminated"].get(
-                "exitCode") == 0 else "Error")
+            reason = state["terminated"].get("reason") or (
+                "Completed" if state["terminated"].get("exitCode") == 0 else "Error"
+            )
     if pod["metadata"].get("deletionTimestamp"):
         reason = "Terminating"
-    return [pod["metadata"]["name"], f"{ready}/{len(spec.get('containers') or [])}", reason, restarts,
-            human_age(pod["metadata"].get("creationTimestamp")), status.get("podIP") or "<none>",
-            spec.get("nodeName") or "<none>"]
+    return [
+        pod["metadata"]["name"],
+        f"{ready}/{len(spec.get('containers') or [])}",
+        reason,
+        restarts,
+        human_age(pod["metadata"].get("creationTimestamp")),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
+    ]
 
 
 def _columns(rtype: ResourceType) -> list[JSON]:
@@ -94,16 +101,29 @@ def _columns(rtype: ResourceType) -> list[JSON]:
         return {"name": name, "type": type_, "format": fmt, "description": desc or name, "priority": priority}
 
     name = col("Name", fmt="name", desc="Name must be unique within a namespace.")
-    age = col("Age", desc="CreationTimestamp is a timestamp representing the server time when this object "
-              "was created.")
+    age = col("Age", desc="CreationTimestamp is a timestamp representing the server time when this object was created.")
     if rtype.kind == "Pod":
-        return [name, col("Ready"), col("Status"), col("Restarts", "string"), age,
-                col("IP", priority=1), col("Node", priority=1)]
+        return [
+            name,
+            col("Ready"),
+            col("Status"),
+            col("Restarts", "string"),
+            age,
+            col("IP", priority=1),
+            col("Node", priority=1),
+        ]
     if rtype.printer_columns:
         cols = [name]
         for pc in rtype.printer_columns:
-            cols.append(col(pc["name"], "string" if pc.get("type") == "date" else pc.get("type", "string"),
-                            pc.get("format", ""), int(pc.get("priority", 0)), pc.get("description", "")))
+            cols.append(
+                col(
+                    pc["name"],
+                    "string" if pc.get("type") == "date" else pc.get("type", "string"),
+                    pc.get("format", ""),
+                    int(pc.get("priority", 0)),
+                    pc.get("description", ""),
+                )
+            )
         return cols
     if rtype.kind == "Namespace":
         return [name, col("Status"), age]
@@ -133,17 +153,33 @@ def _cells(rtype: ResourceType, obj: JSON) -> list[Any]:
     if rtype.kind == "Node":
         status = obj.get("status") or {}
         ready = next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
-        return [meta["name"], "Ready" if ready == "True" else "NotReady", "<none>",
-                human_age(meta.get("creationTimestamp")), (status.get("nodeInfo") or {}).get("kubeletVersion", "")]
+        return [
+            meta["name"],
+            "Ready" if ready == "True" else "NotReady",
+            "<none>",
+            human_age(meta.get("creationTimestamp")),
+            (status.get("nodeInfo") or {}).get("kubeletVersion", ""),
+        ]
     if rtype.kind == "Event":
         inv = obj.get("involvedObject") or {}
-        return [human_age(obj.get("lastTimestamp")), obj.get("type", ""), obj.get("reason", ""),
-                f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}", obj.get("message", ""), meta["name"]]
+        return [
+            human_age(obj.get("lastTimestamp")),
+            obj.get("type", ""),
+            obj.get("reason", ""),
+            f"{str(inv.get('kind', '')).lower()}/{inv.get('name', '')}",
+            obj.get("message", ""),
+            meta["name"],
+        ]
     return [meta["name"], human_age(meta.get("creationTimestamp"))]
 
 
-def table(rtype: ResourceType, objs: list[JSON], resource_version: str, include_object: str = "Metadata",
-          continue_token: str = "") -> JSON:
+def table(
+    rtype: ResourceType,
+    objs: list[JSON],
+    resource_version: str,
+    include_object: str = "Metadata",
+    continue_token: str = "",
+) -> JSON:
     """A Table for ``objs`` (``include_object``: None, Metadata or Object)."""
     rows = []
     for obj in objs:
@@ -151,11 +187,19 @@ def table(rtype: ResourceType, objs: list[JSON], resource_version: str, include_
         if include_object == "Object":
             row["object"] = obj
         elif include_object != "None":
-            row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                             "metadata": obj["metadata"]}
+            row["object"] = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"],
+            }
         rows.append(row)
     meta: JSON = {"resourceVersion": resource_version}
     if continue_token:
         meta["continue"] = continue_token
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
-            "columnDefinitions": _columns(rtype), "rows": rows}
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": meta,
+        "columnDefinitions": _columns(rtype),
+        "rows": rows,
+    }

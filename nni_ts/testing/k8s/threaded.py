@@ -70,14 +70,18 @@ class ThreadedCluster:
 
     def call(self, fn: Callable[[FakeCluster], T], timeout: float = 30.0) -> T:
         """Run ``fn(cluster)`` in the cluster's loop and return its result."""
+
         async def run() -> T:
             return fn(self.cluster)
+
         return self._submit(run(), timeout)
 
     def run(self, fn: Callable[[FakeCluster], Awaitable[T]], timeout: float = 30.0) -> T:
         """Await ``fn(cluster)`` in the cluster's loop and return its result."""
+
         async def run() -> T:
             return await fn(self.cluster)
+
         return self._submit(run(), timeout)
 
     def _submit(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
@@ -96,6 +100,7 @@ class ThreadedCluster:
     def __enter__(self) -> ThreadedCluster:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -61,21 +61,25 @@ class ApiError(Exception):
     @classmethod
     def not_found(cls, resource: str, name: str, group: str = "") -> ApiError:
         qual = f"{resource}.{group}" if group else resource
-        return cls(404, "NotFound", f'{qual} "{name}" not found',
-                   {"name": name, "group": group, "kind": resource})
+        return cls(404, "NotFound", f'{qual} "{name}" not found', {"name": name, "group": group, "kind": resource})
 
     @classmethod
     def already_exists(cls, resource: str, name: str, group: str = "") -> ApiError:
         qual = f"{resource}.{group}" if group else resource
-        return cls(409, "AlreadyExists", f'{qual} "{name}" already exists',
-                   {"name": name, "group": group, "kind": resource})
+        return cls(
+            409, "AlreadyExists", f'{qual} "{name}" already exists', {"name": name, "group": group, "kind": resource}
+        )
 
     @classmethod
     def conflict(cls, resource: str, name: str, group: str = "", why: str = "") -> ApiError:
         qual = f"{resource}.{group}" if group else resource
         why = why or "the object has been modified; please apply your changes to the latest version and try again"
-        return cls(409, "Conflict", f'Operation cannot be fulfilled on {qual} "{name}": {why}',
-                   {"name": name, "group": group, "kind": resource})
+        return cls(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {qual} "{name}": {why}',
+            {"name": name, "group": group, "kind": resource},
+        )
 
     @classmethod
     def invalid(cls, kind: str, name: str, group: str, causes: list[tuple[str, str, str]]) -> ApiError:
@@ -84,10 +88,17 @@ class ApiError(Exception):
         text = "; ".join(f"{f}: {m}" for f, _, m in causes) if causes else "invalid object"
         if len(causes) > 1:
             text = "[" + ", ".join(f"{f}: {m}" for f, _, m in causes) + "]"
-        return cls(422, "Invalid", f'{qual} "{name}" is invalid: {text}', {
-            "name": name, "group": group, "kind": kind,
-            "causes": [{"reason": r, "message": m, "field": f} for f, r, m in causes],
-        })
+        return cls(
+            422,
+            "Invalid",
+            f'{qual} "{name}" is invalid: {text}',
+            {
+                "name": name,
+                "group": group,
+                "kind": kind,
+                "causes": [{"reason": r, "message": m, "field": f} for f, r, m in causes],
+            },
+        )
 
     @classmethod
     def bad_request(cls, message: str) -> ApiError:
@@ -97,8 +108,22 @@ class ApiError(Exception):
 # ---------------------------------------------------------------- quantities
 
 _SUFFIXES: dict[str, float] = {
-    "": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "": 1,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
 }
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 
@@ -247,7 +272,7 @@ class FieldSelector:
                 raise ApiError.bad_request(f"invalid selector: {text!r}; can't understand {part!r}")
             key = key.strip()
             if key not in allowed:
-                raise ApiError.bad_request(f'field label not supported: {key}')
+                raise ApiError.bad_request(f"field label not supported: {key}")
             sel.terms.append((key, positive, value.strip()))
         return sel
 

@@ -14,8 +14,7 @@ def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
     from .framework import FrameworkController
     from .kubeflow import PyTorchOperator, TFOperator
 
-    known = {"tf-operator": TFOperator, "pytorch-operator": PyTorchOperator,
-             "frameworkcontroller": FrameworkController}
+    known = {"tf-operator": TFOperator, "pytorch-operator": PyTorchOperator, "frameworkcontroller": FrameworkController}
     out = []
     for name in names:
         if name not in known:

@@ -46,8 +46,13 @@ CODES: dict[int, tuple[str, str, list[str]]] = {
 def completion(code: int, diagnostics: str = "", **extra: Any) -> JSON:
     """A completionStatus for ``code`` (unknown positive codes are ContainerUnrecognizedFailed)."""
     phrase, name, attributes = CODES.get(code, ("ContainerUnrecognizedFailed", "Failed", []))
-    return {"code": code, "phrase": phrase, "type": {"name": name, "attributes": list(attributes)},
-            "diagnostics": diagnostics, **extra}
+    return {
+        "code": code,
+        "phrase": phrase,
+        "type": {"name": name, "attributes": list(attributes)},
+        "diagnostics": diagnostics,
+        **extra,
+    }
 
 
 def _pod_completion(pod: JSON) -> JSON:
@@ -59,16 +64,24 @@ def _pod_completion(pod: JSON) -> JSON:
         term = (s.get("state") or {}).get("terminated")
         if term is not None and term.get("exitCode", 0) != 0:
             if term["exitCode"] in (200, 201, 210):
-                return completion(int(term["exitCode"]), f"PodPattern matched: container {s.get('name')} exited "
-                                  f"with {term['exitCode']}")
+                return completion(
+                    int(term["exitCode"]),
+                    f"PodPattern matched: container {s.get('name')} exited with {term['exitCode']}",
+                )
             if last is None or str(term.get("finishedAt", "")) >= last[0]:
                 last = (str(term.get("finishedAt", "")), int(term["exitCode"]))
     reason = status.get("reason", "")
     if last is None:
-        return completion(-300, f"PodPattern unmatched: pod failed without a failed container (reason {reason!r}, "
-                          f"message {status.get('message', '')!r})")
-    return completion(last[1], f"PodPattern unmatched: the last failed container exited with {last[1]}"
-                      + (f" (pod reason {reason})" if reason else ""))
+        return completion(
+            -300,
+            f"PodPattern unmatched: pod failed without a failed container (reason {reason!r}, "
+            f"message {status.get('message', '')!r})",
+        )
+    return completion(
+        last[1],
+        f"PodPattern unmatched: the last failed container exited with {last[1]}"
+        + (f" (pod reason {reason})" if reason else ""),
+    )
 
 
 def _should_retry(policy: JSON, comp: JSON, retry_status: JSON) -> tuple[bool, bool]:
@@ -126,32 +139,64 @@ class FrameworkController(Controller):
 
     def _new_status(self, fw: JSON) -> JSON:
         now = now_iso()
-        return {"startTime": now, "completionTime": None, "state": "AttemptCreationPending", "transitionTime": now,
-                "retryPolicyStatus": {"totalRetriedCount": 0, "accountableRetriedCount": 0, "retryDelaySec": None},
-                "attemptStatus": self._new_attempt(fw, 0)}
+        return {
+            "startTime": now,
+            "completionTime": None,
+            "state": "AttemptCreationPending",
+            "transitionTime": now,
+            "retryPolicyStatus": {"totalRetriedCount": 0, "accountableRetriedCount": 0, "retryDelaySec": None},
+            "attemptStatus": self._new_attempt(fw, 0),
+        }
 
     def _new_attempt(self, fw: JSON, attempt_id: int) -> JSON:
         now = now_iso()
         roles = []
         for role in (fw.get("spec") or {}).get("taskRoles") or []:
             task = role.get("task") or {}
-            roles.append({"name": role["name"], "podGracefulDeletionTimeoutSec": task.get(
-                "podGracefulDeletionTimeoutSec"), "taskStatuses": [
-                self._new_task(i, 0) for i in range(int(role.get("taskNumber", 1)))]})
-        return {"id": attempt_id, "startTime": now, "runTime": None, "completionTime": None,
-                "instanceUID": f"{attempt_id}_{uuid.uuid4()}", "configMapName": f"{fw['metadata']['name']}-attempt",
-                "configMapUID": None, "completionStatus": None, "taskRoleStatuses": roles}
+            roles.append(
+                {
+                    "name": role["name"],
+                    "podGracefulDeletionTimeoutSec": task.get("podGracefulDeletionTimeoutSec"),
+                    "taskStatuses": [self._new_task(i, 0) for i in range(int(role.get("taskNumber", 1)))],
+                }
+            )
+        return {
+            "id": attempt_id,
+            "startTime": now,
+            "runTime": None,
+            "completionTime": None,
+            "instanceUID": f"{attempt_id}_{uuid.uuid4()}",
+            "configMapName": f"{fw['metadata']['name']}-attempt",
+            "configMapUID": None,
+            "completionStatus": None,
+            "taskRoleStatuses": roles,
+        }
 
     @staticmethod
     def _new_task(index: int, attempt_id: int, retry: JSON | None = None) -> JSON:
         now = now_iso()
-        return {"index": index, "startTime": now, "completionTime": None, "state": "TaskAttemptCreationPending",
-                "transitionTime": now, "deletionPending": False,
-                "retryPolicyStatus": retry or {"totalRetriedCount": 0, "accountableRetriedCount": 0,
-                                               "retryDelaySec": None},
-                "attemptStatus": {"id": attempt_id, "startTime": now, "runTime": None, "completionTime": None,
-                                  "instanceUID": None, "podName": None, "podUID": None, "podNodeName": None,
-                                  "podIP": None, "podHostIP": None, "completionStatus": None}}
+        return {
+            "index": index,
+            "startTime": now,
+            "completionTime": None,
+            "state": "TaskAttemptCreationPending",
+            "transitionTime": now,
+            "deletionPending": False,
+            "retryPolicyStatus": retry or {"totalRetriedCount": 0, "accountableRetriedCount": 0, "retryDelaySec": None},
+            "attemptStatus": {
+                "id": attempt_id,
+                "startTime": now,
+                "runTime": None,
+                "completionTime": None,
+                "instanceUID": None,
+                "podName": None,
+                "podUID": None,
+                "podNodeName": None,
+                "podIP": None,
+                "podHostIP": None,
+                "completionStatus": None,
+            },
+        }
 
     @staticmethod
     def _set_state(obj: JSON, state: str) -> None:
@@ -166,9 +211,15 @@ class FrameworkController(Controller):
         cm = self.api.store.get(("", "configmaps"), ns, cm_name)
         stopping = spec.get("executionType") == "Stop"
         if stopping and attempt.get("completionStatus") is None and status["state"] != "AttemptCompleted":
-            attempt["completionStatus"] = completion(-210, "User has requested to stop the Framework",
-                                                     trigger={"message": "User has requested to stop the Framework",
-                                                              "taskRoleName": None, "taskIndex": None})
+            attempt["completionStatus"] = completion(
+                -210,
+                "User has requested to stop the Framework",
+                trigger={
+                    "message": "User has requested to stop the Framework",
+                    "taskRoleName": None,
+                    "taskIndex": None,
+                },
+            )
         if attempt.get("completionStatus") is not None:
             self._finish_attempt(fw, spec, status, cm)
             return
@@ -180,12 +231,21 @@ class FrameworkController(Controller):
                 return
             if (spec.get("executionType") or "Start") == "Create":
                 return
-            body = {"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": cm_name, "namespace": ns, "ownerReferences": [owner_ref(fw)],
-                                 "labels": {"FC_FRAMEWORK_NAME": name},
-                                 "annotations": {"FC_FRAMEWORK_ATTEMPT_ID": str(attempt["id"]),
-                                                 "FC_FRAMEWORK_ATTEMPT_INSTANCE_UID": attempt["instanceUID"]}},
-                    "data": {}}
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": cm_name,
+                    "namespace": ns,
+                    "ownerReferences": [owner_ref(fw)],
+                    "labels": {"FC_FRAMEWORK_NAME": name},
+                    "annotations": {
+                        "FC_FRAMEWORK_ATTEMPT_ID": str(attempt["id"]),
+                        "FC_FRAMEWORK_ATTEMPT_INSTANCE_UID": attempt["instanceUID"],
+                    },
+                },
+                "data": {},
+            }
             try:
                 cm = self.api.create(self.api.rtype("", "v1", "configmaps"), ns, body)
             except ApiError as exc:
@@ -195,9 +255,11 @@ class FrameworkController(Controller):
             self._set_state(status, "AttemptCreationRequested")
         if cm is None or cm["metadata"]["uid"] != attempt.get("configMapUID"):
             if status["state"] not in ("AttemptCreationPending", "AttemptCreationRequested"):
-                attempt["completionStatus"] = completion(-100, f"ConfigMap {cm_name} was deleted externally",
-                                                         trigger={"message": "ConfigMap was deleted externally",
-                                                                  "taskRoleName": None, "taskIndex": None})
+                attempt["completionStatus"] = completion(
+                    -100,
+                    f"ConfigMap {cm_name} was deleted externally",
+                    trigger={"message": "ConfigMap was deleted externally", "taskRoleName": None, "taskIndex": None},
+                )
                 self._finish_attempt(fw, spec, status, cm)
             return
         if status["state"] == "AttemptCreationRequested":
@@ -234,8 +296,11 @@ class FrameworkController(Controller):
                         continue
                     created = self._create_pod(fw, role, task, attempt, cm, pod_name)
                     if created is not None:
-                        ta.update(podName=pod_name, podUID=created["metadata"]["uid"],
-                                  instanceUID=f"{ta['id']}_{created['metadata']['uid']}")
+                        ta.update(
+                            podName=pod_name,
+                            podUID=created["metadata"]["uid"],
+                            instanceUID=f"{ta['id']}_{created['metadata']['uid']}",
+                        )
                         self._set_state(task, "TaskAttemptCreationRequested")
                     continue
                 if pod is None or pod["metadata"]["uid"] != ta.get("podUID"):
@@ -243,8 +308,11 @@ class FrameworkController(Controller):
                     self._complete_task(task, task_spec, comp)
                     continue
                 phase = (pod.get("status") or {}).get("phase")
-                ta.update(podNodeName=pod["spec"].get("nodeName"), podIP=(pod.get("status") or {}).get("podIP"),
-                          podHostIP=(pod.get("status") or {}).get("hostIP"))
+                ta.update(
+                    podNodeName=pod["spec"].get("nodeName"),
+                    podIP=(pod.get("status") or {}).get("podIP"),
+                    podHostIP=(pod.get("status") or {}).get("hostIP"),
+                )
                 if phase == "Pending":
                     self._set_state(task, "TaskAttemptPreparing")
                 elif phase == "Running":
@@ -253,10 +321,12 @@ class FrameworkController(Controller):
                     self._set_state(task, "TaskAttemptRunning")
                     any_running = True
                 elif phase in ("Succeeded", "Failed", "Unknown"):
-                    comp = _pod_completion(pod) if phase != "Unknown" else completion(
-                        -300, "the pod's node was lost")
-                    comp["pod"] = {"name": pod_name, "reason": pod["status"].get("reason", ""),
-                                   "message": pod["status"].get("message", "")}
+                    comp = _pod_completion(pod) if phase != "Unknown" else completion(-300, "the pod's node was lost")
+                    comp["pod"] = {
+                        "name": pod_name,
+                        "reason": pod["status"].get("reason", ""),
+                        "message": pod["status"].get("message", ""),
+                    }
                     self._complete_task(task, task_spec, comp)
                     if task["state"] == "TaskAttemptCreationPending":
                         self._delete("pods", ns, pod_name)
@@ -301,35 +371,51 @@ class FrameworkController(Controller):
                     failed += 1
                     failed_total += 1
                     if min_failed != -1 and failed >= min_failed:
-                        message = (f"FailedTaskCount {failed} has reached MinFailedTaskCount {min_failed} in the "
-                                   f"TaskRole")
+                        message = (
+                            f"FailedTaskCount {failed} has reached MinFailedTaskCount {min_failed} in the TaskRole"
+                        )
                         out = {k: v for k, v in comp.items() if k != "pod"}
-                        out["trigger"] = {"message": message, "taskRoleName": role_status["name"],
-                                          "taskIndex": task["index"]}
+                        out["trigger"] = {
+                            "message": message,
+                            "taskRoleName": role_status["name"],
+                            "taskIndex": task["index"],
+                        }
                         return out
                     continue
                 if min_succeeded != -1 and succeeded >= min_succeeded:
-                    message = (f"SucceededTaskCount {succeeded} has reached MinSucceededTaskCount {min_succeeded} in "
-                               "the TaskRole")
-                    return completion(0, message, trigger={"message": message, "taskRoleName": role_status["name"],
-                                                           "taskIndex": task["index"]})
+                    message = (
+                        f"SucceededTaskCount {succeeded} has reached MinSucceededTaskCount {min_succeeded} in "
+                        "the TaskRole"
+                    )
+                    return completion(
+                        0,
+                        message,
+                        trigger={"message": message, "taskRoleName": role_status["name"], "taskIndex": task["index"]},
+                    )
         if all_done:
-            message = ("All Tasks are completed and no user specified conditions in FrameworkAttemptCompletionPolicy "
-                       f"have ever been triggered: TotalTaskCount: {total}, FailedTaskCount: {failed_total}")
+            message = (
+                "All Tasks are completed and no user specified conditions in FrameworkAttemptCompletionPolicy "
+                f"have ever been triggered: TotalTaskCount: {total}, FailedTaskCount: {failed_total}"
+            )
             return completion(0, message, trigger={"message": message, "taskRoleName": None, "taskIndex": None})
         return None
 
     def _finish_attempt(self, fw: JSON, spec: JSON, status: JSON, cm: JSON | None) -> None:
         ns = fw["metadata"]["namespace"]
         attempt = status["attemptStatus"]
-        if status["state"] not in ("AttemptDeletionPending", "AttemptDeletionRequested", "AttemptDeleting",
-                                   "AttemptCompleted"):
+        if status["state"] not in (
+            "AttemptDeletionPending",
+            "AttemptDeletionRequested",
+            "AttemptDeleting",
+            "AttemptCompleted",
+        ):
             self._set_state(status, "AttemptDeletionPending")
             for role_status in attempt["taskRoleStatuses"]:
                 for task in role_status["taskStatuses"]:
                     if task["state"] != "TaskCompleted":
                         task["attemptStatus"]["completionStatus"] = completion(
-                            -220, "Stop Task since the Framework attempt is completing")
+                            -220, "Stop Task since the Framework attempt is completing"
+                        )
                         task["attemptStatus"]["completionTime"] = now_iso()
                         task["completionTime"] = now_iso()
                         self._set_state(task, "TaskCompleted")
@@ -354,8 +440,11 @@ class FrameworkController(Controller):
             self._set_state(status, "AttemptCompleted")
         comp = attempt["completionStatus"]
         stopping = spec.get("executionType") == "Stop"
-        retry, accountable = (False, False) if stopping else _should_retry(
-            spec.get("retryPolicy") or {}, comp, status["retryPolicyStatus"])
+        retry, accountable = (
+            (False, False)
+            if stopping
+            else _should_retry(spec.get("retryPolicy") or {}, comp, status["retryPolicyStatus"])
+        )
         if retry:
             rps = status["retryPolicyStatus"]
             rps["totalRetriedCount"] = int(rps.get("totalRetriedCount", 0)) + 1
@@ -367,8 +456,12 @@ class FrameworkController(Controller):
             return
         status["completionTime"] = now_iso()
         self._set_state(status, "Completed")
-        self.record(fw, "FrameworkCompleted", f"Framework completed: code {comp['code']} ({comp['phrase']})",
-                    "Normal" if comp["type"]["name"] == "Succeeded" else "Warning")
+        self.record(
+            fw,
+            "FrameworkCompleted",
+            f"Framework completed: code {comp['code']} ({comp['phrase']})",
+            "Normal" if comp["type"]["name"] == "Succeeded" else "Warning",
+        )
 
     def _create_pod(self, fw: JSON, role: JSON, task: JSON, attempt: JSON, cm: JSON, pod_name: str) -> JSON | None:
         ns, name = fw["metadata"]["namespace"], fw["metadata"]["name"]
@@ -376,23 +469,43 @@ class FrameworkController(Controller):
         meta = template.get("metadata") or {}
         pod_spec = template.get("spec") or {}
         fc_env = {
-            "FC_FRAMEWORK_NAMESPACE": ns, "FC_FRAMEWORK_NAME": name, "FC_TASKROLE_NAME": role["name"],
-            "FC_TASK_INDEX": str(task["index"]), "FC_CONFIGMAP_NAME": cm["metadata"]["name"], "FC_POD_NAME": pod_name,
-            "FC_FRAMEWORK_UID": fw["metadata"]["uid"], "FC_FRAMEWORK_ATTEMPT_ID": str(attempt["id"]),
-            "FC_FRAMEWORK_ATTEMPT_INSTANCE_UID": attempt["instanceUID"], "FC_CONFIGMAP_UID": cm["metadata"]["uid"],
+            "FC_FRAMEWORK_NAMESPACE": ns,
+            "FC_FRAMEWORK_NAME": name,
+            "FC_TASKROLE_NAME": role["name"],
+            "FC_TASK_INDEX": str(task["index"]),
+            "FC_CONFIGMAP_NAME": cm["metadata"]["name"],
+            "FC_POD_NAME": pod_name,
+            "FC_FRAMEWORK_UID": fw["metadata"]["uid"],
+            "FC_FRAMEWORK_ATTEMPT_ID": str(attempt["id"]),
+            "FC_FRAMEWORK_ATTEMPT_INSTANCE_UID": attempt["instanceUID"],
+            "FC_CONFIGMAP_UID": cm["metadata"]["uid"],
             "FC_TASK_ATTEMPT_ID": str(task["attemptStatus"]["id"]),
         }
         for c in [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]:
             names = {e.get("name") for e in c.get("env") or []}
             c["env"] = [*({"name": k, "value": v} for k, v in fc_env.items() if k not in names), *(c.get("env") or [])]
-        labels = {**(meta.get("labels") or {}), "FC_FRAMEWORK_NAME": name, "FC_TASKROLE_NAME": role["name"],
-                  "FC_TASK_INDEX": str(task["index"])}
-        annotations = {**(meta.get("annotations") or {}), **{k: v for k, v in fc_env.items()
-                                                               if k not in ("FC_FRAMEWORK_UID",)}}
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": pod_name, "namespace": ns, "labels": labels, "annotations": annotations,
-                            "ownerReferences": [owner_ref(cm)]},
-               "spec": pod_spec}
+        labels = {
+            **(meta.get("labels") or {}),
+            "FC_FRAMEWORK_NAME": name,
+            "FC_TASKROLE_NAME": role["name"],
+            "FC_TASK_INDEX": str(task["index"]),
+        }
+        annotations = {
+            **(meta.get("annotations") or {}),
+            **{k: v for k, v in fc_env.items() if k not in ("FC_FRAMEWORK_UID",)},
+        }
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod_name,
+                "namespace": ns,
+                "labels": labels,
+                "annotations": annotations,
+                "ownerReferences": [owner_ref(cm)],
+            },
+            "spec": pod_spec,
+        }
         try:
             created = self.api.create(self.api.rtype("", "v1", "pods"), ns, pod)
         except ApiError as exc:

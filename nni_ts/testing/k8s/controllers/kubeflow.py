@@ -45,15 +45,24 @@ def _set_cond(status: JSON, type_: str, value: str, reason: str, message: str) -
             conditions.append(new)
             status["conditions"] = conditions
             return True
-    conditions.append({"type": type_, "status": value, "reason": reason, "message": message,
-                       "lastUpdateTime": now, "lastTransitionTime": now})
+    conditions.append(
+        {
+            "type": type_,
+            "status": value,
+            "reason": reason,
+            "message": message,
+            "lastUpdateTime": now,
+            "lastTransitionTime": now,
+        }
+    )
     status["conditions"] = conditions
     return True
 
 
 def _finished(status: JSON) -> bool:
-    return any(c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True"
-               for c in status.get("conditions") or [])
+    return any(
+        c.get("type") in ("Succeeded", "Failed") and c.get("status") == "True" for c in status.get("conditions") or []
+    )
 
 
 def _exit_code(pod: JSON) -> int | None:
@@ -98,8 +107,7 @@ class KubeflowOperator(Controller):
             if not pod["metadata"].get("deletionTimestamp"):
                 by_key[key] = pod
         finished = _finished(status)
-        restarts = int(json.loads((job["metadata"].get("annotations") or {}).get(
-            "fake.nni-ts/recreations", "0")))
+        restarts = int(json.loads((job["metadata"].get("annotations") or {}).get("fake.nni-ts/recreations", "0")))
         recreated = 0
         failed_types: dict[str, int] = {}
         replica_statuses: JSON = {}
@@ -124,18 +132,27 @@ class KubeflowOperator(Controller):
                     # A failed pod the kubelet will not restart (evicted, node lost; or a retryable exit code
                     # under ExitCode) is re-created, as the operator does.
                     retryable = policy in ("OnFailure", "Always") or (
-                        policy == "ExitCode" and code is not None and code >= 128)
+                        policy == "ExitCode" and code is not None and code >= 128
+                    )
                     if retryable and not finished:
-                        self.api.delete(self.api.rtype("", "v1", "pods"), namespace, found["metadata"]["name"],
-                                        grace_period=0)
+                        self.api.delete(
+                            self.api.rtype("", "v1", "pods"), namespace, found["metadata"]["name"], grace_period=0
+                        )
                         recreated += 1
-                        _set_cond(status, "Restarting", "True", f"{kind}Restarting",
-                                  f"{kind} {name} is restarting because {rt} replica(s) failed.")
+                        _set_cond(
+                            status,
+                            "Restarting",
+                            "True",
+                            f"{kind}Restarting",
+                            f"{kind} {name} is restarting because {rt} replica(s) failed.",
+                        )
                         continue
                     counts["failed"] += 1
                     failed_types[rt] = failed_types.get(rt, 0) + 1
-            replica_statuses[rt] = {**counts, "selector": ",".join(
-                f"{k}={v}" for k, v in self._labels(job, rt, None).items())}
+            replica_statuses[rt] = {
+                **counts,
+                "selector": ",".join(f"{k}={v}" for k, v in self._labels(job, rt, None).items()),
+            }
         status["replicaStatuses"] = replica_statuses
         if recreated:
             self._bump_recreations(job, restarts + recreated)
@@ -145,8 +162,11 @@ class KubeflowOperator(Controller):
             status["completionTime"] = now_iso()
             policy = run_policy.get("cleanPodPolicy", "None")
             failed = next((c for c in status["conditions"] if c["type"] == "Failed" and c["status"] == "True"), None)
-            if failed is not None and failed.get("reason") in ("DeadlineExceeded", "BackoffLimitExceeded") \
-                    and policy == "None":
+            if (
+                failed is not None
+                and failed.get("reason") in ("DeadlineExceeded", "BackoffLimitExceeded")
+                and policy == "None"
+            ):
                 policy = "Running"  # past its deadline or back-off limit, a job's active pods are stopped
             self._clean_pods(job, policy)
             deadline = None
@@ -169,8 +189,16 @@ class KubeflowOperator(Controller):
             else:
                 self.enqueue_later(left + 0.05, namespace, name)
 
-    def _update_conditions(self, job: JSON, status: JSON, specs: JSON, by_key: dict[tuple[str, int], JSON],
-                           failed_types: dict[str, int], run_policy: JSON, restarts: int) -> None:
+    def _update_conditions(
+        self,
+        job: JSON,
+        status: JSON,
+        specs: JSON,
+        by_key: dict[tuple[str, int], JSON],
+        failed_types: dict[str, int],
+        run_policy: JSON,
+        restarts: int,
+    ) -> None:
         kind, ns, name = self.kind, job["metadata"]["namespace"], job["metadata"]["name"]
         full = f"{ns}/{name}"
         if failed_types:
@@ -180,18 +208,31 @@ class KubeflowOperator(Controller):
             return
         backoff = run_policy.get("backoffLimit")
         if backoff is not None:
-            total = restarts + sum(int(s.get("restartCount", 0)) for p in by_key.values()
-                                   for s in (p.get("status") or {}).get("containerStatuses") or [])
+            total = restarts + sum(
+                int(s.get("restartCount", 0))
+                for p in by_key.values()
+                for s in (p.get("status") or {}).get("containerStatuses") or []
+            )
             if total > int(backoff):
-                self._finish(job, status, "Failed", "BackoffLimitExceeded", f"{kind} {full} has failed because it has "
-                             "reached the specified backoff limit")
+                self._finish(
+                    job,
+                    status,
+                    "Failed",
+                    "BackoffLimitExceeded",
+                    f"{kind} {full} has failed because it has reached the specified backoff limit",
+                )
                 return
         deadline = run_policy.get("activeDeadlineSeconds")
         if deadline is not None and status.get("startTime"):
             start = _dt.datetime.strptime(status["startTime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.UTC)
             if (_dt.datetime.now(_dt.UTC) - start).total_seconds() >= float(deadline):
-                self._finish(job, status, "Failed", "DeadlineExceeded",
-                             f"{kind} {full} has failed because it was active longer than specified deadline")
+                self._finish(
+                    job,
+                    status,
+                    "Failed",
+                    "DeadlineExceeded",
+                    f"{kind} {full} has failed because it was active longer than specified deadline",
+                )
                 return
         if self._succeeded(job, specs, by_key):
             self._finish(job, status, "Succeeded", f"{kind}Succeeded", f"{kind} {full} successfully completed.")
@@ -216,8 +257,9 @@ class KubeflowOperator(Controller):
     @staticmethod
     def _all_succeeded(rt: str, specs: JSON, by_key: dict[tuple[str, int], JSON]) -> bool:
         replicas = int(specs[rt].get("replicas", 1))
-        return all((by_key.get((rt.lower(), i)) or {}).get("status", {}).get("phase") == "Succeeded"
-                   for i in range(replicas))
+        return all(
+            (by_key.get((rt.lower(), i)) or {}).get("status", {}).get("phase") == "Succeeded" for i in range(replicas)
+        )
 
     def _bump_recreations(self, job: JSON, total: int) -> None:
         obj = copy.deepcopy(self.primary(job["metadata"]["namespace"], job["metadata"]["name"]) or job)
@@ -262,12 +304,17 @@ class KubeflowOperator(Controller):
         for c in pod_spec.get("containers") or []:
             if c.get("name") == self.container_name:
                 names = {e.get("name") for e in c.get("env") or []}
-                c["env"] = [*(c.get("env") or []), *({"name": k, "value": v} for k, v in env.items()
-                                                      if k not in names)]
+                c["env"] = [*(c.get("env") or []), *({"name": k, "value": v} for k, v in env.items() if k not in names)]
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": job["metadata"]["namespace"], "labels": labels,
-                         "annotations": dict(meta.get("annotations") or {}), "ownerReferences": [owner_ref(job)]},
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": job["metadata"]["namespace"],
+                "labels": labels,
+                "annotations": dict(meta.get("annotations") or {}),
+                "ownerReferences": [owner_ref(job)],
+            },
             "spec": pod_spec,
         }
         try:
@@ -298,8 +345,9 @@ class TFOperator(KubeflowOperator):
         for other, spec in specs.items():
             if other == "Evaluator":
                 continue
-            cluster[other.lower()] = [f"{name}-{other.lower()}-{i}.{ns}.svc:2222"
-                                      for i in range(int(spec.get("replicas", 1)))]
+            cluster[other.lower()] = [
+                f"{name}-{other.lower()}-{i}.{ns}.svc:2222" for i in range(int(spec.get("replicas", 1)))
+            ]
         config: Any = {"cluster": cluster, "task": {"type": rt.lower(), "index": index}, "environment": "cloud"}
         return {"TF_CONFIG": json.dumps(config)}
 
@@ -331,9 +379,13 @@ class PyTorchOperator(KubeflowOperator):
         workers = int((specs.get("Worker") or {}).get("replicas", 1)) if "Worker" in specs else 0
         rank = index if rt == "Master" else masters + index
         master = f"{name}-master-0" if masters else f"{name}-worker-0"
-        return {"MASTER_ADDR": master if not (rt == "Master" and index == 0) else "localhost",
-                "MASTER_PORT": "23456", "WORLD_SIZE": str(masters + workers), "RANK": str(rank),
-                "PYTHONUNBUFFERED": "1"}
+        return {
+            "MASTER_ADDR": master if not (rt == "Master" and index == 0) else "localhost",
+            "MASTER_PORT": "23456",
+            "WORLD_SIZE": str(masters + workers),
+            "RANK": str(rank),
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def _succeeded(self, job: JSON, specs: JSON, by_key: dict[tuple[str, int], JSON]) -> bool:
         if "Master" in specs:
