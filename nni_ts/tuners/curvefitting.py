@@ -25,47 +25,47 @@ from .base import Assessor, AssessResult, extract_scalar
 __all__ = ["CurvefittingAssessor", "predict_curve"]
 
 
-def _pow3(x: np.ndarray, c: float, a: float, alpha: float) -> np.ndarray:
+def _pow3(x: np.ndarray, c: float, a: float, alpha: float) -> Any:
     return c - a * x ** (-alpha)
 
 
-def _log_power(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+def _log_power(x: np.ndarray, a: float, b: float, c: float) -> Any:
     return a / (1 + (x / np.exp(b)) ** c)
 
 
-def _pow4(x: np.ndarray, c: float, a: float, b: float, alpha: float) -> np.ndarray:
+def _pow4(x: np.ndarray, c: float, a: float, b: float, alpha: float) -> Any:
     return c - (a * x + b) ** (-alpha)
 
 
-def _exp4(x: np.ndarray, c: float, a: float, b: float, alpha: float) -> np.ndarray:
+def _exp4(x: np.ndarray, c: float, a: float, b: float, alpha: float) -> Any:
     return c - np.exp(-a * x**alpha + b)
 
 
-def _ilog2(x: np.ndarray, c: float, a: float) -> np.ndarray:
+def _ilog2(x: np.ndarray, c: float, a: float) -> Any:
     return c - a / np.log(x + 1)
 
 
-def _vap(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+def _vap(x: np.ndarray, a: float, b: float, c: float) -> Any:
     return np.exp(a + b / x + c * np.log(x))
 
 
-def _mmf(x: np.ndarray, alpha: float, beta: float, kappa: float, delta: float) -> np.ndarray:
+def _mmf(x: np.ndarray, alpha: float, beta: float, kappa: float, delta: float) -> Any:
     return alpha - (alpha - beta) / (1 + (kappa * x) ** delta)
 
 
-def _janoschek(x: np.ndarray, a: float, beta: float, k: float, delta: float) -> np.ndarray:
+def _janoschek(x: np.ndarray, a: float, beta: float, k: float, delta: float) -> Any:
     return a - (a - beta) * np.exp(-k * x**delta)
 
 
-def _weibull(x: np.ndarray, alpha: float, beta: float, kappa: float, delta: float) -> np.ndarray:
+def _weibull(x: np.ndarray, alpha: float, beta: float, kappa: float, delta: float) -> Any:
     return alpha - (alpha - beta) * np.exp(-((kappa * x) ** delta))
 
 
-def _linear(x: np.ndarray, a: float, b: float) -> np.ndarray:
+def _linear(x: np.ndarray, a: float, b: float) -> Any:
     return a * x + b
 
 
-def _logx_linear(x: np.ndarray, a: float, b: float) -> np.ndarray:
+def _logx_linear(x: np.ndarray, a: float, b: float) -> Any:
     return a * np.log(x) + b
 
 

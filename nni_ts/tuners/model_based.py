@@ -112,7 +112,7 @@ class ModelTuner(Tuner):
     def _fresh_random(self) -> np.ndarray:
         assert self.codec is not None
         for _ in range(20):
-            x = self.codec.sample(self.rng)[0]
+            x = np.asarray(self.codec.sample(self.rng)[0])
             if self.codec.key(x) not in self.seen:
                 return x
         return x
@@ -313,7 +313,9 @@ class DNGOTuner(ModelTuner):
             mn = b * np.linalg.solve(s, phi.T @ t)
             fit_err = b / 2 * float(np.sum((t - phi @ mn) ** 2)) + a / 2 * float(mn @ mn)
             logdet = 2 * float(np.sum(np.log(np.diag(chol))))
-            return -(m / 2 * math.log(a) + k / 2 * math.log(b) - fit_err - logdet / 2 - k / 2 * math.log(2 * math.pi))
+            return -float(
+                m / 2 * math.log(a) + k / 2 * math.log(b) - fit_err - logdet / 2 - k / 2 * math.log(2 * math.pi)
+            )
 
         res = minimize(neg_log_evidence, np.log([1.0, 100.0]), method="Nelder-Mead", options={"maxiter": 200})
         a, b = np.exp(np.clip(res.x, -10, 10))

@@ -101,8 +101,8 @@ def test_grid_search_and_batch_tuner_are_finite() -> None:
         create_tuner("BatchTuner", search_space=SPACE)
 
 
-@pytest.mark.parametrize("name", ["SMAC", "MetisTuner", "PBTTuner", "Anneal", "Nonsense"])
-def test_unsupported_names_list_the_supported_ones(name: str) -> None:
+@pytest.mark.parametrize("name", ["Nonsense", "TPE2"])
+def test_unknown_names_list_the_supported_ones(name: str) -> None:
     with pytest.raises(ConfigError) as exc:
         create_tuner(name, search_space=SPACE)
     msg = str(exc.value)
@@ -250,8 +250,6 @@ def test_hyperband_prunes_through_the_tuners_study() -> None:
     assert pruned > 0
     with pytest.raises(ConfigError, match="only works with"):
         create_assessor("Hyperband", tuner=create_tuner("TPE", search_space=SPACE))
-    with pytest.raises(ConfigError, match="Curvefitting"):
-        create_assessor("Curvefitting")
 
 
 def test_custom_tuner_subclassing_our_base() -> None:

@@ -1,0 +1,71 @@
+"""The thread that runs an experiment's tuner and assessor, so that the event loop never waits on them.
+
+Every call to the tuner or assessor goes through one ``AlgoWorker``: calls run one at a time, in the
+order they were made (so results reach the tuner in the order they arrived, before any later
+suggestion), and each returns an asyncio future that the loop can await or attach a callback to.
+The thread is a daemon: a tuner stuck in its own code never keeps the process from exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["AlgoWorker"]
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, result: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(result)
+    else:
+        future.set_exception(result)
+
+
+class AlgoWorker:
+    """One daemon thread running queued calls in order; ``call`` returns an asyncio future."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any, Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue ``fn(*args)``; the future resolves (on the calling loop) with its result or exception."""
+        if self._closed:
+            raise RuntimeError(f"the {self.name} worker is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+        self._queue.put((fn, args, loop, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args, loop, future = item
+            try:
+                result, ok = fn(*args), True
+            except BaseException as exc:  # handed to the caller's future, never lost
+                result, ok = exc, False
+            try:
+                loop.call_soon_threadsafe(_settle, future, ok, result)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits for this result any more
+
+    def close(self) -> None:
+        """No more calls; the thread ends after the calls already queued."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
