@@ -125,12 +125,14 @@ class PBTTuner(Tuner):
         )
         cut = max(1, math.ceil(self.fraction * len(ranked)))
         tops, bottoms = ranked[:cut], ranked[-cut:]
+        saved = {m.index: (m.save_dir, m.extra["x"]) for m in ranked}  # as the epoch left them
         for member in ranked:
             if member in bottoms:
                 top = tops[int(self.rng.integers(len(tops)))]
-                member.extra["x"] = self._explore(top.extra["x"])
+                top_dir, top_x = saved[top.index]
+                member.extra["x"] = self._explore(top_x)
                 member.params = self.codec.decode(member.extra["x"])
-                member.load_dir = top.save_dir
+                member.load_dir = top_dir
             else:
                 member.load_dir = member.save_dir
             member.save_dir = self._dir(member.index, self.epoch)

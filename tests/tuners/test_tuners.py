@@ -110,19 +110,6 @@ def test_unknown_names_list_the_supported_ones(name: str) -> None:
     assert exc.value.path == "tuner.name"
 
 
-def test_gp_needs_pytorch_or_runs() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="PyTorch"):
-            create_tuner("GP", search_space=SPACE)
-    else:
-        tuner = create_tuner("GP", search_space=SPACE, seed=1)
-        for pid in range(4):
-            p = tuner.generate_parameters(pid)
-            tuner.receive_trial_result(pid, p, p["x"])
-
-
 def test_class_args_pass_through_and_bad_ones_are_named() -> None:
     tuner = create_tuner(
         "TPE",
