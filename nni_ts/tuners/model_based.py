@@ -206,7 +206,7 @@ class GPTuner(ModelTuner):
             kernel=kernel,
             alpha=max(self.alpha, 1e-6),
             normalize_y=True,
-            n_restarts_optimizer=2,
+            n_restarts_optimizer=0,
             random_state=int(self.rng.integers(2**31)),
         )
 
