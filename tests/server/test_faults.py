@@ -139,12 +139,12 @@ async def test_sigkilled_keeper_then_journal_fallback(server: ClusterServer, tri
     assert len(sink.records) < n  # the rest never reached the server
     records = recover_records(str(trial_dir), "K1", 1)
     assert records == read_journal(str(trial_dir / ".nni-ts" / "journal"), "K1", 1)
-    server.feed("K1", records)
-    server.feed("K1", records)  # reading the journal twice delivers nothing twice
+    await server.feed("K1", records)
+    await server.feed("K1", records)  # reading the journal twice delivers nothing twice
     sink.check_exactly([record_text("K1", i) for i in range(n)])
     assert read_exit(str(trial_dir), "K1", 1) is None  # it died before the trial's end was reported
-    assert not server.finish("K1", 0, 0, n + 1)  # an exit is held until every record is in
-    assert server.finish("K1", 0, 0, n)
+    assert not await server.finish("K1", 0, 0, n + 1)  # an exit is held until every record is in
+    assert await server.finish("K1", 0, 0, n)
     assert sink.exit == (0, 0)
 
 

@@ -107,7 +107,7 @@ async def test_duplicates_and_out_of_order_batches(server: ClusterServer) -> Non
     sink.check_exactly(text)
     assert sink.exit == (0, 5)
     # Journal records fed by the platform go through the same de-duplication.
-    assert server.feed("O1", list(enumerate(text))) == 0
+    assert await server.feed("O1", list(enumerate(text))) == 0
 
 
 async def test_openapi_is_served(server: ClusterServer) -> None:
