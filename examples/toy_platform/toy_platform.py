@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from nni_ts import TrainingService, TrialJobDetail, TrialJobStatus
+from nni_ts import MetricRefused, TrainingService, TrialJobDetail, TrialJobStatus
 from nni_ts.config import TrainingServiceConfig
 from nni_ts.platforms.local import build_trial_env
 from nni_ts.processes import group_alive, killpg
@@ -63,12 +63,18 @@ class ToyTrainingService(TrainingService[ToyConfig]):
         code = await proc.wait()
         killpg(proc.pid, signal.SIGKILL)  # whatever the trial left behind
         # Every record goes to the listeners BEFORE the terminal status: the contract's guarantee.
-        # reporter.metric returns once the listeners stored it (a real platform retries a refused one).
+        # reporter.metric returns once every listener stored the record; a refused record (a failing
+        # store) is not counted and must be delivered again, so retry it until it is accepted.
         path = os.path.join(self.trial_dir(trial_id), ".nni", "metrics")
         if os.path.exists(path):
             with open(path, "rb") as fh:
                 for record in FrameDecoder().feed(fh.read()):
-                    await self.reporter.metric(trial_id, record.decode())
+                    while True:
+                        try:
+                            await self.reporter.metric(trial_id, record.decode())
+                            break
+                        except MetricRefused:
+                            await asyncio.sleep(0.1)
         if trial_id in self._cancelled:
             await self.reporter.ended(trial_id, self._cancelled[trial_id], message="Cancelled.")
         elif code == 0:

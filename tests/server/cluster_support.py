@@ -40,15 +40,14 @@ class RecordingSink:
 
     async def on_records(self, records: list[tuple[int, str]]) -> int | None:
         assert not self.exited.is_set(), "a record came after the exit"
-        if self.refuse_after is not None and len(self.records) + len(records) > self.refuse_after:
-            take = max(0, self.refuse_after - len(self.records))
-            self.records.extend(records[:take])
-            return take
-        self.records.extend(records)
+        take = len(records)
+        if self.refuse_after is not None:
+            take = max(0, min(take, self.refuse_after - len(self.records)))
+        self.records.extend(records[:take])
         for n, event in self._waiters:
             if len(self.records) >= n:
                 event.set()
-        return None
+        return take
 
     async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
         assert self.exit is None, "the exit was delivered twice"

@@ -213,3 +213,31 @@ async def test_sigterm_stops_the_whole_group_and_reports(server: ClusterServer, 
         await sink.exited.wait()
     assert sink.exit is not None and sink.exit[0] == code
     assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_store_refusing_for_a_while_loses_and_duplicates_nothing(trial_dir: Path) -> None:
+    """A real keeper whose records the manager cannot store for a while (the sink refuses, as a full
+    disk or a locked database would make it): the keeper keeps them and resends; afterwards every
+    record is stored exactly once, in order, and the exit comes after them."""
+    n = 300
+    sink = RecordingSink()
+    sink.refuse_after = 40
+    async with ClusterServer(heartbeat_timeout=30.0) as server:
+        server.register("S1", sink)
+        proc = await start_keeper(
+            trial_dir, "S1", trial_command(trial_dir, n), server_url=server.url, token=server.token_for("S1")
+        )
+        try:
+            await sink.wait_count(40)
+            await asyncio.sleep(0.5)  # the keeper posts (and is refused) several times meanwhile
+            assert len(sink.records) == 40 and not sink.exited.is_set()
+            sink.refuse_after = None
+            assert await wait_exit(proc) == 0
+            async with asyncio.timeout(10):
+                await sink.exited.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    sink.check_exactly([record_text("S1", i) for i in range(n)])
+    assert sink.events[-1] == "exited"
