@@ -26,6 +26,7 @@ from pyee import EventEmitter
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..storage import Store, TrialRecord, open_store
+from ..tasks import TaskSupervisor
 from ..training_service import TrainingService, new_trial_id
 from .algo_worker import AlgoWorker
 from .records import parse_record
@@ -201,7 +202,8 @@ class Experiment:
         self._started_at = 0.0
         self._active_before = 0.0
         self._cancel_reasons: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Owns the loop's background work (early stops, time-outs); stopped when the run ends.
+        self._tasks = TaskSupervisor(f"experiment-{self.id}")
         self._errors: list[BaseException] = []
 
     # ------------------------------------------------------------------ resume
@@ -392,11 +394,10 @@ class Experiment:
         finally:
             service.remove_trial_job_metric_listener(self._on_metric)
             service.events.remove_listener("trial_status", self._on_status)
-            for task in list(self._tasks):
-                task.cancel()
             if self._suggestion is not None:
                 self._suggestion.cancel()
             self._worker.close()
+            await self._tasks.stop()
         if self._errors:
             self._status = ExperimentStatus.ERROR
             self._message = f"The tuner or assessor failed: {self._errors[0]!r}"
@@ -709,7 +710,7 @@ class Experiment:
                 def verdict(result: Any) -> None:
                     if result is AssessResult.Bad and trial_id in self._live:
                         self._cancel_reasons[trial_id] = "Early stopped by the assessor."
-                        self._spawn(self._early_stop(trial_id))
+                        self._spawn(self._early_stop(trial_id), f"early-stop-{trial_id}")
 
                 self._call_algo(self._assessor.assess_trial, trial_id, list(live.history), then=verdict)
         self.events.emit("metric", metric.trial_job_id, parsed)
@@ -737,7 +738,7 @@ class Experiment:
             self._cancel_reasons[trial_id] = (
                 f"Cancelled: the trial ran longer than maxTrialDuration ({self.config.max_trial_duration})."
             )
-            self._spawn(self._cancel(trial_id, early=False))
+            self._spawn(self._cancel(trial_id, early=False), f"timeout-{trial_id}")
 
     async def _early_stop(self, trial_id: str) -> None:
         await self._cancel(trial_id, early=True)
@@ -834,10 +835,8 @@ class Experiment:
         self._errors.append(exc)
         self._wake.set()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"nni-ts-experiment-{self.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Any, name: str = "work") -> None:
+        self._tasks.spawn(coro, name=name)
 
     async def _cancel_live(self) -> None:
         """Cancel every trial still running (a stop, or a limit reached) and wait for them."""
@@ -847,5 +846,5 @@ class Experiment:
         for trial_id in list(self._live):
             self._cancel_reasons.setdefault(trial_id, f"Cancelled: {reason}")
         await asyncio.gather(*(self._cancel(t, early=False) for t in list(self._live)))
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=30)
+        if self._tasks.tasks:
+            await asyncio.wait(self._tasks.tasks, timeout=30)
