@@ -3,14 +3,14 @@
 Every call to the tuner or assessor goes through one ``AlgoWorker``: calls run one at a time, in the
 order they were made (so results reach the tuner in the order they arrived, before any later
 suggestion), and each returns an asyncio future that the loop can await or attach a callback to.
-The thread is a daemon: a tuner stuck in its own code never keeps the process from exiting.
+The thread never keeps the process from exiting: a tuner stuck in its own code cannot hang the manager.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import queue
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +34,7 @@ class AlgoWorker:
         self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any, Any] | None] = (
             queue.SimpleQueue()
         )
-        self._thread: threading.Thread | None = None
+        self._started = False
         self._closed = False
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
@@ -43,9 +43,11 @@ class AlgoWorker:
             raise RuntimeError(f"the {self.name} worker is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
+        if not self._started:
+            # the low-level start does not wait for the new thread to be scheduled (threading's does,
+            # which stalled the loop for tens of ms on a busy machine); such a thread never blocks exit
+            _thread.start_new_thread(self._run, ())
+            self._started = True
         self._queue.put((fn, args, loop, future))
         return future
 
