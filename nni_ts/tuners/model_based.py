@@ -302,7 +302,7 @@ class DNGOTuner(ModelTuner):
         mean, std = float(ys.mean()), float(ys.std()) or 1.0
         t = (ys - mean) / std
         n = len(self.ys)
-        if self.net is None or n - self._trained_at >= self.trials_per_update or n < 2 * self.trials_per_update:
+        if self.net is None or n - self._trained_at >= self.trials_per_update:  # as NNI's DNGO
             self.net = MLPRegressor(
                 hidden_layer_sizes=(50, 50, 50),
                 activation="tanh",
