@@ -397,8 +397,16 @@ def _builtin_tuner(
         from .population import PBTTuner
 
         factory = PBTTuner
-        if not args.get("all_checkpoint_dir") and experiment_dir is not None:
-            args["all_checkpoint_dir"] = str(Path(experiment_dir) / "checkpoint")
+        if not args.get("all_checkpoint_dir"):
+            if experiment_dir is not None:
+                args["all_checkpoint_dir"] = str(Path(experiment_dir) / "checkpoint")
+            elif not os.environ.get("NNI_CHECKPOINT_DIRECTORY"):
+                # built before its experiment (the service checks a config this way): a directory of its own
+                import uuid
+
+                from ..paths import home
+
+                args["all_checkpoint_dir"] = str(home() / "checkpoints" / uuid.uuid4().hex[:12])
     else:  # regularized_evolution
         from .population import RegularizedEvolutionTuner
 

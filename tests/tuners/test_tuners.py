@@ -354,3 +354,10 @@ def test_curvefitting_stops_a_curve_heading_below_the_best() -> None:
     assert verdicts[:4] == [AssessResult.Good] * 4 and AssessResult.Bad in verdicts[4:]
     promising = [0.95 - 0.5 / (s + 1) for s in range(8)]
     assert all(assessor.assess_trial("c", promising[:step]) is AssessResult.Good for step in range(1, 9))
+
+
+def test_pbt_built_before_its_experiment_keeps_checkpoints_under_nni_ts_home(nni_ts_home: Path) -> None:
+    """The service builds the tuner to check a config before the experiment exists."""
+    tuner = create_tuner("PBT", search_space={"x": {"_type": "uniform", "_value": [0, 1]}})
+    params = tuner.generate_parameters(0)
+    assert Path(params["save_checkpoint_dir"]).is_relative_to(nni_ts_home)
