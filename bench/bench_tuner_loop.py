@@ -4,7 +4,8 @@
    concurrency 4 through ``nni_ts.Experiment`` with TPE, against a bare ``xargs -P4`` spawn of the
    same command in the same run: overhead per trial as a share of a bare spawn (target <= 10%).
 2. In-process trials (``nni_ts.testing.inmemory``, no process spawned): ``--inmemory`` trials with TPE
-   through the whole loop (tuner thread, store, service), to reach 10,000 trials in minutes.
+   through the whole loop (tuner thread, store, service), then the same with every tuner call made on
+   the loop (the baseline: how the loop worked before the tuner thread).
 
 In both, a probe task on the loop sleeps 5 ms over and over and records how late it wakes: the
 loop's longest stall (target: none over 50 ms at any size). The store is on tmpfs when /dev/shm
@@ -29,8 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import TRIVIAL_TRIAL, bare_xargs, percentile  # noqa: E402
 
 from nni_ts.experiment import Experiment  # noqa: E402
+from nni_ts.experiment.algo_worker import AlgoWorker  # noqa: E402
 from nni_ts.storage import open_store  # noqa: E402
 from nni_ts.testing.inmemory import InMemoryTrainingService  # noqa: E402
+
+
+def _inline_call(self: AlgoWorker, fn: Any, *args: Any) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future
 
 
 async def _with_probe(exp: Experiment) -> tuple[float, list[float]]:
@@ -104,8 +115,11 @@ def main() -> None:
                 f"(target <= 10%); {_stalls(lags)}",
                 flush=True,
             )
-        if args.inmemory:
-            store = open_store(Path(fast) / "inmemory.db")
+        for inline in (False, True) if args.inmemory else ():
+            if inline:
+                # the baseline: every tuner call on the loop, as before the tuner thread
+                AlgoWorker.call = _inline_call  # type: ignore[method-assign]
+            store = open_store(Path(fast) / f"inmemory-{inline}.db")
             exp = Experiment(
                 _config(code, args.inmemory, args.concurrency),
                 store=store,
@@ -114,9 +128,10 @@ def main() -> None:
             )
             elapsed, lags = asyncio.run(_with_probe(exp))
             store.close()
+            how = "tuner ON the loop (baseline)" if inline else "tuner in its thread"
             print(
-                f"in-process, TPE, {args.inmemory} trials at concurrency {args.concurrency}: {elapsed:.1f} s "
-                f"({elapsed / args.inmemory * 1000:.2f} ms/trial, paced by TPE's suggestions); {_stalls(lags)}",
+                f"in-process, TPE, {args.inmemory} trials at concurrency {args.concurrency}, {how}: {elapsed:.1f} s "
+                f"({elapsed / args.inmemory * 1000:.2f} ms/trial); {_stalls(lags)}",
                 flush=True,
             )
 
