@@ -281,6 +281,7 @@ async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
         loop.call_soon_threadsafe(exp.stop, f"Stopped by signal {signal.Signals(signum).name}.")
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _signal_ready(exp)
     display = _ProgressDisplay(exp, sys.stderr, quiet=quiet or out.json)
     if not out.json and not quiet:
         exp.events.on("started", lambda eid: sys.stderr.write(f"Experiment {eid}: {exp.working_directory}\n"))
@@ -351,28 +352,68 @@ def _run_logged(exp: Any, out: _Out, *, quiet: bool) -> int:
 
 
 def _detach(argv: list[str], experiment_id: str, working_dir: Path, out: _Out) -> int:
-    """Start the same command in the background (a new session, output to manager.out)."""
+    """Start the same command in the background (a new session; stdout to manager.out, stderr to
+    manager.err) and return once it runs: its config built and its platform started, or failed."""
     working_dir.mkdir(parents=True, exist_ok=True)
     log_path = working_dir / "manager.out"
+    err_path = working_dir / "manager.err"
+    err_start = err_path.stat().st_size if err_path.exists() else 0
     cmd = [sys.executable, "-m", "nni_ts.cli", *argv, "--quiet"]
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, NNI_TS_READY_FD=str(write_end))
+    try:
+        with open(log_path, "ab") as log_file, open(err_path, "ab") as err_file:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=err_file,
+                start_new_session=True,
+                pass_fds=(write_end,),
+                env=env,
+            )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        signal_byte = ready.read(1)  # one byte once running; end of file if the manager ended first
+    if signal_byte != b"1":
+        code = proc.wait()
+        with open(err_path, "rb") as fh:
+            fh.seek(err_start)
+            sys.stderr.write(fh.read().decode("utf-8", "replace"))
+        sys.stderr.write(f"nni-ts: experiment {experiment_id} did not start (exit code {code}).\n")
+        return code or EXIT_FAILED
     out.emit(
-        {"id": experiment_id, "pid": proc.pid, "log": str(log_path)},
+        {"id": experiment_id, "pid": proc.pid, "log": str(log_path), "stderr": str(err_path)},
         f"Experiment {experiment_id} runs in the background (pid {proc.pid}); its output goes to {log_path}.\n"
         f"Follow it with `nni-ts view {experiment_id}`; stop it with `nni-ts stop {experiment_id}`.",
     )
     return EXIT_OK
 
 
+def _signal_ready(exp: Any) -> None:
+    """In a detached manager: tell the waiting `--detach` command once the experiment runs."""
+    fd = os.environ.pop("NNI_TS_READY_FD", None)
+    if fd is None:
+        return
+
+    def ready(_: str) -> None:
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:
+            pass  # the waiting command is gone (interrupted): nobody to tell
+
+    exp.events.once("running", ready)
+
+
 def _cmd_create(args: argparse.Namespace, out: _Out, argv: list[str]) -> int:
-    from ..config.loader import load_experiment_config
+    from ..config.loader import check_algorithms, load_experiment_config
     from ..experiment import Experiment
     from ..training_service import new_trial_id
 
     config = load_experiment_config(args.config)  # validate before detaching: mistakes show here
+    check_algorithms(config, args.config)  # every tuner and assessor mistake at once, with its line
     experiment_id = args.id or new_trial_id(8).lower()
     if args.detach:
         rest = [a for a in argv if a != "--detach"]

@@ -160,8 +160,9 @@ class Experiment:
     to override what the config names (tests, notebooks); ``store`` defaults to the database under
     ``NNI_TS_HOME``.
 
-    ``events`` (pyee) emits ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record)
-    and ``"status"`` (the experiment status).
+    ``events`` (pyee) emits ``"started"`` (the record exists), ``"running"`` (the platform is up),
+    ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record) and ``"status"`` (the
+    experiment status).
     """
 
     def __init__(
@@ -397,6 +398,7 @@ class Experiment:
             async with service:
                 if control is not None:
                     await control.start()
+                self.events.emit("running", self.id)  # the platform is up: what the config asks can run
                 try:
                     if self._resuming:
                         await self._restore()
