@@ -126,6 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stderr", action="store_true", help="Show stderr instead of stdout.")
     g.add_argument("--trial-log", action="store_true", help="Show trial.log.")
     tg.add_argument("--tail", type=int, help="Only the last N lines.")
+    tg.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
 
     pl = sub.add_parser("platforms", help="The installed platforms.")
     pl.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
@@ -697,7 +698,10 @@ def _cmd_trial(args: argparse.Namespace, out: _Out) -> int:
         log_data = content("trial.log")
         if log_data:
             sys.stderr.write(f"(stdout of trial {args.trial} is empty; showing its trial.log)\n")
-            data = log_data
+            data, name = log_data, "trial.log"
+    if out.json:
+        out.emit({"trial": args.trial, "file": name, "content": data.decode("utf-8", "replace")}, "")
+        return EXIT_OK
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return EXIT_OK

@@ -212,31 +212,28 @@ def _more_problems(data: dict[str, Any], found: list[Any]) -> list[dict[str, Any
 def _algorithm_problem(
     key: str, algo: AlgorithmConfig, space: dict[str, Any] | None, seed: Any
 ) -> dict[str, Any] | None:
-    """Build one algorithm section as the experiment would; its ConfigError as a problem, else None."""
-    from ..algorithms import ensure_nni_importable, resolve
+    """Build one built-in algorithm section as the experiment would; its ConfigError as a problem, else None.
+
+    A user's class (className, or a name registered with ``nni-ts algo``) is not built here: building it
+    may be costly or have effects; the experiment builds it once, before it starts.
+    """
+    from ..algorithms import resolve
     from ..tuners import create_assessor, create_tuner
 
     kind = "assessor" if key == "assessor" else "tuner"
     try:
-        ensure_nni_importable()
-        meta = resolve(algo.name, kind) if algo.class_name is None else None
-        name, class_name = (algo.name, algo.class_name) if meta is None else (None, str(meta["className"]))
-        code_directory = algo.code_directory or (meta.get("codeDirectory") if meta else None)
+        if algo.class_name is not None or algo.name is None or resolve(algo.name, kind) is not None:
+            return None
         if kind == "assessor":
-            if name is not None and name.lower() in ("hyperband", "bohb"):
+            if algo.name.lower() in ("hyperband", "bohb"):
                 return None  # pairs with its tuner; checked when the experiment runs
-            create_assessor(
-                name, class_name=class_name, code_directory=code_directory, class_args=dict(algo.class_args), path=key
-            )
+            create_assessor(algo.name, class_args=dict(algo.class_args), path=key)
         elif space is not None:
-            seed = seed if isinstance(seed, int) else None
             create_tuner(
-                name,
-                class_name=class_name,
-                code_directory=code_directory,
+                algo.name,
                 class_args=dict(algo.class_args),
                 search_space=space,
-                seed=seed,
+                seed=seed if isinstance(seed, int) else None,
                 path=key,
             )
     except ConfigError as exc:

@@ -356,13 +356,12 @@ from nni.tuner import Tuner
 
 class BlockingTuner(Tuner):
     def __init__(self, ignore_signals=False):
-        self.ignore = ignore_signals
+        if ignore_signals:  # a manager that cannot be interrupted (this runs after the CLI set its handlers)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     def update_search_space(self, search_space):
         pass
     def generate_parameters(self, parameter_id, **kwargs):
-        if self.ignore:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             time.sleep(1)
     def receive_trial_result(self, parameter_id, parameters, value, **kwargs):
