@@ -6,7 +6,13 @@ SDK when it is installed and this one otherwise. Set ``NNI_TS_LIGHT_NNI=1`` to f
 
 It speaks the legacy trial protocol: parameters from ``$NNI_SYS_DIR/parameter.cfg``; metric records to
 ``$NNI_SYS_DIR/.nni/metrics`` when ``NNI_PLATFORM`` is ``local``, else as ``NNISDK_MEb'...'`` lines on
-standard output.
+standard output. Without ``NNI_PLATFORM`` (a trial run by hand) it is NNI's standalone mode: parameters
+are ``{}`` and results are printed.
+
+Beside the trial API it has what custom tuners and assessors import (``nni.tuner``, ``nni.assessor``,
+``nni.utils``, ``nni.recoverable``, ``nni.typehint``, ``nni.NoMoreTrialError``, ``nni.trace``), so that
+the manager can load classes written for NNI without NNI installed. ``__version__`` is
+``3.0+nnits.light``: NNI 3.0's API, nni-ts's light module.
 """
 
 import os as _os
