@@ -83,6 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("experiment", help="List, show, export, import and delete experiments.")
     esub = e.add_subparsers(dest="action", required=True, parser_class=_Parser)
     el = esub.add_parser("list", help="Every experiment recorded.")
+    el.add_argument("--all", action="store_true", help="Accepted for nnictl's sake: the list always has them all.")
     el.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
     es = esub.add_parser("show", help="One experiment's record and config.")
     es.add_argument("id")

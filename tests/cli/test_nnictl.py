@@ -324,6 +324,13 @@ def test_running_experiment_top_log_stop_then_delete(tmp_path: Path) -> None:
         assert path.returncode == 0 and path.stdout.strip().endswith("manager.err")
         assert _run("log", "stdout", "live", "--tail", "5").returncode == 0
 
+        data = tmp_path / "more.json"
+        data.write_text(json.dumps([{"parameter": {"x": 3}, "value": 0.5}]))
+        imported = _run("--json", "experiment", "import", "-f", str(data))  # into the running manager
+        assert imported.returncode == 0, imported.stderr
+        assert json.loads(imported.stdout) == {"id": "live", "imported": 1, "live": True}
+        assert _run("experiment", "list", "--all").returncode == 0
+
         refused = _run("experiment", "delete", "live")
         assert refused.returncode == 2 and "stop it first" in refused.stderr
 
