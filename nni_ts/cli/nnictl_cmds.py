@@ -139,9 +139,17 @@ def _import(args: argparse.Namespace, out: Any) -> int:
     experiment_id = resolve_experiment_id(args.id)
     with open_store(readonly=True) as store:
         record = store.get_experiment(experiment_id)
-    entries = parse_import(Path(args.filename).expanduser(), record.config.get("searchSpace"))
+    space = record.config.get("searchSpace") or {}
+    entries = parse_import(Path(args.filename).expanduser(), space)
     if not entries:
         raise UserError(f"{args.filename} holds no result to import.")
+    for n, entry in enumerate(entries, start=1):
+        unknown = sorted(set(entry["parameter"]) - set(space))
+        if space and unknown:
+            raise UserError(
+                f"{args.filename}, result {n}: {', '.join(unknown)} is not a parameter of experiment "
+                f"{experiment_id}'s search space ({', '.join(space)}); nothing was imported."
+            )
     path = Path(record.working_dir) / IMPORTED_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as fh:

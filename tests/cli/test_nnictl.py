@@ -214,6 +214,13 @@ def test_import_mistakes_are_sentences(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["experiment", "import", "bad", "-f", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "entry 1" in err and "'default'" in err and "Traceback" not in err
+    bad.write_text(json.dumps([{"parameter": {"x": 1}, "value": 1}, {"parameter": {"lr": 1}, "value": 1}]))
+    assert main(["experiment", "import", "bad", "-f", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "result 2: lr is not a parameter" in err and "nothing was imported" in err
+    assert not (
+        Path(json.loads(_run("--json", "experiment", "show", "bad").stdout)["workingDirectory"]) / "imported.jsonl"
+    ).exists()
 
 
 # ---------------------------------------------------------------------- honest endings
