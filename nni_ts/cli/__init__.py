@@ -86,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     el.add_argument("--all", action="store_true", help="Accepted for nnictl's sake: the list always has them all.")
     el.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
     es = esub.add_parser("show", help="One experiment's record and config.")
-    es.add_argument("id")
+    es.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
     es.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
     ex = esub.add_parser("export", help="Every trial's parameters and results, as JSON or CSV (ours, or NNI's).")
     ex.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
@@ -207,7 +207,7 @@ def _experiment_status(record: Any) -> str:
     return str(record.status)
 
 
-def resolve_experiment_id(given: str | None, *, running_only: bool = True) -> str:
+def resolve_experiment_id(given: str | None) -> str:
     """The experiment a command is about: the one given, else the only running one (as nnictl does)."""
     if given:
         return given
