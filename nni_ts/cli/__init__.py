@@ -556,13 +556,15 @@ def _stop_manager(record: Any, timeout: float) -> str | None:
     if gone_within(timeout):
         return None
     grace = max(5.0, min(timeout, 30.0))
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGINT asks again (a manager whose loop is free stops cleanly); SIGTERM interrupts whatever it is
+    # doing, after which it still cancels its trials: give that longer.
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, max(15.0, grace))):
         try:
             os.kill(pid, sig)
         except ProcessLookupError:
             return None
         steps.append(f"sent {sig.name}")
-        if gone_within(grace):
+        if gone_within(wait):
             return None
     return (
         f"its manager (pid {pid}) is still running after {timeout:g} s: " + ", ".join(steps) + ". "
