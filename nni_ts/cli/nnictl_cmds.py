@@ -188,7 +188,7 @@ def _top(args: argparse.Namespace, out: Any) -> int:
                 continue
             row: dict[str, Any] = {"id": r.id, "name": r.name, "platform": r.platform}
             try:
-                row.update(request(r.id, {"op": "progress"}, timeout=2.0)["progress"])
+                row.update(request(r.id, {"op": "progress"}, timeout=5.0)["progress"])
             except UserError as exc:
                 row["error"] = str(exc)
             rows.append(row)
