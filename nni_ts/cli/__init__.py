@@ -486,6 +486,10 @@ def _cmd_view(args: argparse.Namespace, out: _Out) -> int:
         else "  best: none yet",
         f"  files: {record.working_dir}",
     ]
+    ended = [t for t in trials if t.status.is_terminal]
+    if ended and best is None and not any(t.status.value == "SUCCEEDED" for t in ended):
+        first = min(ended, key=lambda t: (t.status.value != "FAILED", t.sequence_id))
+        lines.append(f"  no trial succeeded: see why with `nni-ts trial log {record.id} {first.id} --stderr`")
     out.emit(data, "\n".join(x for x in lines if x))
     return EXIT_OK
 

@@ -244,6 +244,8 @@ def test_no_trial_succeeded_exits_1_and_says_why(tmp_path: Path) -> None:
     assert "the data set is missing" in proc.stdout  # the first failed trial's stderr
     assert "nni-ts trial log nope" in proc.stdout and "--stderr" in proc.stdout
     assert "Traceback" not in proc.stderr
+    view = _run("view", "nope")
+    assert view.returncode == 0 and "no trial succeeded: see why with `nni-ts trial log nope" in view.stdout
 
 
 def test_detach_checks_the_platform_before_returning(tmp_path: Path) -> None:
