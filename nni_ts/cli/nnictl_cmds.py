@@ -60,7 +60,7 @@ def add_parsers(sub: Any, tsub: Any, esub: Any, parser_class: type[argparse.Argu
 
     pf = sub.add_parser("platform", help="platform clean -c CONFIG: remove nni-ts's files from a platform.")
     psub = pf.add_subparsers(dest="action", required=True, parser_class=parser_class)
-    pc = psub.add_parser("clean", help="Remove the files nni-ts left on the config's platform.")
+    pc = psub.add_parser("clean", help="Remove the files nni-ts left on the config's platform (local, remote).")
     pc.add_argument("--config", "-c", required=True, help="An experiment config naming the platform.")
     pc.add_argument("--json", **hidden_json)
 
@@ -279,43 +279,89 @@ def _log(args: argparse.Namespace, out: Any) -> int:
 
 
 def _platform_clean(args: argparse.Namespace, out: Any) -> int:
+    """Remove what nni-ts left on the config's platform that no experiment needs any more.
+
+    Kept: the directories of experiments recorded as RUNNING in this store (live, or interrupted and
+    resumable). Local: unrecorded experiment directories nni-ts made. Remote: on every machine, the
+    directories under ``<workDirectory>/experiments`` of experiments that are not running.
+    """
     from ..config.loader import load_experiment_config
-    from ..experiment.experiment import ExperimentStatus, manager_alive
-    from ..paths import home
+    from ..experiment.experiment import ExperimentStatus
     from ..storage import open_store
 
     config = load_experiment_config(args.config)
     platform = config.training_service.platform
-    if platform != "local":
+    with open_store(readonly=True) as store:
+        records = store.list_experiments()
+    running = {r.id for r in records if r.status == ExperimentStatus.RUNNING}
+    if platform == "local":
+        root, removed = _clean_local(config, records, running)
+    elif platform == "remote":
+        import asyncio
+
+        root, removed = asyncio.run(_clean_remote(config.training_service, running))
+    else:
         raise UserError(
-            f"`nni-ts platform clean` cleans the local platform only; on {platform}, `nni-ts experiment delete ID` "
-            "removes an experiment, and each experiment's trials are cleaned up when it ends."
+            f"`nni-ts platform clean` cleans the local and remote platforms; on {platform}, each experiment's "
+            "resources are removed when it ends, and `nni-ts experiment delete ID` removes its files."
         )
+    text = "\n".join(f"Removed {p}" for p in removed) or f"Nothing to clean under {root}."
+    out.emit({"removed": removed, "root": root}, text)
+    return 0
+
+
+def _clean_local(config: Any, records: list[Any], running: set[str]) -> tuple[str, list[str]]:
+    from ..paths import home
+
     root = (
         Path(config.experiment_working_directory).expanduser()
         if config.experiment_working_directory
         else home() / "experiments"
     )
-    with open_store(readonly=True) as store:
-        records = store.list_experiments()
     known = {Path(r.working_dir).resolve() for r in records}
-    busy = {
-        Path(r.working_dir).resolve()
-        for r in records
-        if r.status == ExperimentStatus.RUNNING and manager_alive(r.manager_pid, r.manager_started)
-    }
     removed = []
     if root.is_dir():
         for child in sorted(root.iterdir()):
-            resolved = child.resolve()
             # Only directories nni-ts made (a trials/ folder or a manager log) that no experiment records.
             ours = (child / "trials").is_dir() or (child / "manager.log").exists()
-            if child.is_dir() and ours and resolved not in known and resolved not in busy:
+            if child.is_dir() and ours and child.resolve() not in known:
                 shutil.rmtree(child)
                 removed.append(str(child))
-    text = "\n".join(f"Removed {p}" for p in removed) or f"Nothing to clean under {root}."
-    out.emit({"removed": removed, "root": str(root)}, text)
-    return 0
+    return str(root), removed
+
+
+async def _clean_remote(ts: Any, running: set[str]) -> tuple[str, list[str]]:
+    import shlex
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..platforms.remote.service import DEFAULT_WORK_DIR
+    from ..platforms.remote.ssh import HostConnection, expand_remote
+
+    known = Path(ts.known_hosts_file).expanduser() if ts.known_hosts_file else None
+    removed: list[str] = []
+    roots = []
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="nni-ts-clean") as executor:
+        for machine in ts.machine_list:
+            conn = HostConnection(
+                machine, executor=executor, known_hosts=known, accept_new_host_keys=ts.accept_new_host_keys
+            )
+            try:
+                await conn.connect()
+                assert conn.home is not None
+                experiments = expand_remote(conn.home, machine.work_directory, DEFAULT_WORK_DIR) + "/experiments"
+                roots.append(f"{conn.label}:{experiments}")
+                listing = await conn.check(
+                    f"cd {shlex.quote(experiments)} 2>/dev/null && ls -1A || true", what="list the experiments"
+                )
+                for name in listing.split("\n"):
+                    if not name or name in running:
+                        continue
+                    path = f"{experiments}/{name}"
+                    await conn.check(f"rm -rf -- {shlex.quote(path)}", what=f"remove {path}")
+                    removed.append(f"{conn.label}:{path}")
+            finally:
+                await conn.close()
+    return ", ".join(roots), removed
 
 
 # ---------------------------------------------------------------------- algo

@@ -21,6 +21,7 @@ import yaml
 from nni_ts.cli import main
 from nni_ts.models import TrialJobStatus
 from nni_ts.storage import open_store
+from nni_ts.testing.sshd import SshdCluster
 
 CLI = [sys.executable, "-m", "nni_ts.cli"]
 REAL_NNI_PYTHON = os.environ.get("NNI_TS_REAL_NNI_PYTHON", "/opt/nni-real/bin/python")
@@ -438,6 +439,28 @@ def test_platform_clean_removes_only_unrecorded_directories(tmp_path: Path, nni_
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["removed"] == [str(stale)]
     assert not stale.exists() and other.exists() and (nni_ts_home / "experiments" / "kept").exists()
+
+
+def test_platform_clean_on_remote_machines(tmp_path: Path, sshd_cluster: SshdCluster) -> None:
+    """Over real SSH: every experiment directory on every machine goes, but a running experiment's."""
+    with open_store() as s:
+        s.create_experiment(
+            "busy", name=None, platform="remote", config={}, working_dir=tmp_path / "busy", manager_pid=None
+        )
+    machines = []
+    for host in sshd_cluster.hosts:
+        for name in ("busy", "old1", "old2"):
+            (host.work_dir / "experiments" / name / "trials").mkdir(parents=True)
+        (host.work_dir / "code").mkdir()
+        machines.append(host.machine(workDirectory=str(host.work_dir)))
+    ts = {"platform": "remote", "machineList": machines, "knownHostsFile": str(sshd_cluster.known_hosts)}
+    cfg = _config(tmp_path, "print(1)\n", trainingService=ts)
+    proc = _run("--json", "platform", "clean", "-c", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["removed"]) == 4
+    for host in sshd_cluster.hosts:
+        assert sorted(p.name for p in (host.work_dir / "experiments").iterdir()) == ["busy"]
+        assert (host.work_dir / "code").is_dir()
 
 
 # ---------------------------------------------------------------------- algo register
