@@ -588,7 +588,7 @@ async def _stop_orphaned(experiment_id: str) -> None:
 def _cmd_experiment(args: argparse.Namespace, out: _Out) -> int:
     from ..storage import open_store
 
-    if args.action in ("delete", "import"):
+    if args.action in ("delete", "import", "status"):
         from .nnictl_cmds import run_experiment_action
 
         return run_experiment_action(args, out)
@@ -762,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_trial(args, out)
         if args.command == "platforms":
             return _cmd_platforms(args, out)
-        if args.command in ("top", "log", "platform", "algo"):
+        if args.command in ("top", "log", "platform", "algo", "config"):
             from .nnictl_cmds import run as run_nnictl_command
 
             return run_nnictl_command(args, out)

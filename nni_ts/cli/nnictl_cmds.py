@@ -18,12 +18,22 @@ from ..errors import UserError
 
 __all__ = ["COMMANDS", "add_parsers", "run", "run_experiment_action", "trial_run"]
 
-COMMANDS = ("top", "log", "platform", "algo")
+COMMANDS = ("top", "log", "platform", "algo", "config")
 
 
 def add_parsers(sub: Any, tsub: Any, esub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """Add this module's commands to the ``nni-ts`` parsers (``trial`` and ``experiment`` sub-parsers too)."""
     hidden_json = {"action": "store_true", "help": argparse.SUPPRESS, "dest": "json_sub"}
+
+    est = esub.add_parser("status", help="An experiment's status (nnictl's `experiment status`).")
+    est.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
+    est.add_argument("--json", **hidden_json)
+
+    cf = sub.add_parser("config", help="config show [ID]: an experiment's config (nnictl's `config show`).")
+    csub = cf.add_subparsers(dest="action", required=True, parser_class=parser_class)
+    cs = csub.add_parser("show", help="The experiment's stored config (v2 form, paths absolute).")
+    cs.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
+    cs.add_argument("--json", **hidden_json)
 
     ed = esub.add_parser("delete", help="Delete an experiment: its files and its records.")
     ed.add_argument("id", nargs="?")
@@ -50,6 +60,10 @@ def add_parsers(sub: Any, tsub: Any, esub: Any, parser_class: type[argparse.Argu
 
     lg = sub.add_parser("log", help="The manager's output: log stdout|stderr [ID].")
     lsub = lg.add_subparsers(dest="action", required=True, parser_class=parser_class)
+    lt = lsub.add_parser("trial", help="Where a trial's files are (nnictl's `log trial`).")
+    lt.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
+    lt.add_argument("--trial_id", "--trial-id", "-T", dest="trial_id", help="The trial (default: every trial).")
+    lt.add_argument("--json", **hidden_json)
     for name in ("stdout", "stderr"):
         one = lsub.add_parser(name, help=f"What the manager wrote to {name}.")
         one.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
@@ -87,7 +101,20 @@ def run(args: argparse.Namespace, out: Any) -> int:
         return _log(args, out)
     if args.command == "platform":
         return _platform_clean(args, out)
+    if args.command == "config":
+        return _config_show(args, out)
     return _algo(args, out)
+
+
+def _config_show(args: argparse.Namespace, out: Any) -> int:
+    from ..storage import open_store
+    from . import resolve_experiment_id
+
+    experiment_id = resolve_experiment_id(args.id)
+    with open_store(readonly=True) as store:
+        config = store.get_experiment(experiment_id).config
+    out.emit(config, json.dumps(config, indent=2))
+    return 0
 
 
 # ---------------------------------------------------------------------- experiment delete / import
@@ -96,6 +123,16 @@ def run(args: argparse.Namespace, out: Any) -> int:
 def run_experiment_action(args: argparse.Namespace, out: Any) -> int:
     if args.action == "delete":
         return _delete(args, out)
+    if args.action == "status":
+        from ..storage import open_store
+        from . import _experiment_status, resolve_experiment_id
+
+        experiment_id = resolve_experiment_id(args.id)
+        with open_store(readonly=True) as store:
+            record = store.get_experiment(experiment_id)
+        status = _experiment_status(record)
+        out.emit({"id": experiment_id, "status": status, "message": record.message}, f"{experiment_id}: {status}")
+        return 0
     return _import(args, out)
 
 
@@ -242,7 +279,15 @@ def _log(args: argparse.Namespace, out: Any) -> int:
     experiment_id = resolve_experiment_id(args.id)
     with open_store(readonly=True) as store:
         record = store.get_experiment(experiment_id)
+        trial_ids = [args.trial_id] if args.action == "trial" and args.trial_id else None
+        if args.action == "trial":
+            trial_ids = [store.get_trial(experiment_id, t).id for t in trial_ids] if trial_ids else None
+            trial_ids = trial_ids or [t.id for t in store.list_trials(experiment_id)]
     wd = Path(record.working_dir)
+    if args.action == "trial":
+        paths = {t: str(wd / "trials" / t) for t in trial_ids or []}
+        out.emit(paths, "\n".join(f"{t}: {p}" for t, p in paths.items()) or "No trials.")
+        return 0
     path = wd / ("manager.out" if args.action == "stdout" else "manager.err")
     if args.action == "stderr" and not path.exists():
         path = wd / "manager.log"  # a foreground run: its stderr was the terminal; its log is here

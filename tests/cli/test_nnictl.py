@@ -235,6 +235,15 @@ def test_best_trial_is_a_succeeded_one(tmp_path: Path, capsys: pytest.CaptureFix
     assert result["best"]["parameters"] == {"x": 2} and result["succeeded"] == 2
     assert main(["--json", "view", "b"]) == 0
     assert json.loads(capsys.readouterr().out)["best"]["parameters"] == {"x": 2}
+    # nnictl's `experiment status`, `config show` and `log trial`
+    assert main(["--json", "experiment", "status", "b"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "DONE"
+    assert main(["--json", "config", "show", "b"]) == 0
+    assert json.loads(capsys.readouterr().out)["maxTrialNumber"] == 3
+    assert main(["--json", "log", "trial", "b"]) == 0
+    paths = json.loads(capsys.readouterr().out)
+    assert len(paths) == 3 and all(Path(p, "stdout").exists() for p in paths.values())
+    assert main(["log", "trial", "b", "--trial_id", "NOPE"]) == 2
 
 
 def test_no_trial_succeeded_exits_1_and_says_why(tmp_path: Path) -> None:
