@@ -213,6 +213,8 @@ class Experiment:
         self._suggestion: asyncio.Future[Any] | None = None
         self._suggestion_pid = 0
         self._tuner_paused = False
+        self._tuner_news = 0  # results and trial ends told to the tuner so far
+        self._suggestion_news = 0  # that count when the suggestion in flight was asked
         self._next_parameter_id = 0
         self._next_sequence_id = 0
         self._trial_count = 0  # distinct parameter sets submitted (retries not counted)
@@ -647,6 +649,7 @@ class Experiment:
         pid = self._next_parameter_id
         self._next_parameter_id += 1
         self._suggestion_pid = pid
+        self._suggestion_news = self._tuner_news
         self._suggestion = self._worker.call(self._tuner.generate_parameters, pid)
         self._suggestion.add_done_callback(lambda _: self._wake.set())
 
@@ -661,7 +664,8 @@ class Experiment:
         self._suggestion = None
         exc = future.exception()
         if isinstance(exc, NoMoreTrialError):
-            self._tuner_paused = True  # asked again after the next result, as NNI does
+            # asked again after the next result, as NNI does; at once if one came while it was asked
+            self._tuner_paused = self._tuner_news == self._suggestion_news
             return None
         if exc is not None:
             self._algo_failed(self._tuner.generate_parameters, exc)  # type: ignore[union-attr]
@@ -742,6 +746,7 @@ class Experiment:
             else:
                 self._call_algo(self._tuner.receive_trial_result, live.parameter_id, live.parameters, parsed.value)
             self._tuner_paused = False
+            self._tuner_news += 1
         elif parsed.type == "PERIODICAL":
             live.history.append(parsed.value)
             if self._assessor is not None:
@@ -843,6 +848,7 @@ class Experiment:
             assert self._tuner is not None
             self._call_algo(self._tuner.trial_end, live.parameter_id, success)
             self._tuner_paused = False
+            self._tuner_news += 1
         if live is not None and self._assessor is not None:
             self._call_algo(self._assessor.trial_end, trial_id, success)
 
