@@ -80,6 +80,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import pydantic
 from pyee import EventEmitter
 
+from .clock import REAL_CLOCK, Clock, TimerHandle
 from .config.base import TrainingServiceConfig
 from .errors import ConfigError, InvalidStateError, TrialNotFoundError, TrialStateError
 from .models import TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus, now_ms
@@ -124,6 +125,8 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
 
     #: Seconds a trial may stay UNKNOWN before it is failed as an infrastructure failure.
     unknown_timeout: float = 60.0
+    #: The time source of the service's timeouts (tests set a :class:`nni_ts.testing.FakeClock`).
+    clock: Clock = REAL_CLOCK
 
     def __init__(
         self,
@@ -145,7 +148,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         self._metric_counts: dict[str, int] = {}
         self._listeners: list[MetricListener] = []
         self._metadata: dict[str, str] = {}
-        self._unknown_timers: dict[str, asyncio.TimerHandle] = {}
+        self._unknown_timers: dict[str, TimerHandle] = {}
         self._stopped = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -445,8 +448,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
                 detail.start_time = stamp
             detail.infrastructure_failure = infrastructure_failure
         if status is TrialJobStatus.UNKNOWN:
-            loop = asyncio.get_running_loop()
-            self._unknown_timers[trial_job_id] = loop.call_later(
+            self._unknown_timers[trial_job_id] = self.clock.call_later(
                 self.unknown_timeout, self._unknown_expired, trial_job_id
             )
         self.events.emit("trial_status", detail.model_copy(deep=True))
