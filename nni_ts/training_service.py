@@ -83,7 +83,7 @@ from pyee import EventEmitter
 from .clock import REAL_CLOCK, Clock, TimerHandle
 from .config.base import TrainingServiceConfig
 from .errors import ConfigError, InvalidStateError, TrialNotFoundError, TrialStateError
-from .models import TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus, now_ms
+from .models import TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 
 __all__ = ["MetricListener", "ServiceState", "TrainingService", "new_trial_id"]
 
@@ -283,6 +283,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             form=form,
             sequence_id=form.sequence_id,
             working_directory=str(self.trial_dir(trial_id)),
+            submit_time=int(self.clock.wall() * 1000),
         )
         self._trials[trial_id] = detail
         self._metric_counts[trial_id] = 0
@@ -434,7 +435,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         timer = self._unknown_timers.pop(trial_job_id, None)
         if timer is not None:
             timer.cancel()
-        stamp = when if when is not None else now_ms()
+        stamp = when if when is not None else int(self.clock.wall() * 1000)
         detail.status = status
         if message is not None:
             detail.message = message

@@ -7,5 +7,6 @@ Nothing here is imported by the library itself.
 """
 
 from .clock import FakeClock, FakeTimer
+from .fake import NO_FINAL, FakeTrainingService, FakeTrial, ScriptedTrial
 
-__all__ = ["FakeClock", "FakeTimer"]
+__all__ = ["NO_FINAL", "FakeClock", "FakeTimer", "FakeTrainingService", "FakeTrial", "ScriptedTrial"]

@@ -85,11 +85,18 @@ class FakeClock:
         return self._wall_start + (self._now - self._start)
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> FakeTimer:
+        """Run ``callback(*args)`` once the clock reaches now + ``delay``; at once (soon) if ``delay <= 0``."""
         timer = FakeTimer(self._now + max(0.0, delay), callback, args)
-        heapq.heappush(self._timers, (timer.when(), next(self._order), timer))
+        if delay <= 0:
+            asyncio.get_running_loop().call_soon(timer._run)
+        else:
+            heapq.heappush(self._timers, (timer.when(), next(self._order), timer))
         return timer
 
     async def sleep(self, delay: float) -> None:
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         timer = self.call_later(delay, _resolve, fut)
         try:

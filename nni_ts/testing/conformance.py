@@ -21,7 +21,9 @@ through pid files under a directory the tests create, so the platform's trials m
 machine (true of every platform tested against local fakes: sshd on loopback, the fake cluster).
 
 Class attributes tune the kit for slow platforms: ``timeout`` (seconds for one trial to finish)
-and ``concurrency`` (trials run at once in the concurrency test).
+and ``concurrency`` (trials run at once in the concurrency test). ``processes = False`` is for a
+platform that runs no process at all (the in-memory :class:`~nni_ts.testing.FakeTrainingService`,
+with :func:`kit_script`): the kit then checks statuses, metrics and files, not pid files.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import json
 import math
 import os
+import shlex
 import textwrap
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -42,8 +45,9 @@ import pytest
 from ..errors import InvalidStateError, TrialNotFoundError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..training_service import TrainingService
+from .fake import FakeTrial, ScriptedTrial
 
-__all__ = ["TrainingServiceConformance", "form", "wait_for_status"]
+__all__ = ["TrainingServiceConformance", "form", "kit_script", "wait_for_status"]
 
 KIT_TRIAL = textwrap.dedent(
     r"""
@@ -84,6 +88,29 @@ KIT_TRIAL = textwrap.dedent(
         nni.report_final_result({"default": 1.0, "params": params, "argv": sys.argv[1:]})
     """
 )
+
+
+def kit_script(trial: FakeTrial) -> ScriptedTrial:
+    """What ``python3 kit_trial.py`` (KIT_TRIAL) does, as a :class:`~nni_ts.testing.FakeTrainingService`
+    script: the same records, output and exit code, and no process. Any other command is refused."""
+    if trial.argv[:2] != ["python3", "kit_trial.py"]:
+        raise ValueError(f"the fake platform runs only the kit's trial, not {shlex.join(trial.argv)!r}")
+    p = trial.parameters
+    mode = p.get("mode", "ok")
+    if mode == "ok":
+        steps = [{"default": i / 10, "step": i, "text": 'it\'s "q" é'} for i in range(p.get("n", 5))]
+        return ScriptedTrial(intermediate=steps, final=p.get("final", 0.5))
+    if mode == "nan":
+        return ScriptedTrial(intermediate=[math.nan], final=math.inf)
+    if mode == "fail":
+        return ScriptedTrial(intermediate=[1.0], exit_code=p.get("code", 3), stderr="failing on purpose\n")
+    if mode == "sleep":
+        return ScriptedTrial(intermediate=[0.0], final=1.0, duration=p.get("seconds", 300))
+    if mode == "spam":
+        return ScriptedTrial(stdout=("x" * 1023 + "\n") * p.get("kib", 2048), final=1.0)
+    if mode == "echo":
+        return ScriptedTrial(final={"default": 1.0, "params": p, "argv": trial.argv[2:]})
+    raise ValueError(f"unknown kit trial mode {mode!r}")
 
 
 def form(parameters: dict[str, Any], sequence_id: int = 0, parameter_id: int | None = None) -> TrialJobApplicationForm:
@@ -177,6 +204,8 @@ class TrainingServiceConformance:
 
     timeout: float = 60.0
     concurrency: int = 50
+    #: Whether the platform runs each trial as processes on this machine (the kit then checks they all end).
+    processes: bool = True
 
     @pytest.fixture
     def service_factory(self) -> Callable[..., TrainingService[Any]]:
@@ -251,9 +280,16 @@ class TrainingServiceConformance:
         assert len(rec.of(detail.id)) == 1
         assert b"failing on purpose" in await service.get_trial_file(detail.id, "stderr")
 
+    async def _trial_pids(self, service: TrainingService[Any], pid_dir: Path, trial_id: str) -> list[int]:
+        """The trial's processes (its own and a child), once it runs them; none on a process-less platform."""
+        if self.processes:
+            return await _wait_pids(pid_dir, trial_id, 2, self.timeout)
+        await wait_for_status(service, trial_id, timeout=self.timeout, status=TrialJobStatus.RUNNING)
+        return []
+
     async def test_cancel_leaves_no_process(self, service: TrainingService[Any], pid_dir: Path) -> None:
         detail = await service.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}))
-        pids = await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        pids = await self._trial_pids(service, pid_dir, detail.id)
         await wait_for_status(service, detail.id, timeout=self.timeout, status=TrialJobStatus.RUNNING)
         await service.cancel_trial_job(detail.id)
         done = await wait_for_status(service, detail.id, timeout=self.timeout)
@@ -266,7 +302,7 @@ class TrainingServiceConformance:
 
     async def test_early_stop(self, service: TrainingService[Any], pid_dir: Path) -> None:
         detail = await service.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}))
-        pids = await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        pids = await self._trial_pids(service, pid_dir, detail.id)
         await service.cancel_trial_job(detail.id, is_early_stopped=True)
         done = await wait_for_status(service, detail.id, timeout=self.timeout)
         assert done.status is TrialJobStatus.EARLY_STOPPED
@@ -316,7 +352,7 @@ class TrainingServiceConformance:
             ids = [
                 (await svc.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}, i))).id for i in range(3)
             ]
-            pids = [p for tid in ids for p in await _wait_pids(pid_dir, tid, 2, self.timeout)]
+            pids = [p for tid in ids for p in await self._trial_pids(svc, pid_dir, tid)]
         for tid in ids:
             assert (await svc.get_trial_job(tid)).status is TrialJobStatus.SYS_CANCELED
         assert [p for p in pids if _alive(p)] == []
