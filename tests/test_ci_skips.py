@@ -36,16 +36,23 @@ def test_fine():
 """
 
 
-def _project(pytester: pytest.Pytester) -> None:
+def _project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     pytester.makeconftest((TESTS / "conftest.py").read_text())
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    # Only the plugins the conftest needs (hygiene's fixtures are async): loading every installed one
+    # (schemathesis, hypothesis...) costs seconds per run.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "pytest_asyncio.plugin", *args)
 
 
 def test_skips_fail_under_ci_except_the_allowed(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    _project(pytester)
+    _project(pytester, monkeypatch)
     pytester.makepyfile(test_deps=SKIPPING)
     monkeypatch.setenv("CI", "true")
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rfE")
+    result = _run(pytester, "-rfE")
     result.assert_outcomes(passed=1, skipped=1, xfailed=1, failed=1, errors=1)  # the fixture's skip is at setup
     out = result.stdout.str()
     assert "This test skipped under CI=true: kubectl is not installed" in out
@@ -54,10 +61,10 @@ def test_skips_fail_under_ci_except_the_allowed(pytester: pytest.Pytester, monke
 
 
 def test_skips_are_skips_outside_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    _project(pytester)
+    _project(pytester, monkeypatch)
     pytester.makepyfile(test_deps=SKIPPING)
     monkeypatch.delenv("CI", raising=False)
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result = _run(pytester)
     result.assert_outcomes(passed=1, skipped=3, xfailed=1)
     assert result.ret == 0
 
@@ -65,7 +72,7 @@ def test_skips_are_skips_outside_ci(pytester: pytest.Pytester, monkeypatch: pyte
 @pytest.mark.parametrize("ci", [True, False])
 def test_missing_crds_fail_under_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: bool) -> None:
     """A fresh clone without ../shared/crds: the Kubernetes suites' CRD fixtures skip locally, fail in CI."""
-    _project(pytester)
+    _project(pytester, monkeypatch)
     for sub, files in (("k8s", ["conftest.py", "k8s_support.py"]), ("kube_platforms", ["conftest.py", "__init__.py"])):
         (pytester.path / sub).mkdir()
         for name in files:
@@ -79,7 +86,7 @@ def test_missing_crds_fail_under_ci(pytester: pytest.Pytester, monkeypatch: pyte
         monkeypatch.setenv("CI", "true")
     else:
         monkeypatch.delenv("CI", raising=False)
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-rfE")
+    result = _run(pytester, "-rfE")
     if ci:
         result.assert_outcomes(failed=1, errors=1)
         result.stdout.fnmatch_lines(
