@@ -35,6 +35,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_leaked_children: the test manages processes that outlive it")
 
 
+#: Tests of the conformance kit that are slow on every real platform (50 trials at once); the kit itself
+#: does not mark them, so that third parties need not declare our `slow` marker.
+SLOW_KIT_TESTS = {"test_many_concurrent_trials"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        cls = getattr(item, "cls", None)
+        if cls is not None and getattr(cls, "processes", False) and item.originalname in SLOW_KIT_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)

@@ -70,6 +70,7 @@ def test_skips_are_skips_outside_ci(pytester: pytest.Pytester, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("ci", [True, False])
+@pytest.mark.slow
 def test_missing_crds_fail_under_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: bool) -> None:
     """A fresh clone without ../shared/crds: the Kubernetes suites' CRD fixtures skip locally, fail in CI."""
     _project(pytester, monkeypatch)
