@@ -16,6 +16,7 @@ from nni_ts.testing.conformance import TrainingServiceConformance, form, kit_scr
 class TestFakeConformance(TrainingServiceConformance):
     timeout = 10.0
     processes = False  # it runs no process: the kit checks statuses, metrics and files only
+    supports_reattach = False  # a restarted manager cannot take over an in-memory trial
 
     @pytest.fixture
     def service_factory(self, tmp_path: Path) -> Any:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from ..config.base import TrainingServiceConfig
+from ..errors import MetricRefused
 from ..models import TrialJobDetail, TrialJobStatus
 from ..training_service import TrainingService
 from .clock import FakeClock
@@ -41,6 +42,9 @@ __all__ = ["NO_FINAL", "FakeConfig", "FakeTrainingService", "FakeTrial", "Script
 NO_FINAL: Any = type("NoFinal", (), {"__repr__": lambda self: "NO_FINAL"})()
 
 log = logging.getLogger(__name__)
+
+#: Times a record is offered again to listeners that refuse it before the fake trial gives up.
+MAX_REFUSALS = 1000
 
 
 @dataclass(frozen=True)
@@ -126,17 +130,12 @@ class FakeTrainingService(TrainingService[FakeConfig]):
     # ------------------------------------------------------------------ the trial
 
     def _trial(self, detail: TrialJobDetail) -> FakeTrial:
-        from ..platforms.local import parameters_as_args
-
-        parameters = detail.form.parameters()
-        command = detail.form.command or self.config.trial_command or ""
-        if self.config.hyperparameters_as_args:
-            command += " " + parameters_as_args(parameters)
         try:
             parameter_id = json.loads(detail.form.hyper_parameters.value).get("parameter_id")
         except (ValueError, AttributeError):
             parameter_id = None
-        return FakeTrial(detail.id, parameters, parameter_id, detail.sequence_id, shlex.split(command))
+        argv = shlex.split(self.trial_command(detail))
+        return FakeTrial(detail.id, detail.form.parameters(), parameter_id, detail.sequence_id, argv)
 
     async def _run(self, detail: TrialJobDetail) -> None:
         trial = self._trial(detail)
@@ -144,15 +143,25 @@ class FakeTrainingService(TrainingService[FakeConfig]):
             plan = self.script(trial)
         except Exception as exc:  # the script's own failure is the trial's, as a crashing command would be
             self._files[trial.id]["stderr"] = f"The fake trial's script raised: {exc!r}\n".encode()
-            self._set_status(trial.id, TrialJobStatus.FAILED, exit_code=1, message=f"Exit code 1: {exc}")
+            await self.reporter.ended(trial.id, TrialJobStatus.FAILED, exit_code=1, message=f"Exit code 1: {exc}")
             return
         try:
             await self._play(trial, plan)
-        except Exception:
+        except Exception:  # a bug of the fake (or an always-refusing listener): never a trial left running
             log.exception("The fake trial %s broke.", trial.id)
-            self._set_status(
+            await self.reporter.ended(
                 trial.id, TrialJobStatus.FAILED, message="The fake platform broke.", infrastructure_failure=True
             )
+
+    async def _deliver(self, trial_id: str, data: str) -> None:
+        """Deliver one record as a platform must: again (at once) while a listener refuses it."""
+        for _ in range(MAX_REFUSALS):
+            try:
+                await self.reporter.metric(trial_id, data)
+                return
+            except MetricRefused:
+                await asyncio.sleep(0)
+        raise MetricRefused(trial_id, f"The listeners refused a record of trial {trial_id} {MAX_REFUSALS} times.")
 
     async def _play(self, trial: FakeTrial, plan: ScriptedTrial) -> None:
         files = self._files[trial.id]
@@ -160,7 +169,7 @@ class FakeTrainingService(TrainingService[FakeConfig]):
         files["stderr"] = plan.stderr.encode()
         if plan.queue:
             await self.clock.sleep(plan.queue)
-        self._set_status(trial.id, TrialJobStatus.RUNNING)
+        self.reporter.running(trial.id)
         started = self.clock.time()
         steps = [("PERIODICAL", i, v) for i, v in enumerate(plan.intermediate)]
         if plan.final is not NO_FINAL:
@@ -170,14 +179,14 @@ class FakeTrainingService(TrainingService[FakeConfig]):
             if plan.lost_after is not None and at >= plan.lost_after:
                 break
             await self.clock.sleep(max(0.0, started + at - self.clock.time()))
-            self._deliver_metric(trial.id, record(trial.id, trial.parameter_id, kind, seq, value))
+            await self._deliver(trial.id, record(trial.id, trial.parameter_id, kind, seq, value))
         end = plan.duration if plan.lost_after is None else plan.lost_after
         await self.clock.sleep(max(0.0, started + end - self.clock.time()))
         if plan.lost_after is not None:
-            self._set_status(trial.id, TrialJobStatus.UNKNOWN, message="The fake platform lost sight of the trial.")
+            self.reporter.unknown(trial.id, "The fake platform lost sight of the trial.")
             return
         code = plan.exit_code
-        self._set_status(
+        await self.reporter.ended(
             trial.id,
             TrialJobStatus.SUCCEEDED if code == 0 else TrialJobStatus.FAILED,
             exit_code=code,
@@ -188,24 +197,17 @@ class FakeTrainingService(TrainingService[FakeConfig]):
 
     async def _submit(self, detail: TrialJobDetail) -> None:
         self._files[detail.id] = {}
-        self._runs[detail.id] = asyncio.get_running_loop().create_task(
-            self._run(detail), name=f"nni-ts-fake-trial-{detail.id}"
-        )
+        self._runs[detail.id] = self.tasks.spawn(self._run(detail), name=f"fake-trial-{detail.id}")
 
     async def _cancel(self, detail: TrialJobDetail, status: TrialJobStatus) -> None:
         task = self._runs.pop(detail.id, None)
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task})
-        self._set_status(detail.id, status, message="Cancelled.")
+        await self.reporter.ended(detail.id, status, message="Cancelled.")
 
     async def _clean_up(self) -> None:
-        runs = [t for t in self._runs.values() if not t.done()]
-        for task in runs:
-            task.cancel()
-        if runs:
-            await asyncio.wait(runs)
-        self._runs.clear()
+        self._runs.clear()  # the trials' tasks belong to self.tasks, which the base stops next
 
     async def _read_trial_file(self, detail: TrialJobDetail, name: str, tail: int | None) -> bytes:
         data = self._files.get(detail.id, {}).get(name, b"")

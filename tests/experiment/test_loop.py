@@ -228,7 +228,9 @@ class FlakyFake(FakeTrainingService):
         pid = json.loads(detail.form.hyper_parameters.value)["parameter_id"]
         if pid not in self.seen:
             self.seen.add(pid)
-            self._set_status(detail.id, TrialJobStatus.FAILED, message="host lost", infrastructure_failure=True)
+            await self.reporter.ended(
+                detail.id, TrialJobStatus.FAILED, message="host lost", infrastructure_failure=True
+            )
             return
         await super()._submit(detail)
 
@@ -251,7 +253,7 @@ async def test_infrastructure_failures_are_retried_apart(code: Path, tmp_path: P
 async def test_infra_retries_are_bounded(code: Path, tmp_path: Path, clock: FakeClock) -> None:
     class AlwaysLost(FakeTrainingService):
         async def _submit(self, detail: TrialJobDetail) -> None:
-            self._set_status(detail.id, TrialJobStatus.FAILED, message="gone", infrastructure_failure=True)
+            await self.reporter.ended(detail.id, TrialJobStatus.FAILED, message="gone", infrastructure_failure=True)
 
     tuner = ListTuner([{"x": 0.1}])
     service = AlwaysLost(clock=clock, experiment_dir=tmp_path / "exp")
