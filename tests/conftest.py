@@ -47,25 +47,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-def _skip_reason(report: pytest.TestReport) -> str:
+def _fail_a_skip_under_ci(report: pytest.TestReport | pytest.CollectReport, what: str) -> None:
+    if not (report.skipped and not hasattr(report, "wasxfail") and under_ci()):
+        return
     longrepr = report.longrepr
-    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-    return reason.removeprefix("Skipped: ")
+    reason = (longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)).removeprefix("Skipped: ")
+    if any(reason.startswith(allowed) for allowed in CI_ALLOWED_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (
+        f"This {what} skipped under CI=true: {reason}\n"
+        "CI installs every dependency of the suite (scripts/test), so a skip there hides a test that no "
+        "longer runs. Install what is missing, or add the reason to CI_ALLOWED_SKIPS in tests/conftest.py "
+        "with why a CI machine may lack it."
+    )
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
     report: pytest.TestReport = yield
-    if report.skipped and not hasattr(report, "wasxfail") and under_ci():
-        reason = _skip_reason(report)
-        if not any(reason.startswith(allowed) for allowed in CI_ALLOWED_SKIPS):
-            report.outcome = "failed"
-            report.longrepr = (
-                f"This test skipped under CI=true: {reason}\n"
-                "CI installs every dependency of the suite (scripts/test), so a skip there hides a test that no "
-                "longer runs. Install what is missing, or add the reason to CI_ALLOWED_SKIPS in tests/conftest.py "
-                "with why a CI machine may lack it."
-            )
+    _fail_a_skip_under_ci(report, "test")
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.CollectReport]:
+    """A whole module skipped at import (``pytest.importorskip`` at the top) fails its collection."""
+    report: pytest.CollectReport = yield
+    _fail_a_skip_under_ci(report, "module")
     return report
 
 

@@ -60,6 +60,21 @@ def test_skips_fail_under_ci_except_the_allowed(pytester: pytest.Pytester, monke
     assert result.ret != 0
 
 
+def test_a_module_skipped_at_import_fails_under_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    _project(pytester, monkeypatch)
+    pytester.makepyfile(
+        test_extra="import pytest\n\npytest.importorskip('no_such_extra_module')\n\ndef test_x():\n    pass\n",
+        test_other="def test_y():\n    pass\n",
+    )
+    monkeypatch.setenv("CI", "true")
+    result = _run(pytester, "-rfE")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*This module skipped under CI=true: could not import 'no_such_extra_module'*"])
+    monkeypatch.delenv("CI")
+    result = _run(pytester)
+    result.assert_outcomes(passed=1, skipped=1)
+
+
 def test_skips_are_skips_outside_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     _project(pytester, monkeypatch)
     pytester.makepyfile(test_deps=SKIPPING)
