@@ -273,6 +273,7 @@ async def test_framework_unrecognized_exit_code_and_transient_retry(cluster: Fak
     assert fw["status"]["attemptStatus"]["completionStatus"]["code"] == 0
 
 
+@pytest.mark.slow
 async def test_framework_min_succeeded_task_count(cluster: FakeCluster) -> None:
     cluster.create(
         framework(
