@@ -27,13 +27,13 @@ from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..storage import Store, TrialRecord, open_store
 from ..training_service import TrainingService, new_trial_id
-from .records import parse_record
+from .records import best_trial, is_better, optimize_mode, parse_record
 
 if TYPE_CHECKING:
     from ..config.experiment import ExperimentConfig
     from ..tuners import Assessor, Tuner
 
-__all__ = ["Experiment", "ExperimentResult", "ExperimentStatus", "Progress", "manager_alive"]
+__all__ = ["Experiment", "ExperimentResult", "ExperimentStatus", "Progress", "manager_alive", "tuner_for"]
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,7 @@ class ExperimentResult:
     @property
     def best(self) -> TrialRecord | None:
         """The trial with the best final value (max or min by ``optimize_mode``)."""
-        scored = [t for t in self.trials if t.final_value is not None]
-        if not scored:
-            return None
-        sign = -1.0 if self.optimize_mode == "minimize" else 1.0
-        return max(scored, key=lambda t: sign * (t.final_value or 0.0))
+        return best_trial(self.trials, self.optimize_mode)
 
 
 def manager_alive(pid: int | None, started: float | None) -> bool:
@@ -100,10 +96,27 @@ def _self_started() -> float:
     return float(psutil.Process(os.getpid()).create_time())
 
 
-def _optimize_mode(config: ExperimentConfig) -> str:
+def tuner_for(config: ExperimentConfig) -> Tuner:
+    """The tuner (or advisor) the config names, built for its search space and seed.
+
+    The one place a config becomes a tuner: the experiment builds it at start, the service when an
+    experiment is created (so that a bad name or classArgs is refused before anything runs).
+    """
+    from ..tuners import create_tuner
+
     algo = config.tuner or config.advisor
-    mode = str((algo.class_args or {}).get("optimize_mode", "maximize")) if algo else "maximize"
-    return "minimize" if mode.lower().startswith("min") else "maximize"
+    if algo is None:
+        raise ConfigError("The experiment names no tuner; add `tuner: {name: TPE}` for example.", path="tuner")
+    if config.search_space is None:
+        raise ConfigError("The experiment has no search space: set searchSpace or searchSpaceFile.")
+    return create_tuner(
+        algo.name,
+        class_name=algo.class_name,
+        code_directory=algo.code_directory,
+        class_args=dict(algo.class_args or {}),
+        search_space=config.search_space,
+        seed=config.seed,
+    )
 
 
 def config_to_storable(config: ExperimentConfig) -> dict[str, Any]:
@@ -165,7 +178,7 @@ class Experiment:
         self.store = store or open_store()
         self._own_store = store is None
         self.events = EventEmitter()
-        self.optimize_mode = _optimize_mode(self.config)
+        self.optimize_mode = optimize_mode(self.config)
         self.control_socket = control_socket
         self._service = service
         self._tuner = tuner
@@ -341,7 +354,7 @@ class Experiment:
         try:
             # Everything the config names is built before anything is recorded: a mistake in the
             # tuner or platform section leaves no half-created experiment behind.
-            self._tuner = self._tuner or self._make_tuner()
+            self._tuner = self._tuner or tuner_for(self.config)
             if self._assessor is None:
                 self._assessor = self._make_assessor()
             service = self._service or self._make_service()
@@ -446,23 +459,6 @@ class Experiment:
         ts = self.config.training_service
         cls = get_platform_class(ts.platform)
         return cls(ts, experiment_id=self.id, experiment_dir=self.working_directory)
-
-    def _make_tuner(self) -> Tuner:
-        from ..tuners import create_tuner
-
-        algo = self.config.tuner or self.config.advisor
-        if algo is None:
-            raise ConfigError("The experiment names no tuner; add `tuner: {name: TPE}` for example.", path="tuner")
-        if self.config.search_space is None:
-            raise ConfigError("The experiment has no search space: set searchSpace or searchSpaceFile.")
-        return create_tuner(
-            algo.name,
-            class_name=algo.class_name,
-            code_directory=algo.code_directory,
-            class_args=dict(algo.class_args or {}),
-            search_space=self.config.search_space,
-            seed=self.config.seed,
-        )
 
     def _make_assessor(self) -> Assessor | None:
         builtin: Assessor | None = getattr(self._tuner, "builtin_assessor", None)
@@ -763,14 +759,7 @@ class Experiment:
             self._call_algo(self._assessor.trial_end, trial_id, success)
 
     def _note_best(self, trial_id: str, value: float | None) -> None:
-        if value is None:
-            return
-        better = (
-            self._best_value is None
-            or (self.optimize_mode == "maximize" and value > self._best_value)
-            or (self.optimize_mode == "minimize" and value < self._best_value)
-        )
-        if better:
+        if value is not None and is_better(value, self._best_value, self.optimize_mode):
             self._best_value = value
             self._best_trial = trial_id
 
