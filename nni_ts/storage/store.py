@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import json
 import os
 import queue
@@ -655,9 +656,11 @@ class Store:
 class AsyncStore:
     """A :class:`Store` for an event loop: the same calls, awaited; the store's writer thread runs them.
 
-    Calls run in the order they were made (a read sees every write queued before it). A write's
-    await returns after its transaction committed and raises :class:`~nni_ts.errors.StoreError` if
-    it did not. Several ``AsyncStore`` of one ``Store`` share its one writer thread.
+    Each call is queued when it is *made* (it returns a future), not when it is awaited, and calls
+    run in the order they were made: a read sees every write queued before it, and a caller that
+    does not wait for a write still keeps its place in the order. A write's future resolves after
+    its transaction committed, and raises :class:`~nni_ts.errors.StoreError` if it did not. Several
+    ``AsyncStore`` of one ``Store`` share its one writer thread. Call from the loop's thread.
     """
 
     def __init__(self, store: Store) -> None:
@@ -667,8 +670,8 @@ class AsyncStore:
     def path(self) -> Path:
         return self.store.path
 
-    async def _call(self, fn: Callable[[], T], *, write: bool) -> T:
-        return await asyncio.wrap_future(self.store._submit(fn, write=write))
+    def _call(self, fn: Callable[[], T], *, write: bool) -> asyncio.Future[T]:
+        return asyncio.wrap_future(self.store._submit(fn, write=write), loop=asyncio.get_running_loop())
 
     async def aclose(self) -> None:
         """Finish the queued calls and close the store (its connection and writer thread)."""
@@ -676,43 +679,45 @@ class AsyncStore:
 
     # writes: resolved after COMMIT
 
-    async def create_experiment(self, experiment_id: str, **fields: Any) -> ExperimentRecord:
-        return await self._call(lambda: self.store.create_experiment(experiment_id, **fields), write=True)
+    def create_experiment(self, experiment_id: str, **fields: Any) -> asyncio.Future[ExperimentRecord]:
+        return self._call(lambda: self.store.create_experiment(experiment_id, **fields), write=True)
 
-    async def update_experiment(self, experiment_id: str, **fields: Any) -> None:
-        await self._call(lambda: self.store.update_experiment(experiment_id, **fields), write=True)
+    def update_experiment(self, experiment_id: str, **fields: Any) -> asyncio.Future[None]:
+        return self._call(lambda: self.store.update_experiment(experiment_id, **fields), write=True)
 
-    async def delete_experiment(self, experiment_id: str) -> bool:
-        return await self._call(lambda: self.store.delete_experiment(experiment_id), write=True)
+    def delete_experiment(self, experiment_id: str) -> asyncio.Future[bool]:
+        return self._call(lambda: self.store.delete_experiment(experiment_id), write=True)
 
-    async def insert_trial(self, trial: TrialRecord) -> None:
-        await self._call(lambda: self.store.insert_trial(trial), write=True)
+    def insert_trial(self, trial: TrialRecord) -> asyncio.Future[None]:
+        trial = copy.deepcopy(trial)  # stored as it is now, whatever the caller does with it next
+        return self._call(lambda: self.store.insert_trial(trial), write=True)
 
-    async def update_trial(self, experiment_id: str, detail: TrialJobDetail) -> None:
-        await self._call(lambda: self.store.update_trial(experiment_id, detail), write=True)
+    def update_trial(self, experiment_id: str, detail: TrialJobDetail) -> asyncio.Future[None]:
+        detail = detail.model_copy(deep=True)
+        return self._call(lambda: self.store.update_trial(experiment_id, detail), write=True)
 
-    async def add_metric(
+    def add_metric(
         self, experiment_id: str, trial_id: str, seq: int, *, type: str, value: float | None, data: str
-    ) -> bool:
-        """Store one record; True once it is committed, False if this (trial, seq) was stored before."""
-        return await self._call(
+    ) -> asyncio.Future[bool]:
+        """Store one record: True once it is committed, False if this (trial, seq) was stored before."""
+        return self._call(
             lambda: self.store.add_metric(experiment_id, trial_id, seq, type=type, value=value, data=data),
             write=True,
         )
 
     # reads: after every call queued before them
 
-    async def get_experiment(self, experiment_id: str) -> ExperimentRecord:
-        return await self._call(lambda: self.store.get_experiment(experiment_id), write=False)
+    def get_experiment(self, experiment_id: str) -> asyncio.Future[ExperimentRecord]:
+        return self._call(lambda: self.store.get_experiment(experiment_id), write=False)
 
-    async def get_trial(self, experiment_id: str, trial_id: str) -> TrialRecord:
-        return await self._call(lambda: self.store.get_trial(experiment_id, trial_id), write=False)
+    def get_trial(self, experiment_id: str, trial_id: str) -> asyncio.Future[TrialRecord]:
+        return self._call(lambda: self.store.get_trial(experiment_id, trial_id), write=False)
 
-    async def list_trials(self, experiment_id: str, *, with_detail: bool = False) -> list[TrialRecord]:
-        return await self._call(lambda: self.store.list_trials(experiment_id, with_detail=with_detail), write=False)
+    def list_trials(self, experiment_id: str, *, with_detail: bool = False) -> asyncio.Future[list[TrialRecord]]:
+        return self._call(lambda: self.store.list_trials(experiment_id, with_detail=with_detail), write=False)
 
-    async def metrics(self, experiment_id: str, trial_id: str) -> list[MetricRecord]:
-        return await self._call(lambda: self.store.metrics(experiment_id, trial_id), write=False)
+    def metrics(self, experiment_id: str, trial_id: str) -> asyncio.Future[list[MetricRecord]]:
+        return self._call(lambda: self.store.metrics(experiment_id, trial_id), write=False)
 
 
 def default_store_path() -> Path:

@@ -35,8 +35,8 @@ async def astore(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     assert guard.statements > 0  # the guard saw the store's statements, none of them on the loop
 
 
-async def _metric(a: AsyncStore, seq: int, *, trial: str = "t1", size: int = 10) -> bool:
-    return await a.add_metric("e1", trial, seq, type="PERIODICAL", value=float(seq), data="x" * size)
+def _metric(a: AsyncStore, seq: int, *, trial: str = "t1", size: int = 10) -> asyncio.Future[bool]:
+    return a.add_metric("e1", trial, seq, type="PERIODICAL", value=float(seq), data="x" * size)
 
 
 async def test_writes_resolve_in_order_and_reads_see_every_write_queued_before(astore: AsyncStore) -> None:
@@ -125,7 +125,6 @@ async def test_close_finishes_the_queued_writes(tmp_path: Path) -> None:
     await a.create_experiment("e1", name=None, platform="local", config={}, working_dir=tmp_path)
     await a.insert_trial(_trial("t1"))
     writes = [asyncio.ensure_future(_metric(a, i)) for i in range(30)]
-    await asyncio.sleep(0)  # let them queue
     await a.aclose()
     assert all(w.done() and w.result() for w in writes)
     reopened = await asyncio.to_thread(Store, tmp_path / "db.sqlite", readonly=True)
@@ -135,3 +134,15 @@ async def test_close_finishes_the_queued_writes(tmp_path: Path) -> None:
         reopened.close()
     with pytest.raises(StoreError, match="closed"):
         await _metric(a, 31)
+
+
+async def test_a_call_is_queued_when_made_not_when_awaited(astore: AsyncStore) -> None:
+    from nni_ts.models import TrialJobApplicationForm, TrialJobDetail, TrialJobStatus
+
+    form = TrialJobApplicationForm(sequence_id=0, hyper_parameters={"value": "{}"})
+    detail = TrialJobDetail(id="t1", status=TrialJobStatus.RUNNING, form=form, sequence_id=0)
+    write = astore.update_trial("e1", detail)  # not awaited yet
+    detail.status = TrialJobStatus.FAILED  # the caller's later change is not what was queued
+    read = astore.get_trial("e1", "t1")
+    assert (await read).status is TrialJobStatus.RUNNING
+    assert write.done() and write.result() is None
