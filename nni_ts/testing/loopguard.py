@@ -43,7 +43,7 @@ class SqliteOnLoop:
         with self._lock:
             self.statements += 1
             if _on_loop():
-                self.violations.append((threading.current_thread().name, what))
+                self.violations.append((threading.current_thread().name, what[:200]))
 
 
 @contextlib.contextmanager
