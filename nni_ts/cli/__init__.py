@@ -183,6 +183,20 @@ def _experiment_status(record: Any) -> str:
     return str(record.status)
 
 
+def _optimize_mode(config: dict[str, Any]) -> str:
+    algo = config.get("tuner") or config.get("advisor") or {}
+    mode = str((algo.get("classArgs") or {}).get("optimize_mode", "maximize"))
+    return "minimize" if mode.lower().startswith("min") else "maximize"
+
+
+def _best(trials: list[Any], mode: str) -> Any:
+    scored = [t for t in trials if t.final_value is not None]
+    if not scored:
+        return None
+    sign = -1.0 if mode == "minimize" else 1.0
+    return max(scored, key=lambda t: sign * t.final_value)
+
+
 # ---------------------------------------------------------------------- running experiments
 
 
@@ -352,15 +366,14 @@ def _cmd_resume(args: argparse.Namespace, out: _Out, argv: list[str]) -> int:
 
 
 def _cmd_view(args: argparse.Namespace, out: _Out) -> int:
-    from ..experiment.records import best_trial, optimize_mode
     from ..storage import open_store
 
     with open_store(readonly=True) as store:
         record = store.get_experiment(args.id)
         trials = store.list_trials(args.id)
     status = _experiment_status(record)
-    mode = optimize_mode(record.config)
-    best = best_trial(trials, mode)
+    mode = _optimize_mode(record.config)
+    best = _best(trials, mode)
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1

@@ -33,7 +33,7 @@ from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, T
 from ..storage import AsyncStore, Store, TrialRecord, open_store
 from ..tasks import TaskSupervisor
 from ..training_service import TrainingService, new_trial_id
-from .records import best_trial, is_better, optimize_mode, parse_record
+from .records import parse_record
 
 if TYPE_CHECKING:
     from ..config.experiment import ExperimentConfig
@@ -84,7 +84,11 @@ class ExperimentResult:
     @property
     def best(self) -> TrialRecord | None:
         """The trial with the best final value (max or min by ``optimize_mode``)."""
-        return best_trial(self.trials, self.optimize_mode)
+        scored = [t for t in self.trials if t.final_value is not None]
+        if not scored:
+            return None
+        sign = -1.0 if self.optimize_mode == "minimize" else 1.0
+        return max(scored, key=lambda t: sign * (t.final_value or 0.0))
 
 
 def manager_alive(pid: int | None, started: float | None) -> bool:
@@ -100,6 +104,12 @@ def manager_alive(pid: int | None, started: float | None) -> bool:
 
 def _self_started() -> float:
     return float(psutil.Process(os.getpid()).create_time())
+
+
+def _optimize_mode(config: ExperimentConfig) -> str:
+    algo = config.tuner or config.advisor
+    mode = str((algo.class_args or {}).get("optimize_mode", "maximize")) if algo else "maximize"
+    return "minimize" if mode.lower().startswith("min") else "maximize"
 
 
 def tuner_for(config: ExperimentConfig) -> Tuner:
@@ -196,7 +206,7 @@ class Experiment:
         self._db: AsyncStore | None = None  # the store for the loop, once it runs
         self._own_store = store is None
         self.events = EventEmitter()
-        self.optimize_mode = optimize_mode(self.config)
+        self.optimize_mode = _optimize_mode(self.config)
         self.control_socket = control_socket
         self._service = service
         self._tuner = tuner
@@ -831,7 +841,14 @@ class Experiment:
             self._call_algo(self._assessor.trial_end, trial_id, success)
 
     def _note_best(self, trial_id: str, value: float | None) -> None:
-        if value is not None and is_better(value, self._best_value, self.optimize_mode):
+        if value is None:
+            return
+        better = (
+            self._best_value is None
+            or (self.optimize_mode == "maximize" and value > self._best_value)
+            or (self.optimize_mode == "minimize" and value < self._best_value)
+        )
+        if better:
             self._best_value = value
             self._best_trial = trial_id
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from ..config.experiment import ExperimentConfig
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..experiment import Experiment
-from ..experiment.records import optimize_mode
+from ..experiment.experiment import _optimize_mode
 from ..models import now_ms
 from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
@@ -435,7 +435,7 @@ class ExperimentService:
                 json.dumps(stored),
                 trials,
                 gpus,
-                optimize_mode(config),
+                _optimize_mode(config),
                 self.settings.replica,
                 int(legacy),
                 now,
