@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import concurrent.futures
 import queue
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from ..clock import outside_work
 
 __all__ = ["AlgoWorker"]
 
@@ -60,7 +63,7 @@ class AlgoWorker:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any, Any] | None] = (
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any, Any, Any] | None] = (
             queue.SimpleQueue()
         )
         self._started = False
@@ -77,7 +80,10 @@ class AlgoWorker:
             # which stalled the loop for tens of ms on a busy machine); such a thread never blocks exit
             _thread.start_new_thread(self._run, ())
             self._started = True
-        self._queue.put((fn, args, loop, future))
+        # counted as work the loop waits for outside itself, so that a fake clock does not jump meanwhile
+        pending: concurrent.futures.Future[None] = concurrent.futures.Future()
+        outside_work(pending)
+        self._queue.put((fn, args, loop, future, pending))
         return future
 
     def _run(self) -> None:
@@ -85,7 +91,7 @@ class AlgoWorker:
             item = self._queue.get()
             if item is None:
                 return
-            fn, args, loop, future = item
+            fn, args, loop, future, pending = item
             _enter_busy()
             try:
                 result, ok = fn(*args), True
@@ -97,6 +103,7 @@ class AlgoWorker:
                 loop.call_soon_threadsafe(_settle, future, ok, result)
             except RuntimeError:
                 pass  # the loop is closed: nobody waits for this result any more
+            pending.set_result(None)  # after the result is queued to the loop: it is not idle meanwhile
 
     def close(self) -> None:
         """No more calls; the thread ends after the calls already queued."""
