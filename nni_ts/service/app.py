@@ -32,6 +32,15 @@ from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
 from .configs import PlatformPolicy, legacy_to_v2, parse_legacy, prepare_config, redact, resource_need
 from .db import Database, open_database
+from .isolation import (
+    SymlinkRefused,
+    check_trial_user,
+    read_file_nofollow,
+    secure_data_dir,
+    secure_workspace_root,
+    trial_identity,
+    write_file_nofollow,
+)
 from .manager import ExperimentManager
 from .openapi import ID_PATTERN, openapi_document
 from .users import User, audit, check_name
@@ -62,6 +71,14 @@ class ServiceSettings:
     default_max_gpus: int = 8
     legacy_auth: Literal["token", "none"] = "token"
     max_body: int = 4 * 1024 * 1024
+    #: How often the service looks for requests other processes left in the database (a removed user).
+    reconcile_interval: float = 1.0
+    #: The OS user trials run as (``nni-{user}``: one per service user); None: the service's own user.
+    trial_user: str | None = None
+    #: Environment variables trials get from the service, besides isolation.DEFAULT_TRIAL_ENV.
+    trial_env: tuple[str, ...] = ()
+    #: The PostgreSQL password, when the URL has none (read from a file or the environment).
+    database_password: str | None = field(default=None, repr=False)
 
 
 class HTTPProblem(Exception):
@@ -88,6 +105,8 @@ class ExperimentService:
         self._manager: ExperimentManager | None = None
         self._platform_class: type[TrainingService[Any]] | None = None
         self._quota_locks: dict[str, asyncio.Lock] = {}  # per user: one quota check at a time
+        self._reconciler: asyncio.Task[None] | None = None
+        self._reconcile_lock = asyncio.Lock()
 
     @property
     def db(self) -> Database:
@@ -105,10 +124,18 @@ class ExperimentService:
         """Open the database and the store; re-attach to this replica's running experiments."""
         from ..registry import get_platform_class
 
+        check_trial_user(self.settings.trial_user)
         self._platform_class = get_platform_class(self.settings.policy.platform)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._db = await open_database(self.database_url)
-        manager = ExperimentManager(self.database_url, self.data_dir / "experiments.db", replica=self.settings.replica)
+        password = self.settings.database_password
+        self._db = await open_database(self.database_url, password=password)
+        manager = ExperimentManager(
+            self.database_url,
+            self.data_dir / "experiments.db",
+            replica=self.settings.replica,
+            database_password=password,
+            platform_factory=self._stored_platform,
+        )
         try:
             await manager.open()
         except BaseException:
@@ -116,15 +143,26 @@ class ExperimentService:
             self._db = None
             raise
         self._manager = manager
+        databases = [self.data_dir / "experiments.db"]
+        if self.database_url.startswith("sqlite:///"):
+            databases.append(Path(self.database_url[len("sqlite:///") :]).expanduser())
+        secure_data_dir(self.data_dir, databases)
         try:
-            return await manager.resume_owned()
+            resumed = await manager.resume_owned()
+            await self.reconcile()
         except BaseException:
             await self.close()
             raise
+        self._reconciler = asyncio.create_task(self._reconcile_loop(), name="nni-ts-service-reconcile")
+        return resumed
 
     async def close(self, *, stop_experiments: bool = True) -> None:
         """Stop every experiment (cancelling trials), or with ``stop_experiments=False`` only detach:
         then the caller must exit the process without cancelling tasks (see ExperimentManager.detach)."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.wait([self._reconciler], timeout=10)
+            self._reconciler = None
         if self._manager is not None:
             if stop_experiments:
                 await self._manager.close()
@@ -133,6 +171,71 @@ class ExperimentService:
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    # ------------------------------------------------------------------ requests left in the database
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                await self.reconcile()
+            except (NniTsError, OSError) as exc:
+                log.warning("Acting on the database's requests failed (retried): %s", exc)
+
+    async def reconcile(self) -> None:
+        """Act on what ``nni-ts users remove`` (another process) asked through the database: archive the
+        removed user's files, stop its experiments running here, delete what it owned if asked."""
+        async with self._reconcile_lock:
+            archives = await self.db.fetch(
+                "SELECT name, archived_as, delete_files FROM svc_archives WHERE done = 0 ORDER BY at_ms"
+            )
+            for name, archived, _ in archives:
+                await asyncio.to_thread(self._archive_files, name, archived)
+            for experiment_id, reason, owner, status in await self.db.fetch(
+                "SELECT r.experiment_id, r.reason, e.owner, e.status FROM svc_stop_requests r "
+                "LEFT JOIN svc_experiments e ON e.id = r.experiment_id"
+            ):
+                if self.manager.is_live(experiment_id):
+                    await self.manager.stop(experiment_id, reason)
+                elif status == "RUNNING" and owner != self.settings.replica:
+                    continue  # the replica that runs it stops it
+                elif status == "RUNNING":  # orphaned here: nothing runs it
+                    await self.db.execute(
+                        "UPDATE svc_experiments SET status = $1, message = $2, ended_ms = $3 WHERE id = $4",
+                        "STOPPED",
+                        reason,
+                        now_ms(),
+                        experiment_id,
+                    )
+                await self.db.execute("DELETE FROM svc_stop_requests WHERE experiment_id = $1", experiment_id)
+            for _, archived, delete in archives:
+                if delete:
+                    rows = await self.db.fetch(
+                        f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1", archived
+                    )
+                    if any(r[5] == "RUNNING" for r in rows):
+                        continue  # still stopping on another replica
+                    admin = User(archived, True, None, None, 0)
+                    for row in rows:
+                        await self.delete_experiment(admin, row, actor="cli")
+                    await asyncio.to_thread(shutil.rmtree, self.data_dir / "workspaces" / archived, True)
+                    await self.db.execute("DELETE FROM svc_workspaces WHERE user_name = $1", archived)
+                await self.db.execute("UPDATE svc_archives SET done = 1 WHERE archived_as = $1", archived)
+
+    def _archive_files(self, name: str, archived: str) -> None:
+        """``workspaces/<name>`` becomes ``workspaces/<archived>`` (a new user of that name starts empty)."""
+        root = self.data_dir / "workspaces"
+        try:
+            os.rename(root / name, root / archived)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("The files of the removed user %s cannot be archived: %s", name, exc)
+
+    async def _before_user_files(self, user: str) -> None:
+        """A re-added user's first write waits until the removed user of that name is archived."""
+        if await self.db.fetchrow("SELECT name FROM svc_archives WHERE name = $1 AND done = 0", user):
+            await self.reconcile()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body, middlewares=[self._errors, self._auth])
@@ -231,6 +334,42 @@ class ExperimentService:
     def workspace_dir(self, user: str, workspace: str) -> Path:
         return self.data_dir / "workspaces" / user / workspace
 
+    def _identity(self, user: str) -> Any:
+        """The OS identity and environment of ``user``'s trials; their workspace tree made private to it."""
+        try:
+            identity = trial_identity(self.settings.trial_user, user, self.settings.trial_env)
+        except UserError as exc:
+            raise HTTPProblem(503, str(exc)) from None
+        try:
+            secure_workspace_root(self.data_dir / "workspaces" / user, identity)
+        except OSError as exc:
+            raise HTTPProblem(409, f"The workspaces of {user} cannot be prepared: {exc.strerror or exc}.") from None
+        return identity
+
+    def _platform(self, config: Any, experiment_id: str, user: str) -> TrainingService[Any]:
+        """An experiment's training service; local trials run as the user's trial identity."""
+        from ..platforms.local import LocalTrainingService
+
+        assert self._platform_class is not None and config.experiment_working_directory is not None
+        kwargs: dict[str, Any] = {}
+        if issubclass(self._platform_class, LocalTrainingService):
+            kwargs["identity"] = self._identity(user)
+        return self._platform_class(
+            config.training_service,
+            experiment_id=experiment_id,
+            experiment_dir=Path(config.experiment_working_directory) / experiment_id,
+            **kwargs,
+        )
+
+    def _stored_platform(self, experiment_id: str, stored: dict[str, Any], user: str) -> TrainingService[Any]:
+        """The platform of a stored experiment being re-attached or continued (the engine thread)."""
+        from ..config.loader import config_from_dict
+
+        try:
+            return self._platform(config_from_dict(stored, source=f"experiment {experiment_id}"), experiment_id, user)
+        except HTTPProblem as exc:
+            raise UserError(str(exc)) from None
+
     @staticmethod
     def _query_int(request: web.Request, name: str, *, minimum: int, maximum: int) -> int | None:
         raw = request.query.get(name)
@@ -290,7 +429,7 @@ class ExperimentService:
             "sequenceId": row[2],
             "parameterId": row[3],
             "attempt": row[4],
-            "parameters": json.loads(row[5]),
+            "parameters": redact(json.loads(row[5])),  # a search-space key such as db_password is masked too
             "status": row[6],
             "startTime": row[7],
             "endTime": row[8],
@@ -410,6 +549,7 @@ class ExperimentService:
         self, user: User, workspace: str, raw: Any, *, legacy: bool = False, actor: str | None = None
     ) -> dict[str, Any]:
         check_name(workspace, "A workspace name")
+        await self._before_user_files(user.name)
         config = prepare_config(
             raw,
             user=user.name,
@@ -461,12 +601,7 @@ class ExperimentService:
                 {"legacy": legacy, "config": shown},
             )
         # The platform class is looked up once (entry points are slow to scan), not per experiment.
-        assert self._platform_class is not None and config.experiment_working_directory is not None
-        service = self._platform_class(
-            config.training_service,
-            experiment_id=experiment_id,
-            experiment_dir=Path(config.experiment_working_directory) / experiment_id,
-        )
+        service = self._platform(config, experiment_id, user.name)
         await self.manager.launch(
             lambda store: Experiment(
                 config,
@@ -635,11 +770,17 @@ class ExperimentService:
         parts = [p for p in rel.split("/") if p]
         if not parts or any(p in (".", "..") or "\x00" in p or "\\" in p for p in parts):
             raise HTTPProblem(400, f"The file path {rel!r} must be relative, without '.' or '..' parts.")
-        code_dir = self.workspace_dir(user.name, workspace) / "code"
-        target = code_dir.joinpath(*parts)
         data = await request.read()
+        await self._before_user_files(user.name)
+        self._identity(user.name)
         try:
-            await asyncio.to_thread(_write_file, target, data)
+            await asyncio.to_thread(
+                write_file_nofollow, self.data_dir / "workspaces", [user.name, workspace, "code", *parts], data
+            )
+        except SymlinkRefused as exc:
+            raise HTTPProblem(
+                409, f"The file {rel!r} cannot be written: {exc.strerror} (links are never followed)."
+            ) from None
         except OSError as exc:
             raise HTTPProblem(409, f"The file {rel!r} cannot be written: {exc.strerror}.") from None
         async with self.db.transaction() as tx:
@@ -771,6 +912,7 @@ class ExperimentService:
                         max_trial_number=number,
                         max_experiment_duration=duration,
                         rerun_failed=rerun,
+                        user=owner.name,
                     )
                 except NniTsError as exc:
                     await self.db.execute(
@@ -846,8 +988,8 @@ class ExperimentService:
             raise HTTPProblem(404, f"Experiment {row[0]} has no trial {trial_id!r}.")
         data = await self.manager.trial_file(row[0], trial_id, name, tail)
         if data is None:
-            path = self.workspace_dir(row[1], row[2]) / "experiments" / row[0] / "trials" / trial_id / name
-            data = await asyncio.to_thread(_read_tail, path, tail)
+            parts = [row[1], row[2], "experiments", row[0], "trials", trial_id, name]
+            data = await asyncio.to_thread(read_file_nofollow, self.data_dir / "workspaces", parts, tail)
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -891,10 +1033,11 @@ class ExperimentService:
             )
         else:
             rows = await self.db.fetch(
-                "SELECT at_ms, actor, action, target, detail FROM svc_audit WHERE actor = $1 OR actor = $2 "
-                "ORDER BY id DESC LIMIT $3",
+                "SELECT at_ms, actor, action, target, detail FROM svc_audit WHERE (actor = $1 OR actor = $2) "
+                "AND at_ms >= $3 ORDER BY id DESC LIMIT $4",
                 user.name,
                 f"{user.name} (unauthenticated)",
+                user.created_ms,  # a removed user's history is not a new user's of the same name
                 limit,
             )
         return web.json_response(
@@ -950,24 +1093,6 @@ async def _sse(response: web.StreamResponse, event: dict[str, Any]) -> None:
     name = event.get("event", "message")
     payload = json.dumps(event, default=str)
     await response.write(f"event: {name}\ndata: {payload}\n\n".encode())
-
-
-def _write_file(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-
-
-def _read_tail(path: Path, tail: int | None) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            if tail is not None:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - tail))
-            return fh.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return b""
 
 
 _ = ID_PATTERN  # the route patterns above and the OpenAPI patterns agree (see openapi.py)

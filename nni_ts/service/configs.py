@@ -28,6 +28,7 @@ __all__ = [
     "PlatformPolicy",
     "prepare_config",
     "legacy_to_v2",
+    "mask_command",
     "redact",
     "resource_need",
     "workspace_namespace",
@@ -38,13 +39,59 @@ REDACTED = "***"
 _K8S = ("kubeflow", "frameworkcontroller")
 
 
+_COMMAND_KEY = re.compile(r"(?i)command$")
+_TOKEN_SHAPES = [
+    # --token=X, --db-password X, -api_key=X
+    re.compile(
+        r"(?i)(-{1,2}[\w-]*(?:passw(?:or)?d|passphrase|secret|token|credential|api[_-]?key|access[_-]?key)"
+        r"[\w-]*(?:=|\s+))(?!-)[^\s'\"]+"
+    ),
+    # DB_PASSWORD=X, export API_TOKEN=X
+    re.compile(
+        r"(?i)(\b[\w]*(?:passw(?:or)?d|passphrase|secret|token|credential|api_?key|access_?key)[\w]*=)[^\s'\"]+"
+    ),
+    # scheme://user:password@host
+    re.compile(r"(://[^/\s:@]+:)[^@\s/]+(?=@)"),
+    # Authorization: Bearer X
+    re.compile(r"(?i)(\bbearer\s+)[^\s'\"]+"),
+    # well-known token prefixes, and long random-looking strings (32+ characters with letters and digits)
+    re.compile(r"()\b(?:nts_|ghp_|gho_|ghs_|github_pat_|glpat-|xox[abprs]-|sk-|AKIA)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"()\b(?=[A-Za-z0-9+/_-]*\d)(?=[A-Za-z0-9+/_-]*[A-Za-z])[A-Za-z0-9+/_-]{32,}={0,2}"),
+]
+
+
+def mask_command(text: str) -> str:
+    """A command with token-shaped strings (``--token X``, ``PASSWORD=X``, ``nts_...``, long random
+    strings, a URL's password) replaced by ``***``: for audit entries and shown configs."""
+    for pattern in _TOKEN_SHAPES:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
 def redact(value: Any) -> Any:
-    """A copy of ``value`` with every secret-looking key's value replaced by ``***``."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+    """A copy of ``value`` with every secret-looking key's value replaced by ``***`` and token-shaped
+    strings masked in commands. Works on any depth (no recursion)."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:
+        item, parent, slot = stack.pop()
+        if isinstance(item, dict):
+            out: Any = {}
+            for k, v in item.items():
+                if isinstance(k, str) and _SECRET_KEY.search(k):
+                    out[k] = REDACTED
+                elif isinstance(k, str) and _COMMAND_KEY.search(k) and isinstance(v, str):
+                    out[k] = mask_command(v)
+                else:
+                    out[k] = None
+                    stack.append((v, out, k))
+        elif isinstance(item, list):
+            out = [None] * len(item)
+            stack.extend((v, out, i) for i, v in enumerate(item))
+        else:
+            out = item
+        parent[slot] = out
+    return root[0]
 
 
 @dataclass

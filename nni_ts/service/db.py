@@ -88,6 +88,18 @@ CREATE TABLE IF NOT EXISTS svc_metrics (
     created_ms BIGINT NOT NULL,
     PRIMARY KEY (experiment_id, trial_id, seq)
 );
+CREATE TABLE IF NOT EXISTS svc_stop_requests (
+    experiment_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS svc_archives (
+    name TEXT NOT NULL,
+    archived_as TEXT PRIMARY KEY,
+    delete_files INTEGER NOT NULL DEFAULT 0,
+    at_ms BIGINT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS svc_audit (
     id {serial},
     at_ms BIGINT NOT NULL,
@@ -250,7 +262,7 @@ class PostgresDatabase(Database):
         self._pool = pool
 
     @classmethod
-    async def connect(cls, url: str) -> PostgresDatabase:
+    async def connect(cls, url: str, *, password: str | None = None) -> PostgresDatabase:
         try:
             import asyncpg  # type: ignore[import-untyped]
         except ImportError as exc:
@@ -258,7 +270,7 @@ class PostgresDatabase(Database):
                 "A postgresql:// database needs the asyncpg package: pip install 'nni-ts[postgres]'."
             ) from exc
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=10, command_timeout=60)
+            pool = await asyncpg.create_pool(url, password=password, min_size=1, max_size=10, command_timeout=60)
         except (OSError, asyncpg.PostgresError) as exc:
             redacted = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
             raise StoreError(f"Cannot connect to the service database {redacted}: {exc}.") from exc
@@ -308,13 +320,16 @@ def default_database_url() -> str:
     return f"sqlite:///{home() / 'service' / 'service.db'}"
 
 
-async def open_database(url: str | None = None) -> Database:
-    """Open (and create the tables of) ``sqlite:///PATH`` or ``postgresql://user:pw@host:port/db``."""
+async def open_database(url: str | None = None, *, password: str | None = None) -> Database:
+    """Open (and create the tables of) ``sqlite:///PATH`` or ``postgresql://user:pw@host:port/db``.
+
+    ``password`` (PostgreSQL) is used when the URL has none: read from a file or the environment, it
+    never shows in ``ps`` as a command-line URL would."""
     url = url or default_database_url()
     if url.startswith("sqlite:///"):
         db: Database = SqliteDatabase(Path(url[len("sqlite:///") :]).expanduser())
     elif url.startswith(("postgresql://", "postgres://")):
-        db = await PostgresDatabase.connect(url)
+        db = await PostgresDatabase.connect(url, password=password)
     else:
         raise UserError(
             f"Unsupported database URL {url.split('://')[0]!r}://...; expected sqlite:///PATH or "
