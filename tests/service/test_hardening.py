@@ -1,0 +1,108 @@
+"""Issue 14: users, names and secrets (findings 3 to 5), on both database backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from service_support import Running, quick_config
+
+from nni_ts.errors import UserError
+from nni_ts.service.db import open_database
+from nni_ts.service.users import add_user, check_name, remove_user
+
+
+@pytest.mark.parametrize("name", ["mallory\n", "mallory\r\n", "\nmallory", "mal lory"])
+def test_names_are_matched_in_full(name: str) -> None:
+    with pytest.raises(UserError, match="must be 1 to 40 letters"):
+        check_name(name, "A user name")
+
+
+async def test_a_name_with_a_trailing_newline_is_refused(db_url: str) -> None:
+    db = await open_database(db_url)
+    try:
+        with pytest.raises(UserError):
+            await add_user(db, "mallory\n")
+        assert await db.fetch("SELECT name FROM svc_users") == []
+    finally:
+        await db.close()
+
+
+async def test_a_removed_user_is_stopped_and_archived_and_a_new_one_starts_empty(svc: Running) -> None:
+    api, bob, root = svc.api, svc.tokens["bob"], svc.tokens["root"]
+    await api.ok("PUT", "/workspaces/ws/files/old.txt", token=bob, data=b"old bob")
+    created = await api.ok(
+        "POST", "/workspaces/ws/experiments", token=bob, json=quick_config(trials=1, concurrency=1, command="sleep 60")
+    )
+    experiment_id = created["id"]
+    async with asyncio.timeout(30):
+        while not (await api.ok("GET", f"/experiments/{experiment_id}/trials", token=bob)):
+            await asyncio.sleep(0.05)
+    db = await open_database(svc.service.database_url)  # as `nni-ts users remove bob` does, in another process
+    try:
+        archived = await remove_user(db, "bob")
+        new_bob = await add_user(db, "bob")
+    finally:
+        await db.close()
+    assert new_bob
+    async with asyncio.timeout(30):  # the service stops it (its reconcile loop), bounded
+        while True:
+            shown = await api.ok("GET", f"/experiments/{experiment_id}", token=root)
+            if shown["status"] != "RUNNING" and not shown["live"]:
+                break
+            await asyncio.sleep(0.05)
+    assert shown["status"] == "STOPPED" and shown["user"] == archived, shown
+    assert "removed" in (shown["message"] or ""), shown
+    assert await api.ok("GET", "/experiments", token=new_bob) == []
+    assert await api.ok("GET", "/workspaces", token=new_bob) == []
+    assert await api.ok("GET", "/audit", token=new_bob) == []
+    status, _ = await api.call("GET", f"/experiments/{experiment_id}", token=new_bob)
+    assert status == 404
+    await api.ok("PUT", "/workspaces/ws/files/new.txt", token=new_bob, data=b"new bob")
+    code = svc.data_dir / "workspaces" / "bob" / "ws" / "code"
+    assert sorted(p.name for p in code.iterdir()) == ["new.txt"]
+    assert (svc.data_dir / "workspaces" / archived / "ws" / "code" / "old.txt").read_bytes() == b"old bob"
+
+
+async def test_removing_a_user_with_delete_removes_what_it_owned(svc: Running) -> None:
+    api, bob, root = svc.api, svc.tokens["bob"], svc.tokens["root"]
+    created = await api.ok("POST", "/workspaces/ws/experiments", token=bob, json=quick_config(trials=1))
+    await api.wait_experiment(created["id"], bob)
+    db = await open_database(svc.service.database_url)
+    try:
+        archived = await remove_user(db, "bob", delete=True)
+    finally:
+        await db.close()
+    await svc.service.reconcile()
+    status, _ = await api.call("GET", f"/experiments/{created['id']}", token=root)
+    assert status == 404
+    assert not (svc.data_dir / "workspaces" / archived).exists()
+    assert not (svc.data_dir / "workspaces" / "bob").exists()
+
+
+async def test_secrets_are_masked_in_parameters_configs_and_the_audit(svc: Running) -> None:
+    api, alice = svc.api, svc.tokens["alice"]
+    token = "nts_" + "Zx9" * 12
+    config = quick_config(
+        trials=1,
+        command=f"echo --token {token} DB_PASSWORD=hunter2 && python3 -c 'import nni; nni.get_next_parameter()'",
+    )
+    config["searchSpace"] = {"db_password": {"_type": "choice", "_value": ["hunter2"]}}
+    created = await api.ok("POST", "/workspaces/ws/experiments", token=alice, json=config)
+    await api.wait_experiment(created["id"], alice)
+    trials = await api.ok("GET", f"/experiments/{created['id']}/trials", token=alice)
+    assert trials[0]["parameters"] == {"db_password": "***"}
+    trial = await api.ok("GET", f"/experiments/{created['id']}/trials/{trials[0]['id']}", token=alice)
+    shown = json.dumps(
+        [
+            trials,
+            trial,
+            await api.ok("GET", f"/experiments/{created['id']}", token=alice),
+            await api.ok("GET", "/audit", token=alice),
+            await api.ok("GET", "/audit", token=svc.tokens["root"]),
+        ]
+    )
+    assert "hunter2" not in shown
+    assert token not in shown and token[:12] not in shown
+    assert "--token ***" in shown
