@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
-from service_support import Running, quick_config
+from service_support import PASSWORD_ROLE, Running, quick_config
 
 from nni_ts.errors import UserError
 from nni_ts.service.db import open_database
@@ -106,3 +111,44 @@ async def test_secrets_are_masked_in_parameters_configs_and_the_audit(svc: Runni
     assert "hunter2" not in shown
     assert token not in shown and token[:12] not in shown
     assert "--token ***" in shown
+
+
+async def test_the_database_password_comes_from_a_file_or_the_environment_never_argv(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    import asyncpg
+
+    password = "pw-Secret-41"
+    admin = await asyncpg.connect(postgres_server.url("postgres"))
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS nts_pw_db WITH (FORCE)")
+        await admin.execute(f"DROP ROLE IF EXISTS {PASSWORD_ROLE}")
+        await admin.execute(f"CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{password}'")
+        await admin.execute(f"CREATE DATABASE nts_pw_db OWNER {PASSWORD_ROLE}")
+    finally:
+        await admin.close()
+    host = f"{postgres_server.host}:{postgres_server.port}"
+    url = f"postgresql://{PASSWORD_ROLE}@{host}/nts_pw_db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NNI_TS_SERVICE_DB", "PG"))}
+
+    def cli(*args: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nni_ts.cli", "users", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, **more_env},
+        )
+
+    in_argv = cli("--db", f"postgresql://{PASSWORD_ROLE}:{password}@{host}/nts_pw_db", "list")
+    assert in_argv.returncode != 0
+    assert "ps" in in_argv.stderr and "--db-password-file" in in_argv.stderr, in_argv.stderr
+    assert password not in in_argv.stderr + in_argv.stdout
+    without = cli("--db", url, "list")
+    assert without.returncode != 0 and "Traceback" not in without.stderr, without.stderr
+    secret_file = tmp_path / "db-password"
+    secret_file.write_text(password + "\n")
+    from_file = cli("--db", url, "--db-password-file", str(secret_file), "add", "carol")
+    assert from_file.returncode == 0, from_file.stderr
+    from_env = cli("--db", url, "list", NNI_TS_SERVICE_DB_PASSWORD=password)
+    assert from_env.returncode == 0 and "carol" in from_env.stdout, from_env.stderr
