@@ -9,6 +9,7 @@ exist); an admin sees all. See docs/service.md for the routes and their bodies.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..config.experiment import ExperimentConfig
 from ..errors import ConfigError, NniTsError, StoreError, UserError
@@ -54,6 +56,8 @@ _ID = "{experiment_id:[A-Za-z0-9_-]{1,64}}"
 _TRIAL = "{trial_id:[A-Za-z0-9_-]{1,64}}"
 _WS = "{workspace:[A-Za-z0-9][A-Za-z0-9_-]{0,39}}"
 _MAX_TAIL = 16 * 1024 * 1024
+_FILE_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_MAX_DEPTH = 64  # JSON nesting a body may have (search spaces nest a few levels)
 _USER_KEY = web.RequestKey("user", User)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -268,6 +272,8 @@ class ExperimentService:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+                raise HTTPProblem(400, "A query parameter holds a NUL character, which is not allowed.")
             return await handler(request)
         except HTTPProblem as exc:
             return _error(exc.status, str(exc), **exc.extra)
@@ -282,7 +288,10 @@ class ExperimentService:
             return _error(503, "The service database is not available; try again later.")
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
-                return _error(exc.status, exc.reason)
+                response = _error(exc.status, exc.reason)
+                if "Allow" in exc.headers:  # a 405 says which methods the resource has
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             raise
         except NniTsError as exc:
             return _error(409, str(exc))
@@ -291,8 +300,8 @@ class ExperimentService:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in self._PUBLIC:
-            return await handler(request)
+        if request.path in self._PUBLIC or request.match_info.http_exception is not None:
+            return await handler(request)  # public, or a 404/405 that names no resource
         legacy = request.path == f"{API}/nni-exp"
         header = request.headers.get("Authorization", "")
         if not header and legacy and self.settings.legacy_auth == "none":
@@ -315,21 +324,46 @@ class ExperimentService:
         return user
 
     @staticmethod
-    async def _json(request: web.Request, *, optional: bool = False) -> Any:
+    async def _body(request: web.Request) -> bytes:
+        """The request's bytes; a body that cannot be decoded (Content-Encoding) is a 400."""
+        try:
+            return await request.read()
+        except RequestPayloadError as exc:
+            encoding = request.headers.get("Content-Encoding", "identity")
+            log.debug("Undecodable request body: %r", exc)
+            raise HTTPProblem(
+                400, f"The request body cannot be decoded: it is not valid Content-Encoding {encoding[:40]!r} data."
+            ) from None
+
+    @classmethod
+    async def _json(cls, request: web.Request, *, optional: bool = False) -> Any:
         if not request.can_read_body:
             if optional:
                 return None
             raise HTTPProblem(400, "The request needs a JSON body.")
+        charset = request.charset or "utf-8"
         try:
-            text = await request.text()
-        except UnicodeDecodeError:
-            raise HTTPProblem(400, "The request body is not UTF-8 text.") from None
+            codecs.lookup(charset)
+        except LookupError:
+            raise HTTPProblem(
+                415, f"The request body's charset {charset[:40]!r} is unknown; send JSON as UTF-8."
+            ) from None
+        data = await cls._body(request)
+        try:
+            text = data.decode(charset)
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPProblem(400, f"The request body is not valid {charset[:40]} text.") from None
         if not text.strip() and optional:
             return None
         try:
-            return json.loads(text)
+            value = json.loads(text)
+        except RecursionError:
+            raise HTTPProblem(400, f"The request body is nested deeper than {_MAX_DEPTH} levels.") from None
         except ValueError as exc:
             raise HTTPProblem(400, f"The request body is not valid JSON: {exc}.") from None
+        if _depth(value) > _MAX_DEPTH:
+            raise HTTPProblem(400, f"The request body is nested deeper than {_MAX_DEPTH} levels.")
+        return value
 
     def workspace_dir(self, user: str, workspace: str) -> Path:
         return self.data_dir / "workspaces" / user / workspace
@@ -768,9 +802,13 @@ class ExperimentService:
         workspace = check_name(request.match_info["workspace"], "A workspace name")
         rel = request.match_info["path"]
         parts = [p for p in rel.split("/") if p]
-        if not parts or any(p in (".", "..") or "\x00" in p or "\\" in p for p in parts):
-            raise HTTPProblem(400, f"The file path {rel!r} must be relative, without '.' or '..' parts.")
-        data = await request.read()
+        if not parts or any(p in (".", "..") or not _FILE_PART.fullmatch(p) for p in parts):
+            raise HTTPProblem(
+                400,
+                f"The file path {rel[:200]!r} must be relative, of letters, digits, '_', '-', '.' and '/', "
+                "without '.' or '..' parts.",
+            )
+        data = await self._body(request)
         await self._before_user_files(user.name)
         self._identity(user.name)
         try:
@@ -1067,6 +1105,21 @@ def _mask_secret_inputs(message: str) -> str:
 def _config_error_paths(message: str) -> list[str]:
     """The key paths a config error names (``config_from_dict`` lists them in its message)."""
     return _PROBLEM.findall(message)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _json_safe(value: Any) -> Any:

@@ -15,8 +15,8 @@ import abc
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,22 @@ class _SqliteTx:
         return rows[0] if rows else None
 
 
+@contextmanager
+def _pg_errors(url: str) -> Iterator[None]:
+    """The one place asyncpg's errors become the service's: a value PostgreSQL cannot store (a NUL)
+    is the request's fault (UserError, a 400); anything else means the database is not available
+    (StoreError, a 503), never a 500."""
+    import asyncpg
+
+    try:
+        yield
+    except asyncpg.DataError as exc:
+        raise UserError(f"The database cannot store a value of this request: {exc}.") from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        redacted = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+        raise StoreError(f"The service database {redacted} is not available: {exc!r}.") from exc
+
+
 class PostgresDatabase(Database):
     dialect = "postgresql"
 
@@ -282,18 +298,22 @@ class PostgresDatabase(Database):
         return int(tail) if tail.isdigit() else 0
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return self._rowcount(await self._pool.execute(sql, *args))
+        with _pg_errors(self.url):
+            return self._rowcount(await self._pool.execute(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._pool.executemany(sql, [tuple(r) for r in rows])
+        with _pg_errors(self.url):
+            await self._pool.executemany(sql, [tuple(r) for r in rows])
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._pool.fetch(sql, *args)]
+        with _pg_errors(self.url):
+            return [tuple(r) for r in await self._pool.fetch(sql, *args)]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield _PgTx(conn)
+        with _pg_errors(self.url):
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield _PgTx(conn)
 
     async def close(self) -> None:
         await self._pool.close()
