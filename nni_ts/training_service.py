@@ -765,4 +765,3 @@ def _read_tail(path: Path, tail: int | None) -> bytes:
             size = fh.tell()
             fh.seek(max(0, size - tail))
         return fh.read()
-

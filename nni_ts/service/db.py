@@ -259,7 +259,7 @@ def _pg_errors(url: str) -> Iterator[None]:
     """The one place asyncpg's errors become the service's: a value PostgreSQL cannot store (a NUL)
     is the request's fault (UserError, a 400); anything else means the database is not available
     (StoreError, a 503), never a 500."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     try:
         yield
