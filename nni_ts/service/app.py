@@ -582,6 +582,9 @@ class ExperimentService:
     async def create_experiment(
         self, user: User, workspace: str, raw: Any, *, legacy: bool = False, actor: str | None = None
     ) -> dict[str, Any]:
+        """Validate, record and start an experiment. ``legacy``: the seeds' route, where a workspace runs
+        one experiment at a time; checked inside the transaction that inserts it, after the user's row
+        lock (PostgreSQL) or the write lock (SQLite), so parallel requests cannot both pass."""
         check_name(workspace, "A workspace name")
         await self._before_user_files(user.name)
         config = prepare_config(
@@ -598,7 +601,20 @@ class ExperimentService:
         shown = redact(raw if isinstance(raw, dict) else {})
         stored = redact(config.model_dump(mode="json", by_alias=True, exclude_none=True))
         async with self._quota_lock(user.name), self.db.transaction() as tx:
-            await self._check_quota(tx, user, trials, gpus)
+            await self._check_quota(tx, user, trials, gpus)  # locks the user's row on PostgreSQL
+            if legacy:
+                running = await tx.fetchrow(
+                    "SELECT id FROM svc_experiments WHERE user_name = $1 AND workspace = $2 AND status = $3",
+                    user.name,
+                    workspace,
+                    "RUNNING",
+                )
+                if running is not None:
+                    raise HTTPProblem(
+                        409,
+                        f"Workspace {workspace!r} already runs experiment {running[0]}; DELETE it first.",
+                        experimentId=running[0],
+                    )
             now = now_ms()
             await tx.execute(
                 "INSERT INTO svc_workspaces (user_name, name, created_ms) VALUES ($1, $2, $3) "
@@ -714,18 +730,6 @@ class ExperimentService:
     async def _legacy_post(self, request: web.Request) -> web.Response:
         req = parse_legacy(await self._json(request))
         user, actor = await self._legacy_user(request, req.user)
-        running = await self.db.fetchrow(
-            "SELECT id FROM svc_experiments WHERE user_name = $1 AND workspace = $2 AND status = $3",
-            user.name,
-            req.workspace,
-            "RUNNING",
-        )
-        if running is not None:
-            raise HTTPProblem(
-                409,
-                f"Workspace {req.workspace!r} already runs experiment {running[0]}; DELETE it first.",
-                experimentId=running[0],
-            )
         created = await self.create_experiment(
             user, req.workspace, legacy_to_v2(req, self.settings.policy), legacy=True, actor=actor
         )

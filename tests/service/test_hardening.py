@@ -152,3 +152,25 @@ async def test_the_database_password_comes_from_a_file_or_the_environment_never_
     assert from_file.returncode == 0, from_file.stderr
     from_env = cli("--db", url, "list", NNI_TS_SERVICE_DB_PASSWORD=password)
     assert from_env.returncode == 0 and "carol" in from_env.stdout, from_env.stderr
+
+
+async def test_parallel_launcher_posts_start_one_experiment_per_workspace(svc: Running) -> None:
+    """Finding 13: six parallel POSTs to the seeds' route; the database lets exactly one through."""
+    body = {
+        "user": "alice",
+        "workspace": "race",
+        "trialConcurrency": 1,
+        "num": 1,
+        "target": "maximize",
+        "command": "sleep 30",
+        "search_space": {"x": {"_type": "choice", "_value": [1]}},
+    }
+    answers = await asyncio.gather(
+        *(svc.api.call("POST", "/nni-exp", token=svc.tokens["alice"], json=body) for _ in range(6))
+    )
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [200, 409, 409, 409, 409, 409], answers
+    created = next(b for s, b in answers if s == 200)
+    assert all(b["experimentId"] == created["experimentId"] for s, b in answers if s == 409), answers
+    listed = await svc.api.ok("GET", "/experiments", token=svc.tokens["alice"], params={"workspace": "race"})
+    assert [e["status"] for e in listed] == ["RUNNING"]
