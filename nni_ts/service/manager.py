@@ -77,6 +77,7 @@ class _Live:
     mirror: _Mirror = field(default_factory=_Mirror)
     dirty: bool = False
     syncer: asyncio.Task[None] | None = None  # engine loop
+    sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one sync at a time (engine loop)
     done: bool = False  # set by the engine thread when the experiment's loop has ended
 
 
@@ -436,7 +437,12 @@ class ExperimentManager:
                 return
 
     async def sync(self, live: _Live) -> None:
-        """Copy what changed in the store for this experiment into the service database."""
+        """Copy what changed in the store for this experiment into the service database. One at a
+        time: a slower sync that read the store earlier must not write its older rows last."""
+        async with live.sync_lock:
+            await self._sync(live)
+
+    async def _sync(self, live: _Live) -> None:
         mirror = live.mirror
         experiment_id = live.id
         if not mirror.loaded:
