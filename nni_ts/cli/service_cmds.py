@@ -41,6 +41,7 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     s.add_argument("--port", type=int, default=8080, help="Port to listen on (0: any free port; default 8080).")
     s.add_argument("--db", help=db_help)
     s.add_argument("--db-password-file", help=pw_help)
+    s.add_argument("--db-pool-size", type=int, default=20, help="PostgreSQL connections for the API (default 20).")
     s.add_argument(
         "--trial-user",
         help="Run trials as this unprivileged OS user ('nni-{user}': one per service user); "
@@ -242,6 +243,8 @@ def _serve(args: argparse.Namespace) -> int:
     ):
         if value < 0:
             raise UserError(f"{flag} must be 0 or more, got {value}.")
+    if args.db_pool_size < 1:
+        raise UserError(f"--db-pool-size must be 1 or more, got {args.db_pool_size}.")
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else _default_data_dir()
     settings = ServiceSettings(
         data_dir=data_dir,
@@ -256,6 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
         default_max_gpus=args.default_max_gpus,
         legacy_auth=args.legacy_auth,
         trial_user=args.trial_user,
+        pool_size=args.db_pool_size,
         trial_env=tuple(args.trial_env),
         database_password=_db_password(args),
     )

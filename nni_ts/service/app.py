@@ -75,6 +75,8 @@ class ServiceSettings:
     default_max_gpus: int = 8
     legacy_auth: Literal["token", "none"] = "token"
     max_body: int = 4 * 1024 * 1024
+    #: PostgreSQL connections of the API (one per request in flight; more wait for one).
+    pool_size: int = 20
     #: How often the service looks for requests other processes left in the database (a removed user).
     reconcile_interval: float = 1.0
     #: The OS user trials run as (``nni-{user}``: one per service user); None: the service's own user.
@@ -132,7 +134,7 @@ class ExperimentService:
         self._platform_class = get_platform_class(self.settings.policy.platform)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password = self.settings.database_password
-        self._db = await open_database(self.database_url, password=password)
+        self._db = await open_database(self.database_url, password=password, pool_size=self.settings.pool_size)
         manager = ExperimentManager(
             self.database_url,
             self.data_dir / "experiments.db",
@@ -302,6 +304,12 @@ class ExperimentService:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in self._PUBLIC or request.match_info.http_exception is not None:
             return await handler(request)  # public, or a 404/405 that names no resource
+        if request.path.endswith("/events"):  # a stream: no connection held for its whole life
+            return await self._authenticated(request, handler)
+        async with self.db.bound():  # one pooled connection for the request's every statement
+            return await self._authenticated(request, handler)
+
+    async def _authenticated(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         legacy = request.path == f"{API}/nni-exp"
         header = request.headers.get("Authorization", "")
         if not header and legacy and self.settings.legacy_auth == "none":

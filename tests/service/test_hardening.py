@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_support import PASSWORD_ROLE, Running, quick_config
+from service_support import PASSWORD_ROLE, Running, quick_config, running_service
 
 from nni_ts.errors import UserError
 from nni_ts.service.db import open_database
@@ -174,3 +174,51 @@ async def test_parallel_launcher_posts_start_one_experiment_per_workspace(svc: R
     assert all(b["experimentId"] == created["experimentId"] for s, b in answers if s == 409), answers
     listed = await svc.api.ok("GET", "/experiments", token=svc.tokens["alice"], params={"workspace": "race"})
     assert [e["status"] for e in listed] == ["RUNNING"]
+
+
+async def test_a_postgresql_request_takes_one_connection_and_no_reset(postgres_server: Any, tmp_path: Path) -> None:
+    """Issue 14 (performance): a request acquires one pooled connection for all its statements, the
+    pool's size comes from the settings, and a released connection is not reset statement by statement."""
+    import asyncpg
+
+    from nni_ts.service import ServiceSettings
+    from nni_ts.service.db import _reset
+
+    admin = await asyncpg.connect(postgres_server.url("postgres"))
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS svc_pool WITH (FORCE)")
+        await admin.execute("CREATE DATABASE svc_pool")
+    finally:
+        await admin.close()
+    url = postgres_server.url("svc_pool")
+    db = await open_database(url)
+    try:
+        token = await add_user(db, "alice")
+    finally:
+        await db.close()
+    settings = ServiceSettings(data_dir=tmp_path / "svc", database_url=url, pool_size=7)
+    async with running_service(settings) as (service, api, _u):
+        created = await api.ok("POST", "/workspaces/w/experiments", token=token, json=quick_config(trials=1))
+        await api.wait_experiment(created["id"], str(token))
+        pool = service.db._pool  # type: ignore[attr-defined]
+        assert pool.get_max_size() == 7
+        assert pool._reset is _reset
+        taken: list[str] = []
+
+        class CountingPool:
+            """Every call that takes a connection from the pool (acquire, or a pool-level statement)."""
+
+            def __getattr__(self, name: str) -> Any:
+                if name in ("acquire", "execute", "executemany", "fetch", "fetchrow", "fetchval"):
+                    taken.append(name)
+                return getattr(pool, name)
+
+        service.db._pool = CountingPool()  # type: ignore[attr-defined]
+        try:
+            shown = await api.ok("GET", f"/experiments/{created['id']}", token=token)  # auth + 3 reads
+            assert shown["trialCount"] == 1
+            assert taken == ["acquire"]
+            await api.ok("GET", f"/experiments/{created['id']}/trials", token=token)
+            assert taken == ["acquire", "acquire"]
+        finally:
+            service.db._pool = pool  # type: ignore[attr-defined]
