@@ -95,7 +95,7 @@ def manager_alive(pid: int | None, started: float | None) -> bool:
         proc = psutil.Process(pid)
         if started is not None and abs(proc.create_time() - started) >= 0.01:
             return False
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
