@@ -222,3 +222,19 @@ async def test_a_postgresql_request_takes_one_connection_and_no_reset(postgres_s
             assert taken == ["acquire", "acquire"]
         finally:
             service.db._pool = pool  # type: ignore[attr-defined]
+
+
+async def test_without_a_trial_user_the_environment_is_still_an_allow_list(
+    svc: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NNI_TS_SERVICE_DB", "postgresql://svc:hunter2@127.0.0.1/svc")
+    monkeypatch.setenv("SERVICE_SECRET", "hunter2")
+    api, alice = svc.api, svc.tokens["alice"]
+    created = await api.ok(
+        "POST", "/workspaces/ws/experiments", token=alice, json=quick_config(trials=1, command="env; echo END")
+    )
+    await api.wait_experiment(created["id"], alice)
+    trials = await api.ok("GET", f"/experiments/{created['id']}/trials", token=alice)
+    log = await api.ok("GET", f"/experiments/{created['id']}/trials/{trials[0]['id']}/log", token=alice)
+    assert "END" in log and "NNI_TRIAL_JOB_ID=" in log and "PATH=" in log, log
+    assert "hunter2" not in log and "SERVICE_SECRET" not in log and "NNI_TS_SERVICE_DB" not in log, log
