@@ -45,6 +45,7 @@ from .isolation import (
 )
 from .manager import ExperimentManager
 from .openapi import ID_PATTERN, openapi_document
+from .repository import EXPERIMENT_COLUMNS, TRIAL_COLUMNS, ExperimentRow, ExtendRequest, TrialRow, parse_extend
 from .users import User, audit, check_name
 
 __all__ = ["ExperimentService", "ServiceSettings"]
@@ -216,10 +217,13 @@ class ExperimentService:
                 await self.db.execute("DELETE FROM svc_stop_requests WHERE experiment_id = $1", experiment_id)
             for _, archived, delete in archives:
                 if delete:
-                    rows = await self.db.fetch(
-                        f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1", archived
-                    )
-                    if any(r[5] == "RUNNING" for r in rows):
+                    rows = [
+                        ExperimentRow(*r)
+                        for r in await self.db.fetch(
+                            f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1", archived
+                        )
+                    ]
+                    if any(r.status == "RUNNING" for r in rows):
                         continue  # still stopping on another replica
                     admin = User(archived, True, None, None, 0)
                     for row in rows:
@@ -425,67 +429,64 @@ class ExperimentService:
             raise HTTPProblem(400, f"The query parameter {name} must be between {minimum} and {maximum}.")
         return value
 
-    _EXP_COLS = (
-        "id, user_name, workspace, name, platform, status, message, config, trial_concurrency, gpus_per_trial, "
-        "optimize_mode, owner, legacy, created_ms, updated_ms, ended_ms"
-    )
+    _EXP_COLS = EXPERIMENT_COLUMNS
 
     @staticmethod
     def _exp_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+        e = row if isinstance(row, ExperimentRow) else ExperimentRow(*row)
         return {
-            "id": row[0],
-            "user": row[1],
-            "workspace": row[2],
-            "name": row[3],
-            "platform": row[4],
-            "status": row[5],
-            "message": row[6],
-            "trialConcurrency": row[8],
-            "gpusPerTrial": row[9],
-            "optimizeMode": row[10],
-            "legacy": bool(row[12]),
-            "createdAt": row[13],
-            "updatedAt": row[14],
-            "endedAt": row[15],
+            "id": e.id,
+            "user": e.user_name,
+            "workspace": e.workspace,
+            "name": e.name,
+            "platform": e.platform,
+            "status": e.status,
+            "message": e.message,
+            "trialConcurrency": e.trial_concurrency,
+            "gpusPerTrial": e.gpus_per_trial,
+            "optimizeMode": e.optimize_mode,
+            "legacy": bool(e.legacy),
+            "createdAt": e.created_ms,
+            "updatedAt": e.updated_ms,
+            "endedAt": e.ended_ms,
         }
 
-    async def _experiment_row(self, user: User, experiment_id: str) -> tuple[Any, ...]:
-        row = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
-        if row is None or (row[1] != user.name and not user.is_admin):
+    async def _experiment_row(self, user: User, experiment_id: str) -> ExperimentRow:
+        found = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
+        row = ExperimentRow(*found) if found is not None else None
+        if row is None or (row.user_name != user.name and not user.is_admin):
             raise HTTPProblem(404, f"There is no experiment {experiment_id!r} in your workspaces.")
         return row
 
     @staticmethod
-    def _trial_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    def _trial_dict(raw: tuple[Any, ...]) -> dict[str, Any]:
+        row = raw if isinstance(raw, TrialRow) else TrialRow(*raw)
         final = None
-        if row[12]:
+        if row.final_data:
             try:
-                record = json.loads(row[12])
+                record = json.loads(row.final_data)
                 final = record.get("value") if isinstance(record, dict) else None
                 if isinstance(final, str):
                     final = json.loads(final)
             except ValueError:
                 final = None
         return {
-            "id": row[1],
-            "sequenceId": row[2],
-            "parameterId": row[3],
-            "attempt": row[4],
-            "parameters": redact(json.loads(row[5])),  # a search-space key such as db_password is masked too
-            "status": row[6],
-            "startTime": row[7],
-            "endTime": row[8],
-            "exitCode": row[9],
-            "message": row[10],
-            "finalValue": row[11],
+            "id": row.id,
+            "sequenceId": row.sequence_id,
+            "parameterId": row.parameter_id,
+            "attempt": row.attempt,
+            "parameters": redact(json.loads(row.parameters)),  # a search-space key such as db_password too
+            "status": row.status,
+            "startTime": row.start_ms,
+            "endTime": row.end_ms,
+            "exitCode": row.exit_code,
+            "message": row.message,
+            "finalValue": row.final_value,
             "final": _json_safe(final),
-            "metricCount": row[13],
+            "metricCount": row.metric_count,
         }
 
-    _TRIAL_COLS = (
-        "experiment_id, id, sequence_id, parameter_id, attempt, parameters, status, start_ms, end_ms, exit_code, "
-        "message, final_value, final_data, metric_count"
-    )
+    _TRIAL_COLS = TRIAL_COLUMNS
 
     async def _trial_rows(
         self, experiment_id: str, *, limit: int | None = None, offset: int = 0
@@ -496,30 +497,30 @@ class ExperimentService:
             experiment_id,
         )
 
-    async def _details(self, row: tuple[Any, ...]) -> dict[str, Any]:
+    async def _details(self, row: ExperimentRow) -> dict[str, Any]:
         """An experiment with its trial counts and best trial (aggregated in SQL: cheap to poll)."""
         out = self._exp_dict(row)
         counts = {
             str(r[0]): int(r[1])
             for r in await self.db.fetch(
-                "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row[0]
+                "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row.id
             )
         }
-        direction = "ASC" if row[10] == "minimize" else "DESC"
+        direction = "ASC" if row.optimize_mode == "minimize" else "DESC"
         best_row = await self.db.fetchrow(
             f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND final_value IS NOT NULL "
             f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
-            row[0],
+            row.id,
         )
         best = self._trial_dict(best_row) if best_row is not None else None
-        config = json.loads(row[7])
+        config = json.loads(row.config)
         out.update(
             config=config,
             maxTrialNumber=config.get("maxTrialNumber"),
             trialCounts=counts,
             trialCount=sum(counts.values()),
             best=best,
-            live=self.manager.is_live(row[0]),
+            live=self.manager.is_live(row.id),
         )
         return out
 
@@ -673,20 +674,20 @@ class ExperimentService:
         log.info("User %s created experiment %s in workspace %s.", user.name, experiment_id, workspace)
         return {"id": experiment_id, "user": user.name, "workspace": workspace, "status": "RUNNING"}
 
-    async def delete_experiment(self, user: User, row: tuple[Any, ...], *, actor: str | None = None) -> None:
-        experiment_id = row[0]
-        if row[5] == "RUNNING" and not self.manager.is_live(experiment_id) and row[11] != self.settings.replica:
-            raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row[11]!r}; delete it there.")
+    async def delete_experiment(self, user: User, row: ExperimentRow, *, actor: str | None = None) -> None:
+        experiment_id = row.id
+        if row.status == "RUNNING" and not self.manager.is_live(experiment_id) and row.owner != self.settings.replica:
+            raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row.owner!r}; delete it there.")
         await self.manager.stop(experiment_id, f"Deleted by {actor or user.name}.")
         self.manager.forget(experiment_id)
         await self.manager.purge(experiment_id)
-        exp_dir = self.workspace_dir(row[1], row[2]) / "experiments" / experiment_id
+        exp_dir = self.workspace_dir(row.user_name, row.workspace) / "experiments" / experiment_id
         await asyncio.to_thread(shutil.rmtree, exp_dir, True)
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM svc_metrics WHERE experiment_id = $1", experiment_id)
             await tx.execute("DELETE FROM svc_trials WHERE experiment_id = $1", experiment_id)
             await tx.execute("DELETE FROM svc_experiments WHERE id = $1", experiment_id)
-            await audit(tx, actor or user.name, "experiment.delete", f"{row[1]}/{row[2]}/{experiment_id}")
+            await audit(tx, actor or user.name, "experiment.delete", f"{row.user_name}/{row.workspace}/{experiment_id}")
 
     # ------------------------------------------------------------------ public routes
 
@@ -746,32 +747,36 @@ class ExperimentService:
     async def _legacy_get(self, request: web.Request) -> web.Response:
         name, workspace = await self._legacy_target(request)
         user, _ = await self._legacy_user(request, name)
-        row = await self.db.fetchrow(
+        found = await self.db.fetchrow(
             f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1 AND workspace = $2 "
             "ORDER BY created_ms DESC LIMIT 1",
             user.name,
             workspace,
         )
+        row = ExperimentRow(*found) if found is not None else None
         if row is None:
             raise HTTPProblem(404, f"Workspace {workspace!r} of {user.name!r} has no experiment.")
         details = await self._details(row)
-        details["trials"] = [self._trial_dict(t) for t in await self._trial_rows(row[0])]
-        details["experimentId"] = row[0]
+        details["trials"] = [self._trial_dict(t) for t in await self._trial_rows(row.id)]
+        details["experimentId"] = row.id
         return web.json_response(details)
 
     async def _legacy_delete(self, request: web.Request) -> web.Response:
         name, workspace = await self._legacy_target(request)
         user, actor = await self._legacy_user(request, name)
-        rows = await self.db.fetch(
-            f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1 AND workspace = $2",
-            user.name,
-            workspace,
-        )
+        rows = [
+            ExperimentRow(*r)
+            for r in await self.db.fetch(
+                f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1 AND workspace = $2",
+                user.name,
+                workspace,
+            )
+        ]
         if not rows:
             raise HTTPProblem(404, f"Workspace {workspace!r} of {user.name!r} has no experiment.")
         for row in rows:
             await self.delete_experiment(user, row, actor=actor)
-        return web.json_response({"deleted": [r[0] for r in rows], "user": user.name, "workspace": workspace})
+        return web.json_response({"deleted": [r.id for r in rows], "user": user.name, "workspace": workspace})
 
     # ------------------------------------------------------------------ the API
 
@@ -871,15 +876,15 @@ class ExperimentService:
         user = self._user(request)
         row = await self._experiment_row(user, request.match_info["experiment_id"])
         await self.delete_experiment(user, row)
-        return web.json_response({"deleted": row[0]})
+        return web.json_response({"deleted": row.id})
 
     async def _stop(self, request: web.Request) -> web.Response:
         user = self._user(request)
         row = await self._experiment_row(user, request.match_info["experiment_id"])
-        experiment_id = row[0]
+        experiment_id = row.id
         if not self.manager.is_live(experiment_id):
-            raise HTTPProblem(409, f"Experiment {experiment_id} is not running here (it is {row[5]}).")
-        await audit(self.db, user.name, "experiment.stop", f"{row[1]}/{row[2]}/{experiment_id}")
+            raise HTTPProblem(409, f"Experiment {experiment_id} is not running here (it is {row.status}).")
+        await audit(self.db, user.name, "experiment.stop", f"{row.user_name}/{row.workspace}/{experiment_id}")
         await self.manager.stop(experiment_id, f"Stopped by {user.name}.")
         row = await self._experiment_row(user, experiment_id)
         return web.json_response(self._exp_dict(row))
@@ -887,94 +892,71 @@ class ExperimentService:
     async def _extend(self, request: web.Request) -> web.Response:
         user = self._user(request)
         row = await self._experiment_row(user, request.match_info["experiment_id"])
-        experiment_id = row[0]
-        body = await self._json(request)
-        if not isinstance(body, dict):
-            raise HTTPProblem(
-                400, "The body must be a JSON object: {maxTrialNumber, maxExperimentDuration, rerunFailed}."
-            )
-        unknown = set(body) - {"maxTrialNumber", "maxExperimentDuration", "rerunFailed"}
-        if unknown:
-            raise HTTPProblem(
-                422,
-                f"Unknown keys {sorted(unknown)}; expected maxTrialNumber, maxExperimentDuration or rerunFailed.",
-                path=sorted(unknown)[0],
-            )
-        number = body.get("maxTrialNumber")
-        duration = body.get("maxExperimentDuration")
-        rerun = body.get("rerunFailed", False)
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
-            raise HTTPProblem(422, "maxTrialNumber must be a positive integer.", path="maxTrialNumber")
-        if duration is not None:
-            from ..config.experiment import parse_duration
+        req = parse_extend(await self._json(request))
+        await self.extend_experiment(user, row, req)
+        return web.json_response(await self._details(await self._experiment_row(user, row.id)))
 
-            if isinstance(duration, bool) or not isinstance(duration, str | int):
-                raise HTTPProblem(
-                    422, "maxExperimentDuration must be a duration such as '2h'.", path="maxExperimentDuration"
-                )
-            parse_duration(duration, path="maxExperimentDuration")
-        if not isinstance(rerun, bool):
-            raise HTTPProblem(422, "rerunFailed must be true or false.", path="rerunFailed")
-        if number is None and duration is None and not rerun:
-            raise HTTPProblem(422, "Give maxTrialNumber, maxExperimentDuration or rerunFailed.")
-        config = json.loads(row[7])
+    async def extend_experiment(self, user: User, row: ExperimentRow, req: ExtendRequest) -> None:
+        """Raise a running experiment's budget in place, or continue an ended one (quota checked)."""
+        config = json.loads(row.config)
+        number, duration = req.max_trial_number, req.max_experiment_duration
         if number is not None and config.get("maxTrialNumber") and number < config["maxTrialNumber"]:
             raise HTTPProblem(
                 422, f"maxTrialNumber can only grow (it is {config['maxTrialNumber']}).", path="maxTrialNumber"
             )
-        detail = {"maxTrialNumber": number, "maxExperimentDuration": duration, "rerunFailed": rerun}
+        detail = {"maxTrialNumber": number, "maxExperimentDuration": duration, "rerunFailed": req.rerun_failed}
         if number is not None:
             config["maxTrialNumber"] = number
         if duration is not None:
             config["maxExperimentDuration"] = duration
-        if self.manager.is_live(experiment_id):
-            if rerun:
-                raise HTTPProblem(409, f"Experiment {experiment_id} is running; re-run failed trials after it ends.")
-            await self.manager.extend_live(experiment_id, max_trial_number=number, max_duration=duration)
-            await self.db.execute(
-                "UPDATE svc_experiments SET config = $1, updated_ms = $2 WHERE id = $3",
-                json.dumps(config),
-                now_ms(),
-                experiment_id,
-            )
-            await audit(self.db, user.name, "experiment.extend", f"{row[1]}/{row[2]}/{experiment_id}", detail)
-        else:
-            if row[5] == "RUNNING" and row[11] != self.settings.replica:
-                raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row[11]!r}.")
-            owner = await users_mod.get_user(self.db, row[1]) or user
-            async with self._quota_lock(owner.name):
-                async with self.db.transaction() as tx:
-                    await self._check_quota(tx, owner, int(row[8]), int(row[9]), exclude=experiment_id)
-                    # RUNNING before it starts: its end (however soon) is recorded after this.
-                    await tx.execute(
-                        "UPDATE svc_experiments SET config = $1, status = $2, message = NULL, ended_ms = NULL, "
-                        "owner = $3, updated_ms = $4 WHERE id = $5",
-                        json.dumps(config),
-                        "RUNNING",
-                        self.settings.replica,
-                        now_ms(),
-                        experiment_id,
-                    )
-                    await audit(tx, user.name, "experiment.extend", f"{row[1]}/{row[2]}/{experiment_id}", detail)
-                try:
-                    await self.manager.resume(
-                        experiment_id,
-                        max_trial_number=number,
-                        max_experiment_duration=duration,
-                        rerun_failed=rerun,
-                        user=owner.name,
-                    )
-                except NniTsError as exc:
-                    await self.db.execute(
-                        "UPDATE svc_experiments SET status = $1, message = $2, config = $3 WHERE id = $4",
-                        row[5],
-                        row[6],
-                        row[7],
-                        experiment_id,
-                    )
-                    raise HTTPProblem(409, f"Experiment {experiment_id} cannot be continued: {exc}") from None
-        row = await self._experiment_row(user, experiment_id)
-        return web.json_response(await self._details(row))
+        if self.manager.is_live(row.id):
+            if req.rerun_failed:
+                raise HTTPProblem(409, f"Experiment {row.id} is running; re-run failed trials after it ends.")
+            await self.manager.extend_live(row.id, max_trial_number=number, max_duration=duration)
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    "UPDATE svc_experiments SET config = $1, updated_ms = $2 WHERE id = $3",
+                    json.dumps(config),
+                    now_ms(),
+                    row.id,
+                )
+                await audit(tx, user.name, "experiment.extend", row.target, detail)
+            return
+        if row.status == "RUNNING" and row.owner != self.settings.replica:
+            raise HTTPProblem(409, f"Experiment {row.id} runs on the replica {row.owner!r}.")
+        owner = await users_mod.get_user(self.db, row.user_name) or user
+        async with self._quota_lock(owner.name):
+            async with self.db.transaction() as tx:
+                await self._check_quota(tx, owner, row.trial_concurrency, row.gpus_per_trial, exclude=row.id)
+                # RUNNING before it starts: its end (however soon) is recorded after this.
+                await tx.execute(
+                    "UPDATE svc_experiments SET config = $1, status = $2, message = NULL, ended_ms = NULL, "
+                    "owner = $3, updated_ms = $4 WHERE id = $5",
+                    json.dumps(config),
+                    "RUNNING",
+                    self.settings.replica,
+                    now_ms(),
+                    row.id,
+                )
+                await audit(tx, user.name, "experiment.extend", row.target, detail)
+            try:
+                await self.manager.resume(
+                    row.id,
+                    max_trial_number=number,
+                    max_experiment_duration=duration,
+                    rerun_failed=req.rerun_failed,
+                    user=owner.name,
+                )
+            except NniTsError as exc:  # put the row back as it was
+                await self.db.execute(
+                    "UPDATE svc_experiments SET status = $1, message = $2, config = $3, ended_ms = $4 WHERE id = $5",
+                    row.status,
+                    row.message,
+                    row.config,
+                    row.ended_ms,
+                    row.id,
+                )
+                raise HTTPProblem(409, f"Experiment {row.id} cannot be continued: {exc}") from None
 
     def _page(self, request: web.Request) -> tuple[int | None, int]:
         limit = self._query_int(request, "limit", minimum=1, maximum=1_000_000)
@@ -984,21 +966,21 @@ class ExperimentService:
     async def _trials(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
         limit, offset = self._page(request)
-        rows = await self._trial_rows(row[0], limit=limit, offset=offset if limit is not None else 0)
+        rows = await self._trial_rows(row.id, limit=limit, offset=offset if limit is not None else 0)
         return web.json_response([self._trial_dict(t) for t in rows])
 
     async def _trial(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
         trial_id = request.match_info["trial_id"]
         trow = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND id = $2", row[0], trial_id
+            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if trow is None:
-            raise HTTPProblem(404, f"Experiment {row[0]} has no trial {trial_id!r}.")
+            raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
         out = self._trial_dict(trow)
         metrics = await self.db.fetch(
             "SELECT seq, type, value, data FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 ORDER BY seq",
-            row[0],
+            row.id,
             trial_id,
         )
         out["metrics"] = [_metric_dict(trial_id, m) for m in metrics]
@@ -1013,14 +995,14 @@ class ExperimentService:
             rows = await self.db.fetch(
                 "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 "
                 f"ORDER BY seq{page}",
-                row[0],
+                row.id,
                 trial,
             )
         else:
             rows = await self.db.fetch(
                 "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 "
                 f"ORDER BY trial_id, seq{page}",
-                row[0],
+                row.id,
             )
         return web.json_response([_metric_dict(m[4], m) for m in rows])
 
@@ -1032,19 +1014,19 @@ class ExperimentService:
             raise HTTPProblem(400, f"file must be one of {', '.join(TRIAL_FILES)}, got {name!r}.")
         tail = self._query_int(request, "tail", minimum=0, maximum=_MAX_TAIL)
         known = await self.db.fetchrow(
-            "SELECT id FROM svc_trials WHERE experiment_id = $1 AND id = $2", row[0], trial_id
+            "SELECT id FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if known is None:
-            raise HTTPProblem(404, f"Experiment {row[0]} has no trial {trial_id!r}.")
-        data = await self.manager.trial_file(row[0], trial_id, name, tail)
+            raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
+        data = await self.manager.trial_file(row.id, trial_id, name, tail)
         if data is None:
-            parts = [row[1], row[2], "experiments", row[0], "trials", trial_id, name]
+            parts = [row.user_name, row.workspace, "experiments", row.id, "trials", trial_id, name]
             data = await asyncio.to_thread(read_file_nofollow, self.data_dir / "workspaces", parts, tail)
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
-        experiment_id = row[0]
+        experiment_id = row.id
         queue = self.manager.subscribe(experiment_id)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -1052,7 +1034,8 @@ class ExperimentService:
         await response.prepare(request)
         if queue is None:
             await _sse(
-                response, {"event": "experiment", "experimentId": experiment_id, "status": row[5], "message": row[6]}
+                response,
+                {"event": "experiment", "experimentId": experiment_id, "status": row.status, "message": row.message},
             )
             await response.write_eof()
             return response
