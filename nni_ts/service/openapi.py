@@ -111,8 +111,8 @@ def openapi_document() -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "maxTrialNumber": {"type": "integer", "minimum": 1},
-                "maxExperimentDuration": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+                "maxTrialNumber": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                "maxExperimentDuration": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
                 "rerunFailed": {"type": "boolean"},
             },
         },

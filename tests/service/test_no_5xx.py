@@ -193,3 +193,26 @@ async def test_postgresql_down_is_a_503_on_every_route(postgres_server: Any, tmp
                 while (await api.call("GET", "/healthz"))[0] != 200:
                     await asyncio.sleep(0.05)
             assert (await api.call("GET", "/me", token=token))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        ({"maxTrialNumber": "5"}, "maxTrialNumber"),
+        ({"maxTrialNumber": True}, "maxTrialNumber"),
+        ({"maxTrialNumber": 1e20}, "maxTrialNumber"),
+        ({"rerunFailed": "yes"}, "rerunFailed"),
+        ({"bogus": 1}, "bogus"),
+        ({"maxExperimentDuration": "soon"}, "maxExperimentDuration"),
+        ({}, "(top level)"),
+        ([1], None),
+    ],
+)
+async def test_the_extend_body_is_validated_strictly(svc: Running, body: Any, path: str | None) -> None:
+    created = await svc.api.ok("POST", "/workspaces/w/experiments", token=svc.tokens["alice"], json=quick_config())
+    status, answer = await svc.api.call(
+        "POST", f"/experiments/{created['id']}/extend", token=svc.tokens["alice"], json=body
+    )
+    assert status == 422, answer
+    if path is not None:
+        assert answer["path"] == path, answer
