@@ -12,6 +12,7 @@ requests. The last lines give each database against the baseline and PostgreSQL 
     python bench/bench_service.py [--users 50] [--trials 20] [--concurrency 4] [--pg URL|auto|none]
 
 ``--pg auto`` (the default) starts a throw-away PostgreSQL cluster (initdb, pg_ctl) for the run.
+``BENCH_SERVICE_LOG=FILE`` appends the services' logs there (else they are discarded).
 """
 
 from __future__ import annotations
@@ -303,7 +304,9 @@ def run_service(name: str, db: str, home: Path, args: argparse.Namespace) -> Run
         [*serve_cmd, "serve", "--port", "0", "--db", db, "--data-dir", str(home / "svc"), "--stop-on-exit"],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=open(os.environ["BENCH_SERVICE_LOG"], "a")
+        if os.environ.get("BENCH_SERVICE_LOG")
+        else subprocess.DEVNULL,  # noqa: SIM115
         text=True,
     )
     assert serve.stdout is not None
