@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import psutil
 import pydantic
 from pyee import EventEmitter
 
+from ..clock import REAL_CLOCK, Clock, TimerHandle
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..storage import Store, TrialRecord, open_store
@@ -153,7 +153,7 @@ class _Live:
         self.history: list[Any] = []
         self.told = False
         self.reattached = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: TimerHandle | None = None
 
 
 class Experiment:
@@ -167,6 +167,9 @@ class Experiment:
     ``events`` (pyee) emits ``"started"`` (the record exists), ``"running"`` (the platform is up),
     ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record) and ``"status"`` (the
     experiment status).
+
+    ``clock`` times ``maxTrialDuration`` and ``maxExperimentDuration`` (tests pass a
+    :class:`nni_ts.testing.FakeClock`; the service it makes gets the same clock).
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class Experiment:
         tuner: Tuner | None = None,
         assessor: Assessor | None = None,
         control_socket: bool = True,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         from ..config.experiment import ExperimentConfig
         from ..config.loader import config_from_dict, load_experiment_config
@@ -195,6 +199,7 @@ class Experiment:
         self.events = EventEmitter()
         self.optimize_mode = optimize_mode(self.config)
         self.control_socket = control_socket
+        self.clock = clock
         self._service = service
         self._tuner = tuner
         self._assessor = assessor
@@ -205,7 +210,7 @@ class Experiment:
         self._live: dict[str, _Live] = {}
         self._pending_retries: deque[_Live] = deque()
         self._wake = asyncio.Event()
-        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: TimerHandle | None = None
         self._stop_reason: str | None = None
         self._tuner_exhausted = False
         self._next_parameter_id = 0
@@ -240,6 +245,7 @@ class Experiment:
         service: TrainingService[Any] | None = None,
         tuner: Tuner | None = None,
         control_socket: bool = True,
+        clock: Clock = REAL_CLOCK,
     ) -> Experiment:
         """An experiment that continues ``experiment_id``: re-attaches to its running trials, replays
         its finished ones into the tuner and completes the budget. ``max_trial_number`` and
@@ -267,6 +273,7 @@ class Experiment:
             service=service,
             tuner=tuner,
             control_socket=control_socket,
+            clock=clock,
         )
         exp._own_store = own
         exp._resuming = True
@@ -321,8 +328,7 @@ class Experiment:
         if max_experiment_duration is not None and deadline is not None:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
-            loop = asyncio.get_running_loop()
-            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+            self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         self._wake.set()
 
     def import_results(self, entries: list[dict[str, Any]]) -> None:
@@ -349,7 +355,7 @@ class Experiment:
         eta = None
         limit = self.config.max_trial_number
         if limit and done:
-            eta = max(0.0, (limit - done) * (time.monotonic() - self._started_at) / max(done, 1))
+            eta = max(0.0, (limit - done) * (self.clock.time() - self._started_at) / max(done, 1))
         deadline = self.config.max_experiment_seconds
         if deadline is not None:
             left = max(0.0, deadline - elapsed)
@@ -380,7 +386,7 @@ class Experiment:
 
     async def run(self) -> ExperimentResult:
         """Run (or continue) the experiment to its end and return the result."""
-        self._started_at = time.monotonic()
+        self._started_at = self.clock.time()
         try:
             # Everything the config names is built before anything is recorded: a mistake in the
             # tuner or platform section leaves no half-created experiment behind.
@@ -490,7 +496,9 @@ class Experiment:
 
         ts = self.config.training_service
         cls = get_platform_class(ts.platform)
-        return cls(ts, experiment_id=self.id, experiment_dir=self.working_directory)
+        service = cls(ts, experiment_id=self.id, experiment_dir=self.working_directory)
+        service.clock = self.clock
+        return service
 
     def _make_tuner(self) -> Tuner:
         from ..tuners import create_tuner
@@ -578,7 +586,7 @@ class Experiment:
     def _elapsed(self) -> float:
         if not self._started_at:
             return self._active_before
-        return self._active_before + time.monotonic() - self._started_at
+        return self._active_before + self.clock.time() - self._started_at
 
     def _budget_left(self) -> bool:
         limit = self.config.max_trial_number
@@ -593,10 +601,9 @@ class Experiment:
             self.stop(f"maxFailedTrialNumber ({limit}) reached: {self._failed} trials failed.")
 
     async def _main_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         deadline = self.config.max_experiment_seconds
         if deadline is not None:
-            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+            self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         try:
             while True:
                 self._wake.clear()
@@ -739,8 +746,8 @@ class Experiment:
             limit = self.config.max_trial_seconds
             if limit is not None:
                 started = (detail.start_time or 0) / 1000
-                left = max(0.0, limit - (time.time() - started)) if started else limit
-                live.timer = asyncio.get_running_loop().call_later(left, self._trial_timed_out, detail.id)
+                left = max(0.0, limit - (self.clock.wall() - started)) if started else limit
+                live.timer = self.clock.call_later(left, self._trial_timed_out, detail.id)
         if detail.status.is_terminal:
             self._trial_ended(detail)
 
