@@ -29,7 +29,7 @@ OS_USERS = ("ntst-alice", "ntst-bob")
 @pytest.fixture(scope="module")
 def trial_users() -> Iterator[dict[str, int]]:
     if os.geteuid() != 0 or shutil.which("useradd") is None:
-        pytest.skip("running trials as another OS user needs root and useradd")
+        pytest.skip("a throw-away OS user for trials needs root and useradd")
     uids = {}
     for name in OS_USERS:
         subprocess.run(["userdel", name], capture_output=True, check=False)
