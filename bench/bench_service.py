@@ -37,7 +37,17 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile  # noqa: E402
+from _common import loop_lag_report, percentile  # noqa: E402
+
+# `nni-ts serve` with a probe in every event loop it runs (see _common.install_loop_lag).
+SERVE_WITH_PROBE = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from _common import install_loop_lag
+install_loop_lag(sys.argv[1])
+from nni_ts.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 # A trial that only reports its final result (NNI's local metrics framing), so that the benchmark
 # measures the service, not Python start-up. The value is the wall clock (ns) when it reports.
@@ -276,6 +286,7 @@ class Run:
     delays: list[float]
     idle: int
     peak: int
+    stalls: str
 
     @property
     def every(self) -> list[float]:
@@ -296,10 +307,14 @@ async def add_users(db_url: str, count: int) -> list[str]:
 
 def run_service(name: str, db: str, home: Path, args: argparse.Namespace) -> Run:
     env = dict(os.environ, NNI_TS_HOME=str(home))
-    cli = [sys.executable, "-m", "nni_ts.cli"]
     tokens: list[str | None] = list(asyncio.run(add_users(db, args.users)))
     prof = os.environ.get("BENCH_SERVICE_PROFILE")  # a cProfile output file, for investigating
-    serve_cmd = [sys.executable, "-m", "cProfile", "-o", f"{prof}.{name}", "-m", "nni_ts.cli"] if prof else cli
+    lag_file = str(home / "loop-lag.json")
+    serve_cmd = (
+        [sys.executable, "-m", "cProfile", "-o", f"{prof}.{name}", "-m", "nni_ts.cli"]
+        if prof
+        else [sys.executable, "-c", SERVE_WITH_PROBE, lag_file]
+    )
     serve = subprocess.Popen(
         [*serve_cmd, "serve", "--port", "0", "--db", db, "--data-dir", str(home / "svc"), "--stop-on-exit"],
         env=env,
@@ -320,7 +335,8 @@ def run_service(name: str, db: str, home: Path, args: argparse.Namespace) -> Run
     serve.terminate()
     serve.wait(120)
     serve.stdout.close()
-    return Run(name, creates, reads, polls, wall, delays, idle, mem.peak)
+    stalls = loop_lag_report(lag_file) if not prof else "not measured (profiling)"
+    return Run(name, creates, reads, polls, wall, delays, idle, mem.peak, stalls)
 
 
 def main() -> None:
@@ -380,6 +396,7 @@ def main() -> None:
             f"poll p50={percentile(r.reads, 50):.1f} ms p99={percentile(r.reads, 99):.1f} ms; "
             f"RSS idle {r.idle / 2**20:.0f} MiB, peak {r.peak / 2**20:.0f} MiB"
         )
+        print(f"  event-loop stalls of the service: {r.stalls}")
         if r.delays:
             print(
                 f"  report -> readable through the API ({len(r.delays)} records): "
