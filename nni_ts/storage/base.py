@@ -9,9 +9,10 @@ databases, and one test suite run against each (``tests/service/test_storage_bac
   ``exp_trials``, ``exp_metrics``), so that an experiment service running on PostgreSQL can have its
   experiments write there directly, and any replica read any experiment at once.
 
-Status (issue 14): the interface and both backends exist and pass the same suite; the experiment loop
-and the service still use the synchronous :class:`Store` plus the service's mirror. Wiring the loop
-to this interface waits for the store's async writer (issue 12's "store writes off the event loop").
+Status (issue 14): the interface and both backends exist and pass the same suite; the SQLite backend
+runs on the store's writer thread (:class:`AsyncStore`, issue 12). The experiment loop and the service
+still use :class:`AsyncStore` directly plus the service's mirror: wiring the loop to this interface (so
+that a service on PostgreSQL gets its experiments' records without the mirror) is what is left.
 
 Every method is a coroutine. Records are the store's dataclasses (:class:`ExperimentRecord`,
 :class:`TrialRecord`, :class:`MetricRecord`); metric data is kept byte for byte (PostgreSQL: BYTEA,
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..errors import StoreError, UserError
 from ..models import TrialJobDetail, TrialJobStatus, now_ms
-from .store import ExperimentRecord, MetricRecord, Store, TrialRecord
+from .store import AsyncStore, ExperimentRecord, MetricRecord, Store, TrialRecord
 
 __all__ = ["ExperimentStorage", "PostgresStorage", "SqliteStorage", "open_storage"]
 
@@ -97,10 +98,12 @@ class ExperimentStorage(abc.ABC):
 
 
 class SqliteStorage(ExperimentStorage):
-    """The nni-ts store file behind the async interface (its calls are sub-millisecond on WAL)."""
+    """The nni-ts store file behind the async interface: every call runs on the store's writer thread
+    (:class:`~nni_ts.storage.store.AsyncStore`), in the order made; a write returns once committed."""
 
     def __init__(self, path: str | Path) -> None:
         self.store = Store(path)
+        self._async = AsyncStore(self.store)
 
     async def create_experiment(
         self,
@@ -114,7 +117,7 @@ class SqliteStorage(ExperimentStorage):
         manager_pid: int | None = None,
         manager_started: float | None = None,
     ) -> ExperimentRecord:
-        return self.store.create_experiment(
+        return await self._async.create_experiment(
             experiment_id,
             name=name,
             platform=platform,
@@ -126,39 +129,39 @@ class SqliteStorage(ExperimentStorage):
         )
 
     async def get_experiment(self, experiment_id: str) -> ExperimentRecord:
-        return self.store.get_experiment(experiment_id)
+        return await self._async.get_experiment(experiment_id)
 
     async def list_experiments(self) -> list[ExperimentRecord]:
-        return self.store.list_experiments()
+        return await self._async._call(self.store.list_experiments, write=False)
 
     async def update_experiment(self, experiment_id: str, **fields: Any) -> None:
-        self.store.update_experiment(experiment_id, **fields)
+        await self._async.update_experiment(experiment_id, **fields)
 
     async def delete_experiment(self, experiment_id: str) -> bool:
-        return self.store.delete_experiment(experiment_id)
+        return await self._async.delete_experiment(experiment_id)
 
     async def insert_trial(self, trial: TrialRecord) -> None:
-        self.store.insert_trial(trial)
+        await self._async.insert_trial(trial)
 
     async def update_trial(self, experiment_id: str, detail: TrialJobDetail) -> None:
-        self.store.update_trial(experiment_id, detail)
+        await self._async.update_trial(experiment_id, detail)
 
     async def get_trial(self, experiment_id: str, trial_id: str) -> TrialRecord:
-        return self.store.get_trial(experiment_id, trial_id)
+        return await self._async.get_trial(experiment_id, trial_id)
 
     async def list_trials(self, experiment_id: str, *, with_detail: bool = False) -> list[TrialRecord]:
-        return self.store.list_trials(experiment_id, with_detail=with_detail)
+        return await self._async.list_trials(experiment_id, with_detail=with_detail)
 
     async def add_metric(
         self, experiment_id: str, trial_id: str, seq: int, *, type: str, value: float | None, data: str
     ) -> bool:
-        return self.store.add_metric(experiment_id, trial_id, seq, type=type, value=value, data=data)
+        return await self._async.add_metric(experiment_id, trial_id, seq, type=type, value=value, data=data)
 
     async def metrics(self, experiment_id: str, trial_id: str) -> list[MetricRecord]:
-        return self.store.metrics(experiment_id, trial_id)
+        return await self._async.metrics(experiment_id, trial_id)
 
     async def close(self) -> None:
-        self.store.close()
+        await self._async.aclose()
 
 
 _PG_SCHEMA = """
