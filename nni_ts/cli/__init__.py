@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ..config.errors import redact
 from ..errors import ConfigError, NniTsError, UserError
 
 __all__ = ["main"]
@@ -281,7 +282,7 @@ async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
 
 def _setup_logging(working_dir: Path) -> list[logging.Handler]:
     """Log to ``manager.log`` in the experiment's directory; warnings also to stderr."""
-    working_dir.mkdir(parents=True, exist_ok=True)
+    working_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = logging.getLogger("nni_ts")
     root.setLevel(logging.INFO)
     handler = logging.FileHandler(working_dir / "manager.log")
@@ -307,7 +308,7 @@ def _run_logged(exp: Any, out: _Out, *, quiet: bool) -> int:
 
 def _detach(argv: list[str], experiment_id: str, working_dir: Path, out: _Out) -> int:
     """Start the same command in the background (a new session, output to manager.out)."""
-    working_dir.mkdir(parents=True, exist_ok=True)
+    working_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = working_dir / "manager.out"
     cmd = [sys.executable, "-m", "nni_ts.cli", *argv, "--quiet"]
     with open(log_path, "ab") as log_file:
@@ -468,7 +469,7 @@ def _cmd_experiment(args: argparse.Namespace, out: _Out) -> int:
                 "platform": record.platform,
                 "message": record.message,
                 "workingDirectory": record.working_dir,
-                "config": record.config,
+                "config": redact(record.config),
             }
             out.emit(shown, json.dumps(shown, indent=2))
             return EXIT_OK
