@@ -29,7 +29,7 @@ from . import LIGHT_NNI_PATH, __version__
 from .journal import JOURNAL_NAME, MAX_LINE, STATE_DIR, Journal, read_journal, write_exit
 from .records import parse_stdout_line
 
-__all__ = ["Keeper", "KeeperConfig", "Reporter", "build_env"]
+__all__ = ["TRIAL_MARKER", "Keeper", "KeeperConfig", "Reporter", "build_env", "kill_trial", "marked_pids"]
 
 log = logging.getLogger("trial_keeper")
 
@@ -42,6 +42,10 @@ BACKOFF_MAX = 5.0
 LATE_SIGNAL_WAIT = 2.0  # seconds a SIGTERM after the trial ended leaves for the last acknowledgement
 #: Seconds to wait for a connection or an answer.
 HTTP_TIMEOUT = 30.0
+#: Every process of a trial inherits this environment variable (a random value per attempt), so that
+#: the processes that left the trial's process group (``setsid``, ``start_new_session``) are found
+#: and killed with it, as a container runtime would.
+TRIAL_MARKER = "NNI_TS_TRIAL_MARK"
 
 
 class KeeperError(Exception):
@@ -402,6 +406,7 @@ class Keeper(object):
         self._popen = None  # type: subprocess.Popen | None
         self._stop_requested = False
         self._kill_timer = None  # type: threading.Timer | None
+        self.marker = base64.b32encode(os.urandom(15)).decode("ascii").lower()
 
     # ---------------------------------------------------------------- main
 
@@ -434,10 +439,12 @@ class Keeper(object):
             if self._stop_requested:
                 return 128 + signal.SIGTERM
             started_ms = int(time.time() * 1000)
+            env = build_env(cfg)
+            env[TRIAL_MARKER] = self.marker
             self._popen = subprocess.Popen(
                 ["/bin/sh", "-c", cfg.command],
                 cwd=cfg.code_dir,
-                env=build_env(cfg),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -445,7 +452,7 @@ class Keeper(object):
                 close_fds=True,
             )
             log.info("Trial %s attempt %d started: pid %d.", cfg.trial_id, cfg.attempt, self._popen.pid)
-            _write_pid_file(self.state_dir, os.getpid(), self._popen.pid, started_ms)
+            _write_pid_file(self.state_dir, os.getpid(), self._popen.pid, started_ms, cfg.attempt, self.marker)
             if cfg.server_url:
                 self._reporter = Reporter(cfg, started_ms, self._popen.pid, self.journal_path)
                 self._reporter.start()
@@ -468,7 +475,8 @@ class Keeper(object):
                 reader.start()
             returncode = self._popen.wait()
             end_ms = int(time.time() * 1000)
-            _killpg(self._popen.pid, signal.SIGKILL)  # what is left of the trial's group goes with it
+            # What is left of the trial goes with it: its group, and what left the group (setsid).
+            kill_trial(self._popen.pid, self.marker, signal.SIGKILL)
             if self._kill_timer is not None:
                 self._kill_timer.cancel()
             for reader in readers:
@@ -491,7 +499,7 @@ class Keeper(object):
             return exit_code
         finally:
             if self._popen is not None and self._popen.poll() is None:
-                _killpg(self._popen.pid, signal.SIGKILL)
+                kill_trial(self._popen.pid, self.marker, signal.SIGKILL)
             out_file.close()
             err_file.close()
             if self._journal is not None:
@@ -594,20 +602,84 @@ class Keeper(object):
     def _terminate(self):
         # type: () -> None
         assert self._popen is not None
-        _killpg(self._popen.pid, signal.SIGTERM)
-        self._kill_timer = threading.Timer(self.config.grace, _killpg, (self._popen.pid, signal.SIGKILL))
+        kill_trial(self._popen.pid, self.marker, signal.SIGTERM)
+        self._kill_timer = threading.Timer(
+            self.config.grace, kill_trial, (self._popen.pid, self.marker, signal.SIGKILL)
+        )
         self._kill_timer.daemon = True
         self._kill_timer.start()
 
 
-def _write_pid_file(state_dir, keeper_pid, trial_pgid, started_ms):
-    # type: (str, int, int, int) -> None
-    """``<state dir>/pid``: the keeper's pid and the trial's process group, for platforms that must find them."""
+def _write_pid_file(state_dir, keeper_pid, trial_pgid, started_ms, attempt, marker):
+    # type: (str, int, int, int, int, str) -> None
+    """``<state dir>/pid``: the keeper's pid, the trial's process group, its attempt and marker, for
+    platforms that must find them."""
     path = os.path.join(state_dir, "pid")
     tmp = path + ".tmp"
+    data = {
+        "keeper_pid": keeper_pid,
+        "trial_pgid": trial_pgid,
+        "start_time_ms": started_ms,
+        "attempt": attempt,
+        "marker": marker,
+    }
     with open(tmp, "w") as fh:
-        json.dump({"keeper_pid": keeper_pid, "trial_pgid": trial_pgid, "start_time_ms": started_ms}, fh)
+        json.dump(data, fh)
     os.rename(tmp, path)
+
+
+def marked_pids(marker):
+    # type: (str) -> list[int]
+    """The processes whose environment holds ``TRIAL_MARKER=marker`` (read from /proc; only the
+    processes of this user are readable, which are the only ones a trial can start)."""
+    if not marker:
+        return []
+    needle = ("%s=%s" % (TRIAL_MARKER, marker)).encode("ascii")
+    me = os.getpid()
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as fh:
+                environ = fh.read()
+        except (IOError, OSError):
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(name))
+    return found
+
+
+def kill_trial(pgid, marker, signum):
+    # type: (int | None, str | None, int) -> int
+    """Send ``signum`` to the trial's process group and to every process carrying its marker.
+
+    Rounds repeat (at most 5) while marked processes are found, so that a process forked while the
+    previous round ran is not missed. Returns how many marked processes were signalled.
+    """
+    if pgid:
+        _killpg(pgid, signum)
+    count = 0
+    seen = set()  # type: set[int]
+    for _ in range(5):
+        pids = [p for p in marked_pids(marker or "") if p not in seen or signum == signal.SIGKILL]
+        if not pids:
+            break
+        for pid in pids:
+            seen.add(pid)
+            try:
+                os.kill(pid, signum)
+                count += 1
+            except OSError:
+                pass
+        if signum != signal.SIGKILL:
+            break
+        time.sleep(0.01)
+    return count
 
 
 def _killpg(pgid, signum):
