@@ -93,11 +93,10 @@ async def test_host_down_for_good_fails_its_trials_and_cancel_of_unknown(
             await wait_gone(pid, timeout=60)
 
 
-@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
-async def test_sigkilled_keeper(sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool) -> None:
+async def test_sigkilled_keeper(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", use_agent=use_agent)
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp")
     async with svc:
         rec = Recorder(svc)
         t = await svc.submit_trial_job(form({"release": str(tmp_path / "never"), "pid_dir": str(pid_dir)}))
@@ -195,7 +194,7 @@ async def test_killed_agent_is_replaced(sshd_cluster: SshdCluster, tmp_path: Pat
         agent = svc._hosts[0].agent
         assert agent is not None and agent.pid
         os.kill(agent.pid, signal.SIGKILL)
-        for i in range(3):  # through the shell meanwhile, then through a new agent
+        for i in range(3):  # they wait for the reconnection, then go through a new agent
             t = await svc.submit_trial_job(form({}, i))
             done = await wait_for_status(svc, t.id, timeout=30)
             assert done.status is TrialJobStatus.SUCCEEDED, done.message
@@ -207,16 +206,15 @@ async def test_killed_agent_is_replaced(sshd_cluster: SshdCluster, tmp_path: Pat
         await wait_gone(trial_pid)
 
 
-@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
 async def test_keepers_that_cannot_report_are_read_back_from_their_journal(
-    sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool
+    sshd_cluster: SshdCluster, tmp_path: Path
 ) -> None:
     """The tunnel is closed under running keepers: their records and ends come from the journal over SFTP."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     release = tmp_path / "release"
     hosts = [machine(sshd_cluster.hosts[0])]
-    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts, use_agent=use_agent)
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
     async with svc:
         rec = Recorder(svc)
         t = await svc.submit_trial_job(form({"release": str(release), "pid_dir": str(pid_dir)}))
@@ -246,17 +244,14 @@ async def test_missing_key_file_is_named(sshd_cluster: SshdCluster, tmp_path: Pa
     await svc.clean_up()
 
 
-@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
-async def test_host_without_a_usable_python_is_reported(
-    sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool
-) -> None:
+async def test_host_without_a_usable_python_is_reported(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
     old = tmp_path / "old-python"
     old.mkdir()
     fake = old / "python3"
     fake.write_text("#!/bin/sh\necho 'Python 2.7.18' >&2\nexit 1\n")
     fake.chmod(0o755)
     hosts = [{**machine(sshd_cluster.hosts[0]), "pythonPath": str(old)}]
-    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts, use_agent=use_agent)
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
     with pytest.raises(PlatformError) as info:
         await svc.start()
     assert "older than 3.8" in str(info.value) and "Python 2.7.18" in str(info.value)
