@@ -21,6 +21,7 @@ import selectors
 import socket
 import threading
 from types import TracebackType
+from typing import cast
 
 __all__ = ["TcpProxy"]
 
@@ -122,8 +123,7 @@ class TcpProxy:
                     for s in watched:
                         sel.unregister(s)
                 for key, _ in events:
-                    s = key.fileobj
-                    assert isinstance(s, socket.socket)
+                    s = cast(socket.socket, key.fileobj)
                     if s is self._wake_r:
                         try:
                             self._wake_r.recv(4096)

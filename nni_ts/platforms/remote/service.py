@@ -218,7 +218,6 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         self._hosts: list[_Host] = []
         self._runs: dict[str, _Run] = {}
         self._queue: deque[_Run] = deque()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._code: CodeArchive | None = None
         self._keeper: CodeArchive | None = None
         self._archive_lock = asyncio.Lock()
@@ -284,17 +283,6 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             json.dump(self._state_data, fh)
         os.replace(tmp, path)
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Background task %s failed.", task.get_name(), exc_info=task.exception())
-
     async def _start(self) -> None:
         cfg = self.config
         code_dir = Path(cfg.trial_code_directory).expanduser()
@@ -342,15 +330,14 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                     raise res
                 errors.append(f"  - {h.label}: {h.error}")
         if len(errors) == len(self._hosts):
-            await self._shutdown()
             raise PlatformError("No machine of machineList could be used:\n" + "\n".join(errors))
         for h in self._hosts:
             if h.error:
                 log.warning(
                     "Machine %s is unreachable; trials go to the others while it is retried: %s", h.label, h.error
                 )
-            self._spawn(self._monitor(h), f"nni-ts-remote-monitor-{h.label}")
-            self._spawn(self._watchdog(h), f"nni-ts-remote-watchdog-{h.label}")
+            self.tasks.spawn(self._monitor(h), name=f"monitor-{h.label}")
+            self.tasks.spawn(self._watchdog(h), name=f"watchdog-{h.label}")
 
     async def _bring_up(self, host: _Host) -> None:
         """Connect, make the experiment's directories, start the agent (checks python3 and GPUs), open the tunnel.
@@ -491,14 +478,8 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         for run in self._runs.values():
             if run.doubt_timer is not None:
                 run.doubt_timer.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=10)
-            for task in pending:
-                log.warning("Background task %s did not stop within 10 s.", task.get_name())
-        self._tasks.clear()
+        # The monitors, watchdogs and launches stop before their connections close.
+        await self.tasks.stop(self.task_stop_timeout)
         await asyncio.gather(*(self._close_quietly(h) for h in self._hosts))
         if self._server is not None:
             await self._server.close()
@@ -574,13 +555,12 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             run = self._runs.get(tid)
             if run is None or run.detail.status.is_terminal or run.keeper_pid is None:
                 continue
-            self._set_status(
-                tid,
-                TrialJobStatus.UNKNOWN,
-                message=f"Lost the connection to {host.label}; reconnecting. The trial keeps running there.",
+            self.reporter.unknown(
+                tid, f"Lost the connection to {host.label}; reconnecting. The trial keeps running there."
             )
         close = host.conn.detach()
-        self._spawn(asyncio.to_thread(close), f"nni-ts-remote-close-{host.label}")
+        if not self.tasks.closed:
+            self.tasks.spawn(asyncio.to_thread(close), name=f"close-{host.label}")
 
     async def _after_reconnect(self, host: _Host) -> None:
         """Stop what was revoked, settle launches in doubt, then poll the host's trials."""
@@ -645,13 +625,16 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             return
         run.in_doubt = False
         host.revoke.append(run.current())
-        self._set_status(
-            run.detail.id,
-            TrialJobStatus.FAILED,
-            message=f"The launch on {host.label} got no answer and the machine has not answered for "
-            f"{self.unknown_timeout:g} s; if the trial started there, it is stopped when the machine answers again.",
-            infrastructure_failure=True,
+        message = (
+            f"The launch on {host.label} got no answer and the machine has not answered for "
+            f"{self.unknown_timeout:g} s; if the trial started there, it is stopped when the machine answers again."
         )
+        if not self.tasks.closed:
+            self.tasks.spawn(self._fail(run.detail.id, message), name=f"doubt-{run.detail.id}")
+
+    async def _fail(self, trial_id: str, message: str) -> None:
+        """End a trial as FAILED by an infrastructure failure."""
+        await self.reporter.ended(trial_id, TrialJobStatus.FAILED, message=message, infrastructure_failure=True)
 
     def _note_waiting(self) -> None:
         down = [f"{h.label} ({h.error})" for h in self._hosts if not h.ready and h.error]
@@ -659,7 +642,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             return
         note = "Waiting for a machine; unreachable: " + "; ".join(down)
         for run in self._queue:
-            run.detail.message = note
+            self.reporter.waiting(run.detail.id, note)
 
     # ------------------------------------------------------------------ polling
 
@@ -683,7 +666,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             exited, alive = seen[tid]
             if alive:
                 if run.detail.status is TrialJobStatus.UNKNOWN and host.ready:
-                    self._set_status(tid, TrialJobStatus.RUNNING, message=f"{host.label} is back.")
+                    self.reporter.running(tid, message=f"{host.label} is back.")
                 if exited:
                     host.exit_seen[tid] = host.exit_seen.get(tid, 0) + 1
                     if host.exit_seen[tid] >= 2 and await self._recover(run, host):
@@ -701,7 +684,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             message = f"The trial keeper on {host.label} ended without recording the trial's end (killed?)."
             if why.strip():
                 message += f" Its output: {why.strip()[-500:]}"
-            self._set_status(tid, TrialJobStatus.FAILED, message=message, infrastructure_failure=True)
+            await self._fail(tid, message)
 
     async def _recover(self, run: _Run, host: _Host) -> bool:
         """Read the trial's journal and exit over SFTP; deliver them through the server's de-duplication."""
@@ -738,7 +721,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
-        if not self._queue:
+        if not self._queue or self.tasks.closed:
             return
         need = self.config.trial_gpu_number
         for run in list(self._queue):
@@ -748,7 +731,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             impossible = self._impossible(need)
             if impossible:
                 self._queue.remove(run)
-                self._set_status(run.detail.id, TrialJobStatus.FAILED, message=impossible, infrastructure_failure=True)
+                self.tasks.spawn(self._fail(run.detail.id, impossible), name=f"no-gpus-{run.detail.id}")
                 continue
             host = self._pick_host(run, need)
             if host is None:
@@ -756,7 +739,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             self._queue.remove(run)
             run.host = host
             host.trials.add(run.detail.id)
-            run.launch = self._spawn(self._launch(run, host), f"nni-ts-remote-launch-{run.detail.id}")
+            run.launch = self.tasks.spawn(self._launch(run, host), name=f"launch-{run.detail.id}")
         if self._queue:
             self._note_waiting()
 
@@ -925,20 +908,6 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             await host.conn.check(self._shell(script), what="link the trial code into the experiment")
             host.code_ready = True
 
-    def _trial_command(self, detail: TrialJobDetail) -> str:
-        cfg = self.config
-        command = detail.form.command or cfg.trial_command or ""
-        if not command:
-            raise ConfigError("trialCommand is not set.", path="trialCommand")
-        if cfg.hyperparameters_as_args:
-            args = []
-            for k, v in detail.form.parameters().items():
-                args.append(shlex.quote(f"--{k}={v if isinstance(v, str) else json.dumps(v)}"))
-            command = " ".join([command, *args])
-        if cfg.trial_prepare_command:
-            command = f"{cfg.trial_prepare_command}\n{command}"
-        return command
-
     def _keeper_args(self, host: _Host, run: _Run) -> list[str]:
         assert host.paths is not None
         cfg = self.config
@@ -956,7 +925,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             "--heartbeat", f"{cfg.keeper_heartbeat:g}",
             "--grace", f"{cfg.cancel_grace_period:g}",
             "--no-passthrough",
-            "--", self._trial_command(detail),
+            "--", self.trial_command(detail),
         ]  # fmt: skip
 
     def _attempt_dir(self, host: _Host, run: _Run) -> str:
@@ -980,7 +949,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         except (SshConnectError, PlatformError) as exc:
             if not isinstance(exc, SshConnectError) and host.ready:
                 if not detail.status.is_terminal:
-                    self._set_status(detail.id, TrialJobStatus.FAILED, message=str(exc), infrastructure_failure=True)
+                    await self._fail(detail.id, str(exc))
                 return
             # Nothing was sent and the host is gone: the trial waits for a machine, as a new attempt.
             if detail.status.is_terminal:
@@ -991,16 +960,9 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             return
         except ConfigError as exc:
             if not detail.status.is_terminal:
-                self._set_status(detail.id, TrialJobStatus.FAILED, message=str(exc), infrastructure_failure=True)
+                await self._fail(detail.id, str(exc))
             return
-        detail.host = host.machine.host
-        detail.platform_data = {
-            "machine": host.index,
-            "host": host.label,
-            "trial_dir": run.remote_dir,
-            "attempt": run.attempt,
-            "gpus": run.gpus,
-        }
+        self.reporter.note(detail.id, host=host.machine.host, platform_data=self._platform_data(run, host))
         timeout = self.config.heartbeat_timeout
         try:
             answer = await agent.request(
@@ -1023,16 +985,17 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             # The request may have reached the host: whether the attempt started is asked when it answers.
             run.in_doubt = True
             run.doubt_timer = asyncio.get_running_loop().call_later(self.unknown_timeout, self._doubt_expired, run)
-            detail.message = (
+            self.reporter.waiting(
+                detail.id,
                 f"The launch on {host.label} got no answer ({exc}); the machine is asked whether it started "
-                "once it answers again."
+                "once it answers again.",
             )
             self._host_lost(host, str(exc), agent)
             return
         except AgentRefused as exc:
             if not detail.status.is_terminal:
                 message = f"The keeper of trial {detail.id} did not start on {host.label}: {exc}"
-                self._set_status(detail.id, TrialJobStatus.FAILED, message=message, infrastructure_failure=True)
+                await self._fail(detail.id, message)
             return
         run.keeper_pid = int(answer["pid"])
         run.keeper_start = answer.get("start")
@@ -1044,18 +1007,25 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     def _adopted(self, run: _Run, host: _Host) -> None:
         """The attempt runs on ``host``: record its keeper."""
-        detail = run.detail
-        detail.platform_data = {
+        self.reporter.note(
+            run.detail.id,
+            host=host.machine.host,
+            platform_data=self._platform_data(run, host),
+            message=f"Started on {host.label} (attempt {run.attempt}).",
+        )
+
+    def _platform_data(self, run: _Run, host: _Host) -> dict[str, Any]:
+        """What a restarted manager needs to find the attempt again."""
+        data: dict[str, Any] = {
             "machine": host.index,
             "host": host.label,
             "trial_dir": run.remote_dir,
             "attempt": run.attempt,
             "gpus": run.gpus,
-            "keeper_pid": run.keeper_pid,
-            "keeper_start": run.keeper_start,
         }
-        detail.host = host.machine.host
-        detail.message = f"Started on {host.label} (attempt {run.attempt})."
+        if run.keeper_pid is not None:
+            data.update(keeper_pid=run.keeper_pid, keeper_start=run.keeper_start)
+        return data
 
     async def _kill(self, host: _Host, attempt: _Attempt) -> str:
         """SIGTERM the attempt's keeper if it lives, else SIGKILL its processes. Returns which."""
@@ -1076,7 +1046,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         run.sink.cancel_status = status
         if run in self._queue:
             self._queue.remove(run)
-            self._set_status(detail.id, status, message="Cancelled before it started.")
+            await self.reporter.ended(detail.id, status, message="Cancelled before it started.")
             return
         if run.launch is not None and not run.launch.done():
             await asyncio.wait({run.launch})
@@ -1084,18 +1054,18 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         if host is not None and run.in_doubt:
             self._clear_doubt(run)
             host.revoke.append(run.current())
-            self._set_status(
+            await self.reporter.ended(
                 detail.id, status, message=f"Cancelled; if it started on {host.label}, it is stopped there."
             )
             return
         if host is None or run.keeper_pid is None:
-            self._set_status(detail.id, status, message="Cancelled.")
+            await self.reporter.ended(detail.id, status, message="Cancelled.")
             return
         try:
             how = await self._kill(host, run.current())
         except SshConnectError:
             host.revoke.append(run.current())
-            self._set_status(
+            await self.reporter.ended(
                 detail.id,
                 status,
                 message=f"Cancelled; {host.label} is unreachable, its processes are killed when it answers again.",
@@ -1114,7 +1084,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         except PlatformError as exc:
             log.warning("Could not read back the journal of cancelled trial %s: %s", detail.id, exc)
         if not detail.status.is_terminal:
-            self._set_status(detail.id, status, message="Cancelled.")
+            await self.reporter.ended(detail.id, status, message="Cancelled.")
 
     async def _forget_lost(self, detail: TrialJobDetail) -> None:
         run = self._runs.get(detail.id)
@@ -1132,12 +1102,10 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         index = data.get("machine")
         host = self._hosts[index] if isinstance(index, int) and 0 <= index < len(self._hosts) else None
         if host is None or host.label != data.get("host") or not data.get("trial_dir"):
-            self._set_status(
+            await self._fail(
                 detail.id,
-                TrialJobStatus.FAILED,
-                message=f"Cannot re-attach: the trial ran on {data.get('host') or 'an unknown machine'}, "
+                f"Cannot re-attach: the trial ran on {data.get('host') or 'an unknown machine'}, "
                 "which is not in machineList any more.",
-                infrastructure_failure=True,
             )
             return
         run = _Run(detail, ServiceSink(self, detail.id), host=host)
@@ -1168,7 +1136,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             except SshConnectError as exc:
                 self._host_lost(host, str(exc))
         elif detail.status is TrialJobStatus.RUNNING:
-            self._set_status(detail.id, TrialJobStatus.UNKNOWN, message=f"{host.label} is unreachable; reconnecting.")
+            self.reporter.unknown(detail.id, f"{host.label} is unreachable; reconnecting.")
 
     async def _read_trial_file(self, detail: TrialJobDetail, name: str, tail: int | None) -> bytes:
         run = self._runs.get(detail.id)
