@@ -280,3 +280,18 @@ async def test_key_with_a_passphrase(
         await svc.start()
     assert str(key) in str(info.value)
     await svc.clean_up()
+
+
+async def test_wrong_passphrase_names_the_key_file(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
+    host0 = sshd_cluster.hosts[0]
+    key = tmp_path / "locked_key"
+    host0.authorize(generate_key(key, passphrase="the-right-one"))
+    wrong = "a-wrong-phrase-never-shown"
+    hosts = [{**machine(host0), "sshKeyFile": str(key), "sshPassphrase": wrong}]
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
+    with pytest.raises(PlatformError) as info:
+        await svc.start()
+    message = str(info.value)
+    assert str(key) in message and "passphrase" in message and f"127.0.0.1:{host0.port}" in message
+    assert wrong not in message
+    await svc.clean_up()
