@@ -85,8 +85,9 @@ class KeeperConfig(object):
         output_dir=None,
         code_dir=None,
         passthrough=True,
+        quiet_start=False,
     ):
-        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool) -> None
+        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, bool) -> None
         self.trial_id = trial_id
         self.trial_dir = os.path.abspath(trial_dir)
         self.command = command
@@ -102,6 +103,7 @@ class KeeperConfig(object):
         self.output_dir = os.path.abspath(output_dir) if output_dir else self.trial_dir
         self.code_dir = os.path.abspath(code_dir) if code_dir else os.getcwd()
         self.passthrough = passthrough
+        self.quiet_start = quiet_start
         self.validate()
 
     def validate(self):
@@ -179,7 +181,8 @@ class Reporter(threading.Thread):
         self._done = False
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
-        self._last_ok = 0.0
+        # The first report goes at once, unless the platform knows the trial started (quiet start).
+        self._last_ok = time.monotonic() if config.quiet_start else 0.0
         self.fatal = None  # type: str | None
         self.failures = 0
         self._conn = conn  # type: http_client.HTTPConnection | None

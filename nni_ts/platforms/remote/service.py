@@ -504,7 +504,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             if host.state is HostState.LOST:
                 try:
                     await self._bring_up(host)
-                except Exception:
+                except (PlatformError, OSError):
                     log.warning(
                         "Machine %s is still unreachable (next try in %.1f s): %s", host.label, delay, host.error
                     )
@@ -925,6 +925,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             "--heartbeat", f"{cfg.keeper_heartbeat:g}",
             "--grace", f"{cfg.cancel_grace_period:g}",
             "--no-passthrough",
+            "--quiet-start",  # the launch's answer says the trial runs
             "--", self.trial_command(detail),
         ]  # fmt: skip
 
@@ -1007,12 +1008,12 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     def _adopted(self, run: _Run, host: _Host) -> None:
         """The attempt runs on ``host``: record its keeper."""
-        self.reporter.note(
-            run.detail.id,
-            host=host.machine.host,
-            platform_data=self._platform_data(run, host),
-            message=f"Started on {host.label} (attempt {run.attempt}).",
-        )
+        tid = run.detail.id
+        message = f"Started on {host.label} (attempt {run.attempt})."
+        self.reporter.note(tid, host=host.machine.host, platform_data=self._platform_data(run, host), message=message)
+        # The keeper is forked and starts the trial: RUNNING now, as the local platform does once it
+        # spawned the trial (the keeper's first report would come one tunnel round trip later).
+        self.reporter.running(tid, message=message)
 
     def _platform_data(self, run: _Run, host: _Host) -> dict[str, Any]:
         """What a restarted manager needs to find the attempt again."""
