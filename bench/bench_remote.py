@@ -182,7 +182,7 @@ async def profile_stages(svc: Any, count: int) -> dict[str, float]:
                 ("agent: files and fork", forked - received),
                 ("keeper start", started - forked),
                 ("trial (sh, python, import nni, report)", exited - started),
-                ("first report back (tunnel, server)", seen["running"] - started),
+                ("submit to RUNNING (the launch's answer)", seen["running"] - t0),
                 ("end report back (tunnel, server, store)", seen["end"] - exited),
                 ("submit to end", seen["end"] - t0),
             ):

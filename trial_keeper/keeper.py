@@ -11,7 +11,6 @@ restarted server), the missing records are read back from the journal and sent a
 """
 
 import base64
-import ctypes
 import errno
 import http.client as http_client
 import json
@@ -26,6 +25,11 @@ import sys
 import threading
 import time
 from urllib.parse import quote, urlsplit
+
+try:
+    import ctypes
+except ImportError:  # a Python built without libffi: no subreaper, the marker scan instead
+    ctypes = None  # type: ignore[assignment]
 
 from . import LIGHT_NNI_PATH, __version__
 from .journal import JOURNAL_NAME, MAX_LINE, STATE_DIR, Journal, read_journal, write_exit
@@ -702,7 +706,7 @@ def marked_pids(marker):
 def _become_subreaper():
     # type: () -> bool
     """Make this process a child subreaper (Linux 3.4+): orphans below it are re-parented to it."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or ctypes is None:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
