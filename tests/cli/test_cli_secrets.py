@@ -36,17 +36,22 @@ def _remote_config() -> dict[str, object]:
 
 
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+@pytest.mark.parametrize(
+    "command", [["experiment", "show"], ["config", "show"]], ids=["experiment-show", "config-show"]
+)
 def test_experiment_show_redacts_passwords_and_passphrases(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool, command: list[str]
 ) -> None:
     store = open_store()
     store.create_experiment("sec1", name="s", platform="remote", config=_remote_config(), working_dir=tmp_path)
     store.close()
-    assert main([*(["--json"] if as_json else []), "experiment", "show", "sec1"]) == 0
+    assert main([*(["--json"] if as_json else []), *command, "sec1"]) == 0
     out = capsys.readouterr().out
     assert PASSWORD not in out and PASSPHRASE not in out
     shown = json.loads(out)
-    machines = shown["config"]["trainingService"]["machineList"]
+    if command[0] == "experiment":
+        shown = shown["config"]
+    machines = shown["trainingService"]["machineList"]
     assert machines[0]["password"] == "<hidden>"
     assert machines[1]["sshPassphrase"] == "<hidden>"
     assert machines[2]["passwd"] == "<hidden>" and machines[2]["passphrase"] == "<hidden>"
