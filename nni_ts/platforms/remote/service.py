@@ -521,6 +521,8 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             agent = host.agent
             if host.ready:
                 try:
+                    if host.revoke:
+                        await self._revoke(host, host.live_agent())
                     await self._poll(host)
                 except SshConnectError as exc:
                     self._host_lost(host, str(exc), agent)
@@ -1000,7 +1002,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             return
         run.keeper_pid = int(answer["pid"])
         run.keeper_start = answer.get("start")
-        if detail.status.is_terminal:  # cancelled meanwhile: stop what just started
+        if detail.status.is_terminal:  # cancelled meanwhile: stop what just started (the monitor does)
             host.revoke.append(run.current())
             host.wake.set()
             return
@@ -1097,6 +1099,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         except PlatformError as exc:
             log.info("Trial %s is stopped when %s answers again (%s).", detail.id, host.label, exc)
             host.revoke.append(run.current())
+            host.wake.set()
 
     async def _reattach(self, detail: TrialJobDetail, metrics_delivered: int) -> None:
         data = detail.platform_data or {}
