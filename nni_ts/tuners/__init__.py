@@ -137,6 +137,9 @@ class BatchTuner(Tuner):
         done = [d.get("parameter") for d in data]
         self._values = [v for v in self._values if v not in done]
 
+    def import_submitted(self, parameters: list[dict[str, Any]]) -> None:
+        self.import_data([{"parameter": p} for p in parameters])
+
 
 # ---------------------------------------------------------------------- building
 

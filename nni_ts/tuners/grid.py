@@ -102,3 +102,7 @@ class GridSearchTuner(Tuner):
         for item in data:
             if isinstance(item.get("parameter"), dict):
                 self.seen.add(json.dumps(item["parameter"], sort_keys=True, default=str))
+
+    def import_submitted(self, parameters: list[dict[str, Any]]) -> None:
+        """Points submitted before a resume without a result: not handed out again."""
+        self.import_data([{"parameter": p} for p in parameters])
