@@ -295,6 +295,90 @@ class Experiment:
             self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         self._wake.set()
 
+    def update(
+        self,
+        *,
+        trial_concurrency: int | None = None,
+        max_trial_number: int | None = None,
+        max_experiment_duration: str | int | float | None = None,
+        search_space: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Change this running experiment (``nnictl update``): concurrency, budget, search space.
+
+        Every value is validated before any is applied (a ConfigError names the key), then the new
+        config is written to the store so that ``nni-ts resume`` keeps it, and the loop acts at once.
+        ``maxTrialNumber`` cannot drop below the trials already submitted, nor ``maxExperimentDuration``
+        below the time already spent. A new search space goes to the tuner for the trials to come.
+        Returns the changed keys (camelCase) with their new values.
+        """
+        from ..config.errors import format_validation_error
+
+        new_space = dict(search_space) if search_space is not None else None
+        changes: dict[str, Any] = {
+            "trialConcurrency": trial_concurrency,
+            "maxTrialNumber": max_trial_number,
+            "maxExperimentDuration": max_experiment_duration,
+            "searchSpace": new_space,
+        }
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            raise ConfigError(
+                f"Nothing to update in experiment {self.id}: give trialConcurrency, maxTrialNumber, "
+                "maxExperimentDuration or searchSpace."
+            )
+        if self._status != ExperimentStatus.RUNNING or self._stop_reason is not None:
+            raise UserError(f"Experiment {self.id} is not running any more ({self._stop_reason or self._status}).")
+        try:
+            candidate = self.config.model_copy(deep=True)
+            if new_space is not None:
+                candidate.search_space = new_space
+            if trial_concurrency is not None:
+                candidate.trial_concurrency = trial_concurrency
+            if max_trial_number is not None:
+                candidate.max_trial_number = max_trial_number
+            if max_experiment_duration is not None:
+                candidate.max_experiment_duration = max_experiment_duration
+        except pydantic.ValidationError as exc:
+            raise ConfigError(f"Cannot update experiment {self.id}: {format_validation_error(exc)}") from None
+        if max_trial_number is not None and max_trial_number < self._trial_count:
+            raise ConfigError(
+                f"maxTrialNumber cannot be {max_trial_number}: experiment {self.id} already submitted "
+                f"{self._trial_count} trials.",
+                path="maxTrialNumber",
+            )
+        seconds = candidate.max_experiment_seconds
+        if max_experiment_duration is not None and seconds is not None and seconds <= self._elapsed():
+            raise ConfigError(
+                f"maxExperimentDuration cannot be {max_experiment_duration!r}: experiment {self.id} has already "
+                f"run {int(self._elapsed())} s.",
+                path="maxExperimentDuration",
+            )
+        if new_space is not None and self._tuner is not None:
+            try:
+                self._tuner.update_search_space(new_space)
+            except Exception as exc:
+                raise ConfigError(f"The tuner refused the new search space: {exc}", path="searchSpace") from None
+        self.config = candidate
+        self.store.update_experiment(self.id, config=config_to_storable(self.config))
+        if max_experiment_duration is not None:
+            self._rearm_deadline()
+        log.info("Experiment %s updated: %s", self.id, ", ".join(sorted(changes)))
+        self.events.emit("updated", dict(changes))
+        self._wake.set()
+        return changes
+
+    def _rearm_deadline(self) -> None:
+        """Restart the maxExperimentDuration timer after the limit changed (only while the loop runs)."""
+        if not self._started_at:
+            return  # not running yet: the loop arms the timer when it starts
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        deadline = self.config.max_experiment_seconds
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+
     def stop(self, reason: str = "Stopped by the user.") -> None:
         """Ask the loop to stop: no new trials, running ones are cancelled. Safe from signal handlers."""
         if self._stop_reason is None:

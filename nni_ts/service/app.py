@@ -158,7 +158,20 @@ class ExperimentService:
         r.add_get(f"{API}/experiments/{_ID}/metrics", self._metrics)
         r.add_get(f"{API}/experiments/{_ID}/events", self._events)
         r.add_get(f"{API}/audit", self._audit)
+        self._mount_dashboard(app)
         return app
+
+    def _mount_dashboard(self, app: web.Application) -> None:
+        """The web dashboard at ``/`` (its own login, session cookie and CSRF token; see nni_ts.dashboard)."""
+        from ..dashboard import Dashboard, ServiceBackend
+
+        dashboard = Dashboard(self.data_dir / "experiments.db", ServiceBackend(self))
+        dashboard.add_routes(app)
+
+        async def close_dashboard(_: web.Application) -> None:
+            await dashboard.close()
+
+        app.on_cleanup.append(close_dashboard)
 
     # ------------------------------------------------------------------ middlewares
 
@@ -188,7 +201,8 @@ class ExperimentService:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in self._PUBLIC:
+        if request.path in self._PUBLIC or not request.path.startswith(f"{API}/"):
+            # The dashboard (everything outside /api/v1) checks its own session cookie or token.
             return await handler(request)
         legacy = request.path == f"{API}/nni-exp"
         header = request.headers.get("Authorization", "")
