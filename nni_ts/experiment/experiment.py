@@ -311,7 +311,6 @@ class Experiment:
         below the time already spent. A new search space goes to the tuner for the trials to come.
         Returns the changed keys (camelCase) with their new values.
         """
-        from ..config.errors import format_validation_error
 
         new_space = dict(search_space) if search_space is not None else None
         changes: dict[str, Any] = {
@@ -328,18 +327,22 @@ class Experiment:
             )
         if self._status != ExperimentStatus.RUNNING or self._stop_reason is not None:
             raise UserError(f"Experiment {self.id} is not running any more ({self._stop_reason or self._status}).")
-        try:
-            candidate = self.config.model_copy(deep=True)
-            if new_space is not None:
-                candidate.search_space = new_space
-            if trial_concurrency is not None:
-                candidate.trial_concurrency = trial_concurrency
-            if max_trial_number is not None:
-                candidate.max_trial_number = max_trial_number
-            if max_experiment_duration is not None:
-                candidate.max_experiment_duration = max_experiment_duration
-        except pydantic.ValidationError as exc:
-            raise ConfigError(f"Cannot update experiment {self.id}: {format_validation_error(exc)}") from None
+        candidate = self.config.model_copy(deep=True)
+        fields = {
+            "searchSpace": "search_space",
+            "trialConcurrency": "trial_concurrency",
+            "maxTrialNumber": "max_trial_number",
+            "maxExperimentDuration": "max_experiment_duration",
+        }
+        for key, value in changes.items():
+            try:
+                setattr(candidate, fields[key], value)
+            except pydantic.ValidationError as exc:
+                errors = exc.errors(include_url=False)
+                reason = errors[0]["msg"] if errors else str(exc)
+                raise ConfigError(
+                    f"Cannot update experiment {self.id}: {key}: {reason} (got {value!r}).", path=key
+                ) from None
         if max_trial_number is not None and max_trial_number < self._trial_count:
             raise ConfigError(
                 f"maxTrialNumber cannot be {max_trial_number}: experiment {self.id} already submitted "
