@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class _Watch:
     subscribers: set[Subscription] = field(default_factory=set)
     trials: dict[str, tuple[Any, ...]] | None = None
     state: tuple[Any, ...] | None = None
+    idle_since: float | None = None  # when the last page left (deltas go on for a while, for reconnects)
 
 
 class EventHub:
@@ -59,10 +61,12 @@ class EventHub:
         run: Callable[[Callable[[], Any]], Awaitable[Any]],
         *,
         interval: float = 0.2,
+        grace: float = 60.0,
     ) -> None:
         self.reader = reader
         self._run = run  # runs a function on the reader thread
         self.interval = interval
+        self.grace = grace
         self.epoch = secrets.token_hex(4)
         self._watches: dict[str, _Watch] = {}
         self._version: int | None = None
@@ -106,6 +110,7 @@ class EventHub:
                 watch.trials, watch.state = trials, state
         sub = Subscription(experiment_id)
         watch.subscribers.add(sub)
+        watch.idle_since = None
         first: list[Any] = []
         last = self._parse_id(last_event_id)
         if last_event_id:
@@ -125,8 +130,13 @@ class EventHub:
         if watch is not None:
             watch.subscribers.discard(sub)
             if not watch.subscribers:
-                # Keep the ring (a page that reconnects soon replays from it) but stop computing deltas.
-                watch.trials = None
+                # Go on computing deltas for a while: a page that reconnects replays what it missed.
+                watch.idle_since = time.monotonic()
+
+    def last_event_id(self, experiment_id: str) -> str:
+        """The id of the newest event of ``experiment_id`` (what a page that saw everything would send)."""
+        watch = self._watches.get(experiment_id)
+        return self._eid(watch.next_id - 1 if watch else 0)
 
     def subscriber_count(self) -> int:
         return sum(len(w.subscribers) for w in self._watches.values())
@@ -158,7 +168,12 @@ class EventHub:
             except TimeoutError:
                 pass
             self._wake.clear()
-            followed = [eid for eid, w in self._watches.items() if w.subscribers and w.trials is not None]
+            now = time.monotonic()
+            for w in self._watches.values():
+                if not w.subscribers and w.idle_since is not None and now - w.idle_since > self.grace:
+                    w.trials = None  # nobody came back: stop computing (a later page gets a reset)
+                    w.idle_since = None
+            followed = [eid for eid, w in self._watches.items() if w.trials is not None]
             if not followed:
                 continue
             try:
