@@ -105,7 +105,13 @@ export function experimentView(main, parts, query) {
       ctx.live = !!ctx.info.live;
       renderHead();
       if (sub && sub.info) sub.info(ctx.info);
-    } catch (err) { put(head, h('p', { class: 'error' }, err.message)); }
+      return true;
+    } catch (err) {
+      put(head, h('p', { class: 'error' }, err.message));
+      clear(body);
+      stop();
+      return false;
+    }
   }
 
   function choose(parts2, query2) {
@@ -127,8 +133,13 @@ export function experimentView(main, parts, query) {
     if (ready) sub.load();
   }
 
+  let first = refreshInfo();
   const stop = follow(id, {
-    ready: () => { ready = true; refreshInfo().then(() => sub && sub.load()); },
+    ready: () => {
+      const loaded = first || refreshInfo();
+      first = null;
+      loaded.then((ok) => { if (ok) { ready = true; if (sub) sub.load(); } });
+    },
     trial: (t) => sub && sub.trial && sub.trial(t),
     metric: (m) => sub && sub.metric && sub.metric(m),
     experiment: (x) => {
