@@ -28,7 +28,8 @@ def fill(
     running: int = 3,
     config: dict[str, Any] | None = None,
 ) -> list[TrialRecord]:
-    """An experiment with ``trials`` trials (the last ``running`` still running, every 7th failed), each
+    """An experiment with ``trials`` trials (the last ``running`` still running, every 7th failed, some
+    early-stopped), each
     with ``steps`` intermediate results (a dict metric with an XSS key) and a final one."""
     rnd = random.Random(seed)
     cfg = config or {
@@ -53,6 +54,8 @@ def fill(
             status = TrialJobStatus.RUNNING if i >= trials - running else TrialJobStatus.SUCCEEDED
             if status is TrialJobStatus.SUCCEEDED and i % 7 == 6:
                 status = TrialJobStatus.FAILED
+            elif status is TrialJobStatus.SUCCEEDED and i % 11 == 10:
+                status = TrialJobStatus.EARLY_STOPPED
             params = {"lr": 10 ** rnd.uniform(-4, 0), "opt": rnd.choice(["adam", "sgd", XSS])}
             tid = f"t{i:05d}"
             final = rnd.random() if status is TrialJobStatus.SUCCEEDED else None
