@@ -99,13 +99,21 @@ class Writer:
 
         self.store = Store(db)
         self.running = [f"t{i:05d}" for i in range(trials - 10, trials)]
-        self.seq = dict.fromkeys(self.running, steps)
-        self.next_trial = trials
+        self.seq = {t: self._next_seq(t) for t in self.running}
+        done = self.store._db.execute("SELECT MAX(sequence_id) FROM trials WHERE experiment_id='e1'").fetchone()[0]
+        self.next_trial = int(done) + 1
         self.rate = rate
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    def _next_seq(self, trial: str) -> int:
+        row = self.store._db.execute(
+            "SELECT MAX(seq) FROM metrics WHERE experiment_id='e1' AND trial_id=?", (trial,)
+        ).fetchone()
+        return int(row[0]) + 1 if row[0] is not None else 0
+
     def metric(self, trial: str) -> None:
+        self.seq.setdefault(trial, self._next_seq(trial))
         from dashboard.support import record
 
         now = time.time() * 1000
@@ -123,7 +131,7 @@ class Writer:
             i += 1
             if time.monotonic() - last_trial > 1:
                 last_trial = time.monotonic()
-                tid = f"n{self.next_trial:05d}"
+                tid = f"n{self.next_trial:05d}-{int(time.time() * 1000)}"
                 self.store.insert_trial(
                     TrialRecord("e1", tid, self.next_trial, self.next_trial, {"lr": 0.1, "opt": "sgd"})
                 )
@@ -149,6 +157,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--pages", type=int, default=20)
     ap.add_argument("--samples", type=int, default=200)
+    ap.add_argument("--db", help="Reuse this store (written by an earlier run with the same sizes).")
     ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -157,9 +166,10 @@ def main() -> None:
     import psutil
     from playwright.sync_api import sync_playwright
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-dash-"))
-    db = tmp / "nni-ts.db"
-    fill_store(db, args.trials, args.steps)
+    db = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="bench-dash-")) / "nni-ts.db"
+    if not db.exists():
+        fill_store(db, args.trials, args.steps)
+    print(f"store: {db}")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, __file__, "--serve", str(db), str(port)]
@@ -233,7 +243,8 @@ def main() -> None:
         page.goto(base + f"#/experiments/e1/trials/{trial}")
         page.wait_for_selector("#records tbody tr")
         page.evaluate(
-            """() => { window.__lat = []; const seen = new Set();
+            """() => { window.__lat = [];
+            const seen = new Set(Array.from(document.querySelectorAll('#records tbody tr')).map((tr) => tr.dataset.seq));
             new MutationObserver(() => { const now = Date.now();
               for (const tr of document.querySelectorAll('#records tbody tr')) {
                 const seq = tr.dataset.seq; if (seen.has(seq)) continue; seen.add(seq);
@@ -264,7 +275,9 @@ def main() -> None:
 
         time.sleep(2)
         idle_cpu, idle_rss = load(10)
-        pages = [ctx.new_page() for _ in range(args.pages)]
+        # One context per page, as separate people would: a browser opens at most 6 HTTP/1.1 connections
+        # per host and each open page holds one for its event stream (see docs/dashboard.md).
+        pages = [browser.new_context(viewport={"width": 1280, "height": 860}).new_page() for _ in range(args.pages)]
         for i, pg in enumerate(pages):
             view = ["trials?sort=seq&order=desc", "", "charts"][i % 3]
             pg.goto(base + f"#/experiments/e1/{view}")

@@ -367,12 +367,15 @@ class Dashboard:
 
     async def _overview(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
-        out = await self._read(lambda: self.reader.overview(eid))
-        out["live"] = self.backend.is_live(eid)
-        out["elapsed"] = self.backend.elapsed(eid)
-        if out["elapsed"] is None:
-            out["elapsed"] = (out.get("activeMs") or 0) / 1000
-        return web.json_response(out)
+        live, elapsed = self.backend.is_live(eid), self.backend.elapsed(eid)
+
+        def read() -> bytes:
+            out = self.reader.overview(eid)
+            out["live"] = live
+            out["elapsed"] = elapsed if elapsed is not None else (out.get("activeMs") or 0) / 1000
+            return _dumps(out)
+
+        return _json_body(await self._read(read))
 
     async def _trials(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
@@ -384,7 +387,7 @@ class Dashboard:
             offset=_int(q, "offset", 0, 0, 2**31),
             limit=_int(q, "limit", 50, 1, 1000),
         )
-        return web.json_response(await self._read(lambda: self.reader.trials(eid, query)))
+        return _json_body(await self._read(lambda: _dumps(self.reader.trials(eid, query))))
 
     async def _trial(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid, tid = request.match_info["experiment_id"], request.match_info["trial_id"]
@@ -417,11 +420,11 @@ class Dashboard:
 
     async def _charts(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
-        return _json(await self._read(lambda: self.reader.chart_data(eid)))
+        return _json_body(await self._read(lambda: self.reader.chart_data_json(eid)))
 
     async def _intermediate(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
-        return _json(await self._read(lambda: self.reader.intermediate(eid)))
+        return _json_body(await self._read(lambda: self.reader.intermediate_json(eid)))
 
     async def _export(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
@@ -570,8 +573,13 @@ def _int(query: Any, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _json(data: Any) -> web.Response:
-    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), content_type="application/json")
+def _dumps(data: Any) -> bytes:
+    """JSON bytes (made on the reader thread: a big answer never holds up the event loop)."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _json_body(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 def _frame(item: tuple[str, str, str]) -> bytes:

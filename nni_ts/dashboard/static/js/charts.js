@@ -124,7 +124,7 @@ function yTicks(ctx, x, top, h, lo, hi, color) {
 }
 
 // Every trial's intermediate curve. curves: [{id, values:[...], status}], best: the best trial's id.
-export function manyCurves(el, curves, { height = 320, best = null } = {}) {
+export function manyCurves(el, curves, { height = 320, best = null, stride = 1 } = {}) {
   put(el, );
   const { c, ctx, w, h } = canvas(el, height);
   const L = 56, R = 10, T = 10, B = 24;
@@ -137,14 +137,14 @@ export function manyCurves(el, curves, { height = 320, best = null } = {}) {
   if (lo === Infinity) { lo = 0; hi = 1; }
   if (lo === hi) { lo -= 0.5; hi += 0.5; }
   const pw = w - L - R, ph = h - T - B;
-  const X = (i) => L + (maxLen > 1 ? (i / (maxLen - 1)) * pw : pw / 2);
+  const X = (i) => L + (maxLen > 1 ? (i / (maxLen - 1)) * pw : pw / 2);  // i: index of a sent point
   const Y = (v) => T + (1 - (v - lo) / (hi - lo)) * ph;
   ctx.strokeStyle = css('--chart-grid'); ctx.lineWidth = 1;
   for (let i = 0; i <= 4; i++) { ctx.beginPath(); ctx.moveTo(L, T + (ph * i) / 4); ctx.lineTo(L + pw, T + (ph * i) / 4); ctx.stroke(); }
   yTicks(ctx, L, T, ph, lo, hi, css('--muted'));
   ctx.textAlign = 'center'; ctx.textBaseline = 'top';
   ctx.fillText('step', L + pw / 2, h - B + 6);
-  ctx.fillText(String(maxLen - 1), L + pw, h - B + 6);
+  ctx.fillText(String((maxLen - 1) * stride), L + pw, h - B + 6);
   ctx.fillText('0', L, h - B + 6);
   const groups = [
     { match: (cv) => cv.status !== 'EARLY_STOPPED', color: css('--accent'), alpha: curves.length > 500 ? 0.12 : 0.35 },

@@ -47,9 +47,10 @@ export function chartsView(el, ctx) {
       const status = new Map(data.id.map((id, i) => [id, data.status[i]]));
       const curves = inter.trials.map((id, i) => ({ id, values: inter.values[i], status: status.get(id) }));
       const best = ctx.info && ctx.info.best ? ctx.info.best.id : null;
-      manyCurves(chart, curves, { height: 380, best });
+      manyCurves(chart, curves, { height: 380, best, stride: inter.stride });
       const early = curves.filter((c) => c.status === 'EARLY_STOPPED').length;
-      box.append(h('div', { class: 'legend-note' }, `${curves.length} trials; ${early} early-stopped (orange); the best trial in bold.`));
+      const every = inter.stride > 1 ? ` Every ${inter.stride}th report of each trial is drawn (a trial's page has them all).` : '';
+      box.append(h('div', { class: 'legend-note' }, `${curves.length} trials; ${early} early-stopped (orange); the best trial in bold.${every}`));
     } else {
       const trials = data.id.map((id, i) => ({ id, start: data.start[i], end: data.end[i], status: data.status[i] }));
       timelineBars(chart, trials, { height: 280 });
@@ -74,7 +75,7 @@ export function chartsView(el, ctx) {
       schedule();
     },
     metric(m) {
-      if (!inter || m.type !== 'PERIODICAL') return;
+      if (!inter || m.type !== 'PERIODICAL' || m.seq % inter.stride !== 0) return;
       let i = inter.trials.indexOf(m.trialId);
       if (i < 0) { i = inter.trials.length; inter.trials.push(m.trialId); inter.values.push([]); }
       inter.values[i].push(m.scalar);
