@@ -37,7 +37,7 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 
 from ...config.kubernetes import KubernetesPlatformConfig
-from ...errors import ConfigError, PlatformError, TemporaryError
+from ...errors import ConfigError, MetricRefused, PlatformError, TemporaryError
 from ...models import TrialJobDetail, TrialJobStatus
 from ...server import ClusterServer
 from ...training_service import TrainingService
@@ -132,25 +132,31 @@ class _Sink:
         self.service = service
         self.trial = trial
 
-    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+    async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
         self.service._keeper_started(self.trial, start_time_ms, host)
 
-    def on_records(self, records: list[tuple[int, str]]) -> None:
+    async def on_records(self, records: list[tuple[int, str]]) -> int:
+        accepted = 0
         for _seq, data in records:
-            self.service._deliver_metric(self.trial.id, data)
+            try:
+                await self.service.reporter.metric(self.trial.id, data)
+            except MetricRefused as exc:
+                log.warning("%s", exc)
+                break
+            accepted += 1
+        return accepted
 
-    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
         self.service._keeper_exited(self.trial, exit_code, end_time_ms)
 
-    def on_lost(self, message: str) -> None:
+    async def on_lost(self, message: str) -> None:
         self.service._keeper_lost(self.trial, message)
 
-    def on_heartbeat(self) -> None:
-        detail = self.trial.detail
-        if detail.status is TrialJobStatus.UNKNOWN:
-            self.service._set_status(detail.id, TrialJobStatus.RUNNING, message="The trial's keeper is back.")
+    async def on_heartbeat(self) -> None:
+        if self.service.reporter.status(self.trial.id) is TrialJobStatus.UNKNOWN:
+            self.service.reporter.running(self.trial.id, message="The trial's keeper is back.")
 
-    def on_rejected(self, message: str) -> None:
+    async def on_rejected(self, message: str) -> None:
         self.service._force_failure(self.trial, message, infrastructure=True)
 
 
@@ -730,9 +736,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         except KeyError:
             return
         if records:
-            channel.feed(records)
+            await channel.feed(records)
         if ended is not None:
-            channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
+            await channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
 
     async def _stop_trial(self, trial: _Trial) -> None:
         """Stop the job, wait until its pods are gone, deliver what is left, then conclude."""
