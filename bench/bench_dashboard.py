@@ -244,7 +244,8 @@ def main() -> None:
         page.wait_for_selector("#records tbody tr")
         page.evaluate(
             """() => { window.__lat = [];
-            const seen = new Set(Array.from(document.querySelectorAll('#records tbody tr')).map((tr) => tr.dataset.seq));
+            const rows = () => document.querySelectorAll('#records tbody tr');
+            const seen = new Set(Array.from(rows()).map((tr) => tr.dataset.seq));
             new MutationObserver(() => { const now = Date.now();
               for (const tr of document.querySelectorAll('#records tbody tr')) {
                 const seq = tr.dataset.seq; if (seen.has(seq)) continue; seen.add(seq);

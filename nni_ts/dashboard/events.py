@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..tasks import TaskSupervisor
 from .queries import Reader
 
 __all__ = ["EventHub", "Subscription"]
@@ -71,21 +72,16 @@ class EventHub:
         self._watches: dict[str, _Watch] = {}
         self._version: int | None = None
         self._wake = asyncio.Event()
+        self._tasks = TaskSupervisor("dashboard-events")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="nni-ts-dashboard-events")
+            self._task = self._tasks.spawn(self._loop(), name="nni-ts-dashboard-events")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise
-            self._task = None
+        await self._tasks.stop(timeout=5.0)
+        self._task = None
         for watch in self._watches.values():
             for sub in watch.subscribers:
                 with_room(sub.queue, None)
