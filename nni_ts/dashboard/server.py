@@ -137,6 +137,7 @@ class Dashboard:
         self.loopback_only = False
         self._streams: set[web.StreamResponse] = set()
         self._closing = False
+        self._cache: dict[tuple[str, str], tuple[int, bytes]] = {}  # reader thread only
 
     async def _read(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -418,13 +419,27 @@ class Dashboard:
             data = await asyncio.to_thread(_read_tail, Path(wd) / "trials" / tid / name, tail)
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
+    def _cached(self, key: tuple[str, str], build: Callable[[], bytes]) -> bytes:
+        """``build()``, reused while nothing was committed to the store (reader thread only)."""
+        version = self.reader.data_version()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        body = build()
+        if len(self._cache) > 16:
+            self._cache.clear()
+        self._cache[key] = (version, body)
+        return body
+
     async def _charts(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
-        return _json_body(await self._read(lambda: self.reader.chart_data_json(eid)))
+        body = await self._read(lambda: self._cached((eid, "charts"), lambda: self.reader.chart_data_json(eid)))
+        return _json_body(body)
 
     async def _intermediate(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
-        return _json_body(await self._read(lambda: self.reader.intermediate_json(eid)))
+        body = await self._read(lambda: self._cached((eid, "inter"), lambda: self.reader.intermediate_json(eid)))
+        return _json_body(body)
 
     async def _export(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
