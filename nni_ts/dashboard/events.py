@@ -88,8 +88,14 @@ class EventHub:
 
     # ------------------------------------------------------------------ subscribers
 
-    async def subscribe(self, experiment_id: str, last_event_id: str | None) -> tuple[Subscription, list[Any]]:
-        """A subscription and what to send first: the replay after ``last_event_id``, or a reset/hello."""
+    async def subscribe(
+        self,
+        experiment_id: str,
+        last_event_id: str | None,
+        queue: asyncio.Queue[tuple[str, str, str] | None] | None = None,
+    ) -> tuple[Subscription, list[Any]]:
+        """A subscription and what to send first: the replay after ``last_event_id``, or a reset/hello.
+        Subscriptions given the same ``queue`` share it (one stream for several experiments)."""
         watch = self._watches.get(experiment_id)
         fresh = watch is None
         if watch is None:
@@ -104,7 +110,7 @@ class EventHub:
                     watch.ring.clear()
                     watch.next_id += 1
                 watch.trials, watch.state = trials, state
-        sub = Subscription(experiment_id)
+        sub = Subscription(experiment_id) if queue is None else Subscription(experiment_id, queue)
         watch.subscribers.add(sub)
         watch.idle_since = None
         first: list[Any] = []

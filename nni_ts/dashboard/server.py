@@ -164,6 +164,7 @@ class Dashboard:
         api = b + "dash/api"
         r.add_get(api + "/session", self._guard(self._session))
         r.add_get(api + "/experiments", self._guard(self._experiments))
+        r.add_get(api + "/events", self._guard(self._all_events))
         r.add_get(api + f"/experiments/{_ID}", self._guard(self._overview))
         r.add_get(api + f"/experiments/{_ID}/trials", self._guard(self._trials))
         r.add_get(api + f"/experiments/{_ID}/trials/{_TRIAL}", self._guard(self._trial))
@@ -489,6 +490,46 @@ class Dashboard:
                 raise
         finally:
             self.hub.unsubscribe(sub)
+            self._streams.discard(response)
+        return response
+
+    async def _all_events(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
+        """One stream of ``experiment`` events (status, counts, best) for every visible running experiment:
+        what the experiments list follows (one connection, whatever the number of experiments)."""
+        allowed = await self.backend.visible(viewer)
+
+        def running() -> list[str]:
+            rows = self.reader.db.execute("SELECT id FROM experiments WHERE status='RUNNING' ORDER BY created_ms DESC")
+            return [r[0] for r in rows if allowed is None or r[0] in allowed][:200]
+
+        queue: asyncio.Queue[tuple[str, str, str] | None] = asyncio.Queue(50_000)
+        subs = [(await self.hub.subscribe(eid, None, queue))[0] for eid in await self._read(running)]
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        response._nni_ts_task = asyncio.current_task()  # type: ignore[attr-defined]
+        self._streams.add(response)
+        try:
+            await response.prepare(request)
+            await response.write(b"retry: 1000\n\nevent: hello\ndata: {}\n\n")
+            while not self._closing:
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=15)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                if item is None:
+                    break
+                if item[1] == "experiment":
+                    await response.write(f"event: experiment\ndata: {item[2]}\n\n".encode())
+        except ConnectionResetError:
+            pass
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+        finally:
+            for sub in subs:
+                self.hub.unsubscribe(sub)
             self._streams.discard(response)
         return response
 

@@ -284,3 +284,15 @@ async def test_base_path_serves_everything_under_the_prefix(store: Store) -> Non
         assert (await client.get("/proxy/nni/dash/static/../server.py")).status == 404
     finally:
         await client.close()
+
+
+async def test_the_experiments_list_follows_every_running_experiment_on_one_stream(
+    client: TestClient[Any, Any], store: Store
+) -> None:
+    resp = await client.get("/dash/api/events")
+    (hello,) = await _events(resp, 1)
+    assert hello["event"] == "hello"
+    store.insert_trial(TrialRecord("e1", "new3", 102, 102, {"lr": 0.2, "opt": "sgd"}))
+    (event,) = await _events(resp, 1)  # only experiment summaries travel on this stream
+    assert event["event"] == "experiment" and event["data"]["id"] == "e1" and event["data"]["trialCount"] == 31
+    resp.close()

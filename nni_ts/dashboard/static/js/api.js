@@ -67,3 +67,14 @@ export function follow(id, handlers) {
   es.onerror = () => { if (dot) dot.className = 'live off'; };
   return () => { es.close(); if (dot) dot.className = 'live'; };
 }
+
+// The status of every running experiment, on one stream (the experiments list).
+export function followAll(handlers) {
+  const es = new EventSource('dash/api/events');
+  es.addEventListener('experiment', (e) => {
+    let data;
+    try { data = JSON.parse(e.data); } catch { return; }
+    if (handlers.experiment) handlers.experiment(data);
+  });
+  return () => es.close();
+}

@@ -1,5 +1,5 @@
 // All experiments: running and ended, with status, best value and counts. Live ones follow their events.
-import { get, follow } from '../api.js';
+import { get, followAll } from '../api.js';
 import { h, fmt, fmtTime, fmtDuration, statusBadge } from '../dom.js';
 
 export function experimentsView(main) {
@@ -34,9 +34,8 @@ export function experimentsView(main) {
     if (!list.length) body.append(h('tr', null, h('td', { colspan: 11, class: 'muted' }, 'No experiment yet. Start one with nni-ts create -c config.yml.')));
     list.sort((a, b) => b.created - a.created);
     for (const e of list) row(e);
-    for (const e of list.filter((x) => x.live).slice(0, 20)) {
-      stops.push(follow(e.id, { experiment: (x) => { if (x.id && rows.has(x.id)) row(x); } }));
-    }
+    // One stream for all running experiments (a browser allows few connections per host).
+    stops.push(followAll({ experiment: (x) => { if (x.id && rows.has(x.id)) row(x); } }));
   });
   return { destroy() { stops.forEach((s) => s()); } };
 }
