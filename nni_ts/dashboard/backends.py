@@ -58,6 +58,9 @@ class LocalBackend(Backend):
     async def kill(self, viewer: Viewer, experiment_id: str, trial_id: str) -> None:
         await self.experiment.kill_trial(trial_id)
 
+    async def rerun(self, viewer: Viewer, experiment_id: str, parameters: dict[str, Any]) -> None:
+        self.experiment.add_trial(parameters)
+
     async def update(self, viewer: Viewer, experiment_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         return self.experiment.update(**update_kwargs(changes))
 
@@ -138,6 +141,12 @@ class ServiceBackend(Backend):
 
         await self.service.manager.kill_trial(experiment_id, trial_id)
         await audit(self.service.db, viewer.name, "trial.kill", f"{await self._target(experiment_id)}/{trial_id}")
+
+    async def rerun(self, viewer: Viewer, experiment_id: str, parameters: dict[str, Any]) -> None:
+        from ..service.users import audit
+
+        await self.service.manager.add_trial(experiment_id, parameters)
+        await audit(self.service.db, viewer.name, "trial.add", await self._target(experiment_id), parameters)
 
     async def log(self, experiment_id: str, trial_id: str, name: str, tail: int | None) -> bytes | None:
         return await self.service.manager.trial_file(experiment_id, trial_id, name, tail)

@@ -111,6 +111,10 @@ class Backend:
     async def update(self, viewer: Viewer, experiment_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         self._refuse(experiment_id)
 
+    async def rerun(self, viewer: Viewer, experiment_id: str, parameters: dict[str, Any]) -> None:
+        """Run one more trial with ``parameters`` (NNI's customized trial)."""
+        self._refuse(experiment_id)
+
     async def log(self, experiment_id: str, trial_id: str, name: str, tail: int | None) -> bytes | None:
         """A trial file through the live platform; None to read it from the experiment's directory."""
         return None
@@ -177,6 +181,7 @@ class Dashboard:
         r.add_post(api + f"/experiments/{_ID}/extend", self._guard(self._extend, write=True))
         r.add_post(api + f"/experiments/{_ID}/update", self._guard(self._update, write=True))
         r.add_post(api + f"/experiments/{_ID}/trials/{_TRIAL}/kill", self._guard(self._kill, write=True))
+        r.add_post(api + f"/experiments/{_ID}/trials", self._guard(self._rerun, write=True))
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -574,6 +579,17 @@ class Dashboard:
         done = await self.backend.update(viewer, eid, changes)
         await self.hub.poke()
         return web.json_response({"updated": done})
+
+    async def _rerun(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
+        eid = request.match_info["experiment_id"]
+        self._live(eid)
+        body = await self._body(request)
+        params = body.get("parameters")
+        if set(body) - {"parameters"} or not isinstance(params, dict) or not params:
+            raise ConfigError('The body must be {"parameters": {...}}, a non-empty JSON object.', path="parameters")
+        await self.backend.rerun(viewer, eid, params)
+        await self.hub.poke()
+        return web.json_response({"queued": params}, status=202)
 
     async def _kill(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid, tid = request.match_info["experiment_id"], request.match_info["trial_id"]

@@ -372,6 +372,26 @@ class Experiment:
         self._wake.set()
         return changes
 
+    def add_trial(self, parameters: Mapping[str, Any]) -> None:
+        """NNI's "customized trial": run one more trial with these parameters (say, a finished trial's,
+        edited), as soon as concurrency allows, ahead of the tuner's next proposal. It does not count
+        towards maxTrialNumber; its result reaches the tuner like any other.
+        """
+        if self._status != ExperimentStatus.RUNNING or self._stop_reason is not None:
+            raise UserError(f"Experiment {self.id} is not running any more ({self._stop_reason or self._status}).")
+        if not isinstance(parameters, Mapping) or not parameters:
+            raise ConfigError("The parameters of a trial must be a non-empty JSON object.", path="parameters")
+        try:
+            params = json.loads(json.dumps(dict(parameters), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"The parameters of a trial must be plain JSON: {exc}.", path="parameters") from None
+        live = _Live(self._next_parameter_id, self._next_sequence_id, params, 1)
+        self._next_parameter_id += 1
+        self._next_sequence_id += 1
+        self._pending_retries.append(live)
+        log.info("Experiment %s: a customized trial with %s is queued.", self.id, json.dumps(params)[:200])
+        self._wake.set()
+
     def _rearm_deadline(self) -> None:
         """Restart the maxExperimentDuration timer after the limit changed (only while the loop runs)."""
         if not self._started_at:

@@ -306,6 +306,17 @@ class ExperimentManager:
 
         return await self._call(go())
 
+    async def add_trial(self, experiment_id: str, parameters: dict[str, Any]) -> None:
+        """:meth:`Experiment.add_trial` (a customized trial) on a running experiment."""
+
+        async def go() -> None:
+            live = self._live.get(experiment_id)
+            if live is None:
+                raise UserError(f"Experiment {experiment_id} is not running here.")
+            live.exp.add_trial(parameters)
+
+        await self._call(go())
+
     async def kill_trial(self, experiment_id: str, trial_id: str) -> None:
         """Cancel one trial of a running experiment (not retried)."""
 

@@ -44,6 +44,9 @@ class Recorder(Backend):
         self.calls.append(("update", changes))
         return changes
 
+    async def rerun(self, viewer: Viewer, experiment_id: str, parameters: dict[str, Any]) -> None:
+        self.calls.append(("rerun", parameters))
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
@@ -238,6 +241,11 @@ async def test_actions_need_the_csrf_token(store: Store) -> None:
             await client.post(f"{API}/update", json={"trialConcurrency": 4}, headers={"X-CSRF-Token": session["csrf"]})
         )
         assert backend.calls[-1] == ("update", {"trialConcurrency": 4})
+        csrf = {"X-CSRF-Token": session["csrf"]}
+        bad = await _json(await client.post(f"{API}/trials", json={"parameters": []}, headers=csrf), 422)
+        assert "non-empty JSON object" in bad["error"]
+        queued = await client.post(f"{API}/trials", json={"parameters": {"lr": 0.5}}, headers=csrf)
+        assert queued.status == 202 and backend.calls[-1] == ("rerun", {"lr": 0.5})
     finally:
         await client.close()
 

@@ -178,6 +178,12 @@ def test_a_running_experiment_updates_the_page_and_obeys_it(
         expect(page.locator("#records")).to_contain_text(XSS)
         w.shot("trial-live")
 
+        # Re-run the trial with an edited parameter (NNI's customized trial): it is queued in the loop.
+        page.click("#rerun")
+        page.fill("#dlg-rerun textarea", '{"x": 0.125}')
+        page.click("#dlg-rerun button[type=submit]")
+        expect(page.locator("#toast")).to_contain_text("queued")
+
         # Update from the page: concurrency 1 -> 2; a second trial appears in the table without a reload.
         w.goto("#/experiments/live1/trials")
         expect(rows).to_have_count(1)
@@ -187,6 +193,8 @@ def test_a_running_experiment_updates_the_page_and_obeys_it(
         page.click("#dlg-update button[type=submit]")
         expect(rows).to_have_count(2, timeout=30_000)
         assert exp.config.trial_concurrency == 2
+        # The second trial is the customized one (queued ahead of the tuner's proposals).
+        expect(page.get_by_role("cell", name="0.125", exact=True)).to_be_visible()
 
         # Extend from the page: maxTrialNumber 4 -> 6.
         page.click("#btn-extend")

@@ -124,6 +124,25 @@ async def test_update_refuses_bad_values_naming_the_key(code: Path) -> None:
             await asyncio.gather(run, return_exceptions=True)
 
 
+async def test_a_customized_trial_runs_with_its_parameters_outside_the_budget(code: Path) -> None:
+    exp = Experiment(_config(code, maxTrialNumber=1), experiment_id="upd4", control_socket=False)
+    run = asyncio.ensure_future(exp.run())
+    try:
+        await _until(lambda: exp.progress().running == 1)
+        for bad in ({}, {"x": float("nan")}, {"x": object()}):
+            with pytest.raises(ConfigError, match="parameters"):
+                exp.add_trial(bad)
+        exp.add_trial({"x": 0.5})
+        (code / "release").write_text("")
+        result = await asyncio.wait_for(run, 60)
+    finally:
+        if not run.done():
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    assert result.status == "DONE" and len(result.trials) == 2
+    assert result.trials[1].parameters == {"x": 0.5} and result.trials[1].final_value == 0.5
+
+
 def test_cli_update_reaches_a_running_create(tmp_path: Path, code: Path) -> None:
     cfg = tmp_path / "config.yml"
     cfg.write_text(yaml.safe_dump(_config(code, maxTrialNumber=4)))

@@ -2,6 +2,7 @@
 // records and its log, tailed live while it runs.
 import { get, getText, post, exp } from '../api.js';
 import { h, fmt, fmtTime, fmtDuration, kv, statusBadge, toast, put } from '../dom.js';
+
 import { lineChart } from '../charts.js';
 
 export function trialView(el, ctx, trialId) {
@@ -26,9 +27,34 @@ export function trialView(el, ctx, trialId) {
         kv([['Final', fmt(t.finalValue)], ['Started', fmtTime(t.start)], ['Ended', fmtTime(t.end)],
           ['Duration', fmtDuration(t.start ? ((t.end || Date.now()) - t.start) / 1000 : null)], ['Exit code', fmt(t.exitCode)],
           ['Attempt', t.attempt], ['Records', t.metricCount]]),
-        canKill ? h('button', { class: 'danger', id: 'kill-trial', onclick: kill }, 'Kill trial') : null),
+        h('div', { class: 'toolbar' },
+          canKill ? h('button', { class: 'danger', id: 'kill-trial', onclick: kill }, 'Kill trial') : null,
+          ctx.live && !ctx.readonly ? h('button', { id: 'rerun', onclick: rerun }, 'Re-run with edited parameters…') : null)),
       h('div', { class: 'card' }, h('h2', null, 'Parameters'), h('pre', { class: 'json', id: 'params' }, JSON.stringify(t.parameters, null, 1))),
       t.final != null ? h('div', { class: 'card' }, h('h2', null, 'Final result'), h('pre', { class: 'json', id: 'final' }, JSON.stringify(t.final, null, 1))) : null);
+  }
+
+  function rerun() {
+    const area = h('textarea', { name: 'parameters' });
+    area.value = JSON.stringify(trial.parameters, null, 1);
+    const err = h('p', { class: 'error' });
+    const form = h('form', { method: 'dialog' }, h('h2', null, `Re-run trial #${trial.seq} with these parameters`), area, err);
+    const dlg = h('dialog', { id: 'dlg-rerun' }, form);
+    form.append(h('div', { class: 'toolbar' },
+      h('button', { type: 'submit', class: 'primary' }, 'Run'),
+      h('button', { type: 'button', onclick: () => { dlg.close(); dlg.remove(); } }, 'Cancel')));
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      let params;
+      try { params = JSON.parse(area.value); } catch (x) { err.textContent = `Not valid JSON: ${x.message}`; return; }
+      try {
+        await post(exp(ctx.id, '/trials'), { parameters: params });
+        dlg.close(); dlg.remove();
+        toast('A trial with these parameters is queued.');
+      } catch (x) { err.textContent = x.message; }
+    });
+    document.body.append(dlg);
+    dlg.showModal();
   }
 
   async function kill() {
