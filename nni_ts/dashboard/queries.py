@@ -6,8 +6,6 @@ loop). The connection is read-only: the dashboard changes experiments only throu
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -385,55 +383,17 @@ class Reader:
         return f'{{"stride":{stride},"trials":{ids},"values":[{values}]}}'.encode()
 
     def export(self, experiment_id: str, fmt: str) -> str:
-        """The same content as ``nni-ts experiment export`` (CSV, or JSON with every metric)."""
-        rows = self.db.execute(
-            f"SELECT {_TRIAL_COLS} FROM trials WHERE experiment_id=? ORDER BY sequence_id, attempt", (experiment_id,)
-        ).fetchall()
-        trials = [trial_row(r) for r in rows]
-        if fmt == "csv":
-            keys: list[str] = []
-            seen: set[str] = set()
-            for t in trials:
-                for k in t["parameters"]:
-                    if k not in seen:
-                        seen.add(k)
-                        keys.append(k)
-            buf = io.StringIO()
-            writer = csv.writer(buf)
-            writer.writerow(["trialId", "sequenceId", "status", "finalValue", *keys])
-            for t in trials:
-                values = [
-                    json.dumps(v) if isinstance(v, dict | list) else v for v in (t["parameters"].get(k) for k in keys)
-                ]
-                writer.writerow([t["id"], t["seq"], t["status"], t["finalValue"], *values])
-            return buf.getvalue()
-        by_trial: dict[str, list[Any]] = {}
-        for trial_id, seq, kind, value in self.db.execute(
-            "SELECT trial_id, seq, type, value FROM metrics WHERE experiment_id=? ORDER BY trial_id, seq",
-            (experiment_id,),
-        ):
-            by_trial.setdefault(trial_id, []).append({"seq": seq, "type": kind, "value": _finite(value)})
-        out = []
-        for t in trials:
-            out.append(
-                {
-                    "id": t["id"],
-                    "sequenceId": t["seq"],
-                    "parameterId": t["parameterId"],
-                    "attempt": t["attempt"],
-                    "status": t["status"],
-                    "parameters": t["parameters"],
-                    "finalValue": t["finalValue"],
-                    "final": t["final"],
-                    "metricCount": t["metricCount"],
-                    "startTime": t["start"],
-                    "endTime": t["end"],
-                    "exitCode": t["exitCode"],
-                    "message": t["message"],
-                    "metrics": by_trial.get(t["id"], []),
-                }
-            )
-        return json.dumps(out, indent=1)
+        """Exactly what ``nni-ts experiment export --format FMT --with-metrics`` writes (every trial,
+        every key of its results, every intermediate record)."""
+        from ..cli.exports import export_text
+        from ..storage.store import Store
+
+        with Store(self.path, readonly=True) as store:
+            trials = store.list_trials(experiment_id)
+            metrics: dict[str, list[Any]] = {}
+            for m in store.iter_metrics(experiment_id):
+                metrics.setdefault(m.trial_id, []).append(m)
+        return export_text(trials, metrics, fmt="nni-ts", kind=fmt, intermediate=True)
 
     # ------------------------------------------------------------------ what changed (live updates)
 

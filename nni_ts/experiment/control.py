@@ -4,7 +4,8 @@ A Unix socket in a directory only the user can enter (mode 0700), one JSON reque
 one JSON answer. Requests: ``{"op": "stop"}``, ``{"op": "kill", "trial": ID}``,
 ``{"op": "log", "trial": ID, "file": "stdout", "tail": N}``, ``{"op": "progress"}``,
 ``{"op": "update", "trialConcurrency": N, "maxTrialNumber": N, "maxExperimentDuration": D, "searchSpace": {...}}``
-(any of the four keys; ``nni-ts update``).
+(any of the four keys; ``nni-ts update``),
+``{"op": "import", "offset": N}`` (feed the tuner the imported results written from byte N on).
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ class ControlServer:
         if op == "stop":
             exp.stop(str(req.get("reason") or "Stopped by the user (nni-ts stop)."))
             return {"ok": True}
+        if op == "import":
+            from .experiment import IMPORTED_FILE, read_imported
+
+            entries = read_imported(exp.working_directory / IMPORTED_FILE, int(req.get("offset", 0)))
+            exp.import_results(entries)
+            return {"ok": True, "imported": len(entries)}
         if op == "progress":
             return {"ok": True, "progress": dataclasses.asdict(exp.progress())}
         if op == "update":

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from nni_ts.cli import _export_csv
+from nni_ts.cli import main
 from nni_ts.dashboard import Backend, Dashboard, Viewer
 from nni_ts.models import TrialJobStatus
 from nni_ts.storage.store import Store, TrialRecord
@@ -148,14 +148,26 @@ async def test_trial_has_every_key_of_a_dict_metric(client: TestClient[Any, Any]
     await _json(await client.get(f"{API}/trials/nope"), 404)
 
 
-async def test_export_is_what_the_cli_exports(client: TestClient[Any, Any], store: Store) -> None:
+async def test_export_is_what_the_cli_exports(
+    client: TestClient[Any, Any], store: Store, capsys: pytest.CaptureFixture[str], nni_ts_home: Path
+) -> None:
     resp = await client.get(f"{API}/export", params={"format": "csv"})
     assert resp.status == 200 and "attachment" in resp.headers["Content-Disposition"]
-    assert await resp.text() == _export_csv(store.list_trials("e1"))
-    rows = list(csv.reader(io.StringIO(await resp.text())))
+    text = await resp.text()
+    rows = list(csv.reader(io.StringIO(text)))
     assert rows[0][:4] == ["trialId", "sequenceId", "status", "finalValue"] and len(rows) == 31
+    assert f"final.{XSS}" in rows[0]  # every key of the final result, as the CLI exports it
     exported = json.loads(await (await client.get(f"{API}/export", params={"format": "json"})).text())
     assert len(exported) == 30 and len(exported[0]["metrics"]) == 6
+    # Byte for byte what `nni-ts experiment export --with-metrics` prints for the same store.
+    nni_ts_home.mkdir(parents=True, exist_ok=True)
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (nni_ts_home / "nni-ts.db").write_bytes(store.path.read_bytes())
+    for fmt, body in (("csv", text), ("json", json.dumps(exported, indent=1))):
+        capsys.readouterr()
+        assert main(["experiment", "export", "e1", "--format", fmt, "--with-metrics"]) == 0
+        printed = capsys.readouterr().out
+        assert printed.rstrip("\n") == body.rstrip("\n")
 
 
 async def _events(resp: ClientResponse, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -187,3 +187,40 @@ def test_cli_update_reaches_a_running_create(tmp_path: Path, code: Path) -> None
         err.close()
     gone = subprocess.run([*CLI, "update", "upd3", "concurrency", "2"], capture_output=True, text=True, timeout=60)
     assert gone.returncode == 2 and "no running manager" in gone.stderr
+
+
+def test_view_serves_a_read_only_dashboard_until_interrupted(tmp_path: Path, code: Path) -> None:
+    import signal
+    import urllib.request
+
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(yaml.safe_dump(_config(code, maxTrialNumber=1)))
+    (code / "release").write_text("")
+    done = subprocess.run(
+        [*CLI, "create", "-c", str(cfg), "--id", "upd5", "--quiet", "--no-dashboard"], capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(
+        [*CLI, "view", "upd5", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "Dashboard (read-only): http://127.0.0.1:" in line, line
+        url = line.split(": ", 1)[1].split("#")[0]
+        with urllib.request.urlopen(url + "dash/api/session", timeout=10) as resp:
+            assert json.loads(resp.read())["readonly"] is True
+        with urllib.request.urlopen(url + "dash/api/experiments/upd5", timeout=10) as resp:
+            assert json.loads(resp.read())["status"] == "DONE"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+    # Piped without --port (a script): the summary and the exit code, no server.
+    piped = subprocess.run([*CLI, "view", "upd5"], capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and "DONE" in piped.stdout and "Dashboard" not in piped.stderr
