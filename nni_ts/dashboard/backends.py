@@ -53,7 +53,7 @@ class LocalBackend(Backend):
     async def extend(
         self, viewer: Viewer, experiment_id: str, max_trial_number: int | None, max_duration: str | None
     ) -> None:
-        self.experiment.update(max_trial_number=max_trial_number, max_experiment_duration=max_duration)
+        await self.experiment.update(max_trial_number=max_trial_number, max_experiment_duration=max_duration)
 
     async def kill(self, viewer: Viewer, experiment_id: str, trial_id: str) -> None:
         await self.experiment.kill_trial(trial_id)
@@ -62,7 +62,7 @@ class LocalBackend(Backend):
         self.experiment.add_trial(parameters)
 
     async def update(self, viewer: Viewer, experiment_id: str, changes: dict[str, Any]) -> dict[str, Any]:
-        return self.experiment.update(**update_kwargs(changes))
+        return await self.experiment.update(**update_kwargs(changes))
 
     async def log(self, experiment_id: str, trial_id: str, name: str, tail: int | None) -> bytes | None:
         service = self.experiment.service

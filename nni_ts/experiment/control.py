@@ -102,7 +102,7 @@ class ControlServer:
         if op == "progress":
             return {"ok": True, "progress": dataclasses.asdict(exp.progress())}
         if op == "update":
-            changed = exp.update(
+            changed = await exp.update(
                 trial_concurrency=req.get("trialConcurrency"),
                 max_trial_number=req.get("maxTrialNumber"),
                 max_experiment_duration=req.get("maxExperimentDuration"),

@@ -378,7 +378,7 @@ class Experiment:
             self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         self._wake.set()
 
-    def update(
+    async def update(
         self,
         *,
         trial_concurrency: int | None = None,
@@ -389,7 +389,8 @@ class Experiment:
         """Change this running experiment (``nnictl update``): concurrency, budget, search space.
 
         Every value is validated before any is applied (a ConfigError names the key), then the new
-        config is written to the store so that ``nni-ts resume`` keeps it, and the loop acts at once.
+        config is written to the store (through its writer thread, awaited) so that ``nni-ts resume``
+        keeps it, and the loop acts at once.
         ``maxTrialNumber`` cannot drop below the trials already submitted, nor ``maxExperimentDuration``
         below the time already spent. A new search space goes to the tuner for the trials to come.
         Returns the changed keys (camelCase) with their new values.
@@ -410,6 +411,8 @@ class Experiment:
             )
         if self._status != ExperimentStatus.RUNNING or self._stop_reason is not None:
             raise UserError(f"Experiment {self.id} is not running any more ({self._stop_reason or self._status}).")
+        if self._db is None:
+            raise UserError(f"Experiment {self.id} is not running yet; update it once it has started.")
         candidate = self.config.model_copy(deep=True)
         fields = {
             "searchSpace": "search_space",
@@ -444,8 +447,8 @@ class Experiment:
                 self._tuner.update_search_space(new_space)
             except Exception as exc:
                 raise ConfigError(f"The tuner refused the new search space: {exc}", path="searchSpace") from None
+        await self.db.update_experiment(self.id, config=config_to_storable(candidate))
         self.config = candidate
-        self.store.update_experiment(self.id, config=config_to_storable(self.config))
         if max_experiment_duration is not None:
             self._rearm_deadline()
         log.info("Experiment %s updated: %s", self.id, ", ".join(sorted(changes)))
@@ -482,8 +485,7 @@ class Experiment:
             self._deadline_timer = None
         deadline = self.config.max_experiment_seconds
         if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+            self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
 
     def import_results(self, entries: list[dict[str, Any]]) -> None:
         """Results from elsewhere (``nni-ts experiment import``): the tuner learns them as finished trials."""

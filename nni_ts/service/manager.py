@@ -301,7 +301,7 @@ class ExperimentManager:
             live = self._live.get(experiment_id)
             if live is None:
                 raise UserError(f"Experiment {experiment_id} is not running here.")
-            done = live.exp.update(**changes)
+            done = await live.exp.update(**changes)
             return done, config_to_storable(live.exp.config)
 
         return await self._call(go())

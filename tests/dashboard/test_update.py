@@ -73,7 +73,7 @@ async def test_update_acts_at_once_and_resume_keeps_it(code: Path) -> None:
     try:
         await _until(lambda: exp.progress().running == 1)
         space = {"x": {"_type": "choice", "_value": [7, 8]}}
-        changed = exp.update(trial_concurrency=3, max_trial_number=6, search_space=space)
+        changed = await exp.update(trial_concurrency=3, max_trial_number=6, search_space=space)
         assert changed == {"trialConcurrency": 3, "maxTrialNumber": 6, "searchSpace": space}
         # The loop starts two more trials at once, with parameters from the new search space.
         await _until(lambda: exp.progress().running == 3)
@@ -103,17 +103,17 @@ async def test_update_refuses_bad_values_naming_the_key(code: Path) -> None:
     try:
         await _until(lambda: exp.progress().running == 2)
         with pytest.raises(ConfigError, match="trialConcurrency"):
-            exp.update(trial_concurrency=0)
+            await exp.update(trial_concurrency=0)
         with pytest.raises(ConfigError, match="maxTrialNumber"):
-            exp.update(max_trial_number=0)
+            await exp.update(max_trial_number=0)
         with pytest.raises(ConfigError, match="already submitted 2 trials"):
-            exp.update(max_trial_number=1)
+            await exp.update(max_trial_number=1)
         with pytest.raises(ConfigError, match="searchSpace"):
-            exp.update(search_space={"x": {"_type": "uniform", "_value": "wide"}})
+            await exp.update(search_space={"x": {"_type": "uniform", "_value": "wide"}})
         with pytest.raises(ConfigError, match="already run"):
-            exp.update(max_experiment_duration=1e-3)
+            await exp.update(max_experiment_duration=1e-3)
         with pytest.raises(ConfigError, match="Nothing to update"):
-            exp.update()
+            await exp.update()
         # Nothing was applied by the refused calls.
         assert exp.config.trial_concurrency == 2 and exp.config.max_trial_number == 3
         exp.stop("test over")
