@@ -649,7 +649,7 @@ class Experiment:
                 manager_pid=os.getpid(),
                 manager_started=_self_started(),
             )
-        self.working_directory.mkdir(parents=True, exist_ok=True)
+        self.working_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def _finish_record(self) -> None:
         from ..models import now_ms

@@ -310,7 +310,9 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             if run.skip > 0:
                 run.skip -= 1
                 continue
-            run.pending.append(record.decode("utf-8", errors="surrogateescape"))
+            # Invalid UTF-8 becomes U+FFFD, as the keeper does: a record no store can encode would
+            # otherwise be refused, and delivered again, forever.
+            run.pending.append(record.decode("utf-8", errors="replace"))
 
     async def _deliver_pending(self, run: _Run) -> None:
         """Deliver ``run.pending`` in order; a refused record is retried with back-off (it stays first)."""
