@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import patch as patches
-from .resources import BUILTIN_TYPES, ResourceType, check_crd, from_crd
+from .resources import BUILTIN_TYPES, ResourceType, check_crd, check_job, from_crd
 from .schema import validate
 from .store import GR, Store
 from .util import JSON, ApiError, FieldSelector, LabelSelector, now_iso
 
-__all__ = ["Api"]
+__all__ = ["Api", "mark_disruption"]
 
 log = logging.getLogger(__name__)
 
@@ -669,6 +669,8 @@ class Api:
     ) -> None:
         if rtype.kind == "CustomResourceDefinition":
             check_crd(obj)
+        if rtype.kind == "Job" and rtype.group == "batch":
+            check_job(obj)
         if rtype.schema is None:
             if meta_causes:
                 raise ApiError.invalid(rtype.kind, obj["metadata"].get("name", ""), rtype.group, meta_causes)
@@ -704,6 +706,24 @@ class Api:
         elif rtype.kind == "Namespace":
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj.setdefault("status", {"phase": "Active"})
+        elif rtype.kind == "Job" and rtype.group == "batch":
+            spec = obj.setdefault("spec", {})
+            for key, value in (
+                ("backoffLimit", 6),
+                ("completions", 1),
+                ("parallelism", 1),
+                ("completionMode", "NonIndexed"),
+                ("suspend", False),
+            ):
+                spec.setdefault(key, value)
+            template = spec.setdefault("template", {})
+            labels = template.setdefault("metadata", {}).setdefault("labels", {})
+            labels.setdefault("batch.kubernetes.io/job-name", obj["metadata"].get("name", ""))
+            labels.setdefault("job-name", obj["metadata"].get("name", ""))
+            uid = obj["metadata"].get("uid", "")
+            labels.setdefault("batch.kubernetes.io/controller-uid", uid)
+            labels.setdefault("controller-uid", uid)
+            spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
         elif rtype.kind == "Secret":
             string_data = obj.pop("stringData", None) or {}
             if string_data:
@@ -781,3 +801,27 @@ class Api:
             while len(self._events) > self.max_events:
                 old_ns, old_name = self._events.popleft()
                 self.store.remove(("", "events"), old_ns, old_name)
+
+
+def mark_disruption(api: Api, namespace: str, name: str, reason: str, message: str) -> None:
+    """Add the ``DisruptionTarget`` condition a real cluster puts on a pod it evicts or preempts (what a
+    Job's podFailurePolicy ``onPodConditions`` matches)."""
+    pod = api.store.get(("", "pods"), namespace, name)
+    if pod is None:
+        return
+    status = copy.deepcopy(pod.get("status") or {})
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != "DisruptionTarget"]
+    conditions.append(
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now_iso(),
+        }
+    )
+    status["conditions"] = conditions
+    try:
+        api.update_status(api.rtype("", "v1", "pods"), namespace, name, status)
+    except ApiError:
+        pass

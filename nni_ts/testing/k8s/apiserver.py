@@ -23,7 +23,7 @@ import yaml
 from aiohttp import web
 
 from . import openapi
-from .api import Api
+from .api import Api, mark_disruption
 from .resources import ResourceType
 from .store import Event
 from .tables import table
@@ -272,6 +272,8 @@ class ApiServer:
             # The Eviction API (kubectl drain): the pod is deleted gracefully.
             body = await self._body(request)
             options = (body or {}).get("deleteOptions") or {}
+            if not dry_run:
+                mark_disruption(self.api, namespace, name, "EvictionByEvictionAPI", "Eviction API: evicting")
             self.api.delete(
                 rtype,
                 namespace,

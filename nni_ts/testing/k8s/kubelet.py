@@ -34,7 +34,7 @@ import psutil
 
 from ...processes import killpg, wait_pid
 from ...tasks import TaskSupervisor
-from .api import Api
+from .api import Api, mark_disruption
 from .util import JSON, ApiError, LabelSelector, now_iso, parse_quantity
 
 __all__ = ["Kubelet", "Node"]
@@ -1059,6 +1059,9 @@ class Kubelet:
         pod = self.api.store.get(("", "pods"), namespace, name)
         if pod is None:
             raise ApiError.not_found("pods", name)
+        if reason == "Evicted":  # node-pressure eviction: the kubelet marks the pod as disrupted
+            mark_disruption(self.api, namespace, name, "TerminationByKubelet", message)
+            pod = self.api.store.get(("", "pods"), namespace, name) or pod
         runner = self.runners.get(pod["metadata"]["uid"])
         if runner is None:
             status = copy.deepcopy(pod.get("status") or {})

@@ -7,7 +7,7 @@ from typing import Any
 
 from .util import JSON, ApiError
 
-__all__ = ["BUILTIN_TYPES", "ResourceType", "from_crd", "check_crd"]
+__all__ = ["BUILTIN_TYPES", "ResourceType", "check_crd", "check_job", "from_crd"]
 
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -131,6 +131,7 @@ BUILTIN_TYPES: list[ResourceType] = [
     ResourceType("", "v1", "nodes", "Node", namespaced=False, short_names=["no"], has_status=True),
     ResourceType("", "v1", "services", "Service", short_names=["svc"], categories=["all"], has_status=True),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
+    ResourceType("batch", "v1", "jobs", "Job", categories=["all"], has_status=True),
     ResourceType(
         "apiextensions.k8s.io",
         "v1",
@@ -141,6 +142,65 @@ BUILTIN_TYPES: list[ResourceType] = [
         has_status=True,
     ),
 ]
+
+
+def check_job(obj: JSON) -> None:
+    """Raise 422 for a batch/v1 Job the real API server refuses (the rules a trial launcher can hit)."""
+    name = (obj.get("metadata") or {}).get("name", "")
+    spec = obj.get("spec") or {}
+    template_spec = (spec.get("template") or {}).get("spec") or {}
+    causes: list[tuple[str, str, str]] = []
+    if len(name) > 63:
+        causes.append(
+            ("metadata.name", "FieldValueInvalid", f'Invalid value: "{name}": must be no more than 63 characters')
+        )
+    policy = template_spec.get("restartPolicy")
+    if policy not in ("OnFailure", "Never"):
+        causes.append(
+            (
+                "spec.template.spec.restartPolicy",
+                "FieldValueNotSupported",
+                f'Unsupported value: "{policy or "Always"}": supported values: "OnFailure", "Never"',
+            )
+        )
+    if spec.get("podFailurePolicy") is not None and policy != "Never":
+        causes.append(
+            (
+                "spec.podFailurePolicy",
+                "FieldValueInvalid",
+                "Invalid value: only allowed when spec.template.spec.restartPolicy is Never",
+            )
+        )
+    for i, rule in enumerate((spec.get("podFailurePolicy") or {}).get("rules") or []):
+        if rule.get("action") not in ("FailJob", "Ignore", "Count", "FailIndex"):
+            causes.append(
+                (
+                    f"spec.podFailurePolicy.rules[{i}].action",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{rule.get("action")}": supported values: '
+                    '"Count", "FailIndex", "FailJob", "Ignore"',
+                )
+            )
+        if (rule.get("onExitCodes") is None) == (rule.get("onPodConditions") is None):
+            causes.append(
+                (
+                    f"spec.podFailurePolicy.rules[{i}]",
+                    "FieldValueInvalid",
+                    "Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+                )
+            )
+    if spec.get("completionMode", "NonIndexed") != "NonIndexed":
+        causes.append(
+            (
+                "spec.completionMode",
+                "FieldValueNotSupported",
+                "Unsupported value: the fake cluster's Job controller runs NonIndexed jobs only",
+            )
+        )
+    if not template_spec.get("containers"):
+        causes.append(("spec.template.spec.containers", "FieldValueRequired", "Required value"))
+    if causes:
+        raise ApiError.invalid("Job", name, "batch", causes)
 
 
 def check_crd(obj: JSON) -> None:

@@ -1,4 +1,5 @@
-"""Simulated operators of the fake cluster: tf-operator, pytorch-operator and FrameworkController."""
+"""Simulated controllers of the fake cluster: the Job controller, tf-operator, pytorch-operator and
+FrameworkController."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ __all__ = ["make_controllers"]
 
 def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
     from .framework import FrameworkController
+    from .job import JobController
     from .kubeflow import PyTorchOperator, TFOperator
 
-    known = {"tf-operator": TFOperator, "pytorch-operator": PyTorchOperator, "frameworkcontroller": FrameworkController}
+    known = {
+        "job-controller": JobController,
+        "tf-operator": TFOperator,
+        "pytorch-operator": PyTorchOperator,
+        "frameworkcontroller": FrameworkController,
+    }
     out = []
     for name in names:
         if name not in known:
