@@ -135,6 +135,7 @@ async def test_a_pod_deleted_by_hand_counts_as_failed_and_is_replaced(cluster: F
         ),
         timeout=20,
     )
+    await cluster.wait_for(lambda c: marker.exists(), timeout=20)  # the first run has started
     cluster.delete("pods", first["metadata"]["name"])
     done = await cluster.wait_for_object("jobs", "deleted", finished, timeout=30)
     assert condition(done, "Complete") and done["status"]["failed"] == 1 and done["status"]["succeeded"] == 1
@@ -197,6 +198,9 @@ async def test_kubectl_gets_waits_and_reads_logs(cluster: FakeCluster, tmp_path:
     assert result.code == 0, result.err
     result = await kubectl("wait", "--for=condition=complete", "job/kc", "--timeout=30s", timeout=40)
     assert result.code == 0, result.err
+    table = (await kubectl("get", "jobs")).out.splitlines()
+    assert table[0].split() == ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"], table
+    assert table[1].split()[:3] == ["kc", "Complete", "1/1"], table
     listed = (await kubectl("get", "jobs", "-o", "json")).json()
     assert [j["metadata"]["name"] for j in listed["items"]] == ["kc"]
     pods = (await kubectl("get", "pods", "-l", "job-name=kc", "-o", "json")).json()["items"]

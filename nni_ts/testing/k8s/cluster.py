@@ -31,7 +31,7 @@ __all__ = ["FakeCluster", "load_yaml_documents"]
 
 log = logging.getLogger(__name__)
 
-CONTROLLERS = ("tf-operator", "pytorch-operator", "frameworkcontroller")
+CONTROLLERS = ("job-controller", "tf-operator", "pytorch-operator", "frameworkcontroller")
 
 
 _YAML_CACHE: dict[tuple[str, float], list[JSON]] = {}

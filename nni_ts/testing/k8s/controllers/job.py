@@ -34,6 +34,7 @@ import secrets
 import string
 from typing import Any
 
+from ..store import Event
 from ..util import JSON, ApiError, now_iso
 from .base import Controller, owner_ref
 
@@ -141,6 +142,17 @@ class JobController(Controller):
     plural = "jobs"
     kind = "Job"
 
+    def __init__(self, api: Any) -> None:
+        #: The last state of this controller's pods that were removed, by uid (a real controller keeps
+        #: them with its tracking finalizer until it has counted them).
+        self._gone: dict[str, JSON] = {}
+        super().__init__(api)
+
+    def _on_event(self, event: Event) -> None:
+        if event.type == "DELETED" and event.gr == ("", "pods") and self.owner_of(event) is not None:
+            self._gone[event.obj["metadata"]["uid"]] = event.obj
+        super()._on_event(event)
+
     def reconcile(self, namespace: str, name: str) -> None:
         job = self.primary(namespace, name)
         if job is None or job["metadata"].get("deletionTimestamp"):
@@ -155,13 +167,14 @@ class JobController(Controller):
         finished = _is_true(status, "Complete") or _is_true(status, "Failed")
         failure_target = _cond(status, "FailureTarget")
         success_target = _is_true(status, "SuccessCriteriaMet")
+        had_target = failure_target is not None or success_target
 
         # Count what ended: succeeded and failed pods, and pods that vanished before they ended.
         ignored = 0
         for uid, pod in live.items():
             phase = (pod.get("status") or {}).get("phase")
-            if uid in counted or phase not in ("Succeeded", "Failed"):
-                continue
+            if counted.get(uid, "active") != "active" or phase not in ("Succeeded", "Failed"):
+                continue  # already counted (or removed by this controller), or still running
             if phase == "Succeeded":
                 counted[uid] = "succeeded"
                 continue
@@ -176,7 +189,22 @@ class JobController(Controller):
                 failure_target = _cond(status, "FailureTarget")
         for uid in list(counted):
             if uid not in live and counted[uid] == "active":
-                counted[uid] = "failed"  # deleted while it ran
+                # Removed before it was counted: a pod deleted while it ran counts as failed, unless the
+                # podFailurePolicy ignores it (an evicted pod carries the DisruptionTarget condition).
+                last = self._gone.get(uid)
+                verdict = match_pod_failure_policy(spec.get("podFailurePolicy"), last) if last else None
+                if last is not None and (last.get("status") or {}).get("phase") == "Succeeded":
+                    counted[uid] = "succeeded"
+                elif verdict is not None and verdict[0] == "Ignore":
+                    counted[uid] = "ignored"
+                    ignored += 1
+                else:
+                    counted[uid] = "failed"
+                    if verdict is not None and verdict[0] == "FailJob" and failure_target is None and not finished:
+                        _set_cond(status, "FailureTarget", "True", "PodFailurePolicy", verdict[2])
+                        failure_target = _cond(status, "FailureTarget")
+            if uid not in live:
+                self._gone.pop(uid, None)
         for uid, pod in live.items():
             if uid not in counted and not pod["metadata"].get("deletionTimestamp"):
                 counted[uid] = "active"
@@ -236,7 +264,9 @@ class JobController(Controller):
                 for pod in active_pods:
                     self._delete_pod(pod, counted)
                 active_pods = []
-                if not terminating and not any(
+                if not had_target:
+                    self.enqueue(namespace, name)  # FailureTarget is written on its own first, as a real cluster does
+                elif not terminating and not any(
                     (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in pods
                 ):
                     reason, message = failure_target.get("reason", ""), failure_target.get("message", "")
@@ -244,7 +274,9 @@ class JobController(Controller):
                     self.record(job, reason, message, "Warning")
                     status["completionTime"] = now_iso()  # as kubectl shows it; real Jobs leave it unset
             elif success_target:
-                if not active_pods and not terminating:
+                if not had_target:
+                    self.enqueue(namespace, name)
+                elif not active_pods and not terminating:
                     _set_cond(
                         status, "Complete", "True", "CompletionsReached", "Reached expected number of succeeded pods"
                     )
