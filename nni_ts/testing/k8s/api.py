@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import patch as patches
-from .resources import BUILTIN_TYPES, ResourceType, check_crd, check_job, from_crd
+from .resources import BUILTIN_TYPES, ResourceType, check_builtin, check_crd, from_crd
 from .schema import validate
 from .store import GR, Store
 from .util import JSON, ApiError, FieldSelector, LabelSelector, now_iso
@@ -669,8 +669,8 @@ class Api:
     ) -> None:
         if rtype.kind == "CustomResourceDefinition":
             check_crd(obj)
-        if rtype.kind == "Job" and rtype.group == "batch":
-            check_job(obj)
+        if not rtype.is_custom:
+            check_builtin(rtype, obj)
         if rtype.schema is None:
             if meta_causes:
                 raise ApiError.invalid(rtype.kind, obj["metadata"].get("name", ""), rtype.group, meta_causes)
@@ -724,6 +724,16 @@ class Api:
             labels.setdefault("batch.kubernetes.io/controller-uid", uid)
             labels.setdefault("controller-uid", uid)
             spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+        elif rtype.kind == "Deployment" and rtype.group == "apps":
+            spec = obj.setdefault("spec", {})
+            spec.setdefault("replicas", 1)
+            spec.setdefault(
+                "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
+            )
+            spec.setdefault("revisionHistoryLimit", 10)
+            spec.setdefault("progressDeadlineSeconds", 600)
+        elif rtype.kind == "PersistentVolumeClaim":
+            obj.setdefault("status", {"phase": "Bound"})
         elif rtype.kind == "Secret":
             string_data = obj.pop("stringData", None) or {}
             if string_data:

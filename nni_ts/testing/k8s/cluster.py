@@ -31,7 +31,7 @@ __all__ = ["FakeCluster", "load_yaml_documents"]
 
 log = logging.getLogger(__name__)
 
-CONTROLLERS = ("job-controller", "tf-operator", "pytorch-operator", "frameworkcontroller")
+CONTROLLERS = ("job-controller", "deployment-controller", "tf-operator", "pytorch-operator", "frameworkcontroller")
 
 
 _YAML_CACHE: dict[tuple[str, float], list[JSON]] = {}
@@ -221,6 +221,18 @@ class FakeCluster:
             else:
                 out.append(self.create(doc, namespace))
         return out
+
+    def patch(
+        self,
+        resource: str,
+        name: str,
+        body: Any,
+        namespace: str = "default",
+        content_type: str = "application/merge-patch+json",
+    ) -> JSON:
+        """Patch an object (a JSON merge patch by default), as a client would."""
+        rtype = self.resource(resource)
+        return self.api.patch(rtype, namespace if rtype.namespaced else "", name, body, content_type)
 
     def delete(self, resource: str, name: str, namespace: str = "default", propagation: str | None = None) -> JSON:
         return self.api.delete(self.resource(resource), namespace, name, propagation=propagation)

@@ -12,12 +12,14 @@ __all__ = ["make_controllers"]
 
 
 def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
+    from .deployment import DeploymentController
     from .framework import FrameworkController
     from .job import JobController
     from .kubeflow import PyTorchOperator, TFOperator
 
     known = {
         "job-controller": JobController,
+        "deployment-controller": DeploymentController,
         "tf-operator": TFOperator,
         "pytorch-operator": PyTorchOperator,
         "frameworkcontroller": FrameworkController,
