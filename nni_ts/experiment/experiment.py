@@ -29,6 +29,7 @@ from ..storage import Store, TrialRecord, open_store
 from ..tasks import TaskSupervisor
 from ..training_service import TrainingService, new_trial_id
 from .records import parse_record
+from .results import best_trial, is_better, no_success_summary, optimize_mode
 
 if TYPE_CHECKING:
     from ..config.experiment import ExperimentConfig
@@ -75,15 +76,29 @@ class ExperimentResult:
     optimize_mode: str
     trials: list[TrialRecord] = field(default_factory=list)
     message: str | None = None
+    #: When trials ended and none succeeded: what went wrong and how to see why (else None).
+    no_success: str | None = None
 
     @property
     def best(self) -> TrialRecord | None:
-        """The trial with the best final value (max or min by ``optimize_mode``)."""
-        scored = [t for t in self.trials if t.final_value is not None]
-        if not scored:
-            return None
-        sign = -1.0 if self.optimize_mode == "minimize" else 1.0
-        return max(scored, key=lambda t: sign * (t.final_value or 0.0))
+        """The SUCCEEDED trial with the best final value (max or min by ``optimize_mode``)."""
+        return best_trial(self.trials, self.optimize_mode)
+
+    @property
+    def succeeded(self) -> int:
+        """How many trials succeeded."""
+        return sum(t.status is TrialJobStatus.SUCCEEDED for t in self.trials)
+
+
+#: Results imported into an experiment (one JSON entry a line), fed to every tuner it runs.
+IMPORTED_FILE = "imported.jsonl"
+
+
+def read_imported(path: Path, offset: int = 0) -> list[dict[str, Any]]:
+    """The entries of an imported-results file, from byte ``offset`` on."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return [json.loads(line) for line in fh.read().splitlines() if line.strip()]
 
 
 def manager_alive(pid: int | None, started: float | None) -> bool:
@@ -101,10 +116,18 @@ def _self_started() -> float:
     return float(psutil.Process(os.getpid()).create_time())
 
 
-def _optimize_mode(config: ExperimentConfig) -> str:
-    algo = config.tuner or config.advisor
-    mode = str((algo.class_args or {}).get("optimize_mode", "maximize")) if algo else "maximize"
-    return "minimize" if mode.lower().startswith("min") else "maximize"
+def _algo_source(algo: Any, kind: str) -> tuple[str | None, str | None, str | None]:
+    """``(name, className, codeDirectory)`` of a config's algorithm, a registered name resolved to its class.
+
+    Classes written for NNI import ``nni``: the light module stands in when NNI is not installed.
+    """
+    from ..algorithms import ensure_nni_importable, resolve
+
+    ensure_nni_importable()
+    meta = resolve(algo.name, kind) if algo.class_name is None else None
+    if meta is None:
+        return algo.name, algo.class_name, algo.code_directory
+    return None, str(meta["className"]), algo.code_directory or meta.get("codeDirectory")
 
 
 def config_to_storable(config: ExperimentConfig) -> dict[str, Any]:
@@ -138,8 +161,9 @@ class Experiment:
     to override what the config names (tests, notebooks); ``store`` defaults to the database under
     ``NNI_TS_HOME``.
 
-    ``events`` (pyee) emits ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record)
-    and ``"status"`` (the experiment status).
+    ``events`` (pyee) emits ``"started"`` (the record exists), ``"running"`` (the platform is up),
+    ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record) and ``"status"`` (the
+    experiment status).
     """
 
     def __init__(
@@ -166,7 +190,7 @@ class Experiment:
         self.store = store or open_store()
         self._own_store = store is None
         self.events = EventEmitter()
-        self.optimize_mode = _optimize_mode(self.config)
+        self.optimize_mode = optimize_mode(self.config)
         self.control_socket = control_socket
         self._service = service
         self._tuner = tuner
@@ -197,6 +221,7 @@ class Experiment:
         #: Owns the loop's background work (early stops, time-outs); stopped when the run ends.
         self._tasks = TaskSupervisor(f"experiment-{self.id}")
         self._errors: list[BaseException] = []
+        self._no_success: str | None = None
 
     # ------------------------------------------------------------------ resume
 
@@ -297,6 +322,18 @@ class Experiment:
             self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         self._wake.set()
 
+    def import_results(self, entries: list[dict[str, Any]]) -> None:
+        """Results from elsewhere (``nni-ts experiment import``): the tuner learns them as finished trials."""
+        if entries and self._tuner is not None:
+            self._call_algo(self._tuner.import_data, list(entries))
+            self._wake.set()
+
+    def _feed_imported(self) -> None:
+        """Give the tuner what was imported into this experiment, before its first suggestion."""
+        path = self.working_directory / IMPORTED_FILE
+        if path.exists():
+            self.import_results(read_imported(path))
+
     def stop(self, reason: str = "Stopped by the user.") -> None:
         """Ask the loop to stop: no new trials, running ones are cancelled. Safe from signal handlers."""
         if self._stop_reason is None:
@@ -335,6 +372,7 @@ class Experiment:
             optimize_mode=self.optimize_mode,
             trials=self.store.list_trials(self.id),
             message=self._message,
+            no_success=self._no_success,
         )
 
     async def run(self) -> ExperimentResult:
@@ -362,11 +400,14 @@ class Experiment:
             async with service:
                 if control is not None:
                     await control.start()
+                self.events.emit("running", self.id)  # the platform is up: what the config asks can run
                 try:
                     if self._resuming:
                         await self._restore()
+                    self._feed_imported()
                     await self._main_loop()
                     await self._cancel_live()
+                    self._no_success = await no_success_summary(self.id, self.store.list_trials(self.id), service)
                 finally:
                     if control is not None:
                         await control.close()
@@ -456,10 +497,11 @@ class Experiment:
             raise ConfigError("The experiment names no tuner; add `tuner: {name: TPE}` for example.", path="tuner")
         if self.config.search_space is None:
             raise ConfigError("The experiment has no search space: set searchSpace or searchSpaceFile.")
+        name, class_name, code_directory = _algo_source(algo, "tuner")
         return create_tuner(
-            algo.name,
-            class_name=algo.class_name,
-            code_directory=algo.code_directory,
+            name,
+            class_name=class_name,
+            code_directory=code_directory,
             class_args=dict(algo.class_args or {}),
             search_space=self.config.search_space,
             seed=self.config.seed,
@@ -472,10 +514,11 @@ class Experiment:
             return builtin
         from ..tuners import create_assessor
 
+        name, class_name, code_directory = _algo_source(algo, "assessor")
         return create_assessor(
-            algo.name,
-            class_name=algo.class_name,
-            code_directory=algo.code_directory,
+            name,
+            class_name=class_name,
+            code_directory=code_directory,
             class_args=dict(algo.class_args or {}),
             tuner=self._tuner,
         )
@@ -659,7 +702,6 @@ class Experiment:
             log.warning("Trial %s wrote a record that is not JSON; it is stored as is.", metric.trial_job_id)
         elif parsed.type == "FINAL" and not live.told:
             live.told = True
-            self._note_best(metric.trial_job_id, parsed.scalar)
             assert self._tuner is not None
             if live.reattached:
                 self._call_algo(self._tuner.import_data, [{"parameter": live.parameters, "value": parsed.value}])
@@ -756,7 +798,8 @@ class Experiment:
             self._failed += 1
         else:
             self._other_ends += 1
-        self._note_best(trial_id, final)
+        if success:
+            self._note_best(trial_id, final)
         if live is not None and not live.reattached:
             assert self._tuner is not None
             self._call_algo(self._tuner.trial_end, live.parameter_id, success)
@@ -766,12 +809,7 @@ class Experiment:
     def _note_best(self, trial_id: str, value: float | None) -> None:
         if value is None:
             return
-        better = (
-            self._best_value is None
-            or (self.optimize_mode == "maximize" and value > self._best_value)
-            or (self.optimize_mode == "minimize" and value < self._best_value)
-        )
-        if better:
+        if is_better(value, self._best_value, self.optimize_mode):
             self._best_value = value
             self._best_trial = trial_id
 

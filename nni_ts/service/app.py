@@ -26,7 +26,7 @@ from aiohttp import web
 from ..config.experiment import ExperimentConfig
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..experiment import Experiment
-from ..experiment.experiment import _optimize_mode
+from ..experiment.results import best_trial_sql, optimize_mode
 from ..models import now_ms
 from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
@@ -324,9 +324,9 @@ class ExperimentService:
                 "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row[0]
             )
         }
-        direction = "ASC" if row[10] == "minimize" else "DESC"
+        where, direction = best_trial_sql(row[10])
         best_row = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND final_value IS NOT NULL "
+            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND {where} "
             f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
             row[0],
         )
@@ -446,7 +446,7 @@ class ExperimentService:
                 json.dumps(stored),
                 trials,
                 gpus,
-                _optimize_mode(config),
+                optimize_mode(config),
                 self.settings.replica,
                 int(legacy),
                 now,

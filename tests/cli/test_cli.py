@@ -216,7 +216,7 @@ def test_rerun_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         """
     )
     cfg = _write_config(tmp_path, trial, maxTrialNumber=2)
-    assert main(["create", "-c", str(cfg), "--id", "rr", "--quiet"]) == 0
+    assert main(["create", "-c", str(cfg), "--id", "rr", "--quiet"]) == 1  # no trial succeeded
     (tmp_path / "code" / "fixed").touch()
     assert main(["extend", "rr", "--rerun-failed", "--quiet"]) == 0
     capsys.readouterr()
