@@ -162,8 +162,22 @@ class FakeCluster:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _write_kubeconfig(self) -> None:
-        user: JSON = {"token": self.token} if self.token else {}
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A new token bound to the ServiceAccount ``namespace/name`` (created if missing): requests with it
+        are allowed only what the Roles and ClusterRoles bound to it grant (see docs/fake-cluster.md)."""
+        sa_type = self.api.rtype("", "v1", "serviceaccounts")
+        if self.store.get(("", "serviceaccounts"), namespace, name) is None:
+            self.api.create(sa_type, namespace, {"metadata": {"name": name}})
+        return str(self.server.issue_token(namespace, name)["status"]["token"])
+
+    def write_kubeconfig(self, path: Path | str, *, token: str | None = None, namespace: str = "default") -> Path:
+        """Write a kubeconfig for this cluster with ``token`` (e.g. a service account's) to ``path``."""
+        self._write_kubeconfig(Path(path), token, namespace)
+        return Path(path)
+
+    def _write_kubeconfig(self, path: Path | None = None, token: str | None = None, namespace: str = "default") -> None:
+        token = token or self.token
+        user: JSON = {"token": token} if token else {}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -178,10 +192,10 @@ class FakeCluster:
                 }
             ],
             "users": [{"name": "fake-user", "user": user}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user", "namespace": "default"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user", "namespace": namespace}}],
             "current-context": "fake",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        (path or self.kubeconfig).write_text(yaml.safe_dump(config, sort_keys=False))
 
     # ------------------------------------------------------------------ conveniences
 
