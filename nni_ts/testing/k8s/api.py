@@ -44,6 +44,9 @@ class Api:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.by_gr: dict[GR, ResourceType] = {}
         self.pod_deletion_hook: DeletionHook | None = None
+        #: Admission hooks (what webhooks and CEL rules do): ``hook(rtype, old, obj)`` may change ``obj`` or
+        #: raise ApiError; ``old`` is None on create. Run after defaulting, before schema validation.
+        self.admission: list[Callable[[ResourceType, JSON | None, JSON], None]] = []
         #: Events recorded by the cluster itself are kept up to this number (the oldest go first).
         self.max_events = 10000
         self._events: deque[tuple[str, str]] = deque()
@@ -191,6 +194,8 @@ class Api:
         if rtype.has_status and rtype.kind not in ("Node",):
             obj.pop("status", None)
         self._defaults(rtype, obj)
+        for hook in self.admission:
+            hook(rtype, None, obj)
         self._validate_body(rtype, obj, field_validation, meta_causes)
         if dry_run:
             return obj
@@ -295,6 +300,8 @@ class Api:
                     )
             meta_causes = self._validate_meta(rtype, obj, creating=False)
             self._defaults(rtype, obj)
+            for hook in self.admission:
+                hook(rtype, current, obj)
             if self._spec_changed(rtype, current, obj):
                 meta["generation"] = int(cur_meta.get("generation", 1)) + 1
         self._validate_body(rtype, obj, field_validation, meta_causes)

@@ -31,7 +31,15 @@ __all__ = ["FakeCluster", "load_yaml_documents"]
 
 log = logging.getLogger(__name__)
 
-CONTROLLERS = ("job-controller", "deployment-controller", "tf-operator", "pytorch-operator", "frameworkcontroller")
+CONTROLLERS = (
+    "job-controller",
+    "deployment-controller",
+    "jobset-controller",
+    "trainjob-controller",
+    "tf-operator",
+    "pytorch-operator",
+    "frameworkcontroller",
+)
 
 
 _YAML_CACHE: dict[tuple[str, float], list[JSON]] = {}

@@ -283,12 +283,12 @@ def check_job(obj: JSON) -> None:
                     "Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
                 )
             )
-    if spec.get("completionMode", "NonIndexed") != "NonIndexed":
+    if spec.get("completionMode", "NonIndexed") not in ("NonIndexed", "Indexed"):
         causes.append(
             (
                 "spec.completionMode",
                 "FieldValueNotSupported",
-                "Unsupported value: the fake cluster's Job controller runs NonIndexed jobs only",
+                f'Unsupported value: "{spec.get("completionMode")}": supported values: "NonIndexed", "Indexed"',
             )
         )
     if not template_spec.get("containers"):

@@ -16,10 +16,13 @@ def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
     from .framework import FrameworkController
     from .job import JobController
     from .kubeflow import PyTorchOperator, TFOperator
+    from .trainer import JobSetController, TrainJobController
 
     known = {
         "job-controller": JobController,
         "deployment-controller": DeploymentController,
+        "jobset-controller": JobSetController,
+        "trainjob-controller": TrainJobController,
         "tf-operator": TFOperator,
         "pytorch-operator": PyTorchOperator,
         "frameworkcontroller": FrameworkController,

@@ -5,7 +5,9 @@ What it does, as Kubernetes 1.31+ does:
 * Pods ``<job>-<random>`` from ``spec.template`` with the labels ``batch.kubernetes.io/job-name``,
   ``job-name``, ``batch.kubernetes.io/controller-uid`` and ``controller-uid``, and an ownerReference to
   the job; up to ``parallelism`` at once until ``completions`` (default 1) pods succeeded
-  (``completionMode: NonIndexed``; Indexed jobs are refused with a 422 naming the field).
+  (``completionMode: NonIndexed``); with ``Indexed`` each pod gets the lowest index not yet succeeded or
+  running (label and annotation ``batch.kubernetes.io/job-completion-index``, env ``JOB_COMPLETION_INDEX``)
+  and the job succeeds once every index has (no ``backoffLimitPerIndex``).
 * ``suspend``: no pods while true (active ones are deleted), condition ``Suspended`` True
   (``JobSuspended``), then False (``JobResumed``) on resume, when ``startTime`` starts again.
 * ``backoffLimit`` (default 6): more failed pods than that → ``FailureTarget`` then, once no pod is
@@ -100,6 +102,10 @@ def _terminated(pod: JSON) -> list[tuple[str, int]]:
         if term is not None:
             out.append((str(s.get("name")), int(term.get("exitCode", 0))))
     return out
+
+
+def _index(pod: JSON) -> int:
+    return int((pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-completion-index", -1))
 
 
 def match_pod_failure_policy(policy: JSON | None, pod: JSON) -> tuple[str, int, str] | None:
@@ -208,7 +214,11 @@ class JobController(Controller):
         for uid, pod in live.items():
             if uid not in counted and not pod["metadata"].get("deletionTimestamp"):
                 counted[uid] = "active"
-        succeeded = sum(1 for v in counted.values() if v == "succeeded")
+        indexed = spec.get("completionMode") == "Indexed"
+        if indexed:  # succeeded indexes, not pods
+            succeeded = len({_index(p) for p in pods if counted.get(p["metadata"]["uid"]) == "succeeded"})
+        else:
+            succeeded = sum(1 for v in counted.values() if v == "succeeded")
         failed = sum(1 for v in counted.values() if v == "failed")
         active_pods = [
             p
@@ -237,7 +247,12 @@ class JobController(Controller):
                     self.record(job, "Resumed", "Job resumed")
                 status.setdefault("startTime", now_iso())
             if failure_target is None and not success_target and not suspended:
-                if failed > backoff_limit:
+                restarts = sum(  # under restartPolicy OnFailure, container restarts count as failures
+                    int(c.get("restartCount", 0))
+                    for p in active_pods
+                    for c in (p.get("status") or {}).get("containerStatuses") or []
+                )
+                if failed + restarts > backoff_limit:
                     message = "Job has reached the specified backoff limit"
                     _set_cond(status, "FailureTarget", "True", "BackoffLimitExceeded", message)
                     failure_target = _cond(status, "FailureTarget")
@@ -284,8 +299,12 @@ class JobController(Controller):
                     status["completionTime"] = now_iso()
             elif not suspended:
                 want = min(parallelism, completions - succeeded) - len(active_pods)
-                for _ in range(max(0, want)):
-                    created = self._create_pod(job)
+                taken = {_index(p) for p in active_pods} | {
+                    _index(p) for p in pods if counted.get(p["metadata"]["uid"]) == "succeeded"
+                }
+                free = [i for i in range(completions) if i not in taken]
+                for n in range(max(0, want)):
+                    created = self._create_pod(job, free[n] if indexed and n < len(free) else None)
                     if created is not None:
                         counted[created["metadata"]["uid"]] = "active"
                         active_pods.append(created)
@@ -338,8 +357,15 @@ class JobController(Controller):
         except ApiError:
             pass
 
-    def _create_pod(self, job: JSON) -> JSON | None:
+    def _create_pod(self, job: JSON, index: int | None = None) -> JSON | None:
         template = copy.deepcopy((job.get("spec") or {}).get("template") or {})
+        if index is not None:
+            key = "batch.kubernetes.io/job-completion-index"
+            meta_ = template.setdefault("metadata", {})
+            meta_.setdefault("labels", {})[key] = str(index)
+            meta_.setdefault("annotations", {})[key] = str(index)
+            for c in (template.get("spec") or {}).get("containers") or []:
+                c["env"] = [*(c.get("env") or []), {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
         meta = template.get("metadata") or {}
         job_name, uid = job["metadata"]["name"], job["metadata"]["uid"]
         name = f"{job_name}-{''.join(secrets.choice(_SUFFIX) for _ in range(5))}"
