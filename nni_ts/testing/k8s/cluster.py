@@ -170,6 +170,14 @@ class FakeCluster:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def kueue(self) -> Any:
+        """The simulated Kueue (``controllers=[..., "kueue"]``), e.g. ``cluster.kueue.preempt(ns, workload)``."""
+        for ctl in self._controllers:
+            if ctl.name == "kueue":
+                return ctl
+        raise LookupError("This fake cluster runs no simulated Kueue: add 'kueue' to controllers.")
+
     def service_account_token(self, namespace: str, name: str) -> str:
         """A new token bound to the ServiceAccount ``namespace/name`` (created if missing): requests with it
         are allowed only what the Roles and ClusterRoles bound to it grant (see docs/fake-cluster.md)."""

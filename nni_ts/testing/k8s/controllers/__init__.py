@@ -16,6 +16,7 @@ def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
     from .framework import FrameworkController
     from .job import JobController
     from .kubeflow import PyTorchOperator, TFOperator
+    from .kueue import Kueue
     from .trainer import JobSetController, TrainJobController
 
     known = {
@@ -26,6 +27,7 @@ def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
         "tf-operator": TFOperator,
         "pytorch-operator": PyTorchOperator,
         "frameworkcontroller": FrameworkController,
+        "kueue": Kueue,
     }
     out = []
     for name in names:
