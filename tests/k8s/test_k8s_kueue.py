@@ -248,3 +248,68 @@ def _reason(obj: dict[str, Any], type_: str) -> str | None:
         if c["type"] == type_:
             return str(c.get("reason"))
     return None
+
+
+async def test_a_queued_trainjob_waits_then_runs_to_complete(tmp_path: Path) -> None:
+    trainer = [
+        NEXT / f
+        for f in (
+            "jobset.x-k8s.io_jobsets.yaml",
+            "trainer.kubeflow.org_trainjobs.yaml",
+            "trainer.kubeflow.org_clustertrainingruntimes.yaml",
+        )
+    ]
+    async with FakeCluster(
+        tmp_path / "cluster",
+        crd_files=[*CRDS, *trainer],
+        controllers=["job-controller", "jobset-controller", "trainjob-controller", "kueue"],
+    ) as cluster:
+        for obj in queues(cpu="1"):
+            cluster.create(obj)
+        runtime = {
+            "apiVersion": "trainer.kubeflow.org/v1alpha1",
+            "kind": "ClusterTrainingRuntime",
+            "metadata": {"name": "plain"},
+            "spec": {
+                "mlPolicy": {"numNodes": 1},
+                "template": {
+                    "spec": {
+                        "replicatedJobs": [
+                            {
+                                "name": "node",
+                                "template": {
+                                    "spec": {"template": {"spec": {"containers": [{"name": "node", "image": "x"}]}}}
+                                },
+                            }
+                        ]
+                    }
+                },
+            },
+        }
+        cluster.create(runtime)
+        flag = tmp_path / "go"
+
+        def trainjob(name: str) -> dict[str, Any]:
+            return {
+                "apiVersion": "trainer.kubeflow.org/v1alpha1",
+                "kind": "TrainJob",
+                "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": "user-queue"}},
+                "spec": {
+                    "runtimeRef": {"name": "plain"},
+                    "trainer": {"command": waiter(flag), "resourcesPerNode": {"requests": {"cpu": "1"}}},
+                },
+            }
+
+        assert cluster.create(trainjob("first"))["spec"]["suspend"] is True
+        assert cluster.create(trainjob("second"))["spec"]["suspend"] is True
+        await cluster.wait_for(
+            lambda c: [p for p in c.list("pods") if p["status"].get("phase") == "Running"],
+            timeout=30,
+            message="first runs",
+        )
+        second = await cluster.wait_for_object("trainjobs", "second", lambda o: condition(o, "Suspended"), timeout=20)
+        assert (second.get("status") or {}).get("jobsStatus", [{}])[0].get("active", 0) == 0
+        flag.touch()
+        for name in ("first", "second"):
+            done = await cluster.wait_for_object("trainjobs", name, lambda o: condition(o, "Complete"), timeout=40)
+            assert [c["type"] for c in done["status"]["conditions"]] == ["Suspended", "Complete"]

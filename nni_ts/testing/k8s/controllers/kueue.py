@@ -94,7 +94,8 @@ def kueue_crds() -> list[JSON]:
 def _cond(obj: JSON, type_: str) -> JSON | None:
     for c in (obj.get("status") or {}).get("conditions") or []:
         if c.get("type") == type_:
-            return c
+            found: JSON = c
+            return found
     return None
 
 
@@ -245,7 +246,7 @@ class Kueue:
                     wpc = self.api.store.get((KUEUE, "workloadpriorityclasses"), "", pclass)
                     priority = int((wpc or {}).get("value", 0))
                 rtype = self.api.by_gr[gr]
-                body = {
+                body: JSON = {
                     "apiVersion": f"{KUEUE}/v1beta2",
                     "kind": "Workload",
                     "metadata": {

@@ -156,11 +156,11 @@ class JobSetController(Controller):
             for rj in rjobs:
                 for index in range(int(rj.get("replicas", 1) or 1)):
                     job_name = f"{name}-{rj['name']}-{index}"
-                    job = by_name.get(job_name)
-                    if job is None:
+                    existing = by_name.get(job_name)
+                    if existing is None:
                         if not [j for j in jobs if j["metadata"]["name"] == job_name]:  # old one still going
                             self._create_job(js, rj, index, restarts, suspended)
-                    elif bool((job.get("spec") or {}).get("suspend")) != suspended:
+                    elif bool((existing.get("spec") or {}).get("suspend")) != suspended:
                         self.api.patch(
                             self.api.rtype("batch", "v1", "jobs"),
                             namespace,
@@ -204,8 +204,8 @@ class JobSetController(Controller):
             failed = [s for s in statuses if s["failed"]]
             policy = spec.get("successPolicy") or {}
             targets = policy.get("targetReplicatedJobs") or [rj["name"] for rj in rjobs]
-            want = {rj["name"]: int(rj.get("replicas", 1) or 1) for rj in rjobs}
-            done = [s["name"] for s in statuses if s["name"] in targets and s["succeeded"] >= want[s["name"]]]
+            wanted = {rj["name"]: int(rj.get("replicas", 1) or 1) for rj in rjobs}
+            done = [s["name"] for s in statuses if s["name"] in targets and s["succeeded"] >= wanted[s["name"]]]
             any_done = [s["name"] for s in statuses if s["name"] in targets and s["succeeded"] > 0]
             if failed:
                 max_restarts = int((spec.get("failurePolicy") or {}).get("maxRestarts", 0) or 0)
