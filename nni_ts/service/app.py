@@ -391,20 +391,9 @@ class ExperimentService:
 
     def _tuner_for(self, config: ExperimentConfig) -> Any:
         """Build the tuner now, so that a bad tuner name or classArgs is a 422, not a failed experiment."""
-        from ..tuners import create_tuner
+        from ..experiment.experiment import tuner_for
 
-        algo = config.tuner or config.advisor
-        if algo is None:
-            raise ConfigError("the experiment names no tuner; add tuner: {name: TPE}.", path="tuner")
-        assert config.search_space is not None
-        return create_tuner(
-            algo.name,
-            class_name=algo.class_name,
-            code_directory=algo.code_directory,
-            class_args=dict(algo.class_args or {}),
-            search_space=config.search_space,
-            seed=config.seed,
-        )
+        return tuner_for(config)
 
     async def create_experiment(
         self, user: User, workspace: str, raw: Any, *, legacy: bool = False, actor: str | None = None
