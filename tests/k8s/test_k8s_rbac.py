@@ -184,6 +184,7 @@ def platform_config(platform: str, kubeconfig: Path, namespace: str, nfs: Path, 
     return {"platform": "frameworkcontroller", "taskRoles": [fc_role], **common}
 
 
+@pytest.mark.slow  # whole experiments through the fake cluster and its operators
 @pytest.mark.parametrize("source", ["deploy", "docs"])
 @pytest.mark.parametrize("platform", ["kubeflow", "frameworkcontroller"])
 async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: str, platform: str) -> None:

@@ -155,9 +155,12 @@ async def test_a_docs_style_trainjob_runs_to_complete_and_its_trainer_is_immutab
 
 
 async def test_a_failing_trainer_fails_the_trainjob(cluster: FakeCluster) -> None:
-    cluster.create(yaml.safe_load(RUNTIME))
-    runtime_job = yaml.safe_load(trainjob("bad-exit", "import sys; sys.exit(3)", num_nodes=1))
-    cluster.create(runtime_job)
+    runtime = yaml.safe_load(RUNTIME)
+    # The pods restart in place (JobSet's default restartPolicy OnFailure); each restart counts against the
+    # Job's backoffLimit, 0 here so that the first failure fails the Job, the JobSet and the TrainJob.
+    runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["backoffLimit"] = 0
+    cluster.create(runtime)
+    cluster.create(yaml.safe_load(trainjob("bad-exit", "import sys; sys.exit(3)", num_nodes=1)))
     done = await cluster.wait_for_object("trainjobs", "bad-exit", finished, timeout=90)
     failed = [c for c in done["status"]["conditions"] if c["type"] == "Failed"][0]
     assert failed["reason"] == "FailedJobs" and "Complete" not in [c["type"] for c in done["status"]["conditions"]]
