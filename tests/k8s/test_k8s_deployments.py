@@ -92,6 +92,10 @@ async def test_kubectl_get_and_refused_selector(cluster: FakeCluster, tmp_path: 
     assert result.code == 0, result.err
     result = await kubectl("wait", "--for=condition=Available", "deployment/kd", "--timeout=30s", timeout=40)
     assert result.code == 0, result.err
+    rollout = await kubectl("rollout", "status", "deployment/kd", "--timeout=20s", timeout=30)
+    assert rollout.code == 0 and "successfully rolled out" in rollout.out, rollout
+    described = await kubectl("describe", "deployment", "kd")
+    assert "MinimumReplicasAvailable" in described.out, described
     table = (await kubectl("get", "deploy")).out.splitlines()
     assert table[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], table
     assert table[1].split()[:4] == ["kd", "1/1", "1", "1"], table

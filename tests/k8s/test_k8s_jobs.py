@@ -206,6 +206,8 @@ async def test_kubectl_gets_waits_and_reads_logs(cluster: FakeCluster, tmp_path:
     pods = (await kubectl("get", "pods", "-l", "job-name=kc", "-o", "json")).json()["items"]
     logs = await kubectl("logs", pods[0]["metadata"]["name"])
     assert logs.out.strip() == "from-the-job"
+    described = await kubectl("describe", "job", "kc")
+    assert described.code == 0 and "Created pod: " in described.out and "Job completed" in described.out, described
 
 
 def test_policy_matching_table() -> None:
@@ -231,3 +233,18 @@ def test_policy_matching_table() -> None:
     in_rule = {"rules": [{"action": "Count", "onExitCodes": {"operator": "In", "values": [42]}}]}
     assert match_pod_failure_policy(in_rule, pod(42)) is not None
     assert match_pod_failure_policy(in_rule, pod(41)) is None
+
+
+async def test_node_pressure_eviction_is_a_disruption_too(cluster: FakeCluster, tmp_path: Path) -> None:
+    marker = tmp_path / "runs"
+    script = f"echo x >> {marker}; if [ $(wc -l < {marker}) -lt 2 ]; then sleep 60; fi"
+    cluster.create(job("pressure", ["sh", "-c", script], backoffLimit=0, podFailurePolicy=TRIAL_POLICY))
+    await cluster.wait_for(lambda c: marker.exists(), timeout=20, message="the first run started")
+    first = cluster.list("pods", label_selector="job-name=pressure")[0]
+    await cluster.faults.evict_pod("default", first["metadata"]["name"])
+    evicted = cluster.get("pods", first["metadata"]["name"])
+    if evicted is not None:  # the kubelet marks the pod before it fails it
+        disruption = [c for c in evicted["status"]["conditions"] if c["type"] == "DisruptionTarget"]
+        assert disruption and disruption[0]["reason"] == "TerminationByKubelet"
+    done = await cluster.wait_for_object("jobs", "pressure", finished, timeout=30)
+    assert condition(done, "Complete") and done["status"]["failed"] == 0, types(done)

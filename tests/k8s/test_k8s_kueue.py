@@ -233,6 +233,8 @@ async def test_kubectl_and_the_client_see_queues_and_workloads(cluster: FakeClus
     assert (lost["status"], lost["reason"]) == ("False", "Inadmissible") and "LocalQueue nope doesn't exist" in lost[
         "message"
     ]
+    described = await kubectl("describe", "workload", by_owner["lost"]["metadata"]["name"])
+    assert described.code == 0 and "Inadmissible" in described.out, described
     cfg = k8s.client.Configuration()
     cfg.host = cluster.url
     async with k8s.client.ApiClient(cfg) as api:

@@ -166,7 +166,10 @@ class PodRunner:
         if pod is None:
             return
         status = copy.deepcopy(pod.get("status") or {})
+        kept = [c for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"]
         status.update(changes)
+        if kept and "conditions" in changes:  # the kubelet's own conditions do not replace a disruption
+            status["conditions"] = [*status["conditions"], *kept]
         self.kubelet.api.update_status(self.kubelet.pods_type, self.namespace, self.name, status)
 
     def container_statuses(self, waiting: tuple[str, str] | None = None) -> list[JSON]:
