@@ -157,6 +157,8 @@ class JobController(Controller):
     def _on_event(self, event: Event) -> None:
         if event.type == "DELETED" and event.gr == ("", "pods") and self.owner_of(event) is not None:
             self._gone[event.obj["metadata"]["uid"]] = event.obj
+            while len(self._gone) > 10000:  # pods of deleted jobs are never looked up: forget the oldest
+                del self._gone[next(iter(self._gone))]
         super()._on_event(event)
 
     def reconcile(self, namespace: str, name: str) -> None:
