@@ -181,6 +181,9 @@ async def test_preemption_suspends_requeues_and_the_job_then_succeeds(cluster: F
     wl = workload_of(cluster, "victim")
     assert wl is not None
     cluster.kueue.preempt("default", wl["metadata"]["name"])
+    evicted = cluster.get("workloads", wl["metadata"]["name"])
+    assert evicted is not None and condition(evicted, "Evicted")
+    assert condition(evicted, "QuotaReserved")  # held until the job's pods are gone, then requeued
     done = await cluster.wait_for_object("jobs", "victim", lambda j: condition(j, "Complete"), timeout=40)
     assert done["status"]["failed"] == 0  # the preempted pod was removed by the suspension, not counted
     assert marker.read_text().count("x") == 2

@@ -318,6 +318,10 @@ class Kueue:
             if owner is None or _true(wl, "Finished"):
                 continue
             gr, obj = owner
+            if _true(wl, "QuotaReserved") and _true(wl, "Evicted") and self._stopped(gr, obj):
+                self._requeue(wl)  # its pods are gone: the quota is free and it waits in the queue again
+                wl = self.api.store.get(wl_gr, ns, wl["metadata"]["name"]) or wl
+                status = copy.deepcopy(wl.get("status") or {})
             _, ok, bad = MANAGED[gr]
             if _true(obj, ok) or _true(obj, bad):
                 _set(
@@ -368,6 +372,11 @@ class Kueue:
             )
         )
 
+        evicted_now: set[str] = set()
+
+        def evicting(a: JSON) -> bool:
+            return _true(a, "Evicted") or a["metadata"]["name"] in evicted_now
+
         def short(need: dict[str, float]) -> list[str]:
             return [
                 f"insufficient unused quota for {r} in flavor {flavor}, "
@@ -381,30 +390,39 @@ class Kueue:
             missing = short(need)
             if missing and preempt_lower:
                 prio = int((wl.get("spec") or {}).get("priority", 0))
+                freeing: dict[str, float] = {}
+                for a in admitted:
+                    if evicting(a):  # already preempted, its pods stopping: its quota will be free
+                        for k, v in self._usage(a).items():
+                            freeing[k] = freeing.get(k, 0.0) + v
                 victims = sorted(
-                    (a for a in admitted if int((a.get("spec") or {}).get("priority", 0)) < prio),
+                    (a for a in admitted if int((a.get("spec") or {}).get("priority", 0)) < prio and not evicting(a)),
                     key=lambda a: (int((a.get("spec") or {}).get("priority", 0)), a["metadata"]["creationTimestamp"]),
                 )
+                for k, v in freeing.items():
+                    used[k] = used.get(k, 0.0) - v
                 chosen: list[JSON] = []
-                for victim in victims:
+                for victim in victims if short(need) else []:
                     chosen.append(victim)
                     for k, v in self._usage(victim).items():
                         used[k] = used.get(k, 0.0) - v
                     if not short(need):
                         break
-                if short(need):  # preempting all lower ones would not be enough: undo
-                    for victim in chosen:
-                        for k, v in self._usage(victim).items():
-                            used[k] = used.get(k, 0.0) + v
-                else:
+                enough = not short(need)
+                for victim in chosen:  # evicted workloads hold their quota until their pods are gone
+                    for k, v in self._usage(victim).items():
+                        used[k] = used.get(k, 0.0) + v
+                for k, v in freeing.items():
+                    used[k] = used.get(k, 0.0) + v
+                if enough:
                     message = (
                         f"Preempted to accommodate a workload (UID: {wl['metadata']['uid']}) due to prioritization "
                         "in the ClusterQueue"
                     )
                     for victim in chosen:
-                        admitted.remove(victim)
+                        evicted_now.add(victim["metadata"]["name"])
                         self._evict(victim, message)
-                    missing = []
+                    missing = ["waiting for the preempted workloads to stop"]
             status = copy.deepcopy(wl.get("status") or {})
             if missing:
                 _set(
@@ -465,18 +483,33 @@ class Kueue:
         status = copy.deepcopy(wl.get("status") or {})
         _set(status, "Evicted", "True", "Preempted", message)
         _set(status, "Preempted", "True", reason, message)
-        _set(status, "QuotaReserved", "False", "Pending", "Preempted; waiting in the queue again")
         _set(status, "Admitted", "False", "NoReservation", "The workload has no reservation")
-        _set(status, "Requeued", "True", "Preempted", message)
-        status.pop("admission", None)
-        state = status.setdefault("requeueState", {})
-        state["count"] = int(state.get("count", 0)) + 1
         self._status(wl, (KUEUE, "workloads"), status)
         owner = self._owner(wl)
         if owner is not None:
             gr, obj = owner
             self.api.record_event(obj, "Preempted", message, "Normal", "kueue")
             self._suspend(gr, obj["metadata"]["namespace"], obj["metadata"]["name"], True)
+
+    def _stopped(self, gr: tuple[str, str], obj: JSON) -> bool:
+        """Whether a suspended object's pods are gone (an evicted workload keeps its quota until then)."""
+        if not (obj.get("spec") or {}).get("suspend") or not _true(obj, "Suspended"):
+            return False
+        status = obj.get("status") or {}
+        if gr == ("batch", "jobs"):
+            return int(status.get("active", 0)) + int(status.get("terminating", 0)) == 0
+        jobs = status.get("replicatedJobsStatus") if gr == ("jobset.x-k8s.io", "jobsets") else status.get("jobsStatus")
+        return all(int(j.get("active", 0)) == 0 for j in jobs or [])
+
+    def _requeue(self, wl: JSON) -> None:
+        status = copy.deepcopy(wl.get("status") or {})
+        message = str((_cond(wl, "Evicted") or {}).get("message", ""))
+        _set(status, "QuotaReserved", "False", "Pending", "Preempted; waiting in the queue again")
+        _set(status, "Requeued", "True", "Preempted", message)
+        status.pop("admission", None)
+        state = status.setdefault("requeueState", {})
+        state["count"] = int(state.get("count", 0)) + 1
+        self._status(wl, (KUEUE, "workloads"), status)
 
     def preempt(self, namespace: str, workload: str) -> None:
         """Evict an admitted workload now (as a preemption by a higher-priority one would); it is requeued."""
