@@ -125,11 +125,12 @@ def admitted(cluster: FakeCluster) -> set[str]:
 async def test_admission_in_order_within_cpu_quota(cluster: FakeCluster, tmp_path: Path) -> None:
     for obj in queues(cpu="2"):
         cluster.create(obj)
-    flags = {n: tmp_path / f"go-{n}" for n in ("a", "b", "c", "d")}
+    # Created in an order that is not the names' (first come, first served, not alphabetical).
+    flags = {n: tmp_path / f"go-{n}" for n in ("d", "b", "c", "a")}
     for n, flag in flags.items():
         created = cluster.create(job(n, waiter(flag)))
         assert created["spec"]["suspend"] is True  # Kueue's webhook, not the client, suspended it
-    await cluster.wait_for(lambda c: admitted(c) == {"a", "b"}, timeout=20, message="the first two admitted")
+    await cluster.wait_for(lambda c: admitted(c) == {"d", "b"}, timeout=20, message="the first two admitted")
     wl_c = await cluster.wait_for(
         lambda c: (w := workload_of(c, "c")) is not None and _reason(w, "QuotaReserved") == "Pending" and w,
         timeout=20,
@@ -140,15 +141,15 @@ async def test_admission_in_order_within_cpu_quota(cluster: FakeCluster, tmp_pat
     )
     assert cluster.list("pods", label_selector="job-name=c") == []
     assert (cluster.get("jobs", "c") or {})["spec"]["suspend"] is True
-    wl_a = workload_of(cluster, "a")
-    assert wl_a is not None and wl_a["status"]["admission"]["clusterQueue"] == "cluster-queue"
-    assert wl_a["spec"]["podSets"][0]["count"] == 1 and wl_a["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    wl_d = workload_of(cluster, "d")
+    assert wl_d is not None and wl_d["status"]["admission"]["clusterQueue"] == "cluster-queue"
+    assert wl_d["spec"]["podSets"][0]["count"] == 1 and wl_d["metadata"]["ownerReferences"][0]["kind"] == "Job"
     lq = cluster.get("localqueues", "user-queue")
     assert lq is not None and (lq["status"]["pendingWorkloads"], lq["status"]["admittedWorkloads"]) == (2, 2)
-    flags["a"].touch()  # a ends: c (the oldest waiting) is admitted next, d still waits
-    await cluster.wait_for(lambda c: admitted(c) == {"b", "c"}, timeout=30, message="c admitted after a ended")
+    flags["d"].touch()  # d ends: c (the oldest waiting) is admitted next, a still waits
+    await cluster.wait_for(lambda c: admitted(c) == {"b", "c"}, timeout=30, message="c admitted after d ended")
     finished = await cluster.wait_for(
-        lambda c: (w := workload_of(c, "a")) is not None and condition(w, "Finished") and w
+        lambda c: (w := workload_of(c, "d")) is not None and condition(w, "Finished") and w
     )
     assert _reason(finished, "Finished") == "Succeeded"
     for flag in flags.values():

@@ -145,12 +145,19 @@ class Kueue:
                 api.load_crd(crd)
         api.admission.append(self._webhook)
         self._wake = asyncio.Event()
+        #: job uid -> creation order (timestamps have whole seconds; the queue is first come, first served)
+        self._seq: dict[str, int] = {}
+        for gr in MANAGED:
+            for obj in sorted(api.store.list(gr), key=lambda o: o["metadata"].get("creationTimestamp", "")):
+                self._seq.setdefault(obj["metadata"]["uid"], len(self._seq))
         api.store.subscribe(self._on_event)
         self._wake.set()
 
     # ------------------------------------------------------------------ plumbing
 
     def _on_event(self, event: Event) -> None:
+        if event.type == "ADDED" and event.gr in MANAGED:
+            self._seq.setdefault(event.obj["metadata"]["uid"], len(self._seq))
         if event.gr in MANAGED or event.gr[0] == KUEUE:
             self._wake.set()
 
@@ -368,6 +375,7 @@ class Kueue:
             key=lambda w: (
                 -int((w.get("spec") or {}).get("priority", 0)),
                 w["metadata"]["creationTimestamp"],
+                self._seq.get(w["metadata"]["labels"].get("kueue.x-k8s.io/job-uid", ""), 0),
                 w["metadata"]["name"],
             )
         )
