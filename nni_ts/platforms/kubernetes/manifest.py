@@ -149,7 +149,8 @@ class KeeperSpec:
 
 
 #: The container's shell script. ``__PRIMARY__`` is replaced by a test that is true in the one pod whose
-#: keeper reports to the manager; the others run their command under a journal-only keeper in a
+#: keeper reports to the manager (a list such as ``[ A ] && [ B ]``: it is grouped in braces, since
+#: ``! A && B`` would parse as ``(! A) && B``); the others run their command under a journal-only keeper in a
 #: directory of their own (``<trial>/replicas/<pod>``) so that their output is kept too.
 _LAUNCHER = """\
 fail() { echo "nni-ts: $1" >&2; echo "$1" > "$NNI_TS_KEEPER_TRIAL_DIR/launcher-error" 2>/dev/null; exit 127; }
@@ -159,7 +160,7 @@ the trial keeper needs Python 3.8 or newer in the image."
 which the trial keeper needs."
 export PYTHONPATH="$NNI_TS_KEEPER_HOME${PYTHONPATH:+:$PYTHONPATH}"
 if [ -f /mnt/frameworkbarrier/injector.sh ]; then . /mnt/frameworkbarrier/injector.sh; fi
-if ! __PRIMARY__; then
+if ! { __PRIMARY__; }; then
   D="$NNI_TS_KEEPER_TRIAL_DIR/replicas/${NNI_TS_POD_NAME:-${HOSTNAME:-replica}}"
   mkdir -p "$D" && cp "$NNI_TS_KEEPER_TRIAL_DIR/parameter.cfg" "$D/"
   export NNI_TS_KEEPER_TRIAL_DIR="$D" NNI_TS_KEEPER_OUTPUT_DIR="$D"
