@@ -4,6 +4,7 @@ token kept out of the job and pod specs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from pathlib import Path
@@ -107,3 +108,43 @@ async def test_two_roles_each_with_two_tasks(
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         assert done.status is TrialJobStatus.SUCCEEDED, done.message
         assert _values(metrics, detail.id)[-1] == 0.25
+
+
+# ---------------------------------------------------------------------- 2. pods taken away mid-trial
+
+
+async def _running_trial(svc: Any, cluster: FakeCluster, metrics: list[TrialJobMetric]) -> tuple[str, str]:
+    """Submit a sleeping trial, wait until its first metric arrived; return (trial id, primary pod)."""
+    detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 60}))
+    async with asyncio.timeout(TIMEOUT):
+        while not _values(metrics, detail.id):
+            await asyncio.sleep(0.05)
+    pods = [p["metadata"]["name"] for p in _pods(cluster, detail.id)]
+    primary = next(p for p in pods if p.endswith("-0"))
+    return detail.id, primary
+
+
+@pytest.mark.parametrize("how", ["kubectl delete pod", "kubectl drain", "node lost"])
+async def test_a_pod_taken_away_is_an_infrastructure_failure(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, how: str
+) -> None:
+    """Issue 13 #2: the keeper exits 143 after the SIGTERM; that must not hide that the platform, not the
+    trial, ended it (FrameworkController: PodExternalDeleted, code -101)."""
+    svc = make_service(code_dir, "python3 kit_trial.py", service_kwargs={"settle_timeout": 5.0})
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        trial_id, pod = await _running_trial(svc, cluster, metrics)
+        if how == "kubectl delete pod":
+            await asyncio.to_thread(_kubectl, cluster, "delete", "pod", pod, "--wait=false")
+        elif how == "kubectl drain":
+            node = _pods(cluster, trial_id)[0]["spec"]["nodeName"]
+            await asyncio.to_thread(_kubectl, cluster, "drain", node, "--ignore-daemonsets", "--force", "--timeout=30s")
+        else:
+            node = _pods(cluster, trial_id)[0]["spec"]["nodeName"]
+            await cluster.faults.lose_node(node)
+        done = await wait_for_status(svc, trial_id, timeout=TIMEOUT)
+        assert done.status is TrialJobStatus.FAILED
+        assert done.infrastructure_failure, done.message
+        assert _values(metrics, trial_id) == [0.0]
+        assert [m.sequence for m in metrics if m.trial_job_id == trial_id] == [0]

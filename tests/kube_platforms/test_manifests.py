@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,12 @@ def test_tfjob_with_worker_and_ps(tmp_path: Path) -> None:
     assert env["NNI_TS_KEEPER_TRIAL_DIR"] == f"/nni-ts-storage/nni-ts/{EXP}/trials/{TRIAL}"
     assert env["NNI_TS_KEEPER_CODE_DIR"] == f"/nni-ts-storage/nni-ts/{EXP}/code"
     assert env["NNI_TS_KEEPER_SERVER_URL"] == "http://10.1.2.3:0"
-    assert env["NNI_TS_KEEPER_TOKEN"] == svc.server.token_for(TRIAL)
+    # The token is only referenced (issue 13 #6): reading the job does not give it away.
+    assert "NNI_TS_KEEPER_TOKEN" not in env and svc.server.token_for(TRIAL) not in json.dumps(body)
+    assert {
+        "name": "NNI_TS_KEEPER_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": svc._token_secret_name(), "key": f"trial-{TRIAL}"}},
+    } in c["env"]
     assert env["NNI_TS_KEEPER_PLATFORM"] == "kubeflow"
     assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin decides
     assert "*-worker-0) true" in c["command"][2]
@@ -147,7 +153,7 @@ def test_tfjob_with_worker_and_ps(tmp_path: Path) -> None:
     ps = specs["PS"]["template"]["spec"]["containers"][0]
     assert ps["resources"]["limits"] == {"cpu": "500m", "memory": "1024Mi"}
     assert _env(ps)["CUDA_VISIBLE_DEVICES"] == ""
-    assert "if ! false; then" in ps["command"][2]  # a parameter server never reports
+    assert "if ! { false; }; then" in ps["command"][2]  # a parameter server never reports
     assert "imagePullSecrets" not in specs["PS"]["template"]["spec"]
     assert body["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 0}
 
@@ -212,7 +218,7 @@ def test_framework_single_and_multi_role(tmp_path: Path) -> None:
         assert {"name": "frameworkbarrier-volume", "mountPath": "/mnt/frameworkbarrier"} in mounts
         assert "injector.sh" in pod["spec"]["containers"][0]["command"][2]
     primary, other = (r["task"]["pod"]["spec"]["containers"][0]["command"][2] for r in body["spec"]["taskRoles"])
-    assert '"${FC_TASKROLE_NAME:-}" = "worker"' in primary and "if ! false; then" in other
+    assert '"${FC_TASKROLE_NAME:-}" = "worker"' in primary and "if ! { false; }; then" in other
 
 
 def test_hyperparameters_as_arguments_and_prepare_command(tmp_path: Path) -> None:

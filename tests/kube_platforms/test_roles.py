@@ -93,7 +93,8 @@ async def test_registry_credentials_become_an_image_pull_secret(
         detail = await svc.submit_trial_job(form({}))
         done = await wait_for_status(svc, detail.id, timeout=60)
         assert done.status is TrialJobStatus.SUCCEEDED, done.message
-        (secret,) = cluster.list("secrets", label_selector=f"nni-ts.io/experiment={svc.experiment_id}")
+        secrets = cluster.list("secrets", label_selector=f"nni-ts.io/experiment={svc.experiment_id}")
+        (secret,) = [s for s in secrets if s["type"] == "kubernetes.io/dockerconfigjson"]
         assert secret["type"] == "kubernetes.io/dockerconfigjson"
         assert secret["metadata"]["ownerReferences"][0]["kind"] == "ConfigMap"
         job = cluster.get("tfjobs", done.platform_data["job"])

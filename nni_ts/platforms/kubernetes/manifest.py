@@ -35,6 +35,8 @@ __all__ = [
     "experiment_labels",
     "experiment_selector",
     "owner_reference",
+    "token_key",
+    "token_secret",
     "registry_secret",
     "resources",
     "storage_volume",
@@ -105,6 +107,27 @@ def registry_secret(name: str, namespace: str, experiment_id: str, docker_config
     }
 
 
+def token_key(trial_id: str) -> str:
+    """The key of a trial's token in the experiment's token Secret."""
+    return f"trial-{trial_id}"
+
+
+def token_secret(name: str, namespace: str, experiment_id: str, tokens: dict[str, str], owner: JSON) -> JSON:
+    """The experiment's Secret of trial tokens (key :func:`token_key`), owned by the anchor."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": experiment_labels(experiment_id),
+            "ownerReferences": [owner],
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in tokens.items()},
+    }
+
+
 def _cpu(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
@@ -141,7 +164,9 @@ class KeeperSpec:
     code_dir: str
     keeper_dir: str
     server_url: str
-    token: str
+    #: The Secret and key holding the trial's token (the spec only references it).
+    token_secret: str
+    token_key: str
     heartbeat: float
     grace: float
     report_timeout: float
@@ -200,7 +225,6 @@ def container(
         "NNI_TS_KEEPER_GRACE": f"{keeper.grace:g}",
         "NNI_TS_KEEPER_REPORT_TIMEOUT": f"{keeper.report_timeout:g}",
         "NNI_TS_KEEPER_SERVER_URL": keeper.server_url,
-        "NNI_TS_KEEPER_TOKEN": keeper.token,
         "NNI_TS_KEEPER_COMMAND": command,
     }
     if not gpus:
@@ -212,6 +236,10 @@ def container(
         "command": ["/bin/sh", "-c", launcher_script(primary_test)],
         "env": [
             {"name": "NNI_TS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "NNI_TS_KEEPER_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": keeper.token_secret, "key": keeper.token_key}},
+            },
             *({"name": k, "value": v} for k, v in env.items()),
         ],
         "resources": resources(cpu, memory_mb, gpus),
