@@ -48,26 +48,26 @@ class Sink:
         self.seqs: list[int] = []
         self.done = asyncio.Event()
 
-    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+    async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
         pass
 
-    def on_records(self, records: list[tuple[int, str]]) -> None:
+    async def on_records(self, records: list[tuple[int, str]]) -> None:  # accepts all
         now = time.time()
         for seq, data in records:
             self.seqs.append(seq)
             value = json.loads(json.loads(data)["value"])
             self.latencies.append((now - value["t"]) * 1000)
 
-    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
         self.done.set()
 
-    def on_lost(self, message: str) -> None:
+    async def on_lost(self, message: str) -> None:
         print("lost:", message, file=sys.stderr)
 
-    def on_heartbeat(self) -> None:
+    async def on_heartbeat(self) -> None:
         pass
 
-    def on_rejected(self, message: str) -> None:
+    async def on_rejected(self, message: str) -> None:
         print("rejected:", message, file=sys.stderr)
 
 

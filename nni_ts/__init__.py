@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     ConfigError,
     InvalidStateError,
+    MetricRefused,
     NniTsError,
     PlatformError,
     ProtocolError,
@@ -30,7 +31,7 @@ from .models import (
     TrialJobMetric,
     TrialJobStatus,
 )
-from .training_service import TrainingService
+from .training_service import TrainingService, TrialReporter
 
 if TYPE_CHECKING:
     from .experiment import Experiment
@@ -44,6 +45,7 @@ __all__ = [
     "HyperParameters",
     "InvalidStateError",
     "LocalTrainingService",
+    "MetricRefused",
     "NniTsError",
     "PlacementConstraint",
     "PlatformError",
@@ -58,6 +60,7 @@ __all__ = [
     "TrialJobMetric",
     "TrialJobStatus",
     "TrialNotFoundError",
+    "TrialReporter",
     "TrialStateError",
     "UserError",
     "__version__",

@@ -10,6 +10,7 @@ Every exception the library raises on purpose derives from :class:`NniTsError`::
     │   ├── InvalidStateError          the call is not valid in the service's current state
     │   ├── TrialNotFoundError         no trial has that id
     │   ├── TrialStateError            the trial is in a status that does not allow the call
+    │   ├── MetricRefused              a metric listener refused or failed to store a record
     │   └── PlatformError              the platform failed (a host, a cluster, a process)
     │       └── TemporaryError         likely to succeed if retried after ``delay`` seconds
     ├── StoreError                     the experiment store cannot be read or written
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "InvalidStateError",
+    "MetricRefused",
     "NniTsError",
     "PlatformError",
     "ProtocolError",
@@ -76,6 +78,18 @@ class TrainingServiceError(NniTsError):
 
 class InvalidStateError(TrainingServiceError):
     """The call is not valid in the service's current lifecycle state."""
+
+
+class MetricRefused(TrainingServiceError):
+    """A metric listener refused a record (for example its durable write failed).
+
+    The record was not counted: the platform must deliver it again later, with the same content.
+    ``trial_job_id`` names the trial; the listener's own exception is the ``__cause__``.
+    """
+
+    def __init__(self, trial_job_id: str, message: str) -> None:
+        self.trial_job_id = trial_job_id
+        super().__init__(message)
 
 
 class TrialNotFoundError(TrainingServiceError, KeyError):

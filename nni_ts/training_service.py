@@ -38,13 +38,22 @@ sight of the trial (a host or keeper stopped answering). It never holds a slot f
 ``unknown_timeout`` seconds the trial becomes FAILED with ``infrastructure_failure=True``, and a
 trial in UNKNOWN can be cancelled at any time. ``clean_up`` ends every live trial as SYS_CANCELED.
 
-Metric delivery
----------------
-Each metric record a trial writes is delivered to every metric listener **exactly once, in the order
+Metric delivery: durable before acknowledged
+----------------------------------------------
+Each metric record a trial writes is delivered to the metric listeners **exactly once, in the order
 the trial wrote it, before that trial's terminal status event**. ``TrialJobMetric.data`` holds the
-record's bytes as the trial's SDK wrote them (decoded as UTF-8). Listeners are plain callables,
-called synchronously on the event loop in the order they were added; they must not block. An
-exception raised by a listener is logged and does not stop delivery to the others.
+record's bytes as the trial's SDK wrote them (decoded as UTF-8); ``TrialJobMetric.sequence`` counts
+the trial's records from 0.
+
+Listeners are plain or ``async`` callables, called on the event loop in the order they were added
+(an ``async`` one is awaited before the next is called); they must not block the loop. A listener
+that raises **refuses** the record: it is not counted, the ``"metric"`` event is not emitted, and
+the platform delivers it again later (a keeper resends it, since the cluster server acknowledges
+only delivered records). A listener that accepted the record may therefore see it again with the
+same ``(trial_job_id, sequence)``: listeners are idempotent on that pair (the experiment store
+ignores a record it already has). A listener that stores records returns only once the record is
+durable: so when a platform's ``await reporter.metric(...)`` returns, the record is stored, and only
+then does the platform acknowledge it to the trial.
 
 Events
 ------
@@ -55,14 +64,28 @@ Events
 Concurrency
 -----------
 A service belongs to the event loop it was started on. Its methods are coroutine-safe (any number of
-tasks may call them concurrently) but not thread-safe.
+tasks may call them concurrently) but not thread-safe. :meth:`~TrainingService.start` and
+:meth:`~TrainingService.clean_up` are serialised: a ``clean_up()`` that arrives while ``start()``
+runs waits for it and then cleans up (the service never ends RUNNING after a clean-up), two
+concurrent ``start()`` calls start the platform once, and ``_clean_up()`` always runs once the
+platform was started, even if cancelling a trial failed (each failure is logged). A trial submitted
+while ``clean_up()`` is waiting for the lock is cancelled with the others.
+
+Background tasks
+----------------
+``service.tasks`` (a :class:`~nni_ts.tasks.TaskSupervisor`) owns every background task of the
+service and its platform: each is named, its failure logged, and all are stopped, with a time-out,
+at the end of ``clean_up()``.
 
 Writing a platform
 ------------------
-Subclass, set ``platform_name`` and ``config_class``, and implement the private hooks
-(``_start``, ``_submit``, ``_cancel``, ``_clean_up``, optionally ``_update``, ``_read_trial_file``).
-Report progress with ``_set_status`` and ``_deliver_metric``. Then run the conformance kit in
-:mod:`nni_ts.testing`. See ``docs/new-platform.md``.
+Subclass, set ``platform_name`` and ``config_class``, and implement the hooks declared with
+``abc.abstractmethod`` (``_submit``, ``_cancel``, ``_clean_up``) and the optional ones (``_start``,
+``_reattach``, ``_update``, ``_read_trial_file``). Report what the trials do through
+``self.reporter`` (a :class:`TrialReporter`: running, metric, ended, ...), the one public
+reporting seam, where the ordering rules above are enforced; build a trial's shell command with
+:meth:`~TrainingService.trial_command`; spawn background work with ``self.tasks.spawn``. Then run
+the conformance kit in :mod:`nni_ts.testing`. See ``docs/new-platform.md``.
 """
 
 from __future__ import annotations
@@ -70,10 +93,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import inspect
+import json
 import logging
 import secrets
+import shlex
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
@@ -81,14 +107,23 @@ import pydantic
 from pyee import EventEmitter
 
 from .config.base import TrainingServiceConfig
-from .errors import ConfigError, InvalidStateError, TrialNotFoundError, TrialStateError
+from .errors import ConfigError, InvalidStateError, MetricRefused, TrialNotFoundError, TrialStateError
 from .models import TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus, now_ms
+from .tasks import TaskSupervisor
 
-__all__ = ["MetricListener", "ServiceState", "TrainingService", "new_trial_id"]
+__all__ = [
+    "MetricListener",
+    "ServiceState",
+    "TrainingService",
+    "TrialReporter",
+    "new_trial_id",
+    "parameters_as_args",
+    "trial_shell_command",
+]
 
 log = logging.getLogger(__name__)
 
-MetricListener = Callable[[TrialJobMetric], object]
+MetricListener = Callable[[TrialJobMetric], object | Awaitable[object]]
 ConfigT = TypeVar("ConfigT", bound=TrainingServiceConfig)
 
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -107,11 +142,174 @@ def new_trial_id(length: int = 5) -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
 
 
+def parameters_as_args(parameters: Mapping[str, Any]) -> str:
+    """``--name=value`` arguments for the hyper-parameters, each shell-quoted (cube-studio style)."""
+    args = []
+    for name, value in parameters.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        args.append(shlex.quote(f"--{name}={text}"))
+    return " ".join(args)
+
+
+def trial_shell_command(
+    command: str, parameters: Mapping[str, Any], *, prepare: str | None = None, as_args: bool = False
+) -> str:
+    """The shell command a trial runs: ``prepare`` on its own line first, then ``command``, with the
+    hyper-parameters appended as shell-quoted ``--name=value`` arguments when ``as_args``.
+
+    The one place a trial's command is built: every platform calls it (through
+    :meth:`TrainingService.trial_command`), so quoting is decided here only.
+    """
+    if as_args:
+        args = parameters_as_args(parameters)
+        if args:
+            command = f"{command} {args}"
+    if prepare:
+        command = f"{prepare}\n{command}"
+    return command
+
+
 class ServiceState(enum.Enum):
     CREATED = "created"
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+class TrialReporter:
+    """The one public seam through which a platform (or a sink) reports what its trials do.
+
+    A platform gets it as ``self.reporter``; a :class:`~nni_ts.server.ServiceSink` maps a keeper's
+    reports onto it. It is where the contract's rules are enforced, once for every platform: the
+    status state machine, the UNKNOWN time-out, and metric delivery (exactly once, in order, durable
+    before acknowledged, before the terminal status). Nothing outside the base class touches a
+    service's trials any other way. Every method raises :class:`~nni_ts.errors.TrialNotFoundError`
+    for an id the service does not know.
+    """
+
+    def __init__(self, service: TrainingService[Any]) -> None:
+        self._service = service
+        self._metric_locks: dict[str, asyncio.Lock] = {}
+
+    # -------------------------------------------------------------- reading
+
+    def detail(self, trial_id: str) -> TrialJobDetail:
+        """A copy of the trial's detail."""
+        return self._service._get(trial_id).model_copy(deep=True)
+
+    def status(self, trial_id: str) -> TrialJobStatus:
+        return self._service._get(trial_id).status
+
+    def delivered(self, trial_id: str) -> int:
+        """How many of the trial's records were delivered (and stored) so far."""
+        self._service._get(trial_id)
+        return self._service._metric_counts.get(trial_id, 0)
+
+    # -------------------------------------------------------------- statuses
+
+    def running(
+        self, trial_id: str, *, when: int | None = None, host: str | None = None, message: str | None = None
+    ) -> bool:
+        """The trial runs (from WAITING, or back from UNKNOWN). Returns whether the status moved."""
+        if host is not None:
+            self._service._get(trial_id).host = host
+        return self._service._set_status(trial_id, TrialJobStatus.RUNNING, message=message, when=when)
+
+    def waiting(self, trial_id: str, message: str) -> bool:
+        """Say why a WAITING trial waits (queued, not yet scheduled). Returns False if it is not WAITING."""
+        detail = self._service._get(trial_id)
+        if detail.status is not TrialJobStatus.WAITING:
+            return False
+        if detail.message != message:
+            detail.message = message
+            self._service.events.emit("trial_status", detail.model_copy(deep=True))
+        return True
+
+    def unknown(self, trial_id: str, message: str) -> bool:
+        """The platform lost sight of the trial; it fails after ``unknown_timeout`` unless it comes back."""
+        return self._service._set_status(trial_id, TrialJobStatus.UNKNOWN, message=message)
+
+    def note(
+        self,
+        trial_id: str,
+        *,
+        message: str | None = None,
+        host: str | None = None,
+        url: str | None = None,
+        platform_data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record facts about a trial without changing its status. ``platform_data`` replaces the
+        trial's platform data (what a restarted manager needs to re-attach); it must be JSON-serialisable."""
+        detail = self._service._get(trial_id)
+        if message is not None:
+            detail.message = message
+        if host is not None:
+            detail.host = host
+        if url is not None:
+            detail.url = url
+        if platform_data is not None:
+            detail.platform_data = dict(platform_data)
+
+    async def metric(self, trial_id: str, data: str) -> TrialJobMetric | None:
+        """Deliver one record to every listener; return once all of them accepted it.
+
+        Records of one trial are delivered one at a time in call order. Raises
+        :class:`~nni_ts.errors.MetricRefused` (the listener's exception chained) if a listener
+        refused: the record is not counted and must be delivered again. Returns None, dropping the
+        record, if the trial has already ended (a platform bug: records come before the end).
+        """
+        service = self._service
+        service._get(trial_id)
+        lock = self._metric_locks.setdefault(trial_id, asyncio.Lock())
+        async with lock:
+            detail = service._get(trial_id)
+            if detail.status.is_terminal:
+                log.error("Dropping a metric for trial %s, which has ended (%s).", trial_id, detail.status.value)
+                return None
+            seq = service._metric_counts.get(trial_id, 0)
+            metric = TrialJobMetric(trial_job_id=trial_id, data=data, sequence=seq)
+            for listener in list(service._listeners):
+                try:
+                    result = listener(metric)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception as exc:
+                    raise MetricRefused(
+                        trial_id,
+                        f"A metric listener refused record {seq} of trial {trial_id}: {exc!r}; "
+                        "it will be delivered again.",
+                    ) from exc
+            service._metric_counts[trial_id] = seq + 1
+            service.events.emit("metric", metric)
+            return metric
+
+    async def ended(
+        self,
+        trial_id: str,
+        status: TrialJobStatus,
+        *,
+        message: str | None = None,
+        exit_code: int | None = None,
+        infrastructure_failure: bool = False,
+        when: int | None = None,
+    ) -> bool:
+        """The trial reached terminal ``status``. Applied after every metric of the trial that is
+        being delivered; returns whether the status moved (False if it had ended already)."""
+        if not status.is_terminal:
+            raise ValueError(f"ended() takes a terminal status, not {status.value}.")
+        self._service._get(trial_id)
+        lock = self._metric_locks.setdefault(trial_id, asyncio.Lock())
+        async with lock:
+            moved = self._service._set_status(
+                trial_id,
+                status,
+                message=message,
+                exit_code=exit_code,
+                infrastructure_failure=infrastructure_failure,
+                when=when,
+            )
+        self._metric_locks.pop(trial_id, None)
+        return moved
 
 
 class TrainingService(abc.ABC, Generic[ConfigT]):
@@ -124,6 +322,8 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
 
     #: Seconds a trial may stay UNKNOWN before it is failed as an infrastructure failure.
     unknown_timeout: float = 60.0
+    #: Seconds ``clean_up()`` gives background tasks to finish once cancelled.
+    task_stop_timeout: float = 10.0
 
     def __init__(
         self,
@@ -140,14 +340,22 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             experiment_dir = default_dir(self.experiment_id)
         self.experiment_dir = Path(experiment_dir)
         self.events = EventEmitter()
+        #: Owns every background task of the service and its platform.
+        self.tasks = TaskSupervisor(f"{self.platform_name or type(self).__name__}-{self.experiment_id}")
+        #: The one public reporting seam (see :class:`TrialReporter`).
+        self.reporter = TrialReporter(self)
         self._state = ServiceState.CREATED
         self._trials: dict[str, TrialJobDetail] = {}
         self._metric_counts: dict[str, int] = {}
         self._listeners: list[MetricListener] = []
-        self._metadata: dict[str, str] = {}
         self._unknown_timers: dict[str, asyncio.TimerHandle] = {}
         self._stopped = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._lifecycle = asyncio.Lock()
+        self._closing = False
+        self._started = False
+        self._submitting = 0
+        self._submits_done = asyncio.Event()
+        self._submits_done.set()
 
     # ------------------------------------------------------------------ configuration
 
@@ -172,11 +380,11 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         return self._state
 
     def _require(self, *states: ServiceState, call: str) -> None:
-        if self._state not in states:
+        if self._state not in states or (self._closing and ServiceState.RUNNING in states):
             allowed = " or ".join(s.value.upper() for s in states)
+            now = "STOPPING" if self._closing and self._state is not ServiceState.STOPPED else self._state.value.upper()
             raise InvalidStateError(
-                f"{type(self).__name__}.{call}() is valid only when the service is {allowed}; "
-                f"it is {self._state.value.upper()}."
+                f"{type(self).__name__}.{call}() is valid only when the service is {allowed}; it is {now}."
             )
 
     async def set_cluster_metadata(self, key: str, value: str) -> None:
@@ -186,8 +394,6 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         typed model as the constructor's config. Unknown keys raise :class:`ConfigError`.
         """
         self._require(ServiceState.CREATED, call="set_cluster_metadata")
-        import json
-
         try:
             parsed: Any = json.loads(value)
         except ValueError:
@@ -200,12 +406,9 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             raise ConfigError(f"unknown cluster metadata key {key!r}; expected one of: {known}.")
         data[name] = parsed
         self.config = self._validate_config(data)
-        self._metadata[key] = value
 
     async def get_cluster_metadata(self, key: str) -> str:
         """The value of a configuration key, as JSON text."""
-        import json
-
         fields = self.config_class.model_fields
         name = key if key in fields else next((n for n, f in fields.items() if f.alias == key), None)
         if name is None:
@@ -215,39 +418,80 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Prepare the platform (connections, watches, directories). Idempotent."""
-        if self._state is ServiceState.RUNNING:
-            return
-        self._require(ServiceState.CREATED, call="start")
-        self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        await self._start()
-        self._state = ServiceState.RUNNING
+        """Prepare the platform (connections, watches, directories). Idempotent and coroutine-safe:
+        concurrent calls start the platform once. Raises :class:`InvalidStateError` once
+        :meth:`clean_up` has been called."""
+        async with self._lifecycle:
+            if self._state is ServiceState.RUNNING and not self._closing:
+                return
+            self._require(ServiceState.CREATED, call="start")
+            if self._closing:
+                raise InvalidStateError(f"{type(self).__name__}.start() was called after clean_up().")
+            self.experiment_dir.mkdir(parents=True, exist_ok=True)
+            self._started = True  # from here on _clean_up() must run, even if _start() fails half-way
+            await self._start()
+            self._state = ServiceState.RUNNING
 
     async def run(self) -> None:
         """Start the service if needed and return once :meth:`clean_up` has finished."""
-        if self._state is ServiceState.CREATED:
+        if self._state is ServiceState.CREATED and not self._closing:
             await self.start()
         await self._stopped.wait()
 
     async def clean_up(self) -> None:
-        """Cancel every live trial (as SYS_CANCELED), release resources. Idempotent."""
-        if self._state in (ServiceState.STOPPING, ServiceState.STOPPED):
+        """Cancel every live trial (as SYS_CANCELED), release resources, stop background tasks.
+
+        Idempotent; a second call waits for the first to finish. If ``start()`` is running it
+        finishes first. ``_clean_up()`` runs whatever happened to the cancels (their failures are
+        logged), and so does stopping the background tasks.
+        """
+        if self._closing:
             await self._stopped.wait()
             return
-        was_running = self._state is ServiceState.RUNNING
-        self._state = ServiceState.STOPPING
+        self._closing = True
         try:
-            if was_running:
-                live = [t.id for t in self._trials.values() if not t.status.is_terminal]
-                if live:
-                    await asyncio.gather(*(self._cancel_one(tid, TrialJobStatus.SYS_CANCELED) for tid in live))
-            await self._clean_up()
+            async with self._lifecycle:
+                was_running = self._state is ServiceState.RUNNING
+                if self._state is not ServiceState.STOPPED:
+                    self._state = ServiceState.STOPPING
+                try:
+                    if was_running:
+                        await self._cancel_all_live()
+                finally:
+                    try:
+                        if self._started:
+                            await self._clean_up()
+                    finally:
+                        for timer in self._unknown_timers.values():
+                            timer.cancel()
+                        self._unknown_timers.clear()
+                        await self.tasks.stop(self.task_stop_timeout)
         finally:
-            for timer in self._unknown_timers.values():
-                timer.cancel()
-            self._unknown_timers.clear()
             self._state = ServiceState.STOPPED
             self._stopped.set()
+
+    async def _cancel_all_live(self) -> None:
+        # Submissions in flight finish first, so that their trials are cancelled too.
+        await self._submits_done.wait()
+        for _round in range(3):
+            live = [t.id for t in self._trials.values() if not t.status.is_terminal]
+            if not live:
+                return
+            results = await asyncio.gather(
+                *(self._cancel_one(tid, TrialJobStatus.SYS_CANCELED) for tid in live), return_exceptions=True
+            )
+            for tid, result in zip(live, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    log.error("Cancelling trial %s at clean-up failed.", tid, exc_info=result)
+                    detail = self._trials.get(tid)
+                    if detail is not None and not detail.status.is_terminal:
+                        self._set_status(
+                            tid,
+                            TrialJobStatus.SYS_CANCELED,
+                            message=f"Cancelled at clean-up; stopping it failed: {result}.",
+                        )
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -283,12 +527,19 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         )
         self._trials[trial_id] = detail
         self._metric_counts[trial_id] = 0
+        self._submitting += 1
+        self._submits_done.clear()
         try:
             await self._submit(detail)
         except BaseException:
             if not detail.status.is_terminal:
                 del self._trials[trial_id]
+                self._metric_counts.pop(trial_id, None)
             raise
+        finally:
+            self._submitting -= 1
+            if self._submitting == 0:
+                self._submits_done.set()
         return detail.model_copy(deep=True)
 
     async def reattach_trial_job(self, detail: TrialJobDetail, metrics_delivered: int = 0) -> TrialJobDetail:
@@ -304,13 +555,14 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         if detail.id in self._trials:
             raise TrialStateError(f"Trial {detail.id} is already known to this service.")
         detail = detail.model_copy(deep=True)
-        self._adopt(detail, metrics_delivered)
+        self._trials[detail.id] = detail
+        self._metric_counts[detail.id] = metrics_delivered
         if detail.status.is_terminal:
             return detail.model_copy(deep=True)
         try:
             await self._reattach(detail, metrics_delivered)
         except NotImplementedError:
-            self._set_status(
+            await self.reporter.ended(
                 detail.id,
                 TrialJobStatus.FAILED,
                 message=f"The {self.platform_name} platform cannot re-attach to a running trial.",
@@ -346,7 +598,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         await self._cancel(detail, status)
         # The platform normally sets the status itself once the trial is gone; make sure it is final.
         if not detail.status.is_terminal:
-            self._set_status(detail.id, status, message="Cancelled.")
+            await self.reporter.ended(detail.id, status, message="Cancelled.")
 
     async def get_trial_file(self, trial_job_id: str, name: str = "stdout", *, tail: int | None = None) -> bytes:
         """The content of one of the trial's files: ``stdout``, ``stderr`` or ``trial.log``.
@@ -361,9 +613,11 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
     # ------------------------------------------------------------------ listeners
 
     def add_trial_job_metric_listener(self, listener: MetricListener) -> None:
-        """Call ``listener(metric)`` for every metric record from now on."""
-        if asyncio.iscoroutinefunction(listener):
-            raise TypeError("Metric listeners are called synchronously; pass a plain function.")
+        """Call ``listener(metric)`` (plain or ``async``) for every metric record from now on.
+
+        A listener that raises refuses the record (see the module docstring); it must be idempotent
+        on ``(metric.trial_job_id, metric.sequence)``.
+        """
         self._listeners.append(listener)
 
     def remove_trial_job_metric_listener(self, listener: MetricListener) -> None:
@@ -379,37 +633,22 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         """The trial's directory on the manager's side."""
         return self.experiment_dir / "trials" / trial_job_id
 
+    def trial_command(self, detail: TrialJobDetail) -> str:
+        """The shell command the trial runs (see :func:`trial_shell_command`): the form's command or
+        the config's ``trialCommand``, with the config's prepare command and arguments applied."""
+        cfg = self.config
+        return trial_shell_command(
+            detail.form.command or cfg.trial_command or "",
+            detail.form.parameters(),
+            prepare=cfg.trial_prepare_command,
+            as_args=cfg.hyperparameters_as_args,
+        )
+
     def _get(self, trial_job_id: str) -> TrialJobDetail:
         try:
             return self._trials[trial_job_id]
         except KeyError:
             raise TrialNotFoundError(trial_job_id) from None
-
-    def _adopt(self, detail: TrialJobDetail, metrics_delivered: int = 0) -> None:
-        """Take over a trial that already exists (re-attach on resume)."""
-        self._trials[detail.id] = detail
-        self._metric_counts[detail.id] = metrics_delivered
-
-    def _deliver_metric(self, trial_job_id: str, data: str) -> TrialJobMetric | None:
-        """Hand one record to the listeners. Platforms call it in the trial's order, once per record.
-
-        Returns None (and drops the record) if the trial has already ended, which would be a
-        platform bug: the guarantee is that records come before the terminal status.
-        """
-        detail = self._trials.get(trial_job_id)
-        if detail is None or detail.status.is_terminal:
-            log.error("Dropping a metric for trial %s, which is finished or unknown.", trial_job_id)
-            return None
-        seq = self._metric_counts.get(trial_job_id, 0)
-        self._metric_counts[trial_job_id] = seq + 1
-        metric = TrialJobMetric(trial_job_id=trial_job_id, data=data, sequence=seq)
-        for listener in list(self._listeners):
-            try:
-                listener(metric)
-            except Exception:
-                log.exception("A metric listener raised; delivery to the other listeners goes on.")
-        self.events.emit("metric", metric)
-        return metric
 
     def _set_status(
         self,
@@ -421,7 +660,11 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         infrastructure_failure: bool = False,
         when: int | None = None,
     ) -> bool:
-        """Move a trial to ``status`` if the state machine allows it. Returns whether it moved."""
+        """Move a trial to ``status`` if the state machine allows it. Returns whether it moved.
+
+        Private to the base class: platforms go through :attr:`reporter`, which orders a terminal
+        status after the trial's metrics.
+        """
         detail = self._get(trial_job_id)
         allowed = _ALLOWED.get(detail.status, frozenset())
         if status not in allowed:
@@ -455,18 +698,18 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
     def _unknown_expired(self, trial_job_id: str) -> None:
         self._unknown_timers.pop(trial_job_id, None)
         detail = self._trials.get(trial_job_id)
-        if detail is None or detail.status is not TrialJobStatus.UNKNOWN:
+        if detail is None or detail.status is not TrialJobStatus.UNKNOWN or self.tasks.closed:
             return
-        self._set_status(
-            trial_job_id,
-            TrialJobStatus.FAILED,
-            message=f"Lost: no word from the trial for {self.unknown_timeout:g} s. {detail.message or ''}".strip(),
-            infrastructure_failure=True,
+        self.tasks.spawn(self._lost(detail), name=f"lost-{trial_job_id}")
+
+    async def _lost(self, detail: TrialJobDetail) -> None:
+        """Fail a trial that stayed UNKNOWN too long, then try to stop it for good."""
+        message = f"Lost: no word from the trial for {self.unknown_timeout:g} s. {detail.message or ''}".strip()
+        moved = await self.reporter.ended(
+            detail.id, TrialJobStatus.FAILED, message=message, infrastructure_failure=True
         )
-        task = asyncio.get_running_loop().create_task(
-            self._forget_lost(detail), name=f"nni-ts-forget-lost-{trial_job_id}"
-        )
-        task.add_done_callback(_log_task_error)
+        if moved:
+            await self._forget_lost(detail)
 
     async def _forget_lost(self, detail: TrialJobDetail) -> None:
         """Best effort to stop a lost trial for good once it has been failed. Platforms may override."""
@@ -482,7 +725,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
 
     @abc.abstractmethod
     async def _submit(self, detail: TrialJobDetail) -> None:
-        """Launch (or queue) the trial described by ``detail``. Status changes go through ``_set_status``."""
+        """Launch (or queue) the trial described by ``detail``. Report through ``self.reporter``."""
 
     async def _reattach(self, detail: TrialJobDetail, metrics_delivered: int) -> None:
         """Watch an adopted trial again; skip its first ``metrics_delivered`` records."""
@@ -493,11 +736,11 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
 
     @abc.abstractmethod
     async def _cancel(self, detail: TrialJobDetail, status: TrialJobStatus) -> None:
-        """Stop the trial and all its processes, deliver its last metrics, then set ``status``."""
+        """Stop the trial and all its processes, deliver its last metrics, then end it with ``status``."""
 
     @abc.abstractmethod
     async def _clean_up(self) -> None:
-        """Release everything (after live trials have been cancelled)."""
+        """Release everything (after live trials have been cancelled). Runs whenever start() began."""
 
     async def _read_trial_file(self, detail: TrialJobDetail, name: str, tail: int | None) -> bytes:
         path = Path(detail.working_directory) / name
@@ -514,8 +757,3 @@ def _read_tail(path: Path, tail: int | None) -> bytes:
             return fh.read()
     except FileNotFoundError:
         return b""
-
-
-def _log_task_error(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("Background task %s failed.", task.get_name(), exc_info=task.exception())

@@ -15,6 +15,7 @@ from toy_platform import ToyTrainingService  # noqa: E402
 
 
 class TestToyConformance(TrainingServiceConformance):
+    supports_reattach = False  # the walk-through keeps it short: no re-attach
     timeout = 30.0
 
     @pytest.fixture

@@ -7,9 +7,17 @@ from typing import Any
 
 import pytest
 
-from nni_ts import InvalidStateError, TrainingService, TrialJobDetail, TrialJobStatus, TrialStateError
+from nni_ts import (
+    InvalidStateError,
+    MetricRefused,
+    TrainingService,
+    TrialJobDetail,
+    TrialJobStatus,
+    TrialStateError,
+)
 from nni_ts.config import TrainingServiceConfig
 from nni_ts.testing.conformance import form, wait_for_status
+from nni_ts.training_service import ServiceState
 
 
 class Manual(TrainingService[TrainingServiceConfig]):
@@ -42,24 +50,27 @@ async def test_terminal_status_is_final(svc: Manual) -> None:
     d = await svc.submit_trial_job(form({}))
     events: list[TrialJobStatus] = []
     svc.events.on("trial_status", lambda t: events.append(t.status))
-    assert svc._set_status(d.id, TrialJobStatus.RUNNING)
-    assert not svc._set_status(d.id, TrialJobStatus.WAITING)
-    assert svc._set_status(d.id, TrialJobStatus.SUCCEEDED, exit_code=0)
-    assert not svc._set_status(d.id, TrialJobStatus.FAILED)
-    assert not svc._set_status(d.id, TrialJobStatus.RUNNING)
+    rep = svc.reporter
+    assert rep.running(d.id)
+    assert not rep.waiting(d.id, "queued")  # RUNNING never goes back to WAITING
+    assert await rep.ended(d.id, TrialJobStatus.SUCCEEDED, exit_code=0)
+    assert not await rep.ended(d.id, TrialJobStatus.FAILED)
+    assert not rep.running(d.id)
     assert events == [TrialJobStatus.RUNNING, TrialJobStatus.SUCCEEDED]
     got = await svc.get_trial_job(d.id)
     assert got.status is TrialJobStatus.SUCCEEDED and got.end_time is not None and got.exit_code == 0
     # Records after the terminal status are refused (a platform bug), not delivered.
     seen: list[Any] = []
     svc.add_trial_job_metric_listener(seen.append)
-    assert svc._deliver_metric(d.id, "{}") is None and seen == []
+    assert await rep.metric(d.id, "{}") is None and seen == []
+    with pytest.raises(ValueError, match="terminal"):
+        await rep.ended(d.id, TrialJobStatus.RUNNING)
 
 
 async def test_unknown_times_out_as_infrastructure_failure(svc: Manual) -> None:
     d = await svc.submit_trial_job(form({}))
-    svc._set_status(d.id, TrialJobStatus.RUNNING)
-    svc._set_status(d.id, TrialJobStatus.UNKNOWN, message="host gone")
+    svc.reporter.running(d.id)
+    svc.reporter.unknown(d.id, "host gone")
     done = await wait_for_status(svc, d.id, timeout=5)
     assert done.status is TrialJobStatus.FAILED
     assert done.infrastructure_failure
@@ -72,9 +83,9 @@ async def test_unknown_can_recover_and_be_cancelled(svc: Manual) -> None:
     a = await svc.submit_trial_job(form({}, 0))
     b = await svc.submit_trial_job(form({}, 1))
     for t in (a, b):
-        svc._set_status(t.id, TrialJobStatus.RUNNING)
-        svc._set_status(t.id, TrialJobStatus.UNKNOWN)
-    assert svc._set_status(a.id, TrialJobStatus.RUNNING)  # back: its timer is cancelled
+        svc.reporter.running(t.id)
+        svc.reporter.unknown(t.id, "silent")
+    assert svc.reporter.running(a.id)  # back: its timer is cancelled
     await svc.cancel_trial_job(b.id)  # an UNKNOWN trial can always be cancelled
     assert (await svc.get_trial_job(b.id)).status is TrialJobStatus.USER_CANCELED
     await asyncio.sleep(0.4)
@@ -93,7 +104,7 @@ async def test_clean_up_sys_cancels_live_trials(tmp_path: Any) -> None:
         await s.cancel_trial_job("x")
     async with s:
         d = await s.submit_trial_job(form({}))
-        s._set_status(d.id, TrialJobStatus.RUNNING)
+        s.reporter.running(d.id)
     assert (await s.get_trial_job(d.id)).status is TrialJobStatus.SYS_CANCELED
     await s.run()  # returns at once: already cleaned up
 
@@ -106,23 +117,162 @@ async def test_duplicate_trial_id_is_refused(svc: Manual) -> None:
         await svc.submit_trial_job(f)
 
 
-async def test_async_listener_is_refused(svc: Manual) -> None:
-    async def listener(_: Any) -> None:
-        pass
-
-    with pytest.raises(TypeError, match="synchronously"):
-        svc.add_trial_job_metric_listener(listener)
-
-
-async def test_a_failing_listener_does_not_stop_the_others(svc: Manual) -> None:
+async def test_async_listeners_are_awaited_in_order(svc: Manual) -> None:
     d = await svc.submit_trial_job(form({}))
     got: list[str] = []
 
-    def bad(_: Any) -> None:
-        raise RuntimeError("boom")
+    async def slow(m: Any) -> None:
+        await asyncio.sleep(0.01)
+        got.append("slow:" + m.data)
 
-    svc.add_trial_job_metric_listener(bad)
-    svc.add_trial_job_metric_listener(lambda m: got.append(m.data))
-    svc._deliver_metric(d.id, "1")
-    svc._deliver_metric(d.id, "2")
-    assert got == ["1", "2"]
+    svc.add_trial_job_metric_listener(slow)
+    svc.add_trial_job_metric_listener(lambda m: got.append("plain:" + m.data))
+    first = await svc.reporter.metric(d.id, "1")
+    await svc.reporter.metric(d.id, "2")
+    assert first is not None and first.sequence == 0
+    assert got == ["slow:1", "plain:1", "slow:2", "plain:2"]
+    assert svc.reporter.delivered(d.id) == 2
+
+
+async def test_a_refusing_listener_refuses_the_record(svc: Manual) -> None:
+    """Durable before acknowledged: a listener that raises (its store write failed) refuses the
+    record; it is not counted, the "metric" event is not emitted, and it comes again with the same
+    sequence, which an idempotent listener stores once."""
+    d = await svc.submit_trial_job(form({}))
+    stored: dict[tuple[str, int], str] = {}
+    failing = {"on": True}
+    events: list[int] = []
+    svc.events.on("metric", lambda m: events.append(m.sequence))
+
+    def store(m: Any) -> None:
+        stored.setdefault((m.trial_job_id, m.sequence), m.data)
+
+    def flaky(_: Any) -> None:
+        if failing["on"]:
+            raise OSError("disk full")
+
+    svc.add_trial_job_metric_listener(store)
+    svc.add_trial_job_metric_listener(flaky)
+    with pytest.raises(MetricRefused, match="record 0") as info:
+        await svc.reporter.metric(d.id, "a")
+    assert isinstance(info.value.__cause__, OSError)
+    assert svc.reporter.delivered(d.id) == 0 and events == []
+    failing["on"] = False
+    again = await svc.reporter.metric(d.id, "a")
+    assert again is not None and again.sequence == 0
+    await svc.reporter.metric(d.id, "b")
+    assert stored == {(d.id, 0): "a", (d.id, 1): "b"} and events == [0, 1]
+
+
+async def test_ended_waits_for_the_metric_in_flight(svc: Manual) -> None:
+    """The terminal status is applied after a metric being stored, never before it."""
+    d = await svc.submit_trial_job(form({}))
+    gate = asyncio.Event()
+    order: list[str] = []
+
+    async def slow_store(m: Any) -> None:
+        await gate.wait()
+        order.append("metric")
+
+    svc.add_trial_job_metric_listener(slow_store)
+    svc.events.on("trial_status", lambda t: order.append(t.status.value) if t.status.is_terminal else None)
+    metric = asyncio.create_task(svc.reporter.metric(d.id, "x"))
+    await asyncio.sleep(0)
+    ended = asyncio.create_task(svc.reporter.ended(d.id, TrialJobStatus.SUCCEEDED, exit_code=0))
+    await asyncio.sleep(0.01)
+    assert order == []
+    gate.set()
+    assert (await metric) is not None and await ended
+    assert order == ["metric", "SUCCEEDED"]
+
+
+class Counting(Manual):
+    """Counts the hooks and lets the test hold _start() open."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.starts = 0
+        self.clean_ups = 0
+        self.gate = asyncio.Event()
+        self.fail_cancel = False
+
+    async def _start(self) -> None:
+        self.starts += 1
+        await self.gate.wait()
+
+    async def _cancel(self, detail: TrialJobDetail, status: TrialJobStatus) -> None:
+        if self.fail_cancel:
+            raise RuntimeError("the host is gone")
+        await super()._cancel(detail, status)
+
+    async def _clean_up(self) -> None:
+        self.clean_ups += 1
+
+
+async def test_concurrent_starts_start_once(tmp_path: Any) -> None:
+    s = Counting(experiment_dir=tmp_path)
+    first = asyncio.create_task(s.start())
+    second = asyncio.create_task(s.start())
+    await asyncio.sleep(0.01)
+    s.gate.set()
+    await asyncio.gather(first, second)
+    assert s.starts == 1 and s.state is ServiceState.RUNNING
+    await s.clean_up()
+    assert s.clean_ups == 1
+
+
+async def test_clean_up_during_start_leaves_it_stopped(tmp_path: Any) -> None:
+    s = Counting(experiment_dir=tmp_path)
+    starting = asyncio.create_task(s.start())
+    await asyncio.sleep(0.01)
+    cleaning = asyncio.create_task(s.clean_up())
+    await asyncio.sleep(0.01)
+    s.gate.set()
+    await starting
+    await cleaning
+    assert s.state is ServiceState.STOPPED and s.clean_ups == 1
+    with pytest.raises(InvalidStateError):
+        await s.submit_trial_job(form({}))
+    with pytest.raises(InvalidStateError):
+        await s.start()
+
+
+async def test_clean_up_runs_even_when_a_cancel_fails(tmp_path: Any, caplog: Any) -> None:
+    s = Counting(experiment_dir=tmp_path)
+    s.gate.set()
+    await s.start()
+    a = await s.submit_trial_job(form({}, 0))
+    b = await s.submit_trial_job(form({}, 1))
+    s.fail_cancel = True
+    await s.clean_up()
+    assert s.clean_ups == 1 and s.state is ServiceState.STOPPED
+    for t in (a, b):
+        assert (await s.get_trial_job(t.id)).status is TrialJobStatus.SYS_CANCELED
+    assert caplog.text.count("the host is gone") >= 2
+
+
+async def test_clean_up_stops_background_tasks_and_can_be_cancelled(tmp_path: Any) -> None:
+    s = Counting(experiment_dir=tmp_path)
+    s.gate.set()
+    await s.start()
+    forever = s.tasks.spawn(asyncio.sleep(3600), name="forever")
+    await s.clean_up()
+    assert forever.cancelled() and len(s.tasks) == 0
+    with pytest.raises(InvalidStateError):
+        s.tasks.spawn(asyncio.sleep(0), name="late")
+
+
+async def test_clean_up_under_a_timeout_is_cancellable(tmp_path: Any) -> None:
+    """A clean_up() stuck in a platform hook gives way to its caller's time-out."""
+
+    class Stuck(Counting):
+        async def _clean_up(self) -> None:
+            await asyncio.sleep(3600)
+
+    s = Stuck(experiment_dir=tmp_path)
+    s.gate.set()
+    await s.start()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1):
+            await s.clean_up()
+    assert s.state is ServiceState.STOPPED

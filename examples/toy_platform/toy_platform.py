@@ -7,17 +7,16 @@ metrics file once the trial ends (a real platform streams them, see nni_ts/platf
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from typing import Any, Literal
 
-import psutil
 from pydantic import Field
 
-from nni_ts import TrainingService, TrialJobDetail, TrialJobStatus
+from nni_ts import MetricRefused, TrainingService, TrialJobDetail, TrialJobStatus
 from nni_ts.config import TrainingServiceConfig
-from nni_ts.platforms.local import build_trial_env, parameters_as_args
+from nni_ts.platforms.local import build_trial_env
+from nni_ts.processes import group_alive, killpg
 from trial_keeper.records import FrameDecoder
 
 
@@ -32,6 +31,7 @@ class ToyTrainingService(TrainingService[ToyConfig]):
     async def _start(self) -> None:
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._waiters: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: dict[str, TrialJobStatus] = {}
 
     async def _submit(self, detail: TrialJobDetail) -> None:
         trial_dir = detail.working_directory
@@ -50,62 +50,52 @@ class ToyTrainingService(TrainingService[ToyConfig]):
             code_dir=code_dir,
             gpus=[],
         )
-        command = detail.form.command or self.config.trial_command or ""
-        if self.config.hyperparameters_as_args:
-            command += " " + parameters_as_args(detail.form.parameters())
         with open(os.path.join(trial_dir, "stdout"), "wb") as out, open(os.path.join(trial_dir, "stderr"), "wb") as err:
             proc = await asyncio.create_subprocess_shell(
-                command, cwd=code_dir, env=env, stdout=out, stderr=err, start_new_session=True
+                self.trial_command(detail), cwd=code_dir, env=env, stdout=out, stderr=err, start_new_session=True
             )
         self._procs[detail.id] = proc
-        self._set_status(detail.id, TrialJobStatus.RUNNING)
-        self._waiters[detail.id] = asyncio.get_running_loop().create_task(
-            self._wait(detail, proc), name=f"toy-wait-{detail.id}"
-        )
+        self.reporter.running(detail.id)
+        # Every background task belongs to the service's supervisor: named, logged, stopped at clean-up.
+        self._waiters[detail.id] = self.tasks.spawn(self._wait(detail.id, proc), name=f"wait-{detail.id}")
 
-    async def _wait(self, detail: TrialJobDetail, proc: asyncio.subprocess.Process) -> None:
+    async def _wait(self, trial_id: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the trial left behind
+        killpg(proc.pid, signal.SIGKILL)  # whatever the trial left behind
         # Every record goes to the listeners BEFORE the terminal status: the contract's guarantee.
-        path = os.path.join(detail.working_directory, ".nni", "metrics")
-        if os.path.exists(path) and not detail.status.is_terminal:
+        # reporter.metric returns once every listener stored the record; a refused record (a failing
+        # store) is not counted and must be delivered again, so retry it until it is accepted.
+        path = os.path.join(self.trial_dir(trial_id), ".nni", "metrics")
+        if os.path.exists(path):
             with open(path, "rb") as fh:
                 for record in FrameDecoder().feed(fh.read()):
-                    self._deliver_metric(detail.id, record.decode())
-        status = TrialJobStatus.SUCCEEDED if code == 0 else TrialJobStatus.FAILED
-        self._set_status(detail.id, status, exit_code=code, message=None if code == 0 else f"Exit code {code}.")
+                    while True:
+                        try:
+                            await self.reporter.metric(trial_id, record.decode())
+                            break
+                        except MetricRefused:
+                            await asyncio.sleep(0.1)
+        if trial_id in self._cancelled:
+            await self.reporter.ended(trial_id, self._cancelled[trial_id], message="Cancelled.")
+        elif code == 0:
+            await self.reporter.ended(trial_id, TrialJobStatus.SUCCEEDED, exit_code=0)
+        else:
+            await self.reporter.ended(trial_id, TrialJobStatus.FAILED, exit_code=code, message=f"Exit code {code}.")
 
     async def _cancel(self, detail: TrialJobDetail, status: TrialJobStatus) -> None:
         proc = self._procs[detail.id]
-        self._set_status(detail.id, status)  # first, so that _wait does not report FAILED
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await self._waiters[detail.id]
-        await _group_gone(proc.pid)
+        self._cancelled[detail.id] = status  # so that _wait ends it with this status
+        killpg(proc.pid, signal.SIGKILL)
+        await asyncio.wait([self._waiters[detail.id]])
+        async with asyncio.timeout(10):  # SIGKILL is delivered, not instantly obeyed
+            while group_alive(proc.pid):
+                await asyncio.sleep(0.01)
 
     async def _clean_up(self) -> None:
-        for task in getattr(self, "_waiters", {}).values():
-            await task
+        pass  # clean_up() cancelled every live trial first, and stops self.tasks after this
 
     def __repr__(self) -> str:
         return f"ToyTrainingService({self.experiment_id!r})"
-
-
-async def _group_gone(pgid: int, timeout: float = 10.0) -> None:
-    """Wait until no live process is left in the group (SIGKILL is delivered, not instantly obeyed)."""
-    async with asyncio.timeout(timeout):
-        while any(
-            p.info["status"] != psutil.STATUS_ZOMBIE and _pgid(p.pid) == pgid for p in psutil.process_iter(["status"])
-        ):
-            await asyncio.sleep(0.01)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
 
 
 __all__: list[Any] = ["ToyConfig", "ToyTrainingService"]

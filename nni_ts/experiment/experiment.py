@@ -26,6 +26,7 @@ from pyee import EventEmitter
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..storage import Store, TrialRecord, open_store
+from ..tasks import TaskSupervisor
 from ..training_service import TrainingService, new_trial_id
 from .records import parse_record
 
@@ -193,7 +194,8 @@ class Experiment:
         self._started_at = 0.0
         self._active_before = 0.0
         self._cancel_reasons: dict[str, str] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Owns the loop's background work (early stops, time-outs); stopped when the run ends.
+        self._tasks = TaskSupervisor(f"experiment-{self.id}")
         self._errors: list[BaseException] = []
 
     # ------------------------------------------------------------------ resume
@@ -383,8 +385,7 @@ class Experiment:
         finally:
             service.remove_trial_job_metric_listener(self._on_metric)
             service.events.remove_listener("trial_status", self._on_status)
-            for task in list(self._tasks):
-                task.cancel()
+            await self._tasks.stop()
         if self._errors:
             self._status = ExperimentStatus.ERROR
             self._message = f"The tuner or assessor failed: {self._errors[0]!r}"
@@ -672,7 +673,7 @@ class Experiment:
                 verdict = self._call_algo(self._assessor.assess_trial, metric.trial_job_id, list(live.history))
                 if verdict is AssessResult.Bad:
                     self._cancel_reasons[metric.trial_job_id] = "Early stopped by the assessor."
-                    self._spawn(self._early_stop(metric.trial_job_id))
+                    self._spawn(self._early_stop(metric.trial_job_id), f"early-stop-{metric.trial_job_id}")
         self.events.emit("metric", metric.trial_job_id, parsed)
 
     def _on_status(self, detail: TrialJobDetail) -> None:
@@ -698,7 +699,7 @@ class Experiment:
             self._cancel_reasons[trial_id] = (
                 f"Cancelled: the trial ran longer than maxTrialDuration ({self.config.max_trial_duration})."
             )
-            self._spawn(self._cancel(trial_id, early=False))
+            self._spawn(self._cancel(trial_id, early=False), f"timeout-{trial_id}")
 
     async def _early_stop(self, trial_id: str) -> None:
         await self._cancel(trial_id, early=True)
@@ -784,10 +785,8 @@ class Experiment:
             self._wake.set()
             return None
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"nni-ts-experiment-{self.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Any, name: str = "work") -> None:
+        self._tasks.spawn(coro, name=name)
 
     async def _cancel_live(self) -> None:
         """Cancel every trial still running (a stop, or a limit reached) and wait for them."""
@@ -797,5 +796,5 @@ class Experiment:
         for trial_id in list(self._live):
             self._cancel_reasons.setdefault(trial_id, f"Cancelled: {reason}")
         await asyncio.gather(*(self._cancel(t, early=False) for t in list(self._live)))
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=30)
+        if self._tasks.tasks:
+            await asyncio.wait(self._tasks.tasks, timeout=30)

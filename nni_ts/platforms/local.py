@@ -20,11 +20,8 @@ When a trial's main process ends, what is left of its process group is killed to
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import os
-import shlex
 import signal
 import subprocess
 from collections import deque
@@ -32,15 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import psutil
-
 import trial_keeper
 from trial_keeper.records import FrameDecoder, FramingError
 
 from ..config.local import LocalConfig
-from ..errors import ConfigError, PlatformError
+from ..errors import ConfigError, MetricRefused, PlatformError
 from ..models import TrialJobDetail, TrialJobStatus
-from ..training_service import TrainingService
+from ..processes import create_time, exit_message, group_alive, killpg, wait_pid
+from ..training_service import TrainingService, parameters_as_args
 from ._inotify import DirWatcher
 from .gpu import GpuScheduler, query_local_gpus
 
@@ -52,6 +48,10 @@ log = logging.getLogger(__name__)
 _WRAPPER = 'eval "$1"\nrc=$?\necho "$rc" > "$NNI_SYS_DIR/.nni/code"\nexit "$rc"\n'
 
 
+#: Back-off, in seconds, between attempts to deliver a record that a listener refused.
+_REFUSED_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
 @dataclass
 class _Run:
     """What the service tracks of one live trial."""
@@ -59,24 +59,16 @@ class _Run:
     detail: TrialJobDetail
     pid: int = 0
     popen: subprocess.Popen[bytes] | None = None
-    pidfd: int = -1
     gpus: list[int] = field(default_factory=list)
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     metrics_fh: Any = None
     skip: int = 0  # records already delivered before a re-attach
+    pending: deque[str] = field(default_factory=deque)  # read from the file, not yet accepted
     cancel_status: TrialJobStatus | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the metrics file grew, or the process ended
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
-
-
-def parameters_as_args(parameters: dict[str, Any]) -> str:
-    """``--name=value`` arguments for the hyper-parameters, each shell-quoted (cube-studio style)."""
-    args = []
-    for name, value in parameters.items():
-        text = value if isinstance(value, str) else json.dumps(value)
-        args.append(shlex.quote(f"--{name}={text}"))
-    return " ".join(args)
 
 
 def build_trial_env(
@@ -195,24 +187,17 @@ class LocalTrainingService(TrainingService[LocalConfig]):
                 self._spawn(run)
             except OSError as exc:
                 self._release(run)
-                self._set_status(
-                    run.detail.id,
-                    TrialJobStatus.FAILED,
-                    message=f"The trial could not be started: {exc}.",
-                    infrastructure_failure=True,
-                )
+                self._runs.pop(run.detail.id, None)
                 run.done.set()
-
-    def _command(self, run: _Run) -> str:
-        cfg = self.config
-        command = run.detail.form.command or cfg.trial_command or ""
-        if cfg.hyperparameters_as_args:
-            args = parameters_as_args(run.detail.form.parameters())
-            if args:
-                command = f"{command} {args}"
-        if cfg.trial_prepare_command:
-            command = f"{cfg.trial_prepare_command}\n{command}"
-        return command
+                self.tasks.spawn(
+                    self.reporter.ended(
+                        run.detail.id,
+                        TrialJobStatus.FAILED,
+                        message=f"The trial could not be started: {exc}.",
+                        infrastructure_failure=True,
+                    ),
+                    name=f"failed-start-{run.detail.id}",
+                )
 
     def _spawn(self, run: _Run) -> None:
         detail = run.detail
@@ -234,7 +219,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         err = os.open(os.path.join(trial_dir, "stderr"), flags, 0o644)
         try:
             popen = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "nni-ts-trial", self._command(run)],
+                ["/bin/sh", "-c", _WRAPPER, "nni-ts-trial", self.trial_command(detail)],
                 cwd=self._code_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -248,37 +233,34 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             os.close(err)
         run.popen = popen
         run.pid = popen.pid
-        detail.platform_data = {"pid": popen.pid, "create_time": _create_time(popen.pid), "gpus": run.gpus}
-        detail.url = f"file://{trial_dir}"
-        detail.host = "localhost"
-        self._watch(run)
-        self._set_status(detail.id, TrialJobStatus.RUNNING)
+        self.reporter.note(
+            detail.id,
+            host="localhost",
+            url=f"file://{trial_dir}",
+            platform_data={"pid": popen.pid, "create_time": create_time(popen.pid), "gpus": run.gpus},
+        )
+        self._watch(run, alive=True)
+        self.reporter.running(detail.id)
 
-    def _watch(self, run: _Run) -> None:
-        """Follow the trial's metrics file and wait for its main process to end."""
+    def _watch(self, run: _Run, *, alive: bool) -> None:
+        """Follow the trial's metrics file and (if ``alive``) wait for its main process to end."""
         nni_dir = os.path.join(run.detail.working_directory, ".nni")
-        self._watcher.watch(run.detail.id, nni_dir, self._on_files_changed)
-        self._read_metrics(run)
-        try:
-            run.pidfd = os.pidfd_open(run.pid)
-        except (AttributeError, OSError):
-            run.pidfd = -1
-        if run.pidfd >= 0:
-            asyncio.get_running_loop().add_reader(run.pidfd, self._on_exit, run)
+        if alive:
+            self._watcher.watch(run.detail.id, nni_dir, self._on_files_changed)
+            self.tasks.spawn(self._wait_exit(run), name=f"wait-{run.detail.id}")
         else:
-            task = asyncio.get_running_loop().create_task(
-                self._wait_in_thread(run), name=f"nni-ts-local-wait-{run.detail.id}"
-            )
-            task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+            run.exited.set()
+        self.tasks.spawn(self._follow(run), name=f"follow-{run.detail.id}")
 
     # ------------------------------------------------------------------ metrics
 
     def _on_files_changed(self, trial_id: str) -> None:
         run = self._runs.get(trial_id)
-        if run is not None and not run.done.is_set():
-            self._read_metrics(run)
+        if run is not None:
+            run.wake.set()
 
     def _read_metrics(self, run: _Run) -> None:
+        """Move the records appended to the metrics file since the last read into ``run.pending``."""
         if run.metrics_fh is None:
             try:
                 run.metrics_fh = open(os.path.join(run.detail.working_directory, ".nni", "metrics"), "rb")  # noqa: SIM115
@@ -296,41 +278,35 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             if run.skip > 0:
                 run.skip -= 1
                 continue
-            self._deliver_metric(run.detail.id, record.decode("utf-8", errors="surrogateescape"))
+            run.pending.append(record.decode("utf-8", errors="surrogateescape"))
 
-    # ------------------------------------------------------------------ exit
+    async def _deliver_pending(self, run: _Run) -> None:
+        """Deliver ``run.pending`` in order; a refused record is retried with back-off (it stays first)."""
+        refusals = 0
+        while run.pending:
+            try:
+                await self.reporter.metric(run.detail.id, run.pending[0])
+            except MetricRefused as exc:
+                delay = _REFUSED_BACKOFF[min(refusals, len(_REFUSED_BACKOFF) - 1)]
+                refusals += 1
+                log.warning("%s Retrying in %.2g s.", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            refusals = 0
+            run.pending.popleft()
 
-    def _on_exit(self, run: _Run) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(run.pidfd)
-        os.close(run.pidfd)
-        run.pidfd = -1
-        code: int | None = None
-        if run.popen is not None:
-            code = run.popen.poll()
-            if code is None:  # pidfd readable means it exited; reap it
-                code = run.popen.wait()
-        self._finish(run, code)
-
-    async def _wait_in_thread(self, run: _Run) -> None:
-        if run.popen is not None:
-            code = await asyncio.to_thread(run.popen.wait)
-        else:
-            while psutil.pid_exists(run.pid):
-                await asyncio.sleep(0.1)
-            code = None
-        self._finish(run, code)
-
-    def _finish(self, run: _Run, code: int | None) -> None:
-        """The main process is gone: kill leftovers, drain metrics, set the terminal status."""
-        if run.exited.is_set():
-            return
-        run.exited.set()
-        _killpg(run.pid, signal.SIGKILL)
-        if code is None:
-            code = _read_exit_code(run.detail.working_directory)
-        run.exit_code = code
+    async def _follow(self, run: _Run) -> None:
+        """The trial's one task for metrics and its end: deliver records as they are appended; once
+        the process has exited, deliver the rest, then the terminal status."""
+        while True:
+            run.wake.clear()
+            self._read_metrics(run)
+            await self._deliver_pending(run)
+            if run.exited.is_set():
+                break
+            await run.wake.wait()
         self._read_metrics(run)
+        await self._deliver_pending(run)
         if run.decoder.pending:
             log.warning("Trial %s left an incomplete record in its metrics file.", run.detail.id)
         self._watcher.unwatch(run.detail.id)
@@ -338,15 +314,34 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             run.metrics_fh.close()
             run.metrics_fh = None
         self._release(run)
+        code = run.exit_code
         if run.cancel_status is not None:
-            self._set_status(run.detail.id, run.cancel_status, message="Cancelled.", exit_code=code)
+            await self.reporter.ended(run.detail.id, run.cancel_status, message="Cancelled.", exit_code=code)
         elif code == 0:
-            self._set_status(run.detail.id, TrialJobStatus.SUCCEEDED, exit_code=0)
+            await self.reporter.ended(run.detail.id, TrialJobStatus.SUCCEEDED, exit_code=0)
+        elif code is None and run.popen is None:
+            await self.reporter.ended(
+                run.detail.id,
+                TrialJobStatus.FAILED,
+                message="The trial was not running any more and left no exit status.",
+                infrastructure_failure=True,
+            )
         else:
-            self._set_status(run.detail.id, TrialJobStatus.FAILED, message=_exit_message(code), exit_code=code)
+            await self.reporter.ended(run.detail.id, TrialJobStatus.FAILED, message=exit_message(code), exit_code=code)
         run.done.set()
         self._runs.pop(run.detail.id, None)
         self._launch_queued()
+
+    # ------------------------------------------------------------------ exit
+
+    async def _wait_exit(self, run: _Run) -> None:
+        code = await wait_pid(run.popen, run.pid)
+        killpg(run.pid, signal.SIGKILL)  # what is left of its process group
+        if code is None:
+            code = _read_exit_code(run.detail.working_directory)
+        run.exit_code = code
+        run.exited.set()
+        run.wake.set()
 
     def _release(self, run: _Run) -> None:
         if self._gpu is not None:
@@ -362,25 +357,25 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         if run in self._queue:  # never started
             self._queue.remove(run)
             self._runs.pop(detail.id, None)
-            self._set_status(detail.id, status, message="Cancelled before it started.")
             run.done.set()
+            await self.reporter.ended(detail.id, status, message="Cancelled before it started.")
             return
-        _killpg(run.pid, signal.SIGTERM)
+        killpg(run.pid, signal.SIGTERM)
         try:
             async with asyncio.timeout(self.config.cancel_grace_period):
                 await run.exited.wait()
         except TimeoutError:
-            _killpg(run.pid, signal.SIGKILL)
+            killpg(run.pid, signal.SIGKILL)
         try:
             async with asyncio.timeout(10):
                 await run.done.wait()
         except TimeoutError as exc:
-            raise PlatformError(f"Trial {detail.id} (pid {run.pid}) did not stop after SIGKILL.") from exc
+            raise PlatformError(f"Trial {detail.id} (pid {run.pid}) did not stop within 10 s of SIGKILL.") from exc
         # Wait until nothing of the process group is left (bounded).
         for _ in range(200):
-            if not _group_alive(run.pid):
+            if not group_alive(run.pid):
                 break
-            _killpg(run.pid, signal.SIGKILL)
+            killpg(run.pid, signal.SIGKILL)
             await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ resume
@@ -389,56 +384,28 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         data = detail.platform_data
         pid = int(data.get("pid", 0))
         run = _Run(detail, pid=pid, gpus=list(data.get("gpus", [])), skip=metrics_delivered)
-        self._runs[detail.id] = run
         if self._gpu is not None and run.gpus:
             self._gpu.assign_exact(detail.id, run.gpus)
-        alive = pid > 0 and _create_time(pid) == data.get("create_time")
+        alive = pid > 0 and create_time(pid) == data.get("create_time")
         nni_dir = os.path.join(detail.working_directory, ".nni")
         if alive:
+            self._runs[detail.id] = run
             if detail.status is TrialJobStatus.WAITING:
-                self._set_status(detail.id, TrialJobStatus.RUNNING)
-            self._watch(run)
+                self.reporter.running(detail.id)
+            self._watch(run, alive=True)
         elif os.path.isdir(nni_dir) and pid > 0:
-            self._finish(run, None)
+            # It ended while no manager watched: its records and its exit code are in its directory.
+            self._runs[detail.id] = run
+            run.exit_code = _read_exit_code(detail.working_directory)
+            self._watch(run, alive=False)
         else:
-            self._runs.pop(detail.id, None)
-            self._set_status(
+            self._release(run)
+            await self.reporter.ended(
                 detail.id,
                 TrialJobStatus.FAILED,
                 message="The trial was not running any more and left no exit status.",
                 infrastructure_failure=True,
             )
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    if pgid <= 0:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Zombies count as members until reaped; ignore groups made only of zombies.
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
 
 
 def _read_exit_code(trial_dir: str) -> int | None:
@@ -447,21 +414,3 @@ def _read_exit_code(trial_dir: str) -> int | None:
         return int(text)
     except (FileNotFoundError, ValueError):
         return None
-
-
-def _exit_message(code: int | None) -> str:
-    if code is None:
-        return "The trial ended, but its exit status is unknown."
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"The trial was killed by {name}."
-    if code > 128:
-        try:
-            name = signal.Signals(code - 128).name
-            return f"The trial command exited with code {code} (its process was killed by {name})."
-        except ValueError:
-            pass
-    return f"The trial command exited with code {code}."

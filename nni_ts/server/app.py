@@ -25,6 +25,7 @@ from aiohttp import web
 
 import trial_keeper
 
+from ..tasks import TaskSupervisor
 from .models import TRIAL_ID_PATTERN, ErrorBody, LogRequest, LogTail, Report, ReportAck
 from .sink import MAX_HELD, TrialChannel, TrialSink
 
@@ -72,7 +73,7 @@ class ClusterServer:
         self._channels: dict[str, TrialChannel] = {}
         self._log_requests: dict[str, tuple[LogRequest, asyncio.Future[bytes]]] = {}
         self._runner: web.AppRunner | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: TaskSupervisor | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -95,17 +96,14 @@ class ClusterServer:
         self._runner = runner
         address = runner.addresses[0]
         self.port = int(address[1])
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="nni-ts-cluster-server-sweep")
+        self._tasks = TaskSupervisor(f"cluster-server-{self.port}")
+        self._tasks.spawn(self._sweep(), name="sweep")
 
     async def close(self) -> None:
         """Stop serving. Registrations are kept; pending log requests fail. Idempotent."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        if self._tasks is not None:
+            tasks, self._tasks = self._tasks, None
+            await tasks.stop()
         for _request, future in self._log_requests.values():
             if not future.done():
                 future.set_exception(ConnectionError("The cluster server was closed."))
@@ -160,14 +158,14 @@ class ClusterServer:
         except KeyError:
             raise KeyError(f"Trial {trial_id} is not registered with the cluster server.") from None
 
-    def feed(self, trial_id: str, records: Iterable[tuple[int, str]]) -> int:
+    async def feed(self, trial_id: str, records: Iterable[tuple[int, str]]) -> int:
         """Deliver records obtained another way (a journal read from shared storage) through the same
-        de-duplication as reports. Returns how many were new."""
-        return self.channel(trial_id).feed(records)
+        de-duplication as reports. Returns how many were new and accepted."""
+        return await self.channel(trial_id).feed(records)
 
-    def finish(self, trial_id: str, exit_code: int, end_time_ms: int, record_count: int) -> bool:
+    async def finish(self, trial_id: str, exit_code: int, end_time_ms: int, record_count: int) -> bool:
         """Deliver an exit obtained another way; see :meth:`TrialChannel.finish`."""
-        return self.channel(trial_id).finish(exit_code, end_time_ms, record_count)
+        return await self.channel(trial_id).finish(exit_code, end_time_ms, record_count)
 
     async def request_log_tail(self, trial_id: str, file: str = "stdout", tail: int = 65536) -> bytes:
         """Ask the trial's keeper for the last ``tail`` bytes of its stdout or stderr.
@@ -196,9 +194,9 @@ class ClusterServer:
         period = min(1.0, max(0.02, self.heartbeat_timeout / 5))
         while True:
             await asyncio.sleep(period)
-            self.check_heartbeats()
+            await self.check_heartbeats()
 
-    def check_heartbeats(self) -> None:
+    async def check_heartbeats(self) -> None:
         """Report lost every trial whose keeper has been silent too long (the sweeper calls it)."""
         now = time.monotonic()
         for channel in list(self._channels.values()):
@@ -208,7 +206,7 @@ class ClusterServer:
             if silent > self.heartbeat_timeout:
                 channel.lost = True
                 message = f"No report from the trial's keeper for {silent:.1f} s"
-                channel._call("on_lost", f"{message} (time-out {self.heartbeat_timeout:g} s).")
+                await channel.call("on_lost", f"{message} (time-out {self.heartbeat_timeout:g} s).")
 
     # ------------------------------------------------------------------ HTTP
 
@@ -253,7 +251,7 @@ class ClusterServer:
             )
             if not channel.rejected:
                 channel.rejected = True
-                channel._call("on_rejected", message)
+                await channel.call("on_rejected", message)
             return _error(409, message)
         if channel.attempt is not None and report.attempt != channel.attempt:
             message = f"Attempt {report.attempt} of trial {trial_id} is stale; the server accepts {channel.attempt}."
@@ -271,15 +269,16 @@ class ClusterServer:
         channel.last_seen = time.monotonic()
         if not channel.started:
             channel.started = True
-            channel._call("on_started", report.started_ms, report.host, report.pid)
+            await channel.call("on_started", report.started_ms, report.host, report.pid)
         if channel.lost:
             channel.lost = False
-            channel._call("on_heartbeat")
-        channel.feed((r.seq, r.data) for r in report.records)
+            await channel.call("on_heartbeat")
+        # Acknowledge (next_seq) only what the sink accepted, i.e. stored durably.
+        await channel.feed((r.seq, r.data) for r in report.records)
         exit_accepted = False
         if report.exited is not None:
             ex = report.exited
-            exit_accepted = channel.finish(ex.exit_code, ex.end_time_ms, ex.record_count)
+            exit_accepted = await channel.finish(ex.exit_code, ex.end_time_ms, ex.record_count)
         if report.log_tail is not None:
             self._answer_log(trial_id, report.log_tail)
         pending = self._log_requests.get(trial_id)

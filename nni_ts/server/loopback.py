@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -80,11 +78,7 @@ class LoopbackKeeperService(TrainingService[LocalConfig]):
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        for task in list(self._waiters.values()):
-            task.cancel()
-        for task in list(self._waiters.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # The waiters are owned by self.tasks, which clean_up() stops after this.
         if self._own_server and self._server is not None:
             await self._server.close()
 
@@ -93,13 +87,7 @@ class LoopbackKeeperService(TrainingService[LocalConfig]):
         trial_dir = Path(detail.working_directory)
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "parameter.cfg").write_text(detail.form.hyper_parameters.value, encoding="utf-8")
-        command = detail.form.command or cfg.trial_command or ""
-        if cfg.hyperparameters_as_args:
-            params = detail.form.parameters()
-            args = [shlex.quote(f"--{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in params.items()]
-            command = " ".join([command, *args])
-        if cfg.trial_prepare_command:
-            command = f"{cfg.trial_prepare_command}\n{command}"
+        command = self.trial_command(detail)
         sink = ServiceSink(self, detail.id)
         self._sinks[detail.id] = sink
         self.server.register(detail.id, sink, attempt=1)
@@ -127,11 +115,8 @@ class LoopbackKeeperService(TrainingService[LocalConfig]):
                 *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err
             )
         self._keepers[detail.id] = proc
-        detail.platform_data = {"keeper_pid": proc.pid}
-        detail.host = "localhost"
-        self._waiters[detail.id] = asyncio.get_running_loop().create_task(
-            self._wait_keeper(detail, proc), name=f"nni-ts-loopback-wait-{detail.id}"
-        )
+        self.reporter.note(detail.id, host="localhost", platform_data={"keeper_pid": proc.pid})
+        self._waiters[detail.id] = self.tasks.spawn(self._wait_keeper(detail, proc), name=f"wait-{detail.id}")
 
     async def _wait_keeper(self, detail: TrialJobDetail, proc: asyncio.subprocess.Process) -> None:
         try:
@@ -142,12 +127,12 @@ class LoopbackKeeperService(TrainingService[LocalConfig]):
             trial_dir = detail.working_directory
             channel = self.server.channel(detail.id)
             records = await asyncio.to_thread(recover_records, trial_dir, detail.id, 1)
-            channel.feed(records)
+            await channel.feed(records)
             ended = await asyncio.to_thread(read_exit, trial_dir, detail.id, 1)
             if ended is not None:
-                channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
+                await channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
             elif not detail.status.is_terminal:
-                channel.finish(proc.returncode or 1, now_ms(), len(records))
+                await channel.finish(proc.returncode or 1, now_ms(), len(records))
         finally:
             self._waiters.pop(detail.id, None)
             self._keepers.pop(detail.id, None)
@@ -172,5 +157,4 @@ class LoopbackKeeperService(TrainingService[LocalConfig]):
             await proc.wait()
         waiter = self._waiters.get(detail.id)
         if waiter is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
+            await asyncio.wait([waiter])  # never raises: the caller's own cancellation still propagates

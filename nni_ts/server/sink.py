@@ -5,10 +5,12 @@ feeds a :class:`~nni_ts.training_service.TrainingService`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from ..errors import MetricRefused
 from ..models import TrialJobStatus
 from ..training_service import TrainingService
 
@@ -22,25 +24,30 @@ MAX_HELD = 100_000
 
 @runtime_checkable
 class TrialSink(Protocol):
-    """What a platform hands to ``ClusterServer.register``. Every method is called on the event loop
-    and must not block. Exceptions are logged and do not stop delivery."""
+    """What a platform hands to ``ClusterServer.register``. Every method is a coroutine run on the
+    event loop; it must not block. An exception from ``on_records`` refuses the records it was given
+    (the keeper resends them); an exception from the others is logged."""
 
-    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+    async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
         """The keeper is running the trial's command (called again after a server restart)."""
 
-    def on_records(self, records: list[tuple[int, str]]) -> None:
-        """New records ``(seq, data)``, each exactly once, in seq order without gaps."""
+    async def on_records(self, records: list[tuple[int, str]]) -> int | None:
+        """New records ``(seq, data)``, each exactly once, in seq order without gaps.
 
-    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+        Returns once they are stored: how many of them were accepted (None: all of them). A record
+        not accepted is not acknowledged and comes again.
+        """
+
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
         """The command ended; every record came before this call. Called once."""
 
-    def on_lost(self, message: str) -> None:
+    async def on_lost(self, message: str) -> None:
         """No report for longer than the heartbeat time-out."""
 
-    def on_heartbeat(self) -> None:
+    async def on_heartbeat(self) -> None:
         """A report arrived after ``on_lost``: the trial is back."""
 
-    def on_rejected(self, message: str) -> None:
+    async def on_rejected(self, message: str) -> None:
         """The keeper cannot be served (its version differs from the server's). Called once."""
 
 
@@ -53,7 +60,10 @@ class TrialChannel:
 
     Records may come from the keeper's reports, from a journal read back from shared storage, or
     both: :meth:`feed` drops what was delivered, holds back what comes early, and hands the sink
-    each record once, in order. :meth:`finish` delivers the exit once every record before it is in.
+    each record once, in order. ``next_seq`` advances only over records the sink accepted (stored),
+    so the acknowledgement sent to the keeper never covers a record that could still be lost.
+    :meth:`finish` delivers the exit once every record before it is in. Calls for one trial are
+    serialised.
     """
 
     def __init__(self, trial_id: str, sink: TrialSink, *, attempt: int | None = None, next_seq: int = 0) -> None:
@@ -67,53 +77,76 @@ class TrialChannel:
         self.lost = False
         self.rejected = False
         self.last_seen: float | None = None
+        self._lock = asyncio.Lock()
 
-    def feed(self, records: Iterable[tuple[int, str]]) -> int:
+    async def feed(self, records: Iterable[tuple[int, str]]) -> int:
         """Take records ``(seq, data)`` in any order, with duplicates; deliver the new ones in order.
 
-        Returns how many were delivered. Raises ValueError if too many would be held back.
+        Returns how many were delivered and accepted. Raises ValueError if too many would be held
+        back. Records the sink refused stay held and are offered again by the next call.
         """
-        if self.exited:
-            return 0
-        for seq, data in records:
-            if seq < self.next_seq or seq in self.held:
-                continue
-            if seq - self.next_seq > MAX_HELD:
-                raise ValueError(
-                    f"record {seq} of trial {self.trial_id} is more than {MAX_HELD} ahead of the next "
-                    f"expected record ({self.next_seq}); send the missing records first."
+        async with self._lock:
+            if self.exited:
+                return 0
+            for seq, data in records:
+                if seq < self.next_seq or seq in self.held:
+                    continue
+                if seq - self.next_seq > MAX_HELD:
+                    raise ValueError(
+                        f"record {seq} of trial {self.trial_id} is more than {MAX_HELD} ahead of the next "
+                        f"expected record ({self.next_seq}); send the missing records first."
+                    )
+                self.held[seq] = data
+            ready: list[tuple[int, str]] = []
+            seq = self.next_seq
+            while seq in self.held:
+                ready.append((seq, self.held[seq]))
+                seq += 1
+            if not ready:
+                return 0
+            try:
+                accepted = await self.sink.on_records(ready)
+            except Exception:
+                log.warning(
+                    "The sink of trial %s refused records %d-%d; they are not acknowledged and will come again.",
+                    self.trial_id,
+                    ready[0][0],
+                    ready[-1][0],
+                    exc_info=True,
                 )
-            self.held[seq] = data
-        ready: list[tuple[int, str]] = []
-        while self.next_seq in self.held:
-            ready.append((self.next_seq, self.held.pop(self.next_seq)))
-            self.next_seq += 1
-        if ready:
-            self._call("on_records", ready)
-        return len(ready)
+                accepted = 0
+            count = len(ready) if accepted is None else max(0, min(int(accepted), len(ready)))
+            for seq, _data in ready[:count]:
+                del self.held[seq]
+            self.next_seq += count
+            return count
 
-    def finish(self, exit_code: int, end_time_ms: int, record_count: int) -> bool:
+    async def finish(self, exit_code: int, end_time_ms: int, record_count: int) -> bool:
         """Deliver the exit if all ``record_count`` records are in. Returns whether it is delivered."""
-        if self.exited:
-            return True
-        if self.next_seq < record_count:
-            return False
-        self.exited = True
-        self._call("on_exited", exit_code, end_time_ms)
+        async with self._lock:
+            if self.exited:
+                return True
+            if self.next_seq < record_count:
+                return False
+            self.exited = True
+        await self.call("on_exited", exit_code, end_time_ms)
         return True
 
-    def _call(self, name: str, *args: object) -> None:
+    async def call(self, name: str, *args: object) -> None:
+        """Call one of the sink's notification methods; an exception is logged."""
         try:
-            getattr(self.sink, name)(*args)
+            await getattr(self.sink, name)(*args)
         except Exception:
-            log.exception("The sink of trial %s raised in %s; delivery goes on.", self.trial_id, name)
+            log.exception("The sink of trial %s raised in %s.", self.trial_id, name)
 
 
 class ServiceSink:
-    """Wires a trial's events to a TrainingService: ``server.register(trial_id, ServiceSink(service, trial_id))``.
+    """Wires a trial's events to a TrainingService's reporter:
+    ``server.register(trial_id, ServiceSink(service, trial_id))``.
 
     - started: RUNNING (and the trial's host);
-    - records: ``service._deliver_metric`` for each, in order;
+    - records: ``await service.reporter.metric(...)`` for each, in order; a refused record stops the
+      batch there (it and the ones after are not acknowledged);
     - exited: SUCCEEDED for exit code 0, else FAILED with the code; if the platform set
       :attr:`cancel_status` before stopping the trial, that status instead;
     - lost: UNKNOWN (the contract's time-out later fails it as an infrastructure failure);
@@ -122,31 +155,38 @@ class ServiceSink:
     """
 
     def __init__(self, service: TrainingService, trial_id: str) -> None:  # type: ignore[type-arg]
-        self.service = service
+        self.reporter = service.reporter
         self.trial_id = trial_id
         #: Set by the platform before it stops the trial: the status the exit then means.
         self.cancel_status: TrialJobStatus | None = None
 
-    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
-        detail = self.service._get(self.trial_id)
+    async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+        detail = self.reporter.detail(self.trial_id)
         if host and detail.host is None:
-            detail.host = host
+            self.reporter.note(self.trial_id, host=host)
         if detail.status is TrialJobStatus.WAITING:
-            self.service._set_status(self.trial_id, TrialJobStatus.RUNNING, when=start_time_ms)
+            self.reporter.running(self.trial_id, when=start_time_ms)
 
-    def on_records(self, records: list[tuple[int, str]]) -> None:
+    async def on_records(self, records: list[tuple[int, str]]) -> int:
+        accepted = 0
         for _seq, data in records:
-            self.service._deliver_metric(self.trial_id, data)
+            try:
+                await self.reporter.metric(self.trial_id, data)
+            except MetricRefused as exc:
+                log.warning("%s", exc)
+                break
+            accepted += 1
+        return accepted
 
-    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
         if self.cancel_status is not None:
-            self.service._set_status(
+            await self.reporter.ended(
                 self.trial_id, self.cancel_status, message="Cancelled.", exit_code=exit_code, when=end_time_ms
             )
         elif exit_code == 0:
-            self.service._set_status(self.trial_id, TrialJobStatus.SUCCEEDED, exit_code=0, when=end_time_ms)
+            await self.reporter.ended(self.trial_id, TrialJobStatus.SUCCEEDED, exit_code=0, when=end_time_ms)
         else:
-            self.service._set_status(
+            await self.reporter.ended(
                 self.trial_id,
                 TrialJobStatus.FAILED,
                 message=f"The trial command exited with code {exit_code}.",
@@ -154,13 +194,12 @@ class ServiceSink:
                 when=end_time_ms,
             )
 
-    def on_lost(self, message: str) -> None:
-        self.service._set_status(self.trial_id, TrialJobStatus.UNKNOWN, message=message)
+    async def on_lost(self, message: str) -> None:
+        self.reporter.unknown(self.trial_id, message)
 
-    def on_heartbeat(self) -> None:
-        detail = self.service._get(self.trial_id)
-        if detail.status is TrialJobStatus.UNKNOWN:
-            self.service._set_status(self.trial_id, TrialJobStatus.RUNNING, message="The trial's keeper is back.")
+    async def on_heartbeat(self) -> None:
+        if self.reporter.status(self.trial_id) is TrialJobStatus.UNKNOWN:
+            self.reporter.running(self.trial_id, message="The trial's keeper is back.")
 
-    def on_rejected(self, message: str) -> None:
-        self.service._set_status(self.trial_id, TrialJobStatus.FAILED, message=message, infrastructure_failure=True)
+    async def on_rejected(self, message: str) -> None:
+        await self.reporter.ended(self.trial_id, TrialJobStatus.FAILED, message=message, infrastructure_failure=True)

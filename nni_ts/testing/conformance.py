@@ -21,7 +21,14 @@ through pid files under a directory the tests create, so the platform's trials m
 machine (true of every platform tested against local fakes: sshd on loopback, the fake cluster).
 
 Class attributes tune the kit for slow platforms: ``timeout`` (seconds for one trial to finish)
-and ``concurrency`` (trials run at once in the concurrency test).
+and ``concurrency`` (trials run at once in the concurrency test). Two say what the platform can do,
+and the kit checks the promised behaviour either way (never skips): ``supports_reattach`` (a
+restarted manager takes over a trial with ``reattach_trial_job``; without it, the trial ends FAILED
+as an infrastructure failure) and ``supports_update`` (``update_trial_job`` on a running trial;
+without it, :class:`~nni_ts.errors.TrialStateError`).
+
+``make`` must return services that share their experiment directory (the re-attach test builds a
+second service, as a restarted manager would).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from typing import Any
 import psutil
 import pytest
 
-from ..errors import InvalidStateError, TrialNotFoundError
+from ..errors import InvalidStateError, TrialNotFoundError, TrialStateError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..training_service import TrainingService
 
@@ -82,6 +89,10 @@ KIT_TRIAL = textwrap.dedent(
         nni.report_final_result(1.0)
     elif mode == "echo":
         nni.report_final_result({"default": 1.0, "params": params, "argv": sys.argv[1:]})
+    runs = params.get("runs_file")
+    if runs:
+        with open(runs, "a") as fh:
+            fh.write(nni.get_trial_id() + "\n")
     """
 )
 
@@ -177,6 +188,8 @@ class TrainingServiceConformance:
 
     timeout: float = 60.0
     concurrency: int = 50
+    supports_reattach: bool = True
+    supports_update: bool = False
 
     @pytest.fixture
     def service_factory(self) -> Callable[..., TrainingService[Any]]:
@@ -447,6 +460,134 @@ class TrainingServiceConformance:
             await wait_for_status(service, d.id, timeout=self.timeout)
         for d in details:
             assert [json.loads(m.data)["trial_job_id"] for m in rec.of(d.id)] == [d.id]
+
+    # ------------------------------------------------------------------ lifecycle races
+
+    async def test_concurrent_starts_and_clean_up_during_start(
+        self, service_factory: Callable[..., TrainingService[Any]], code_dir: Path
+    ) -> None:
+        svc = service_factory(code_dir, "python3 kit_trial.py")
+        await asyncio.gather(svc.start(), svc.start())
+        assert svc.state.value == "running"
+        await svc.clean_up()
+        other = service_factory(code_dir, "python3 kit_trial.py")
+        starting = asyncio.create_task(other.start())
+        await asyncio.sleep(0)  # start() is under way
+        await other.clean_up()
+        await starting
+        assert other.state.value == "stopped"  # never RUNNING after a clean-up
+        with pytest.raises(InvalidStateError):
+            await other.submit_trial_job(form({"mode": "ok"}))
+
+    async def test_clean_up_while_submitting_cancels_the_new_trials(
+        self, service_factory: Callable[..., TrainingService[Any]], code_dir: Path, pid_dir: Path
+    ) -> None:
+        svc = service_factory(code_dir, "python3 kit_trial.py")
+        await svc.start()
+        submits = [
+            asyncio.create_task(svc.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}, i)))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0)
+        await svc.clean_up()
+        results = await asyncio.gather(*submits, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                assert isinstance(result, InvalidStateError), result
+            else:
+                assert (await svc.get_trial_job(result.id)).status.is_terminal
+        await asyncio.sleep(0.2)
+        pids = [int(p) for f in pid_dir.iterdir() for p in f.read_text().split()]
+        assert [p for p in pids if _alive(p)] == []
+
+    # ------------------------------------------------------------------ durable before acknowledged
+
+    async def test_refused_records_come_again_exactly_once(self, service: TrainingService[Any]) -> None:
+        """A listener that refuses (its store is failing) gets every record again until it accepts;
+        in the end each record is accepted once, in order, before the terminal status."""
+        accepted: list[tuple[str, int, str]] = []
+        refusals = {"left": 3}
+
+        def flaky_store(metric: TrialJobMetric) -> None:
+            if refusals["left"] > 0:
+                refusals["left"] -= 1
+                raise OSError("database is locked")
+            accepted.append((metric.trial_job_id, metric.sequence, metric.data))
+
+        service.add_trial_job_metric_listener(flaky_store)
+        detail = await service.submit_trial_job(form({"mode": "ok", "n": 4}))
+        done = await wait_for_status(service, detail.id, timeout=self.timeout)
+        assert done.status is TrialJobStatus.SUCCEEDED, done.message
+        mine = [a for a in accepted if a[0] == detail.id]
+        assert [seq for _, seq, _ in mine] == list(range(5))
+        kinds = [json.loads(data)["type"] for _, _, data in mine]
+        assert kinds == ["PERIODICAL"] * 4 + ["FINAL"]
+        assert refusals["left"] == 0
+
+    # ------------------------------------------------------------------ re-attach, UNKNOWN, update
+
+    async def test_reattach_after_a_restart_never_reruns(
+        self, service_factory: Callable[..., TrainingService[Any]], code_dir: Path, tmp_path: Path
+    ) -> None:
+        """A second service (a restarted manager) takes over a trial as it was persisted while it ran:
+        it delivers only the records after those already delivered, then the end; it never re-runs it."""
+        runs = tmp_path / "runs.txt"
+        first = service_factory(code_dir, "python3 kit_trial.py")
+        snapshots: list[TrialJobDetail] = []
+        first.events.on("trial_status", lambda d: snapshots.append(d) if d.status is TrialJobStatus.RUNNING else None)
+        async with first:
+            detail = await first.submit_trial_job(form({"mode": "ok", "n": 4, "runs_file": str(runs)}))
+            done = await wait_for_status(first, detail.id, timeout=self.timeout)
+            assert done.status is TrialJobStatus.SUCCEEDED, done.message
+            # What a store would hold had the manager died while the trial ran: RUNNING, 2 records in.
+            persisted = (snapshots[0] if snapshots else done).model_copy(deep=True)
+            persisted.platform_data = done.platform_data
+            persisted.status, persisted.end_time, persisted.exit_code = TrialJobStatus.RUNNING, None, None
+            second = service_factory(code_dir, "python3 kit_trial.py")
+            async with second:
+                rec = _Recorder(second)
+                again = await second.reattach_trial_job(persisted, metrics_delivered=2)
+                assert again.id == detail.id
+                ended = await wait_for_status(second, detail.id, timeout=self.timeout)
+                if self.supports_reattach:
+                    assert ended.status is TrialJobStatus.SUCCEEDED, ended.message
+                    assert [m.sequence for m in rec.of(detail.id)] == [2, 3, 4]
+                    assert json.loads(rec.of(detail.id)[-1].data)["type"] == "FINAL"
+                else:
+                    assert ended.status is TrialJobStatus.FAILED and ended.infrastructure_failure
+                with pytest.raises(TrialStateError):
+                    await second.reattach_trial_job(persisted)  # already known
+        assert runs.read_text().split() == [detail.id]  # it ran once
+
+    async def test_unknown_comes_back_and_can_be_cancelled(self, service: TrainingService[Any], pid_dir: Path) -> None:
+        detail = await service.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}))
+        pids = await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        await wait_for_status(service, detail.id, timeout=self.timeout, status=TrialJobStatus.RUNNING)
+        assert service.reporter.unknown(detail.id, "the kit lost sight of it")
+        assert (await service.get_trial_job(detail.id)).status is TrialJobStatus.UNKNOWN
+        assert service.reporter.running(detail.id, message="back")
+        assert service.reporter.unknown(detail.id, "lost again")
+        await service.cancel_trial_job(detail.id)  # an UNKNOWN trial can always be cancelled
+        done = await wait_for_status(service, detail.id, timeout=self.timeout)
+        assert done.status is TrialJobStatus.USER_CANCELED
+        assert [p for p in pids if _alive(p)] == []
+
+    async def test_update(self, service: TrainingService[Any], pid_dir: Path) -> None:
+        detail = await service.submit_trial_job(form({"mode": "sleep", "seconds": 30, "pid_dir": str(pid_dir)}))
+        await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        new = form({"mode": "sleep", "seconds": 1}, 0, parameter_id=99)
+        if self.supports_update:
+            updated = await service.update_trial_job(detail.id, new)
+            assert updated.form == new
+        else:
+            with pytest.raises(TrialStateError, match="does not support"):
+                await service.update_trial_job(detail.id, new)
+            assert (await service.get_trial_job(detail.id)).form == detail.form
+        with pytest.raises(TrialNotFoundError):
+            await service.update_trial_job("no-such-trial", new)
+        await service.cancel_trial_job(detail.id)
+        with pytest.raises(TrialStateError):
+            await service.update_trial_job(detail.id, new)  # finished
 
     def test_kit_trial_script_is_valid_python(self) -> None:
         compile(KIT_TRIAL, "kit_trial.py", "exec")

@@ -189,7 +189,9 @@ class FlakyLocal(LocalTrainingService):
         pid = json.loads(detail.form.hyper_parameters.value)["parameter_id"]
         if pid not in self.seen:
             self.seen.add(pid)
-            self._set_status(detail.id, TrialJobStatus.FAILED, message="host lost", infrastructure_failure=True)
+            await self.reporter.ended(
+                detail.id, TrialJobStatus.FAILED, message="host lost", infrastructure_failure=True
+            )
             return
         await super()._submit(detail)
 
@@ -214,7 +216,7 @@ async def test_infrastructure_failures_are_retried_apart(code: Path, tmp_path: P
 async def test_infra_retries_are_bounded(code: Path, tmp_path: Path) -> None:
     class AlwaysLost(LocalTrainingService):
         async def _submit(self, detail: TrialJobDetail) -> None:
-            self._set_status(detail.id, TrialJobStatus.FAILED, message="gone", infrastructure_failure=True)
+            await self.reporter.ended(detail.id, TrialJobStatus.FAILED, message="gone", infrastructure_failure=True)
 
     tuner = ListTuner([{"x": 0.1}])
     service = AlwaysLost({"trialCommand": "true"}, experiment_dir=tmp_path / "exp")

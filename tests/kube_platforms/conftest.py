@@ -4,6 +4,7 @@ export mapped to a local directory, and factories for both platforms' services."
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -108,6 +109,9 @@ def make_service(cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: 
     def make(code_dir: Path, command: str, **overrides: Any) -> Any:
         kwargs = overrides.pop("service_kwargs", {})
         kwargs.setdefault("experiment_dir", tmp_path / "exp")
+        # One experiment per test: a second service of the same test (a restarted manager) re-attaches
+        # to the first one's jobs, as a resumed experiment does.
+        kwargs.setdefault("experiment_id", "K8s" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:8])
         if platform == "kubeflow":
             return KubeflowTrainingService(kubeflow_config(cluster, nfs_dir, code_dir, command, **overrides), **kwargs)
         return FrameworkControllerTrainingService(fc_config(cluster, nfs_dir, code_dir, command, **overrides), **kwargs)

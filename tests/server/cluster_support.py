@@ -31,33 +31,39 @@ class RecordingSink:
         self.heartbeats = 0
         self.events: list[str] = []
         self._waiters: list[tuple[int, asyncio.Event]] = []
+        #: When set, accept only this many records in all (the store is "full"); the rest is refused.
+        self.refuse_after: int | None = None
 
-    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+    async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
         self.events.append("started")
         self.started.set()
 
-    def on_records(self, records: list[tuple[int, str]]) -> None:
+    async def on_records(self, records: list[tuple[int, str]]) -> int | None:
         assert not self.exited.is_set(), "a record came after the exit"
-        self.records.extend(records)
+        take = len(records)
+        if self.refuse_after is not None:
+            take = max(0, min(take, self.refuse_after - len(self.records)))
+        self.records.extend(records[:take])
         for n, event in self._waiters:
             if len(self.records) >= n:
                 event.set()
+        return take
 
-    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
         assert self.exit is None, "the exit was delivered twice"
         self.events.append("exited")
         self.exit = (exit_code, end_time_ms)
         self.exited.set()
 
-    def on_lost(self, message: str) -> None:
+    async def on_lost(self, message: str) -> None:
         self.events.append("lost")
         self.lost.set()
 
-    def on_heartbeat(self) -> None:
+    async def on_heartbeat(self) -> None:
         self.events.append("heartbeat")
         self.heartbeats += 1
 
-    def on_rejected(self, message: str) -> None:
+    async def on_rejected(self, message: str) -> None:
         self.rejected.append(message)
 
     async def wait_count(self, n: int, timeout: float = 60.0) -> None:

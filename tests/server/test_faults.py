@@ -139,12 +139,12 @@ async def test_sigkilled_keeper_then_journal_fallback(server: ClusterServer, tri
     assert len(sink.records) < n  # the rest never reached the server
     records = recover_records(str(trial_dir), "K1", 1)
     assert records == read_journal(str(trial_dir / ".nni-ts" / "journal"), "K1", 1)
-    server.feed("K1", records)
-    server.feed("K1", records)  # reading the journal twice delivers nothing twice
+    await server.feed("K1", records)
+    await server.feed("K1", records)  # reading the journal twice delivers nothing twice
     sink.check_exactly([record_text("K1", i) for i in range(n)])
     assert read_exit(str(trial_dir), "K1", 1) is None  # it died before the trial's end was reported
-    assert not server.finish("K1", 0, 0, n + 1)  # an exit is held until every record is in
-    assert server.finish("K1", 0, 0, n)
+    assert not await server.finish("K1", 0, 0, n + 1)  # an exit is held until every record is in
+    assert await server.finish("K1", 0, 0, n)
     assert sink.exit == (0, 0)
 
 
@@ -213,3 +213,31 @@ async def test_sigterm_stops_the_whole_group_and_reports(server: ClusterServer, 
         await sink.exited.wait()
     assert sink.exit is not None and sink.exit[0] == code
     assert not psutil.pid_exists(child_pid) or psutil.Process(child_pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_store_refusing_for_a_while_loses_and_duplicates_nothing(trial_dir: Path) -> None:
+    """A real keeper whose records the manager cannot store for a while (the sink refuses, as a full
+    disk or a locked database would make it): the keeper keeps them and resends; afterwards every
+    record is stored exactly once, in order, and the exit comes after them."""
+    n = 300
+    sink = RecordingSink()
+    sink.refuse_after = 40
+    async with ClusterServer(heartbeat_timeout=30.0) as server:
+        server.register("S1", sink)
+        proc = await start_keeper(
+            trial_dir, "S1", trial_command(trial_dir, n), server_url=server.url, token=server.token_for("S1")
+        )
+        try:
+            await sink.wait_count(40)
+            await asyncio.sleep(0.5)  # the keeper posts (and is refused) several times meanwhile
+            assert len(sink.records) == 40 and not sink.exited.is_set()
+            sink.refuse_after = None
+            assert await wait_exit(proc) == 0
+            async with asyncio.timeout(10):
+                await sink.exited.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    sink.check_exactly([record_text("S1", i) for i in range(n)])
+    assert sink.events[-1] == "exited"

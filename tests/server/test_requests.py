@@ -107,7 +107,7 @@ async def test_duplicates_and_out_of_order_batches(server: ClusterServer) -> Non
     sink.check_exactly(text)
     assert sink.exit == (0, 5)
     # Journal records fed by the platform go through the same de-duplication.
-    assert server.feed("O1", list(enumerate(text))) == 0
+    assert await server.feed("O1", list(enumerate(text))) == 0
 
 
 async def test_openapi_is_served(server: ClusterServer) -> None:
@@ -134,3 +134,36 @@ def test_tokens_and_arguments() -> None:
         ClusterServer(max_body=10)
     with pytest.raises(KeyError, match="not registered"):
         a.channel("nope")
+
+
+async def test_refused_records_are_not_acknowledged(small_server: ClusterServer) -> None:
+    """Durable before acknowledged: a record the sink did not store is not covered by next_seq, so
+    the keeper resends it; once the sink accepts again, every record is stored once."""
+    server = small_server
+    sink = RecordingSink()
+    sink.refuse_after = 2
+    server.register("F1", sink)
+    status, ack = await post(server, "F1", report([(0, "a"), (1, "b"), (2, "c"), (3, "d")]))
+    assert status == 200 and ack["next_seq"] == 2  # c and d were refused
+    status, ack = await post(
+        server, "F1", report([(2, "c"), (3, "d")], exited={"exit_code": 0, "end_time_ms": 1, "record_count": 4})
+    )
+    assert ack == {"next_seq": 2, "exit_accepted": False}  # the exit waits for the refused records
+    sink.refuse_after = None
+    status, ack = await post(
+        server, "F1", report([(2, "c"), (3, "d")], exited={"exit_code": 0, "end_time_ms": 1, "record_count": 4})
+    )
+    assert ack == {"next_seq": 4, "exit_accepted": True}
+    sink.check_exactly(["a", "b", "c", "d"])
+
+
+async def test_a_sink_that_raises_gets_no_acknowledgement(small_server: ClusterServer) -> None:
+    server = small_server
+
+    class Broken(RecordingSink):
+        async def on_records(self, records: list[tuple[int, str]]) -> int | None:
+            raise OSError("database is locked")
+
+    server.register("F2", Broken())
+    status, ack = await post(server, "F2", report([(0, "a")]))
+    assert status == 200 and ack["next_seq"] == 0

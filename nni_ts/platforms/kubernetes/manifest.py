@@ -9,8 +9,6 @@ a trial's objects) and an ownerReference to the anchor: deleting the anchor garb
 from __future__ import annotations
 
 import base64
-import json
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,18 +245,3 @@ def container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": STORAGE_VOLUME, "mountPath": MOUNT_PATH}, *(extra_mounts or [])],
     }
-
-
-def trial_command(base: str, parameters_json: str, *, prepare: str | None = None, as_args: bool = False) -> str:
-    """The shell command a trial runs: the prepare command first, the hyper-parameters appended as
-    ``--name=value`` (shell-quoted) when ``as_args``."""
-    command = base
-    if as_args:
-        data = json.loads(parameters_json)
-        params = data.get("parameters") if isinstance(data, dict) else None
-        if isinstance(params, dict):
-            args = [shlex.quote(f"--{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in params.items()]
-            command = " ".join([command, *args])
-    if prepare:
-        command = f"{prepare}\n{command}"
-    return command

@@ -39,10 +39,10 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 
 from ...config.kubernetes import KubernetesPlatformConfig
-from ...errors import ConfigError, PlatformError, TemporaryError
+from ...errors import ConfigError, MetricRefused, PlatformError, TemporaryError
 from ...models import TrialJobDetail, TrialJobStatus
 from ...server import ClusterServer
-from ...training_service import TrainingService
+from ...training_service import TrainingService, trial_shell_command
 from . import manifest as mf
 from .client import JSON, KubeApiError, KubeClient, load_client
 from .lifecycle import Facts, Names, Phase, check_transition, decide
@@ -146,28 +146,36 @@ class _Sink:
         self.service = service
         self.trial = trial
 
-    def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
-        if host and self.trial.detail.host is None:
-            self.trial.detail.host = host
+    async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+        reporter = self.service.reporter
+        if host and reporter.detail(self.trial.id).host is None:
+            reporter.note(self.trial.id, host=host)
         self.service._post(self.trial, _Event("keeper_started", text=str(start_time_ms)))
 
-    def on_records(self, records: list[tuple[int, str]]) -> None:
+    async def on_records(self, records: list[tuple[int, str]]) -> int:
+        accepted = 0
         for _seq, data in records:
-            self.service._deliver_metric(self.trial.id, data)
+            try:
+                await self.service.reporter.metric(self.trial.id, data)
+            except MetricRefused as exc:
+                log.warning("%s", exc)
+                break
+            accepted += 1
+        return accepted
 
-    def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
         if self.trial.facts.keeper_exit is None:
             self.trial.facts.keeper_exit = exit_code
             self.trial.end_ms = end_time_ms
         self.service._post(self.trial, _Event("keeper_exited"))
 
-    def on_lost(self, message: str) -> None:
+    async def on_lost(self, message: str) -> None:
         self.service._post(self.trial, _Event("keeper_lost", text=message))
 
-    def on_heartbeat(self) -> None:
+    async def on_heartbeat(self) -> None:
         self.service._post(self.trial, _Event("heartbeat"))
 
-    def on_rejected(self, message: str) -> None:
+    async def on_rejected(self, message: str) -> None:
         self.service._post(self.trial, _Event("fail", text=message, status=TrialJobStatus.FAILED))
 
 
@@ -212,7 +220,6 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._watchers: list[Watcher] = []
         self._job_watch: Watcher | None = None
         self._pod_watch: Watcher | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._anchor_watch: Watcher | None = None
         self._event_watch: Watcher | None = None
         self._anchor_task: asyncio.Task[Any] | None = None
@@ -411,7 +418,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             return
         if kind == "DELETED" or obj["metadata"].get("deletionTimestamp"):
             if self._anchor_task is None or self._anchor_task.done():
-                self._anchor_task = self._spawn(self._anchor_lost(), f"nni-ts-{self.platform_name}-anchor")
+                self._anchor_task = self.tasks.spawn(self._anchor_lost(), name=f"nni-ts-{self.platform_name}-anchor")
 
     async def _anchor_lost(self) -> None:
         """Someone deleted the experiment's anchor: its jobs are being garbage-collected. Recreate it (and
@@ -594,11 +601,14 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             env=dict(trial.detail.form.env),
         )
 
-    def _command_for(self, base: str, detail: TrialJobDetail) -> str:
+    def _role_command(self, base: str, detail: TrialJobDetail) -> str:
+        """The shell command of one role: the reporting role runs :meth:`trial_command` (the form's
+        command, else its own), the others their role's command, with the same prepare command and
+        arguments."""
         cfg = self.config
-        return mf.trial_command(
+        return trial_shell_command(
             base,
-            detail.form.hyper_parameters.value,
+            detail.form.parameters(),
             prepare=cfg.trial_prepare_command,
             as_args=cfg.hyperparameters_as_args,
         )
@@ -611,7 +621,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             await asyncio.shield(self._anchor_task)  # new jobs need the new anchor's uid
         if not self._swept:
             self._swept = True
-            self._spawn(self._sweep_orphans(), f"nni-ts-{self.platform_name}-sweep")
+            self.tasks.spawn(self._sweep_orphans(), name=f"nni-ts-{self.platform_name}-sweep")
         trial = _Trial(detail=detail, job=self._job_name(detail.id))
         detail.working_directory = self.stager.trial_location(detail.id)
         detail.platform_data = {"job": trial.job, "namespace": self.namespace, "kind": self.plural, "attempt": 1}
@@ -633,7 +643,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 self._untrack(trial)
                 if exc.status in (400, 403, 422):
                     trial.phase = Phase.CONCLUDED
-                    self._set_status(
+                    await self.reporter.ended(
                         detail.id,
                         TrialJobStatus.FAILED,
                         message=f"The cluster refused the {self.kind} of this trial: {exc.api_message}",
@@ -648,7 +658,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._start_worker(trial)
 
     def _start_worker(self, trial: _Trial) -> None:
-        self._spawn(self._run_trial(trial), f"nni-ts-{self.platform_name}-trial-{trial.id}")
+        self.tasks.spawn(self._run_trial(trial), name=f"nni-ts-{self.platform_name}-trial-{trial.id}")
 
     def _untrack(self, trial: _Trial) -> None:
         self._by_job.pop(trial.job, None)
@@ -663,18 +673,6 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             for pod in list(self._pod_watch.cache.values()):
                 if (pod["metadata"].get("labels") or {}).get(LABEL_TRIAL) == trial.label:
                     self._on_pod_event("MODIFIED", pod)
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("Background task %s failed.", t.get_name(), exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
 
     async def _sweep_orphans(self) -> None:
         """Delete the jobs of this experiment that no trial owns: leftovers of a run that crashed."""
@@ -774,7 +772,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 log.exception("Trial %s: handling a %s event failed; the trial fails.", trial.id, event.kind)
                 if not trial.done.is_set():
                     trial.facts.forced = (f"nni-ts failed while handling a {event.kind} event of the trial.", True)
-                    self._conclude(trial)
+                    await self._conclude(trial)
 
     # ------------------------------------------------------------------ events: one trial's worker
 
@@ -795,8 +793,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             message = f"{ev.text}: {ev.obj.get('message') or ''}".strip()
             if message not in facts.warnings:
                 facts.warnings.append(message)
-            if trial.detail.status is TrialJobStatus.WAITING:
-                trial.detail.message = f"Waiting: {message}"
+            self.reporter.waiting(trial.id, f"Waiting: {message}")
             kind = (ev.obj.get("involvedObject") or {}).get("kind")
             if ev.text in self._CANNOT_CREATE and kind == self.kind and phase is Phase.ACTIVE:
                 facts.cannot_create = str(ev.obj.get("message") or ev.text)
@@ -807,7 +804,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         elif ev.kind == "keeper_exited":
             if phase is Phase.ACTIVE:
                 if facts.job_final is not None or trial.job_gone:
-                    self._conclude(trial)
+                    await self._conclude(trial)
                 else:
                     # Wait (bounded) for the job's final state: the trial holds its slot until its job has
                     # ended, and an OOM kill or an eviction is not missed.
@@ -820,10 +817,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             if phase is Phase.ACTIVE:
                 self._keeper_lost(trial, ev.text)
         elif ev.kind == "heartbeat":
-            if trial.detail.status is TrialJobStatus.UNKNOWN:
-                self._set_status(trial.id, TrialJobStatus.RUNNING, message="The trial's keeper is back.")
+            if self.reporter.status(trial.id) is TrialJobStatus.UNKNOWN:
+                self.reporter.running(trial.id, message="The trial's keeper is back.")
         elif ev.kind == "pending_timeout":
-            if phase is Phase.ACTIVE and trial.detail.status is TrialJobStatus.WAITING:
+            if phase is Phase.ACTIVE and self.reporter.status(trial.id) is TrialJobStatus.WAITING:
                 limit = self.config.pending_timeout
                 why = facts.problem.message if facts.problem else facts.warnings[-1] if facts.warnings else None
                 facts.forced = (
@@ -846,7 +843,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             if phase is Phase.STOPPING:
                 log.warning("The pods of %s %s are still there after the grace period.", self.kind, trial.job)
                 await self._read_back(trial)
-                self._conclude(trial)
+                await self._conclude(trial)
 
     async def _on_job(self, trial: _Trial, kind: str, obj: JSON) -> None:
         facts = trial.facts
@@ -864,7 +861,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         if view.finished and facts.job_final is None:
             facts.job_final = view
             if trial.phase is Phase.SETTLING:
-                self._conclude(trial)
+                await self._conclude(trial)
             elif trial.phase is Phase.ACTIVE:
                 await self._finish(trial)
 
@@ -896,8 +893,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         problem = pod_problem(pod)
         if problem is not None and (facts.problem is None or problem.kind in ("evicted", "oom")):
             facts.problem = problem
-            if trial.detail.status is TrialJobStatus.WAITING:
-                trial.detail.message = f"Waiting: {problem.message}"
+            self.reporter.waiting(trial.id, f"Waiting: {problem.message}")
         if name == trial.primary_pod:
             code = terminated_exit_code(pod)
             if code is not None:
@@ -911,9 +907,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 await self._stop(trial)
 
     def _mark_running(self, trial: _Trial, when: int | None = None) -> None:
-        if trial.detail.status is TrialJobStatus.WAITING:
-            self._set_status(trial.id, TrialJobStatus.RUNNING, message="", when=when)
-            trial.detail.message = None
+        if self.reporter.status(trial.id) is TrialJobStatus.WAITING:
+            self.reporter.running(trial.id, message="", when=when)
 
     def _keeper_lost(self, trial: _Trial, message: str) -> None:
         running = [p for p in trial.pods.values() if pod_phase(p) == "Running"]
@@ -921,9 +916,11 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             # The pods run, as the watch says: the network between them and the manager is the problem,
             # and the journal will bring the metrics when the job ends.
             log.warning("Trial %s: %s; its pods still run, the journal will be read when it ends.", trial.id, message)
-            trial.detail.message = f"{message} The pods still run; metrics will be read from the journal."
+            self.reporter.note(
+                trial.id, message=f"{message} The pods still run; metrics will be read from the journal."
+            )
             return
-        self._set_status(trial.id, TrialJobStatus.UNKNOWN, message=message)
+        self.reporter.unknown(trial.id, message)
 
     # ------------------------------------------------------------------ the end of a trial
 
@@ -947,7 +944,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         if trial.pods and facts.keeper_exit is not None and not trial.job_gone and facts.job_final is None:
             await self._stop(trial)  # a vanished job leaves no pods running: only defensive
             return
-        self._conclude(trial)
+        await self._conclude(trial)
 
     async def _pod_log_tail(self, pod: str, lines: int = 10) -> str:
         try:
@@ -972,9 +969,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         except KeyError:
             return
         if records:
-            channel.feed(records)
+            await channel.feed(records)
         if ended is not None:
-            channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
+            await channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
 
     async def _stop(self, trial: _Trial) -> None:
         """Stop and delete the job; the trial is concluded once its pods are gone (the pod watch says so)
@@ -997,10 +994,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         if trial.phase is not Phase.STOPPING or not trial.job_gone or trial.pods:
             return False
         await self._read_back(trial)
-        self._conclude(trial)
+        await self._conclude(trial)
         return True
 
-    def _conclude(self, trial: _Trial) -> None:
+    async def _conclude(self, trial: _Trial) -> None:
         """Decide the trial's terminal status from the facts (:func:`.lifecycle.decide`) and report it."""
         trial.move(Phase.CONCLUDED)
         trial.cancel_timers()
@@ -1009,13 +1006,12 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._by_label.pop(trial.label, None)
         with contextlib.suppress(KeyError):
             self.server.unregister(trial.id)
-        detail = trial.detail
-        if detail.status.is_terminal:
+        if self.reporter.status(trial.id).is_terminal:
             return
-        names = Names(self.kind, trial.job, detail.working_directory, trial.primary_pod)
+        names = Names(self.kind, trial.job, trial.detail.working_directory, trial.primary_pod)
         d = decide(trial.facts, names)
         end = trial.end_ms if trial.facts.keeper_exit is not None else None
-        self._set_status(
+        await self.reporter.ended(
             trial.id,
             d.status,
             message=d.message,
@@ -1039,10 +1035,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         return await self.stager.read_file(detail.id, name, tail)
 
     async def _clean_up(self) -> None:
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                async with asyncio.timeout(self.config.cancel_grace_period + 40):
-                    await asyncio.shield(task)
+        # The live trials were cancelled (concluded) before this: their workers have ended.
         self._closing = True
         if self.client is not None and self.anchor is not None:
             # Deleting the anchor garbage-collects every job, pod and Secret of the experiment.
@@ -1053,11 +1046,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         await self._close_resources()
 
     async def _close_resources(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.tasks.stop(timeout=self.config.cancel_grace_period + 40)
         for w in self._watchers:
             await w.stop()
         for trial in self._k8s.values():

@@ -532,9 +532,9 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
         records, ended = await asyncio.to_thread(write_and_read)
         channel = self.server.channel(tid)
-        channel.feed(records)
+        await channel.feed(records)
         if ended is not None:
-            channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
+            await channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
             return True
         return False
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ...tasks import TaskSupervisor
 from .api import Api
 from .apiserver import ApiServer
 from .builtin_crds import BUILTIN_CRDS
@@ -126,7 +127,7 @@ class FakeCluster:
         self.faults = Faults(self)
         self.controller_names = list(controllers)
         self._controllers: list[Any] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSupervisor("fake-cluster")
         self.kubeconfig = self.state_dir / "kubeconfig"
         self._started = False
 
@@ -138,24 +139,19 @@ class FakeCluster:
         await self.server.start()
         self.kubelet.api_port = self.server.port
         self._write_kubeconfig()
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self.api.run_gc(), name="fake-k8s-gc"))
-        self._tasks.append(loop.create_task(self.kubelet.run(), name="fake-k8s-kubelet"))
+        self._tasks.spawn(self.api.run_gc(), name="gc")
+        self._tasks.spawn(self.kubelet.run(), name="kubelet")
         self._controllers = make_controllers(self.api, self.controller_names)
         for ctl in self._controllers:
-            self._tasks.append(loop.create_task(ctl.run(), name=f"fake-k8s-{ctl.name}"))
+            self._tasks.spawn(ctl.run(), name=ctl.name)
         self.kubelet._wake.set()  # noqa: SLF001 - schedule pods created before start
         self._started = True
         return self
 
     async def close(self) -> None:
         """Stop the controllers, kill every pod's processes and stop the API server."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        tasks, self._tasks = self._tasks, TaskSupervisor("fake-cluster")
+        await tasks.stop(5)
         await self.kubelet.close()
         await self.server.stop()
         self._started = False

@@ -32,6 +32,8 @@ from typing import Any
 
 import psutil
 
+from ...processes import killpg, wait_pid
+from ...tasks import TaskSupervisor
 from .api import Api
 from .util import JSON, ApiError, LabelSelector, now_iso, parse_quantity
 
@@ -468,7 +470,7 @@ class PodRunner:
         with open(log_path, "ab") as out:
             try:
                 cwd.mkdir(parents=True, exist_ok=True)
-                c.proc = _Process(argv, out, cwd, env)
+                c.proc = _Process(argv, out, cwd, env, self.kubelet.tasks)
             except (OSError, ValueError) as exc:
                 out.write(f"failed to start the container command {argv!r}: {exc}\n".encode())
                 c.started_at = now_iso()
@@ -491,14 +493,13 @@ class PodRunner:
         watcher = None
         limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
         if limit is not None and self.kubelet.enforce_memory_limits:
-            watcher = asyncio.create_task(self._watch_memory(c, parse_quantity(limit)), name=f"oom-{self.name}")
+            watcher = self.kubelet.tasks.spawn(self._watch_memory(c, parse_quantity(limit)), name=f"oom-{self.name}")
         try:
             code = await c.proc.wait()
         finally:
             if watcher is not None:
                 watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+                await asyncio.wait([watcher])
         # The container ends when its main process does; take its process group down with it.
         c.proc.signal_all(signal.SIGKILL)
         if code < 0:
@@ -543,9 +544,7 @@ class PodRunner:
             await self._kill_all(signal.SIGKILL)
         self.done.set()
         if self.task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                async with asyncio.timeout(5):
-                    await asyncio.shield(self.task)
+            await asyncio.wait([self.task], timeout=5)  # never raises; the caller's cancellation still does
         for c in [*self.init_containers, *self.containers.values()]:
             if c.proc is not None and c.proc.returncode is None:
                 c.proc.signal_all(signal.SIGKILL)
@@ -679,9 +678,9 @@ class _ConfigError(Exception):
 
 class _Process:
     """A child process in its own session, awaited through a pidfd (no watcher thread per child) where
-    the platform has them, else through a thread."""
+    the platform has them, else through a thread (``nni_ts.processes.wait_pid``)."""
 
-    def __init__(self, argv: list[str], out: Any, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], out: Any, cwd: Path, env: dict[str, str], tasks: TaskSupervisor) -> None:
         # Every process of the container inherits this marker, so that, like a container runtime, the
         # kubelet can kill them all, including those that started their own session or were orphaned.
         self.marker = uuid.uuid4().hex
@@ -691,45 +690,25 @@ class _Process:
         )
         self.pid = self._popen.pid
         self.returncode: int | None = None
-        self._done: asyncio.Future[int] | None = None
+        self._tasks = tasks
+        self._waiter: asyncio.Task[int | None] | None = None
 
     async def wait(self) -> int:
         if self.returncode is not None:
             return self.returncode
-        if self._done is None:
-            loop = asyncio.get_running_loop()
-            self._done = loop.create_future()
-            pidfd_open = getattr(os, "pidfd_open", None)
-            fd = -1
-            if pidfd_open is not None:
-                with contextlib.suppress(OSError):
-                    fd = pidfd_open(self.pid)
-            if fd >= 0:
-
-                def on_exit() -> None:
-                    loop.remove_reader(fd)
-                    os.close(fd)
-                    self._finish()
-
-                loop.add_reader(fd, on_exit)
-            else:
-                task = asyncio.ensure_future(asyncio.to_thread(self._popen.wait))
-                task.add_done_callback(lambda _t: self._finish())
-        return await asyncio.shield(self._done)
+        if self._waiter is None:
+            self._waiter = self._tasks.spawn(wait_pid(self._popen, self.pid), name=f"wait-{self.pid}")
+        code = await asyncio.shield(self._waiter)
+        self.returncode = code if code is not None else self._popen.wait()
+        return self.returncode
 
     def signal_all(self, sig: int) -> None:
         """``sig`` to the container's process group; SIGKILL also reaches every other process it started."""
-        _killpg(self.pid, sig)
+        killpg(self.pid, sig)
         if sig == signal.SIGKILL:
             for pid in _pids_marked(self.marker):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-
-    def _finish(self) -> None:
-        code = self._popen.wait()
-        self.returncode = code
-        if self._done is not None and not self._done.done():
-            self._done.set_result(code)
 
 
 _BIND_PROBE: list[bool] = []
@@ -819,11 +798,6 @@ def _environ_marker(proc: psutil.Process) -> str | None:
     return value
 
 
-def _killpg(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
 class Kubelet:
     """Scheduler and kubelet for every node of the fake cluster."""
 
@@ -868,7 +842,8 @@ class Kubelet:
         self.usage: dict[str, dict[str, float]] = {}
         self.count: dict[str, int] = {}
         self._unschedulable_reason: dict[str, str] = {}
-        self._stop_tasks: set[asyncio.Task[None]] = set()
+        #: Owns the pods' runners, their memory watchers and process waiters, and pod stops.
+        self.tasks = TaskSupervisor("fake-kubelet")
         api.pod_deletion_hook = self._on_delete
         api.store.subscribe(self._on_event)
 
@@ -957,10 +932,7 @@ class Kubelet:
                 if pod is not None and pod["metadata"]["uid"] == runner.uid:
                     self.api.remove_now(self.pods_type, runner.namespace, runner.name)
 
-        task = asyncio.get_running_loop().create_task(stop(), name=f"kubelet-stop-{runner.name}")
-        self._stop_tasks.add(task)
-        task.add_done_callback(self._stop_tasks.discard)
-        return task
+        return self.tasks.spawn(stop(), name=f"stop-{runner.name}")
 
     # ------------------------------------------------------------- scheduling
 
@@ -1006,7 +978,7 @@ class Kubelet:
                 continue
             runner = PodRunner(self, pod)
             self.runners[uid] = runner
-            runner.task = asyncio.get_running_loop().create_task(runner.run(), name=f"pod-{name}")
+            runner.task = self.tasks.spawn(runner.run(), name=f"pod-{name}")
 
     def _place(self, pod: JSON, want: dict[str, float], nodes: list[JSON]) -> bool:
         selector = pod["spec"].get("nodeSelector") or {}
@@ -1162,13 +1134,10 @@ class Kubelet:
         """Kill every pod's processes (their whole process groups) and wait for them."""
         runners = list(self.runners.values())
         self.runners.clear()
-        await asyncio.gather(*(r.stop(0) for r in runners), return_exceptions=True)
-        for r in runners:
-            if r.task is not None and not r.task.done():
-                r.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await r.task
-        for task in list(self._stop_tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        results = await asyncio.gather(*(r.stop(0) for r in runners), return_exceptions=True)
+        for runner, result in zip(runners, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("Stopping pod %s failed: %r", runner.name, result)
+        # A fresh owner for a kubelet started again (an API server restart keeps the kubelet).
+        tasks, self.tasks = self.tasks, TaskSupervisor("fake-kubelet")
+        await tasks.stop(5)
