@@ -420,6 +420,24 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             if self._anchor_task is None or self._anchor_task.done():
                 self._anchor_task = self.tasks.spawn(self._anchor_lost(), name=f"nni-ts-{self.platform_name}-anchor")
 
+    async def _anchor_recovered(self) -> None:
+        """Make sure the anchor exists with the uid new jobs will name; recreate it if it is gone."""
+        assert self.anchor is not None
+        path = f"{self._collection('configmaps')}/{self.anchor['metadata']['name']}"
+        try:
+            current = await self.kube.request("GET", path)
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            if current["metadata"].get("uid") == self.anchor["metadata"].get("uid"):
+                return
+        if self._anchor_task is None or self._anchor_task.done():
+            self._anchor_task = self.tasks.spawn(self._anchor_lost(), name=f"nni-ts-{self.platform_name}-anchor")
+        await asyncio.shield(self._anchor_task)
+        if self._anchor_error is not None:
+            raise PlatformError(self._anchor_error)
+
     async def _anchor_lost(self) -> None:
         """Someone deleted the experiment's anchor: its jobs are being garbage-collected. Recreate it (and
         the Secrets it owned) so that new trials are not garbage-collected at once; the running trials'
@@ -480,12 +498,22 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 self._token_secret_ready = True
                 return
             self._token_secret_ready = True
-        await self.kube.request(
-            "PATCH",
-            f"{self._collection('secrets')}/{name}",
-            body={"data": {key: token}},
-            content_type="application/merge-patch+json",
-        )
+        try:
+            await self.kube.request(
+                "PATCH",
+                f"{self._collection('secrets')}/{name}",
+                body={"data": {key: token}},
+                content_type="application/merge-patch+json",
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            # The Secret is gone: so is the anchor, most likely (an API server back with a fresh store, the
+            # anchor deleted before the watch said so). Recreate them before the job, or the job would be
+            # garbage-collected at once for want of its owner.
+            await self._anchor_recovered()
+            self._token_secret_ready = False
+            await self._add_token(trial)
 
     def _token_secret_name(self) -> str:
         return secret_name(self.experiment_id, "tokens")
