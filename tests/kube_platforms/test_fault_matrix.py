@@ -148,3 +148,119 @@ async def test_a_pod_taken_away_is_an_infrastructure_failure(
         assert done.infrastructure_failure, done.message
         assert _values(metrics, trial_id) == [0.0]
         assert [m.sequence for m in metrics if m.trial_job_id == trial_id] == [0]
+
+
+# ---------------------------------------------------------------------- 3. the anchor or a job deleted
+
+
+async def test_the_anchor_deleted_is_recreated_and_the_budget_is_not_burnt(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    """Issue 13 #3: with the anchor gone, every new job was garbage-collected at once."""
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        trial_id, _pod = await _running_trial(svc, cluster, metrics)
+        anchor = svc.anchor["metadata"]
+        await asyncio.to_thread(_kubectl, cluster, "delete", "configmap", anchor["name"], "--wait=false")
+        done = await wait_for_status(svc, trial_id, timeout=TIMEOUT)
+        assert done.status is TrialJobStatus.FAILED and done.infrastructure_failure, done.message
+        await cluster.wait_for(
+            lambda c: (
+                (c.get("configmaps", anchor["name"]) or {}).get("metadata", {}).get("uid") not in (None, anchor["uid"])
+            ),
+            timeout=TIMEOUT,
+        )
+        for i in range(2):
+            after = await svc.submit_trial_job(form({"mode": "ok", "n": 1}, 10 + i))
+            finished = await wait_for_status(svc, after.id, timeout=TIMEOUT)
+            assert finished.status is TrialJobStatus.SUCCEEDED, finished.message
+
+
+async def test_a_job_deleted_by_hand(cluster: FakeCluster, make_service: Factory, code_dir: Path) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        trial_id, _pod = await _running_trial(svc, cluster, metrics)
+        job = (await svc.get_trial_job(trial_id)).platform_data["job"]
+        await asyncio.to_thread(_kubectl, cluster, "delete", svc.plural, job, "--wait=false")
+        done = await wait_for_status(svc, trial_id, timeout=TIMEOUT)
+        assert done.status is TrialJobStatus.FAILED and done.infrastructure_failure, done.message
+        assert _values(metrics, trial_id) == [0.0]
+
+
+# ---------------------------------------------------------------------- 5. pods that cannot be created
+
+
+@pytest.mark.parametrize("refusal", ["quota", "admission"])
+async def test_pods_that_cannot_be_created_fail_the_trial_in_seconds(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, refusal: str
+) -> None:
+    """Issue 13 #5: the reason comes from the job's and pods' Warning events, long before pendingTimeout."""
+    svc = make_service(code_dir, "python3 kit_trial.py", pendingTimeout=300)
+    if refusal == "quota":
+        cluster.faults.pod_quota(0)
+    else:
+        cluster.faults.deny_pods("images must come from registry.example")
+    async with svc:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        detail = await svc.submit_trial_job(form({"mode": "ok"}))
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        assert loop.time() - start < 20
+        assert done.status is TrialJobStatus.FAILED and not done.infrastructure_failure
+        expected = "exceeded quota: compute-quota" if refusal == "quota" else "denied the request"
+        assert expected in (done.message or ""), done.message
+
+
+# ---------------------------------------------------------------------- 6. the token
+
+
+async def test_the_token_is_not_readable_from_the_job_or_pod_spec(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        trial_id, pod = await _running_trial(svc, cluster, metrics)  # the keeper got its token: it reported
+        token = svc.server.token_for(trial_id)
+        job = (await svc.get_trial_job(trial_id)).platform_data["job"]
+        for text in (
+            await asyncio.to_thread(_kubectl, cluster, "get", svc.plural, job, "-o", "json"),
+            await asyncio.to_thread(_kubectl, cluster, "get", "pod", pod, "-o", "json"),
+        ):
+            assert token not in text
+            assert "secretKeyRef" in text
+        (secret,) = [
+            s for s in cluster.list("secrets", label_selector=f"nni-ts.io/experiment={svc.experiment_id}")
+            if s["metadata"]["name"] == svc._token_secret_name()
+        ]  # fmt: skip
+        assert secret["metadata"]["ownerReferences"][0]["uid"] == svc.anchor["metadata"]["uid"]
+        await svc.cancel_trial_job(trial_id)
+
+
+# ---------------------------------------------------------------------- 7. a slot until the job ended
+
+
+async def test_a_trial_ends_only_once_its_job_has_ended(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    """Issue 13 #7: SUCCEEDED came when worker-0's keeper reported, before its job ended, so more jobs ran
+    at once than trialConcurrency."""
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    seen: list[tuple[str, Any]] = []
+
+    def on_status(detail: Any) -> None:
+        if detail.status.is_terminal:
+            job = cluster.get(svc.plural, detail.platform_data["job"])
+            seen.append((detail.status.value, svc._job_view(job).phase if job is not None else "gone"))
+
+    svc.events.on("trial_status", on_status)
+    async with svc:
+        for i in range(3):
+            detail = await svc.submit_trial_job(form({"mode": "ok", "n": 1}, i))
+            await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+    assert seen == [("SUCCEEDED", "succeeded")] * 3

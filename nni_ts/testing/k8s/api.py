@@ -44,6 +44,9 @@ class Api:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.by_gr: dict[GR, ResourceType] = {}
         self.pod_deletion_hook: DeletionHook | None = None
+        #: Admission checks run on every create after validation: ``check(rtype, namespace, obj)`` raises
+        #: an ApiError to refuse (a quota, a validating webhook; see ``Faults``).
+        self.admission: list[Callable[[ResourceType, str, JSON], None]] = []
         #: Events recorded by the cluster itself are kept up to this number (the oldest go first).
         self.max_events = 10000
         self._events: deque[tuple[str, str]] = deque()
@@ -192,6 +195,8 @@ class Api:
             obj.pop("status", None)
         self._defaults(rtype, obj)
         self._validate_body(rtype, obj, field_validation, meta_causes)
+        for check in list(self.admission):
+            check(rtype, namespace, obj)
         if dry_run:
             return obj
         stored = self.store.put(gr, obj, added=True)
