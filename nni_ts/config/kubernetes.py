@@ -26,7 +26,8 @@ def parse_memory_mb(value: Any) -> int:
         return int(value)
     match = _MEMORY.match(str(value))
     if not match:
-        raise ValueError(f"expected a memory size such as 8192, '8g' or '512mb', got {value!r}")
+        # No "got ...": the loader appends the value given (issue 13 #7: "got 'lots' (got 'lots')").
+        raise ValueError("expected a memory size such as 8192, '8g' or '512mb'")
     number, unit = float(match.group(1)), match.group(2).lower()
     mb = int(number * _UNIT_MB[unit])
     if mb <= 0:

@@ -81,13 +81,20 @@ async def test_two_roles_each_with_two_tasks(
             code_dir,
             "python3 kit_trial.py",
             role={"replicas": 2},
-            ps={"replicas": 2, "command": "python3 hold.py", "memorySize": "256m", "cpuNumber": 0.5},
+            ps={
+                "replicas": 2,
+                "command": "python3 hold.py",
+                "memorySize": "256m",
+                "cpuNumber": 0.5,
+                "dockerImage": "python:3.11",
+            },
         )
     else:
         ps = {
             "name": "ps",
             "taskNumber": 2,
             "command": "python3 hold.py",
+            "dockerImage": "python:3.11",
             "memorySize": "256m",
             "cpuNumber": 0.5,
             "frameworkAttemptCompletionPolicy": {"minFailedTaskCount": 1, "minSucceededTaskCount": -1},

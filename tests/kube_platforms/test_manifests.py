@@ -225,7 +225,7 @@ def test_hyperparameters_as_arguments_and_prepare_command(tmp_path: Path) -> Non
     config = {
         "operator": "tf-operator",
         "storage": STORAGE,
-        "worker": {"command": "python3 t.py", "memorySize": 512},
+        "worker": {"command": "python3 t.py", "memorySize": 512, "dockerImage": "python:3.11"},
         "hyperparametersAsArgs": True,
         "trialPrepareCommand": "source venv/bin/activate",
     }
@@ -269,8 +269,8 @@ def test_namespace_must_be_a_dns_label(bad: str) -> None:
     from nni_ts.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DNS label"):
-        KubeflowTrainingService({"operator": "tf-operator", "storage": STORAGE, "namespace": bad,
-                                 "worker": {"command": "x", "memorySize": 1}})  # fmt: skip
+        worker = {"command": "x", "memorySize": 1, "dockerImage": "python:3.11"}
+        KubeflowTrainingService({"operator": "tf-operator", "storage": STORAGE, "namespace": bad, "worker": worker})
 
 
 # ---------------------------------------------------------------------- Azure file shares
@@ -285,7 +285,11 @@ AZURE = {
 
 
 def test_azure_file_share_volume(tmp_path: Path) -> None:
-    config = {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "python3 t.py", "memorySize": 512}}
+    config = {
+        "operator": "tf-operator",
+        "storage": AZURE,
+        "worker": {"command": "python3 t.py", "memorySize": 512, "dockerImage": "python:3.11"},
+    }
     svc = _offline(KubeflowTrainingService(config, experiment_id=EXP), tmp_path)
     body = _build(svc)
     _assert_valid(_schema("tfjobs"), body)
@@ -301,7 +305,11 @@ def test_azure_key_goes_into_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("NNI_TS_AZURE_STORAGE_KEY", "c2VjcmV0")
     storage = KubeflowTrainingService.config_class.model_validate(
-        {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "x", "memorySize": 1}}
+        {
+            "operator": "tf-operator",
+            "storage": AZURE,
+            "worker": {"command": "x", "memorySize": 1, "dockerImage": "python:3.11"},
+        }
     ).storage
     stager = azure.AzureStager(EXP, storage)
     stager._share = object()  # the SDK's client is not needed to build the Secret
@@ -321,7 +329,11 @@ def test_azure_without_its_sdk_or_cli_says_what_to_install(monkeypatch: pytest.M
 
     monkeypatch.setitem(sys.modules, "azure.storage.fileshare", None)
     storage = KubeflowTrainingService.config_class.model_validate(
-        {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "x", "memorySize": 1}}
+        {
+            "operator": "tf-operator",
+            "storage": AZURE,
+            "worker": {"command": "x", "memorySize": 1, "dockerImage": "python:3.11"},
+        }
     ).storage
     with pytest.raises(ConfigError, match=r"nni-ts\[azure\]"):
         azure.AzureStager(EXP, storage)._client()

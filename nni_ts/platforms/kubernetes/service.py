@@ -365,9 +365,11 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             await self._job_watch.wait_synced(60)
         except KubeApiError as exc:
             if exc.status == 404:
-                raise PlatformError(
-                    f"The cluster does not serve {self.plural}.{self.group}/{self.version} in namespace "
-                    f"{self.namespace}: {self._missing_crd_hint()} ({exc.api_message})"
+                # The cluster is not set up for this platform: the user's to fix (the CLI exits 2).
+                raise ConfigError(
+                    f"the cluster does not serve {self.plural}.{self.group}/{self.version} in namespace "
+                    f"{self.namespace}: {self._missing_crd_hint()} ({exc.api_message})",
+                    path="trainingService.platform",
                 ) from exc
             raise
         await self._pod_watch.wait_synced(60)
