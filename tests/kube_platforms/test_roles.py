@@ -72,7 +72,8 @@ async def test_framework_with_two_roles_and_the_barrier(
     cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path
 ) -> None:
     ps = {"name": "ps", "taskNumber": 1, "command": "python3 ps.py", "memorySize": "256m", "cpuNumber": 0.5,
-          "dockerImage": "python:3.11", "frameworkAttemptCompletionPolicy": {"minFailedTaskCount": 1, "minSucceededTaskCount": -1}}  # fmt: skip
+          "dockerImage": "python:3.11",
+          "frameworkAttemptCompletionPolicy": {"minFailedTaskCount": 1, "minSucceededTaskCount": -1}}  # fmt: skip
     config = fc_config(cluster, nfs_dir, code_dir, "python3 trial.py", extra_roles=[ps])
     svc = FrameworkControllerTrainingService(config, experiment_dir=tmp_path / "exp")
     metrics: list[TrialJobMetric] = []
