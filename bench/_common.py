@@ -113,3 +113,158 @@ async def service_turnover(svc: Any, trials: int, concurrency: int, *, warmup: b
     failed = [t for t in await svc.list_trial_jobs() if t.status is not TrialJobStatus.SUCCEEDED]
     assert not failed, failed[0].message
     return elapsed
+
+
+def _runqueue_wait_ms() -> float:
+    """How long this thread has waited for a CPU so far (Linux schedstat), in ms; 0 where unknown."""
+    import threading
+
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class LoopLag:
+    """The event loop's stalls: a task sleeps 1 ms again and again and records how late it wakes (ms).
+
+    ``lags`` is the lateness as measured; ``own`` is the same less the time the loop's thread waited
+    for a CPU meanwhile (other processes had it: scheduling noise of a shared machine, not a stall of
+    ours). ``async with LoopLag() as lag: ...`` then ``lag.summary()``. :func:`install_loop_lag` does
+    the same for every loop a process runs (the benchmarks put it in the ``nni-ts serve`` they start).
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self.own: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start, waited = loop.time(), _runqueue_wait_ms()
+            await asyncio.sleep(self.interval)
+            late = (loop.time() - start - self.interval) * 1000
+            self.lags.append(late)
+            self.own.append(max(0.0, late - (_runqueue_wait_ms() - waited)))
+
+    async def __aenter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="bench-loop-lag")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    def summary(self) -> str:
+        if not self.lags:
+            return "loop stall: no samples"
+        text = f"loop stall max {max(self.lags):.1f} ms p99 {percentile(self.lags, 99):.2f} ms"
+        if self.own:
+            text += f" (less CPU waits: max {max(self.own):.1f} ms p99 {percentile(self.own, 99):.2f} ms)"
+        return f"{text}, {len(self.lags)} samples"
+
+
+def install_loop_lag(out: str) -> None:
+    """Measure every event loop this process runs from now on; write ``{thread: [lags, own]}`` as JSON
+    to ``out`` twice a second and at exit (a process that is terminated keeps what was written)."""
+    import atexit
+    import threading
+
+    probes: dict[str, LoopLag] = {}
+    real_run_forever = asyncio.base_events.BaseEventLoop.run_forever
+
+    def run_forever(self: asyncio.base_events.BaseEventLoop) -> None:
+        probe = LoopLag()
+        probes[f"{threading.current_thread().name}-{len(probes)}"] = probe
+        self.call_soon(lambda: self.create_task(probe.run(), name="bench-loop-lag"))
+        real_run_forever(self)
+
+    def dump() -> None:
+        data = {name: [list(p.lags), list(p.own)] for name, p in list(probes.items())}
+        tmp = out + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, out)
+
+    def dumper() -> None:
+        while True:
+            time.sleep(0.5)
+            dump()
+
+    asyncio.base_events.BaseEventLoop.run_forever = run_forever  # type: ignore[method-assign]
+    threading.Thread(target=dumper, name="bench-loop-lag-dump", daemon=True).start()
+    atexit.register(dump)
+
+
+def loop_lag_report(path: str) -> str:
+    """One line per loop from what :func:`install_loop_lag` wrote (loops with under 50 samples are left out)."""
+    with open(path) as fh:
+        data: dict[str, list[list[float]]] = json.load(fh)
+    lines = []
+    for name, (lags, own) in data.items():
+        if len(lags) < 50:
+            continue
+        probe = LoopLag()
+        probe.lags, probe.own = lags, own
+        lines.append(f"{name}: {probe.summary()}")
+    return "; ".join(lines) or "no loop ran long enough to be measured"
+
+
+_IDLE_PROBE = """
+import asyncio, json, sys, threading
+lags, own = [], []
+def waited():
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
+async def main():
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(done.set)), daemon=True).start()
+    print("ready", flush=True)
+    while not done.is_set():
+        start, w = loop.time(), waited()
+        await asyncio.sleep(0.001)
+        late = (loop.time() - start - 0.001) * 1000
+        lags.append(late)
+        own.append(max(0.0, late - (waited() - w)))
+asyncio.run(main())
+print(json.dumps([lags, own]))
+"""
+
+
+class IdleLoopLag:
+    """The baseline of :class:`LoopLag`: the same probe in an idle event loop in another process,
+    over the same window. What it shows is the machine's scheduling noise (other processes taking
+    the CPU), which no code of ours can remove; the difference is the loop's own stalls."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.own: list[float] = []
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> IdleLoopLag:
+        import sys
+
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _IDLE_PROBE, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        assert self._proc.stdout is not None
+        await self._proc.stdout.readline()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        out, _ = await self._proc.communicate(b"")
+        self.lags, self.own = json.loads(out)
+
+    def summary(self) -> str:
+        probe = LoopLag()
+        probe.lags, probe.own = self.lags, self.own
+        return probe.summary()

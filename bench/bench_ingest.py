@@ -1,11 +1,19 @@
 """Ingestion: N concurrent trial keepers, each reporting R records/s for S seconds, to one ClusterServer.
 
 Trials start reporting together once all are up (start-up is not measured). Prints records lost or
-duplicated, delivery latency (from the trial's report call to the sink) p50/p99, and the server
-process's CPU share. Baseline, measured in the same run: the same trials writing to bare pipes read
-by this process (no keeper, no journal, no HTTP). The last line holds both.
+duplicated, delivery latency (from the trial's report call to the sink) p50/p99, the server
+process's CPU share, and the event loop's longest stalls (a task that sleeps 1 ms and records how
+late it wakes). Baseline, measured in the same run: the same trials writing to bare pipes read by
+this process (no keeper, no journal, no HTTP), and for the stalls an idle event loop in another
+process over the same window. The last line holds both.
 
-    python bench/bench_ingest.py [--keepers 100] [--rate 50] [--seconds 30]
+``--store`` makes the sink store every record in an experiment store (SQLite), as the experiment
+loop does: ``loop`` with synchronous calls on the event loop (how the loop wrote before the store
+had a writer thread), ``writer`` through ``AsyncStore`` (the sink acknowledges after the commit).
+``--contend`` adds another process that takes the database's write lock for 100 ms every 500 ms
+(another manager sharing ``$NNI_TS_HOME/nni-ts.db``, a large delete or checkpoint).
+
+    python bench/bench_ingest.py [--keepers 100] [--rate 50] [--seconds 30] [--store none|loop|writer] [--contend]
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import percentile  # noqa: E402
+from _common import IdleLoopLag, LoopLag, percentile  # noqa: E402
 
 import trial_keeper  # noqa: E402
 from nni_ts.server import ClusterServer  # noqa: E402
+from nni_ts.storage import Store, TrialRecord  # noqa: E402
 
 PARAMS = '{"parameter_id": 1, "parameter_source": "algorithm", "parameters": {}, "parameter_index": 0}'
 TRIAL = """
@@ -42,9 +51,23 @@ for i in range(n):
 """
 
 
+CONTEND = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+while True:
+    db.execute("BEGIN IMMEDIATE")
+    time.sleep(0.1)
+    db.execute("COMMIT")
+    time.sleep(0.4)
+"""
+
+
 class Sink:
-    def __init__(self, latencies: list[float]) -> None:
+    def __init__(self, latencies: list[float], trial_id: str, store: Store | None, mode: str) -> None:
         self.latencies = latencies
+        self.trial_id = trial_id
+        self.store = store
+        self.astore = store.asynchronous() if store is not None and mode == "writer" else None
         self.seqs: list[int] = []
         self.done = asyncio.Event()
 
@@ -52,6 +75,16 @@ class Sink:
         pass
 
     async def on_records(self, records: list[tuple[int, str]]) -> None:  # accepts all
+        if self.astore is not None:  # queued together, acknowledged after their commit
+            await asyncio.gather(
+                *(
+                    self.astore.add_metric("b", self.trial_id, q, type="PERIODICAL", value=None, data=d)
+                    for q, d in records
+                )
+            )
+        elif self.store is not None:  # on the event loop, one transaction each
+            for q, d in records:
+                self.store.add_metric("b", self.trial_id, q, type="PERIODICAL", value=None, data=d)
         now = time.time()
         for seq, data in records:
             self.seqs.append(seq)
@@ -76,7 +109,9 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def with_keepers(root: Path, keepers: int, rate: float, seconds: float) -> tuple[list[float], int, int, float]:
+async def with_keepers(
+    root: Path, keepers: int, rate: float, seconds: float, store: Store | None, mode: str, contend: bool
+) -> tuple[list[float], int, int, float, LoopLag, IdleLoopLag]:
     n = int(rate * seconds)
     start_at = time.time() + max(5.0, keepers * 0.1)
     latencies: list[float] = []
@@ -89,7 +124,11 @@ async def with_keepers(root: Path, keepers: int, rate: float, seconds: float) ->
             trial_dir = root / trial_id
             trial_dir.mkdir()
             (trial_dir / "parameter.cfg").write_text(PARAMS)
-            sink = Sink(latencies)
+            sink = Sink(latencies, trial_id, store, mode)
+            if store is not None:
+                store.insert_trial(
+                    TrialRecord(experiment_id="b", id=trial_id, sequence_id=k, parameter_id=k, parameters={})
+                )
             sinks.append(sink)
             server.register(trial_id, sink)
             procs.append(
@@ -100,18 +139,25 @@ async def with_keepers(root: Path, keepers: int, rate: float, seconds: float) ->
                     env=env, stdin=asyncio.subprocess.DEVNULL,
                 )
             )  # fmt: skip
+        contender = None
+        if contend:
+            assert store is not None, "--contend needs --store"
+            contender = await asyncio.create_subprocess_exec(sys.executable, "-c", CONTEND, str(store.path))
         await asyncio.sleep(max(0.0, start_at - time.time()))  # measure the reporting window only
         cpu0, t0 = cpu(), time.monotonic()
-        async with asyncio.timeout(seconds * 4 + 120):
+        async with IdleLoopLag() as idle, LoopLag() as lag, asyncio.timeout(seconds * 4 + 120):
             await asyncio.gather(*(p.wait() for p in procs))
             await asyncio.gather(*(s.done.wait() for s in sinks))
         cpu_s, wall = cpu() - cpu0, time.monotonic() - t0
+        if contender is not None:
+            contender.kill()
+            await contender.wait()
     lost = sum(n - len(set(s.seqs)) for s in sinks)
     dup = sum(len(s.seqs) - len(set(s.seqs)) for s in sinks)
     order_ok = all(s.seqs == list(range(n)) for s in sinks)
     if not order_ok:
         print("records out of order!", file=sys.stderr)
-    return latencies, lost, dup, cpu_s / wall
+    return latencies, lost, dup, cpu_s / wall, lag, idle
 
 
 async def bare_pipes(root: Path, keepers: int, rate: float, seconds: float) -> tuple[list[float], float]:
@@ -147,20 +193,34 @@ def main() -> None:
     parser.add_argument("--keepers", type=int, default=100)
     parser.add_argument("--rate", type=float, default=50.0, help="records per second per trial")
     parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--store", choices=["none", "loop", "writer"], default="none", help="store every record")
+    parser.add_argument("--contend", action="store_true", help="another process takes the store's write lock")
     args = parser.parse_args()
     import trial_keeper.records  # noqa: F401
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "trial.py").write_text(TRIAL)
-        lat, lost, dup, share = asyncio.run(with_keepers(root, args.keepers, args.rate, args.seconds))
+        store = None
+        if args.store != "none":
+            store = Store(root / "nni-ts.db")
+            store.create_experiment("b", name=None, platform="local", config={}, working_dir=root)
+        try:
+            lat, lost, dup, share, lag, idle = asyncio.run(
+                with_keepers(root, args.keepers, args.rate, args.seconds, store, args.store, args.contend)
+            )
+        finally:
+            if store is not None:
+                store.close()
         base, base_share = asyncio.run(bare_pipes(root, args.keepers, args.rate, args.seconds))
     total = int(args.rate * args.seconds) * args.keepers
     print(
         f"keepers={args.keepers} rate={args.rate:g}/s seconds={args.seconds:g} records={total} "
         f"({total / args.seconds:.0f}/s)"
     )
-    print(f"lost={lost} duplicated={dup}")
+    print(f"lost={lost} duplicated={dup}; store: {args.store}{' (contended)' if args.contend else ''}")
+    print(f"server event loop: {lag.summary()}")
+    print(f"baseline, an idle event loop in another process over the same window: {idle.summary()}")
     print(f"server CPU share {share * 100:.1f}% of one core ({share * 100 / os.cpu_count():.1f}% of {os.cpu_count()})")
     print(
         f"baseline (bare pipes, no keeper/HTTP): p50 {percentile(base, 50):.2f} ms "
@@ -170,7 +230,8 @@ def main() -> None:
         f"ingest {total} records from {args.keepers} keepers: lost {lost}, dup {dup}, latency p50 "
         f"{percentile(lat, 50):.2f} ms p99 {percentile(lat, 99):.2f} ms (target p99 <= 50), server CPU "
         f"{share * 100:.1f}% of a core; baseline bare pipes p50 {percentile(base, 50):.2f} ms p99 "
-        f"{percentile(base, 99):.2f} ms; p99 ratio {percentile(lat, 99) / max(percentile(base, 99), 1e-9):.1f}x"
+        f"{percentile(base, 99):.2f} ms; p99 ratio {percentile(lat, 99) / max(percentile(base, 99), 1e-9):.1f}x; "
+        f"store {args.store}{' contended' if args.contend else ''}: {lag.summary()}; idle loop {idle.summary()}"
     )
 
 

@@ -27,7 +27,17 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import percentile  # noqa: E402
+from _common import loop_lag_report, percentile  # noqa: E402
+
+# `nni-ts serve` with a probe in every event loop it runs (see _common.install_loop_lag).
+SERVE_WITH_PROBE = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+from _common import install_loop_lag
+install_loop_lag(sys.argv[1])
+from nni_ts.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 # A trial that only reports its final result (NNI's local metrics framing), so that the benchmark
 # measures the service, not Python start-up.
@@ -175,7 +185,12 @@ def main() -> None:
             )
             tokens.append(json.loads(out.stdout)["token"])
         prof = os.environ.get("BENCH_SERVICE_PROFILE")  # a cProfile output file, for investigating
-        serve_cmd = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "nni_ts.cli"] if prof else cli
+        lag_file = str(home / "loop-lag.json")
+        serve_cmd = (
+            [sys.executable, "-m", "cProfile", "-o", prof, "-m", "nni_ts.cli"]
+            if prof
+            else [sys.executable, "-c", SERVE_WITH_PROBE, lag_file]
+        )
         serve = subprocess.Popen(
             [*serve_cmd, "serve", "--port", "0", "--db", db, "--data-dir", str(home / "svc"), "--stop-on-exit"],
             env=env,
@@ -195,6 +210,7 @@ def main() -> None:
         serve.terminate()
         serve.wait(120)
         serve.stdout.close()
+        stalls = loop_lag_report(lag_file) if not prof else "not measured (profiling)"
 
         port = free_port()
         baseline = subprocess.Popen(
@@ -224,6 +240,7 @@ def main() -> None:
         f"poll p50={percentile(reads, 50):.1f} ms p99={percentile(reads, 99):.1f} ms"
     )
     print(f"  RSS idle {idle / 2**20:.0f} MiB, peak {mem.peak / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB")
+    print(f"  event loops of the service (a 1 ms sleeper's lateness): {stalls}")
     print(
         f"baseline (trivial aiohttp handler, same clients and pace): {len(b_reads)} polls in {b_wall:.1f} s; "
         f"create p50={percentile(b_creates, 50):.1f} ms p99={percentile(b_creates, 99):.1f} ms; "

@@ -106,9 +106,10 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import pydantic
 from pyee import EventEmitter
 
+from .clock import REAL_CLOCK, Clock, TimerHandle
 from .config.base import TrainingServiceConfig
 from .errors import ConfigError, InvalidStateError, MetricRefused, TrialNotFoundError, TrialStateError
-from .models import TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus, now_ms
+from .models import TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from .tasks import TaskSupervisor
 
 __all__ = [
@@ -324,6 +325,8 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
     unknown_timeout: float = 60.0
     #: Seconds ``clean_up()`` gives background tasks to finish once cancelled.
     task_stop_timeout: float = 10.0
+    #: The time source of the service's timeouts (tests set a :class:`nni_ts.testing.FakeClock`).
+    clock: Clock = REAL_CLOCK
 
     def __init__(
         self,
@@ -348,7 +351,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         self._trials: dict[str, TrialJobDetail] = {}
         self._metric_counts: dict[str, int] = {}
         self._listeners: list[MetricListener] = []
-        self._unknown_timers: dict[str, asyncio.TimerHandle] = {}
+        self._unknown_timers: dict[str, TimerHandle] = {}
         self._stopped = asyncio.Event()
         self._lifecycle = asyncio.Lock()
         self._closing = False
@@ -524,6 +527,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             form=form,
             sequence_id=form.sequence_id,
             working_directory=str(self.trial_dir(trial_id)),
+            submit_time=int(self.clock.wall() * 1000),
         )
         self._trials[trial_id] = detail
         self._metric_counts[trial_id] = 0
@@ -674,7 +678,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         timer = self._unknown_timers.pop(trial_job_id, None)
         if timer is not None:
             timer.cancel()
-        stamp = when if when is not None else now_ms()
+        stamp = when if when is not None else int(self.clock.wall() * 1000)
         detail.status = status
         if message is not None:
             detail.message = message
@@ -688,8 +692,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
                 detail.start_time = stamp
             detail.infrastructure_failure = infrastructure_failure
         if status is TrialJobStatus.UNKNOWN:
-            loop = asyncio.get_running_loop()
-            self._unknown_timers[trial_job_id] = loop.call_later(
+            self._unknown_timers[trial_job_id] = self.clock.call_later(
                 self.unknown_timeout, self._unknown_expired, trial_job_id
             )
         self.events.emit("trial_status", detail.model_copy(deep=True))

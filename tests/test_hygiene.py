@@ -7,7 +7,8 @@ import pytest
 pytest_plugins = ["pytester"]
 
 
-def test_leaked_process_and_task_fail_the_test(pytester: pytest.Pytester) -> None:
+def test_leaked_process_and_task_fail_the_test(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # only pytest-asyncio (-p below): seconds saved
     pytester.makeconftest('pytest_plugins = ["nni_ts.testing.hygiene"]\n')
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(
@@ -24,7 +25,7 @@ def test_leaked_process_and_task_fail_the_test(pytester: pytest.Pytester) -> Non
             subprocess.run([sys.executable, "-c", "pass"], check=True)
         """
     )
-    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-q", "-p", "no:cacheprovider", "-p", "pytest_asyncio.plugin")
     result.assert_outcomes(passed=3, errors=2)  # teardown errors count apart
     out = result.stdout.str()
     assert "left child processes running" in out

@@ -58,6 +58,7 @@ def test_stdout_old_sdk_bytes_repr() -> None:
 
 
 @given(st.dictionaries(st.text(max_size=5), st.one_of(st.text(), st.floats(), st.integers()), max_size=4))
+@pytest.mark.slow
 def test_any_record_survives_both_framings(value: dict[str, object]) -> None:
     record = json.dumps({"type": "PERIODICAL", "sequence": 1, "value": json.dumps(value)}, ensure_ascii=False)
     assert FrameDecoder().feed(encode_frame(record.encode())) == [record.encode()]

@@ -16,7 +16,8 @@ from nni_ts import (
     TrialStateError,
 )
 from nni_ts.config import TrainingServiceConfig
-from nni_ts.testing.conformance import form, wait_for_status
+from nni_ts.testing import FakeClock
+from nni_ts.testing.conformance import form
 from nni_ts.training_service import ServiceState
 
 
@@ -24,10 +25,10 @@ class Manual(TrainingService[TrainingServiceConfig]):
     """A platform driven by the test: nothing runs until the test says so."""
 
     platform_name = "manual"
-    unknown_timeout = 0.2
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__({"platform": "manual"}, **kwargs)
+        self.clock = FakeClock()  # the UNKNOWN time-out (60 s) passes when the test says so
         self.cancelled: list[tuple[str, TrialJobStatus]] = []
 
     async def _submit(self, detail: TrialJobDetail) -> None:
@@ -71,11 +72,15 @@ async def test_unknown_times_out_as_infrastructure_failure(svc: Manual) -> None:
     d = await svc.submit_trial_job(form({}))
     svc.reporter.running(d.id)
     svc.reporter.unknown(d.id, "host gone")
-    done = await wait_for_status(svc, d.id, timeout=5)
+    assert isinstance(svc.clock, FakeClock)
+    await svc.clock.advance(svc.unknown_timeout - 0.01)
+    assert (await svc.get_trial_job(d.id)).status is TrialJobStatus.UNKNOWN
+    assert svc.cancelled == []
+    await svc.clock.advance(0.01)  # runs the loop until idle: the best-effort stop of the lost trial too
+    done = await svc.get_trial_job(d.id)
     assert done.status is TrialJobStatus.FAILED
     assert done.infrastructure_failure
-    assert "host gone" in (done.message or "")
-    await asyncio.sleep(0.05)  # let the best-effort stop of the lost trial run
+    assert "host gone" in (done.message or "") and "60 s" in (done.message or "")
     assert svc.cancelled == [(d.id, TrialJobStatus.FAILED)]
 
 
@@ -88,8 +93,10 @@ async def test_unknown_can_recover_and_be_cancelled(svc: Manual) -> None:
     assert svc.reporter.running(a.id)  # back: its timer is cancelled
     await svc.cancel_trial_job(b.id)  # an UNKNOWN trial can always be cancelled
     assert (await svc.get_trial_job(b.id)).status is TrialJobStatus.USER_CANCELED
-    await asyncio.sleep(0.4)
+    assert isinstance(svc.clock, FakeClock)
+    await svc.clock.advance(10 * svc.unknown_timeout)
     assert (await svc.get_trial_job(a.id)).status is TrialJobStatus.RUNNING
+    assert svc.cancelled == [(b.id, TrialJobStatus.USER_CANCELED)]
 
 
 async def test_update_is_refused_where_unsupported(svc: Manual) -> None:

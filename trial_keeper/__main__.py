@@ -63,7 +63,7 @@ def build_parser():
 
 
 def main(argv=None):
-    # type: (list | None) -> int
+    # type: (list[str] | None) -> int
     parser = build_parser()
     args = parser.parse_args(argv)
     words = list(args.command)

@@ -13,8 +13,12 @@ journal is what holds the records; ``records_in_stdout`` reads a raw capture mad
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from .records import parse_stdout_line
+
+if TYPE_CHECKING:  # the annotations are type comments: nothing is imported at run time
+    from typing import Any  # noqa: F401
 
 __all__ = [
     "JOURNAL_NAME",
@@ -50,7 +54,7 @@ class Journal(object):
         self._fh = open(path, "ab")
 
     def append(self, records):
-        # type: (list) -> None
+        # type: (list[tuple[int, str]]) -> None
         """Write ``[(seq, data), ...]`` and fsync once for the batch."""
         if not records:
             return
@@ -68,7 +72,7 @@ class Journal(object):
 
 
 def read_journal(path, trial_id=None, attempt=None):
-    # type: (str, str | None, int | None) -> list
+    # type: (str, str | None, int | None) -> list[tuple[int, str]]
     """``[(seq, data), ...]`` from a journal, in seq order, without duplicates.
 
     A torn last line (the keeper died mid-write) is ignored; so are entries of another trial or
@@ -79,7 +83,7 @@ def read_journal(path, trial_id=None, attempt=None):
             raw = fh.read()
     except (IOError, OSError):
         return []
-    found = {}
+    found = {}  # type: dict[int, str]
     for line in raw.split(b"\n"):
         if not line.strip():
             continue
@@ -99,7 +103,7 @@ def read_journal(path, trial_id=None, attempt=None):
 
 
 def records_in_stdout(data, complete_only=True):
-    # type: (bytes, bool) -> list
+    # type: (bytes, bool) -> list[tuple[int, str]]
     """Every record in a stdout capture, ``[(seq, text), ...]`` numbered from 0.
 
     With ``complete_only`` a last line without its newline is left out (it may still be growing).
@@ -107,7 +111,7 @@ def records_in_stdout(data, complete_only=True):
     lines = data.split(b"\n")
     if complete_only:
         lines = lines[:-1]
-    out = []
+    out = []  # type: list[tuple[int, str]]
     for line in lines:
         if len(line) > MAX_LINE:
             continue
@@ -118,7 +122,7 @@ def records_in_stdout(data, complete_only=True):
 
 
 def recover_records(trial_dir, trial_id=None, attempt=None, stdout_name="stdout"):
-    # type: (str, str | None, int | None, str) -> list
+    # type: (str, str | None, int | None, str) -> list[tuple[int, str]]
     """Everything a trial reported, from its directory alone: the journal, completed by record lines
     found in the stdout file (there are none when the keeper wrote it; a raw capture has them)."""
     found = dict(read_journal(os.path.join(trial_dir, JOURNAL_NAME), trial_id, attempt))
@@ -152,7 +156,7 @@ def write_exit(state_dir, trial_id, attempt, exit_code, end_time_ms, record_coun
 
 
 def read_exit(trial_dir, trial_id=None, attempt=None):
-    # type: (str, str | None, int | None) -> dict | None
+    # type: (str, str | None, int | None) -> dict[str, Any] | None
     """The exit the keeper recorded (``exit_code``, ``end_time_ms``, ``record_count``...), or None if
     the trial has not ended (or ended without its keeper: killed with it)."""
     try:

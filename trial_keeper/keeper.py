@@ -23,11 +23,15 @@ import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from . import LIGHT_NNI_PATH, __version__
 from .journal import JOURNAL_NAME, MAX_LINE, STATE_DIR, Journal, read_journal, write_exit
 from .records import parse_stdout_line
+
+if TYPE_CHECKING:  # the annotations are type comments: nothing is imported at run time
+    from typing import Any  # noqa: F401
 
 __all__ = ["Keeper", "KeeperConfig", "Reporter", "build_env"]
 
@@ -115,7 +119,7 @@ class KeeperConfig(object):
 
 
 def build_env(config, base=None):
-    # type: (KeeperConfig, dict | None) -> dict
+    # type: (KeeperConfig, dict[str, str] | None) -> dict[str, str]
     """The trial's environment: NNI's variables, the light nni on PYTHONPATH, no keeper secrets."""
     env = dict(os.environ if base is None else base)
     for name in list(env):
@@ -154,11 +158,11 @@ class Reporter(threading.Thread):
         self.journal_path = journal_path
         self._cond = threading.Condition()
         self._deadline_cap = None  # type: float | None
-        self._unacked = []  # type: list  # [(seq, data)] in seq order
+        self._unacked = []  # type: list[tuple[int, str]]  # [(seq, data)] in seq order
         self._next_seq = 0  # the server's acknowledgement
-        self._exit = None  # type: dict | None
+        self._exit = None  # type: dict[str, int] | None
         self._exit_accepted = False
-        self._log_answer = None  # type: dict | None
+        self._log_answer = None  # type: dict[str, str] | None
         self._done = False
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
@@ -182,7 +186,7 @@ class Reporter(threading.Thread):
     # ---------------------------------------------------------------- called by the keeper
 
     def add(self, records):
-        # type: (list) -> None
+        # type: (list[tuple[int, str]]) -> None
         with self._cond:
             self._unacked.extend(records)
             self._cond.notify()
@@ -255,7 +259,7 @@ class Reporter(threading.Thread):
                 self._cond.notify_all()
 
     def _next_body(self):
-        # type: () -> dict | None
+        # type: () -> dict[str, Any] | None
         """Wait (holding the condition) until a report is due; None when finished."""
         while True:
             if self._done:
@@ -271,7 +275,7 @@ class Reporter(threading.Thread):
                 break
             self._cond.wait(due - now)
         body = dict(self._identity)
-        batch = []
+        batch = []  # type: list[dict[str, Any]]
         size = 0
         for seq, data in self._unacked:
             if batch and (len(batch) >= BATCH_RECORDS or size + len(data) > BATCH_BYTES):
@@ -286,7 +290,7 @@ class Reporter(threading.Thread):
         return body
 
     def _acknowledge(self, ack, body):
-        # type: (dict, dict) -> None
+        # type: (dict[str, Any], dict[str, Any]) -> None
         if body.get("log_tail") is not None and self._log_answer is body["log_tail"]:
             self._log_answer = None
         next_seq = int(ack.get("next_seq", 0))
@@ -320,7 +324,7 @@ class Reporter(threading.Thread):
             self._log_answer = _log_tail(self.config.trial_dir, request)
 
     def _post(self, body):
-        # type: (dict) -> dict
+        # type: (dict[str, Any]) -> dict[str, Any]
         payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
         headers = {
             "Content-Type": "application/json",
@@ -338,14 +342,15 @@ class Reporter(threading.Thread):
         if response.getheader("Connection", "").lower() == "close":
             self._close_conn()
         if response.status == 200:
-            return json.loads(data.decode("utf-8"))
+            answer = json.loads(data.decode("utf-8"))  # type: dict[str, Any]
+            return answer
         message = _error_text(data)
         if response.status in (400, 409, 413, 422):
             raise _Fatal("HTTP %d: %s" % (response.status, message))
         raise IOError("HTTP %d: %s" % (response.status, message))
 
     def _exchange(self, payload, headers):
-        # type: (bytes, dict) -> tuple
+        # type: (bytes, dict[str, str]) -> tuple[http_client.HTTPResponse, bytes]
         if self._conn is None:
             cls = http_client.HTTPSConnection if self._https else http_client.HTTPConnection
             self._conn = cls(self._host, self._port, timeout=HTTP_TIMEOUT)
@@ -372,7 +377,7 @@ def _error_text(data):
 
 
 def _log_tail(trial_dir, request):
-    # type: (str, dict) -> dict
+    # type: (str, dict[str, Any]) -> dict[str, str]
     name = "stderr" if request.get("file") == "stderr" else "stdout"
     tail = max(0, int(request.get("tail", 65536)))
     data = b""
@@ -399,7 +404,7 @@ class Keeper(object):
         self._seq_lock = threading.Lock()
         self._journal = None  # type: Journal | None
         self._reporter = None  # type: Reporter | None
-        self._popen = None  # type: subprocess.Popen | None
+        self._popen = None  # type: subprocess.Popen[bytes] | None
         self._stop_requested = False
         self._kill_timer = None  # type: threading.Timer | None
 
@@ -562,7 +567,7 @@ class Keeper(object):
             pass
 
     def _publish(self, texts):
-        # type: (list) -> None
+        # type: (list[str]) -> None
         with self._seq_lock:
             records = []
             for text in texts:

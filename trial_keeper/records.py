@@ -61,9 +61,9 @@ class FrameDecoder(object):
         self.offset = offset
 
     def feed(self, data):
-        # type: (bytes) -> list
+        # type: (bytes) -> list[bytes]
         self._buf += data
-        out = []
+        out = []  # type: list[bytes]
         buf = self._buf
         pos = 0
         while len(buf) - pos >= _HEADER:

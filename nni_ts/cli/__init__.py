@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import csv
-import io
 import json
 import logging
 import os
@@ -72,32 +70,55 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
 
     s = sub.add_parser("stop", help="Stop a running experiment and cancel its trials.")
-    s.add_argument("id", nargs="?")
-    s.add_argument("--all", action="store_true", help="Stop every running experiment.")
+    s.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
+    s.add_argument("--all", "-a", action="store_true", help="Stop every running experiment.")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="Seconds to wait for the manager to stop before interrupting it (SIGINT, then SIGTERM); default 60.",
+    )
     s.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
 
-    e = sub.add_parser("experiment", help="List, show and export experiments.")
+    e = sub.add_parser("experiment", help="List, show, export, import and delete experiments.")
     esub = e.add_subparsers(dest="action", required=True, parser_class=_Parser)
     el = esub.add_parser("list", help="Every experiment recorded.")
+    el.add_argument("--all", action="store_true", help="Accepted for nnictl's sake: the list always has them all.")
     el.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
     es = esub.add_parser("show", help="One experiment's record and config.")
-    es.add_argument("id")
+    es.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
     es.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
-    ex = esub.add_parser("export", help="Every trial's parameters and results, as JSON or CSV.")
-    ex.add_argument("id")
-    ex.add_argument("--format", choices=("json", "csv"), default="json")
-    ex.add_argument("--output", "-o", help="Write to this file instead of standard output.")
-    ex.add_argument("--with-metrics", action="store_true", help="Include every intermediate metric (JSON only).")
+    ex = esub.add_parser("export", help="Every trial's parameters and results, as JSON or CSV (ours, or NNI's).")
+    ex.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
+    ex.add_argument(
+        "--format",
+        choices=("json", "csv", "nni"),
+        help="json or csv (every trial, every key of its results), or nni: exactly what nnictl's export writes "
+        "(JSON unless --type csv).",
+    )
+    ex.add_argument("--type", "-t", choices=("json", "csv"), help="json or csv (nnictl's flag).")
+    ex.add_argument("--output", "-o", "--filename", "-f", help="Write to this file instead of standard output.")
+    ex.add_argument(
+        "--with-metrics",
+        "--intermediate",
+        "-i",
+        action="store_true",
+        help="Include the intermediate results too.",
+    )
     ex.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
 
     t = sub.add_parser("trial", help="List, kill and read the logs of trials.")
     tsub = t.add_subparsers(dest="action", required=True, parser_class=_Parser)
     tl = tsub.add_parser("ls", help="The trials of an experiment.")
-    tl.add_argument("id")
+    tl.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
+    hl = tl.add_mutually_exclusive_group()
+    hl.add_argument("--head", type=int, help="Only the N trials with the highest final result.")
+    hl.add_argument("--tail", type=int, help="Only the N trials with the lowest final result.")
     tl.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
     tk = tsub.add_parser("kill", help="Cancel one running trial.")
-    tk.add_argument("id")
-    tk.add_argument("trial")
+    tk.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
+    tk.add_argument("trial", nargs="?", help="The trial to cancel.")
+    tk.add_argument("--trial_id", "--trial-id", "-T", dest="trial_opt", help="The trial to cancel (nnictl's flag).")
     tk.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
     tg = tsub.add_parser("log", help="A trial's stdout (or stderr, or trial.log).")
     tg.add_argument("id")
@@ -105,14 +126,17 @@ def _build_parser() -> argparse.ArgumentParser:
     g = tg.add_mutually_exclusive_group()
     g.add_argument("--stderr", action="store_true", help="Show stderr instead of stdout.")
     g.add_argument("--trial-log", action="store_true", help="Show trial.log.")
-    tg.add_argument("--tail", type=int, help="Only the last N bytes.")
+    tg.add_argument("--tail", type=int, help="Only the last N lines.")
+    tg.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
 
     pl = sub.add_parser("platforms", help="The installed platforms.")
     pl.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
 
+    from .nnictl_cmds import add_parsers as add_nnictl_parsers
     from .service_cmds import add_parsers as add_service_parsers
 
     add_service_parsers(sub, _Parser)
+    add_nnictl_parsers(sub, tsub, esub, _Parser)
     return p
 
 
@@ -183,18 +207,25 @@ def _experiment_status(record: Any) -> str:
     return str(record.status)
 
 
-def _optimize_mode(config: dict[str, Any]) -> str:
-    algo = config.get("tuner") or config.get("advisor") or {}
-    mode = str((algo.get("classArgs") or {}).get("optimize_mode", "maximize"))
-    return "minimize" if mode.lower().startswith("min") else "maximize"
+def resolve_experiment_id(given: str | None) -> str:
+    """The experiment a command is about: the one given, else the only running one (as nnictl does)."""
+    if given:
+        return given
+    from ..experiment.experiment import ExperimentStatus, manager_alive
+    from ..storage import open_store
 
-
-def _best(trials: list[Any], mode: str) -> Any:
-    scored = [t for t in trials if t.final_value is not None]
-    if not scored:
-        return None
-    sign = -1.0 if mode == "minimize" else 1.0
-    return max(scored, key=lambda t: sign * t.final_value)
+    with open_store(readonly=True) as store:
+        records = store.list_experiments()
+    running = [
+        r.id
+        for r in records
+        if r.status == ExperimentStatus.RUNNING and manager_alive(r.manager_pid, r.manager_started)
+    ]
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        raise UserError("No experiment is running; name the experiment (see `nni-ts experiment list`).")
+    raise UserError(f"{len(running)} experiments are running ({', '.join(running)}); name the one you mean.")
 
 
 # ---------------------------------------------------------------------- running experiments
@@ -242,13 +273,17 @@ async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
     loop = asyncio.get_running_loop()
     interrupts = 0
 
-    def on_signal(signum: int) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
+        # Not loop.add_signal_handler: its callback waits for the loop, which a blocking tuner holds.
+        # The first signal asks for a clean stop; the next one interrupts whatever runs (a stuck tuner).
         nonlocal interrupts
         interrupts += 1
-        exp.stop(f"Stopped by signal {signal.Signals(signum).name}.")
+        if interrupts > 1:
+            raise KeyboardInterrupt
+        loop.call_soon_threadsafe(exp.stop, f"Stopped by signal {signal.Signals(signum).name}.")
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _signal_ready(exp)
     display = _ProgressDisplay(exp, sys.stderr, quiet=quiet or out.json)
     if not out.json and not quiet:
         exp.events.on("started", lambda eid: sys.stderr.write(f"Experiment {eid}: {exp.working_directory}\n"))
@@ -257,8 +292,8 @@ async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
         result = await exp.run()
     finally:
         ticker.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     display.show(final=True)
     best = result.best
     data = {
@@ -266,17 +301,23 @@ async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
         "status": result.status,
         "message": result.message,
         "trials": len(result.trials),
+        "succeeded": result.succeeded,
         "best": _trial_dict(best) if best is not None else None,
+        "noSuccess": result.no_success,
     }
     lines = [f"Experiment {result.experiment_id} {result.status}: {result.message or ''}".rstrip()]
     if best is not None:
         lines.append(f"Best trial {best.id}: {_fmt_value(best.final_value)} with {json.dumps(best.parameters)}")
+    elif result.no_success:
+        lines.append(result.no_success)
     else:
-        lines.append("No trial reported a final result.")
+        lines.append("No trial succeeded with a final result.")
     out.emit(data, "\n".join(lines))
-    if result.status == "ERROR":
+    if interrupts and result.status == "STOPPED":
+        return EXIT_INTERRUPTED
+    if result.status == "ERROR" or result.no_success:
         return EXIT_FAILED
-    return EXIT_INTERRUPTED if interrupts and result.status == "STOPPED" else EXIT_OK
+    return EXIT_OK
 
 
 def _setup_logging(working_dir: Path) -> list[logging.Handler]:
@@ -291,6 +332,12 @@ def _setup_logging(working_dir: Path) -> list[logging.Handler]:
     console.setLevel(logging.WARNING if not os.environ.get("NNI_TS_DEBUG") else logging.DEBUG)
     console.setFormatter(logging.Formatter("nni-ts: %(levelname)s: %(message)s"))
     root.addHandler(console)
+    # paramiko logs a connection failure with its traceback, from its own threads; without a handler of
+    # its own, Python prints that to stderr. nni-ts reports the failure in a sentence: keep the rest in
+    # manager.log.
+    ssh_log = logging.getLogger("paramiko")
+    ssh_log.addHandler(handler)
+    ssh_log.propagate = False
     return [handler, console]
 
 
@@ -302,32 +349,73 @@ def _run_logged(exp: Any, out: _Out, *, quiet: bool) -> int:
         root = logging.getLogger("nni_ts")
         for h in handlers:
             root.removeHandler(h)
+            logging.getLogger("paramiko").removeHandler(h)
             h.close()
 
 
 def _detach(argv: list[str], experiment_id: str, working_dir: Path, out: _Out) -> int:
-    """Start the same command in the background (a new session, output to manager.out)."""
+    """Start the same command in the background (a new session; stdout to manager.out, stderr to
+    manager.err) and return once it runs: its config built and its platform started, or failed."""
     working_dir.mkdir(parents=True, exist_ok=True)
     log_path = working_dir / "manager.out"
+    err_path = working_dir / "manager.err"
+    err_start = err_path.stat().st_size if err_path.exists() else 0
     cmd = [sys.executable, "-m", "nni_ts.cli", *argv, "--quiet"]
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    read_end, write_end = os.pipe()
+    env = dict(os.environ, NNI_TS_READY_FD=str(write_end))
+    try:
+        with open(log_path, "ab") as log_file, open(err_path, "ab") as err_file:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=err_file,
+                start_new_session=True,
+                pass_fds=(write_end,),
+                env=env,
+            )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        signal_byte = ready.read(1)  # one byte once running; end of file if the manager ended first
+    if signal_byte != b"1":
+        code = proc.wait()
+        with open(err_path, "rb") as fh:
+            fh.seek(err_start)
+            sys.stderr.write(fh.read().decode("utf-8", "replace"))
+        sys.stderr.write(f"nni-ts: experiment {experiment_id} did not start (exit code {code}).\n")
+        return code or EXIT_FAILED
     out.emit(
-        {"id": experiment_id, "pid": proc.pid, "log": str(log_path)},
+        {"id": experiment_id, "pid": proc.pid, "log": str(log_path), "stderr": str(err_path)},
         f"Experiment {experiment_id} runs in the background (pid {proc.pid}); its output goes to {log_path}.\n"
         f"Follow it with `nni-ts view {experiment_id}`; stop it with `nni-ts stop {experiment_id}`.",
     )
     return EXIT_OK
 
 
+def _signal_ready(exp: Any) -> None:
+    """In a detached manager: tell the waiting `--detach` command once the experiment runs."""
+    fd = os.environ.pop("NNI_TS_READY_FD", None)
+    if fd is None:
+        return
+
+    def ready(_: str) -> None:
+        try:
+            os.write(int(fd), b"1")
+            os.close(int(fd))
+        except OSError:
+            pass  # the waiting command is gone (interrupted): nobody to tell
+
+    exp.events.once("running", ready)
+
+
 def _cmd_create(args: argparse.Namespace, out: _Out, argv: list[str]) -> int:
-    from ..config.loader import load_experiment_config
+    from ..config.loader import check_algorithms, load_experiment_config
     from ..experiment import Experiment
     from ..training_service import new_trial_id
 
     config = load_experiment_config(args.config)  # validate before detaching: mistakes show here
+    check_algorithms(config, args.config)  # every tuner and assessor mistake at once, with its line
     experiment_id = args.id or new_trial_id(8).lower()
     if args.detach:
         rest = [a for a in argv if a != "--detach"]
@@ -371,9 +459,11 @@ def _cmd_view(args: argparse.Namespace, out: _Out) -> int:
     with open_store(readonly=True) as store:
         record = store.get_experiment(args.id)
         trials = store.list_trials(args.id)
+    from ..experiment.results import best_trial, optimize_mode
+
     status = _experiment_status(record)
-    mode = _optimize_mode(record.config)
-    best = _best(trials, mode)
+    mode = optimize_mode(record.config)
+    best = best_trial(trials, mode)
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.status.value] = counts.get(t.status.value, 0) + 1
@@ -396,44 +486,95 @@ def _cmd_view(args: argparse.Namespace, out: _Out) -> int:
         else "  best: none yet",
         f"  files: {record.working_dir}",
     ]
+    ended = [t for t in trials if t.status.is_terminal]
+    if ended and best is None and not any(t.status.value == "SUCCEEDED" for t in ended):
+        first = min(ended, key=lambda t: (t.status.value != "FAILED", t.sequence_id))
+        lines.append(f"  no trial succeeded: see why with `nni-ts trial log {record.id} {first.id} --stderr`")
     out.emit(data, "\n".join(x for x in lines if x))
     return EXIT_OK
 
 
 def _cmd_stop(args: argparse.Namespace, out: _Out) -> int:
-    from ..experiment.control import request
     from ..experiment.experiment import ExperimentStatus, manager_alive
     from ..storage import open_store
 
-    if not args.id and not args.all:
-        raise UserError("Name the experiment to stop (`nni-ts stop ID`) or use --all.")
-    with open_store(readonly=True) as store:
-        records = [store.get_experiment(args.id)] if args.id else store.list_experiments()
-    stopped = []
-    for record in records:
+    if args.all:
+        with open_store(readonly=True) as store:
+            records = [r for r in store.list_experiments() if r.status == ExperimentStatus.RUNNING]
+        if not records:
+            out.emit({"stopped": [], "notStopped": []}, "No experiment is running.")
+            return EXIT_OK
+    else:
+        experiment_id = resolve_experiment_id(args.id)
+        with open_store(readonly=True) as store:
+            record = store.get_experiment(experiment_id)
         if record.status != ExperimentStatus.RUNNING:
-            if args.id:
-                out.emit(
-                    {"id": record.id, "stopped": False}, f"Experiment {record.id} is not running ({record.status})."
-                )
-            continue
-        if manager_alive(record.manager_pid, record.manager_started):
-            try:
-                request(record.id, {"op": "stop"})
-            except UserError:
-                os.kill(record.manager_pid or 0, signal.SIGTERM)
-            deadline = time.monotonic() + 120
-            while manager_alive(record.manager_pid, record.manager_started) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        else:
+            out.emit(
+                {"id": record.id, "stopped": [], "notStopped": [], "status": record.status},
+                f"Experiment {record.id} is not running ({record.status}).",
+            )
+            return EXIT_OK
+        records = [record]
+    stopped: list[str] = []
+    failures: dict[str, str] = {}
+    lines = []
+    for record in records:
+        if not manager_alive(record.manager_pid, record.manager_started):
             # The manager died: re-attach to whatever still runs and cancel it for good.
             asyncio.run(_stop_orphaned(record.id))
-        stopped.append(record.id)
-    if args.id or stopped:
-        out.emit({"stopped": stopped}, "\n".join(f"Experiment {i} stopped." for i in stopped) or "Nothing stopped.")
-    else:
-        out.emit({"stopped": []}, "No experiment is running.")
-    return EXIT_OK
+            stopped.append(record.id)
+            lines.append(f"Experiment {record.id} stopped (its manager had died; its trials are cancelled).")
+            continue
+        why = _stop_manager(record, args.timeout)
+        if why is None:
+            stopped.append(record.id)
+            lines.append(f"Experiment {record.id} stopped.")
+        else:
+            failures[record.id] = why
+            lines.append(f"Experiment {record.id} has NOT stopped: {why}")
+    out.emit({"stopped": stopped, "notStopped": failures}, "\n".join(lines))
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _stop_manager(record: Any, timeout: float) -> str | None:
+    """Stop a live manager: ask it, then SIGINT, then SIGTERM. None once it is gone, else why not."""
+    from ..experiment.control import request
+    from ..experiment.experiment import manager_alive
+
+    pid = record.manager_pid or 0
+
+    def gone_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not manager_alive(record.manager_pid, record.manager_started):
+                return True
+            time.sleep(0.05)
+        return not manager_alive(record.manager_pid, record.manager_started)
+
+    steps = []
+    try:
+        request(record.id, {"op": "stop"}, timeout=min(timeout, 5.0))
+        steps.append("asked over its control socket")
+    except UserError as exc:
+        steps.append(f"its control socket did not answer ({str(exc).rstrip('.')})")
+    if gone_within(timeout):
+        return None
+    grace = max(5.0, min(timeout, 30.0))
+    # SIGINT asks again (a manager whose loop is free stops cleanly); SIGTERM interrupts whatever it is
+    # doing, after which it still cancels its trials: give that longer.
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, max(15.0, grace))):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return None
+        steps.append(f"sent {sig.name}")
+        if gone_within(wait):
+            return None
+    return (
+        f"its manager (pid {pid}) is still running after {timeout:g} s: " + ", ".join(steps) + ". "
+        f"It may be stuck in a tuner or in the platform; see `nni-ts log stderr {record.id}`. "
+        f"`kill -9 {pid}` ends it; then `nni-ts stop {record.id}` cancels the trials it left."
+    )
 
 
 async def _stop_orphaned(experiment_id: str) -> None:
@@ -447,6 +588,10 @@ async def _stop_orphaned(experiment_id: str) -> None:
 def _cmd_experiment(args: argparse.Namespace, out: _Out) -> int:
     from ..storage import open_store
 
+    if args.action in ("delete", "import", "status"):
+        from .nnictl_cmds import run_experiment_action
+
+        return run_experiment_action(args, out)
     with open_store(readonly=True) as store:
         if args.action == "list":
             records = store.list_experiments()
@@ -459,7 +604,8 @@ def _cmd_experiment(args: argparse.Namespace, out: _Out) -> int:
                 data.append({"id": r.id, "name": r.name, "platform": r.platform, "status": status, "created": created})
             out.emit(data, _table(rows, ["ID", "NAME", "PLATFORM", "STATUS", "CREATED"]) if rows else "No experiments.")
             return EXIT_OK
-        record = store.get_experiment(args.id)
+        experiment_id = resolve_experiment_id(args.id)
+        record = store.get_experiment(experiment_id)
         if args.action == "show":
             shown = {
                 "id": record.id,
@@ -472,18 +618,18 @@ def _cmd_experiment(args: argparse.Namespace, out: _Out) -> int:
             }
             out.emit(shown, json.dumps(shown, indent=2))
             return EXIT_OK
-        trials = store.list_trials(args.id)
-        if args.format == "csv":
-            text = _export_csv(trials)
-        else:
-            exported = [_trial_dict(t) for t in trials]
-            if args.with_metrics:
-                by_trial: dict[str, list[Any]] = {}
-                for m in store.iter_metrics(args.id):
-                    by_trial.setdefault(m.trial_id, []).append({"seq": m.seq, "type": m.type, "value": m.value})
-                for item in exported:
-                    item["metrics"] = by_trial.get(item["id"], [])
-            text = json.dumps(exported, indent=1)
+        from .exports import export_text
+
+        trials = store.list_trials(experiment_id)
+        metrics: dict[str, list[Any]] = {}
+        if args.with_metrics:
+            for m in store.iter_metrics(experiment_id):
+                metrics.setdefault(m.trial_id, []).append(m)
+        kind = args.type or (args.format if args.format in ("json", "csv") else "json")
+        if args.type and args.format in ("json", "csv") and args.type != args.format:
+            raise UserError(f"--format {args.format} and --type {args.type} disagree; give one of them.")
+        fmt = "nni" if args.format == "nni" else "nni-ts"
+        text = export_text(trials, metrics, fmt=fmt, kind=kind, intermediate=args.with_metrics)
     if args.output:
         Path(args.output).write_text(text)
         if not out.json:
@@ -493,32 +639,31 @@ def _cmd_experiment(args: argparse.Namespace, out: _Out) -> int:
     return EXIT_OK
 
 
-def _export_csv(trials: list[Any]) -> str:
-    keys: list[str] = []
-    seen = set()
-    for t in trials:
-        for k in t.parameters:
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["trialId", "sequenceId", "status", "finalValue", *keys])
-    for t in trials:
-        values = [json.dumps(v) if isinstance(v, dict | list) else v for v in (t.parameters.get(k) for k in keys)]
-        writer.writerow([t.id, t.sequence_id, t.status.value, t.final_value, *values])
-    return buf.getvalue()
-
-
 def _cmd_trial(args: argparse.Namespace, out: _Out) -> int:
     from ..experiment.control import request
     from ..experiment.experiment import manager_alive
     from ..storage import open_store
 
+    if args.action == "run":
+        from .nnictl_cmds import trial_run
+
+        return trial_run(args, out)
+    if args.action == "kill":
+        # nnictl: `trial kill [ID] --trial_id T`; ours: `trial kill ID T` (one positional: the trial).
+        if args.trial_opt:
+            args.trial = args.trial_opt
+        elif args.trial is None and args.id is not None:
+            args.id, args.trial = None, args.id
+        if args.trial is None:
+            raise UserError("Name the trial to cancel: `nni-ts trial kill [EXPERIMENT] TRIAL` or --trial_id TRIAL.")
+    args.id = resolve_experiment_id(args.id)
     with open_store(readonly=True) as store:
         record = store.get_experiment(args.id)
         if args.action == "ls":
             trials = store.list_trials(args.id)
+            if args.head is not None or args.tail is not None:
+                scored = sorted((t for t in trials if t.final_value is not None), key=lambda t: t.final_value or 0.0)
+                trials = scored[::-1][: args.head] if args.head is not None else scored[: args.tail]
             rows = [
                 [t.id, str(t.sequence_id), t.status.value, _fmt_value(t.final_value), json.dumps(t.parameters)[:60]]
                 for t in trials
@@ -535,18 +680,56 @@ def _cmd_trial(args: argparse.Namespace, out: _Out) -> int:
         request(args.id, {"op": "kill", "trial": args.trial})
         out.emit({"killed": args.trial}, f"Trial {args.trial} cancelled.")
         return EXIT_OK
+
+    def read(name: str, tail_bytes: int | None) -> bytes:
+        if alive:
+            answer = request(args.id, {"op": "log", "trial": args.trial, "file": name, "tail": tail_bytes})
+            return base64.b64decode(answer["data"])
+        path: Path = Path(record.working_dir) / "trials" / str(args.trial) / name
+        if not path.exists():
+            return b""
+        if tail_bytes is None:
+            return path.read_bytes()
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - tail_bytes))
+            tail: bytes = fh.read()
+        return tail
+
+    def content(name: str) -> bytes:
+        return tail_lines(lambda n: read(name, n), args.tail) if args.tail is not None else read(name, None)
+
     name = "stderr" if args.stderr else "trial.log" if args.trial_log else "stdout"
-    if alive:
-        answer = request(args.id, {"op": "log", "trial": args.trial, "file": name, "tail": args.tail})
-        data = base64.b64decode(answer["data"])
-    else:
-        path = Path(record.working_dir) / "trials" / args.trial / name
-        data = path.read_bytes() if path.exists() else b""
-        if args.tail is not None:
-            data = data[-args.tail :] if args.tail else b""
+    data = content(name)
+    if name == "stdout" and not data.strip():
+        # A trial using the real nni prints into trial.log (nni redirects its stdout there).
+        log_data = content("trial.log")
+        if log_data:
+            sys.stderr.write(f"(stdout of trial {args.trial} is empty; showing its trial.log)\n")
+            data, name = log_data, "trial.log"
+    if out.json:
+        out.emit({"trial": args.trial, "file": name, "content": data.decode("utf-8", "replace")}, "")
+        return EXIT_OK
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
     return EXIT_OK
+
+
+def tail_lines(read: Any, lines: int) -> bytes:
+    """The last ``lines`` lines of a file read by ``read(tail_bytes)``, never cutting a line (or a character).
+
+    Asks for more bytes until the answer holds enough line breaks or the whole file.
+    """
+    if lines <= 0:
+        return b""
+    want = 4096
+    while True:
+        data: bytes = read(want)
+        body = data[:-1] if data.endswith(b"\n") else data
+        if body.count(b"\n") >= lines or len(data) < want or want >= 1 << 30:
+            break
+        want *= 4
+    kept = body.split(b"\n")[-lines:]
+    return b"\n".join(kept) + (b"\n" if data.endswith(b"\n") else b"")
 
 
 def _cmd_platforms(args: argparse.Namespace, out: _Out) -> int:
@@ -579,6 +762,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_trial(args, out)
         if args.command == "platforms":
             return _cmd_platforms(args, out)
+        if args.command in ("top", "log", "platform", "algo", "config"):
+            from .nnictl_cmds import run as run_nnictl_command
+
+            return run_nnictl_command(args, out)
         if args.command in ("serve", "users"):
             from .service_cmds import run as run_service_command
 

@@ -13,11 +13,12 @@ import pydantic
 import yaml
 
 from ..errors import ConfigError
+from .base import TrainingServiceConfig
 from .errors import format_loc
-from .experiment import ExperimentConfig, inherited_training_service, platform_config_class
+from .experiment import AlgorithmConfig, ExperimentConfig, inherited_training_service, platform_config_class
 from .v1 import convert_v1, is_v1
 
-__all__ = ["YamlLoader", "config_from_dict", "load_experiment_config", "read_structured_file"]
+__all__ = ["YamlLoader", "check_algorithms", "config_from_dict", "load_experiment_config", "read_structured_file"]
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -96,6 +97,23 @@ def load_experiment_config(path: str | os.PathLike[str]) -> ExperimentConfig:
     return config_from_dict(data, source=str(file), base_dir=file.resolve().parent, _lines=_line_map(text))
 
 
+def check_algorithms(config: ExperimentConfig, path: str | os.PathLike[str]) -> None:
+    """Build the tuner, advisor and assessor sections of a loaded file as the experiment will, and
+    report every problem at once (with their lines): what ``nni-ts create`` checks before it starts."""
+    file = Path(path).expanduser()
+    data, text = read_structured_file(file, what="experiment config")
+    lines = _line_map(text)
+    space = config.search_space
+    problems = [
+        p
+        for key in ("tuner", "advisor", "assessor")
+        if (algo := getattr(config, key)) is not None
+        and (p := _algorithm_problem(key, algo, space, config.seed)) is not None
+    ]
+    if problems:
+        raise ConfigError(_explain(problems, str(file), lines, is_v1(data), config.training_service.platform))
+
+
 def config_from_dict(
     data: Any,
     *,
@@ -135,9 +153,9 @@ def config_from_dict(
             model = platform_config_class(platform)
             model.model_validate(inherited_training_service(data, ts))
         except ConfigError as exc:
-            raise ConfigError(
-                str(exc).removeprefix("at trainingService.platform: "), source=source, path="trainingService.platform"
-            ) from None
+            # An unknown platform: report it with the rest (the rest is checked against a stand-in).
+            errors.append(_problem(("trainingService", "platform"), exc.reason))
+            data = dict(data, trainingService=TrainingServiceConfig.model_construct(platform=platform))
         except pydantic.ValidationError as exc:
             errors += [dict(e, loc=("trainingService", *e["loc"])) for e in exc.errors(include_url=False)]
             data = dict(data, trainingService=model.model_construct(platform=platform))
@@ -150,8 +168,78 @@ def config_from_dict(
             raise ConfigError(str(exc), source=source) from None
         raise
     if errors:
+        errors += _more_problems(data, errors)
         raise ConfigError(_explain(errors, source, lines, v1, platform))
     return config
+
+
+def _problem(loc: tuple[Any, ...], msg: str) -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "type": "value_error"}
+
+
+def _more_problems(data: dict[str, Any], found: list[Any]) -> list[dict[str, Any]]:
+    """Problems pydantic does not reach once a field is invalid: the checks across keys, and the
+    tuner, assessor and advisor sections (built as the experiment would build them). So that a file
+    with several mistakes shows them all in one run."""
+    seen = {format_loc(e["loc"]) for e in found}
+    more: list[dict[str, Any]] = []
+    if "searchSpace" not in seen and data.get("searchSpace") is None and not data.get("searchSpaceFile"):
+        more.append(
+            _problem(("searchSpace",), "the experiment needs a search space: set searchSpace or searchSpaceFile")
+        )
+    ts = data.get("trainingService")
+    platform = ts.get("platform") if isinstance(ts, dict) else getattr(ts, "platform", None)
+    ts_command = ts.get("trialCommand") if isinstance(ts, dict) else getattr(ts, "trial_command", None)
+    if platform not in ("kubeflow", "frameworkcontroller") and not (data.get("trialCommand") or ts_command):
+        if "trialCommand" not in seen:
+            more.append(_problem(("trialCommand",), "required key is missing: the shell command that runs one trial"))
+    if data.get("tuner") is not None and data.get("advisor") is not None:
+        more.append(_problem(("advisor",), "give a tuner or an advisor, not both"))
+    space = data.get("searchSpace")
+    for key in ("tuner", "advisor", "assessor"):
+        if key in seen or not isinstance(data.get(key), dict):
+            continue
+        try:
+            algo = AlgorithmConfig.model_validate(data[key])
+        except pydantic.ValidationError:
+            continue  # already reported by the experiment model
+        problem = _algorithm_problem(key, algo, space if isinstance(space, dict) else None, data.get("seed"))
+        if problem is not None:
+            more.append(problem)
+    return more
+
+
+def _algorithm_problem(
+    key: str, algo: AlgorithmConfig, space: dict[str, Any] | None, seed: Any
+) -> dict[str, Any] | None:
+    """Build one built-in algorithm section as the experiment would; its ConfigError as a problem, else None.
+
+    A user's class (className, or a name registered with ``nni-ts algo``) is not built here: building it
+    may be costly or have effects; the experiment builds it once, before it starts.
+    """
+    from ..algorithms import resolve
+    from ..tuners import create_assessor, create_tuner
+
+    kind = "assessor" if key == "assessor" else "tuner"
+    try:
+        if algo.class_name is not None or algo.name is None or resolve(algo.name, kind) is not None:
+            return None
+        if kind == "assessor":
+            if algo.name.lower() in ("hyperband", "bohb"):
+                return None  # pairs with its tuner; checked when the experiment runs
+            create_assessor(algo.name, class_args=dict(algo.class_args), path=key)
+        elif space is not None:
+            create_tuner(
+                algo.name,
+                class_args=dict(algo.class_args),
+                search_space=space,
+                seed=seed if isinstance(seed, int) else None,
+                path=key,
+            )
+    except ConfigError as exc:
+        loc = tuple((exc.path or key).split("."))
+        return _problem(loc, exc.reason.rstrip("."))
+    return None
 
 
 def _known_keys(model: type[pydantic.BaseModel]) -> set[str]:
@@ -179,7 +267,8 @@ def _explain(errors: list[Any], source: str, lines: dict[str, int], v1: bool, pl
                 path, _, msg = msg[3:].partition(": ")
             if "input" in err and not isinstance(err["input"], dict | list):
                 shown = repr(err["input"])
-                msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+                if shown not in msg:  # a message that quotes the value already does not say it twice
+                    msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
         line = lines.get(path) or lines.get(_v1_path(path, platform) if v1 else path)
         where = f"{path}" + (f" (line {line})" if line else "")
         if v1 and path != "(top level)" and _v1_path(path, platform) != path:

@@ -2,7 +2,8 @@
 
 A Unix socket in a directory only the user can enter (mode 0700), one JSON request per connection,
 one JSON answer. Requests: ``{"op": "stop"}``, ``{"op": "kill", "trial": ID}``,
-``{"op": "log", "trial": ID, "file": "stdout", "tail": N}``, ``{"op": "progress"}``.
+``{"op": "log", "trial": ID, "file": "stdout", "tail": N}``, ``{"op": "progress"}``,
+``{"op": "import", "offset": N}`` (feed the tuner the imported results written from byte N on).
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ class ControlServer:
         if op == "stop":
             exp.stop(str(req.get("reason") or "Stopped by the user (nni-ts stop)."))
             return {"ok": True}
+        if op == "import":
+            from .experiment import IMPORTED_FILE, read_imported
+
+            entries = read_imported(exp.working_directory / IMPORTED_FILE, int(req.get("offset", 0)))
+            exp.import_results(entries)
+            return {"ok": True, "imported": len(entries)}
         if op == "progress":
             return {"ok": True, "progress": dataclasses.asdict(exp.progress())}
         service = exp.service

@@ -1,9 +1,14 @@
 """The experiment loop: a tuner proposes parameters, a training service runs trials, the store remembers.
 
 Everything a trial reports goes to the store first (durably), then to the tuner, the assessor and
-whoever watches the experiment. A manager killed at any point can therefore be resumed: trials still
-running are re-attached (never re-run), finished ones are replayed into a fresh tuner, and the
-remaining budget is completed.
+whoever watches the experiment. The loop never touches the database itself: every read and write
+goes through the store's writer thread (:class:`~nni_ts.storage.AsyncStore`), queued in the order
+the loop makes them. The metric listener awaits its record's commit and raises if it failed, which
+refuses the record: the platform delivers it again. A status or submission write that fails ends
+the experiment with an error (a status cannot be refused).
+
+A manager killed at any point can therefore be resumed: trials still running are re-attached (never
+re-run), finished ones are replayed into a fresh tuner, and the remaining budget is completed.
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,18 +27,20 @@ import psutil
 import pydantic
 from pyee import EventEmitter
 
+from ..clock import REAL_CLOCK, Clock, TimerHandle
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
-from ..storage import Store, TrialRecord, open_store
+from ..storage import AsyncStore, Store, TrialRecord, open_store
 from ..tasks import TaskSupervisor
 from ..training_service import TrainingService, new_trial_id
 from .records import parse_record
+from .results import best_trial, is_better, no_success_summary, optimize_mode
 
 if TYPE_CHECKING:
     from ..config.experiment import ExperimentConfig
     from ..tuners import Assessor, Tuner
 
-__all__ = ["Experiment", "ExperimentResult", "ExperimentStatus", "Progress", "manager_alive"]
+__all__ = ["Experiment", "ExperimentResult", "ExperimentStatus", "Progress", "manager_alive", "tuner_for"]
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +81,29 @@ class ExperimentResult:
     optimize_mode: str
     trials: list[TrialRecord] = field(default_factory=list)
     message: str | None = None
+    #: When trials ended and none succeeded: what went wrong and how to see why (else None).
+    no_success: str | None = None
 
     @property
     def best(self) -> TrialRecord | None:
-        """The trial with the best final value (max or min by ``optimize_mode``)."""
-        scored = [t for t in self.trials if t.final_value is not None]
-        if not scored:
-            return None
-        sign = -1.0 if self.optimize_mode == "minimize" else 1.0
-        return max(scored, key=lambda t: sign * (t.final_value or 0.0))
+        """The SUCCEEDED trial with the best final value (max or min by ``optimize_mode``)."""
+        return best_trial(self.trials, self.optimize_mode)
+
+    @property
+    def succeeded(self) -> int:
+        """How many trials succeeded."""
+        return sum(t.status is TrialJobStatus.SUCCEEDED for t in self.trials)
+
+
+#: Results imported into an experiment (one JSON entry a line), fed to every tuner it runs.
+IMPORTED_FILE = "imported.jsonl"
+
+
+def read_imported(path: Path, offset: int = 0) -> list[dict[str, Any]]:
+    """The entries of an imported-results file, from byte ``offset`` on."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return [json.loads(line) for line in fh.read().splitlines() if line.strip()]
 
 
 def manager_alive(pid: int | None, started: float | None) -> bool:
@@ -101,10 +121,42 @@ def _self_started() -> float:
     return float(psutil.Process(os.getpid()).create_time())
 
 
-def _optimize_mode(config: ExperimentConfig) -> str:
+def _algo_source(algo: Any, kind: str) -> tuple[str | None, str | None, str | None]:
+    """``(name, className, codeDirectory)`` of a config's algorithm, a registered name resolved to its class.
+
+    Classes written for NNI import ``nni``: the light module stands in when NNI is not installed.
+    """
+    from ..algorithms import ensure_nni_importable, resolve
+
+    ensure_nni_importable()
+    meta = resolve(algo.name, kind) if algo.class_name is None else None
+    if meta is None:
+        return algo.name, algo.class_name, algo.code_directory
+    return None, str(meta["className"]), algo.code_directory or meta.get("codeDirectory")
+
+
+def tuner_for(config: ExperimentConfig) -> Tuner:
+    """The tuner (or advisor) the config names, built for its search space and seed.
+
+    The one place a config becomes a tuner: the experiment builds it at start, the service when an
+    experiment is created (so that a bad name or classArgs is refused before anything runs).
+    """
+    from ..tuners import create_tuner
+
     algo = config.tuner or config.advisor
-    mode = str((algo.class_args or {}).get("optimize_mode", "maximize")) if algo else "maximize"
-    return "minimize" if mode.lower().startswith("min") else "maximize"
+    if algo is None:
+        raise ConfigError("The experiment names no tuner; add `tuner: {name: TPE}` for example.", path="tuner")
+    if config.search_space is None:
+        raise ConfigError("The experiment has no search space: set searchSpace or searchSpaceFile.")
+    name, class_name, code_directory = _algo_source(algo, "tuner")
+    return create_tuner(
+        name,
+        class_name=class_name,
+        code_directory=code_directory,
+        class_args=dict(algo.class_args or {}),
+        search_space=config.search_space,
+        seed=config.seed,
+    )
 
 
 def config_to_storable(config: ExperimentConfig) -> dict[str, Any]:
@@ -117,7 +169,17 @@ def config_to_storable(config: ExperimentConfig) -> dict[str, Any]:
 class _Live:
     """The loop's bookkeeping for one trial it currently owns."""
 
-    __slots__ = ("attempt", "history", "parameter_id", "parameters", "reattached", "sequence_id", "told", "timer")
+    __slots__ = (
+        "attempt",
+        "final",
+        "history",
+        "parameter_id",
+        "parameters",
+        "reattached",
+        "sequence_id",
+        "told",
+        "timer",
+    )
 
     def __init__(self, parameter_id: int, sequence_id: int, parameters: dict[str, Any], attempt: int) -> None:
         self.parameter_id = parameter_id
@@ -126,8 +188,9 @@ class _Live:
         self.attempt = attempt
         self.history: list[Any] = []
         self.told = False
+        self.final: float | None = None  # the scalar of its stored FINAL record
         self.reattached = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: TimerHandle | None = None
 
 
 class Experiment:
@@ -138,8 +201,12 @@ class Experiment:
     to override what the config names (tests, notebooks); ``store`` defaults to the database under
     ``NNI_TS_HOME``.
 
-    ``events`` (pyee) emits ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record)
-    and ``"status"`` (the experiment status).
+    ``events`` (pyee) emits ``"started"`` (the record exists), ``"running"`` (the platform is up),
+    ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record) and ``"status"`` (the
+    experiment status).
+
+    ``clock`` times ``maxTrialDuration`` and ``maxExperimentDuration`` (tests pass a
+    :class:`nni_ts.testing.FakeClock`; the service it makes gets the same clock).
     """
 
     def __init__(
@@ -152,6 +219,7 @@ class Experiment:
         tuner: Tuner | None = None,
         assessor: Assessor | None = None,
         control_socket: bool = True,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         from ..config.experiment import ExperimentConfig
         from ..config.loader import config_from_dict, load_experiment_config
@@ -163,11 +231,13 @@ class Experiment:
         else:
             self.config = load_experiment_config(config)
         self.id = experiment_id or new_trial_id(8).lower()
-        self.store = store or open_store()
+        self._store = store
+        self._db: AsyncStore | None = None  # the store for the loop, once it runs
         self._own_store = store is None
         self.events = EventEmitter()
-        self.optimize_mode = _optimize_mode(self.config)
+        self.optimize_mode = optimize_mode(self.config)
         self.control_socket = control_socket
+        self.clock = clock
         self._service = service
         self._tuner = tuner
         self._assessor = assessor
@@ -178,7 +248,7 @@ class Experiment:
         self._live: dict[str, _Live] = {}
         self._pending_retries: deque[_Live] = deque()
         self._wake = asyncio.Event()
-        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: TimerHandle | None = None
         self._stop_reason: str | None = None
         self._tuner_exhausted = False
         self._next_parameter_id = 0
@@ -196,7 +266,10 @@ class Experiment:
         self._cancel_reasons: dict[str, str] = {}
         #: Owns the loop's background work (early stops, time-outs); stopped when the run ends.
         self._tasks = TaskSupervisor(f"experiment-{self.id}")
+        #: Waits for the store calls the loop does not wait for itself (statuses); drained, not cancelled.
+        self._writes = TaskSupervisor(f"experiment-{self.id}-store")
         self._errors: list[BaseException] = []
+        self._no_success: str | None = None
 
     # ------------------------------------------------------------------ resume
 
@@ -212,6 +285,7 @@ class Experiment:
         service: TrainingService[Any] | None = None,
         tuner: Tuner | None = None,
         control_socket: bool = True,
+        clock: Clock = REAL_CLOCK,
     ) -> Experiment:
         """An experiment that continues ``experiment_id``: re-attaches to its running trials, replays
         its finished ones into the tuner and completes the budget. ``max_trial_number`` and
@@ -239,6 +313,7 @@ class Experiment:
             service=service,
             tuner=tuner,
             control_socket=control_socket,
+            clock=clock,
         )
         exp._own_store = own
         exp._resuming = True
@@ -247,6 +322,13 @@ class Experiment:
         return exp
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def store(self) -> Store:
+        """The experiment's store (``$NNI_TS_HOME/nni-ts.db`` unless one was given)."""
+        if self._store is None:
+            self._store = open_store()
+        return self._store
 
     @property
     def status(self) -> str:
@@ -293,9 +375,20 @@ class Experiment:
         if max_experiment_duration is not None and deadline is not None:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
-            loop = asyncio.get_running_loop()
-            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+            self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         self._wake.set()
+
+    def import_results(self, entries: list[dict[str, Any]]) -> None:
+        """Results from elsewhere (``nni-ts experiment import``): the tuner learns them as finished trials."""
+        if entries and self._tuner is not None:
+            self._call_algo(self._tuner.import_data, list(entries))
+            self._wake.set()
+
+    def _feed_imported(self) -> None:
+        """Give the tuner what was imported into this experiment, before its first suggestion."""
+        path = self.working_directory / IMPORTED_FILE
+        if path.exists():
+            self.import_results(read_imported(path))
 
     def stop(self, reason: str = "Stopped by the user.") -> None:
         """Ask the loop to stop: no new trials, running ones are cancelled. Safe from signal handlers."""
@@ -309,7 +402,7 @@ class Experiment:
         eta = None
         limit = self.config.max_trial_number
         if limit and done:
-            eta = max(0.0, (limit - done) * (time.monotonic() - self._started_at) / max(done, 1))
+            eta = max(0.0, (limit - done) * (self.clock.time() - self._started_at) / max(done, 1))
         deadline = self.config.max_experiment_seconds
         if deadline is not None:
             left = max(0.0, deadline - elapsed)
@@ -329,28 +422,36 @@ class Experiment:
         )
 
     def result(self) -> ExperimentResult:
+        """The result as stored now (synchronous: not for the event loop; ``run()`` returns it)."""
+        return self._result(self.store.list_trials(self.id))
+
+    def _result(self, trials: list[TrialRecord]) -> ExperimentResult:
         return ExperimentResult(
             experiment_id=self.id,
             status=self._status,
             optimize_mode=self.optimize_mode,
-            trials=self.store.list_trials(self.id),
+            trials=trials,
             message=self._message,
+            no_success=self._no_success,
         )
 
     async def run(self) -> ExperimentResult:
         """Run (or continue) the experiment to its end and return the result."""
-        self._started_at = time.monotonic()
+        self._started_at = self.clock.time()
         try:
             # Everything the config names is built before anything is recorded: a mistake in the
             # tuner or platform section leaves no half-created experiment behind.
-            self._tuner = self._tuner or self._make_tuner()
+            self._tuner = self._tuner or tuner_for(self.config)
             if self._assessor is None:
                 self._assessor = self._make_assessor()
             service = self._service or self._make_service()
             self._service = service
-            self._prepare_record()
+            if self._store is None:
+                self._store = await asyncio.to_thread(open_store)
+            self._db = self._store.asynchronous()
+            await self._prepare_record()
         except BaseException:
-            self._close_store()
+            await self._close_store()
             raise
         self.events.emit("started", self.id)
         try:
@@ -362,11 +463,15 @@ class Experiment:
             async with service:
                 if control is not None:
                     await control.start()
+                self.events.emit("running", self.id)  # the platform is up: what the config asks can run
                 try:
                     if self._resuming:
                         await self._restore()
+                    self._feed_imported()
                     await self._main_loop()
                     await self._cancel_live()
+                    trials = await self.db.list_trials(self.id)
+                    self._no_success = await no_success_summary(self.id, trials, service)
                 finally:
                     if control is not None:
                         await control.close()
@@ -379,28 +484,40 @@ class Experiment:
                 self._message = "Interrupted."
             else:
                 self._message = f"Internal error: {exc!r}"
-            self._finish_record()
-            self._close_store()
+            await self._drain_writes()
+            await self._finish_record()
+            await self._close_store()
             raise
         finally:
             service.remove_trial_job_metric_listener(self._on_metric)
             service.events.remove_listener("trial_status", self._on_status)
             await self._tasks.stop()
+        await self._drain_writes()
         if self._errors:
             self._status = ExperimentStatus.ERROR
-            self._message = f"The tuner or assessor failed: {self._errors[0]!r}"
-        self._finish_record()
-        result = self.result()
-        self._close_store()
+            first = self._errors[0]
+            self._message = str(first) if isinstance(first, StoreError) else f"The tuner or assessor failed: {first!r}"
+        await self._finish_record()
+        try:
+            result = self._result(await self.db.list_trials(self.id))
+        finally:
+            await self._close_store()
         return result
 
     # ------------------------------------------------------------------ set-up
 
-    def _prepare_record(self) -> None:
+    @property
+    def db(self) -> AsyncStore:
+        """The store as the loop uses it (through the writer thread); set while ``run()`` runs."""
+        if self._db is None:
+            raise RuntimeError("The experiment's store is used by the loop only while run() runs.")
+        return self._db
+
+    async def _prepare_record(self) -> None:
         storable = config_to_storable(self.config)
         platform = self.config.training_service.platform
         if self._resuming:
-            self.store.update_experiment(
+            await self.db.update_experiment(
                 self.id,
                 status=ExperimentStatus.RUNNING,
                 config=storable,
@@ -410,7 +527,7 @@ class Experiment:
                 message=None,
             )
         else:
-            self.store.create_experiment(
+            await self.db.create_experiment(
                 self.id,
                 name=self.config.experiment_name,
                 platform=platform,
@@ -421,11 +538,11 @@ class Experiment:
             )
         self.working_directory.mkdir(parents=True, exist_ok=True)
 
-    def _finish_record(self) -> None:
+    async def _finish_record(self) -> None:
         from ..models import now_ms
 
         try:
-            self.store.update_experiment(
+            await self.db.update_experiment(
                 self.id,
                 status=self._status,
                 ended_ms=now_ms(),
@@ -437,33 +554,40 @@ class Experiment:
             log.exception("Could not record the end of experiment %s.", self.id)
         self.events.emit("status", self._status)
 
-    def _close_store(self) -> None:
-        if self._own_store:
-            self.store.close()
+    async def _close_store(self) -> None:
+        if self._own_store and self._store is not None:
+            await asyncio.to_thread(self._store.close)
+
+    def _track(self, call: Awaitable[Any], what: str, then: Callable[[Any], object] | None = None) -> None:
+        """Wait for a store call the loop does not wait for (it is queued already, so it keeps its
+        place in the order); ``then`` gets its result. A failure ends the experiment with an error."""
+
+        async def wait() -> None:
+            try:
+                result = await call
+            except StoreError as exc:
+                log.error("Could not record %s: %s", what, exc)
+                self._errors.append(StoreError(f"Could not record {what}: {exc}"))
+                self._wake.set()
+                return
+            if then is not None:
+                then(result)
+
+        self._writes.spawn(wait(), name=what)
+
+    async def _drain_writes(self) -> None:
+        """Wait for every store call in flight (a status written as the service cleaned up, ...)."""
+        while self._writes.tasks:
+            await asyncio.wait(self._writes.tasks)
 
     def _make_service(self) -> TrainingService[Any]:
         from ..registry import get_platform_class
 
         ts = self.config.training_service
         cls = get_platform_class(ts.platform)
-        return cls(ts, experiment_id=self.id, experiment_dir=self.working_directory)
-
-    def _make_tuner(self) -> Tuner:
-        from ..tuners import create_tuner
-
-        algo = self.config.tuner or self.config.advisor
-        if algo is None:
-            raise ConfigError("The experiment names no tuner; add `tuner: {name: TPE}` for example.", path="tuner")
-        if self.config.search_space is None:
-            raise ConfigError("The experiment has no search space: set searchSpace or searchSpaceFile.")
-        return create_tuner(
-            algo.name,
-            class_name=algo.class_name,
-            code_directory=algo.code_directory,
-            class_args=dict(algo.class_args or {}),
-            search_space=self.config.search_space,
-            seed=self.config.seed,
-        )
+        service = cls(ts, experiment_id=self.id, experiment_dir=self.working_directory)
+        service.clock = self.clock
+        return service
 
     def _make_assessor(self) -> Assessor | None:
         builtin: Assessor | None = getattr(self._tuner, "builtin_assessor", None)
@@ -472,10 +596,11 @@ class Experiment:
             return builtin
         from ..tuners import create_assessor
 
+        name, class_name, code_directory = _algo_source(algo, "assessor")
         return create_assessor(
-            algo.name,
-            class_name=algo.class_name,
-            code_directory=algo.code_directory,
+            name,
+            class_name=class_name,
+            code_directory=code_directory,
             class_args=dict(algo.class_args or {}),
             tuner=self._tuner,
         )
@@ -483,7 +608,7 @@ class Experiment:
     async def _restore(self) -> None:
         """Pick up where an earlier manager left off."""
         assert self._service is not None and self._tuner is not None
-        trials = self.store.list_trials(self.id, with_detail=True)
+        trials = await self.db.list_trials(self.id, with_detail=True)
         replay: list[dict[str, Any]] = []
         latest: dict[int, TrialRecord] = {}
         for t in trials:
@@ -514,9 +639,10 @@ class Experiment:
             live = _Live(t.parameter_id, t.sequence_id, t.parameters, t.attempt)
             live.reattached = True
             live.history = [
-                parse_record(m.data).value for m in self.store.metrics(self.id, t.id) if m.type == "PERIODICAL"
+                parse_record(m.data).value for m in await self.db.metrics(self.id, t.id) if m.type == "PERIODICAL"
             ]
             live.told = t.final_data is not None
+            live.final = t.final_value
             self._live[t.id] = live
             log.info("Re-attaching to trial %s (%s).", t.id, t.status)
             await self._service.reattach_trial_job(detail, metrics_delivered=t.metric_count)
@@ -526,7 +652,7 @@ class Experiment:
     def _elapsed(self) -> float:
         if not self._started_at:
             return self._active_before
-        return self._active_before + time.monotonic() - self._started_at
+        return self._active_before + self.clock.time() - self._started_at
 
     def _budget_left(self) -> bool:
         limit = self.config.max_trial_number
@@ -541,10 +667,9 @@ class Experiment:
             self.stop(f"maxFailedTrialNumber ({limit}) reached: {self._failed} trials failed.")
 
     async def _main_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         deadline = self.config.max_experiment_seconds
         if deadline is not None:
-            self._deadline_timer = loop.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+            self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         try:
             while True:
                 self._wake.clear()
@@ -612,7 +737,7 @@ class Experiment:
         form = self._form(trial_id, live.parameter_id, live.sequence_id, live.parameters)
         # The trial exists in the store before it exists anywhere else: a crash right after the
         # submission still leaves a record to re-attach to.
-        self.store.insert_trial(
+        await self.db.insert_trial(
             TrialRecord(
                 experiment_id=self.id,
                 id=trial_id,
@@ -638,28 +763,31 @@ class Experiment:
                 message=f"Submission failed: {exc}",
                 infrastructure_failure=True,
             )
-            self.store.update_trial(self.id, fake)
+            await self.db.update_trial(self.id, fake)
             self._trial_ended(fake)
             return
-        self.store.update_trial(self.id, detail)
+        await self.db.update_trial(self.id, detail)
         if detail.status.is_terminal and trial_id in self._live:
             self._trial_ended(detail)
 
     # ------------------------------------------------------------------ events from the service
 
-    def _on_metric(self, metric: TrialJobMetric) -> None:
-        live = self._live.get(metric.trial_job_id)
+    async def _on_metric(self, metric: TrialJobMetric) -> None:
+        """The metric listener: returns once the record is committed; raises (which refuses the
+        record, so the platform delivers it again) if the store failed."""
         parsed = parse_record(metric.data)
-        inserted = self.store.add_metric(
+        inserted = await self.db.add_metric(
             self.id, metric.trial_job_id, metric.sequence, type=parsed.type, value=parsed.scalar, data=metric.data
         )
+        live = self._live.get(metric.trial_job_id)
         if not inserted or live is None:
             return
+        if parsed.type == "FINAL":
+            live.final = parsed.scalar
         if not parsed.valid:
             log.warning("Trial %s wrote a record that is not JSON; it is stored as is.", metric.trial_job_id)
         elif parsed.type == "FINAL" and not live.told:
             live.told = True
-            self._note_best(metric.trial_job_id, parsed.scalar)
             assert self._tuner is not None
             if live.reattached:
                 self._call_algo(self._tuner.import_data, [{"parameter": live.parameters, "value": parsed.value}])
@@ -682,14 +810,15 @@ class Experiment:
         reason = self._cancel_reasons.get(detail.id)
         if reason and detail.status.is_terminal:
             detail.message = reason
-        self.store.update_trial(self.id, detail)
+        # Queued now, so it is stored after the trial's metrics and before anything the loop does next.
+        self._track(self.db.update_trial(self.id, detail), f"the status of trial {detail.id}")
         live = self._live[detail.id]
         if detail.status is TrialJobStatus.RUNNING and live.timer is None:
             limit = self.config.max_trial_seconds
             if limit is not None:
                 started = (detail.start_time or 0) / 1000
-                left = max(0.0, limit - (time.time() - started)) if started else limit
-                live.timer = asyncio.get_running_loop().call_later(left, self._trial_timed_out, detail.id)
+                left = max(0.0, limit - (self.clock.wall() - started)) if started else limit
+                live.timer = self.clock.call_later(left, self._trial_timed_out, detail.id)
         if detail.status.is_terminal:
             self._trial_ended(detail)
 
@@ -734,17 +863,15 @@ class Experiment:
             )
             self._pending_retries.append(_Live(live.parameter_id, live.sequence_id, live.parameters, live.attempt + 1))
         else:
-            final = self._final_value(detail.id) if live.told else None
+            final = live.final if live.told else None
             self._count_end(detail.id, detail.status, final, detail.infrastructure_failure, live=live)
         self._wake.set()
-        try:
-            record = self.store.get_trial(self.id, detail.id)
-        except StoreError:
-            return
-        self.events.emit("trial_end", record)
-
-    def _final_value(self, trial_id: str) -> float | None:
-        return self.store.get_trial(self.id, trial_id).final_value
+        # Queued after the trial's status write: the record read is the one just stored.
+        self._track(
+            self.db.get_trial(self.id, detail.id),
+            f"the end of trial {detail.id}",
+            then=lambda record: self.events.emit("trial_end", record),
+        )
 
     def _count_end(
         self, trial_id: str, status: TrialJobStatus, final: float | None, infra: bool, *, live: _Live | None
@@ -756,7 +883,8 @@ class Experiment:
             self._failed += 1
         else:
             self._other_ends += 1
-        self._note_best(trial_id, final)
+        if success:
+            self._note_best(trial_id, final)
         if live is not None and not live.reattached:
             assert self._tuner is not None
             self._call_algo(self._tuner.trial_end, live.parameter_id, success)
@@ -766,12 +894,7 @@ class Experiment:
     def _note_best(self, trial_id: str, value: float | None) -> None:
         if value is None:
             return
-        better = (
-            self._best_value is None
-            or (self.optimize_mode == "maximize" and value > self._best_value)
-            or (self.optimize_mode == "minimize" and value < self._best_value)
-        )
-        if better:
+        if is_better(value, self._best_value, self.optimize_mode):
             self._best_value = value
             self._best_trial = trial_id
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from ..config.experiment import ExperimentConfig
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..experiment import Experiment
-from ..experiment.experiment import _optimize_mode
+from ..experiment.results import best_trial_sql, optimize_mode
 from ..models import now_ms
 from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
@@ -324,9 +324,9 @@ class ExperimentService:
                 "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row[0]
             )
         }
-        direction = "ASC" if row[10] == "minimize" else "DESC"
+        where, direction = best_trial_sql(row[10])
         best_row = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND final_value IS NOT NULL "
+            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND {where} "
             f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
             row[0],
         )
@@ -391,20 +391,9 @@ class ExperimentService:
 
     def _tuner_for(self, config: ExperimentConfig) -> Any:
         """Build the tuner now, so that a bad tuner name or classArgs is a 422, not a failed experiment."""
-        from ..tuners import create_tuner
+        from ..experiment.experiment import tuner_for
 
-        algo = config.tuner or config.advisor
-        if algo is None:
-            raise ConfigError("the experiment names no tuner; add tuner: {name: TPE}.", path="tuner")
-        assert config.search_space is not None
-        return create_tuner(
-            algo.name,
-            class_name=algo.class_name,
-            code_directory=algo.code_directory,
-            class_args=dict(algo.class_args or {}),
-            search_space=config.search_space,
-            seed=config.seed,
-        )
+        return tuner_for(config)
 
     async def create_experiment(
         self, user: User, workspace: str, raw: Any, *, legacy: bool = False, actor: str | None = None
@@ -446,7 +435,7 @@ class ExperimentService:
                 json.dumps(stored),
                 trials,
                 gpus,
-                _optimize_mode(config),
+                optimize_mode(config),
                 self.settings.replica,
                 int(legacy),
                 now,

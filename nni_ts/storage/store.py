@@ -1,9 +1,18 @@
 """The SQLite store: one database file under ``NNI_TS_HOME`` holding every experiment.
 
-Durability: the database runs in WAL mode with ``synchronous=NORMAL``. Every write is its own
-transaction, committed before the caller goes on, so a manager killed at any point (even with
-SIGKILL) loses nothing it had written: WAL commits survive the death of the process. (An operating
-system crash may lose the last transactions; ``NNI_TS_SYNC=full`` closes that window at a cost.)
+Durability: the database runs in WAL mode with ``synchronous=NORMAL``. A write is committed before
+its caller goes on, so a manager killed at any point (even with SIGKILL) loses nothing it had been
+told was written: WAL commits survive the death of the process. (An operating system crash may lose
+the last transactions; ``NNI_TS_SYNC=full`` closes that window at a cost.)
+
+Two ways in. :class:`Store`'s methods are synchronous (the CLI, scripts, tests). :class:`AsyncStore`
+is what an event loop uses: every call is queued to the store's one writer thread and awaited, so the
+loop never waits on the disk or on a lock held by another process. The writer takes the calls in
+the order they were queued (so a trial's metrics and statuses are stored in the order the loop
+produced them) and runs the writes that queued up meanwhile in one transaction, each in its own
+savepoint: a burst of metrics costs one commit, not one each. An awaited write resolves only after
+its COMMIT; a write that fails (disk full, database locked past the busy timeout) raises
+:class:`~nni_ts.errors.StoreError` to whoever awaits it, and to every write of the same transaction.
 
 Metrics are keyed by ``(experiment, trial, seq)`` where ``seq`` is the record's position in the
 trial's stream, so writing the same record twice (a resumed manager, a re-delivering keeper) keeps
@@ -12,23 +21,32 @@ one copy. The experiment loop writes a record here *before* anyone sees it (tune
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import copy
 import json
 import os
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import StoreError
 from ..models import TrialJobDetail, TrialJobStatus, now_ms
 from ..paths import home
 
-__all__ = ["ExperimentRecord", "MetricRecord", "Store", "TrialRecord", "open_store"]
+__all__ = ["AsyncStore", "ExperimentRecord", "MetricRecord", "Store", "TrialRecord", "open_store"]
 
 SCHEMA_VERSION = 1
+
+#: The most writes the writer thread puts in one transaction.
+MAX_BATCH = 512
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -188,17 +206,160 @@ def _experiment_from_row(row: tuple[Any, ...]) -> ExperimentRecord:
     )
 
 
+class _Job:
+    """One call queued to the writer thread."""
+
+    __slots__ = ("fn", "future", "write")
+
+    def __init__(self, fn: Callable[[], Any], write: bool) -> None:
+        self.fn = fn
+        self.write = write
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+class _Batch(Exception):
+    """A write failed in a way that undid the whole transaction (disk full, I/O error, locked)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _undoes_transaction(exc: BaseException) -> bool:
+    """Whether a write's failure is the database's (every write of the transaction fails with it),
+    not the one call's (a constraint, a missing row: only that call fails)."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    return isinstance(cause, sqlite3.Error) and not isinstance(cause, sqlite3.IntegrityError | sqlite3.ProgrammingError)
+
+
+class _Writer:
+    """The store's one writer thread: takes queued calls in order, batches consecutive writes."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=f"nni-ts-store-{store.path.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T], *, write: bool) -> concurrent.futures.Future[T]:
+        job = _Job(fn, write)
+        self._queue.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        """Finish every queued call, then end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _main(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        writes: list[_Job] = []
+        for job in batch:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # its caller gave up before it ran
+            if job.write:
+                writes.append(job)
+                continue
+            self._commit(writes)
+            writes = []
+            try:
+                job.future.set_result(job.fn())
+            except BaseException as exc:
+                job.future.set_exception(exc)
+        self._commit(writes)
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        """Run ``jobs`` in one transaction, each in a savepoint; resolve them after the COMMIT."""
+        if not jobs:
+            return
+        store = self._store
+        db = store._db
+        done: list[tuple[_Job, Any]] = []
+        try:
+            with store._lock:
+                store._local.batch = True
+                try:
+                    _execute(store, db, "BEGIN IMMEDIATE", "Writing to")
+                    for job in jobs:
+                        db.execute("SAVEPOINT job")
+                        try:
+                            result = job.fn()
+                        except BaseException as exc:
+                            if _undoes_transaction(exc) or not db.in_transaction:
+                                raise _Batch(exc) from exc
+                            db.execute("ROLLBACK TO job")
+                            db.execute("RELEASE job")
+                            job.future.set_exception(exc)
+                            continue
+                        db.execute("RELEASE job")
+                        done.append((job, result))
+                    _execute(store, db, "COMMIT", "Committing to")
+                except BaseException:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):  # the failure is reported below
+                            db.execute("ROLLBACK")
+                    raise
+                finally:
+                    store._local.batch = False
+        except _Batch as exc:
+            error: BaseException = exc.error
+        except sqlite3.Error as exc:
+            error = StoreError(f"Writing to {store.path} failed: {exc}.")
+            error.__cause__ = exc
+        except BaseException as exc:
+            error = exc
+        else:
+            for job, result in done:
+                job.future.set_result(result)
+            return
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+
+def _execute(store: Store, db: sqlite3.Connection, sql: str, failure: str) -> None:
+    try:
+        db.execute(sql)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{failure} {store.path} failed: {exc}.") from exc
+
+
 class Store:
-    """Access to the database. Cheap calls, made from the event loop's thread.
+    """Access to the database, synchronous: for the CLI and scripts. An event loop uses
+    :class:`AsyncStore` (``store.asynchronous()``), which does the same through the writer thread.
 
     ``readonly=True`` opens the file without write access (``nni-ts view``), so a viewer can never
-    change an experiment, even by mistake.
+    change an experiment, even by mistake. ``busy_timeout`` is how long a write waits for another
+    process's lock before it fails.
     """
 
-    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        self._lock = threading.Lock()
+        # Held while the connection is used; re-entrant because the writer thread holds it across a
+        # batch while each call in it takes it again.
+        self._lock = threading.RLock()
+        self._writer: _Writer | None = None
+        self._writer_lock = threading.Lock()
+        self._closed = False
+        self._local = threading.local()  # .batch: this thread runs a writer's transaction
         try:
             if readonly:
                 if not self.path.exists():
@@ -207,13 +368,15 @@ class Store:
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+                self._db = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                )
                 self._db.execute("PRAGMA journal_mode=WAL")
                 sync = "FULL" if os.environ.get("NNI_TS_SYNC", "").lower() == "full" else "NORMAL"
                 self._db.execute(f"PRAGMA synchronous={sync}")
                 self._db.executescript(_SCHEMA)
                 self._check_version()
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         except sqlite3.Error as exc:
             raise StoreError(f"Cannot open the nni-ts database at {self.path}: {exc}.") from exc
 
@@ -228,7 +391,37 @@ class Store:
             )
 
     def close(self) -> None:
+        """Finish every queued write, stop the writer thread and close the connection."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+            self._closed = True
+        if writer is not None:
+            writer.stop()
         self._db.close()
+
+    def asynchronous(self) -> AsyncStore:
+        """This store for an event loop: the same calls, awaited, run by the store's writer thread."""
+        return AsyncStore(self)
+
+    def _submit(self, fn: Callable[[], T], *, write: bool) -> concurrent.futures.Future[T]:
+        with self._writer_lock:
+            if self._closed:
+                raise StoreError(f"The store at {self.path} is closed.")
+            if self._writer is None:
+                self._writer = _Writer(self)
+            writer = self._writer
+        return writer.submit(fn, write=write)
+
+    def _in_writer(self) -> bool:
+        return getattr(self._local, "batch", False) is True
+
+    def set_max_pages(self, pages: int) -> int:
+        """Cap the database's size at ``pages`` pages (SQLite's ``max_page_count``; never below its
+        current size): a write that needs more fails with "database or disk is full", as on a full
+        disk. Returns the cap in effect. For quotas and for fault tests."""
+        with self._lock:
+            row = self._db.execute(f"PRAGMA max_page_count={int(pages)}").fetchone()
+        return int(row[0])
 
     def __enter__(self) -> Store:
         return self
@@ -244,6 +437,9 @@ class Store:
             raise StoreError("This store was opened read-only.")
         try:
             with self._lock:
+                if self._in_writer():  # inside the writer's transaction (and savepoint) already
+                    yield self._db
+                    return
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
@@ -303,16 +499,23 @@ class Store:
             raise
         return self.get_experiment(experiment_id)
 
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        try:
+            with self._lock:
+                return self._db.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"Reading {self.path} failed: {exc}.") from exc
+
     def get_experiment(self, experiment_id: str) -> ExperimentRecord:
-        row = self._db.execute(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE id=?", (experiment_id,)).fetchone()
-        if row is None:
-            known = [r[0] for r in self._db.execute("SELECT id FROM experiments ORDER BY created_ms DESC LIMIT 5")]
+        rows = self._read(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE id=?", (experiment_id,))
+        if not rows:
+            known = [r[0] for r in self._read("SELECT id FROM experiments ORDER BY created_ms DESC LIMIT 5")]
             hint = f" Recent experiments: {', '.join(known)}." if known else " No experiment is recorded yet."
             raise StoreError(f"There is no experiment with the id {experiment_id!r}.{hint}")
-        return _experiment_from_row(row)
+        return _experiment_from_row(rows[0])
 
     def list_experiments(self) -> list[ExperimentRecord]:
-        rows = self._db.execute(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments ORDER BY created_ms").fetchall()
+        rows = self._read(f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments ORDER BY created_ms")
         return [_experiment_from_row(r) for r in rows]
 
     def delete_experiment(self, experiment_id: str) -> bool:
@@ -383,19 +586,19 @@ class Store:
         )
 
     def get_trial(self, experiment_id: str, trial_id: str) -> TrialRecord:
-        row = self._db.execute(
+        rows = self._read(
             f"SELECT {_TRIAL_COLUMNS} FROM trials WHERE experiment_id=? AND id=?", (experiment_id, trial_id)
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             raise StoreError(f"Experiment {experiment_id} has no trial {trial_id!r}.")
-        return _trial_from_row(row)
+        return _trial_from_row(rows[0])
 
     def list_trials(self, experiment_id: str, *, with_detail: bool = False) -> list[TrialRecord]:
         """Every trial of the experiment in sequence order. Metrics are not loaded (see ``metrics``)."""
         cols = _TRIAL_COLUMNS if with_detail else _TRIAL_COLUMNS.replace(", detail", ", NULL")
-        rows = self._db.execute(
+        rows = self._read(
             f"SELECT {cols} FROM trials WHERE experiment_id=? ORDER BY sequence_id, attempt", (experiment_id,)
-        ).fetchall()
+        )
         return [_trial_from_row(r, with_detail=with_detail) for r in rows]
 
     # ------------------------------------------------------------------ metrics
@@ -432,11 +635,11 @@ class Store:
         return inserted
 
     def metrics(self, experiment_id: str, trial_id: str) -> list[MetricRecord]:
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT trial_id, seq, type, value, data, created_ms FROM metrics "
             "WHERE experiment_id=? AND trial_id=? ORDER BY seq",
             (experiment_id, trial_id),
-        ).fetchall()
+        )
         return [MetricRecord(*r) for r in rows]
 
     def iter_metrics(self, experiment_id: str) -> Iterator[MetricRecord]:
@@ -448,6 +651,73 @@ class Store:
         )
         for row in cur:
             yield MetricRecord(*row)
+
+
+class AsyncStore:
+    """A :class:`Store` for an event loop: the same calls, awaited; the store's writer thread runs them.
+
+    Each call is queued when it is *made* (it returns a future), not when it is awaited, and calls
+    run in the order they were made: a read sees every write queued before it, and a caller that
+    does not wait for a write still keeps its place in the order. A write's future resolves after
+    its transaction committed, and raises :class:`~nni_ts.errors.StoreError` if it did not. Several
+    ``AsyncStore`` of one ``Store`` share its one writer thread. Call from the loop's thread.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    def _call(self, fn: Callable[[], T], *, write: bool) -> asyncio.Future[T]:
+        return asyncio.wrap_future(self.store._submit(fn, write=write), loop=asyncio.get_running_loop())
+
+    async def aclose(self) -> None:
+        """Finish the queued calls and close the store (its connection and writer thread)."""
+        await asyncio.to_thread(self.store.close)
+
+    # writes: resolved after COMMIT
+
+    def create_experiment(self, experiment_id: str, **fields: Any) -> asyncio.Future[ExperimentRecord]:
+        return self._call(lambda: self.store.create_experiment(experiment_id, **fields), write=True)
+
+    def update_experiment(self, experiment_id: str, **fields: Any) -> asyncio.Future[None]:
+        return self._call(lambda: self.store.update_experiment(experiment_id, **fields), write=True)
+
+    def delete_experiment(self, experiment_id: str) -> asyncio.Future[bool]:
+        return self._call(lambda: self.store.delete_experiment(experiment_id), write=True)
+
+    def insert_trial(self, trial: TrialRecord) -> asyncio.Future[None]:
+        trial = copy.deepcopy(trial)  # stored as it is now, whatever the caller does with it next
+        return self._call(lambda: self.store.insert_trial(trial), write=True)
+
+    def update_trial(self, experiment_id: str, detail: TrialJobDetail) -> asyncio.Future[None]:
+        detail = detail.model_copy(deep=True)
+        return self._call(lambda: self.store.update_trial(experiment_id, detail), write=True)
+
+    def add_metric(
+        self, experiment_id: str, trial_id: str, seq: int, *, type: str, value: float | None, data: str
+    ) -> asyncio.Future[bool]:
+        """Store one record: True once it is committed, False if this (trial, seq) was stored before."""
+        return self._call(
+            lambda: self.store.add_metric(experiment_id, trial_id, seq, type=type, value=value, data=data),
+            write=True,
+        )
+
+    # reads: after every call queued before them
+
+    def get_experiment(self, experiment_id: str) -> asyncio.Future[ExperimentRecord]:
+        return self._call(lambda: self.store.get_experiment(experiment_id), write=False)
+
+    def get_trial(self, experiment_id: str, trial_id: str) -> asyncio.Future[TrialRecord]:
+        return self._call(lambda: self.store.get_trial(experiment_id, trial_id), write=False)
+
+    def list_trials(self, experiment_id: str, *, with_detail: bool = False) -> asyncio.Future[list[TrialRecord]]:
+        return self._call(lambda: self.store.list_trials(experiment_id, with_detail=with_detail), write=False)
+
+    def metrics(self, experiment_id: str, trial_id: str) -> asyncio.Future[list[MetricRecord]]:
+        return self._call(lambda: self.store.metrics(experiment_id, trial_id), write=False)
 
 
 def default_store_path() -> Path:

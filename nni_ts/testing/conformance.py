@@ -25,7 +25,9 @@ and ``concurrency`` (trials run at once in the concurrency test). Two say what t
 and the kit checks the promised behaviour either way (never skips): ``supports_reattach`` (a
 restarted manager takes over a trial with ``reattach_trial_job``; without it, the trial ends FAILED
 as an infrastructure failure) and ``supports_update`` (``update_trial_job`` on a running trial;
-without it, :class:`~nni_ts.errors.TrialStateError`).
+without it, :class:`~nni_ts.errors.TrialStateError`). ``processes = False`` is for a platform that
+runs no process at all (the in-memory :class:`~nni_ts.testing.FakeTrainingService`, with
+:func:`kit_script`): the kit then checks statuses, metrics and files, not pid files.
 
 ``make`` must return services that share their experiment directory (the re-attach test builds a
 second service, as a restarted manager would).
@@ -37,6 +39,7 @@ import asyncio
 import json
 import math
 import os
+import shlex
 import textwrap
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -49,8 +52,9 @@ import pytest
 from ..errors import InvalidStateError, TrialNotFoundError, TrialStateError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..training_service import TrainingService
+from .fake import FakeTrial, ScriptedTrial
 
-__all__ = ["TrainingServiceConformance", "form", "wait_for_status"]
+__all__ = ["TrainingServiceConformance", "form", "kit_script", "wait_for_status"]
 
 KIT_TRIAL = textwrap.dedent(
     r"""
@@ -95,6 +99,32 @@ KIT_TRIAL = textwrap.dedent(
             fh.write(nni.get_trial_id() + "\n")
     """
 )
+
+
+def kit_script(trial: FakeTrial) -> ScriptedTrial:
+    """What ``python3 kit_trial.py`` (KIT_TRIAL) does, as a :class:`~nni_ts.testing.FakeTrainingService`
+    script: the same records, output and exit code, and no process. Any other command is refused."""
+    if trial.argv[:2] != ["python3", "kit_trial.py"]:
+        raise ValueError(f"the fake platform runs only the kit's trial, not {shlex.join(trial.argv)!r}")
+    p = trial.parameters
+    if p.get("runs_file"):  # the kit trial notes each run (at its end; here when it starts)
+        with open(p["runs_file"], "a") as fh:
+            fh.write(trial.id + "\n")
+    mode = p.get("mode", "ok")
+    if mode == "ok":
+        steps = [{"default": i / 10, "step": i, "text": 'it\'s "q" é'} for i in range(p.get("n", 5))]
+        return ScriptedTrial(intermediate=steps, final=p.get("final", 0.5))
+    if mode == "nan":
+        return ScriptedTrial(intermediate=[math.nan], final=math.inf)
+    if mode == "fail":
+        return ScriptedTrial(intermediate=[1.0], exit_code=p.get("code", 3), stderr="failing on purpose\n")
+    if mode == "sleep":
+        return ScriptedTrial(intermediate=[0.0], final=1.0, duration=p.get("seconds", 300))
+    if mode == "spam":
+        return ScriptedTrial(stdout=("x" * 1023 + "\n") * p.get("kib", 2048), final=1.0)
+    if mode == "echo":
+        return ScriptedTrial(final={"default": 1.0, "params": p, "argv": trial.argv[2:]})
+    raise ValueError(f"unknown kit trial mode {mode!r}")
 
 
 def form(parameters: dict[str, Any], sequence_id: int = 0, parameter_id: int | None = None) -> TrialJobApplicationForm:
@@ -190,6 +220,8 @@ class TrainingServiceConformance:
     concurrency: int = 50
     supports_reattach: bool = True
     supports_update: bool = False
+    #: Whether the platform runs each trial as processes on this machine (the kit then checks they all end).
+    processes: bool = True
 
     @pytest.fixture
     def service_factory(self) -> Callable[..., TrainingService[Any]]:
@@ -264,9 +296,16 @@ class TrainingServiceConformance:
         assert len(rec.of(detail.id)) == 1
         assert b"failing on purpose" in await service.get_trial_file(detail.id, "stderr")
 
+    async def _trial_pids(self, service: TrainingService[Any], pid_dir: Path, trial_id: str) -> list[int]:
+        """The trial's processes (its own and a child), once it runs them; none on a process-less platform."""
+        if self.processes:
+            return await _wait_pids(pid_dir, trial_id, 2, self.timeout)
+        await wait_for_status(service, trial_id, timeout=self.timeout, status=TrialJobStatus.RUNNING)
+        return []
+
     async def test_cancel_leaves_no_process(self, service: TrainingService[Any], pid_dir: Path) -> None:
         detail = await service.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}))
-        pids = await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        pids = await self._trial_pids(service, pid_dir, detail.id)
         await wait_for_status(service, detail.id, timeout=self.timeout, status=TrialJobStatus.RUNNING)
         await service.cancel_trial_job(detail.id)
         done = await wait_for_status(service, detail.id, timeout=self.timeout)
@@ -279,7 +318,7 @@ class TrainingServiceConformance:
 
     async def test_early_stop(self, service: TrainingService[Any], pid_dir: Path) -> None:
         detail = await service.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}))
-        pids = await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        pids = await self._trial_pids(service, pid_dir, detail.id)
         await service.cancel_trial_job(detail.id, is_early_stopped=True)
         done = await wait_for_status(service, detail.id, timeout=self.timeout)
         assert done.status is TrialJobStatus.EARLY_STOPPED
@@ -329,7 +368,7 @@ class TrainingServiceConformance:
             ids = [
                 (await svc.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}, i))).id for i in range(3)
             ]
-            pids = [p for tid in ids for p in await _wait_pids(pid_dir, tid, 2, self.timeout)]
+            pids = [p for tid in ids for p in await self._trial_pids(svc, pid_dir, tid)]
         for tid in ids:
             assert (await svc.get_trial_job(tid)).status is TrialJobStatus.SYS_CANCELED
         assert [p for p in pids if _alive(p)] == []
@@ -561,7 +600,7 @@ class TrainingServiceConformance:
 
     async def test_unknown_comes_back_and_can_be_cancelled(self, service: TrainingService[Any], pid_dir: Path) -> None:
         detail = await service.submit_trial_job(form({"mode": "sleep", "pid_dir": str(pid_dir)}))
-        pids = await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        pids = await self._trial_pids(service, pid_dir, detail.id)
         await wait_for_status(service, detail.id, timeout=self.timeout, status=TrialJobStatus.RUNNING)
         assert service.reporter.unknown(detail.id, "the kit lost sight of it")
         assert (await service.get_trial_job(detail.id)).status is TrialJobStatus.UNKNOWN
@@ -574,7 +613,7 @@ class TrainingServiceConformance:
 
     async def test_update(self, service: TrainingService[Any], pid_dir: Path) -> None:
         detail = await service.submit_trial_job(form({"mode": "sleep", "seconds": 30, "pid_dir": str(pid_dir)}))
-        await _wait_pids(pid_dir, detail.id, 2, self.timeout)
+        await self._trial_pids(service, pid_dir, detail.id)
         new = form({"mode": "sleep", "seconds": 1}, 0, parameter_id=99)
         if self.supports_update:
             updated = await service.update_trial_job(detail.id, new)

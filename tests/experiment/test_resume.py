@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 
 from nni_ts.models import TrialJobStatus
@@ -56,6 +57,7 @@ def _trials(experiment_id: str) -> list:  # type: ignore[type-arg]
         return []
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reattaches_and_loses_nothing(tmp_path: Path) -> None:
     code = tmp_path / "code"
     code.mkdir()

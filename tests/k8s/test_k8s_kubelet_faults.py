@@ -199,6 +199,7 @@ with kubernetes.client.ApiClient(cfg) as client:
 """
 
 
+@pytest.mark.slow
 async def test_sync_official_client_in_a_subprocess(cluster: FakeCluster, tmp_path: Path) -> None:
     # A subprocess: the official client blocks, and the in-process server must keep serving.
     proc = await asyncio.create_subprocess_exec(

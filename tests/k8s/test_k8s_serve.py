@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from k8s_support import Kubectl
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.slow]  # seconds per test: scripts/test --fast leaves it out
 
 
 def free_port() -> int:

@@ -95,6 +95,7 @@ json_objects = st.dictionaries(st.text(max_size=3), json_values, max_size=4)
 
 
 @given(json_objects, json_objects)
+@pytest.mark.slow
 def test_merge_patch_properties(target: dict[str, Any], patch: dict[str, Any]) -> None:
     before = copy.deepcopy(target)
     result = merge_patch(target, patch)

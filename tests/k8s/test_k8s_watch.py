@@ -19,13 +19,24 @@ pytestmark = pytest.mark.timeout(60)
 
 
 async def raw_watch(
-    cluster: FakeCluster, path: str, params: dict[str, str], limit: int | None = None, timeout: float = 10.0
+    cluster: FakeCluster,
+    path: str,
+    params: dict[str, str],
+    limit: int | None = None,
+    timeout: float = 10.0,
+    established: asyncio.Event | None = None,
 ) -> list[dict[str, Any]]:
-    """The events of one watch request, read line by line until the stream ends (or ``limit`` events)."""
+    """The events of one watch request, read line by line until the stream ends (or ``limit`` events).
+
+    ``established`` is set once the response has started: the server subscribes to changes and takes its
+    initial list before it answers, so every change made after that is an event of this watch.
+    """
     events: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as session, asyncio.timeout(timeout):
         async with session.get(f"{cluster.url}{path}", params=params) as resp:
             assert resp.status == 200
+            if established is not None:
+                established.set()
             async for line in resp.content:
                 if line.strip():
                     events.append(json.loads(line))
@@ -41,11 +52,17 @@ def cm(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
 async def test_initial_added_then_changes_and_timeout(cluster: FakeCluster) -> None:
     cluster.create(cm("a"))
     cluster.create(cm("b"))
+    established = asyncio.Event()
     watch = asyncio.create_task(
-        raw_watch(cluster, "/api/v1/namespaces/default/configmaps", {"watch": "true", "timeoutSeconds": "1"})
+        raw_watch(
+            cluster,
+            "/api/v1/namespaces/default/configmaps",
+            {"watch": "true", "timeoutSeconds": "1"},
+            established=established,
+        )
     )
-    await cluster.wait_for(lambda c: c.request_counts[("watch", "configmaps")] == 1)
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        await established.wait()
     cluster.create(cm("c"))
     cluster.delete("configmaps", "a")
     events = await watch  # ends by itself after timeoutSeconds
@@ -126,15 +143,17 @@ async def test_kubernetes_asyncio_watch_raises_410(cluster: FakeCluster) -> None
 
 async def test_label_selector_turns_changes_into_added_and_deleted(cluster: FakeCluster) -> None:
     cluster.create(cm("s", {"role": "a"}))
+    established = asyncio.Event()
     watch = asyncio.create_task(
         raw_watch(
             cluster,
             "/api/v1/namespaces/default/configmaps",
             {"watch": "1", "labelSelector": "role=b", "timeoutSeconds": "1"},
+            established=established,
         )
     )
-    await cluster.wait_for(lambda c: c.request_counts[("watch", "configmaps")] == 1)
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        await established.wait()
     rtype = cluster.resource("configmaps")
     cluster.api.patch(rtype, "default", "s", {"metadata": {"labels": {"role": "b"}}}, "application/merge-patch+json")
     cluster.api.patch(rtype, "default", "s", {"metadata": {"labels": {"role": "c"}}}, "application/merge-patch+json")
@@ -191,12 +210,15 @@ async def test_kubernetes_asyncio_watch_of_custom_objects(cluster: FakeCluster, 
 async def test_api_restart_breaks_watches_and_keeps_state(cluster: FakeCluster) -> None:
     cluster.create(cm("kept"))
 
+    established = asyncio.Event()
+
     async def watch_until_end() -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         async with aiohttp.ClientSession() as session:
             async with session.get(
                 f"{cluster.url}/api/v1/namespaces/default/configmaps", params={"watch": "true"}
             ) as resp:
+                established.set()  # the server is streaming: the restart below breaks an open watch
                 try:
                     async for line in resp.content:
                         events.append(json.loads(line))
@@ -205,8 +227,8 @@ async def test_api_restart_breaks_watches_and_keeps_state(cluster: FakeCluster) 
         return events
 
     task = asyncio.create_task(watch_until_end())
-    await cluster.wait_for(lambda c: c.request_counts[("watch", "configmaps")] == 1)
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):
+        await established.wait()
     await cluster.faults.restart_api(downtime=0.2)
     async with asyncio.timeout(10):
         events = await task

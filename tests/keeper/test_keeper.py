@@ -136,6 +136,7 @@ def test_killed_by_a_signal_and_arguments_from_the_environment(trial_dir: Path) 
     assert read_exit(str(trial_dir), "E1", 3)["exit_code"] == 137  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_mistakes_are_one_sentence_without_traceback(trial_dir: Path) -> None:
     cases = [
         (["--trial-id", "A", "--platform", "local", "--", "true"], "--platform local is not supported"),

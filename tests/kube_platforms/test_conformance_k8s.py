@@ -12,6 +12,8 @@ from nni_ts.testing.k8s import FakeCluster
 
 from .conftest import Factory
 
+pytestmark = pytest.mark.slow  # the kit end to end through the fake cluster: scripts/test --fast leaves it out
+
 
 class TestKubeflowConformance(TrainingServiceConformance):
     timeout = 60.0

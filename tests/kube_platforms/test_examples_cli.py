@@ -16,6 +16,8 @@ import pytest
 
 from .conftest import REPO, serve_fake_cluster
 
+pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
+
 NFS = Path("/tmp/nni-ts-nfs")  # the examples' NFS export: this machine stands in for the NFS server
 
 

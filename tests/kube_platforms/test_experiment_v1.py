@@ -16,6 +16,8 @@ from nni_ts.testing.k8s import FakeCluster, Node
 
 from .conftest import crd_files
 
+pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
+
 SEEDS = Path(__file__).resolve().parents[1] / "config" / "seeds"
 
 TRIAL = textwrap.dedent(

@@ -57,6 +57,7 @@ def _pods(cluster: FakeCluster, trial_id: str) -> list[dict[str, Any]]:
     return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial_id}")
 
 
+@pytest.mark.slow
 async def test_api_server_restart_and_410_while_the_manager_is_unreachable(
     cluster: FakeCluster, make_service: Factory, code_dir: Path, platform: str
 ) -> None:
@@ -171,6 +172,7 @@ async def test_wrong_image(cluster: FakeCluster, make_service: Factory, code_dir
         assert "dockerImage" in message
 
 
+@pytest.mark.slow
 async def test_manager_restart_reattaches_and_sweeps_orphans(
     cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path
 ) -> None:

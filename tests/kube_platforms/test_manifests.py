@@ -50,6 +50,7 @@ def _pod_template_schema() -> dict[str, Any]:
     return dict(spec["additionalProperties"]["properties"]["template"])
 
 
+@pytest.mark.slow
 def test_the_schema_check_catches_mistakes() -> None:
     schema = _schema("tfjobs")
     bad = {"apiVersion": "kubeflow.org/v1", "kind": "TFJob", "metadata": {"name": "x"},
@@ -158,6 +159,7 @@ def test_tfjob_with_worker_and_ps(tmp_path: Path) -> None:
     assert body["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 0}
 
 
+@pytest.mark.slow
 def test_pytorchjob_master_reports(tmp_path: Path) -> None:
     role = {"replicas": 1, "command": "python3 main.py", "memorySize": "2g", "dockerImage": "pytorch:2"}
     config = {"operator": "pytorch-operator", "storage": STORAGE, "master": role, "worker": dict(role, replicas=3)}
@@ -246,6 +248,7 @@ _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     trial=st.text(alphabet=st.characters(codec="ascii", categories=["L", "N"]) | st.sampled_from("-_."), min_size=1,
                   max_size=128),
 )  # fmt: skip
+@pytest.mark.slow
 def test_names_always_valid(exp: str, trial: str) -> None:
     job = names.job_name(exp, trial)
     assert _DNS.match(job) and len(job) <= 40

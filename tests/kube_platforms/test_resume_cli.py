@@ -12,12 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from nni_ts.models import TrialJobStatus
 from nni_ts.storage import open_store
 
 from .conftest import serve_fake_cluster
+
+pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
 
 CLI = [sys.executable, "-m", "nni_ts.cli"]
 TRIAL = """\

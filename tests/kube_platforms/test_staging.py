@@ -124,6 +124,7 @@ async def test_sftp_stager(ssh_host: SshHost, code_dir: Path) -> None:
         await stager.close()
 
 
+@pytest.mark.slow
 async def test_a_trial_staged_over_sftp_with_an_unreachable_manager(
     tmp_path: Path, ssh_host: SshHost, code_dir: Path
 ) -> None:

@@ -170,6 +170,7 @@ async def _run_manager(tmp_path: Path, code: Path) -> dict[str, Any]:
     return json.loads(out)
 
 
+@pytest.mark.slow
 async def test_reattach_after_manager_death(tmp_path: Path) -> None:
     code = tmp_path / "code"
     code.mkdir()
@@ -199,6 +200,7 @@ async def test_reattach_after_manager_death(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 async def test_reattach_to_a_trial_that_ended_meanwhile(tmp_path: Path) -> None:
     code = tmp_path / "code"
     code.mkdir()
@@ -300,6 +302,7 @@ REAL_NNI_PYTHON = os.environ.get("NNI_TS_REAL_NNI_PYTHON", "/opt/nni-real/bin/py
     not Path(REAL_NNI_PYTHON).exists(),
     reason="needs a Python with the real nni installed (set NNI_TS_REAL_NNI_PYTHON; .ci/run creates /opt/nni-real)",
 )
+@pytest.mark.slow
 async def test_unmodified_nni_trial_with_the_real_nni(tmp_path: Path) -> None:
     done, metrics, out = await _run_nni_style(tmp_path, REAL_NNI_PYTHON)
     _check_nni_style(done, metrics)

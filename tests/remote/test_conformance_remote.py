@@ -11,6 +11,8 @@ from nni_ts.platforms.remote import RemoteTrainingService
 from nni_ts.testing.conformance import TrainingServiceConformance
 from nni_ts.testing.sshd import SshdCluster
 
+pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
+
 
 class TestRemoteConformance(TrainingServiceConformance):
     timeout = 60.0

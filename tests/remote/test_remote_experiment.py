@@ -13,6 +13,8 @@ from nni_ts.config.loader import load_experiment_config
 from nni_ts.experiment import Experiment
 from nni_ts.testing.sshd import SshdCluster
 
+pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
+
 TRIAL = "import nni\np = nni.get_next_parameter()\nnni.report_final_result(p['x'])\n"
 
 

@@ -24,6 +24,8 @@ from nni_ts.models import TrialJobStatus
 from nni_ts.testing.conformance import form, wait_for_status
 from nni_ts.testing.sshd import SshdCluster, free_port, generate_key
 
+pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
+
 
 async def test_sshd_killed_mid_experiment_and_back(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
     """The trial keeps running through the drop; it is UNKNOWN meanwhile; nothing is lost or doubled."""

@@ -17,6 +17,8 @@ from nni_ts.experiment import Experiment
 from nni_ts.models import TrialJobStatus
 from nni_ts.testing.sshd import SshHost, sshd_available
 
+pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
+
 USER = "nnits-pwtest"
 TRIAL = "import nni\np = nni.get_next_parameter()\nnni.report_final_result(p['x'])\n"
 

@@ -16,6 +16,8 @@ from nni_ts.platforms.remote import IgnoreRules, build_archive
 from nni_ts.testing.conformance import form, wait_for_status
 from nni_ts.testing.sshd import SshdCluster
 
+pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
+
 
 @pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
 async def test_quotes_and_substitutions_in_paths_and_commands(

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import yaml
 from remote_support import PYTHON_DIR
 
 from nni_ts.models import TrialJobStatus
 from nni_ts.storage import open_store
 from nni_ts.testing.sshd import SshdCluster
+
+pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
 
 
 def _trial(log: Path, gate: Path) -> str:

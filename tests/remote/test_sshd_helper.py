@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import paramiko
+import pytest
 
 from nni_ts.testing.sshd import SshdCluster
+
+pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
 
 
 def _client(cluster: SshdCluster, index: int) -> paramiko.SSHClient:

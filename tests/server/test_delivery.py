@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from cluster_support import RecordingSink, record_text, start_keeper, trial_command, wait_exit
 
 from nni_ts.server import ClusterServer
@@ -26,6 +27,7 @@ async def test_unmodified_nni_trial_delivers_everything(server: ClusterServer, t
     assert b"err 200" in (trial_dir / "stderr").read_bytes()
 
 
+@pytest.mark.slow
 async def test_ten_thousand_metrics_quickly(server: ClusterServer, trial_dir: Path) -> None:
     sink = RecordingSink()
     server.register("Fast1", sink)

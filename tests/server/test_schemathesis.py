@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, settings
 
 from nni_ts.server import ClusterServer, openapi_document
 
+pytestmark = pytest.mark.slow  # schemathesis drives the real server for seconds: scripts/test --fast leaves it out
+
 schema = schemathesis.openapi.from_dict(openapi_document())
 
 

@@ -22,7 +22,8 @@ from nni_ts.service import ServiceSettings
 from nni_ts.service.db import open_database
 from nni_ts.service.users import add_user
 
-BACKENDS = ["sqlite", "postgresql"]
+# PostgreSQL runs its own server per test: seconds each, so `slow` (scripts/test --fast keeps SQLite).
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(autouse=True)

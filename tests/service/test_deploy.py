@@ -150,6 +150,7 @@ async def _kubectl(kubeconfig: Path, cache: Path, *args: str) -> tuple[int, str,
     return proc.returncode or 0, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> None:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed (scripts/test installs Debian's kubernetes-client).")

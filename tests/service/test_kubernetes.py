@@ -16,6 +16,8 @@ from nni_ts.service.configs import workspace_namespace
 from nni_ts.service.db import open_database
 from nni_ts.service.users import add_user
 
+pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
+
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = (REPO / ".." / "shared" / "crds").resolve()
 NFS = ("10.0.0.1", "/exports/nni")

@@ -19,6 +19,8 @@ import psutil
 import pytest
 from service_support import GATED_TRIAL, Api, quick_config
 
+pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
+
 CLI = [sys.executable, "-m", "nni_ts.cli"]
 
 

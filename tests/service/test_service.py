@@ -491,3 +491,18 @@ async def test_a_service_that_cannot_open_its_store_says_why(tmp_path: Path) -> 
     with pytest.raises(StoreError, match="experiments.db"):
         await service.start()
     assert not [t for t in threading.enumerate() if t.name == "nni-ts-service-engine"]
+
+
+async def test_best_trial_is_a_succeeded_one(svc: Running) -> None:
+    """The trial with the highest result failed after reporting it: the service's best is another one."""
+    cmd = (
+        "python3 -c \"import nni, sys; p = nni.get_next_parameter(); nni.report_final_result(p['x']); "
+        "sys.exit(p['x'] == 3)\""
+    )
+    config = quick_config(trials=3, concurrency=1, command=cmd)
+    config["searchSpace"] = {"x": {"_type": "choice", "_value": [1, 2, 3]}}
+    config["tuner"] = {"name": "GridSearch", "classArgs": {"optimize_mode": "maximize"}}
+    exp = await _create(svc, "alice", "best", config)
+    done = await svc.api.wait_experiment(exp, svc.tokens["alice"])
+    assert done["trialCounts"] == {"SUCCEEDED": 2, "FAILED": 1}
+    assert done["best"]["finalValue"] == 2 and done["best"]["status"] == "SUCCEEDED"

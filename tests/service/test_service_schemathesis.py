@@ -23,6 +23,8 @@ from nni_ts.service import ServiceSettings, openapi_document
 from nni_ts.service.db import open_database
 from nni_ts.service.users import add_user
 
+pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
+
 schema = schemathesis.openapi.from_dict(openapi_document())
 
 

@@ -51,6 +51,7 @@ def _best_of(name: str, seed: int, trials: int = 60) -> float:
     return best
 
 
+@pytest.mark.slow
 def test_tpe_beats_random_on_branin() -> None:
     """With fixed seeds, TPE's median best over 10 seeds at 60 trials is lower than Random's."""
     tpe = [_best_of("TPE", seed) for seed in range(10)]
@@ -278,6 +279,7 @@ def _real_nni_site() -> Path | None:
 
 
 @pytest.mark.skipif(_real_nni_site() is None, reason="needs the real nni in /opt/nni-real (scripts/test makes it)")
+@pytest.mark.slow
 def test_nni_own_tpe_tuner_through_class_name() -> None:
     """NNI's own built-in tuner class, loaded by class path (nni's packages put after ours on the path)."""
     code = textwrap.dedent(

@@ -1,4 +1,10 @@
-"""The trial-side API of the light ``nni`` module. Standard library only, Python 3.8+."""
+"""The trial-side API of the light ``nni`` module. Standard library only, Python 3.8+.
+
+As NNI 3.0: run by a platform (``NNI_PLATFORM`` set), parameters come from ``$NNI_SYS_DIR/parameter.cfg``
+on the first ``get_next_parameter()`` call (later calls return None) and results go to the manager.
+Run by hand (standalone mode: no ``NNI_PLATFORM``), ``get_next_parameter()`` returns ``{}`` and results
+are printed.
+"""
 
 import json
 import math
@@ -7,48 +13,83 @@ import sys
 import threading
 
 _lock = threading.Lock()
-_params = None  # the last parameter.cfg content (a dict), once read
+_params = None  # the parameter record (a dict with "parameter_id" and "parameters"), once received
+_received = 0  # parameter records received (NNI hands out one per trial)
 _intermediate_seq = 0
 _metrics_file = None
+_warned = False
 
 
 def _env(name, default=None):
     return os.environ.get(name, default)
 
 
+def _standalone():
+    return _env("NNI_PLATFORM") in (None, "unittest")
+
+
 def get_next_parameter():
-    """The hyper-parameters of this trial (a dict). Reads ``$NNI_SYS_DIR/parameter.cfg``."""
-    global _params
-    sys_dir = _env("NNI_SYS_DIR")
-    if sys_dir is None:
-        # Not run by a platform: behave like NNI's standalone mode.
+    """The hyper-parameters of this trial (a dict), from ``$NNI_SYS_DIR/parameter.cfg``.
+
+    Each trial gets one set: a second call returns None, as NNI's does. Outside an experiment it
+    returns ``{}`` (NNI's standalone mode).
+    """
+    global _params, _received, _warned
+    if _standalone():
+        if not _warned:
+            _warned = True
+            sys.stderr.write(
+                "[nni] Running trial code without an experiment: parameters are {} and results are printed.\n"
+            )
         _params = {"parameter_id": None, "parameters": {}}
         return {}
-    path = os.path.join(sys_dir, "parameter.cfg")
+    with _lock:
+        if _received > 0:
+            return None
+        _received += 1
+    path = os.path.join(_env("NNI_SYS_DIR", "."), "parameter.cfg")
     with open(path, "r", encoding="utf-8") as fh:
-        _params = json.load(fh)
-    params = _params.get("parameters") if isinstance(_params, dict) else None
-    return params if params is not None else {}
+        record = json.load(fh)
+    if not isinstance(record, dict) or "parameters" not in record:
+        raise ValueError("%s does not hold a parameter record." % path)
+    _params = record
+    return record["parameters"]
+
+
+def get_next_parameters():
+    """Alias of :func:`get_next_parameter`."""
+    return get_next_parameter()
 
 
 def get_current_parameter(tag=None):
-    """The current hyper-parameters, or one of them by name."""
+    """The current hyper-parameters, or one of them by name. None before ``get_next_parameter()``."""
     if _params is None:
         return None
-    params = _params.get("parameters") or {}
-    return params if tag is None else params[tag]
+    params = _params.get("parameters")
+    if tag is None:
+        return params
+    return params[tag]
 
 
 def get_experiment_id():
-    return _env("NNI_EXP_ID", "STANDALONE")
+    return _env("NNI_EXP_ID") or "STANDALONE"
 
 
 def get_trial_id():
-    return _env("NNI_TRIAL_JOB_ID", "STANDALONE")
+    return _env("NNI_TRIAL_JOB_ID") or "STANDALONE"
 
 
 def get_sequence_id():
-    return int(_env("NNI_TRIAL_SEQ_ID", "0"))
+    value = _env("NNI_TRIAL_SEQ_ID")
+    return int(value) if value is not None else 0
+
+
+def overwrite_intermediate_seq(value):
+    """Set the sequence number of the next intermediate result."""
+    global _intermediate_seq
+    if not isinstance(value, int):
+        raise TypeError("the sequence must be an int")
+    _intermediate_seq = value
 
 
 def _to_jsonable(value):
@@ -70,7 +111,7 @@ def _send(record_text):
     data = record_text.encode("utf-8")
     if len(data) + 1 >= 1000000:
         raise ValueError("A metric record must be under 1,000,000 bytes.")
-    if _env("NNI_PLATFORM") == "local" and _env("REUSE_MODE") != "true":
+    if _env("NNI_PLATFORM") == "local" and _env("REUSE_MODE") not in ("true", "True"):
         global _metrics_file
         with _lock:
             if _metrics_file is None:
@@ -81,37 +122,44 @@ def _send(record_text):
             payload = data + b"\n"
             _metrics_file.write(b"ME%06d" % len(payload) + payload)
             _metrics_file.flush()
-    elif _env("NNI_PLATFORM") is None:
-        sys.stdout.write("[nni] metric (not run by a platform): %s\n" % record_text)
-        sys.stdout.flush()
     else:
         with _lock:
             sys.stdout.write("NNISDK_MEb'" + record_text + "'\n")
             sys.stdout.flush()
 
 
-def _record(kind, sequence, metric):
+def _report(kind, sequence, metric):
+    if _standalone():
+        # NNI's standalone mode logs what a trial reports instead of sending it.
+        shown = _dumps(metric)
+        if kind == "FINAL":
+            sys.stdout.write("[nni] Final result: %s\n" % shown)
+        else:
+            sys.stdout.write("[nni] Intermediate result: %s  (Index %d)\n" % (shown, sequence))
+        sys.stdout.flush()
+        return
     parameter_id = _params.get("parameter_id") if isinstance(_params, dict) else None
-    return json.dumps(
+    record = json.dumps(
         {
             "parameter_id": parameter_id,
-            "trial_job_id": get_trial_id(),
+            "trial_job_id": _env("NNI_TRIAL_JOB_ID"),
             "type": kind,
             "sequence": sequence,
             "value": _dumps(metric),
         }
     )
+    _send(record)
 
 
 def report_intermediate_result(metric):
-    """Report one intermediate result (a number, or a dict with a ``default`` key)."""
+    """Report one intermediate result (a number, or a dict with a ``default`` number)."""
     global _intermediate_seq
     with _lock:
         seq = _intermediate_seq
         _intermediate_seq += 1
-    _send(_record("PERIODICAL", seq, metric))
+    _report("PERIODICAL", seq, metric)
 
 
 def report_final_result(metric):
-    """Report the trial's final result (a number, or a dict with a ``default`` key)."""
-    _send(_record("FINAL", 0, metric))
+    """Report the trial's final result (a number, or a dict with a ``default`` number)."""
+    _report("FINAL", 0, metric)
