@@ -25,7 +25,12 @@ NFS_PATH = "/exports/nni"
 
 def crd_files() -> list[Path]:
     if not CRD_DIR.is_dir():
-        pytest.skip(f"the real CRDs are not at {CRD_DIR} (../shared/crds from the repository root)")
+        # tests/conftest.py turns this skip into a failure under CI=true (issue 13 #9).
+        pytest.skip(
+            f"the real training-operator and FrameworkController CRDs are missing: the Kubernetes platform "
+            f"tests need them in {CRD_DIR} (../shared/crds beside the repository; see "
+            "../shared/crds/PROVENANCE.md for where they come from)"
+        )
     return sorted(CRD_DIR.glob("*.yaml"))
 
 
