@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 from ...models import TrialJobStatus
 from .status import JobView, PodProblem
 
-__all__ = ["TRANSITIONS", "Decision", "Facts", "Phase", "check_transition", "decide", "is_signal_exit"]
+__all__ = [
+    "TRANSITIONS",
+    "Decision",
+    "Facts",
+    "Names",
+    "Phase",
+    "TransitionError",
+    "check_transition",
+    "decide",
+    "is_signal_exit",
+]
 
 
 class Phase(enum.Enum):
