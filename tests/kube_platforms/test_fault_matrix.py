@@ -271,3 +271,31 @@ async def test_a_trial_ends_only_once_its_job_has_ended(
             detail = await svc.submit_trial_job(form({"mode": "ok", "n": 1}, i))
             await wait_for_status(svc, detail.id, timeout=TIMEOUT)
     assert seen == [("SUCCEEDED", "succeeded")] * 3
+
+
+async def test_the_keepers_report_over_https(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path
+) -> None:
+    """clusterServerCertFile / KeyFile: the cluster server serves https://, the pods trust its CA (staged in
+    the trial's directory, NNI_TS_KEEPER_CA_FILE)."""
+    from nni_ts.testing.k8s.tls import make_certificate
+
+    cert, key = make_certificate(tmp_path / "pki", "127.0.0.1")
+    svc = make_service(code_dir, "python3 kit_trial.py", clusterServerCertFile=str(cert), clusterServerKeyFile=str(key))
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "ok", "n": 2, "final": 0.5}))
+        pods: list[dict[str, Any]] = []
+
+        def note_pods(d: Any) -> None:
+            if d.id == detail.id and not pods:
+                pods.extend(_pods(cluster, detail.id))
+
+        svc.events.on("trial_status", note_pods)
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        assert done.status is TrialJobStatus.SUCCEEDED, done.message
+        assert len(_values(metrics, detail.id)) == 3
+        env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+        assert env["NNI_TS_KEEPER_SERVER_URL"].startswith("https://")
+        assert env["NNI_TS_KEEPER_CA_FILE"].endswith("cluster-server-ca.pem")

@@ -43,6 +43,8 @@ __all__ = [
 
 JSON = dict[str, Any]
 STORAGE_VOLUME = "nni-ts-storage"
+#: The cluster server's CA, staged in each trial's directory when the server serves https://.
+CA_FILE = "cluster-server-ca.pem"
 
 
 def experiment_labels(experiment_id: str) -> dict[str, str]:
@@ -169,6 +171,8 @@ class KeeperSpec:
     grace: float
     report_timeout: float
     env: dict[str, str] = field(default_factory=dict)
+    #: Where the pod finds the CA that signed the cluster server's certificate (https:// only).
+    ca_file: str | None = None
 
 
 #: The container's shell script. ``__PRIMARY__`` is replaced by a test that is true in the one pod whose
@@ -225,6 +229,8 @@ def container(
         "NNI_TS_KEEPER_SERVER_URL": keeper.server_url,
         "NNI_TS_KEEPER_COMMAND": command,
     }
+    if keeper.ca_file is not None:
+        env["NNI_TS_KEEPER_CA_FILE"] = keeper.ca_file
     if not gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""
     env.update(keeper.env)

@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -226,6 +227,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._anchor_error: str | None = None
         self._token_secret_ready = False
         self._closing = False
+        self._ca_pem: bytes | None = None
         self._swept = False
         #: Jobs deleted because no trial owned them (a crashed earlier run's leftovers).
         self.orphans_swept: list[str] = []
@@ -578,7 +580,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             port = cfg.cluster_server_port or int(state.get("port") or 0)
             bind = advertised if _is_local_address(advertised) else "0.0.0.0"
             heartbeat_timeout = max(3 * cfg.keeper_heartbeat, 5.0)
-            self._server = ClusterServer(bind, port, secret=secret, heartbeat_timeout=heartbeat_timeout)
+            tls = self._server_tls()
+            self._server = ClusterServer(
+                bind, port, secret=secret, heartbeat_timeout=heartbeat_timeout, ssl_context=tls
+            )
             try:
                 await self._server.start()
             except OSError as exc:
@@ -588,19 +593,44 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                         f"nniManagerIp): {exc.strerror or exc}."
                     ) from exc
                 log.warning("Port %d is taken; the trial keepers of a previous run will use the journal.", port)
-                self._server = ClusterServer(bind, 0, secret=secret, heartbeat_timeout=heartbeat_timeout)
+                self._server = ClusterServer(
+                    bind, 0, secret=secret, heartbeat_timeout=heartbeat_timeout, ssl_context=tls
+                )
                 await self._server.start()
             path = self._server_state_file()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps({"port": self._server.port, "secret": secret.hex()}))
 
+    def _server_tls(self) -> ssl.SSLContext | None:
+        """The cluster server's TLS context (clusterServerCertFile and KeyFile), and the CA the keepers
+        will trust (staged in each trial's directory), or None for plain http://."""
+        cfg = self.config
+        if cfg.cluster_server_cert_file is None or cfg.cluster_server_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca = cfg.cluster_server_ca_file or cfg.cluster_server_cert_file
+        try:
+            context.load_cert_chain(
+                str(Path(cfg.cluster_server_cert_file).expanduser()),
+                str(Path(cfg.cluster_server_key_file).expanduser()),
+            )
+            self._ca_pem = Path(ca).expanduser().read_bytes()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot use the cluster server's certificate {cfg.cluster_server_cert_file}, key "
+                f"{cfg.cluster_server_key_file} and CA {ca}: {exc}.",
+                path="trainingService.clusterServerCertFile",
+            ) from exc
+        return context
+
     def _keeper_url(self) -> str:
         if self.keeper_server_url:
             return self.keeper_server_url
         host = self._advertised
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.server.port}"
+        scheme = "https" if self.server.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.server.port}"
 
     # ------------------------------------------------------------------ submit
 
@@ -624,6 +654,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             keeper_dir=self.stager.pod_keeper_dir(),
             server_url=self._keeper_url(),
             token_secret=self._token_secret_name(),
+            ca_file=f"{self.stager.pod_trial_dir(trial.id)}/{mf.CA_FILE}" if self._ca_pem is not None else None,
             token_key=mf.token_key(trial.id),
             heartbeat=cfg.keeper_heartbeat,
             grace=cfg.cancel_grace_period,
@@ -657,7 +688,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         detail.platform_data = {"job": trial.job, "namespace": self.namespace, "kind": self.plural, "attempt": 1}
         try:
             await self.stager.refresh(Path(self.config.trial_code_directory).expanduser().resolve())
-            await self.stager.write_trial(detail.id, {"parameter.cfg": detail.form.hyper_parameters.value.encode()})
+            files = {"parameter.cfg": detail.form.hyper_parameters.value.encode()}
+            if self._ca_pem is not None:
+                files[mf.CA_FILE] = self._ca_pem
+            await self.stager.write_trial(detail.id, files)
         except OSError as exc:
             raise PlatformError(
                 f"Cannot write trial {detail.id}'s directory {detail.working_directory} on the shared storage: {exc}"
