@@ -9,11 +9,53 @@ Production code uses :data:`REAL_CLOCK` (the default everywhere).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["REAL_CLOCK", "Clock", "RealClock", "TimerHandle"]
+T = TypeVar("T")
+
+__all__ = ["REAL_CLOCK", "Clock", "RealClock", "TimerHandle", "outside_work", "outside_work_pending", "to_thread"]
+
+_outside_lock = threading.Lock()
+_outside_count = 0
+
+
+def outside_work(future: concurrent.futures.Future[Any]) -> None:
+    """Count ``future`` as work the event loop waits for outside itself (a store's writer thread)
+    until it is done. A :class:`~nni_ts.testing.FakeClock` does not jump ahead while any is pending:
+    the loop is not idle, only waiting for a thread."""
+    global _outside_count
+    with _outside_lock:
+        _outside_count += 1
+
+    def done(_f: concurrent.futures.Future[Any]) -> None:
+        global _outside_count
+        with _outside_lock:
+            _outside_count -= 1
+
+    future.add_done_callback(done)
+
+
+async def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
+    """``asyncio.to_thread`` counted as :func:`outside_work`, so that a fake clock waits for it."""
+    loop = asyncio.get_running_loop()
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    outside_work(future)
+    try:
+        result = await loop.run_in_executor(None, fn, *args)
+    except BaseException as exc:
+        future.set_exception(exc)
+        raise
+    future.set_result(result)
+    return result
+
+
+def outside_work_pending() -> int:
+    """How many :func:`outside_work` futures are not done yet."""
+    return _outside_count
 
 
 @runtime_checkable

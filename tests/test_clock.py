@@ -96,3 +96,27 @@ async def test_a_failing_callback_is_reported_and_time_goes_on() -> None:
     clock.call_later(2, lambda: later.append(clock.elapsed))
     await clock.advance(5)
     assert [str(e) for e in errors] == ["boom"] and later == [2.0]
+
+
+async def test_the_fake_clock_waits_for_work_in_a_thread() -> None:
+    """Time does not jump while the loop waits for a thread (a store's writer, a file opened off the
+    loop): work registered with outside_work finishes before the next timer fires."""
+    import time as _time
+
+    from nni_ts.clock import to_thread
+
+    clock = FakeClock()
+    order: list[str] = []
+
+    async def work() -> None:
+        await to_thread(_time.sleep, 0.2)
+        order.append("thread")
+
+    async def main() -> None:
+        task = asyncio.create_task(work())
+        clock.call_later(10, lambda: order.append("timer"))
+        await clock.sleep(20)
+        await task
+
+    await clock.run(main())
+    assert order == ["thread", "timer"]

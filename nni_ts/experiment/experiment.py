@@ -28,6 +28,7 @@ import pydantic
 from pyee import EventEmitter
 
 from ..clock import REAL_CLOCK, Clock, TimerHandle
+from ..clock import to_thread as clock_to_thread
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
 from ..storage import AsyncStore, Store, TrialRecord, open_store
@@ -447,7 +448,7 @@ class Experiment:
             service = self._service or self._make_service()
             self._service = service
             if self._store is None:
-                self._store = await asyncio.to_thread(open_store)
+                self._store = await clock_to_thread(open_store)
             self._db = self._store.asynchronous()
             await self._prepare_record()
         except BaseException:
@@ -556,7 +557,7 @@ class Experiment:
 
     async def _close_store(self) -> None:
         if self._own_store and self._store is not None:
-            await asyncio.to_thread(self._store.close)
+            await clock_to_thread(self._store.close)
 
     def _track(self, call: Awaitable[Any], what: str, then: Callable[[Any], object] | None = None) -> None:
         """Wait for a store call the loop does not wait for (it is queued already, so it keeps its

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..clock import outside_work
+from ..clock import to_thread as clock_to_thread
 from ..errors import StoreError
 from ..models import TrialJobDetail, TrialJobStatus, now_ms
 from ..paths import home
@@ -410,7 +412,9 @@ class Store:
             if self._writer is None:
                 self._writer = _Writer(self)
             writer = self._writer
-        return writer.submit(fn, write=write)
+        future = writer.submit(fn, write=write)
+        outside_work(future)  # a fake clock waits for it rather than jumping ahead
+        return future
 
     def _in_writer(self) -> bool:
         return getattr(self._local, "batch", False) is True
@@ -675,7 +679,7 @@ class AsyncStore:
 
     async def aclose(self) -> None:
         """Finish the queued calls and close the store (its connection and writer thread)."""
-        await asyncio.to_thread(self.store.close)
+        await clock_to_thread(self.store.close)
 
     # writes: resolved after COMMIT
 

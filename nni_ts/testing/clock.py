@@ -13,8 +13,9 @@ nothing else to do::
 
     result = await clock.run(experiment.run(), limit=3600)
 
-"Nothing else to do" means no callback is ready on the loop; work in threads or subprocesses is not
-waited for (the fakes that use this clock have none).
+"Nothing else to do" means no callback is ready on the loop and no work registered with
+:func:`nni_ts.clock.outside_work` (a store's writer thread) is pending; other work in threads or
+subprocesses is not waited for.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from ..clock import outside_work_pending
+
 __all__ = ["FakeClock", "FakeTimer"]
 
 T = TypeVar("T")
 
 #: Yields to the event loop before a fake-time jump, at most (a bound on "wait until idle").
 _MAX_SETTLE = 10_000
+#: Real seconds to wait, at most, for registered outside work before a fake-time jump.
+_MAX_OUTSIDE_WAIT = 30.0
 
 
 class FakeTimer:
@@ -175,10 +180,16 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 
 
 async def _settle() -> None:
-    """Yield until no callback is ready on the loop (the loop would now wait for I/O or a timer)."""
+    """Yield until no callback is ready on the loop and no registered outside work (a store's writer
+    thread) is pending: the loop would now wait only for I/O or a timer."""
     loop = asyncio.get_running_loop()
     ready = getattr(loop, "_ready", None)  # asyncio's run queue; other loops: a fixed number of yields
-    for _ in range(_MAX_SETTLE if ready is not None else 100):
-        await asyncio.sleep(0)
-        if ready is not None and not ready:
+    deadline = time.monotonic() + _MAX_OUTSIDE_WAIT
+    while True:
+        for _ in range(_MAX_SETTLE if ready is not None else 100):
+            await asyncio.sleep(0)
+            if ready is not None and not ready:
+                break
+        if not outside_work_pending() or time.monotonic() > deadline:
             return
+        await asyncio.sleep(0.001)  # real time: a thread is working for the loop
