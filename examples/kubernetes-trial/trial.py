@@ -9,20 +9,24 @@ import random
 import nni
 
 
+def dot(u, v):
+    return sum(u[i] * v[i] for i in range(len(u)))
+
+
 def make_data(seed=0, n=1000, d=10):
     rng = random.Random(seed)
     w_true = [rng.gauss(0, 1) for _ in range(d)]
     rows = []
     for _ in range(n):
         x = [rng.gauss(0, 1) for _ in range(d)]
-        logit = sum(a * b for a, b in zip(w_true, x)) + 0.5 * rng.gauss(0, 1)
+        logit = dot(w_true, x) + 0.5 * rng.gauss(0, 1)
         rows.append((x, 1.0 if logit > 0 else 0.0))
     split = int(n * 0.8)
     return rows[:split], rows[split:]
 
 
 def accuracy(w, b, rows):
-    return sum((sum(a * c for a, c in zip(w, x)) + b > 0) == (y > 0.5) for x, y in rows) / len(rows)
+    return sum((dot(w, x) + b > 0) == (y > 0.5) for x, y in rows) / len(rows)
 
 
 def main():
@@ -39,13 +43,13 @@ def main():
             batch = train[start : start + int(params["batch_size"])]
             gw, gb = [0.0] * d, 0.0
             for x, y in batch:
-                z = sum(a * c for a, c in zip(w, x)) + b
+                z = dot(w, x) + b
                 p = 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
                 for i in range(d):
                     gw[i] += (p - y) * x[i]
                 gb += p - y
             n = len(batch)
-            w = [wi - params["lr"] * (g / n + params["l2"] * wi) for wi, g in zip(w, gw)]
+            w = [w[i] - params["lr"] * (gw[i] / n + params["l2"] * w[i]) for i in range(d)]
             b -= params["lr"] * gb / n
         acc = accuracy(w, b, val)
         nni.report_intermediate_result(acc)
