@@ -75,7 +75,7 @@ class KeeperConfig(object):
         passthrough=True,
         ca_file=None,
     ):
-        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool) -> None
+        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, str | None) -> None
         self.trial_id = trial_id
         self.trial_dir = os.path.abspath(trial_dir)
         self.command = command

@@ -16,7 +16,6 @@ the caller expects changes (trials run), a watch that brought no event, not even
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -93,11 +92,14 @@ class Watcher:
         raise TemporaryError(f"Could not list {self.path} within {timeout:g} s.")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # its error was reported already
-                await self._task
-            self._task = None
+        """Cancel the loop and wait for it; the caller's own cancellation is not swallowed."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("The %s watch had stopped: %s", self.name, task.exception())  # reported when it happened
 
     # ------------------------------------------------------------------ the loop
 
