@@ -751,12 +751,20 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
 
 
 def _read_tail(path: Path, tail: int | None) -> bytes:
+    """The file's (last) bytes; empty if it is missing, a symlink or not a regular file (a trial that
+    runs as another OS user owns its directory and could put a link to the manager's secrets there)."""
+    import os
+    import stat
+
     try:
-        with open(path, "rb") as fh:
-            if tail is not None:
-                fh.seek(0, 2)
-                size = fh.tell()
-                fh.seek(max(0, size - tail))
-            return fh.read()
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return b""
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        if tail is not None:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - tail))
+        return fh.read()

@@ -23,6 +23,8 @@ CI_ALLOWED_SKIPS: dict[str, str] = {
     "bind-mounted volumes need root and `unshare --mount`": "privileges, not a package",
     # tests/remote/test_remote_password.py: creating a throw-away Unix user needs root.
     "a throw-away user with a password needs root": "privileges, not a package",
+    # tests/service/test_isolation.py: trials run as throw-away Unix users, which needs root.
+    "a throw-away OS user for trials needs root": "privileges, not a package",
 }
 
 

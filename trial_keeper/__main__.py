@@ -60,6 +60,12 @@ def build_parser():
     )
     p.add_argument("--no-passthrough", action="store_true", help="do not copy the trial's output to the keeper's own")
     p.add_argument(
+        "--quiet-start",
+        action="store_true",
+        help="no report at the start: the first one carries records, the exit or a heartbeat (for platforms "
+        "that know by themselves that the trial started)",
+    )
+    p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         help="the command, after '--': one argument is a shell command line, several are quoted and joined [COMMAND]",
@@ -106,6 +112,7 @@ def main(argv=None):
             output_dir=args.output_dir,
             code_dir=args.code_dir,
             passthrough=not args.no_passthrough,
+            quiet_start=args.quiet_start,
             ca_file=args.ca_file,
         )
         return Keeper(config).run()

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import resource
 import signal
 import socket
 import ssl
@@ -27,6 +28,11 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
+try:
+    import ctypes
+except ImportError:  # a Python built without libffi: no subreaper, the marker scan instead
+    ctypes = None  # type: ignore[assignment]
+
 from . import LIGHT_NNI_PATH, __version__
 from .journal import JOURNAL_NAME, MAX_LINE, STATE_DIR, Journal, read_journal, write_exit
 from .records import parse_stdout_line
@@ -34,7 +40,16 @@ from .records import parse_stdout_line
 if TYPE_CHECKING:  # the annotations are type comments: nothing is imported at run time
     from typing import Any  # noqa: F401
 
-__all__ = ["Keeper", "KeeperConfig", "Reporter", "build_env"]
+__all__ = [
+    "TRIAL_MARKER",
+    "Keeper",
+    "KeeperConfig",
+    "Reporter",
+    "build_env",
+    "descendants",
+    "kill_trial",
+    "marked_pids",
+]
 
 log = logging.getLogger("trial_keeper")
 
@@ -47,6 +62,12 @@ BACKOFF_MAX = 5.0
 LATE_SIGNAL_WAIT = 2.0  # seconds a SIGTERM after the trial ended leaves for the last acknowledgement
 #: Seconds to wait for a connection or an answer.
 HTTP_TIMEOUT = 30.0
+#: Every process of a trial inherits this environment variable (a random value per attempt), so that
+#: the processes that left the trial's process group (``setsid``, ``start_new_session``) are found
+#: and killed with it, as a container runtime would. While the keeper lives it finds them faster: it
+#: is a child subreaper (Linux), so every process the trial leaves behind stays its descendant.
+TRIAL_MARKER = "NNI_TS_TRIAL_MARK"
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class KeeperError(Exception):
@@ -73,9 +94,10 @@ class KeeperConfig(object):
         output_dir=None,
         code_dir=None,
         passthrough=True,
+        quiet_start=False,
         ca_file=None,
     ):
-        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, str | None) -> None
+        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, bool, str | None) -> None
         self.trial_id = trial_id
         self.trial_dir = os.path.abspath(trial_dir)
         self.command = command
@@ -91,6 +113,7 @@ class KeeperConfig(object):
         self.output_dir = os.path.abspath(output_dir) if output_dir else self.trial_dir
         self.code_dir = os.path.abspath(code_dir) if code_dir else os.getcwd()
         self.passthrough = passthrough
+        self.quiet_start = quiet_start
         #: A PEM file of the CA(s) to verify an https:// server against (else the system's).
         self.ca_file = ca_file or None
         self.validate()
@@ -158,8 +181,8 @@ class _Fatal(Exception):
 class Reporter(threading.Thread):
     """Posts records, heartbeats and the exit to the ClusterServer; see the module docstring."""
 
-    def __init__(self, config, started_ms, pid, journal_path):
-        # type: (KeeperConfig, int, int, str) -> None
+    def __init__(self, config, started_ms, pid, journal_path, conn=None):
+        # type: (KeeperConfig, int, int, str, http_client.HTTPConnection | None) -> None
         threading.Thread.__init__(self, name="nni-ts-keeper-reporter")
         self.daemon = True
         self.config = config
@@ -174,10 +197,11 @@ class Reporter(threading.Thread):
         self._done = False
         self._retry_at = 0.0
         self._backoff = BACKOFF_MIN
-        self._last_ok = 0.0
+        # The first report goes at once, unless the platform knows the trial started (quiet start).
+        self._last_ok = time.monotonic() if config.quiet_start else 0.0
         self.fatal = None  # type: str | None
         self.failures = 0
-        self._conn = None  # type: http_client.HTTPConnection | None
+        self._conn = conn  # type: http_client.HTTPConnection | None
         parts = urlsplit(config.server_url or "http://127.0.0.1")
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
@@ -338,7 +362,7 @@ class Reporter(threading.Thread):
             "Content-Type": "application/json",
             "Authorization": "Bearer " + (self.config.token or ""),
         }
-        reused = self._conn is not None
+        reused = self._conn is not None and self._conn.sock is not None
         try:
             response, data = self._exchange(payload, headers)
         except (http_client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
@@ -377,6 +401,21 @@ class Reporter(threading.Thread):
             except Exception:
                 pass
             self._conn = None
+
+
+def _preconnect(url):
+    # type: (str) -> http_client.HTTPConnection | None
+    """An HTTP connection to ``url``'s server, connected; None if it cannot be (the reporter retries)."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    cls = http_client.HTTPSConnection if https else http_client.HTTPConnection
+    conn = cls(parts.hostname or "127.0.0.1", parts.port or (443 if https else 80), timeout=HTTP_TIMEOUT)
+    try:
+        conn.connect()
+    except (IOError, OSError):
+        conn.close()
+        return None
+    return conn
 
 
 def _error_text(data):
@@ -418,6 +457,8 @@ class Keeper(object):
         self._popen = None  # type: subprocess.Popen[bytes] | None
         self._stop_requested = False
         self._kill_timer = None  # type: threading.Timer | None
+        self.marker = base64.b32encode(os.urandom(15)).decode("ascii").lower()
+        self._root = None  # type: int | None  # this keeper's pid once it is a subreaper
 
     # ---------------------------------------------------------------- main
 
@@ -450,10 +491,17 @@ class Keeper(object):
             if self._stop_requested:
                 return 128 + signal.SIGTERM
             started_ms = int(time.time() * 1000)
+            # The connection to the server is opened before the trial starts (through a tunnel, the
+            # forwarded channel opens meanwhile): the first report does not wait for it.
+            conn = _preconnect(cfg.server_url) if cfg.server_url else None
+            env = build_env(cfg)
+            env[TRIAL_MARKER] = self.marker
+            if _become_subreaper():
+                self._root = os.getpid()
             self._popen = subprocess.Popen(
                 ["/bin/sh", "-c", cfg.command],
                 cwd=cfg.code_dir,
-                env=build_env(cfg),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -461,9 +509,9 @@ class Keeper(object):
                 close_fds=True,
             )
             log.info("Trial %s attempt %d started: pid %d.", cfg.trial_id, cfg.attempt, self._popen.pid)
-            _write_pid_file(self.state_dir, os.getpid(), self._popen.pid, started_ms)
+            _write_pid_file(self.state_dir, os.getpid(), self._popen.pid, started_ms, cfg.attempt, self.marker)
             if cfg.server_url:
-                self._reporter = Reporter(cfg, started_ms, self._popen.pid, self.journal_path)
+                self._reporter = Reporter(cfg, started_ms, self._popen.pid, self.journal_path, conn)
                 self._reporter.start()
             if self._stop_requested:  # a signal came while starting
                 self._terminate()
@@ -484,7 +532,8 @@ class Keeper(object):
                 reader.start()
             returncode = self._popen.wait()
             end_ms = int(time.time() * 1000)
-            _killpg(self._popen.pid, signal.SIGKILL)  # what is left of the trial's group goes with it
+            # What is left of the trial goes with it: its group, and what left the group (setsid).
+            kill_trial(self._popen.pid, self.marker, signal.SIGKILL, root=self._root)
             if self._kill_timer is not None:
                 self._kill_timer.cancel()
             for reader in readers:
@@ -493,7 +542,15 @@ class Keeper(object):
             with self._seq_lock:
                 count = self._seq
             write_exit(self.state_dir, cfg.trial_id, cfg.attempt, exit_code, end_ms, count)
-            log.info("Trial %s ended with exit code %d after %d record(s).", cfg.trial_id, exit_code, count)
+            own, trial = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            log.info(
+                "Trial %s ended with exit code %d after %d record(s) (CPU: keeper %.3f s, trial %.3f s).",
+                cfg.trial_id,
+                exit_code,
+                count,
+                own.ru_utime + own.ru_stime,
+                trial.ru_utime + trial.ru_stime,
+            )
             if self._reporter is not None:
                 self._reporter.set_exit(exit_code, end_ms, count)
                 timeout = cfg.report_timeout if not self._stop_requested else min(cfg.report_timeout, cfg.grace + 5)
@@ -507,7 +564,7 @@ class Keeper(object):
             return exit_code
         finally:
             if self._popen is not None and self._popen.poll() is None:
-                _killpg(self._popen.pid, signal.SIGKILL)
+                kill_trial(self._popen.pid, self.marker, signal.SIGKILL, root=self._root)
             out_file.close()
             err_file.close()
             if self._journal is not None:
@@ -610,20 +667,134 @@ class Keeper(object):
     def _terminate(self):
         # type: () -> None
         assert self._popen is not None
-        _killpg(self._popen.pid, signal.SIGTERM)
-        self._kill_timer = threading.Timer(self.config.grace, _killpg, (self._popen.pid, signal.SIGKILL))
+        kill_trial(self._popen.pid, self.marker, signal.SIGTERM, root=self._root)
+        self._kill_timer = threading.Timer(
+            self.config.grace, kill_trial, (self._popen.pid, self.marker, signal.SIGKILL), {"root": self._root}
+        )
         self._kill_timer.daemon = True
         self._kill_timer.start()
 
 
-def _write_pid_file(state_dir, keeper_pid, trial_pgid, started_ms):
-    # type: (str, int, int, int) -> None
-    """``<state dir>/pid``: the keeper's pid and the trial's process group, for platforms that must find them."""
+def _write_pid_file(state_dir, keeper_pid, trial_pgid, started_ms, attempt, marker):
+    # type: (str, int, int, int, int, str) -> None
+    """``<state dir>/pid``: the keeper's pid, the trial's process group, its attempt and marker, for
+    platforms that must find them."""
     path = os.path.join(state_dir, "pid")
     tmp = path + ".tmp"
+    data = {
+        "keeper_pid": keeper_pid,
+        "trial_pgid": trial_pgid,
+        "start_time_ms": started_ms,
+        "attempt": attempt,
+        "marker": marker,
+    }
     with open(tmp, "w") as fh:
-        json.dump({"keeper_pid": keeper_pid, "trial_pgid": trial_pgid, "start_time_ms": started_ms}, fh)
+        json.dump(data, fh)
     os.rename(tmp, path)
+
+
+def marked_pids(marker):
+    # type: (str) -> list[int]
+    """The processes whose environment holds ``TRIAL_MARKER=marker`` (read from /proc; only the
+    processes of this user are readable, which are the only ones a trial can start)."""
+    if not marker:
+        return []
+    needle = ("%s=%s" % (TRIAL_MARKER, marker)).encode("ascii")
+    me = os.getpid()
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open("/proc/%s/environ" % name, "rb") as fh:
+                environ = fh.read()
+        except (IOError, OSError):
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(name))
+    return found
+
+
+def _become_subreaper():
+    # type: () -> bool
+    """Make this process a child subreaper (Linux 3.4+): orphans below it are re-parented to it."""
+    if not sys.platform.startswith("linux") or ctypes is None:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(pid):
+    # type: (int) -> list[int]
+    """Every descendant of process ``pid`` (from /proc/PID/task/TID/children), or [] if unknown."""
+    found = []  # type: list[int]
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir("/proc/%d/task" % parent)
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open("/proc/%d/task/%s/children" % (parent, task)) as fh:
+                    children = [int(c) for c in fh.read().split()]
+            except (IOError, OSError, ValueError):
+                continue
+            for child in children:
+                if child not in found:
+                    found.append(child)
+                    todo.append(child)
+    return found
+
+
+def kill_trial(pgid, marker, signum, root=None):
+    # type: (int | None, str | None, int, int | None) -> int
+    """Send ``signum`` to the trial's process group and to every process that left it.
+
+    With ``root`` (a keeper that is a child subreaper: every process the trial started is its
+    descendant) those are ``root``'s descendants; else every process carrying the trial's marker
+    (a scan of /proc/*/environ). Rounds repeat (at most 5) while processes are found, so that a
+    process forked while the previous round ran is not missed. Returns how many were signalled.
+    """
+    if pgid:
+        _killpg(pgid, signum)
+    count = 0
+    seen = set()  # type: set[int]
+    for _ in range(5):
+        found = descendants(root) if root else marked_pids(marker or "")
+        pids = [p for p in found if (p not in seen or signum == signal.SIGKILL) and not _zombie(p)]
+        if not pids:
+            break
+        for pid in pids:
+            seen.add(pid)
+            try:
+                os.kill(pid, signum)
+                count += 1
+            except OSError:
+                pass
+        if signum != signal.SIGKILL:
+            break
+        time.sleep(0.01)
+    return count
+
+
+def _zombie(pid):
+    # type: (int) -> bool
+    """Whether ``pid`` is a zombie (dead, not yet reaped) or gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as fh:
+            stat = fh.read()
+    except (IOError, OSError):
+        return True
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("Z", "X", "")
 
 
 def _killpg(pgid, signum):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from ..config.errors import redact
 from ..errors import ConfigError, NniTsError, UserError
 
 __all__ = ["main"]
@@ -322,7 +323,7 @@ async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
 
 def _setup_logging(working_dir: Path) -> list[logging.Handler]:
     """Log to ``manager.log`` in the experiment's directory; warnings also to stderr."""
-    working_dir.mkdir(parents=True, exist_ok=True)
+    working_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = logging.getLogger("nni_ts")
     root.setLevel(logging.INFO)
     handler = logging.FileHandler(working_dir / "manager.log")
@@ -356,7 +357,7 @@ def _run_logged(exp: Any, out: _Out, *, quiet: bool) -> int:
 def _detach(argv: list[str], experiment_id: str, working_dir: Path, out: _Out) -> int:
     """Start the same command in the background (a new session; stdout to manager.out, stderr to
     manager.err) and return once it runs: its config built and its platform started, or failed."""
-    working_dir.mkdir(parents=True, exist_ok=True)
+    working_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = working_dir / "manager.out"
     err_path = working_dir / "manager.err"
     err_start = err_path.stat().st_size if err_path.exists() else 0
@@ -614,7 +615,7 @@ def _cmd_experiment(args: argparse.Namespace, out: _Out) -> int:
                 "platform": record.platform,
                 "message": record.message,
                 "workingDirectory": record.working_dir,
-                "config": record.config,
+                "config": redact(record.config),
             }
             out.emit(shown, json.dumps(shown, indent=2))
             return EXIT_OK

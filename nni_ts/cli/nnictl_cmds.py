@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config.errors import redact
 from ..errors import UserError
 
 __all__ = ["COMMANDS", "add_parsers", "run", "run_experiment_action", "trial_run"]
@@ -112,7 +113,7 @@ def _config_show(args: argparse.Namespace, out: Any) -> int:
 
     experiment_id = resolve_experiment_id(args.id)
     with open_store(readonly=True) as store:
-        config = store.get_experiment(experiment_id).config
+        config = redact(store.get_experiment(experiment_id).config)  # passwords, passphrases: <hidden>
     out.emit(config, json.dumps(config, indent=2))
     return 0
 

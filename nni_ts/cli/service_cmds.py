@@ -19,6 +19,7 @@ __all__ = ["add_parsers", "run"]
 
 COMMANDS = ("serve", "users")
 _ENV_DB = "NNI_TS_SERVICE_DB"
+_ENV_DB_PASSWORD = "NNI_TS_SERVICE_DB_PASSWORD"
 
 
 def _default_data_dir() -> Path:
@@ -30,13 +31,29 @@ def _default_data_dir() -> Path:
 def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     """Add ``serve`` and ``users`` to the ``nni-ts`` sub-command parsers."""
     db_help = (
-        f"The service database: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB "
-        f"(default: ${_ENV_DB}, else sqlite under the data directory)."
+        f"The service database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (default: ${_ENV_DB}, else "
+        f"sqlite under the data directory). Never a password here (it would show in ps): use --db-password-file, "
+        f"${_ENV_DB_PASSWORD}, or the whole URL in ${_ENV_DB}."
     )
+    pw_help = f"A file holding the PostgreSQL password (default: ${_ENV_DB_PASSWORD}, else ~/.pgpass)."
     s = sub.add_parser("serve", help="Run the multi-user experiment service (REST API).")
     s.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1).")
     s.add_argument("--port", type=int, default=8080, help="Port to listen on (0: any free port; default 8080).")
     s.add_argument("--db", help=db_help)
+    s.add_argument("--db-password-file", help=pw_help)
+    s.add_argument("--db-pool-size", type=int, default=20, help="PostgreSQL connections for the API (default 20).")
+    s.add_argument(
+        "--trial-user",
+        help="Run trials as this unprivileged OS user ('nni-{user}': one per service user); "
+        "the service must run as root. Without it trials run as the service's own user.",
+    )
+    s.add_argument(
+        "--trial-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="An environment variable trials get from the service (repeatable; PATH and the locale always).",
+    )
     s.add_argument("--data-dir", help="Workspaces' files and the experiment store (default $NNI_TS_HOME/service).")
     s.add_argument("--platform", default="local", help="Where experiments run: local, kubeflow, frameworkcontroller.")
     s.add_argument(
@@ -66,6 +83,7 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
 
     u = sub.add_parser("users", help="Manage the experiment service's users and API tokens.")
     u.add_argument("--db", help=db_help)
+    u.add_argument("--db-password-file", help=pw_help)
     u.add_argument("--data-dir", help=argparse.SUPPRESS)
     usub = u.add_subparsers(dest="action", required=True, parser_class=parser_class)
     ua = usub.add_parser("add", help="Add a user and print its API token (shown once).")
@@ -80,8 +98,12 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     uq.add_argument("name")
     uq.add_argument("--max-trials", type=int, help="Concurrent trials (omit: the service's default).")
     uq.add_argument("--max-gpus", type=int, help="GPUs at a time (omit: the service's default).")
-    ur = usub.add_parser("remove", help="Remove a user; its token stops working.")
+    ur = usub.add_parser(
+        "remove",
+        help="Remove a user: its token stops working, its experiments are stopped and archived for admins.",
+    )
     ur.add_argument("name")
+    ur.add_argument("--delete", action="store_true", help="Delete its experiments and files instead of archiving.")
     usub.add_parser("list", help="Every user (never their tokens).")
     ul = usub.choices["list"]
     for p in (ua, ut, uq, ur, ul):  # --db also after the action: `nni-ts users add NAME --db URL`
@@ -91,11 +113,28 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
 
 
 def _db_url(args: argparse.Namespace) -> str:
+    if args.db and re.match(r"^[a-z]+://[^/@:]*:[^/@]*@", args.db):
+        raise UserError(
+            "--db holds a password, which every user of this machine sees in `ps`; give the URL without it "
+            f"and the password with --db-password-file FILE or ${_ENV_DB_PASSWORD} (or the whole URL in ${_ENV_DB})."
+        )
     url = args.db or os.environ.get(_ENV_DB)
     if url:
         return str(url)
     data_dir = Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else _default_data_dir()
     return f"sqlite:///{data_dir / 'service.db'}"
+
+
+def _db_password(args: argparse.Namespace) -> str | None:
+    """The PostgreSQL password from --db-password-file or the environment (never from argv)."""
+    path = getattr(args, "db_password_file", None)
+    if path:
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"--db-password-file {path}: cannot read it ({exc.strerror}).") from None
+        return text.rstrip("\r\n")
+    return os.environ.get(_ENV_DB_PASSWORD) or None
 
 
 def run(args: argparse.Namespace, out: Any) -> int:
@@ -112,7 +151,7 @@ async def _users(args: argparse.Namespace, out: Any) -> int:
     from ..service import users
     from ..service.db import open_database
 
-    db = await open_database(_db_url(args))
+    db = await open_database(_db_url(args), password=_db_password(args))
     try:
         if args.action == "add":
             token = await users.add_user(
@@ -137,8 +176,12 @@ async def _users(args: argparse.Namespace, out: Any) -> int:
             await users.set_quota(db, args.name, max_trials=args.max_trials, max_gpus=args.max_gpus)
             out.emit({"name": args.name, "maxTrials": args.max_trials, "maxGpus": args.max_gpus}, "Quota set.")
         elif args.action == "remove":
-            await users.remove_user(db, args.name)
-            out.emit({"removed": args.name}, f"User {args.name} removed.")
+            archived = await users.remove_user(db, args.name, delete=args.delete)
+            what = "deleted" if args.delete else f"archived as {archived!r} (admins see them)"
+            out.emit(
+                {"removed": args.name, "archivedAs": archived, "delete": args.delete},
+                f"User {args.name} removed; the service stops its experiments, and they are {what}.",
+            )
         else:
             listed = await users.list_users(db)
             data = [
@@ -200,6 +243,8 @@ def _serve(args: argparse.Namespace) -> int:
     ):
         if value < 0:
             raise UserError(f"{flag} must be 0 or more, got {value}.")
+    if args.db_pool_size < 1:
+        raise UserError(f"--db-pool-size must be 1 or more, got {args.db_pool_size}.")
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else _default_data_dir()
     settings = ServiceSettings(
         data_dir=data_dir,
@@ -213,6 +258,10 @@ def _serve(args: argparse.Namespace) -> int:
         default_max_trials=args.default_max_trials,
         default_max_gpus=args.default_max_gpus,
         legacy_auth=args.legacy_auth,
+        trial_user=args.trial_user,
+        pool_size=args.db_pool_size,
+        trial_env=tuple(args.trial_env),
+        database_password=_db_password(args),
     )
     root = logging.getLogger("nni_ts")
     root.setLevel(logging.INFO)
@@ -223,6 +272,12 @@ def _serve(args: argparse.Namespace) -> int:
     # The API thread and the engine thread share the GIL: hand it over every millisecond (Python's
     # default is 5 ms), so that an API request waits less behind the engine's work.
     sys.setswitchinterval(0.001)
+    if args.trial_user is None and args.platform == "local":
+        logging.getLogger("nni_ts.service").warning(
+            "Trials run as the service's own OS user and can read its data directory and database; "
+            "run the service as root with --trial-user to isolate them (see docs/service.md)."
+        )
+    os.environ.pop(_ENV_DB_PASSWORD, None)  # read: children never see it
     service = ExperimentService(settings)
     asyncio.run(_serve_async(service, args))
     return 0

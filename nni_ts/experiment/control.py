@@ -67,6 +67,7 @@ class ControlServer:
             self.path.unlink()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = b""
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=10)
             if len(line) > _MAX_REQUEST:
@@ -80,6 +81,9 @@ class ControlServer:
         try:
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
+        except ConnectionError:
+            # The client gave up waiting (its time-out) and closed: the request was carried out anyway.
+            log.info("A control client left before its answer (%s); it was: %s.", req_summary(line), answer)
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
@@ -112,6 +116,11 @@ class ControlServer:
         return {"ok": False, "error": f"unknown operation {op!r}"}
 
 
+def req_summary(line: bytes) -> str:
+    """A control request, shortened for a log line."""
+    return line[:200].decode("utf-8", "replace").strip() or "an empty request"
+
+
 def request(experiment_id: str, req: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
     """Send one request to the manager of ``experiment_id``. Raises UserError if nobody listens."""
     path = socket_path(experiment_id)
@@ -128,6 +137,11 @@ def request(experiment_id: str, req: dict[str, Any], *, timeout: float = 30.0) -
             chunks.append(chunk)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise UserError(f"The manager of experiment {experiment_id} is not running.") from exc
+    except TimeoutError as exc:
+        raise UserError(
+            f"The manager of experiment {experiment_id} did not answer within {timeout:g} s; it may still carry "
+            "out the request (a machine it must reach may be unreachable). Check with 'nni-ts trial ls'."
+        ) from exc
     except OSError as exc:
         raise UserError(f"Could not reach the manager of experiment {experiment_id}: {exc}.") from exc
     finally:

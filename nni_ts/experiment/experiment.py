@@ -108,13 +108,16 @@ def read_imported(path: Path, offset: int = 0) -> list[dict[str, Any]]:
 
 
 def manager_alive(pid: int | None, started: float | None) -> bool:
-    """Whether the manager process recorded for an experiment still runs (pid and start time match)."""
+    """Whether the manager process recorded for an experiment still runs: its lease is the pid *and*
+    its start time (a reused pid is another process), and a zombie (killed, not yet reaped) is dead."""
     if not pid:
         return False
     try:
         proc = psutil.Process(pid)
-        return started is None or abs(proc.create_time() - started) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        if started is not None and abs(proc.create_time() - started) >= 0.01:
+            return False
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
 
@@ -537,7 +540,7 @@ class Experiment:
                 manager_pid=os.getpid(),
                 manager_started=_self_started(),
             )
-        self.working_directory.mkdir(parents=True, exist_ok=True)
+        self.working_directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def _finish_record(self) -> None:
         from ..models import now_ms
@@ -628,6 +631,12 @@ class Experiment:
                     self._pending_retries.append(_Live(t.parameter_id, t.sequence_id, t.parameters, t.attempt + 1))
         if replay:
             self._tuner.import_data(replay)
+        # Points submitted without a result (running, or ended without one) are the tuner's too: a
+        # GridSearch must not hand them out again.
+        pending = [t.parameters for t in latest.values() if t.final_data is None]
+        hook = getattr(self._tuner, "import_submitted", None)
+        if pending and hook is not None:
+            hook(pending)
         for t in latest.values():
             if t.status.is_terminal:
                 continue

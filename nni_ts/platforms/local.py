@@ -40,12 +40,28 @@ from ..training_service import TrainingService, parameters_as_args
 from ._inotify import DirWatcher
 from .gpu import GpuScheduler, query_local_gpus
 
-__all__ = ["LocalTrainingService", "build_trial_env", "parameters_as_args"]
+__all__ = ["LocalTrainingService", "TrialIdentity", "build_trial_env", "parameters_as_args"]
 
 log = logging.getLogger(__name__)
 
 # $1 is the user's command (with the prepare command before it). The exit code goes to .nni/code.
 _WRAPPER = 'eval "$1"\nrc=$?\necho "$rc" > "$NNI_SYS_DIR/.nni/code"\nexit "$rc"\n'
+
+
+@dataclass(frozen=True)
+class TrialIdentity:
+    """Who trials run as, and the environment they start from (the experiment service's ``--trial-user``).
+
+    Trials then never run with the manager's privileges: the process gets ``uid``/``gid``/``groups``
+    and ``umask`` (the manager must be root or hold CAP_SETUID/CAP_SETGID), its trial directory is
+    handed to ``uid``, and its environment is ``env`` (an allow-list built by the caller) plus NNI's
+    variables, never a copy of the manager's."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    uid: int | None = None  # None: the manager's own user (only the environment is replaced)
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
+    umask: int = 0o077
 
 
 #: Back-off, in seconds, between attempts to deliver a record that a listener refused.
@@ -108,8 +124,15 @@ class LocalTrainingService(TrainingService[LocalConfig]):
     platform_name: ClassVar[str] = "local"
     config_class: ClassVar[type[LocalConfig]] = LocalConfig
 
-    def __init__(self, config: LocalConfig | dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: LocalConfig | dict[str, Any] | None = None,
+        *,
+        identity: TrialIdentity | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(config, **kwargs)
+        self.identity = identity
         self._runs: dict[str, _Run] = {}
         self._queue: deque[_Run] = deque()
         self._watcher = DirWatcher()
@@ -128,7 +151,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
                 path="trialCodeDirectory",
             )
         self._code_dir = str(code_dir)
-        self._base_env = dict(os.environ)
+        self._base_env = dict(os.environ) if self.identity is None else dict(self.identity.env)
         if cfg.trial_gpu_number > 0 or cfg.gpu_indices is not None:
             gpus = await query_local_gpus()
             self._gpu = GpuScheduler(
@@ -214,9 +237,16 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             gpus=run.gpus,
         )
         env.update(detail.form.env)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         out = os.open(os.path.join(trial_dir, "stdout"), flags, 0o644)
         err = os.open(os.path.join(trial_dir, "stderr"), flags, 0o644)
+        ident = self.identity
+        as_user: dict[str, Any] = {}
+        if ident is not None and ident.uid is not None:
+            for path in (trial_dir, os.path.join(trial_dir, ".nni")):
+                os.chown(path, ident.uid, -1 if ident.gid is None else ident.gid, follow_symlinks=False)
+                os.chmod(path, 0o700, follow_symlinks=False)
+            as_user = {"user": ident.uid, "group": ident.gid, "extra_groups": list(ident.groups), "umask": ident.umask}
         try:
             popen = subprocess.Popen(
                 ["/bin/sh", "-c", _WRAPPER, "nni-ts-trial", self.trial_command(detail)],
@@ -227,6 +257,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
                 stderr=err,
                 start_new_session=True,
                 close_fds=True,
+                **as_user,
             )
         finally:
             os.close(out)
@@ -263,8 +294,9 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         """Move the records appended to the metrics file since the last read into ``run.pending``."""
         if run.metrics_fh is None:
             try:
-                run.metrics_fh = open(os.path.join(run.detail.working_directory, ".nni", "metrics"), "rb")  # noqa: SIM115
-            except FileNotFoundError:
+                path = os.path.join(run.detail.working_directory, ".nni", "metrics")
+                run.metrics_fh = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+            except OSError:  # missing yet, or a symlink in its place (ELOOP): never followed
                 return
         data = run.metrics_fh.read()
         if not data:
@@ -278,7 +310,9 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             if run.skip > 0:
                 run.skip -= 1
                 continue
-            run.pending.append(record.decode("utf-8", errors="surrogateescape"))
+            # Invalid UTF-8 becomes U+FFFD, as the keeper does: a record no store can encode would
+            # otherwise be refused, and delivered again, forever.
+            run.pending.append(record.decode("utf-8", errors="replace"))
 
     async def _deliver_pending(self, run: _Run) -> None:
         """Deliver ``run.pending`` in order; a refused record is retried with back-off (it stays first)."""

@@ -9,6 +9,7 @@ exist); an admin sees all. See docs/service.md for the routes and their bodies.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..config.experiment import ExperimentConfig
 from ..errors import ConfigError, NniTsError, StoreError, UserError
@@ -32,8 +34,18 @@ from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
 from .configs import PlatformPolicy, legacy_to_v2, parse_legacy, prepare_config, redact, resource_need
 from .db import Database, open_database
+from .isolation import (
+    SymlinkRefused,
+    check_trial_user,
+    read_file_nofollow,
+    secure_data_dir,
+    secure_workspace_root,
+    trial_identity,
+    write_file_nofollow,
+)
 from .manager import ExperimentManager
 from .openapi import ID_PATTERN, openapi_document
+from .repository import EXPERIMENT_COLUMNS, TRIAL_COLUMNS, ExperimentRow, ExtendRequest, TrialRow, parse_extend
 from .users import User, audit, check_name
 
 __all__ = ["ExperimentService", "ServiceSettings"]
@@ -45,6 +57,8 @@ _ID = "{experiment_id:[A-Za-z0-9_-]{1,64}}"
 _TRIAL = "{trial_id:[A-Za-z0-9_-]{1,64}}"
 _WS = "{workspace:[A-Za-z0-9][A-Za-z0-9_-]{0,39}}"
 _MAX_TAIL = 16 * 1024 * 1024
+_FILE_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_MAX_DEPTH = 64  # JSON nesting a body may have (search spaces nest a few levels)
 _USER_KEY = web.RequestKey("user", User)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -62,6 +76,16 @@ class ServiceSettings:
     default_max_gpus: int = 8
     legacy_auth: Literal["token", "none"] = "token"
     max_body: int = 4 * 1024 * 1024
+    #: PostgreSQL connections of the API (one per request in flight; more wait for one).
+    pool_size: int = 20
+    #: How often the service looks for requests other processes left in the database (a removed user).
+    reconcile_interval: float = 1.0
+    #: The OS user trials run as (``nni-{user}``: one per service user); None: the service's own user.
+    trial_user: str | None = None
+    #: Environment variables trials get from the service, besides isolation.DEFAULT_TRIAL_ENV.
+    trial_env: tuple[str, ...] = ()
+    #: The PostgreSQL password, when the URL has none (read from a file or the environment).
+    database_password: str | None = field(default=None, repr=False)
 
 
 class HTTPProblem(Exception):
@@ -88,6 +112,8 @@ class ExperimentService:
         self._manager: ExperimentManager | None = None
         self._platform_class: type[TrainingService[Any]] | None = None
         self._quota_locks: dict[str, asyncio.Lock] = {}  # per user: one quota check at a time
+        self._reconciler: asyncio.Task[None] | None = None
+        self._reconcile_lock = asyncio.Lock()
 
     @property
     def db(self) -> Database:
@@ -105,10 +131,18 @@ class ExperimentService:
         """Open the database and the store; re-attach to this replica's running experiments."""
         from ..registry import get_platform_class
 
+        check_trial_user(self.settings.trial_user)
         self._platform_class = get_platform_class(self.settings.policy.platform)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._db = await open_database(self.database_url)
-        manager = ExperimentManager(self.database_url, self.data_dir / "experiments.db", replica=self.settings.replica)
+        password = self.settings.database_password
+        self._db = await open_database(self.database_url, password=password, pool_size=self.settings.pool_size)
+        manager = ExperimentManager(
+            self.database_url,
+            self.data_dir / "experiments.db",
+            replica=self.settings.replica,
+            database_password=password,
+            platform_factory=self._stored_platform,
+        )
         try:
             await manager.open()
         except BaseException:
@@ -116,15 +150,26 @@ class ExperimentService:
             self._db = None
             raise
         self._manager = manager
+        databases = [self.data_dir / "experiments.db"]
+        if self.database_url.startswith("sqlite:///"):
+            databases.append(Path(self.database_url[len("sqlite:///") :]).expanduser())
+        secure_data_dir(self.data_dir, databases)
         try:
-            return await manager.resume_owned()
+            resumed = await manager.resume_owned()
+            await self.reconcile()
         except BaseException:
             await self.close()
             raise
+        self._reconciler = asyncio.create_task(self._reconcile_loop(), name="nni-ts-service-reconcile")
+        return resumed
 
     async def close(self, *, stop_experiments: bool = True) -> None:
         """Stop every experiment (cancelling trials), or with ``stop_experiments=False`` only detach:
         then the caller must exit the process without cancelling tasks (see ExperimentManager.detach)."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.wait([self._reconciler], timeout=10)
+            self._reconciler = None
         if self._manager is not None:
             if stop_experiments:
                 await self._manager.close()
@@ -133,6 +178,74 @@ class ExperimentService:
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    # ------------------------------------------------------------------ requests left in the database
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            try:
+                await self.reconcile()
+            except (NniTsError, OSError) as exc:
+                log.warning("Acting on the database's requests failed (retried): %s", exc)
+
+    async def reconcile(self) -> None:
+        """Act on what ``nni-ts users remove`` (another process) asked through the database: archive the
+        removed user's files, stop its experiments running here, delete what it owned if asked."""
+        async with self._reconcile_lock:
+            archives = await self.db.fetch(
+                "SELECT name, archived_as, delete_files FROM svc_archives WHERE done = 0 ORDER BY at_ms"
+            )
+            for name, archived, _ in archives:
+                await asyncio.to_thread(self._archive_files, name, archived)
+            for experiment_id, reason, owner, status in await self.db.fetch(
+                "SELECT r.experiment_id, r.reason, e.owner, e.status FROM svc_stop_requests r "
+                "LEFT JOIN svc_experiments e ON e.id = r.experiment_id"
+            ):
+                if self.manager.is_live(experiment_id):
+                    await self.manager.stop(experiment_id, reason)
+                elif status == "RUNNING" and owner != self.settings.replica:
+                    continue  # the replica that runs it stops it
+                elif status == "RUNNING":  # orphaned here: nothing runs it
+                    await self.db.execute(
+                        "UPDATE svc_experiments SET status = $1, message = $2, ended_ms = $3 WHERE id = $4",
+                        "STOPPED",
+                        reason,
+                        now_ms(),
+                        experiment_id,
+                    )
+                await self.db.execute("DELETE FROM svc_stop_requests WHERE experiment_id = $1", experiment_id)
+            for _, archived, delete in archives:
+                if delete:
+                    rows = [
+                        ExperimentRow(*r)
+                        for r in await self.db.fetch(
+                            f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1", archived
+                        )
+                    ]
+                    if any(r.status == "RUNNING" for r in rows):
+                        continue  # still stopping on another replica
+                    admin = User(archived, True, None, None, 0)
+                    for row in rows:
+                        await self.delete_experiment(admin, row, actor="cli")
+                    await asyncio.to_thread(shutil.rmtree, self.data_dir / "workspaces" / archived, True)
+                    await self.db.execute("DELETE FROM svc_workspaces WHERE user_name = $1", archived)
+                await self.db.execute("UPDATE svc_archives SET done = 1 WHERE archived_as = $1", archived)
+
+    def _archive_files(self, name: str, archived: str) -> None:
+        """``workspaces/<name>`` becomes ``workspaces/<archived>`` (a new user of that name starts empty)."""
+        root = self.data_dir / "workspaces"
+        try:
+            os.rename(root / name, root / archived)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("The files of the removed user %s cannot be archived: %s", name, exc)
+
+    async def _before_user_files(self, user: str) -> None:
+        """A re-added user's first write waits until the removed user of that name is archived."""
+        if await self.db.fetchrow("SELECT name FROM svc_archives WHERE name = $1 AND done = 0", user):
+            await self.reconcile()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body, middlewares=[self._errors, self._auth])
@@ -165,6 +278,8 @@ class ExperimentService:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            if any("\x00" in k or "\x00" in v for k, v in request.query.items()):
+                raise HTTPProblem(400, "A query parameter holds a NUL character, which is not allowed.")
             return await handler(request)
         except HTTPProblem as exc:
             return _error(exc.status, str(exc), **exc.extra)
@@ -179,7 +294,10 @@ class ExperimentService:
             return _error(503, "The service database is not available; try again later.")
         except web.HTTPException as exc:
             if exc.status >= 400 and exc.content_type != "application/json":
-                return _error(exc.status, exc.reason)
+                response = _error(exc.status, exc.reason)
+                if "Allow" in exc.headers:  # a 405 says which methods the resource has
+                    response.headers["Allow"] = exc.headers["Allow"]
+                return response
             raise
         except NniTsError as exc:
             return _error(409, str(exc))
@@ -188,8 +306,14 @@ class ExperimentService:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in self._PUBLIC:
-            return await handler(request)
+        if request.path in self._PUBLIC or request.match_info.http_exception is not None:
+            return await handler(request)  # public, or a 404/405 that names no resource
+        if request.path.endswith("/events"):  # a stream: no connection held for its whole life
+            return await self._authenticated(request, handler)
+        async with self.db.bound():  # one pooled connection for the request's every statement
+            return await self._authenticated(request, handler)
+
+    async def _authenticated(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         legacy = request.path == f"{API}/nni-exp"
         header = request.headers.get("Authorization", "")
         if not header and legacy and self.settings.legacy_auth == "none":
@@ -212,24 +336,85 @@ class ExperimentService:
         return user
 
     @staticmethod
-    async def _json(request: web.Request, *, optional: bool = False) -> Any:
+    async def _body(request: web.Request) -> bytes:
+        """The request's bytes; a body that cannot be decoded (Content-Encoding) is a 400."""
+        try:
+            return await request.read()
+        except RequestPayloadError as exc:
+            encoding = request.headers.get("Content-Encoding", "identity")
+            log.debug("Undecodable request body: %r", exc)
+            raise HTTPProblem(
+                400, f"The request body cannot be decoded: it is not valid Content-Encoding {encoding[:40]!r} data."
+            ) from None
+
+    @classmethod
+    async def _json(cls, request: web.Request, *, optional: bool = False) -> Any:
         if not request.can_read_body:
             if optional:
                 return None
             raise HTTPProblem(400, "The request needs a JSON body.")
+        charset = request.charset or "utf-8"
         try:
-            text = await request.text()
-        except UnicodeDecodeError:
-            raise HTTPProblem(400, "The request body is not UTF-8 text.") from None
+            codecs.lookup(charset)
+        except LookupError:
+            raise HTTPProblem(
+                415, f"The request body's charset {charset[:40]!r} is unknown; send JSON as UTF-8."
+            ) from None
+        data = await cls._body(request)
+        try:
+            text = data.decode(charset)
+        except (UnicodeDecodeError, ValueError):
+            raise HTTPProblem(400, f"The request body is not valid {charset[:40]} text.") from None
         if not text.strip() and optional:
             return None
         try:
-            return json.loads(text)
+            value = json.loads(text)
+        except RecursionError:
+            raise HTTPProblem(400, f"The request body is nested deeper than {_MAX_DEPTH} levels.") from None
         except ValueError as exc:
             raise HTTPProblem(400, f"The request body is not valid JSON: {exc}.") from None
+        if _depth(value) > _MAX_DEPTH:
+            raise HTTPProblem(400, f"The request body is nested deeper than {_MAX_DEPTH} levels.")
+        return value
 
     def workspace_dir(self, user: str, workspace: str) -> Path:
         return self.data_dir / "workspaces" / user / workspace
+
+    def _identity(self, user: str) -> Any:
+        """The OS identity and environment of ``user``'s trials; their workspace tree made private to it."""
+        try:
+            identity = trial_identity(self.settings.trial_user, user, self.settings.trial_env)
+        except UserError as exc:
+            raise HTTPProblem(503, str(exc)) from None
+        try:
+            secure_workspace_root(self.data_dir / "workspaces" / user, identity)
+        except OSError as exc:
+            raise HTTPProblem(409, f"The workspaces of {user} cannot be prepared: {exc.strerror or exc}.") from None
+        return identity
+
+    def _platform(self, config: Any, experiment_id: str, user: str) -> TrainingService[Any]:
+        """An experiment's training service; local trials run as the user's trial identity."""
+        from ..platforms.local import LocalTrainingService
+
+        assert self._platform_class is not None and config.experiment_working_directory is not None
+        kwargs: dict[str, Any] = {}
+        if issubclass(self._platform_class, LocalTrainingService):
+            kwargs["identity"] = self._identity(user)
+        return self._platform_class(
+            config.training_service,
+            experiment_id=experiment_id,
+            experiment_dir=Path(config.experiment_working_directory) / experiment_id,
+            **kwargs,
+        )
+
+    def _stored_platform(self, experiment_id: str, stored: dict[str, Any], user: str) -> TrainingService[Any]:
+        """The platform of a stored experiment being re-attached or continued (the engine thread)."""
+        from ..config.loader import config_from_dict
+
+        try:
+            return self._platform(config_from_dict(stored, source=f"experiment {experiment_id}"), experiment_id, user)
+        except HTTPProblem as exc:
+            raise UserError(str(exc)) from None
 
     @staticmethod
     def _query_int(request: web.Request, name: str, *, minimum: int, maximum: int) -> int | None:
@@ -244,67 +429,64 @@ class ExperimentService:
             raise HTTPProblem(400, f"The query parameter {name} must be between {minimum} and {maximum}.")
         return value
 
-    _EXP_COLS = (
-        "id, user_name, workspace, name, platform, status, message, config, trial_concurrency, gpus_per_trial, "
-        "optimize_mode, owner, legacy, created_ms, updated_ms, ended_ms"
-    )
+    _EXP_COLS = EXPERIMENT_COLUMNS
 
     @staticmethod
     def _exp_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+        e = row if isinstance(row, ExperimentRow) else ExperimentRow(*row)
         return {
-            "id": row[0],
-            "user": row[1],
-            "workspace": row[2],
-            "name": row[3],
-            "platform": row[4],
-            "status": row[5],
-            "message": row[6],
-            "trialConcurrency": row[8],
-            "gpusPerTrial": row[9],
-            "optimizeMode": row[10],
-            "legacy": bool(row[12]),
-            "createdAt": row[13],
-            "updatedAt": row[14],
-            "endedAt": row[15],
+            "id": e.id,
+            "user": e.user_name,
+            "workspace": e.workspace,
+            "name": e.name,
+            "platform": e.platform,
+            "status": e.status,
+            "message": e.message,
+            "trialConcurrency": e.trial_concurrency,
+            "gpusPerTrial": e.gpus_per_trial,
+            "optimizeMode": e.optimize_mode,
+            "legacy": bool(e.legacy),
+            "createdAt": e.created_ms,
+            "updatedAt": e.updated_ms,
+            "endedAt": e.ended_ms,
         }
 
-    async def _experiment_row(self, user: User, experiment_id: str) -> tuple[Any, ...]:
-        row = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
-        if row is None or (row[1] != user.name and not user.is_admin):
+    async def _experiment_row(self, user: User, experiment_id: str) -> ExperimentRow:
+        found = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
+        row = ExperimentRow(*found) if found is not None else None
+        if row is None or (row.user_name != user.name and not user.is_admin):
             raise HTTPProblem(404, f"There is no experiment {experiment_id!r} in your workspaces.")
         return row
 
     @staticmethod
-    def _trial_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    def _trial_dict(raw: tuple[Any, ...]) -> dict[str, Any]:
+        row = raw if isinstance(raw, TrialRow) else TrialRow(*raw)
         final = None
-        if row[12]:
+        if row.final_data:
             try:
-                record = json.loads(row[12])
+                record = json.loads(row.final_data)
                 final = record.get("value") if isinstance(record, dict) else None
                 if isinstance(final, str):
                     final = json.loads(final)
             except ValueError:
                 final = None
         return {
-            "id": row[1],
-            "sequenceId": row[2],
-            "parameterId": row[3],
-            "attempt": row[4],
-            "parameters": json.loads(row[5]),
-            "status": row[6],
-            "startTime": row[7],
-            "endTime": row[8],
-            "exitCode": row[9],
-            "message": row[10],
-            "finalValue": row[11],
+            "id": row.id,
+            "sequenceId": row.sequence_id,
+            "parameterId": row.parameter_id,
+            "attempt": row.attempt,
+            "parameters": redact(json.loads(row.parameters)),  # a search-space key such as db_password too
+            "status": row.status,
+            "startTime": row.start_ms,
+            "endTime": row.end_ms,
+            "exitCode": row.exit_code,
+            "message": row.message,
+            "finalValue": row.final_value,
             "final": _json_safe(final),
-            "metricCount": row[13],
+            "metricCount": row.metric_count,
         }
 
-    _TRIAL_COLS = (
-        "experiment_id, id, sequence_id, parameter_id, attempt, parameters, status, start_ms, end_ms, exit_code, "
-        "message, final_value, final_data, metric_count"
-    )
+    _TRIAL_COLS = TRIAL_COLUMNS
 
     async def _trial_rows(
         self, experiment_id: str, *, limit: int | None = None, offset: int = 0
@@ -315,30 +497,30 @@ class ExperimentService:
             experiment_id,
         )
 
-    async def _details(self, row: tuple[Any, ...]) -> dict[str, Any]:
+    async def _details(self, row: ExperimentRow) -> dict[str, Any]:
         """An experiment with its trial counts and best trial (aggregated in SQL: cheap to poll)."""
         out = self._exp_dict(row)
         counts = {
             str(r[0]): int(r[1])
             for r in await self.db.fetch(
-                "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row[0]
+                "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row.id
             )
         }
-        where, direction = best_trial_sql(row[10])
+        where, direction = best_trial_sql(row.optimize_mode)
         best_row = await self.db.fetchrow(
             f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND {where} "
             f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
-            row[0],
+            row.id,
         )
         best = self._trial_dict(best_row) if best_row is not None else None
-        config = json.loads(row[7])
+        config = json.loads(row.config)
         out.update(
             config=config,
             maxTrialNumber=config.get("maxTrialNumber"),
             trialCounts=counts,
             trialCount=sum(counts.values()),
             best=best,
-            live=self.manager.is_live(row[0]),
+            live=self.manager.is_live(row.id),
         )
         return out
 
@@ -398,7 +580,11 @@ class ExperimentService:
     async def create_experiment(
         self, user: User, workspace: str, raw: Any, *, legacy: bool = False, actor: str | None = None
     ) -> dict[str, Any]:
+        """Validate, record and start an experiment. ``legacy``: the seeds' route, where a workspace runs
+        one experiment at a time; checked inside the transaction that inserts it, after the user's row
+        lock (PostgreSQL) or the write lock (SQLite), so parallel requests cannot both pass."""
         check_name(workspace, "A workspace name")
+        await self._before_user_files(user.name)
         config = prepare_config(
             raw,
             user=user.name,
@@ -413,7 +599,20 @@ class ExperimentService:
         shown = redact(raw if isinstance(raw, dict) else {})
         stored = redact(config.model_dump(mode="json", by_alias=True, exclude_none=True))
         async with self._quota_lock(user.name), self.db.transaction() as tx:
-            await self._check_quota(tx, user, trials, gpus)
+            await self._check_quota(tx, user, trials, gpus)  # locks the user's row on PostgreSQL
+            if legacy:
+                running = await tx.fetchrow(
+                    "SELECT id FROM svc_experiments WHERE user_name = $1 AND workspace = $2 AND status = $3",
+                    user.name,
+                    workspace,
+                    "RUNNING",
+                )
+                if running is not None:
+                    raise HTTPProblem(
+                        409,
+                        f"Workspace {workspace!r} already runs experiment {running[0]}; DELETE it first.",
+                        experimentId=running[0],
+                    )
             now = now_ms()
             await tx.execute(
                 "INSERT INTO svc_workspaces (user_name, name, created_ms) VALUES ($1, $2, $3) "
@@ -450,12 +649,7 @@ class ExperimentService:
                 {"legacy": legacy, "config": shown},
             )
         # The platform class is looked up once (entry points are slow to scan), not per experiment.
-        assert self._platform_class is not None and config.experiment_working_directory is not None
-        service = self._platform_class(
-            config.training_service,
-            experiment_id=experiment_id,
-            experiment_dir=Path(config.experiment_working_directory) / experiment_id,
-        )
+        service = self._platform(config, experiment_id, user.name)
         await self.manager.launch(
             lambda store: Experiment(
                 config,
@@ -469,20 +663,20 @@ class ExperimentService:
         log.info("User %s created experiment %s in workspace %s.", user.name, experiment_id, workspace)
         return {"id": experiment_id, "user": user.name, "workspace": workspace, "status": "RUNNING"}
 
-    async def delete_experiment(self, user: User, row: tuple[Any, ...], *, actor: str | None = None) -> None:
-        experiment_id = row[0]
-        if row[5] == "RUNNING" and not self.manager.is_live(experiment_id) and row[11] != self.settings.replica:
-            raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row[11]!r}; delete it there.")
+    async def delete_experiment(self, user: User, row: ExperimentRow, *, actor: str | None = None) -> None:
+        experiment_id = row.id
+        if row.status == "RUNNING" and not self.manager.is_live(experiment_id) and row.owner != self.settings.replica:
+            raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row.owner!r}; delete it there.")
         await self.manager.stop(experiment_id, f"Deleted by {actor or user.name}.")
         self.manager.forget(experiment_id)
         await self.manager.purge(experiment_id)
-        exp_dir = self.workspace_dir(row[1], row[2]) / "experiments" / experiment_id
+        exp_dir = self.workspace_dir(row.user_name, row.workspace) / "experiments" / experiment_id
         await asyncio.to_thread(shutil.rmtree, exp_dir, True)
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM svc_metrics WHERE experiment_id = $1", experiment_id)
             await tx.execute("DELETE FROM svc_trials WHERE experiment_id = $1", experiment_id)
             await tx.execute("DELETE FROM svc_experiments WHERE id = $1", experiment_id)
-            await audit(tx, actor or user.name, "experiment.delete", f"{row[1]}/{row[2]}/{experiment_id}")
+            await audit(tx, actor or user.name, "experiment.delete", f"{row.user_name}/{row.workspace}/{experiment_id}")
 
     # ------------------------------------------------------------------ public routes
 
@@ -534,18 +728,6 @@ class ExperimentService:
     async def _legacy_post(self, request: web.Request) -> web.Response:
         req = parse_legacy(await self._json(request))
         user, actor = await self._legacy_user(request, req.user)
-        running = await self.db.fetchrow(
-            "SELECT id FROM svc_experiments WHERE user_name = $1 AND workspace = $2 AND status = $3",
-            user.name,
-            req.workspace,
-            "RUNNING",
-        )
-        if running is not None:
-            raise HTTPProblem(
-                409,
-                f"Workspace {req.workspace!r} already runs experiment {running[0]}; DELETE it first.",
-                experimentId=running[0],
-            )
         created = await self.create_experiment(
             user, req.workspace, legacy_to_v2(req, self.settings.policy), legacy=True, actor=actor
         )
@@ -554,32 +736,36 @@ class ExperimentService:
     async def _legacy_get(self, request: web.Request) -> web.Response:
         name, workspace = await self._legacy_target(request)
         user, _ = await self._legacy_user(request, name)
-        row = await self.db.fetchrow(
+        found = await self.db.fetchrow(
             f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1 AND workspace = $2 "
             "ORDER BY created_ms DESC LIMIT 1",
             user.name,
             workspace,
         )
+        row = ExperimentRow(*found) if found is not None else None
         if row is None:
             raise HTTPProblem(404, f"Workspace {workspace!r} of {user.name!r} has no experiment.")
         details = await self._details(row)
-        details["trials"] = [self._trial_dict(t) for t in await self._trial_rows(row[0])]
-        details["experimentId"] = row[0]
+        details["trials"] = [self._trial_dict(t) for t in await self._trial_rows(row.id)]
+        details["experimentId"] = row.id
         return web.json_response(details)
 
     async def _legacy_delete(self, request: web.Request) -> web.Response:
         name, workspace = await self._legacy_target(request)
         user, actor = await self._legacy_user(request, name)
-        rows = await self.db.fetch(
-            f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1 AND workspace = $2",
-            user.name,
-            workspace,
-        )
+        rows = [
+            ExperimentRow(*r)
+            for r in await self.db.fetch(
+                f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE user_name = $1 AND workspace = $2",
+                user.name,
+                workspace,
+            )
+        ]
         if not rows:
             raise HTTPProblem(404, f"Workspace {workspace!r} of {user.name!r} has no experiment.")
         for row in rows:
             await self.delete_experiment(user, row, actor=actor)
-        return web.json_response({"deleted": [r[0] for r in rows], "user": user.name, "workspace": workspace})
+        return web.json_response({"deleted": [r.id for r in rows], "user": user.name, "workspace": workspace})
 
     # ------------------------------------------------------------------ the API
 
@@ -622,13 +808,23 @@ class ExperimentService:
         workspace = check_name(request.match_info["workspace"], "A workspace name")
         rel = request.match_info["path"]
         parts = [p for p in rel.split("/") if p]
-        if not parts or any(p in (".", "..") or "\x00" in p or "\\" in p for p in parts):
-            raise HTTPProblem(400, f"The file path {rel!r} must be relative, without '.' or '..' parts.")
-        code_dir = self.workspace_dir(user.name, workspace) / "code"
-        target = code_dir.joinpath(*parts)
-        data = await request.read()
+        if not parts or any(p in (".", "..") or not _FILE_PART.fullmatch(p) for p in parts):
+            raise HTTPProblem(
+                400,
+                f"The file path {rel[:200]!r} must be relative, of letters, digits, '_', '-', '.' and '/', "
+                "without '.' or '..' parts.",
+            )
+        data = await self._body(request)
+        await self._before_user_files(user.name)
+        self._identity(user.name)
         try:
-            await asyncio.to_thread(_write_file, target, data)
+            await asyncio.to_thread(
+                write_file_nofollow, self.data_dir / "workspaces", [user.name, workspace, "code", *parts], data
+            )
+        except SymlinkRefused as exc:
+            raise HTTPProblem(
+                409, f"The file {rel!r} cannot be written: {exc.strerror} (links are never followed)."
+            ) from None
         except OSError as exc:
             raise HTTPProblem(409, f"The file {rel!r} cannot be written: {exc.strerror}.") from None
         async with self.db.transaction() as tx:
@@ -669,15 +865,15 @@ class ExperimentService:
         user = self._user(request)
         row = await self._experiment_row(user, request.match_info["experiment_id"])
         await self.delete_experiment(user, row)
-        return web.json_response({"deleted": row[0]})
+        return web.json_response({"deleted": row.id})
 
     async def _stop(self, request: web.Request) -> web.Response:
         user = self._user(request)
         row = await self._experiment_row(user, request.match_info["experiment_id"])
-        experiment_id = row[0]
+        experiment_id = row.id
         if not self.manager.is_live(experiment_id):
-            raise HTTPProblem(409, f"Experiment {experiment_id} is not running here (it is {row[5]}).")
-        await audit(self.db, user.name, "experiment.stop", f"{row[1]}/{row[2]}/{experiment_id}")
+            raise HTTPProblem(409, f"Experiment {experiment_id} is not running here (it is {row.status}).")
+        await audit(self.db, user.name, "experiment.stop", f"{row.user_name}/{row.workspace}/{experiment_id}")
         await self.manager.stop(experiment_id, f"Stopped by {user.name}.")
         row = await self._experiment_row(user, experiment_id)
         return web.json_response(self._exp_dict(row))
@@ -685,93 +881,71 @@ class ExperimentService:
     async def _extend(self, request: web.Request) -> web.Response:
         user = self._user(request)
         row = await self._experiment_row(user, request.match_info["experiment_id"])
-        experiment_id = row[0]
-        body = await self._json(request)
-        if not isinstance(body, dict):
-            raise HTTPProblem(
-                400, "The body must be a JSON object: {maxTrialNumber, maxExperimentDuration, rerunFailed}."
-            )
-        unknown = set(body) - {"maxTrialNumber", "maxExperimentDuration", "rerunFailed"}
-        if unknown:
-            raise HTTPProblem(
-                422,
-                f"Unknown keys {sorted(unknown)}; expected maxTrialNumber, maxExperimentDuration or rerunFailed.",
-                path=sorted(unknown)[0],
-            )
-        number = body.get("maxTrialNumber")
-        duration = body.get("maxExperimentDuration")
-        rerun = body.get("rerunFailed", False)
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int) or number < 1):
-            raise HTTPProblem(422, "maxTrialNumber must be a positive integer.", path="maxTrialNumber")
-        if duration is not None:
-            from ..config.experiment import parse_duration
+        req = parse_extend(await self._json(request))
+        await self.extend_experiment(user, row, req)
+        return web.json_response(await self._details(await self._experiment_row(user, row.id)))
 
-            if isinstance(duration, bool) or not isinstance(duration, str | int):
-                raise HTTPProblem(
-                    422, "maxExperimentDuration must be a duration such as '2h'.", path="maxExperimentDuration"
-                )
-            parse_duration(duration, path="maxExperimentDuration")
-        if not isinstance(rerun, bool):
-            raise HTTPProblem(422, "rerunFailed must be true or false.", path="rerunFailed")
-        if number is None and duration is None and not rerun:
-            raise HTTPProblem(422, "Give maxTrialNumber, maxExperimentDuration or rerunFailed.")
-        config = json.loads(row[7])
+    async def extend_experiment(self, user: User, row: ExperimentRow, req: ExtendRequest) -> None:
+        """Raise a running experiment's budget in place, or continue an ended one (quota checked)."""
+        config = json.loads(row.config)
+        number, duration = req.max_trial_number, req.max_experiment_duration
         if number is not None and config.get("maxTrialNumber") and number < config["maxTrialNumber"]:
             raise HTTPProblem(
                 422, f"maxTrialNumber can only grow (it is {config['maxTrialNumber']}).", path="maxTrialNumber"
             )
-        detail = {"maxTrialNumber": number, "maxExperimentDuration": duration, "rerunFailed": rerun}
+        detail = {"maxTrialNumber": number, "maxExperimentDuration": duration, "rerunFailed": req.rerun_failed}
         if number is not None:
             config["maxTrialNumber"] = number
         if duration is not None:
             config["maxExperimentDuration"] = duration
-        if self.manager.is_live(experiment_id):
-            if rerun:
-                raise HTTPProblem(409, f"Experiment {experiment_id} is running; re-run failed trials after it ends.")
-            await self.manager.extend_live(experiment_id, max_trial_number=number, max_duration=duration)
-            await self.db.execute(
-                "UPDATE svc_experiments SET config = $1, updated_ms = $2 WHERE id = $3",
-                json.dumps(config),
-                now_ms(),
-                experiment_id,
-            )
-            await audit(self.db, user.name, "experiment.extend", f"{row[1]}/{row[2]}/{experiment_id}", detail)
-        else:
-            if row[5] == "RUNNING" and row[11] != self.settings.replica:
-                raise HTTPProblem(409, f"Experiment {experiment_id} runs on the replica {row[11]!r}.")
-            owner = await users_mod.get_user(self.db, row[1]) or user
-            async with self._quota_lock(owner.name):
-                async with self.db.transaction() as tx:
-                    await self._check_quota(tx, owner, int(row[8]), int(row[9]), exclude=experiment_id)
-                    # RUNNING before it starts: its end (however soon) is recorded after this.
-                    await tx.execute(
-                        "UPDATE svc_experiments SET config = $1, status = $2, message = NULL, ended_ms = NULL, "
-                        "owner = $3, updated_ms = $4 WHERE id = $5",
-                        json.dumps(config),
-                        "RUNNING",
-                        self.settings.replica,
-                        now_ms(),
-                        experiment_id,
-                    )
-                    await audit(tx, user.name, "experiment.extend", f"{row[1]}/{row[2]}/{experiment_id}", detail)
-                try:
-                    await self.manager.resume(
-                        experiment_id,
-                        max_trial_number=number,
-                        max_experiment_duration=duration,
-                        rerun_failed=rerun,
-                    )
-                except NniTsError as exc:
-                    await self.db.execute(
-                        "UPDATE svc_experiments SET status = $1, message = $2, config = $3 WHERE id = $4",
-                        row[5],
-                        row[6],
-                        row[7],
-                        experiment_id,
-                    )
-                    raise HTTPProblem(409, f"Experiment {experiment_id} cannot be continued: {exc}") from None
-        row = await self._experiment_row(user, experiment_id)
-        return web.json_response(await self._details(row))
+        if self.manager.is_live(row.id):
+            if req.rerun_failed:
+                raise HTTPProblem(409, f"Experiment {row.id} is running; re-run failed trials after it ends.")
+            await self.manager.extend_live(row.id, max_trial_number=number, max_duration=duration)
+            async with self.db.transaction() as tx:
+                await tx.execute(
+                    "UPDATE svc_experiments SET config = $1, updated_ms = $2 WHERE id = $3",
+                    json.dumps(config),
+                    now_ms(),
+                    row.id,
+                )
+                await audit(tx, user.name, "experiment.extend", row.target, detail)
+            return
+        if row.status == "RUNNING" and row.owner != self.settings.replica:
+            raise HTTPProblem(409, f"Experiment {row.id} runs on the replica {row.owner!r}.")
+        owner = await users_mod.get_user(self.db, row.user_name) or user
+        async with self._quota_lock(owner.name):
+            async with self.db.transaction() as tx:
+                await self._check_quota(tx, owner, row.trial_concurrency, row.gpus_per_trial, exclude=row.id)
+                # RUNNING before it starts: its end (however soon) is recorded after this.
+                await tx.execute(
+                    "UPDATE svc_experiments SET config = $1, status = $2, message = NULL, ended_ms = NULL, "
+                    "owner = $3, updated_ms = $4 WHERE id = $5",
+                    json.dumps(config),
+                    "RUNNING",
+                    self.settings.replica,
+                    now_ms(),
+                    row.id,
+                )
+                await audit(tx, user.name, "experiment.extend", row.target, detail)
+            try:
+                await self.manager.resume(
+                    row.id,
+                    max_trial_number=number,
+                    max_experiment_duration=duration,
+                    rerun_failed=req.rerun_failed,
+                    user=owner.name,
+                )
+            except NniTsError as exc:  # put the row back as it was
+                await self.db.execute(
+                    "UPDATE svc_experiments SET status = $1, message = $2, config = $3, ended_ms = $4 WHERE id = $5",
+                    row.status,
+                    row.message,
+                    row.config,
+                    row.ended_ms,
+                    row.id,
+                )
+                raise HTTPProblem(409, f"Experiment {row.id} cannot be continued: {exc}") from None
 
     def _page(self, request: web.Request) -> tuple[int | None, int]:
         limit = self._query_int(request, "limit", minimum=1, maximum=1_000_000)
@@ -781,21 +955,21 @@ class ExperimentService:
     async def _trials(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
         limit, offset = self._page(request)
-        rows = await self._trial_rows(row[0], limit=limit, offset=offset if limit is not None else 0)
+        rows = await self._trial_rows(row.id, limit=limit, offset=offset if limit is not None else 0)
         return web.json_response([self._trial_dict(t) for t in rows])
 
     async def _trial(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
         trial_id = request.match_info["trial_id"]
         trow = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND id = $2", row[0], trial_id
+            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if trow is None:
-            raise HTTPProblem(404, f"Experiment {row[0]} has no trial {trial_id!r}.")
+            raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
         out = self._trial_dict(trow)
         metrics = await self.db.fetch(
             "SELECT seq, type, value, data FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 ORDER BY seq",
-            row[0],
+            row.id,
             trial_id,
         )
         out["metrics"] = [_metric_dict(trial_id, m) for m in metrics]
@@ -810,14 +984,14 @@ class ExperimentService:
             rows = await self.db.fetch(
                 "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 "
                 f"ORDER BY seq{page}",
-                row[0],
+                row.id,
                 trial,
             )
         else:
             rows = await self.db.fetch(
                 "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 "
                 f"ORDER BY trial_id, seq{page}",
-                row[0],
+                row.id,
             )
         return web.json_response([_metric_dict(m[4], m) for m in rows])
 
@@ -829,19 +1003,19 @@ class ExperimentService:
             raise HTTPProblem(400, f"file must be one of {', '.join(TRIAL_FILES)}, got {name!r}.")
         tail = self._query_int(request, "tail", minimum=0, maximum=_MAX_TAIL)
         known = await self.db.fetchrow(
-            "SELECT id FROM svc_trials WHERE experiment_id = $1 AND id = $2", row[0], trial_id
+            "SELECT id FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if known is None:
-            raise HTTPProblem(404, f"Experiment {row[0]} has no trial {trial_id!r}.")
-        data = await self.manager.trial_file(row[0], trial_id, name, tail)
+            raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
+        data = await self.manager.trial_file(row.id, trial_id, name, tail)
         if data is None:
-            path = self.workspace_dir(row[1], row[2]) / "experiments" / row[0] / "trials" / trial_id / name
-            data = await asyncio.to_thread(_read_tail, path, tail)
+            parts = [row.user_name, row.workspace, "experiments", row.id, "trials", trial_id, name]
+            data = await asyncio.to_thread(read_file_nofollow, self.data_dir / "workspaces", parts, tail)
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
-        experiment_id = row[0]
+        experiment_id = row.id
         queue = self.manager.subscribe(experiment_id)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -849,7 +1023,8 @@ class ExperimentService:
         await response.prepare(request)
         if queue is None:
             await _sse(
-                response, {"event": "experiment", "experimentId": experiment_id, "status": row[5], "message": row[6]}
+                response,
+                {"event": "experiment", "experimentId": experiment_id, "status": row.status, "message": row.message},
             )
             await response.write_eof()
             return response
@@ -880,10 +1055,11 @@ class ExperimentService:
             )
         else:
             rows = await self.db.fetch(
-                "SELECT at_ms, actor, action, target, detail FROM svc_audit WHERE actor = $1 OR actor = $2 "
-                "ORDER BY id DESC LIMIT $3",
+                "SELECT at_ms, actor, action, target, detail FROM svc_audit WHERE (actor = $1 OR actor = $2) "
+                "AND at_ms >= $3 ORDER BY id DESC LIMIT $4",
                 user.name,
                 f"{user.name} (unauthenticated)",
+                user.created_ms,  # a removed user's history is not a new user's of the same name
                 limit,
             )
         return web.json_response(
@@ -915,6 +1091,21 @@ def _config_error_paths(message: str) -> list[str]:
     return _PROBLEM.findall(message)
 
 
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value`` (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
 def _json_safe(value: Any) -> Any:
     try:
         json.dumps(value, allow_nan=False)
@@ -939,24 +1130,6 @@ async def _sse(response: web.StreamResponse, event: dict[str, Any]) -> None:
     name = event.get("event", "message")
     payload = json.dumps(event, default=str)
     await response.write(f"event: {name}\ndata: {payload}\n\n".encode())
-
-
-def _write_file(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-
-
-def _read_tail(path: Path, tail: int | None) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            if tail is not None:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, size - tail))
-            return fh.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return b""
 
 
 _ = ID_PATTERN  # the route patterns above and the OpenAPI patterns agree (see openapi.py)

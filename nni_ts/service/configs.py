@@ -28,6 +28,7 @@ __all__ = [
     "PlatformPolicy",
     "prepare_config",
     "legacy_to_v2",
+    "mask_command",
     "redact",
     "resource_need",
     "workspace_namespace",
@@ -38,13 +39,59 @@ REDACTED = "***"
 _K8S = ("kubeflow", "frameworkcontroller")
 
 
+_COMMAND_KEY = re.compile(r"(?i)command$")
+_TOKEN_SHAPES = [
+    # --token=X, --db-password X, -api_key=X
+    re.compile(
+        r"(?i)(-{1,2}[\w-]*(?:passw(?:or)?d|passphrase|secret|token|credential|api[_-]?key|access[_-]?key)"
+        r"[\w-]*(?:=|\s+))(?!-)[^\s'\"]+"
+    ),
+    # DB_PASSWORD=X, export API_TOKEN=X
+    re.compile(
+        r"(?i)(\b[\w]*(?:passw(?:or)?d|passphrase|secret|token|credential|api_?key|access_?key)[\w]*=)[^\s'\"]+"
+    ),
+    # scheme://user:password@host
+    re.compile(r"(://[^/\s:@]+:)[^@\s/]+(?=@)"),
+    # Authorization: Bearer X
+    re.compile(r"(?i)(\bbearer\s+)[^\s'\"]+"),
+    # well-known token prefixes, and long random-looking strings (32+ characters with letters and digits)
+    re.compile(r"()\b(?:nts_|ghp_|gho_|ghs_|github_pat_|glpat-|xox[abprs]-|sk-|AKIA)[A-Za-z0-9_-]{8,}"),
+    re.compile(r"()\b(?=[A-Za-z0-9+/_-]*\d)(?=[A-Za-z0-9+/_-]*[A-Za-z])[A-Za-z0-9+/_-]{32,}={0,2}"),
+]
+
+
+def mask_command(text: str) -> str:
+    """A command with token-shaped strings (``--token X``, ``PASSWORD=X``, ``nts_...``, long random
+    strings, a URL's password) replaced by ``***``: for audit entries and shown configs."""
+    for pattern in _TOKEN_SHAPES:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
 def redact(value: Any) -> Any:
-    """A copy of ``value`` with every secret-looking key's value replaced by ``***``."""
-    if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else redact(v)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+    """A copy of ``value`` with every secret-looking key's value replaced by ``***`` and token-shaped
+    strings masked in commands. Works on any depth (no recursion)."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:
+        item, parent, slot = stack.pop()
+        if isinstance(item, dict):
+            out: Any = {}
+            for k, v in item.items():
+                if isinstance(k, str) and _SECRET_KEY.search(k):
+                    out[k] = REDACTED
+                elif isinstance(k, str) and _COMMAND_KEY.search(k) and isinstance(v, str):
+                    out[k] = mask_command(v)
+                else:
+                    out[k] = None
+                    stack.append((v, out, k))
+        elif isinstance(item, list):
+            out = [None] * len(item)
+            stack.extend((v, out, i) for i, v in enumerate(item))
+        else:
+            out = item
+        parent[slot] = out
+    return root[0]
 
 
 @dataclass
@@ -76,6 +123,48 @@ def _inside(path: Path, root: Path) -> bool:
     return True
 
 
+#: The bounds of a posted config's numbers (the service's own: a trial budget of 1e20 is a mistake).
+MAX_TRIAL_NUMBER = 1_000_000
+_INT_BOUNDS = {
+    "trialConcurrency": (1, 10_000),
+    "maxTrialNumber": (1, MAX_TRIAL_NUMBER),
+    "maxFailedTrialNumber": (0, MAX_TRIAL_NUMBER),
+    "trialGpuNumber": (0, 1024),
+}
+
+
+def check_no_nul(value: Any, source: str = "the request body") -> None:
+    """No NUL character in any key or string (a process argument or PostgreSQL text cannot hold one)."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                sub = f"{path}.{k}" if path else str(k)
+                if isinstance(k, str) and "\x00" in k:
+                    raise ConfigError("a key holds a NUL character.", source=source, path=sub.replace("\x00", "\\0"))
+                stack.append((v, sub))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, str) and "\x00" in item:
+            raise ConfigError("the text holds a NUL character, which is not allowed.", source=source, path=path)
+
+
+def _check_strict(data: dict[str, Any], source: str) -> None:
+    """Counts are JSON integers within bounds: ``"2"``, ``true`` or ``1e20`` are refused, naming the key."""
+    check_no_nul(data, source)
+    for key, (low, high) in _INT_BOUNDS.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                f"expected an integer, got {type(value).__name__} {str(value)[:40]!r}.", source=source, path=key
+            )
+        if value > high:  # too small: the config model says so, with every other problem
+            raise ConfigError(f"expected an integer from {low} to {high}, got {value}.", source=source, path=key)
+
+
 def prepare_config(
     raw: Any,
     *,
@@ -90,6 +179,7 @@ def prepare_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"expected a JSON object holding an NNI experiment config, got {type(raw).__name__}.")
     data = convert_v1(dict(raw), source=source) if is_v1(raw) else dict(raw)
+    _check_strict(data, source)
     code_dir = workspace_dir / "code"
     if data.get("experimentWorkingDirectory") is not None:
         raise ConfigError(
@@ -215,7 +305,7 @@ def resource_need(config: ExperimentConfig) -> tuple[int, int]:
 class LegacyRequest(BaseModel):
     """The seeds' launcher body (``POST /api/v1/nni-exp``)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     user: str = Field(pattern=NAME_PATTERN, description="The user name.")
     workspace: str = Field(pattern=NAME_PATTERN, description="The workspace name.")
@@ -225,7 +315,7 @@ class LegacyRequest(BaseModel):
     trial_concurrency: int | None = Field(
         None, alias="trialConcurrency", ge=1, le=1000, description="Concurrent trials."
     )
-    num: int = Field(ge=1, le=100000, description="How many trials (maxTrialNumber).")
+    num: int = Field(ge=1, le=MAX_TRIAL_NUMBER, description="How many trials (maxTrialNumber).")
     target: Literal["maximize", "minimize"] = Field(description="The optimize mode.")
     command: str = Field(min_length=1, max_length=10000, description="The trial command.")
     gpu_num: int = Field(0, alias="gpuNum", ge=0, le=64, description="GPUs per trial.")
@@ -242,9 +332,11 @@ class LegacyRequest(BaseModel):
 
 
 def parse_legacy(body: Any) -> LegacyRequest:
-    """Validate the seeds' body; errors become ConfigError with the key path."""
+    """Validate the seeds' body (strict types: ``"2"`` or ``true`` is no integer); errors become
+    ConfigError with the key path."""
     if not isinstance(body, dict):
         raise ConfigError("expected a JSON object with user, workspace, num, target, command and search_space.")
+    check_no_nul(body)
     try:
         req = LegacyRequest.model_validate(body)
     except pydantic.ValidationError as exc:
@@ -254,9 +346,9 @@ def parse_legacy(body: Any) -> LegacyRequest:
         loc = format_loc([p for p in err["loc"] if isinstance(p, str | int)])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise ConfigError(f"{msg}.", source="the request body", path=loc) from None
-    if req.trail_concurrency and req.trial_concurrency and req.trail_concurrency != req.trial_concurrency:
+    if req.trail_concurrency is not None and req.trial_concurrency is not None:
         raise ConfigError(
-            "trailConcurrency and trialConcurrency disagree; give one of them.",
+            "trailConcurrency (the seeds' spelling) and trialConcurrency are the same setting; give one of them.",
             source="the request body",
             path="trialConcurrency",
         )

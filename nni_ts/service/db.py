@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,18 @@ CREATE TABLE IF NOT EXISTS svc_metrics (
     created_ms BIGINT NOT NULL,
     PRIMARY KEY (experiment_id, trial_id, seq)
 );
+CREATE TABLE IF NOT EXISTS svc_stop_requests (
+    experiment_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS svc_archives (
+    name TEXT NOT NULL,
+    archived_as TEXT PRIMARY KEY,
+    delete_files INTEGER NOT NULL DEFAULT 0,
+    at_ms BIGINT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS svc_audit (
     id {serial},
     at_ms BIGINT NOT NULL,
@@ -122,6 +135,11 @@ class Database(abc.ABC):
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         rows = await self.fetch(sql, *args)
         return rows[0] if rows else None
+
+    @asynccontextmanager
+    async def bound(self) -> AsyncIterator[None]:
+        """Everything in this block uses one connection (PostgreSQL); SQLite has only one."""
+        yield
 
     @abc.abstractmethod
     def transaction(self) -> Any:
@@ -242,7 +260,38 @@ class _SqliteTx:
         return rows[0] if rows else None
 
 
+@contextmanager
+def _pg_errors(url: str) -> Iterator[None]:
+    """The one place asyncpg's errors become the service's: a value PostgreSQL cannot store (a NUL)
+    is the request's fault (UserError, a 400); anything else means the database is not available
+    (StoreError, a 503), never a 500."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    try:
+        yield
+    except asyncpg.DataError as exc:
+        raise UserError(f"The database cannot store a value of this request: {exc}.") from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        redacted = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+        raise StoreError(f"The service database {redacted} is not available: {exc!r}.") from exc
+
+
+async def _reset(conn: Any) -> None:
+    """What the pool does when a connection comes back: roll back a transaction left open, nothing
+    else. asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) costs a round trip
+    per release, and this code uses none of those features."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+#: The connection bound to the current request (see :meth:`PostgresDatabase.bound`): (database, connection).
+_BOUND: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar("nni_ts_service_db", default=None)
+
+
 class PostgresDatabase(Database):
+    """asyncpg pool. Inside ``async with db.bound():`` (one HTTP request) every statement and
+    transaction uses one connection taken once from the pool; outside, each takes one for itself."""
+
     dialect = "postgresql"
 
     def __init__(self, url: str, pool: Any) -> None:
@@ -250,7 +299,7 @@ class PostgresDatabase(Database):
         self._pool = pool
 
     @classmethod
-    async def connect(cls, url: str) -> PostgresDatabase:
+    async def connect(cls, url: str, *, password: str | None = None, pool_size: int = 20) -> PostgresDatabase:
         try:
             import asyncpg  # type: ignore[import-untyped]
         except ImportError as exc:
@@ -258,7 +307,14 @@ class PostgresDatabase(Database):
                 "A postgresql:// database needs the asyncpg package: pip install 'nni-ts[postgres]'."
             ) from exc
         try:
-            pool = await asyncpg.create_pool(url, min_size=1, max_size=10, command_timeout=60)
+            pool = await asyncpg.create_pool(
+                url,
+                password=password,
+                min_size=min(2, pool_size),
+                max_size=pool_size,
+                command_timeout=60,
+                reset=_reset,
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             redacted = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
             raise StoreError(f"Cannot connect to the service database {redacted}: {exc}.") from exc
@@ -269,19 +325,52 @@ class PostgresDatabase(Database):
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
+    def _conn(self) -> Any:
+        bound = _BOUND.get()
+        return bound[1] if bound is not None and bound[0] is self else None
+
+    @asynccontextmanager
+    async def bound(self) -> AsyncIterator[None]:
+        """Use one pooled connection for everything in this block (an HTTP request)."""
+        if self._conn() is not None:
+            yield
+            return
+        with _pg_errors(self.url):
+            conn = await self._pool.acquire()
+        token = _BOUND.set((self, conn))
+        try:
+            yield
+        finally:
+            _BOUND.reset(token)
+            await self._pool.release(conn)
+
     async def execute(self, sql: str, *args: Any) -> int:
-        return self._rowcount(await self._pool.execute(sql, *args))
+        with _pg_errors(self.url):
+            return self._rowcount(await (self._conn() or self._pool).execute(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._pool.executemany(sql, [tuple(r) for r in rows])
+        with _pg_errors(self.url):
+            conn = self._conn()
+            if conn is None:
+                await self._pool.executemany(sql, [tuple(r) for r in rows])
+            else:
+                async with conn.transaction():
+                    await conn.executemany(sql, [tuple(r) for r in rows])
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return [tuple(r) for r in await self._pool.fetch(sql, *args)]
+        with _pg_errors(self.url):
+            return [tuple(r) for r in await (self._conn() or self._pool).fetch(sql, *args)]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield _PgTx(conn)
+        with _pg_errors(self.url):
+            conn = self._conn()
+            if conn is not None:
+                async with conn.transaction():
+                    yield _PgTx(conn)
+                return
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield _PgTx(conn)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -308,13 +397,16 @@ def default_database_url() -> str:
     return f"sqlite:///{home() / 'service' / 'service.db'}"
 
 
-async def open_database(url: str | None = None) -> Database:
-    """Open (and create the tables of) ``sqlite:///PATH`` or ``postgresql://user:pw@host:port/db``."""
+async def open_database(url: str | None = None, *, password: str | None = None, pool_size: int = 20) -> Database:
+    """Open (and create the tables of) ``sqlite:///PATH`` or ``postgresql://user:pw@host:port/db``.
+
+    ``password`` (PostgreSQL) is used when the URL has none: read from a file or the environment, it
+    never shows in ``ps`` as a command-line URL would."""
     url = url or default_database_url()
     if url.startswith("sqlite:///"):
         db: Database = SqliteDatabase(Path(url[len("sqlite:///") :]).expanduser())
     elif url.startswith(("postgresql://", "postgres://")):
-        db = await PostgresDatabase.connect(url)
+        db = await PostgresDatabase.connect(url, password=password, pool_size=pool_size)
     else:
         raise UserError(
             f"Unsupported database URL {url.split('://')[0]!r}://...; expected sqlite:///PATH or "

@@ -31,7 +31,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ from ..experiment import Experiment
 from ..experiment.experiment import config_to_storable
 from ..models import TrialJobDetail, now_ms
 from ..storage import Store, TrialRecord, open_store
+from ..training_service import TrainingService
 from .db import Database, open_database
 
 __all__ = ["ExperimentManager"]
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 _QUEUE = 10_000
 T = TypeVar("T")
+#: Builds an experiment's training service: ``factory(experiment_id, stored_config, user_name)``.
+PlatformFactory = Callable[[str, dict[str, Any], str], TrainingService[Any]]
 
 
 def _clean_text(text: str | None) -> str | None:
@@ -74,14 +77,25 @@ class _Live:
     mirror: _Mirror = field(default_factory=_Mirror)
     dirty: bool = False
     syncer: asyncio.Task[None] | None = None  # engine loop
+    sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one sync at a time (engine loop)
     done: bool = False  # set by the engine thread when the experiment's loop has ended
 
 
 class ExperimentManager:
     """The experiments this service process runs, on the engine thread."""
 
-    def __init__(self, database_url: str | None, store_path: Path, *, replica: str) -> None:
+    def __init__(
+        self,
+        database_url: str | None,
+        store_path: Path,
+        *,
+        replica: str,
+        database_password: str | None = None,
+        platform_factory: PlatformFactory | None = None,
+    ) -> None:
         self.database_url = database_url
+        self.database_password = database_password
+        self.platform_factory = platform_factory
         self.store_path = store_path
         self.replica = replica
         self._live: dict[str, _Live] = {}
@@ -107,7 +121,7 @@ class ExperimentManager:
             raise
 
     async def _engine_open(self) -> None:
-        self._db = await open_database(self.database_url)
+        self._db = await open_database(self.database_url, password=self.database_password)
         try:
             self._store = open_store(self.store_path)
         except BaseException:
@@ -168,6 +182,7 @@ class ExperimentManager:
         max_trial_number: int | None = None,
         max_experiment_duration: str | int | None = None,
         rerun_failed: bool = False,
+        user: str = "",
     ) -> None:
         """Continue an ended (or orphaned) experiment with more budget. Raises StoreError."""
 
@@ -178,12 +193,19 @@ class ExperimentManager:
                 max_trial_number=max_trial_number,
                 max_experiment_duration=max_experiment_duration,
                 rerun_failed=rerun_failed,
+                service=self._platform(experiment_id, user),
                 control_socket=False,
             )
             self._live.pop(experiment_id, None)
             self._start(exp)
 
         await self._call(go())
+
+    def _platform(self, experiment_id: str, user: str) -> TrainingService[Any] | None:  # engine thread
+        """The experiment's training service as the service builds it (its trials' OS user), or None."""
+        if self.platform_factory is None:
+            return None
+        return self.platform_factory(experiment_id, dict(self.store.get_experiment(experiment_id).config), user)
 
     def _start(self, exp: Experiment) -> None:  # engine thread
         live = _Live(exp.id, exp)
@@ -203,16 +225,21 @@ class ExperimentManager:
 
     async def _resume_owned(self) -> list[str]:
         rows = await self.db.fetch(
-            "SELECT id FROM svc_experiments WHERE status = $1 AND owner = $2 ORDER BY created_ms",
+            "SELECT id, user_name FROM svc_experiments WHERE status = $1 AND owner = $2 ORDER BY created_ms",
             "RUNNING",
             self.replica,
         )
         resumed = []
-        for (experiment_id,) in rows:
+        for experiment_id, user in rows:
             if experiment_id in self._live:
                 continue
             try:
-                exp = Experiment.resume(experiment_id, store=self.store, control_socket=False)
+                exp = Experiment.resume(
+                    experiment_id,
+                    store=self.store,
+                    service=self._platform(experiment_id, user),
+                    control_socket=False,
+                )
             except (NniTsError, OSError) as exc:
                 log.warning("Experiment %s cannot be re-attached: %s", experiment_id, exc)
                 await self._set_status(experiment_id, "ERROR", f"It could not be re-attached after a restart: {exc}")
@@ -410,7 +437,12 @@ class ExperimentManager:
                 return
 
     async def sync(self, live: _Live) -> None:
-        """Copy what changed in the store for this experiment into the service database."""
+        """Copy what changed in the store for this experiment into the service database. One at a
+        time: a slower sync that read the store earlier must not write its older rows last."""
+        async with live.sync_lock:
+            await self._sync(live)
+
+    async def _sync(self, live: _Live) -> None:
         mirror = live.mirror
         experiment_id = live.id
         if not mirror.loaded:

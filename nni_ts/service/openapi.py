@@ -25,9 +25,11 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "The request is malformed.",
         401: "No valid API token.",
         403: "Not allowed (another user's resource, or a quota).",
-        404: "No such resource in your workspaces.",
+        404: "No such resource in your workspaces (or a path parameter that names none).",
         409: "Not possible in the resource's current state.",
+        415: "The body's charset is unknown.",
         422: "The experiment config is invalid; `path` names the key.",
+        503: "The service database is not available; try again later.",
     }
     return {str(c): _json(_ref("Error"), reasons[c]) for c in codes}
 
@@ -51,7 +53,16 @@ _SECURE: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _op(op_id: str, summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
-    return {"operationId": op_id, "summary": summary, "security": _SECURE, "responses": responses, **more}
+    """An authenticated operation. Every one may answer 400 (a malformed request, e.g. a NUL in the
+    query), 404 (a path that names nothing) and 503 (the database is down); one with a body also 415."""
+    common = [400, 401, 404, 503] + ([415] if "requestBody" in more else [])
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "security": _SECURE,
+        "responses": {**_errors(*common), **responses},
+        **more,
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -60,6 +71,7 @@ def openapi_document() -> dict[str, Any]:
 
     legacy = LegacyRequest.model_json_schema(by_alias=True)
     legacy.pop("title", None)
+    legacy["not"] = {"required": ["trailConcurrency", "trialConcurrency"]}  # one spelling, not both
     for prop in legacy.get("properties", {}).values():
         if "anyOf" in prop:  # OpenAPI 3.0 spells optional values with nullable
             types = [t for t in prop.pop("anyOf") if t.get("type") != "null"]
@@ -99,8 +111,8 @@ def openapi_document() -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "maxTrialNumber": {"type": "integer", "minimum": 1},
-                "maxExperimentDuration": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+                "maxTrialNumber": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                "maxExperimentDuration": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
                 "rerunFailed": {"type": "boolean"},
             },
         },
@@ -170,9 +182,11 @@ def openapi_document() -> dict[str, Any]:
         "required": False,
         "content": {"application/json": {"schema": _ref("LegacyTarget")}},
     }
-    legacy_query = [
-        _query("user", {"type": "string", "pattern": NAME_PATTERN}, "The user (instead of the JSON body)."),
-        _query("workspace", {"type": "string", "pattern": NAME_PATTERN}, "The workspace (instead of the JSON body)."),
+    legacy_query = [  # required: a JSON body with both is accepted too (the seeds' GET with a body)
+        _query("user", {"type": "string", "pattern": NAME_PATTERN}, "The user (or in the JSON body).")
+        | {"required": True},
+        _query("workspace", {"type": "string", "pattern": NAME_PATTERN}, "The workspace (or in the JSON body).")
+        | {"required": True},
     ]
     paths: dict[str, Any] = {
         f"{_API}/nni-exp/hello": {
@@ -217,7 +231,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {
                 "operationId": "health",
                 "summary": "Readiness: the database answers.",
-                "responses": {"200": _json({"type": "object"})},
+                "responses": {"200": _json({"type": "object"}), **_errors(503)},
             }
         },
         f"{_API}/me": {
@@ -246,7 +260,7 @@ def openapi_document() -> dict[str, Any]:
                 {"201": _json({"type": "object"}), **_errors(400, 401, 409)},
                 parameters=[_WS, _path_param("path", r"^[A-Za-z0-9_.-][A-Za-z0-9_./-]{0,200}$")],
                 requestBody={
-                    "required": True,
+                    "required": False,  # no body: an empty file
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 },
             )

@@ -22,6 +22,7 @@ __all__ = [
     "NAME_PATTERN",
     "User",
     "add_user",
+    "archived_name",
     "audit",
     "check_name",
     "hash_token",
@@ -48,8 +49,9 @@ class User:
 
 
 def check_name(value: Any, what: str) -> str:
-    """A user or workspace name: letters, digits, ``_`` and ``-``, at most 40 characters."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    """A user or workspace name: letters, digits, ``_`` and ``-``, at most 40 characters (matched in
+    full: ``$`` alone would let a trailing newline through)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
         raise UserError(
             f"{what} must be 1 to 40 letters, digits, '_' or '-' (starting with a letter or digit), got {shown}."
@@ -152,9 +154,39 @@ async def rotate_token(db: Database, name: str, *, actor: str = "cli") -> str:
     return token
 
 
-async def remove_user(db: Database, name: str, *, actor: str = "cli") -> None:
-    """Remove a user (its token stops working). Its experiments stay for an admin to see or delete."""
-    changed = await db.execute("DELETE FROM svc_users WHERE name = $1", name)
-    if not changed:
-        raise UserError(f"There is no user {name!r}.")
-    await audit(db, actor, "user.remove", name)
+def archived_name(name: str, at_ms: int) -> str:
+    """The owner name a removed user's experiments and files are kept under (never a valid user name)."""
+    return f"{name}~removed-{at_ms}"
+
+
+async def remove_user(db: Database, name: str, *, actor: str = "cli", delete: bool = False) -> str:
+    """Remove a user: its token stops working, its running experiments are stopped (by the replica that
+    runs them) and what it owned is archived under :func:`archived_name` for an admin to see, or
+    deleted with ``delete=True``. A new user of the same name starts empty. Returns the archive name."""
+    check_name(name, "A user name")
+    at = now_ms()
+    archived = archived_name(name, at)
+    async with db.transaction() as tx:
+        changed = await tx.execute("DELETE FROM svc_users WHERE name = $1", name)
+        if not changed:
+            raise UserError(f"There is no user {name!r}.")
+        await tx.execute(
+            "INSERT INTO svc_stop_requests (experiment_id, reason, at_ms) "
+            "SELECT id, $1, $2 FROM svc_experiments WHERE user_name = $3 AND status = $4 "
+            "ON CONFLICT (experiment_id) DO NOTHING",
+            f"Its user {name} was removed.",
+            at,
+            name,
+            "RUNNING",
+        )
+        await tx.execute("UPDATE svc_experiments SET user_name = $1 WHERE user_name = $2", archived, name)
+        await tx.execute("UPDATE svc_workspaces SET user_name = $1 WHERE user_name = $2", archived, name)
+        await tx.execute(
+            "INSERT INTO svc_archives (name, archived_as, delete_files, at_ms, done) VALUES ($1, $2, $3, $4, 0)",
+            name,
+            archived,
+            int(delete),
+            at,
+        )
+        await audit(tx, actor, "user.remove", name, {"archivedAs": archived, "delete": delete})
+    return archived

@@ -369,7 +369,10 @@ class Store:
                 uri = f"file:{self.path}?mode=ro"
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # Owner-only: the stored configs may hold SSH passwords and passphrases (sqlite gives
+                # its -wal and -shm files the database file's mode).
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
                 self._db = sqlite3.connect(
                     self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
                 )

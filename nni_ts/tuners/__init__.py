@@ -79,6 +79,9 @@ class GridSearchTuner(Tuner):
         remaining = [p for p in self._iter if p not in done]
         self._iter = iter(remaining)
 
+    def import_submitted(self, parameters: list[dict[str, Any]]) -> None:
+        self.import_data([{"parameter": p} for p in parameters])
+
 
 class BatchTuner(Tuner):
     """NNI's BatchTuner: the search space is ``{"combine_params": {"_type": "choice", "_value": [...]}}``."""
@@ -114,6 +117,9 @@ class BatchTuner(Tuner):
     def import_data(self, data: list[dict[str, Any]]) -> None:
         done = [d.get("parameter") for d in data]
         self._values = [v for v in self._values if v not in done]
+
+    def import_submitted(self, parameters: list[dict[str, Any]]) -> None:
+        self.import_data([{"parameter": p} for p in parameters])
 
 
 # ---------------------------------------------------------------------- building

@@ -61,6 +61,10 @@ class Tuner(abc.ABC):
     def import_data(self, data: list[dict[str, Any]]) -> None:  # noqa: B027 - optional
         """Results of earlier trials: ``[{"parameter": {...}, "value": ...}, ...]``."""
 
+    def import_submitted(self, parameters: list[dict[str, Any]]) -> None:  # noqa: B027 - optional
+        """nni-ts hook, on resume: parameters of trials submitted earlier that have no result (still
+        running, or ended without one). A tuner that must not hand out a point twice drops them."""
+
 
 class Assessor(abc.ABC):
     """NNI's Assessor interface: decides from intermediate results whether a trial should go on."""

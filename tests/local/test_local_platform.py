@@ -309,3 +309,35 @@ async def test_unmodified_nni_trial_with_the_real_nni(tmp_path: Path) -> None:
     assert b"which nni: False" in out  # the real SDK was loaded, not the light one
     raw = (Path(done.working_directory) / ".nni" / "metrics").read_bytes()
     assert b"".join(b"ME%06d" % (len(m.data.encode()) + 1) + m.data.encode() + b"\n" for m in metrics) == raw
+
+
+async def test_a_record_with_invalid_utf8_is_stored_not_refused_forever(tmp_path: Path) -> None:
+    """A trial that writes bytes that are not UTF-8: the record arrives with U+FFFD (as through the
+    keeper), so a store that encodes strictly (as sqlite3 does) accepts it. Decoded with
+    surrogateescape, it was refused, and offered again, forever; the trial never ended."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "t.py").write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from trial_keeper.records import encode_frame\n"
+        "path = os.path.join(os.environ['NNI_SYS_DIR'], '.nni', 'metrics')\n"
+        "with open(path, 'ab') as fh:\n"
+        '    fh.write(encode_frame(b\'{"type": "FINAL", "value": "\\xff"}\'))\n',
+        encoding="utf-8",
+    )
+    stored: list[str] = []
+
+    def strict_store(metric: TrialJobMetric) -> None:
+        metric.data.encode("utf-8")  # what sqlite3 does with a str; raises on a lone surrogate
+        stored.append(metric.data)
+
+    service = LocalTrainingService(
+        {"trialCommand": f"{sys.executable} t.py", "trialCodeDirectory": str(code)}, experiment_dir=tmp_path / "exp"
+    )
+    async with service:
+        service.add_trial_job_metric_listener(strict_store)
+        detail = await service.submit_trial_job(form({}))
+        done = await wait_for_status(service, detail.id, timeout=30)
+    assert done.status is TrialJobStatus.SUCCEEDED, done.message
+    assert stored == ['{"type": "FINAL", "value": "\ufffd"}']

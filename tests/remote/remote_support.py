@@ -27,6 +27,8 @@ TRIAL = textwrap.dedent(
     import nni
 
     p = nni.get_next_parameter()
+    if p.get("runs"):  # one file per run of the trial, to count them
+        open(os.path.join(p["runs"], "%s.%d" % (nni.get_trial_id(), os.getpid())), "w").close()
     if p.get("pid_dir"):
         with open(os.path.join(p["pid_dir"], nni.get_trial_id() + ".pid"), "w") as fh:
             fh.write(str(os.getpid()))
@@ -64,7 +66,6 @@ def make_service(
     hosts: list[dict[str, Any]] | None = None,
     poll_interval: float = 0.5,
     experiment_id: str | None = None,
-    use_agent: bool = True,
     **overrides: Any,
 ) -> RemoteTrainingService:
     config = {
@@ -84,7 +85,6 @@ def make_service(
         experiment_id=experiment_id,
         poll_interval=poll_interval,
         connect_timeout=5,
-        use_agent=use_agent,
     )
 
 

@@ -95,11 +95,10 @@ async def test_host_down_for_good_fails_its_trials_and_cancel_of_unknown(
             await wait_gone(pid, timeout=60)
 
 
-@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
-async def test_sigkilled_keeper(sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool) -> None:
+async def test_sigkilled_keeper(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
-    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", use_agent=use_agent)
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp")
     async with svc:
         rec = Recorder(svc)
         t = await svc.submit_trial_job(form({"release": str(tmp_path / "never"), "pid_dir": str(pid_dir)}))
@@ -197,7 +196,7 @@ async def test_killed_agent_is_replaced(sshd_cluster: SshdCluster, tmp_path: Pat
         agent = svc._hosts[0].agent
         assert agent is not None and agent.pid
         os.kill(agent.pid, signal.SIGKILL)
-        for i in range(3):  # through the shell meanwhile, then through a new agent
+        for i in range(3):  # they wait for the reconnection, then go through a new agent
             t = await svc.submit_trial_job(form({}, i))
             done = await wait_for_status(svc, t.id, timeout=30)
             assert done.status is TrialJobStatus.SUCCEEDED, done.message
@@ -209,16 +208,15 @@ async def test_killed_agent_is_replaced(sshd_cluster: SshdCluster, tmp_path: Pat
         await wait_gone(trial_pid)
 
 
-@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
 async def test_keepers_that_cannot_report_are_read_back_from_their_journal(
-    sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool
+    sshd_cluster: SshdCluster, tmp_path: Path
 ) -> None:
     """The tunnel is closed under running keepers: their records and ends come from the journal over SFTP."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     release = tmp_path / "release"
     hosts = [machine(sshd_cluster.hosts[0])]
-    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts, use_agent=use_agent)
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
     async with svc:
         rec = Recorder(svc)
         t = await svc.submit_trial_job(form({"release": str(release), "pid_dir": str(pid_dir)}))
@@ -248,17 +246,14 @@ async def test_missing_key_file_is_named(sshd_cluster: SshdCluster, tmp_path: Pa
     await svc.clean_up()
 
 
-@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
-async def test_host_without_a_usable_python_is_reported(
-    sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool
-) -> None:
+async def test_host_without_a_usable_python_is_reported(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
     old = tmp_path / "old-python"
     old.mkdir()
     fake = old / "python3"
     fake.write_text("#!/bin/sh\necho 'Python 2.7.18' >&2\nexit 1\n")
     fake.chmod(0o755)
     hosts = [{**machine(sshd_cluster.hosts[0]), "pythonPath": str(old)}]
-    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts, use_agent=use_agent)
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
     with pytest.raises(PlatformError) as info:
         await svc.start()
     assert "older than 3.8" in str(info.value) and "Python 2.7.18" in str(info.value)
@@ -286,4 +281,19 @@ async def test_key_with_a_passphrase(
     with pytest.raises(PlatformError) as info:
         await svc.start()
     assert str(key) in str(info.value)
+    await svc.clean_up()
+
+
+async def test_wrong_passphrase_names_the_key_file(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
+    host0 = sshd_cluster.hosts[0]
+    key = tmp_path / "locked_key"
+    host0.authorize(generate_key(key, passphrase="the-right-one"))
+    wrong = "a-wrong-phrase-never-shown"
+    hosts = [{**machine(host0), "sshKeyFile": str(key), "sshPassphrase": wrong}]
+    svc = make_service(sshd_cluster, make_code(tmp_path), tmp_path / "exp", hosts=hosts)
+    with pytest.raises(PlatformError) as info:
+        await svc.start()
+    message = str(info.value)
+    assert str(key) in message and "passphrase" in message and f"127.0.0.1:{host0.port}" in message
+    assert wrong not in message
     await svc.clean_up()

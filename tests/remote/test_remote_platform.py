@@ -19,17 +19,12 @@ from nni_ts.testing.sshd import SshdCluster
 pytestmark = pytest.mark.slow  # seconds per test (a real sshd): scripts/test --fast leaves it out
 
 
-@pytest.mark.parametrize("use_agent", [True, False], ids=["agent", "shell"])
-async def test_quotes_and_substitutions_in_paths_and_commands(
-    sshd_cluster: SshdCluster, tmp_path: Path, use_agent: bool
-) -> None:
+async def test_quotes_and_substitutions_in_paths_and_commands(sshd_cluster: SshdCluster, tmp_path: Path) -> None:
     canary = tmp_path / f"pwned-{uuid.uuid4().hex}"
     evil = f'it\'s "q" $(touch {canary}) `touch {canary}`;\ntouch {canary}'
     code = make_code(tmp_path, f"code {evil}")
     hosts = [machine(h, workDirectory=str(h.work_dir / evil)) for h in sshd_cluster.hosts]
-    svc = make_service(
-        sshd_cluster, code, tmp_path / "exp", hosts=hosts, trialCommand="python3 'trial.py' # it's", use_agent=use_agent
-    )
+    svc = make_service(sshd_cluster, code, tmp_path / "exp", hosts=hosts, trialCommand="python3 'trial.py' # it's")
     async with svc:
         rec = Recorder(svc)
         f = form({"x": evil}, 0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from service_support import Running, running_service
+from service_support import PASSWORD_ROLE, Running, running_service
 
 from nni_ts.service import ServiceSettings
 from nni_ts.service.db import open_database
@@ -82,6 +82,9 @@ def postgres_server() -> Iterator[PostgresServer]:
         check=True,
         capture_output=True,
     )
+    # One role logs in with a password (tests of --db-password-file); every other role is trusted.
+    hba = data / "pg_hba.conf"
+    hba.write_text(f"host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     port = _free_port()
     options = (
         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c autovacuum=off -c fsync=off "

@@ -15,6 +15,9 @@ from aiohttp import web
 
 from nni_ts.service import ExperimentService, ServiceSettings
 
+#: The PostgreSQL role of the test server that logs in with a password (every other role is trusted).
+PASSWORD_ROLE = "nts_pw"
+
 
 class Api:
     """A small client of the service: ``await api.call("GET", "/experiments", token=...)``."""

@@ -142,3 +142,67 @@ def test_users_commands(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "user name" in bad.stderr
     wrong = subprocess.run([*CLI, "users", "--db", "mysql://x", "list"], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "Unsupported database URL" in wrong.stderr
+
+
+GRID_TRIAL = """
+import os, sys, time
+import nni
+
+params = nni.get_next_parameter()
+nni.report_intermediate_result(1)
+gates = (f"{sys.argv[1]}-{params['x']}", f"{sys.argv[1]}-all")
+deadline = time.monotonic() + 120
+while not any(os.path.exists(g) for g in gates) and time.monotonic() < deadline:
+    time.sleep(0.02)
+nni.report_final_result(params["x"])
+"""
+
+
+async def test_a_quick_restart_after_sigkill_reattaches_and_grid_search_never_repeats_a_point(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Restarted while the killed service is still a zombie (not reaped), the new one re-attaches
+    (a zombie is no live manager), and GridSearch learns of the running points: 0..5 each run once,
+    though a slot frees while a re-attached point still runs."""
+    data_dir = tmp_path / "svc"
+    data_dir.mkdir()
+    added = _users(db_url, "add", "alice")
+    assert added.returncode == 0, added.stderr
+    token = json.loads(added.stdout)["token"]
+    gate = tmp_path / "gate"
+    config = quick_config(trials=6, concurrency=2, command=f"python3 trial.py {gate}")
+    config["searchSpace"] = {"x": {"_type": "choice", "_value": [0, 1, 2, 3, 4, 5]}}
+    config["tuner"] = {"name": "GridSearch", "classArgs": {"optimize_mode": "maximize"}}
+    async with aiohttp.ClientSession() as session:
+        with _serve(db_url, data_dir) as (proc, url):
+            api = Api(url, session)
+            await api.ok("PUT", "/workspaces/ws/files/trial.py", token=token, data=GRID_TRIAL.encode())
+            created = await api.ok("POST", "/workspaces/ws/experiments", token=token, json=config)
+            experiment_id = created["id"]
+            async with asyncio.timeout(60):
+                while True:
+                    trials = await api.ok("GET", f"/experiments/{experiment_id}/trials", token=token)
+                    if len(trials) == 2 and all(t["status"] == "RUNNING" for t in trials):
+                        break
+                    await asyncio.sleep(0.05)
+            assert sorted(t["parameters"]["x"] for t in trials) == [0, 1]
+            os.kill(proc.pid, signal.SIGKILL)
+            async with asyncio.timeout(30):  # killed, and left unreaped: a zombie
+                while psutil.Process(proc.pid).status() != psutil.STATUS_ZOMBIE:
+                    await asyncio.sleep(0.01)
+            with _serve(db_url, data_dir) as (proc2, url2):
+                assert psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE  # still unreaped
+                api = Api(url2, session)
+                shown = await api.ok("GET", f"/experiments/{experiment_id}", token=token)
+                assert shown["status"] == "RUNNING" and shown["live"], shown
+                Path(f"{gate}-1").touch()  # x=1 ends; x=0 still runs when the tuner is asked again
+                async with asyncio.timeout(60):
+                    while len(await api.ok("GET", f"/experiments/{experiment_id}/trials", token=token)) < 3:
+                        await asyncio.sleep(0.05)
+                Path(f"{gate}-all").touch()
+                done = await api.wait_experiment(experiment_id, token)
+                assert done["status"] == "DONE", done
+                trials = await api.ok("GET", f"/experiments/{experiment_id}/trials", token=token)
+                assert sorted(t["parameters"]["x"] for t in trials) == [0, 1, 2, 3, 4, 5], trials
+                proc2.send_signal(signal.SIGTERM)
+                assert proc2.wait(60) == 0

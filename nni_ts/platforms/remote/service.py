@@ -2,39 +2,48 @@
 
 How a trial runs
 ----------------
-* One pooled paramiko connection per host (:mod:`.ssh`): exec channels, SFTP and the reverse
-  tunnel share it; no handshake per trial. paramiko runs in the service's thread pool.
+* One pooled paramiko connection per host (:mod:`.ssh`): the host agent's channel, SFTP and the
+  reverse tunnel share it; no handshake per trial. paramiko runs in the service's thread pool.
+* The host agent (:mod:`.agent`, Python 3.8+, started once per connection) is the one protocol:
+  it launches, probes, polls, kills and stops keepers. A host without Python 3.8 is refused with a
+  message saying so.
 * On the first trial a host gets, the trial code directory goes up as a tarball (``.nniignore``
   honoured, dotfiles kept) into ``<work>/code/<content hash>`` (a second experiment with the same
   code uploads nothing) and is hard-linked into ``<work>/experiments/<exp>/code``; the
-  ``trial_keeper`` package goes to ``<work>/keeper/<hash>`` the same way.
-* Each trial gets ``<work>/experiments/<exp>/trials/<id>`` with ``parameter.cfg`` and its token
-  (both sent on the launch command's stdin, never on a command line). The keeper starts with
-  ``setsid`` (its own session, stdin/stdout detached), so it outlives the SSH connection.
+  ``trial_keeper`` package goes to ``<work>/keeper/<hash>`` the same way. Everything is owner-only.
+* Every launch is its own attempt with its own directory ``<work>/experiments/<exp>/trials/<id>``
+  (attempt 1) or ``<id>.<attempt>``, holding ``parameter.cfg`` and the token (sent in the agent's
+  request, never on a command line). A launch whose answer is lost is *in doubt*: the trial waits
+  for its host, which is asked (``probe``) whether the attempt started once it answers again; if it
+  did, the trial goes on as that attempt; if not, the attempt is fenced (it can never start) and the
+  trial is launched again as the next attempt. A launch request also expires on the host after the
+  launch time-out, so one held up by a partition never starts late.
 * Keepers report to the manager's :class:`~nni_ts.server.ClusterServer` through a reverse tunnel
   on each host's 127.0.0.1 (``keeperReporting: tunnel``), or over HTTP to ``nniManagerIp``
-  (``direct``). Every host is polled in one batch command every ``poll_interval`` seconds: a
+  (``direct``). Every host is polled in one agent request every ``poll_interval`` seconds: a
   keeper that ended without reporting (tunnel down) has its journal read back over SFTP and fed
   through the server's de-duplication; a keeper that died without recording the trial's end has
-  its trial's process group killed and the trial fails as an infrastructure failure.
-* Cancel: SIGTERM to the keeper, which TERMs then KILLs its trial's process group; if the keeper is
-  gone, the trial's process group is killed directly.
-* A lost connection turns the host's trials UNKNOWN (FAILED as infrastructure failures after
-  ``unknown_timeout``); the host is reconnected with back-off; new trials go to other hosts.
-* ``platform_data`` holds the host, trial directory, keeper pid and start time and the GPUs, so a
-  restarted manager re-attaches (the experiment's secret and tunnel ports are kept in
+  its attempt's processes killed and the trial fails as an infrastructure failure.
+* Liveness: a watchdog pings each host's agent at least every third of ``heartbeatTimeout``; a host
+  that does not answer within the rest of it is lost: its connection is closed, it leaves
+  scheduling (:class:`HostState`), its trials turn UNKNOWN, and it is reconnected with back-off.
+* Cancel: SIGTERM to the keeper, which TERMs then KILLs its trial's processes (the process group and
+  every process carrying the attempt's marker); if the keeper is gone, they are killed directly.
+* ``platform_data`` holds the host, attempt, trial directory, keeper pid and start time and the
+  GPUs, so a restarted manager re-attaches (the experiment's secret and tunnel ports are kept in
   ``<experiment dir>/remote-state.json``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import json
 import logging
 import os
 import secrets
 import shlex
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,37 +60,66 @@ from ...server import ClusterServer, ServiceSink
 from ...training_service import TrainingService
 from ..gpu import NVIDIA_SMI_QUERY, GpuScheduler, parse_nvidia_smi
 from .code import CodeArchive, build_archive
-from .ssh import HostAgent, HostConnection, SshConnectError, expand_remote
+from .ssh import AgentRefused, HostAgent, HostConnection, SshConnectError, expand_remote
 
-__all__ = ["RemoteTrainingService"]
+__all__ = ["HOST_TRANSITIONS", "HostState", "RemoteTrainingService"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORK_DIR = "~/nni-ts"
 AGENT_FILE = "nni_ts_agent.py"
 STATE_FILE = "remote-state.json"
+#: The exit code of the agent's start command when the host has no usable python3.
+NO_PYTHON = 3
 
-# Run on each host at connection (after pythonPath and preCommand): python3 3.8+, then the GPUs.
+# Run on each host before the agent starts (after pythonPath and preCommand): python3 3.8+, GPUs.
 _HOST_CHECKS = [
+    "umask 077",
     "command -v python3 >/dev/null 2>&1 || { echo 'python3 is not on the PATH' >&2; exit 3; }",
     "python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)' "
     '|| { echo "python3 is older than 3.8: $(python3 -V 2>&1)" >&2; exit 3; }',
     f"{' '.join(NVIDIA_SMI_QUERY)} 2>/dev/null && echo nni-ts-gpu-ok",
-    "exit 0",
 ]
-# ka PID START: whether the keeper with this pid and start time (field 22 of /proc/PID/stat) lives.
-_ALIVE_FN = (
-    'ka() { if [ -z "$1" ]; then return 1; fi; '
-    'if [ -n "$2" ] && [ -r "/proc/$1/stat" ]; then [ "$(cut -d" " -f22 "/proc/$1/stat" 2>/dev/null)" = "$2" ]; '
-    'else kill -0 "$1" 2>/dev/null; fi; }'
-)
-# tp DIR: the pid (= process group) of the trial its keeper started: from the keeper's pid file,
-# else from its log.
-_TRIAL_PID_FN = (
-    'tp() { p=$(sed -n \'s/.*"trial_pgid": *\\([0-9][0-9]*\\).*/\\1/p\' "$1/.nni-ts/pid" 2>/dev/null); '
-    '[ -n "$p" ] || p=$(sed -n \'s/.* started: pid \\([0-9][0-9]*\\)\\..*/\\1/p\' "$1/.nni-ts/keeper.log" '
-    '2>/dev/null | tail -n 1); echo "$p"; }'
-)
+
+
+class HostState(enum.Enum):
+    """Where a machine of ``machineList`` is; only READY machines get trials."""
+
+    CONNECTING = "connecting"  # connecting and setting up (the first time, or again after a loss)
+    READY = "ready"  # connected and its agent answers
+    LOST = "lost"  # the connection dropped or the host went silent; reconnecting with back-off
+    CLOSED = "closed"  # the service is shutting down
+
+
+#: The allowed moves between host states.
+HOST_TRANSITIONS: dict[HostState, frozenset[HostState]] = {
+    HostState.CONNECTING: frozenset({HostState.READY, HostState.LOST, HostState.CLOSED}),
+    HostState.READY: frozenset({HostState.LOST, HostState.CLOSED}),
+    HostState.LOST: frozenset({HostState.CONNECTING, HostState.CLOSED}),
+    HostState.CLOSED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One launch of a trial on a host: what to probe, fence or kill there later."""
+
+    trial_id: str
+    attempt: int
+    trial_dir: str
+    keeper_pid: int | None = None
+    keeper_start: str | None = None
+
+
+@dataclass(frozen=True)
+class _Paths:
+    work: str
+    exp_dir: str
+    keeper_dir: str
+
+    @property
+    def code_dir(self) -> str:
+        return f"{self.exp_dir}/code"
 
 
 @dataclass(eq=False)
@@ -89,27 +127,45 @@ class _Host:
     index: int
     machine: RemoteMachineConfig
     conn: HostConnection
-    ready: bool = False
+    state: HostState = HostState.CONNECTING
     error: str | None = None
-    work: str = ""
-    exp_dir: str = ""
-    code_dir: str = ""
-    keeper_dir: str = ""
-    code_ready: bool = False
+    paths: _Paths | None = None
+    agent: HostAgent | None = None
     gpus: GpuScheduler | None = None
     gpu_known: bool = False
-    trials: set[str] = field(default_factory=set)
-    pending_kills: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)
-    exit_seen: dict[str, int] = field(default_factory=dict)
+    code_ready: bool = False
     url_host: str = "127.0.0.1"
+    #: Trials placed on the host (launching, in doubt or running).
+    trials: set[str] = field(default_factory=set)
+    #: Attempts to stop (or fence, if they never started) as soon as the host answers again.
+    revoke: list[_Attempt] = field(default_factory=list)
+    exit_seen: dict[str, int] = field(default_factory=dict)
+    #: Set when the host needs its monitor: a drop, a reconnection, a trial to poll soon.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     code_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    lost_at_start: bool = False
-    agent: HostAgent | None = None
 
     @property
     def label(self) -> str:
         return self.conn.label
+
+    @property
+    def ready(self) -> bool:
+        return self.state is HostState.READY
+
+    def move(self, state: HostState, error: str | None = None) -> bool:
+        """Go to ``state`` if HOST_TRANSITIONS allows it (False, and nothing changes, if not)."""
+        if state not in HOST_TRANSITIONS[self.state]:
+            return False
+        self.state = state
+        self.error = error
+        self.wake.set()
+        return True
+
+    def live_agent(self) -> HostAgent:
+        agent = self.agent
+        if self.state is not HostState.READY or agent is None or agent.closed:
+            raise SshConnectError(f"{self.label} is not connected.")
+        return agent
 
 
 @dataclass(eq=False)
@@ -117,14 +173,20 @@ class _Run:
     detail: TrialJobDetail
     sink: ServiceSink
     host: _Host | None = None
+    attempt: int = 1
     remote_dir: str = ""
     keeper_pid: int | None = None
     keeper_start: str | None = None
     gpus: list[int] = field(default_factory=list)
-    attempt: int = 1
     launch: asyncio.Task[None] | None = None
+    #: The launch request got no answer: whether this attempt started is asked when the host answers.
+    in_doubt: bool = False
+    doubt_timer: asyncio.TimerHandle | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     registered: bool = False
+
+    def current(self) -> _Attempt:
+        return _Attempt(self.detail.id, self.attempt, self.remote_dir, self.keeper_pid, self.keeper_start)
 
 
 class RemoteTrainingService(TrainingService[RemoteConfig]):
@@ -132,8 +194,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     Keyword arguments beyond the contract's: ``poll_interval`` (seconds between the batched status
     polls of each host), ``reconnect_max`` (longest back-off between reconnection attempts),
-    ``connect_timeout`` (seconds for one SSH connection attempt), ``use_agent`` (False: start,
-    poll and kill keepers with one shell command each instead of through the host agent).
+    ``connect_timeout`` (seconds for one SSH connection attempt).
     """
 
     platform_name: ClassVar[str] = "remote"
@@ -146,11 +207,9 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         poll_interval: float = 5.0,
         reconnect_max: float = 30.0,
         connect_timeout: float = 10.0,
-        use_agent: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
-        self.use_agent = use_agent
         self.poll_interval = poll_interval
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
@@ -159,8 +218,6 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         self._hosts: list[_Host] = []
         self._runs: dict[str, _Run] = {}
         self._queue: deque[_Run] = deque()
-        self._monitors: list[asyncio.Task[None]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._code: CodeArchive | None = None
         self._keeper: CodeArchive | None = None
         self._archive_lock = asyncio.Lock()
@@ -176,9 +233,22 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             raise PlatformError("The remote training service is not started.")
         return self._server
 
+    @property
+    def answer_timeout(self) -> float:
+        """Seconds a host's agent has to answer a request before the host counts as lost."""
+        return self.config.heartbeat_timeout * 2 / 3
+
+    @property
+    def ping_interval(self) -> float:
+        """Seconds between liveness checks: a silent host is noticed within ``heartbeatTimeout``."""
+        return self.config.heartbeat_timeout / 3
+
     def host_status(self) -> list[dict[str, Any]]:
-        """Each machine's label, whether it is connected and set up, its last error and its trials."""
-        return [{"host": h.label, "ready": h.ready, "error": h.error, "trials": sorted(h.trials)} for h in self._hosts]
+        """Each machine's label, state, whether it takes trials, its last error and its trials."""
+        return [
+            {"host": h.label, "state": h.state.value, "ready": h.ready, "error": h.error, "trials": sorted(h.trials)}
+            for h in self._hosts
+        ]
 
     async def get_cluster_metadata(self, key: str) -> str:
         """As the contract's, with passwords and passphrases of ``machineList`` shown as ``***``."""
@@ -226,10 +296,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         secret_hex = state.get("secret")
         secret = bytes.fromhex(secret_hex) if isinstance(secret_hex, str) else secrets.token_bytes(32)
         self._state_data = {"secret": secret.hex(), "tunnels": dict(state.get("tunnels") or {})}
-        if cfg.keeper_reporting == "tunnel":
-            bind = "127.0.0.1"
-        else:
-            bind = cfg.nni_manager_ip or "0.0.0.0"
+        bind = "127.0.0.1" if cfg.keeper_reporting == "tunnel" else (cfg.nni_manager_ip or "0.0.0.0")
         port = int(state.get("server_port") or 0)
         self._executor = ThreadPoolExecutor(
             max_workers=8 + 10 * len(cfg.machine_list), thread_name_prefix=f"nni-ts-ssh-{self.experiment_id}"
@@ -261,38 +328,45 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             if isinstance(res, BaseException):
                 if not isinstance(res, Exception):
                     raise res
-                h.error = str(res)
-                h.lost_at_start = True
                 errors.append(f"  - {h.label}: {h.error}")
         if len(errors) == len(self._hosts):
-            await self._shutdown()
             raise PlatformError("No machine of machineList could be used:\n" + "\n".join(errors))
         for h in self._hosts:
             if h.error:
                 log.warning(
                     "Machine %s is unreachable; trials go to the others while it is retried: %s", h.label, h.error
                 )
-            task = asyncio.get_running_loop().create_task(self._monitor(h), name=f"nni-ts-remote-monitor-{h.label}")
-            self._monitors.append(task)
+            self.tasks.spawn(self._monitor(h), name=f"monitor-{h.label}")
+            self.tasks.spawn(self._watchdog(h), name=f"watchdog-{h.label}")
 
     async def _bring_up(self, host: _Host) -> None:
-        """Connect, check python3, make the experiment's directories, query GPUs, open the tunnel."""
+        """Connect, make the experiment's directories, start the agent (checks python3 and GPUs), open the tunnel.
+
+        On failure the host is LOST with the reason in ``host.error``, and the error is raised.
+        """
+        host.move(HostState.CONNECTING)
+        try:
+            await self._connect_and_set_up(host)
+        except Exception as exc:
+            host.move(HostState.LOST, str(exc))
+            host.agent = None
+            await self._close_quietly(host)
+            raise
+        if not host.move(HostState.READY):
+            raise PlatformError(f"{host.label} is {host.state.value}.")
+
+    async def _connect_and_set_up(self, host: _Host) -> None:
         conn = host.conn
         await conn.connect()
         assert conn.home is not None
         m = host.machine
-        host.work = expand_remote(conn.home, m.work_directory, DEFAULT_WORK_DIR)
-        host.exp_dir = f"{host.work}/experiments/{self.experiment_id}"
-        await conn.makedirs(f"{host.exp_dir}/trials", f"{host.work}/code", f"{host.work}/keeper")
-        await self._ensure_keeper(host)
-        out: str | None = None
-        if self.use_agent:
-            out = await self._start_agent(host)  # the checks below run in the same command
-        if out is None:
-            out = await conn.check(
-                self._shell("\n".join([*self._env_prelude(m), *_HOST_CHECKS]), m),
-                what="check python3 and the GPUs",
-            )
+        work = expand_remote(conn.home, m.work_directory, DEFAULT_WORK_DIR)
+        exp_dir = f"{work}/experiments/{self.experiment_id}"
+        await conn.makedirs(f"{exp_dir}/trials", f"{work}/code", f"{work}/keeper")
+        keeper = await self._keeper_archive()
+        host.paths = _Paths(work, exp_dir, f"{work}/keeper/{keeper.digest}")
+        await self._upload(host, keeper, host.paths.keeper_dir, "the trial keeper")
+        out = await self._start_agent(host)
         host.gpu_known = True
         # On a reconnection the first inventory stays: our own trials now make their GPUs look busy.
         if host.gpus is None and out.rstrip().endswith("nni-ts-gpu-ok"):
@@ -303,8 +377,42 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 if run is not None and run.gpus and tid not in host.gpus._owner:
                     host.gpus.assign_exact(tid, run.gpus)
         await self._open_reporting(host)
-        host.ready = True
-        host.error = None
+
+    async def _close_quietly(self, host: _Host) -> None:
+        try:
+            await host.conn.close()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: the executor is shut down
+            log.debug("Closing the connection to %s: %s", host.label, exc)
+
+    async def _start_agent(self, host: _Host) -> str:
+        """Check python3 and the GPUs, then start the host agent, in one command; return what the checks printed."""
+        assert host.paths is not None
+        q = shlex.quote
+        kd = host.paths.keeper_dir
+        script = "\n".join(
+            [
+                *self._env_prelude(host.machine),
+                *_HOST_CHECKS,
+                f"PYTHONPATH={q(kd)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH",
+                f"exec python3 -u {q(kd + '/' + AGENT_FILE)}",
+            ]
+        )
+
+        def closed() -> None:
+            self._host_lost(host, "the nni-ts agent ended" + (f" ({agent.why})" if agent.why else ""), agent)
+
+        agent = HostAgent(host.conn, on_close=closed)
+        try:
+            preamble = await agent.start(self._shell(script, host.machine))
+        except (PlatformError, SshConnectError) as exc:
+            if agent.exit_code == NO_PYTHON:
+                raise PlatformError(
+                    f"{host.label} cannot run trials: {exc} nni-ts needs Python 3.8 or newer on each host "
+                    "(python3 on the PATH, or pythonPath in its machineList entry)."
+                ) from None
+            raise
+        host.agent = agent
+        return "\n".join(preamble) + "\n"
 
     async def _open_reporting(self, host: _Host) -> None:
         server = self.server
@@ -323,11 +431,10 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             if port != wanted:
                 tunnels[host.label] = port
                 self._save_state()
+        elif self.config.nni_manager_ip:
+            host.url_host = self.config.nni_manager_ip
         else:
-            if self.config.nni_manager_ip:
-                host.url_host = self.config.nni_manager_ip
-            else:
-                host.url_host = await host.conn.local_address()
+            host.url_host = await host.conn.local_address()
 
     def _server_url(self, host: _Host) -> str:
         if self.config.keeper_reporting == "tunnel":
@@ -340,36 +447,40 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     async def _shutdown(self) -> None:
         # A keeper whose exit report was answered just as the tunnel closed would retry it for
-        # minutes: every trial is delivered by now, so its lingering keepers are stopped.
-        stops = []
+        # minutes: every trial is delivered by now, so its lingering keepers are stopped. Attempts
+        # to revoke on a host that answers are revoked now.
+        async def settle(h: _Host) -> None:
+            keepers = [
+                [r.keeper_pid, r.keeper_start]
+                for r in self._runs.values()
+                if r.host is h and r.keeper_pid is not None and r.detail.exit_code is not None
+            ]
+            agent = h.live_agent()
+            if keepers:
+                await agent.request("stop", keepers=keepers, timeout=self.answer_timeout)
+            await self._revoke(h, agent)
+
+        ready = [h for h in self._hosts if h.ready]
+        results = await asyncio.gather(*(settle(h) for h in ready), return_exceptions=True)
+        for h, res in zip(ready, results, strict=True):
+            if isinstance(res, Exception):
+                log.warning("Could not stop the leftover keepers on %s: %s", h.label, res)
         for h in self._hosts:
-            if h.ready and h.agent is not None and not h.agent.closed:
-                keepers = [
-                    [r.keeper_pid, r.keeper_start]
-                    for r in self._runs.values()
-                    if r.host is h and r.keeper_pid is not None and r.detail.exit_code is not None
-                ]
-                if keepers:
-                    stops.append(h.agent.request("stop", keepers=keepers, timeout=10))
-        if stops:
-            await asyncio.gather(*stops, return_exceptions=True)
-        for h in self._hosts:
-            if h.pending_kills:
+            h.move(HostState.CLOSED)
+            if h.revoke:
                 log.warning(
-                    "Machine %s is unreachable: the processes of trials %s could not be killed; "
+                    "Machine %s is unreachable: the processes of trials %s could not be stopped; "
                     "they end by themselves or when killed on the host (their trial directories are under %s).",
                     h.label,
-                    ", ".join(t for t, *_ in h.pending_kills),
-                    h.exp_dir or h.machine.work_directory or DEFAULT_WORK_DIR,
+                    ", ".join(sorted({a.trial_id for a in h.revoke})),
+                    h.paths.exp_dir if h.paths else (h.machine.work_directory or DEFAULT_WORK_DIR),
                 )
-        for task in [*self._monitors, *self._tasks]:
-            task.cancel()
-        for task in [*self._monitors, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._monitors.clear()
-        self._tasks.clear()
-        await asyncio.gather(*(h.conn.close() for h in self._hosts), return_exceptions=True)
+        for run in self._runs.values():
+            if run.doubt_timer is not None:
+                run.doubt_timer.cancel()
+        # The monitors, watchdogs and launches stop before their connections close.
+        await self.tasks.stop(self.task_stop_timeout)
+        await asyncio.gather(*(self._close_quietly(h) for h in self._hosts))
         if self._server is not None:
             await self._server.close()
         if self._executor is not None:
@@ -377,15 +488,26 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     # ------------------------------------------------------------------ host monitor
 
+    async def _wait_wake(self, host: _Host, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the host's wake event fires; clear it."""
+        try:
+            async with asyncio.timeout(seconds):
+                await host.wake.wait()
+        except TimeoutError:
+            pass
+        host.wake.clear()
+
     async def _monitor(self, host: _Host) -> None:
+        """Reconnect the host when it is lost; poll its trials every ``poll_interval`` seconds."""
         delay = 0.5
-        while True:
-            if not host.ready:
+        while host.state is not HostState.CLOSED:
+            if host.state is HostState.LOST:
                 try:
                     await self._bring_up(host)
-                except Exception as exc:
-                    host.error = str(exc)
-                    log.warning("Machine %s is still unreachable (next try in %.1f s): %s", host.label, delay, exc)
+                except (PlatformError, OSError):
+                    log.warning(
+                        "Machine %s is still unreachable (next try in %.1f s): %s", host.label, delay, host.error
+                    )
                     self._note_waiting()
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.reconnect_max)
@@ -394,56 +516,127 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
                 log.info("Connected to machine %s.", host.label)
                 await self._after_reconnect(host)
                 self._schedule_dispatch()
-            try:
-                async with asyncio.timeout(self.poll_interval):
-                    while host.conn.connected and not host.wake.is_set():
-                        await asyncio.sleep(min(0.5, self.poll_interval))
-            except TimeoutError:
-                pass
-            host.wake.clear()
-            if not host.conn.connected:
-                self._host_lost(host, "the connection dropped")
+                continue
+            await self._wait_wake(host, self.poll_interval)
+            agent = host.agent
+            if host.ready:
+                try:
+                    if host.revoke:
+                        await self._revoke(host, host.live_agent())
+                    await self._poll(host)
+                except SshConnectError as exc:
+                    self._host_lost(host, str(exc), agent)
+                except PlatformError as exc:
+                    log.warning("Polling machine %s failed; trying again: %s", host.label, exc)
+
+    async def _watchdog(self, host: _Host) -> None:
+        """Ping the host's agent: a host silent for ``answer_timeout`` is lost (its connection closed)."""
+        while host.state is not HostState.CLOSED:
+            await asyncio.sleep(self.ping_interval)
+            agent = host.agent
+            if not host.ready or agent is None:
                 continue
             try:
-                if host.agent is not None and host.agent.closed:
-                    log.warning("The nni-ts agent on %s ended; starting it again.", host.label)
-                    await self._start_agent(host)
-                await self._poll(host)
+                await agent.request("ping", timeout=self.answer_timeout)
             except SshConnectError as exc:
-                self._host_lost(host, str(exc))
-            except Exception:
-                log.exception("Polling machine %s failed; trying again.", host.label)
+                self._host_lost(host, str(exc), agent)
 
-    def _host_lost(self, host: _Host, reason: str) -> None:
-        if not host.ready:
+    def _host_lost(self, host: _Host, reason: str, agent: HostAgent | None = None) -> None:
+        """The host dropped or went silent: out of scheduling, its connection closed, its trials UNKNOWN.
+
+        ``agent``: the agent whose request failed; nothing happens if the host has another one by now
+        (the failure belongs to a connection that was replaced already).
+        """
+        if agent is not None and host.agent is not agent:
             return
-        host.ready = False
+        if not host.move(HostState.LOST, f"lost the connection ({reason})"):
+            return
         host.agent = None
-        host.error = f"lost the connection ({reason})"
         log.warning("Lost the connection to machine %s (%s); reconnecting.", host.label, reason)
         for tid in list(host.trials):
             run = self._runs.get(tid)
             if run is None or run.detail.status.is_terminal or run.keeper_pid is None:
                 continue
-            self._set_status(
-                tid,
-                TrialJobStatus.UNKNOWN,
-                message=f"Lost the connection to {host.label}; reconnecting. The trial keeps running there.",
+            self.reporter.unknown(
+                tid, f"Lost the connection to {host.label}; reconnecting. The trial keeps running there."
             )
-        task = asyncio.get_running_loop().create_task(host.conn.close(), name=f"nni-ts-remote-close-{host.label}")
-        self._track(task)
+        close = host.conn.detach()
+        if not self.tasks.closed:
+            self.tasks.spawn(asyncio.to_thread(close), name=f"close-{host.label}")
 
     async def _after_reconnect(self, host: _Host) -> None:
-        kills, host.pending_kills = host.pending_kills, []
-        for tid, pid, start, rdir in kills:
-            with contextlib.suppress(Exception):
-                await self._kill_remote(host, pid, start, rdir, tid)
+        """Stop what was revoked, settle launches in doubt, then poll the host's trials."""
+        agent = host.agent
         try:
+            agent = host.live_agent()
+            await self._revoke(host, agent)
+            for run in [self._runs[t] for t in sorted(host.trials) if t in self._runs]:
+                if run.in_doubt and run.host is host:
+                    await self._settle_doubt(run, host, agent)
             await self._poll(host)
         except SshConnectError as exc:
-            self._host_lost(host, str(exc))
-        except Exception:
-            log.exception("Polling machine %s after reconnecting failed; trying again later.", host.label)
+            self._host_lost(host, str(exc), agent)
+        except PlatformError as exc:
+            log.warning("Settling machine %s after reconnecting failed; trying again later: %s", host.label, exc)
+
+    async def _revoke(self, host: _Host, agent: HostAgent) -> None:
+        """Fence or kill (SIGKILL, keeper and trial) every attempt the host must not run any more."""
+        while host.revoke:
+            attempt = host.revoke[0]
+            found = await agent.request("probe", dir=attempt.trial_dir, fence=True, timeout=self.answer_timeout)
+            if found.get("state") == "launched":
+                pid = attempt.keeper_pid or found.get("pid")
+                start = attempt.keeper_start or found.get("start")
+                await agent.request(
+                    "kill", pid=pid, start=start, dir=attempt.trial_dir, hard=True, timeout=self.answer_timeout
+                )
+                log.info("Stopped attempt %d of trial %s on %s.", attempt.attempt, attempt.trial_id, host.label)
+            host.revoke.pop(0)
+
+    async def _settle_doubt(self, run: _Run, host: _Host, agent: HostAgent) -> None:
+        """Ask the host whether the attempt whose launch got no answer started: adopt it, or fence and relaunch."""
+        found = await agent.request("probe", dir=run.remote_dir, fence=True, timeout=self.answer_timeout)
+        if not run.in_doubt or run.detail.status.is_terminal:
+            return
+        self._clear_doubt(run)
+        if found.get("state") == "launched" and found.get("pid"):
+            run.keeper_pid = int(found["pid"])
+            run.keeper_start = found.get("start")
+            self._adopted(run, host)
+            log.info("Attempt %d of trial %s did start on %s; it goes on.", run.attempt, run.detail.id, host.label)
+            return
+        log.info(
+            "Attempt %d of trial %s never started on %s; it is launched again as attempt %d.",
+            run.attempt,
+            run.detail.id,
+            host.label,
+            run.attempt + 1,
+        )
+        self._requeue(run, host)
+
+    def _clear_doubt(self, run: _Run) -> None:
+        run.in_doubt = False
+        if run.doubt_timer is not None:
+            run.doubt_timer.cancel()
+            run.doubt_timer = None
+
+    def _doubt_expired(self, run: _Run) -> None:
+        run.doubt_timer = None
+        host = run.host
+        if not run.in_doubt or run.detail.status.is_terminal or host is None:
+            return
+        run.in_doubt = False
+        host.revoke.append(run.current())
+        message = (
+            f"The launch on {host.label} got no answer and the machine has not answered for "
+            f"{self.unknown_timeout:g} s; if the trial started there, it is stopped when the machine answers again."
+        )
+        if not self.tasks.closed:
+            self.tasks.spawn(self._fail(run.detail.id, message), name=f"doubt-{run.detail.id}")
+
+    async def _fail(self, trial_id: str, message: str) -> None:
+        """End a trial as FAILED by an infrastructure failure."""
+        await self.reporter.ended(trial_id, TrialJobStatus.FAILED, message=message, infrastructure_failure=True)
 
     def _note_waiting(self) -> None:
         down = [f"{h.label} ({h.error})" for h in self._hosts if not h.ready and h.error]
@@ -451,12 +644,12 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             return
         note = "Waiting for a machine; unreachable: " + "; ".join(down)
         for run in self._queue:
-            run.detail.message = note
+            self.reporter.waiting(run.detail.id, note)
 
     # ------------------------------------------------------------------ polling
 
     async def _poll(self, host: _Host) -> None:
-        """One batch command for every live trial of the host: exit recorded? keeper alive?"""
+        """One agent request for every live trial of the host: exit recorded? keeper alive?"""
         live = [
             self._runs[t]
             for t in sorted(host.trials)
@@ -464,54 +657,36 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         ]
         if not live:
             return
-        seen: dict[str, tuple[bool, bool]] = {}
-        agent = host.agent
-        if agent is not None and not agent.closed:
-            trials = [[r.detail.id, r.keeper_pid, r.keeper_start, r.remote_dir] for r in live]
-            answer = await agent.request("poll", trials=trials)
-            for tid, (exited, alive) in answer["status"].items():
-                seen[tid] = (bool(exited), bool(alive))
-        else:
-            q = shlex.quote
-            lines = [
-                _ALIVE_FN,
-                'c() { e=0; [ -f "$4/.nni-ts/exit" ] && e=1; a=0; ka "$2" "$3" && a=1; echo "$1 $e $a"; }',
-            ]
-            for run in live:
-                pid, start = q(str(run.keeper_pid)), q(run.keeper_start or "")
-                lines.append(f"c {q(run.detail.id)} {pid} {start} {q(run.remote_dir)}")
-            result = await host.conn.run(self._shell("\n".join(lines)), timeout=60)
-            for line in result.text().splitlines():
-                parts = line.split()
-                if len(parts) == 3:
-                    seen[parts[0]] = (parts[1] == "1", parts[2] == "1")
+        agent = host.live_agent()
+        trials = [[r.detail.id, r.keeper_pid, r.keeper_start, r.remote_dir] for r in live]
+        answer = await agent.request("poll", trials=trials, timeout=self.answer_timeout)
+        seen = {tid: (bool(exited), bool(alive)) for tid, (exited, alive) in answer["status"].items()}
         for run in live:
             tid = run.detail.id
             if tid not in seen or run.detail.status.is_terminal:
                 continue
             exited, alive = seen[tid]
             if alive:
-                if run.detail.status is TrialJobStatus.UNKNOWN and host.conn.connected:
-                    self._set_status(tid, TrialJobStatus.RUNNING, message=f"{host.label} is back.")
+                if run.detail.status is TrialJobStatus.UNKNOWN and host.ready:
+                    self.reporter.running(tid, message=f"{host.label} is back.")
                 if exited:
                     host.exit_seen[tid] = host.exit_seen.get(tid, 0) + 1
                     if host.exit_seen[tid] >= 2 and await self._recover(run, host):
                         # The keeper is still trying to report an end that is now delivered: stop it.
-                        await self._stop_keeper(host, run)
+                        await agent.request(
+                            "stop", keepers=[[run.keeper_pid, run.keeper_start]], timeout=self.answer_timeout
+                        )
                 continue
-            if exited:
-                await self._recover(run, host)
+            await self._recover(run, host)
+            if exited or run.detail.status.is_terminal:
                 continue
             # The keeper is gone and never recorded the trial's end: it was killed (or never ran).
-            await self._recover(run, host)
-            if run.detail.status.is_terminal:
-                continue
-            await self._kill_remote(host, None, None, run.remote_dir, tid)
+            await agent.request("kill", pid=None, start=None, dir=run.remote_dir, timeout=self.answer_timeout)
             why = (await host.conn.read(f"{run.remote_dir}/.nni-ts/keeper.out", tail=2000)).decode("utf-8", "replace")
             message = f"The trial keeper on {host.label} ended without recording the trial's end (killed?)."
             if why.strip():
                 message += f" Its output: {why.strip()[-500:]}"
-            self._set_status(tid, TrialJobStatus.FAILED, message=message, infrastructure_failure=True)
+            await self._fail(tid, message)
 
     async def _recover(self, run: _Run, host: _Host) -> bool:
         """Read the trial's journal and exit over SFTP; deliver them through the server's de-duplication."""
@@ -548,7 +723,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
-        if not self._queue:
+        if not self._queue or self.tasks.closed:
             return
         need = self.config.trial_gpu_number
         for run in list(self._queue):
@@ -558,7 +733,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             impossible = self._impossible(need)
             if impossible:
                 self._queue.remove(run)
-                self._set_status(run.detail.id, TrialJobStatus.FAILED, message=impossible, infrastructure_failure=True)
+                self.tasks.spawn(self._fail(run.detail.id, impossible), name=f"no-gpus-{run.detail.id}")
                 continue
             host = self._pick_host(run, need)
             if host is None:
@@ -566,11 +741,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             self._queue.remove(run)
             run.host = host
             host.trials.add(run.detail.id)
-            task = asyncio.get_running_loop().create_task(
-                self._launch(run, host), name=f"nni-ts-remote-launch-{run.detail.id}"
-            )
-            run.launch = task
-            self._track(task)
+            run.launch = self.tasks.spawn(self._launch(run, host), name=f"launch-{run.detail.id}")
         if self._queue:
             self._note_waiting()
 
@@ -601,14 +772,26 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             f"The trial needs {need} GPU(s) but the largest machine offers {best} (after gpuIndices and useActiveGpu)."
         )
 
-    def _track(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+    def _release(self, run: _Run) -> None:
+        """Take the trial off its host (and its GPUs)."""
+        host = run.host
+        if host is not None:
+            host.trials.discard(run.detail.id)
+            host.exit_seen.pop(run.detail.id, None)
+            if host.gpus is not None:
+                host.gpus.release(run.detail.id)
+        run.host = None
+        run.gpus = []
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("Background task %s failed.", task.get_name(), exc_info=task.exception())
+    def _requeue(self, run: _Run, host: _Host) -> None:
+        """Put the trial back in the queue as a new attempt (this one never started, or is fenced)."""
+        self._release(run)
+        run.attempt += 1
+        run.remote_dir = ""
+        run.keeper_pid = run.keeper_start = None
+        self.server.register(run.detail.id, run.sink, attempt=run.attempt)
+        self._queue.appendleft(run)
+        self._schedule_dispatch()
 
     # ------------------------------------------------------------------ trials
 
@@ -627,6 +810,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         if run is None:
             return
         run.ended.set()
+        self._clear_doubt(run)
         host = run.host
         if host is not None:
             host.trials.discard(detail.id)
@@ -685,19 +869,22 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             return self._code
 
     async def _upload(self, host: _Host, archive: CodeArchive, dest: str, what: str) -> None:
-        """Unpack ``archive`` into ``dest`` on the host unless a complete copy is there already."""
+        """Unpack ``archive`` into ``dest`` on the host (owner-only) unless a complete copy is there already."""
+        assert host.paths is not None
         if await host.conn.exists(f"{dest}/.nni-ts-complete"):
             log.info("Machine %s already has %s (%s).", host.label, what, archive.digest)
             return
         q = shlex.quote
-        tmp_tar = f"{host.work}/.upload-{secrets.token_hex(6)}.tar.gz"
+        tmp_tar = f"{host.paths.work}/.upload-{secrets.token_hex(6)}.tar.gz"
         await host.conn.put_bytes(archive.data, tmp_tar)
         tmp_dir = f"{dest}.tmp-{secrets.token_hex(6)}"
         script = "\n".join(
             [
+                "umask 077",
                 f"t={q(tmp_tar)}; d={q(dest)}; x={q(tmp_dir)}",
                 'mkdir -p "$x" "$(dirname "$d")" || exit 4',
                 'tar -xzf "$t" -C "$x" || { rm -rf "$x" "$t"; exit 5; }',
+                'chmod -R go= "$x" || exit 5',  # tar keeps the archive's modes when run as root
                 'rm -f "$t"; touch "$x/.nni-ts-complete"',
                 'if [ -e "$d/.nni-ts-complete" ]; then rm -rf "$x"; else rm -rf "$d"; mv "$x" "$d"; fi',
             ]
@@ -705,84 +892,33 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         await host.conn.check(self._shell(script), what=f"unpack {what}")
         log.info("Uploaded %s to %s (%d bytes).", what, host.label, len(archive.data))
 
-    async def _ensure_keeper(self, host: _Host) -> None:
-        keeper = await self._keeper_archive()
-        host.keeper_dir = f"{host.work}/keeper/{keeper.digest}"
-        await self._upload(host, keeper, host.keeper_dir, "the trial keeper")
-
-    async def _start_agent(self, host: _Host) -> str | None:
-        """Check python3 and the GPUs, then start the host agent, in one command.
-
-        Returns what the checks printed, or None when the agent could not start for a reason other
-        than the checks (the shell path is used then).
-        """
-        if not self.use_agent:
-            return None
-        q = shlex.quote
-        kd = host.keeper_dir
-        script = "\n".join(
-            [
-                *self._env_prelude(host.machine),
-                *_HOST_CHECKS[:-1],
-                f"PYTHONPATH={q(kd)}${{PYTHONPATH:+:$PYTHONPATH}}; export PYTHONPATH",
-                f"exec python3 -u {q(kd + '/' + AGENT_FILE)}",
-            ]
-        )
-        agent = HostAgent(host.conn)
-        try:
-            preamble = await agent.start(self._shell(script, host.machine))
-        except (PlatformError, SshConnectError) as exc:
-            if not host.conn.connected:
-                raise
-            if agent.exit_code == 3:  # python3 missing or too old: the host cannot run trials
-                raise PlatformError(f"{host.label} cannot run trials: {exc}") from None
-            log.warning("The nni-ts agent did not start on %s (%s); trials start through the shell.", host.label, exc)
-            host.agent = None
-            return None
-        host.agent = agent
-        return "\n".join(preamble) + "\n"
-
     async def _ensure_code(self, host: _Host) -> None:
         if host.code_ready:
             return
         async with host.code_lock:
             if host.code_ready:
                 return
+            assert host.paths is not None
             code = await self._code_archive()
             q = shlex.quote
-            cache = f"{host.work}/code/{code.digest}"
+            cache = f"{host.paths.work}/code/{code.digest}"
             await self._upload(host, code, cache, "the trial code")
-            exp_code = f"{host.exp_dir}/code"
             script = (
-                f"e={q(exp_code)}; c={q(cache)}\n"
+                f"umask 077; e={q(host.paths.code_dir)}; c={q(cache)}\n"
                 '[ -d "$e" ] || cp -al "$c" "$e" 2>/dev/null || { rm -rf "$e"; cp -a "$c" "$e"; } || exit 6'
             )
             await host.conn.check(self._shell(script), what="link the trial code into the experiment")
-            host.code_dir = exp_code
             host.code_ready = True
 
-    def _trial_command(self, detail: TrialJobDetail) -> str:
-        cfg = self.config
-        command = detail.form.command or cfg.trial_command or ""
-        if not command:
-            raise ConfigError("trialCommand is not set.", path="trialCommand")
-        if cfg.hyperparameters_as_args:
-            args = []
-            for k, v in detail.form.parameters().items():
-                args.append(shlex.quote(f"--{k}={v if isinstance(v, str) else json.dumps(v)}"))
-            command = " ".join([command, *args])
-        if cfg.trial_prepare_command:
-            command = f"{cfg.trial_prepare_command}\n{command}"
-        return command
-
     def _keeper_args(self, host: _Host, run: _Run) -> list[str]:
+        assert host.paths is not None
         cfg = self.config
         detail = run.detail
         return [
             "--trial-id", detail.id,
             "--attempt", str(run.attempt),
             "--trial-dir", run.remote_dir,
-            "--code-dir", host.code_dir,
+            "--code-dir", host.paths.code_dir,
             "--server-url", self._server_url(host),
             "--token-file", f"{run.remote_dir}/.nni-ts/token",
             "--platform", "remote",
@@ -791,143 +927,120 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             "--heartbeat", f"{cfg.keeper_heartbeat:g}",
             "--grace", f"{cfg.cancel_grace_period:g}",
             "--no-passthrough",
-            "--", self._trial_command(detail),
+            "--quiet-start",  # the launch's answer says the trial runs
+            "--", self.trial_command(detail),
         ]  # fmt: skip
 
-    async def _launch_with_agent(self, host: _Host, agent: HostAgent, run: _Run) -> str:
-        detail = run.detail
-        env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in run.gpus)}
-        for key, value in detail.form.env.items():
-            if not key.isidentifier():
-                raise ConfigError(f"The environment variable name {key!r} of trial {detail.id} is not valid.")
-            env[key] = value
-        token = self.server.token_for(detail.id)
-        answer = await agent.request(
-            "launch",
-            dir=run.remote_dir,
-            files={"parameter.cfg": detail.form.hyper_parameters.value, ".nni-ts/token": token},
-            private=[".nni-ts/token"],
-            argv=self._keeper_args(host, run),
-            env=env,
-        )
-        return f"nni-ts-keeper {answer['pid']} {answer.get('start') or ''}"
-
-    def _launch_script(self, host: _Host, run: _Run) -> str:
-        q = shlex.quote
-        detail = run.detail
-        lines = [
-            f"d={q(run.remote_dir)}",
-            'mkdir -p "$d/.nni-ts" || exit 90',
-            'cd "$d" || exit 90',
-            "IFS= read -r tok || exit 91",
-            '(umask 077 && printf %s "$tok" > .nni-ts/token) || exit 91',
-            "cat > parameter.cfg || exit 91",
-            *self._env_prelude(host.machine),
-        ]
-        for key, value in detail.form.env.items():
-            if not key.isidentifier():
-                raise ConfigError(f"The environment variable name {key!r} of trial {detail.id} is not valid.")
-            lines.append(f"{key}={q(value)}; export {key}")
-        cvd = ",".join(str(g) for g in run.gpus)
-        argv = ["python3", "-m", "trial_keeper", *self._keeper_args(host, run)]
-        lines.append(
-            f"CUDA_VISIBLE_DEVICES={q(cvd)} PYTHONPATH={q(host.keeper_dir)}${{PYTHONPATH:+:$PYTHONPATH}} "
-            f"setsid {' '.join(q(a) for a in argv)} </dev/null >.nni-ts/keeper.out 2>&1 &"
-        )
-        lines.append('p=$!; s=$(cut -d" " -f22 "/proc/$p/stat" 2>/dev/null); echo "nni-ts-keeper $p $s"')
-        return "\n".join(lines)
+    def _attempt_dir(self, host: _Host, run: _Run) -> str:
+        assert host.paths is not None
+        suffix = "" if run.attempt == 1 else f".{run.attempt}"
+        return f"{host.paths.exp_dir}/trials/{run.detail.id}{suffix}"
 
     async def _launch(self, run: _Run, host: _Host) -> None:
         detail = run.detail
-        run.remote_dir = f"{host.exp_dir}/trials/{detail.id}"
-        detail.host = host.machine.host
-        detail.platform_data = {
+        agent = host.agent
+        try:
+            agent = host.live_agent()
+            run.remote_dir = self._attempt_dir(host, run)
+            await self._ensure_code(host)
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in run.gpus)}
+            for key, value in detail.form.env.items():
+                if not key.isidentifier():
+                    raise ConfigError(f"The environment variable name {key!r} of trial {detail.id} is not valid.")
+                env[key] = value
+            argv = self._keeper_args(host, run)
+        except (SshConnectError, PlatformError) as exc:
+            if not isinstance(exc, SshConnectError) and host.ready:
+                if not detail.status.is_terminal:
+                    await self._fail(detail.id, str(exc))
+                return
+            # Nothing was sent and the host is gone: the trial waits for a machine, as a new attempt.
+            if detail.status.is_terminal:
+                return
+            log.warning("Could not start trial %s on %s (%s); it waits for a machine.", detail.id, host.label, exc)
+            self._requeue(run, host)
+            self._host_lost(host, str(exc), agent)
+            return
+        except ConfigError as exc:
+            if not detail.status.is_terminal:
+                await self._fail(detail.id, str(exc))
+            return
+        self.reporter.note(detail.id, host=host.machine.host, platform_data=self._platform_data(run, host))
+        timeout = self.config.heartbeat_timeout
+        try:
+            answer = await agent.request(
+                "launch",
+                dir=run.remote_dir,
+                attempt=run.attempt,
+                not_after=time.time() + agent.clock_offset + timeout,
+                files={
+                    "parameter.cfg": detail.form.hyper_parameters.value,
+                    ".nni-ts/token": self.server.token_for(detail.id),
+                },
+                argv=argv,
+                env=env,
+                timeout=timeout,
+            )
+        except SshConnectError as exc:
+            if detail.status.is_terminal:
+                host.revoke.append(run.current())
+                return
+            # The request may have reached the host: whether the attempt started is asked when it answers.
+            run.in_doubt = True
+            run.doubt_timer = asyncio.get_running_loop().call_later(self.unknown_timeout, self._doubt_expired, run)
+            self.reporter.waiting(
+                detail.id,
+                f"The launch on {host.label} got no answer ({exc}); the machine is asked whether it started "
+                "once it answers again.",
+            )
+            self._host_lost(host, str(exc), agent)
+            return
+        except AgentRefused as exc:
+            if not detail.status.is_terminal:
+                message = f"The keeper of trial {detail.id} did not start on {host.label}: {exc}"
+                await self._fail(detail.id, message)
+            return
+        run.keeper_pid = int(answer["pid"])
+        run.keeper_start = answer.get("start")
+        if detail.status.is_terminal:  # cancelled meanwhile: stop what just started (the monitor does)
+            host.revoke.append(run.current())
+            host.wake.set()
+            return
+        self._adopted(run, host)
+
+    def _adopted(self, run: _Run, host: _Host) -> None:
+        """The attempt runs on ``host``: record its keeper."""
+        tid = run.detail.id
+        message = f"Started on {host.label} (attempt {run.attempt})."
+        self.reporter.note(tid, host=host.machine.host, platform_data=self._platform_data(run, host), message=message)
+        # The keeper is forked and starts the trial: RUNNING now, as the local platform does once it
+        # spawned the trial (the keeper's first report would come one tunnel round trip later).
+        self.reporter.running(tid, message=message)
+
+    def _platform_data(self, run: _Run, host: _Host) -> dict[str, Any]:
+        """What a restarted manager needs to find the attempt again."""
+        data: dict[str, Any] = {
             "machine": host.index,
             "host": host.label,
             "trial_dir": run.remote_dir,
             "attempt": run.attempt,
             "gpus": run.gpus,
         }
-        try:
-            await self._ensure_code(host)
-            if host.agent is not None and not host.agent.closed:
-                out = await self._launch_with_agent(host, host.agent, run)
-            else:
-                script = self._launch_script(host, run)
-                token = self.server.token_for(detail.id).encode()
-                stdin = token + b"\n" + detail.form.hyper_parameters.value.encode()
-                out = await host.conn.check(
-                    self._shell(script, host.machine), stdin=stdin, what=f"start trial {detail.id}"
-                )
-        except SshConnectError as exc:
-            if detail.status.is_terminal:
-                return
-            # The host dropped before the keeper could start: give the trial to another host.
-            log.warning(
-                "Could not start trial %s on %s (%s); it waits for another machine.", detail.id, host.label, exc
-            )
-            host.trials.discard(detail.id)
-            if host.gpus is not None:
-                host.gpus.release(detail.id)
-            run.host = None
-            run.gpus = []
-            self._queue.appendleft(run)
-            self._host_lost(host, str(exc))
-            return
-        except (PlatformError, ConfigError) as exc:
-            if not detail.status.is_terminal:
-                self._set_status(detail.id, TrialJobStatus.FAILED, message=str(exc), infrastructure_failure=True)
-            return
-        for line in out.splitlines():
-            parts = line.split()
-            if parts[:1] == ["nni-ts-keeper"] and len(parts) >= 2:
-                run.keeper_pid = int(parts[1])
-                run.keeper_start = parts[2] if len(parts) > 2 else None
-        if run.keeper_pid is None:
-            if not detail.status.is_terminal:
-                self._set_status(
-                    detail.id,
-                    TrialJobStatus.FAILED,
-                    message=f"The keeper of trial {detail.id} did not start on {host.label}: {out.strip()[-500:]}",
-                    infrastructure_failure=True,
-                )
-            return
-        detail.platform_data.update({"keeper_pid": run.keeper_pid, "keeper_start": run.keeper_start})
+        if run.keeper_pid is not None:
+            data.update(keeper_pid=run.keeper_pid, keeper_start=run.keeper_start)
+        return data
 
-    async def _stop_keeper(self, host: _Host, run: _Run) -> None:
-        """SIGKILL a keeper that has nothing left to do but report (its trial's end is delivered)."""
-        agent = host.agent
-        if agent is not None and not agent.closed:
-            await agent.request("stop", pid=run.keeper_pid, start=run.keeper_start)
-            return
-        q = shlex.quote
-        script = "\n".join(
-            [
-                _ALIVE_FN,
-                f"p={q(str(run.keeper_pid or ''))}; s={q(run.keeper_start or '')}",
-                'if ka "$p" "$s"; then kill -s KILL "$p"; fi; exit 0',
-            ]
+    async def _kill(self, host: _Host, attempt: _Attempt) -> str:
+        """SIGTERM the attempt's keeper if it lives, else SIGKILL its processes. Returns which."""
+        agent = host.live_agent()
+        answer = await agent.request(
+            "kill",
+            pid=attempt.keeper_pid,
+            start=attempt.keeper_start,
+            dir=attempt.trial_dir,
+            timeout=self.answer_timeout,
         )
-        await host.conn.run(self._shell(script), timeout=30)
-
-    async def _kill_remote(self, host: _Host, pid: int | None, start: str | None, remote_dir: str, tid: str) -> str:
-        """SIGTERM the keeper if it lives, else SIGKILL the trial's process group. Returns which."""
-        agent = host.agent
-        if agent is not None and not agent.closed:
-            answer = await agent.request("kill", pid=pid, start=start, dir=remote_dir)
-            return str(answer["how"])
-        q = shlex.quote
-        script = "\n".join(
-            [
-                _ALIVE_FN,
-                _TRIAL_PID_FN,
-                f"p={q(str(pid or ''))}; s={q(start or '')}; d={q(remote_dir)}",
-                'if ka "$p" "$s"; then kill -TERM "$p" && echo keeper; exit 0; fi',
-                't=$(tp "$d"); if [ -n "$t" ]; then kill -s KILL -- "-$t" 2>/dev/null; fi; echo group',
-            ]
-        )
-        out = await host.conn.run(self._shell(script), timeout=30)
-        return out.text().strip()
+        return str(answer["how"])
 
     async def _cancel(self, detail: TrialJobDetail, status: TrialJobStatus) -> None:
         run = self._runs.get(detail.id)
@@ -936,31 +1049,29 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         run.sink.cancel_status = status
         if run in self._queue:
             self._queue.remove(run)
-            self._set_status(detail.id, status, message="Cancelled before it started.")
+            await self.reporter.ended(detail.id, status, message="Cancelled before it started.")
             return
         if run.launch is not None and not run.launch.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(run.launch)
+            await asyncio.wait({run.launch})
         host = run.host
-        if host is None or run.keeper_pid is None:
-            if run in self._queue:
-                self._queue.remove(run)
-            self._set_status(detail.id, status, message="Cancelled.")
-            return
-        if not host.ready:
-            host.pending_kills.append((detail.id, run.keeper_pid, run.keeper_start, run.remote_dir))
-            self._set_status(
-                detail.id,
-                status,
-                message=f"Cancelled; {host.label} is unreachable, its processes are killed on reconnection.",
+        if host is not None and run.in_doubt:
+            self._clear_doubt(run)
+            host.revoke.append(run.current())
+            await self.reporter.ended(
+                detail.id, status, message=f"Cancelled; if it started on {host.label}, it is stopped there."
             )
             return
+        if host is None or run.keeper_pid is None:
+            await self.reporter.ended(detail.id, status, message="Cancelled.")
+            return
         try:
-            how = await self._kill_remote(host, run.keeper_pid, run.keeper_start, run.remote_dir, detail.id)
+            how = await self._kill(host, run.current())
         except SshConnectError:
-            host.pending_kills.append((detail.id, run.keeper_pid, run.keeper_start, run.remote_dir))
-            self._set_status(
-                detail.id, status, message=f"Cancelled; {host.label} dropped, its processes are killed on reconnection."
+            host.revoke.append(run.current())
+            await self.reporter.ended(
+                detail.id,
+                status,
+                message=f"Cancelled; {host.label} is unreachable, its processes are killed when it answers again.",
             )
             return
         if how == "keeper":
@@ -971,33 +1082,34 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             except TimeoutError:
                 pass
         # No keeper reported the end: take what its journal holds, then end the trial.
-        with contextlib.suppress(Exception):
+        try:
             await self._recover(run, host)
+        except PlatformError as exc:
+            log.warning("Could not read back the journal of cancelled trial %s: %s", detail.id, exc)
         if not detail.status.is_terminal:
-            self._set_status(detail.id, status, message="Cancelled.")
+            await self.reporter.ended(detail.id, status, message="Cancelled.")
 
     async def _forget_lost(self, detail: TrialJobDetail) -> None:
         run = self._runs.get(detail.id)
         if run is None or run.host is None or run.keeper_pid is None:
             return
         host = run.host
-        if host.ready:
-            with contextlib.suppress(Exception):
-                await self._kill_remote(host, run.keeper_pid, run.keeper_start, run.remote_dir, detail.id)
-                return
-        host.pending_kills.append((detail.id, run.keeper_pid, run.keeper_start, run.remote_dir))
+        try:
+            await self._kill(host, run.current())
+        except PlatformError as exc:
+            log.info("Trial %s is stopped when %s answers again (%s).", detail.id, host.label, exc)
+            host.revoke.append(run.current())
+            host.wake.set()
 
     async def _reattach(self, detail: TrialJobDetail, metrics_delivered: int) -> None:
         data = detail.platform_data or {}
         index = data.get("machine")
         host = self._hosts[index] if isinstance(index, int) and 0 <= index < len(self._hosts) else None
         if host is None or host.label != data.get("host") or not data.get("trial_dir"):
-            self._set_status(
+            await self._fail(
                 detail.id,
-                TrialJobStatus.FAILED,
-                message=f"Cannot re-attach: the trial ran on {data.get('host') or 'an unknown machine'}, "
+                f"Cannot re-attach: the trial ran on {data.get('host') or 'an unknown machine'}, "
                 "which is not in machineList any more.",
-                infrastructure_failure=True,
             )
             return
         run = _Run(detail, ServiceSink(self, detail.id), host=host)
@@ -1013,12 +1125,14 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
         if host.gpus is not None and run.gpus:
             host.gpus.assign_exact(detail.id, run.gpus)
         if run.keeper_pid is None:
-            self._set_status(
-                detail.id,
-                TrialJobStatus.FAILED,
-                message="Cannot re-attach: the trial's keeper had not started when the manager stopped.",
-                infrastructure_failure=True,
-            )
+            # The manager stopped while the launch was in flight: ask the host when it answers.
+            run.in_doubt = True
+            run.doubt_timer = asyncio.get_running_loop().call_later(self.unknown_timeout, self._doubt_expired, run)
+            if host.ready:
+                try:
+                    await self._settle_doubt(run, host, host.live_agent())
+                except SshConnectError as exc:
+                    self._host_lost(host, str(exc))
             return
         if host.ready:
             try:
@@ -1026,7 +1140,7 @@ class RemoteTrainingService(TrainingService[RemoteConfig]):
             except SshConnectError as exc:
                 self._host_lost(host, str(exc))
         elif detail.status is TrialJobStatus.RUNNING:
-            self._set_status(detail.id, TrialJobStatus.UNKNOWN, message=f"{host.label} is unreachable; reconnecting.")
+            self.reporter.unknown(detail.id, f"{host.label} is unreachable; reconnecting.")
 
     async def _read_trial_file(self, detail: TrialJobDetail, name: str, tail: int | None) -> bytes:
         run = self._runs.get(detail.id)

@@ -21,6 +21,7 @@ import select
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -32,7 +33,15 @@ import paramiko
 from ...config.remote import RemoteMachineConfig
 from ...errors import PlatformError
 
-__all__ = ["ExecResult", "HostConnection", "HostKeyError", "SshConnectError"]
+__all__ = [
+    "AgentRefused",
+    "AgentTimeout",
+    "ExecResult",
+    "HostAgent",
+    "HostConnection",
+    "HostKeyError",
+    "SshConnectError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +145,7 @@ class _Pump(threading.Thread):
                 self._peer.pop(other, None)
         for x in (end, other):
             if x is not None:
-                with contextlib.suppress(Exception):
-                    x.close()
+                _close_quietly(x)
 
     def run(self) -> None:
         try:
@@ -167,7 +175,7 @@ class _Pump(threading.Thread):
                             self._drop(end)
                             continue
                         other.sendall(data)
-                    except Exception:
+                    except (OSError, EOFError, paramiko.SSHException):
                         self._drop(end)
         finally:
             with self._lock:
@@ -175,10 +183,37 @@ class _Pump(threading.Thread):
                 ends = list(self._peer)
                 self._peer.clear()
             for end in ends:
-                with contextlib.suppress(Exception):
-                    end.close()
+                _close_quietly(end)
             self._wake_r.close()
             self._wake_w.close()
+
+
+def _close_quietly(thing: Any) -> None:
+    """Close a socket, channel, SFTP session or client that may be broken already."""
+    try:
+        thing.close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
+def _load_key(label: str, path: str, passphrase: str | None) -> paramiko.PKey:
+    """The private key of ``path``, or an SshConnectError naming the file (never the passphrase)."""
+    try:
+        secret: Any = passphrase.encode("utf-8") if passphrase else None  # paramiko wants bytes here
+        return paramiko.PKey.from_path(path, secret)
+    except (paramiko.SSHException, ValueError, TypeError, OSError) as exc:
+        if passphrase:
+            raise SshConnectError(
+                f"The key file {path} of {label} could not be opened with the given passphrase: the passphrase "
+                f"is wrong, or the file is not a private key. Check sshKeyFile and sshPassphrase of this machine."
+            ) from None
+        if "password" in str(exc).lower() or isinstance(exc, paramiko.PasswordRequiredException):
+            raise SshConnectError(
+                f"The key file {path} of {label} is protected by a passphrase; set sshPassphrase for this machine."
+            ) from None
+        raise SshConnectError(
+            f"The key file {path} of {label} is not a private key paramiko can read ({type(exc).__name__})."
+        ) from None
 
 
 class HostConnection:
@@ -274,6 +309,7 @@ class HostConnection:
                 raise SshConnectError(f"The sshKeyFile of {self.label}, {m.ssh_key_file}, does not exist.")
             elif m.password is None:
                 look_for_keys = True  # the default ~/.ssh/id_rsa is missing: try the usual keys and the agent
+        pkey = _load_key(self.label, key_file, m.ssh_passphrase) if key_file else None
         try:
             # Our own socket, with TCP_NODELAY: small SSH packets (reports through the tunnel, agent
             # requests) must not wait for delayed ACKs (40 ms each without it).
@@ -289,8 +325,7 @@ class HostConnection:
                 sock=sock,
                 username=m.user,
                 password=m.password,
-                key_filename=key_file,
-                passphrase=m.ssh_passphrase,
+                pkey=pkey,
                 look_for_keys=look_for_keys,
                 allow_agent=look_for_keys,
                 timeout=self.connect_timeout,
@@ -337,24 +372,32 @@ class HostConnection:
         self._sftp = sftp
 
     async def close(self) -> None:
-        await self._call(self._close_sync)
+        await self._call(self.detach())
 
     def _close_sync(self) -> None:
-        if self._pump is not None:
-            self._pump.stop()
-            self._pump.join(5)
-            self._pump = None
-        if self._sftp is not None:
-            with contextlib.suppress(Exception):
-                self._sftp.close()
-            self._sftp = None
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                self._client.close()
-            transport = self._client.get_transport()
-            if transport is not None:
-                transport.join(5)
-            self._client = None
+        self.detach()()
+
+    def detach(self) -> Callable[[], None]:
+        """Forget the current connection at once (``connected`` is False from now on); return the
+        blocking function that closes it. A ``connect()`` after this opens a new one that the
+        returned function leaves alone."""
+        pump, sftp, client = self._pump, self._sftp, self._client
+        self._pump = self._sftp = self._client = None
+
+        def close() -> None:
+            if client is not None:
+                _close_quietly(client)  # the transport first: nothing waits on a silent peer after it
+            if pump is not None:
+                pump.stop()
+                pump.join(5)
+            if sftp is not None:
+                _close_quietly(sftp)
+            if client is not None:
+                transport = client.get_transport()
+                if transport is not None and transport is not threading.current_thread():
+                    transport.join(5)
+
+        return close
 
     # ------------------------------------------------------------------ exec
 
@@ -390,6 +433,8 @@ class HostConnection:
                     break
                 err += data
             code = chan.recv_exit_status()
+            if code == -1 and not transport.is_active():
+                raise SshConnectError(f"The connection to {self.label} dropped during a command.")
             return ExecResult(code, bytes(out), bytes(err))
         except TimeoutError:
             raise PlatformError(f"A command on {self.label} did not finish within {timeout:g} s.") from None
@@ -465,7 +510,7 @@ class HostConnection:
                             sftp.stat(current)
                         except FileNotFoundError:
                             try:
-                                sftp.mkdir(current)
+                                sftp.mkdir(current, 0o700)
                             except OSError:
                                 sftp.stat(current)  # made meanwhile by someone else, or a real error
 
@@ -551,15 +596,22 @@ def expand_remote(home: str, path: str | None, default: str) -> str:
     return os.path.normpath(p)
 
 
+class AgentTimeout(SshConnectError):
+    """The host agent did not answer in time: the host is treated as unreachable (a silent peer)."""
+
+
 class HostAgent:
     """The client of the host agent (:mod:`.agent`) over one long-lived exec channel.
 
     Requests are JSON lines matched by ``rid``; a reader thread resolves their futures on the loop.
-    If the channel closes, every pending and later request raises :class:`SshConnectError`.
+    If the channel closes, every pending and later request raises :class:`SshConnectError` and
+    ``on_close`` is called on the loop. A request that gets no answer within its time-out raises
+    :class:`AgentTimeout` (the caller closes the connection: the peer is silent).
     """
 
-    def __init__(self, conn: HostConnection) -> None:
+    def __init__(self, conn: HostConnection, *, on_close: Callable[[], None] | None = None) -> None:
         self.conn = conn
+        self.on_close = on_close
         self._chan: paramiko.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -569,24 +621,35 @@ class HostAgent:
         self.closed = False
         #: The agent's pid on the host.
         self.pid: int | None = None
+        #: The host's clock minus ours, in seconds (measured at start, to within the round trip).
+        self.clock_offset = 0.0
         #: Lines the start command printed before the agent's first line.
         self.preamble: list[str] = []
         #: The start command's exit code, if it ended.
         self.exit_code: int | None = None
+        #: The end of what the agent wrote on stderr, once it ended.
+        self.why = ""
 
     async def start(self, command: str, *, timeout: float = 30.0) -> list[str]:
         """Run ``command`` (which ends by exec'ing the agent); return what it printed before the agent."""
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending[-1] = ready
-        await self.conn._call(self._open, command)
+        try:
+            await self.conn._call(self._open, command)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SshConnectError(f"{self.conn.label} refused a new channel: {exc or type(exc).__name__}.") from None
+        sent = time.time()
         try:
             async with asyncio.timeout(timeout):
                 hello = await ready
         except TimeoutError:
             await self.close()
             raise PlatformError(f"The nni-ts agent on {self.conn.label} did not start within {timeout:g} s.") from None
+        now = time.time()
         self.pid = int(hello.get("pid") or 0) or None
+        if isinstance(hello.get("time"), int | float):
+            self.clock_offset = float(hello["time"]) - (sent + now) / 2
         return self.preamble
 
     def _open(self, command: str) -> None:
@@ -618,18 +681,21 @@ class HostAgent:
                 rid = -1 if msg.get("ready") else msg.get("rid")
                 if isinstance(rid, int):
                     self._loop.call_soon_threadsafe(self._resolve, rid, msg)
-        except Exception:  # the connection went away
+        except (paramiko.SSHException, OSError, EOFError):  # the connection went away
             pass
         finally:
-            with contextlib.suppress(Exception):
+            try:
                 while chan.recv_stderr_ready():
                     err_tail = (err_tail + chan.recv_stderr(65536))[-2000:]
-            with contextlib.suppress(Exception):
                 if chan.status_event.wait(1.0):
                     self.exit_code = chan.exit_status
+            except (paramiko.SSHException, OSError, EOFError):
+                pass
             self.closed = True
-            with contextlib.suppress(RuntimeError):
+            try:
                 self._loop.call_soon_threadsafe(self._fail_all, err_tail.decode("utf-8", "replace").strip())
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
 
     def _resolve(self, rid: int, msg: dict[str, Any]) -> None:
         fut = self._pending.pop(rid, None)
@@ -637,13 +703,17 @@ class HostAgent:
             fut.set_result(msg)
 
     def _fail_all(self, why: str) -> None:
+        self.why = why
         reason = f"The nni-ts agent on {self.conn.label} ended" + (f": {why}" if why else ".")
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(SshConnectError(reason))
         self._pending.clear()
+        if self.on_close is not None:
+            self.on_close()
 
     async def request(self, op: str, *, timeout: float = 60.0, **payload: Any) -> dict[str, Any]:
+        """Send one request and wait for its answer (at most ``timeout`` seconds)."""
         if self.closed or self._chan is None or self._loop is None:
             raise SshConnectError(f"The nni-ts agent on {self.conn.label} is not running.")
         self._next += 1
@@ -658,23 +728,30 @@ class HostAgent:
                 chan.sendall(data)
 
         try:
-            await self.conn._call(send)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            self._pending.pop(rid, None)
-            raise SshConnectError(f"The connection to {self.conn.label} failed: {exc}.") from None
-        try:
             async with asyncio.timeout(timeout):
+                try:
+                    await self.conn._call(send)
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise SshConnectError(f"The connection to {self.conn.label} failed: {exc}.") from None
                 answer = await fut
         except TimeoutError:
+            raise AgentTimeout(f"The nni-ts agent on {self.conn.label} did not answer within {timeout:g} s.") from None
+        finally:
             self._pending.pop(rid, None)
-            raise PlatformError(f"The nni-ts agent on {self.conn.label} did not answer within {timeout:g} s.") from None
         if "error" in answer:
-            raise PlatformError(f"The nni-ts agent on {self.conn.label} failed to {op}: {answer['error']}")
+            raise AgentRefused(f"The nni-ts agent on {self.conn.label} failed to {op}: {answer['error']}", answer)
         return answer
 
     async def close(self) -> None:
         self.closed = True
         chan = self._chan
         if chan is not None:
-            with contextlib.suppress(Exception):
-                await self.conn._call(chan.close)
+            await self.conn._call(chan.close)
+
+
+class AgentRefused(PlatformError):
+    """The host agent answered a request with an error (``answer`` holds its whole answer)."""
+
+    def __init__(self, message: str, answer: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.answer = answer
