@@ -271,7 +271,20 @@ class ExperimentService:
         r.add_get(f"{API}/experiments/{_ID}/metrics", self._metrics)
         r.add_get(f"{API}/experiments/{_ID}/events", self._events)
         r.add_get(f"{API}/audit", self._audit)
+        self._mount_dashboard(app)
         return app
+
+    def _mount_dashboard(self, app: web.Application) -> None:
+        """The web dashboard at ``/`` (its own login, session cookie and CSRF token; see nni_ts.dashboard)."""
+        from ..dashboard import Dashboard, ServiceBackend
+
+        dashboard = Dashboard(self.data_dir / "experiments.db", ServiceBackend(self))
+        dashboard.add_routes(app)
+
+        async def close_dashboard(_: web.Application) -> None:
+            await dashboard.close()
+
+        app.on_cleanup.append(close_dashboard)
 
     # ------------------------------------------------------------------ middlewares
 
@@ -308,6 +321,9 @@ class ExperimentService:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in self._PUBLIC or request.match_info.http_exception is not None:
             return await handler(request)  # public, or a 404/405 that names no resource
+        if not request.path.startswith(f"{API}/"):
+            # The dashboard (everything outside /api/v1) checks its own session cookie or token.
+            return await handler(request)
         if request.path.endswith("/events"):  # a stream: no connection held for its whole life
             return await self._authenticated(request, handler)
         async with self.db.bound():  # one pooled connection for the request's every statement

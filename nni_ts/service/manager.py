@@ -319,6 +319,42 @@ class ExperimentManager:
 
         await self._call(go())
 
+    async def update_live(self, experiment_id: str, **changes: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:meth:`Experiment.update` on a running experiment (it stores the new config itself).
+
+        Returns what changed and the new stored config. Raises UserError if it is not running here."""
+
+        async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+            live = self._live.get(experiment_id)
+            if live is None:
+                raise UserError(f"Experiment {experiment_id} is not running here.")
+            done = await live.exp.update(**changes)
+            return done, config_to_storable(live.exp.config)
+
+        return await self._call(go())
+
+    async def add_trial(self, experiment_id: str, parameters: dict[str, Any]) -> None:
+        """:meth:`Experiment.add_trial` (a customized trial) on a running experiment."""
+
+        async def go() -> None:
+            live = self._live.get(experiment_id)
+            if live is None:
+                raise UserError(f"Experiment {experiment_id} is not running here.")
+            live.exp.add_trial(parameters)
+
+        await self._call(go())
+
+    async def kill_trial(self, experiment_id: str, trial_id: str) -> None:
+        """Cancel one trial of a running experiment (not retried)."""
+
+        async def go() -> None:
+            live = self._live.get(experiment_id)
+            if live is None:
+                raise UserError(f"Experiment {experiment_id} is not running here.")
+            await live.exp.kill_trial(trial_id)
+
+        await self._call(go())
+
     async def trial_file(self, experiment_id: str, trial_id: str, name: str, tail: int | None) -> bytes | None:
         """A trial file through the live experiment's platform; None if the experiment is not live."""
 
