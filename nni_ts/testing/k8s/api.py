@@ -47,6 +47,9 @@ class Api:
         #: Admission hooks (what webhooks and CEL rules do): ``hook(rtype, old, obj)`` may change ``obj`` or
         #: raise ApiError; ``old`` is None on create. Run after defaulting, before schema validation.
         self.admission: list[Callable[[ResourceType, JSON | None, JSON], None]] = []
+        #: Admission checks run on every create after validation: ``check(rtype, namespace, obj)`` raises
+        #: an ApiError to refuse (a quota, a validating webhook; see ``Faults``).
+        self.admission_checks: list[Callable[[ResourceType, str, JSON], None]] = []
         #: Events recorded by the cluster itself are kept up to this number (the oldest go first).
         self.max_events = 10000
         self._events: deque[tuple[str, str]] = deque()
@@ -197,6 +200,8 @@ class Api:
         for hook in self.admission:
             hook(rtype, None, obj)
         self._validate_body(rtype, obj, field_validation, meta_causes)
+        for check in list(self.admission_checks):
+            check(rtype, namespace, obj)
         if dry_run:
             return obj
         stored = self.store.put(gr, obj, added=True)
