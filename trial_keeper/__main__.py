@@ -36,6 +36,11 @@ def build_parser():
     p.add_argument("--server-url", default=_env("SERVER_URL"), help="the cluster server; none: journal only")
     p.add_argument("--token", default=_env("TOKEN"), help="the trial's bearer token [TOKEN]")
     p.add_argument("--token-file", default=_env("TOKEN_FILE"), help="a file holding the token [TOKEN_FILE]")
+    p.add_argument(
+        "--ca-file",
+        default=_env("CA_FILE"),
+        help="a PEM file of the CA to verify an https:// server against, default the system's [CA_FILE]",
+    )
     p.add_argument("--platform", default=_env("PLATFORM", "remote"), help="NNI_PLATFORM, default remote")
     p.add_argument("--experiment-id", default=_env("EXPERIMENT_ID", ""), help="NNI_EXP_ID [EXPERIMENT_ID]")
     p.add_argument(
@@ -108,6 +113,7 @@ def main(argv=None):
             code_dir=args.code_dir,
             passthrough=not args.no_passthrough,
             quiet_start=args.quiet_start,
+            ca_file=args.ca_file,
         )
         return Keeper(config).run()
     except KeeperError as exc:

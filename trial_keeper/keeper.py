@@ -20,6 +20,7 @@ import random
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -94,8 +95,9 @@ class KeeperConfig(object):
         code_dir=None,
         passthrough=True,
         quiet_start=False,
+        ca_file=None,
     ):
-        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, bool) -> None
+        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, bool, str | None) -> None
         self.trial_id = trial_id
         self.trial_dir = os.path.abspath(trial_dir)
         self.command = command
@@ -112,6 +114,8 @@ class KeeperConfig(object):
         self.code_dir = os.path.abspath(code_dir) if code_dir else os.getcwd()
         self.passthrough = passthrough
         self.quiet_start = quiet_start
+        #: A PEM file of the CA(s) to verify an https:// server against (else the system's).
+        self.ca_file = ca_file or None
         self.validate()
 
     def validate(self):
@@ -137,6 +141,10 @@ class KeeperConfig(object):
                 raise KeeperError("--server-url must be an http:// or https:// URL, not %r." % self.server_url)
             if not self.token:
                 raise KeeperError("A server URL was given without a token; pass --token or --token-file.")
+            if self.ca_file is not None and parts.scheme != "https":
+                raise KeeperError("--ca-file needs an https:// server URL, not %r." % self.server_url)
+        if self.ca_file is not None and not os.path.isfile(self.ca_file):
+            raise KeeperError("The CA file %r (--ca-file) does not exist." % self.ca_file)
         if not os.path.isdir(self.code_dir):
             raise KeeperError("The code directory %r does not exist." % self.code_dir)
 
@@ -376,8 +384,11 @@ class Reporter(threading.Thread):
     def _exchange(self, payload, headers):
         # type: (bytes, dict[str, str]) -> tuple[http_client.HTTPResponse, bytes]
         if self._conn is None:
-            cls = http_client.HTTPSConnection if self._https else http_client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=HTTP_TIMEOUT)
+            if self._https:
+                context = ssl.create_default_context(cafile=self.config.ca_file)
+                self._conn = http_client.HTTPSConnection(self._host, self._port, timeout=HTTP_TIMEOUT, context=context)
+            else:
+                self._conn = http_client.HTTPConnection(self._host, self._port, timeout=HTTP_TIMEOUT)
         self._conn.request("POST", self._path, body=payload, headers=headers)
         response = self._conn.getresponse()
         return response, response.read()

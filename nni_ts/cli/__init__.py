@@ -52,6 +52,7 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--detach", action="store_true", help="Run in the background and return at once.")
     c.add_argument("--quiet", action="store_true", help="No live progress display.")
     c.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
+    _dashboard_args(c, default_port=8080)
 
     for name, helptext in (
         ("resume", "Continue an interrupted experiment: re-attach to running trials, finish the budget."),
@@ -65,10 +66,20 @@ def _build_parser() -> argparse.ArgumentParser:
         r.add_argument("--detach", action="store_true", help="Run in the background and return at once.")
         r.add_argument("--quiet", action="store_true", help="No live progress display.")
         r.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
+        _dashboard_args(r, default_port=8080)
 
-    v = sub.add_parser("view", help="Show an experiment, read-only (never changes or resumes it).")
+    u = sub.add_parser("update", help="Change a running experiment: concurrency, budget or search space.")
+    u.add_argument("id")
+    u.add_argument("what", choices=_UPDATE_KEYS, help="What to change.")
+    u.add_argument(
+        "value", help="The new value: a number, a duration such as 2h, or a search-space JSON/YAML file (or JSON)."
+    )
+    u.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
+
+    v = sub.add_parser("view", help="Show an experiment and serve its dashboard, read-only (never changes it).")
     v.add_argument("id")
     v.add_argument("--json", action="store_true", help=argparse.SUPPRESS, dest="json_sub")
+    _dashboard_args(v, default_port=8080)
 
     s = sub.add_parser("stop", help="Stop a running experiment and cancel its trials.")
     s.add_argument("id", nargs="?", help="The experiment (default: the one running experiment).")
@@ -139,6 +150,18 @@ def _build_parser() -> argparse.ArgumentParser:
     add_service_parsers(sub, _Parser)
     add_nnictl_parsers(sub, tsub, esub, _Parser)
     return p
+
+
+_UPDATE_KEYS = ("concurrency", "trialnum", "duration", "searchspace")
+
+
+def _dashboard_args(p: argparse.ArgumentParser, *, default_port: int) -> None:
+    p.add_argument(
+        "--port", type=int, default=default_port, help=f"The dashboard's port (default {default_port}; 0 picks one)."
+    )
+    p.add_argument("--host", default="127.0.0.1", help="The address the dashboard binds to (default 127.0.0.1).")
+    p.add_argument("--base-path", default="/", help="Serve the dashboard under this URL prefix (reverse proxy).")
+    p.add_argument("--no-dashboard", action="store_true", help="Do not serve the web dashboard.")
 
 
 def _version() -> str:
@@ -270,9 +293,27 @@ class _ProgressDisplay:
         self.stream.flush()
 
 
-async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
+async def _open_dashboard(exp: Any, args: argparse.Namespace | None) -> Any:
+    """Serve the experiment's dashboard (``nni-ts create``) and print its URL; the runner, or None."""
+    if args is None or getattr(args, "no_dashboard", True):
+        return None
+    from ..dashboard import Dashboard, LocalBackend, start_dashboard
+
+    dashboard = Dashboard(exp.store.path, LocalBackend(exp), base_path=args.base_path)
+    runner, url = await start_dashboard(dashboard, args.host, args.port, port_given=_port_given(args))
+    sys.stderr.write(f"Dashboard of experiment {exp.id}: {url}#/experiments/{exp.id}\n")
+    sys.stderr.flush()
+    return runner
+
+
+def _port_given(args: argparse.Namespace) -> bool:
+    return any(a == "--port" or a.startswith("--port=") for a in getattr(args, "raw_argv", []))
+
+
+async def _run_experiment(exp: Any, out: _Out, *, quiet: bool, args: argparse.Namespace | None = None) -> int:
     loop = asyncio.get_running_loop()
     interrupts = 0
+    dashboard = await _open_dashboard(exp, args)
 
     def on_signal(signum: int, frame: Any) -> None:
         # Not loop.add_signal_handler: its callback waits for the loop, which a blocking tuner holds.
@@ -295,6 +336,8 @@ async def _run_experiment(exp: Any, out: _Out, *, quiet: bool) -> int:
         ticker.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if dashboard is not None:
+            await dashboard.cleanup()
     display.show(final=True)
     best = result.best
     data = {
@@ -342,10 +385,10 @@ def _setup_logging(working_dir: Path) -> list[logging.Handler]:
     return [handler, console]
 
 
-def _run_logged(exp: Any, out: _Out, *, quiet: bool) -> int:
+def _run_logged(exp: Any, out: _Out, *, quiet: bool, args: argparse.Namespace | None = None) -> int:
     handlers = _setup_logging(exp.working_directory)
     try:
-        return asyncio.run(_run_experiment(exp, out, quiet=quiet))
+        return asyncio.run(_run_experiment(exp, out, quiet=quiet, args=args))
     finally:
         root = logging.getLogger("nni_ts")
         for h in handlers:
@@ -430,7 +473,7 @@ def _cmd_create(args: argparse.Namespace, out: _Out, argv: list[str]) -> int:
         )
     exp = Experiment(config, experiment_id=experiment_id)
     try:
-        return _run_logged(exp, out, quiet=args.quiet)
+        return _run_logged(exp, out, quiet=args.quiet, args=args)
     except ConfigError as exc:
         if exc.source is None:  # a tuner or platform section: name the file it came from
             raise ConfigError(str(exc), source=args.config) from None
@@ -451,7 +494,7 @@ def _cmd_resume(args: argparse.Namespace, out: _Out, argv: list[str]) -> int:
     if args.detach:
         exp.store.close()
         return _detach([a for a in argv if a != "--detach"], args.id, exp.working_directory, out)
-    return _run_logged(exp, out, quiet=args.quiet)
+    return _run_logged(exp, out, quiet=args.quiet, args=args)
 
 
 def _cmd_view(args: argparse.Namespace, out: _Out) -> int:
@@ -492,7 +535,94 @@ def _cmd_view(args: argparse.Namespace, out: _Out) -> int:
         first = min(ended, key=lambda t: (t.status.value != "FAILED", t.sequence_id))
         lines.append(f"  no trial succeeded: see why with `nni-ts trial log {record.id} {first.id} --stderr`")
     out.emit(data, "\n".join(x for x in lines if x))
+    # The dashboard is served on a terminal, or when its address is given; a script that pipes
+    # `nni-ts view` gets the summary and its exit code, as before.
+    wanted = (
+        sys.stdout.isatty()
+        or _port_given(args)
+        or any(a.startswith(("--host", "--base-path")) for a in getattr(args, "raw_argv", []))
+    )
+    if out.json or args.no_dashboard or not wanted:
+        return EXIT_OK
+    return asyncio.run(_serve_view(args))
+
+
+async def _serve_view(args: argparse.Namespace) -> int:
+    """``nni-ts view ID``: serve the dashboard read-only until interrupted."""
+    from ..dashboard import Dashboard, start_dashboard
+    from ..storage.store import default_store_path
+
+    dashboard = Dashboard(default_store_path(), base_path=args.base_path)
+    runner, url = await start_dashboard(dashboard, args.host, args.port, port_given=_port_given(args))
+    sys.stderr.write(f"Dashboard (read-only): {url}#/experiments/{args.id}\nPress Ctrl-C to stop it.\n")
+    sys.stderr.flush()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
     return EXIT_OK
+
+
+def _cmd_update(args: argparse.Namespace, out: _Out) -> int:
+    """``nni-ts update ID concurrency|trialnum|duration|searchspace VALUE`` through the manager's control socket."""
+    from ..experiment.control import request
+    from ..experiment.experiment import manager_alive
+    from ..storage import open_store
+
+    with open_store(readonly=True) as store:
+        record = store.get_experiment(args.id)
+    if not manager_alive(record.manager_pid, record.manager_started):
+        raise UserError(
+            f"Experiment {args.id} has no running manager; `nni-ts update` changes running experiments "
+            f"(use `nni-ts extend {args.id}` to continue an ended one with more budget)."
+        )
+    key, value = _update_value(args.what, args.value)
+    answer = request(args.id, {"op": "update", key: value})
+    changed = answer.get("updated", {})
+    out.emit(
+        {"id": args.id, "updated": changed},
+        f"Experiment {args.id} updated: " + ", ".join(f"{k} = {json.dumps(v)[:80]}" for k, v in changed.items()),
+    )
+    return EXIT_OK
+
+
+def _update_value(what: str, text: str) -> tuple[str, Any]:
+    if what in ("concurrency", "trialnum"):
+        key = "trialConcurrency" if what == "concurrency" else "maxTrialNumber"
+        try:
+            number = int(text)
+        except ValueError:
+            raise UserError(f"`nni-ts update ... {what}` takes a positive integer, got {text!r}.") from None
+        return key, number
+    if what == "duration":
+        from ..config.experiment import parse_duration
+
+        parse_duration(text, path="maxExperimentDuration")
+        return "maxExperimentDuration", text
+    path = Path(text)
+    if path.is_file():
+        import yaml
+
+        try:
+            space = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"The search-space file {text} is not JSON or YAML: {exc}") from None
+    else:
+        try:
+            space = json.loads(text)
+        except ValueError:
+            raise UserError(
+                f"`nni-ts update ... searchspace` takes a JSON/YAML file or JSON text; {text!r} is neither."
+            ) from None
+    if not isinstance(space, dict):
+        raise UserError(f"The search space from {text} must be a mapping of parameter names to {{_type, _value}}.")
+    return "searchSpace", space
 
 
 def _cmd_stop(args: argparse.Namespace, out: _Out) -> int:
@@ -746,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = argv
     out = _Out(bool(args.json or getattr(args, "json_sub", False)))
     sub_argv = argv[argv.index(args.command) :] if args.command in argv else argv
     try:
@@ -755,6 +886,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_resume(args, out, sub_argv)
         if args.command == "view":
             return _cmd_view(args, out)
+        if args.command == "update":
+            return _cmd_update(args, out)
         if args.command == "stop":
             return _cmd_stop(args, out)
         if args.command == "experiment":

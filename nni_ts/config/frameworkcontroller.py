@@ -44,7 +44,11 @@ class FrameworkControllerRoleConfig(ConfigModel):
     gpu_number: int = Field(0, ge=0, description="GPUs per task.")
     cpu_number: float = Field(1, gt=0, description="CPUs per task.")
     memory_size: int = Field(description="Memory per task in MiB; accepts 8192, '8g', '8gb', '512mb'.")
-    docker_image: str = Field("msranni/nni:latest", description="The container image.")
+    docker_image: str = Field(
+        min_length=1,
+        pattern=r"^\S+$",
+        description="The container image (required: it needs Python 3.8+ and what the trial imports).",
+    )
     private_registry_auth_path: str | None = Field(None, description="Registry credentials (docker config.json).")
     framework_attempt_completion_policy: FrameworkAttemptCompletionPolicy = Field(
         default_factory=FrameworkAttemptCompletionPolicy, description="When this role completes the attempt."

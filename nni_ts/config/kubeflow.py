@@ -20,7 +20,11 @@ class KubeflowRoleConfig(ConfigModel):
     gpu_number: int = Field(0, ge=0, description="GPUs per replica (nvidia.com/gpu).")
     cpu_number: float = Field(1, gt=0, description="CPUs per replica.")
     memory_size: int = Field(description="Memory per replica in MiB; accepts 8192, '8g', '8gb', '512mb'.")
-    docker_image: str = Field("msranni/nni:latest", description="The container image.")
+    docker_image: str = Field(
+        min_length=1,
+        pattern=r"^\S+$",
+        description="The container image (required: it needs Python 3.8+ and what the trial imports).",
+    )
     private_registry_auth_path: str | None = Field(
         None, description="A docker config.json with registry credentials, turned into an imagePullSecret."
     )

@@ -26,7 +26,8 @@ def parse_memory_mb(value: Any) -> int:
         return int(value)
     match = _MEMORY.match(str(value))
     if not match:
-        raise ValueError(f"expected a memory size such as 8192, '8g' or '512mb', got {value!r}")
+        # No "got ...": the loader appends the value given (issue 13 #7: "got 'lots' (got 'lots')").
+        raise ValueError("expected a memory size such as 8192, '8g' or '512mb'")
     number, unit = float(match.group(1)), match.group(2).lower()
     mb = int(number * _UNIT_MB[unit])
     if mb <= 0:
@@ -111,6 +112,19 @@ class KubernetesPlatformConfig(TrainingServiceConfig):
         description="The port the manager listens on for the trial keepers in the pods; 0 picks a free one, "
         "kept across a resume (nni-ts).",
     )
+    cluster_server_cert_file: str | None = Field(
+        None,
+        description="A PEM certificate (chain) for the manager's cluster server: the keepers then post to "
+        "https:// (with clusterServerKeyFile; nni-ts).",
+    )
+    cluster_server_key_file: str | None = Field(
+        None, description="The private key of clusterServerCertFile, PEM (nni-ts)."
+    )
+    cluster_server_ca_file: str | None = Field(
+        None,
+        description="The CA (PEM) the keepers verify the cluster server's certificate against; default "
+        "clusterServerCertFile itself, for a self-signed one (nni-ts).",
+    )
     keeper_heartbeat: float = Field(5.0, gt=0, description="Seconds between the keepers' heartbeats (nni-ts).")
     report_timeout: float = Field(
         60.0,
@@ -121,6 +135,14 @@ class KubernetesPlatformConfig(TrainingServiceConfig):
     cancel_grace_period: float = Field(
         10.0, ge=0, description="Seconds from SIGTERM to SIGKILL when a trial's pods are deleted (nni-ts)."
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> KubernetesPlatformConfig:
+        if (self.cluster_server_cert_file is None) != (self.cluster_server_key_file is None):
+            raise ValueError("clusterServerCertFile and clusterServerKeyFile go together: give both or neither")
+        if self.cluster_server_ca_file is not None and self.cluster_server_cert_file is None:
+            raise ValueError("clusterServerCaFile needs clusterServerCertFile and clusterServerKeyFile")
+        return self
 
     @field_validator("namespace")
     @classmethod

@@ -276,10 +276,10 @@ def _explain(errors: list[Any], source: str, lines: dict[str, int], v1: bool, pl
                 shown = repr(err["input"])
                 if shown not in msg:  # a message that quotes the value already does not say it twice
                     msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
-        line = lines.get(path) or lines.get(_v1_path(path) if v1 else path)
+        line = lines.get(path) or lines.get(_v1_path(path, platform) if v1 else path)
         where = f"{path}" + (f" (line {line})" if line else "")
-        if v1 and path != "(top level)" and _v1_path(path) != path:
-            where += f" (v1 key {_v1_path(path)})"
+        if v1 and path != "(top level)" and _v1_path(path, platform) != path:
+            where += f" (v1 key {_v1_path(path, platform)})"
         problems.append(f"{where}: {msg}")
     head = f"{source}: invalid experiment config"
     if len(problems) == 1:
@@ -337,7 +337,20 @@ _V1_LEAVES = {
 }
 
 
-def _v1_path(path: str) -> str:
+#: The v1 section that holds a platform's own keys (``trainingService.X`` in v2).
+_V1_SECTIONS = {
+    "kubeflow": "kubeflowConfig",
+    "frameworkcontroller": "frameworkcontrollerConfig",
+    "remote": "remoteConfig",
+}
+
+
+def _v1_path(path: str, platform: Any = None) -> str:
+    section = _V1_SECTIONS.get(platform) if isinstance(platform, str) else None
+    if section is not None and (path == "trainingService" or path.startswith("trainingService.")):
+        top = path.split(".")[1] if "." in path else ""
+        if top not in ("machineList", "worker", "ps", "master", "taskRoles"):
+            return section + path[len("trainingService") :]
     for new, old in _V1_PREFIXES:
         if path == new or path.startswith((new + ".", new + "[")):
             path = old + path[len(new) :]

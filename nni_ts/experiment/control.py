@@ -3,6 +3,8 @@
 A Unix socket in a directory only the user can enter (mode 0700), one JSON request per connection,
 one JSON answer. Requests: ``{"op": "stop"}``, ``{"op": "kill", "trial": ID}``,
 ``{"op": "log", "trial": ID, "file": "stdout", "tail": N}``, ``{"op": "progress"}``,
+``{"op": "update", "trialConcurrency": N, "maxTrialNumber": N, "maxExperimentDuration": D, "searchSpace": {...}}``
+(any of the four keys; ``nni-ts update``),
 ``{"op": "import", "offset": N}`` (feed the tuner the imported results written from byte N on).
 """
 
@@ -103,6 +105,14 @@ class ControlServer:
             return {"ok": True, "imported": len(entries)}
         if op == "progress":
             return {"ok": True, "progress": dataclasses.asdict(exp.progress())}
+        if op == "update":
+            changed = await exp.update(
+                trial_concurrency=req.get("trialConcurrency"),
+                max_trial_number=req.get("maxTrialNumber"),
+                max_experiment_duration=req.get("maxExperimentDuration"),
+                search_space=req.get("searchSpace"),
+            )
+            return {"ok": True, "updated": changed}
         service = exp.service
         if service is None:
             return {"ok": False, "error": "the experiment is not running yet"}

@@ -395,6 +395,115 @@ class Experiment:
             self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
         self._wake.set()
 
+    async def update(
+        self,
+        *,
+        trial_concurrency: int | None = None,
+        max_trial_number: int | None = None,
+        max_experiment_duration: str | int | float | None = None,
+        search_space: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Change this running experiment (``nnictl update``): concurrency, budget, search space.
+
+        Every value is validated before any is applied (a ConfigError names the key), then the new
+        config is written to the store (through its writer thread, awaited) so that ``nni-ts resume``
+        keeps it, and the loop acts at once.
+        ``maxTrialNumber`` cannot drop below the trials already submitted, nor ``maxExperimentDuration``
+        below the time already spent. A new search space goes to the tuner for the trials to come.
+        Returns the changed keys (camelCase) with their new values.
+        """
+
+        new_space = dict(search_space) if search_space is not None else None
+        changes: dict[str, Any] = {
+            "trialConcurrency": trial_concurrency,
+            "maxTrialNumber": max_trial_number,
+            "maxExperimentDuration": max_experiment_duration,
+            "searchSpace": new_space,
+        }
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            raise ConfigError(
+                f"Nothing to update in experiment {self.id}: give trialConcurrency, maxTrialNumber, "
+                "maxExperimentDuration or searchSpace."
+            )
+        if self._status != ExperimentStatus.RUNNING or self._stop_reason is not None:
+            raise UserError(f"Experiment {self.id} is not running any more ({self._stop_reason or self._status}).")
+        if self._db is None:
+            raise UserError(f"Experiment {self.id} is not running yet; update it once it has started.")
+        candidate = self.config.model_copy(deep=True)
+        fields = {
+            "searchSpace": "search_space",
+            "trialConcurrency": "trial_concurrency",
+            "maxTrialNumber": "max_trial_number",
+            "maxExperimentDuration": "max_experiment_duration",
+        }
+        for key, value in changes.items():
+            try:
+                setattr(candidate, fields[key], value)
+            except pydantic.ValidationError as exc:
+                errors = exc.errors(include_url=False)
+                reason = errors[0]["msg"] if errors else str(exc)
+                raise ConfigError(
+                    f"Cannot update experiment {self.id}: {key}: {reason} (got {value!r}).", path=key
+                ) from None
+        if max_trial_number is not None and max_trial_number < self._trial_count:
+            raise ConfigError(
+                f"maxTrialNumber cannot be {max_trial_number}: experiment {self.id} already submitted "
+                f"{self._trial_count} trials.",
+                path="maxTrialNumber",
+            )
+        seconds = candidate.max_experiment_seconds
+        if max_experiment_duration is not None and seconds is not None and seconds <= self._elapsed():
+            raise ConfigError(
+                f"maxExperimentDuration cannot be {max_experiment_duration!r}: experiment {self.id} has already "
+                f"run {int(self._elapsed())} s.",
+                path="maxExperimentDuration",
+            )
+        if new_space is not None and self._tuner is not None:
+            try:
+                self._tuner.update_search_space(new_space)
+            except Exception as exc:
+                raise ConfigError(f"The tuner refused the new search space: {exc}", path="searchSpace") from None
+        await self.db.update_experiment(self.id, config=config_to_storable(candidate))
+        self.config = candidate
+        if max_experiment_duration is not None:
+            self._rearm_deadline()
+        log.info("Experiment %s updated: %s", self.id, ", ".join(sorted(changes)))
+        self.events.emit("updated", dict(changes))
+        self._wake.set()
+        return changes
+
+    def add_trial(self, parameters: Mapping[str, Any]) -> None:
+        """NNI's "customized trial": run one more trial with these parameters (say, a finished trial's,
+        edited), as soon as concurrency allows, ahead of the tuner's next proposal. It does not count
+        towards maxTrialNumber; its result reaches the tuner like any other.
+        """
+        if self._status != ExperimentStatus.RUNNING or self._stop_reason is not None:
+            raise UserError(f"Experiment {self.id} is not running any more ({self._stop_reason or self._status}).")
+        if not isinstance(parameters, Mapping) or not parameters:
+            raise ConfigError("The parameters of a trial must be a non-empty JSON object.", path="parameters")
+        try:
+            params = json.loads(json.dumps(dict(parameters), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"The parameters of a trial must be plain JSON: {exc}.", path="parameters") from None
+        live = _Live(self._next_parameter_id, self._next_sequence_id, params, 1)
+        self._next_parameter_id += 1
+        self._next_sequence_id += 1
+        self._pending_retries.append(live)
+        log.info("Experiment %s: a customized trial with %s is queued.", self.id, json.dumps(params)[:200])
+        self._wake.set()
+
+    def _rearm_deadline(self) -> None:
+        """Restart the maxExperimentDuration timer after the limit changed (only while the loop runs)."""
+        if not self._started_at:
+            return  # not running yet: the loop arms the timer when it starts
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        deadline = self.config.max_experiment_seconds
+        if deadline is not None:
+            self._deadline_timer = self.clock.call_later(max(0.0, deadline - self._elapsed()), self._wake.set)
+
     def import_results(self, entries: list[dict[str, Any]]) -> None:
         """Results from elsewhere (``nni-ts experiment import``): the tuner learns them as finished trials."""
         if entries and self._tuner is not None:

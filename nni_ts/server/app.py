@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
@@ -59,6 +60,7 @@ class ClusterServer:
         heartbeat_timeout: float = 15.0,
         max_body: int = 8 * 1024 * 1024,
         keeper_version: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not heartbeat_timeout > 0:
             raise ValueError(f"heartbeat_timeout must be a positive number of seconds, not {heartbeat_timeout!r}.")
@@ -70,6 +72,8 @@ class ClusterServer:
         self.heartbeat_timeout = heartbeat_timeout
         self.max_body = max_body
         self.keeper_version = keeper_version or trial_keeper.__version__
+        #: Serve https:// with this context (the keepers then need ``--ca-file`` for a private CA).
+        self.ssl_context = ssl_context
         self._channels: dict[str, TrialChannel] = {}
         self._log_requests: dict[str, tuple[LogRequest, asyncio.Future[bytes]]] = {}
         self._runner: web.AppRunner | None = None
@@ -87,7 +91,7 @@ class ClusterServer:
         app.router.add_get(f"{API_PREFIX}/version", self._version)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         try:
             await site.start()
         except BaseException:
@@ -123,7 +127,8 @@ class ClusterServer:
     def url(self) -> str:
         """The base URL keepers post to, for example ``http://127.0.0.1:41235``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     # ------------------------------------------------------------------ trials
 

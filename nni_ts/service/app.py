@@ -30,6 +30,7 @@ from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..experiment import Experiment
 from ..experiment.results import best_trial_sql, optimize_mode
 from ..models import now_ms
+from ..tasks import TaskSupervisor
 from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
 from .configs import PlatformPolicy, legacy_to_v2, parse_legacy, prepare_config, redact, resource_need
@@ -112,7 +113,7 @@ class ExperimentService:
         self._manager: ExperimentManager | None = None
         self._platform_class: type[TrainingService[Any]] | None = None
         self._quota_locks: dict[str, asyncio.Lock] = {}  # per user: one quota check at a time
-        self._reconciler: asyncio.Task[None] | None = None
+        self._tasks = TaskSupervisor("service-api")
         self._reconcile_lock = asyncio.Lock()
 
     @property
@@ -160,16 +161,14 @@ class ExperimentService:
         except BaseException:
             await self.close()
             raise
-        self._reconciler = asyncio.create_task(self._reconcile_loop(), name="nni-ts-service-reconcile")
+        self._tasks.spawn(self._reconcile_loop(), name="reconcile")
         return resumed
 
     async def close(self, *, stop_experiments: bool = True) -> None:
         """Stop every experiment (cancelling trials), or with ``stop_experiments=False`` only detach:
         then the caller must exit the process without cancelling tasks (see ExperimentManager.detach)."""
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            await asyncio.wait([self._reconciler], timeout=10)
-            self._reconciler = None
+        tasks, self._tasks = self._tasks, TaskSupervisor("service-api")
+        await tasks.stop(10)
         if self._manager is not None:
             if stop_experiments:
                 await self._manager.close()
@@ -271,7 +270,20 @@ class ExperimentService:
         r.add_get(f"{API}/experiments/{_ID}/metrics", self._metrics)
         r.add_get(f"{API}/experiments/{_ID}/events", self._events)
         r.add_get(f"{API}/audit", self._audit)
+        self._mount_dashboard(app)
         return app
+
+    def _mount_dashboard(self, app: web.Application) -> None:
+        """The web dashboard at ``/`` (its own login, session cookie and CSRF token; see nni_ts.dashboard)."""
+        from ..dashboard import Dashboard, ServiceBackend
+
+        dashboard = Dashboard(self.data_dir / "experiments.db", ServiceBackend(self))
+        dashboard.add_routes(app)
+
+        async def close_dashboard(_: web.Application) -> None:
+            await dashboard.close()
+
+        app.on_cleanup.append(close_dashboard)
 
     # ------------------------------------------------------------------ middlewares
 
@@ -308,6 +320,9 @@ class ExperimentService:
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in self._PUBLIC or request.match_info.http_exception is not None:
             return await handler(request)  # public, or a 404/405 that names no resource
+        if not request.path.startswith(f"{API}/"):
+            # The dashboard (everything outside /api/v1) checks its own session cookie or token.
+            return await handler(request)
         if request.path.endswith("/events"):  # a stream: no connection held for its whole life
             return await self._authenticated(request, handler)
         async with self.db.bound():  # one pooled connection for the request's every statement

@@ -41,6 +41,7 @@ from ..experiment import Experiment
 from ..experiment.experiment import config_to_storable
 from ..models import TrialJobDetail, now_ms
 from ..storage import Store, TrialRecord, open_store
+from ..tasks import TaskSupervisor
 from ..training_service import TrainingService
 from .db import Database, open_database
 
@@ -100,6 +101,8 @@ class ExperimentManager:
         self.replica = replica
         self._live: dict[str, _Live] = {}
         self._closing = False
+        #: Owns the engine loop's experiment runs and mirror syncs (spawned on the engine thread).
+        self._tasks = TaskSupervisor("service-engine")
         self._db: Database | None = None  # the engine thread's connection
         self._store: Store | None = None
         self._api_loop: asyncio.AbstractEventLoop | None = None
@@ -217,7 +220,7 @@ class ExperimentManager:
         exp.events.on("started", lambda _id: self._on_started(live))
         exp.events.on("metric", lambda trial_id, parsed: self._on_metric(live, trial_id, parsed))
         exp.events.on("trial_end", lambda record: self._on_trial_end(live, record))
-        live.task = self._loop.create_task(self._run(live), name=f"nni-ts-service-exp-{exp.id}")
+        live.task = self._tasks.spawn(self._run(live), name=f"experiment-{exp.id}")
 
     async def resume_owned(self) -> list[str]:
         """Re-attach to every experiment this replica was running when it stopped."""
@@ -316,6 +319,42 @@ class ExperimentManager:
             live = self._live[experiment_id]
             live.exp.extend(max_trial_number=max_trial_number, max_experiment_duration=max_duration)
             self.store.update_experiment(experiment_id, config=config_to_storable(live.exp.config))
+
+        await self._call(go())
+
+    async def update_live(self, experiment_id: str, **changes: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """:meth:`Experiment.update` on a running experiment (it stores the new config itself).
+
+        Returns what changed and the new stored config. Raises UserError if it is not running here."""
+
+        async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+            live = self._live.get(experiment_id)
+            if live is None:
+                raise UserError(f"Experiment {experiment_id} is not running here.")
+            done = await live.exp.update(**changes)
+            return done, config_to_storable(live.exp.config)
+
+        return await self._call(go())
+
+    async def add_trial(self, experiment_id: str, parameters: dict[str, Any]) -> None:
+        """:meth:`Experiment.add_trial` (a customized trial) on a running experiment."""
+
+        async def go() -> None:
+            live = self._live.get(experiment_id)
+            if live is None:
+                raise UserError(f"Experiment {experiment_id} is not running here.")
+            live.exp.add_trial(parameters)
+
+        await self._call(go())
+
+    async def kill_trial(self, experiment_id: str, trial_id: str) -> None:
+        """Cancel one trial of a running experiment (not retried)."""
+
+        async def go() -> None:
+            live = self._live.get(experiment_id)
+            if live is None:
+                raise UserError(f"Experiment {experiment_id} is not running here.")
+            await live.exp.kill_trial(trial_id)
 
         await self._call(go())
 
@@ -425,7 +464,7 @@ class ExperimentManager:
         if self._closing:
             return
         if live.syncer is None or live.syncer.done():
-            live.syncer = self._loop.create_task(self._sync_loop(live), name=f"nni-ts-service-mirror-{live.id}")
+            live.syncer = self._tasks.spawn(self._sync_loop(live), name=f"mirror-{live.id}")
 
     async def _sync_loop(self, live: _Live) -> None:
         while live.dirty and not self._closing:
@@ -548,6 +587,7 @@ class ExperimentManager:
             if live.syncer is not None and not live.syncer.done():
                 await asyncio.wait([live.syncer], timeout=10)
         self._closing = True
+        await self._tasks.stop(10)
         leftovers = [t for t in self._live_tasks() if t is not asyncio.current_task()]
         for task in leftovers:
             task.cancel()

@@ -382,8 +382,9 @@ class Store:
                 self._db.executescript(_SCHEMA)
                 self._check_version()
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"Cannot open the nni-ts database at {self.path}: {exc}.") from exc
+        except (sqlite3.Error, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise StoreError(f"Cannot open the nni-ts database at {self.path}: {reason}.") from exc
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()

@@ -107,7 +107,15 @@ class OptunaTuner(Tuner):
         self.builtin_assessor: Assessor | None = PrunerAssessor(self) if pruner is not None else None
 
     def update_search_space(self, search_space: dict[str, Any]) -> None:
-        self.space = validate_search_space(search_space)
+        space = validate_search_space(search_space)
+        if self.space and space != self.space and self.study.trials:
+            # A running experiment changed its space (``nni-ts update``): Optuna cannot change a parameter's
+            # distribution inside a study, so sampling starts over in a new one. Trials asked from the old
+            # study are still told there (``trial.study``).
+            self.study = optuna.create_study(
+                direction=self.study.direction, sampler=self.study.sampler, pruner=self.study.pruner
+            )
+        self.space = space
 
     def generate_parameters(self, parameter_id: int, **kwargs: Any) -> dict[str, Any]:
         trial = self.study.ask()
@@ -121,17 +129,17 @@ class OptunaTuner(Tuner):
             self.import_data([{"parameter": parameters, "value": value}])
             return
         if scalar is None:
-            self.study.tell(trial, state=TrialState.FAIL)
+            trial.study.tell(trial, state=TrialState.FAIL)
         else:
-            self.study.tell(trial, scalar)
+            trial.study.tell(trial, scalar)
 
     def trial_end(self, parameter_id: int, success: bool, **kwargs: Any) -> None:
         trial = self.trials.pop(parameter_id, None)
         if trial is None:
             return  # already told its result
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        frozen = trial.study._storage.get_trial(trial._trial_id)
         state = TrialState.PRUNED if frozen.intermediate_values else TrialState.FAIL
-        self.study.tell(trial, state=state)
+        trial.study.tell(trial, state=state)
 
     def import_data(self, data: list[dict[str, Any]]) -> None:
         for item in data:

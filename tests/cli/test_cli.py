@@ -111,7 +111,7 @@ def test_views_exports_and_logs(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["trial", "log", "exp1", tid]) == 0
     assert "hello from" in capsys.readouterr().out
 
-    assert main(["view", "exp1"]) == 0
+    assert main(["view", "exp1", "--no-dashboard"]) == 0
     text = capsys.readouterr().out
     assert "DONE" in text and "best (maximize): 3" in text
 
@@ -123,7 +123,7 @@ def test_view_never_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str], n
     with open_store() as store:  # checkpoint so the main file holds everything
         store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before = db.read_bytes()
-    assert main(["view", "ro"]) == 0
+    assert main(["view", "ro", "--no-dashboard"]) == 0
     assert main(["trial", "ls", "ro"]) == 0
     assert db.read_bytes() == before
 

@@ -109,6 +109,18 @@ async def test_too_old_resource_version_gets_410(cluster: FakeCluster) -> None:
     assert [e["type"] for e in events] == ["ADDED", "ADDED"]
 
 
+async def test_a_resource_version_the_server_never_issued_gets_410(cluster: FakeCluster) -> None:
+    """A client resuming after the API server came back with a fresh store (its resourceVersions started
+    over) must be told to list again, not be left on a silent watch (issue 13 #4)."""
+    cluster.create(cm("only"))
+    future = str(cluster.api.store.rv + 1000)
+    events = await raw_watch(
+        cluster, "/api/v1/namespaces/default/configmaps", {"watch": "true", "resourceVersion": future}
+    )
+    assert len(events) == 1 and events[0]["type"] == "ERROR"
+    assert events[0]["object"]["code"] == 410
+
+
 async def test_kubernetes_asyncio_watch_raises_410(cluster: FakeCluster) -> None:
     cfg = k8s.client.Configuration()
     cfg.host = cluster.url

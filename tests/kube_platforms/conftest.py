@@ -4,6 +4,7 @@ export mapped to a local directory, and factories for both platforms' services."
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,7 +25,12 @@ NFS_PATH = "/exports/nni"
 
 def crd_files() -> list[Path]:
     if not CRD_DIR.is_dir():
-        pytest.skip(f"the real CRDs are not at {CRD_DIR} (../shared/crds from the repository root)")
+        # tests/conftest.py turns this skip into a failure under CI=true (issue 13 #9).
+        pytest.skip(
+            f"the real training-operator and FrameworkController CRDs are missing: the Kubernetes platform "
+            f"tests need them in {CRD_DIR} (../shared/crds beside the repository; see "
+            "../shared/crds/PROVENANCE.md for where they come from)"
+        )
     return sorted(CRD_DIR.glob("*.yaml"))
 
 
@@ -108,6 +114,9 @@ def make_service(cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: 
     def make(code_dir: Path, command: str, **overrides: Any) -> Any:
         kwargs = overrides.pop("service_kwargs", {})
         kwargs.setdefault("experiment_dir", tmp_path / "exp")
+        # One experiment per test: a second service of the same test (a restarted manager) re-attaches
+        # to the first one's jobs, as a resumed experiment does.
+        kwargs.setdefault("experiment_id", "K8s" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:8])
         if platform == "kubeflow":
             return KubeflowTrainingService(kubeflow_config(cluster, nfs_dir, code_dir, command, **overrides), **kwargs)
         return FrameworkControllerTrainingService(fc_config(cluster, nfs_dir, code_dir, command, **overrides), **kwargs)

@@ -43,7 +43,7 @@ async def test_azure_stager_uploads_and_reads_back(azure_files: FakeAzureFiles, 
             "operator": "tf-operator",
             "storage": {"storageType": "azureStorage", "azureAccount": "acct", "azureShare": "share1",
                         "keyVaultName": "vault", "keyVaultKey": "k"},
-            "worker": {"command": "x", "memorySize": 1},
+            "worker": {"command": "x", "memorySize": 1, "dockerImage": "python:3.11"},
         }
     ).storage  # fmt: skip
     stager = AzureStager("ExpZ", storage)

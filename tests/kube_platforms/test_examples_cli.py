@@ -69,3 +69,24 @@ def test_example_runs_on_the_served_fake_cluster(served_cluster: Path, example: 
     result = json.loads(stdout)
     assert result["status"] == "DONE" and result["trials"] == 6, result
     assert result["best"]["status"] == "SUCCEEDED", result["best"]
+
+
+@pytest.mark.parametrize("example", ["kubeflow", "frameworkcontroller"])
+def test_example_would_run_on_a_real_cluster(example: str) -> None:
+    """Issue 13 #8: the trial imports only what its image has (python:3.11-slim: the standard library; nni
+    is the keeper's light module), and the pods do not run as the controller's service account."""
+    import ast
+    import sys
+
+    import yaml
+
+    config = yaml.safe_load((REPO / "examples" / example / "config.yml").read_text())
+    ts = config["trainingService"]
+    code = (REPO / "examples" / example / config["trialCodeDirectory"]).resolve()
+    tree = ast.parse((code / "trial.py").read_text())
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported - set(sys.stdlib_module_names) == {"nni"}
+    roles = ts.get("taskRoles") or [ts["worker"]]
+    assert all(r["dockerImage"] == "python:3.11-slim" for r in roles)
+    assert ts.get("serviceAccountName") in (None, "nni-ts-trial")

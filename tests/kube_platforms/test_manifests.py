@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,12 @@ def test_tfjob_with_worker_and_ps(tmp_path: Path) -> None:
     assert env["NNI_TS_KEEPER_TRIAL_DIR"] == f"/nni-ts-storage/nni-ts/{EXP}/trials/{TRIAL}"
     assert env["NNI_TS_KEEPER_CODE_DIR"] == f"/nni-ts-storage/nni-ts/{EXP}/code"
     assert env["NNI_TS_KEEPER_SERVER_URL"] == "http://10.1.2.3:0"
-    assert env["NNI_TS_KEEPER_TOKEN"] == svc.server.token_for(TRIAL)
+    # The token is only referenced (issue 13 #6): reading the job does not give it away.
+    assert "NNI_TS_KEEPER_TOKEN" not in env and svc.server.token_for(TRIAL) not in json.dumps(body)
+    assert {
+        "name": "NNI_TS_KEEPER_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": svc._token_secret_name(), "key": f"trial-{TRIAL}"}},
+    } in c["env"]
     assert env["NNI_TS_KEEPER_PLATFORM"] == "kubeflow"
     assert "CUDA_VISIBLE_DEVICES" not in env  # the device plugin decides
     assert "*-worker-0) true" in c["command"][2]
@@ -148,7 +154,7 @@ def test_tfjob_with_worker_and_ps(tmp_path: Path) -> None:
     ps = specs["PS"]["template"]["spec"]["containers"][0]
     assert ps["resources"]["limits"] == {"cpu": "500m", "memory": "1024Mi"}
     assert _env(ps)["CUDA_VISIBLE_DEVICES"] == ""
-    assert "if ! false; then" in ps["command"][2]  # a parameter server never reports
+    assert "if ! { false; }; then" in ps["command"][2]  # a parameter server never reports
     assert "imagePullSecrets" not in specs["PS"]["template"]["spec"]
     assert body["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 0}
 
@@ -214,14 +220,14 @@ def test_framework_single_and_multi_role(tmp_path: Path) -> None:
         assert {"name": "frameworkbarrier-volume", "mountPath": "/mnt/frameworkbarrier"} in mounts
         assert "injector.sh" in pod["spec"]["containers"][0]["command"][2]
     primary, other = (r["task"]["pod"]["spec"]["containers"][0]["command"][2] for r in body["spec"]["taskRoles"])
-    assert '"${FC_TASKROLE_NAME:-}" = "worker"' in primary and "if ! false; then" in other
+    assert '"${FC_TASKROLE_NAME:-}" = "worker"' in primary and "if ! { false; }; then" in other
 
 
 def test_hyperparameters_as_arguments_and_prepare_command(tmp_path: Path) -> None:
     config = {
         "operator": "tf-operator",
         "storage": STORAGE,
-        "worker": {"command": "python3 t.py", "memorySize": 512},
+        "worker": {"command": "python3 t.py", "memorySize": 512, "dockerImage": "python:3.11"},
         "hyperparametersAsArgs": True,
         "trialPrepareCommand": "source venv/bin/activate",
     }
@@ -266,8 +272,8 @@ def test_namespace_must_be_a_dns_label(bad: str) -> None:
     from nni_ts.errors import ConfigError
 
     with pytest.raises(ConfigError, match="DNS label"):
-        KubeflowTrainingService({"operator": "tf-operator", "storage": STORAGE, "namespace": bad,
-                                 "worker": {"command": "x", "memorySize": 1}})  # fmt: skip
+        worker = {"command": "x", "memorySize": 1, "dockerImage": "python:3.11"}
+        KubeflowTrainingService({"operator": "tf-operator", "storage": STORAGE, "namespace": bad, "worker": worker})
 
 
 # ---------------------------------------------------------------------- Azure file shares
@@ -282,7 +288,11 @@ AZURE = {
 
 
 def test_azure_file_share_volume(tmp_path: Path) -> None:
-    config = {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "python3 t.py", "memorySize": 512}}
+    config = {
+        "operator": "tf-operator",
+        "storage": AZURE,
+        "worker": {"command": "python3 t.py", "memorySize": 512, "dockerImage": "python:3.11"},
+    }
     svc = _offline(KubeflowTrainingService(config, experiment_id=EXP), tmp_path)
     body = _build(svc)
     _assert_valid(_schema("tfjobs"), body)
@@ -298,7 +308,11 @@ def test_azure_key_goes_into_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("NNI_TS_AZURE_STORAGE_KEY", "c2VjcmV0")
     storage = KubeflowTrainingService.config_class.model_validate(
-        {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "x", "memorySize": 1}}
+        {
+            "operator": "tf-operator",
+            "storage": AZURE,
+            "worker": {"command": "x", "memorySize": 1, "dockerImage": "python:3.11"},
+        }
     ).storage
     stager = azure.AzureStager(EXP, storage)
     stager._share = object()  # the SDK's client is not needed to build the Secret
@@ -318,7 +332,11 @@ def test_azure_without_its_sdk_or_cli_says_what_to_install(monkeypatch: pytest.M
 
     monkeypatch.setitem(sys.modules, "azure.storage.fileshare", None)
     storage = KubeflowTrainingService.config_class.model_validate(
-        {"operator": "tf-operator", "storage": AZURE, "worker": {"command": "x", "memorySize": 1}}
+        {
+            "operator": "tf-operator",
+            "storage": AZURE,
+            "worker": {"command": "x", "memorySize": 1, "dockerImage": "python:3.11"},
+        }
     ).storage
     with pytest.raises(ConfigError, match=r"nni-ts\[azure\]"):
         azure.AzureStager(EXP, storage)._client()

@@ -39,7 +39,13 @@ async def test_tfjob_workers_and_parameter_server(
     cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path
 ) -> None:
     config = kubeflow_config(cluster, nfs_dir, code_dir, "python3 trial.py", role={"replicas": 2})
-    config["ps"] = {"replicas": 1, "command": "python3 ps.py", "memorySize": "256m", "cpuNumber": 0.5}
+    config["ps"] = {
+        "replicas": 1,
+        "command": "python3 ps.py",
+        "memorySize": "256m",
+        "cpuNumber": 0.5,
+        "dockerImage": "python:3.11",
+    }
     svc = KubeflowTrainingService(config, experiment_dir=tmp_path / "exp")
     metrics: list[TrialJobMetric] = []
     svc.add_trial_job_metric_listener(metrics.append)
@@ -66,6 +72,7 @@ async def test_framework_with_two_roles_and_the_barrier(
     cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path
 ) -> None:
     ps = {"name": "ps", "taskNumber": 1, "command": "python3 ps.py", "memorySize": "256m", "cpuNumber": 0.5,
+          "dockerImage": "python:3.11",
           "frameworkAttemptCompletionPolicy": {"minFailedTaskCount": 1, "minSucceededTaskCount": -1}}  # fmt: skip
     config = fc_config(cluster, nfs_dir, code_dir, "python3 trial.py", extra_roles=[ps])
     svc = FrameworkControllerTrainingService(config, experiment_dir=tmp_path / "exp")
@@ -93,7 +100,8 @@ async def test_registry_credentials_become_an_image_pull_secret(
         detail = await svc.submit_trial_job(form({}))
         done = await wait_for_status(svc, detail.id, timeout=60)
         assert done.status is TrialJobStatus.SUCCEEDED, done.message
-        (secret,) = cluster.list("secrets", label_selector=f"nni-ts.io/experiment={svc.experiment_id}")
+        secrets = cluster.list("secrets", label_selector=f"nni-ts.io/experiment={svc.experiment_id}")
+        (secret,) = [s for s in secrets if s["type"] == "kubernetes.io/dockerconfigjson"]
         assert secret["type"] == "kubernetes.io/dockerconfigjson"
         assert secret["metadata"]["ownerReferences"][0]["kind"] == "ConfigMap"
         job = cluster.get("tfjobs", done.platform_data["job"])
@@ -119,11 +127,10 @@ async def test_bad_registry_file_is_a_config_error(
 async def test_missing_crd_and_missing_cluster_say_what_to_do(
     tmp_path: Path, nfs_dir: Path, code_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nni_ts.errors import PlatformError
 
     async with FakeCluster(tmp_path / "bare", builtin_crds=False) as bare:
         config = kubeflow_config(bare, nfs_dir, code_dir, "python3 trial.py")
-        with pytest.raises(PlatformError, match="training operator"):
+        with pytest.raises(ConfigError, match="training operator"):  # the user's setup: the CLI exits 2
             async with KubeflowTrainingService(config, experiment_dir=tmp_path / "exp"):
                 pass
     monkeypatch.delenv("KUBECONFIG", raising=False)

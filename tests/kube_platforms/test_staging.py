@@ -154,7 +154,13 @@ async def test_a_trial_staged_over_sftp_with_an_unreachable_manager(
                     "knownHostsFile": str(ssh_host.known_hosts),
                 },
             },
-            "worker": {"replicas": 1, "command": "python3 kit_trial.py", "memorySize": "512m", "cpuNumber": 1},
+            "worker": {
+                "replicas": 1,
+                "command": "python3 kit_trial.py",
+                "memorySize": "512m",
+                "cpuNumber": 1,
+                "dockerImage": "python:3.11",
+            },
             "reportTimeout": 0.5,
             "cancelGracePeriod": 2,
         }

@@ -103,29 +103,6 @@ def test_manifests_are_complete_and_rbac_is_least_privilege() -> None:
     assert svc["spec"]["ports"][0]["targetPort"] == pod["containers"][0]["ports"][0]["name"]
 
 
-# The fake cluster serves core v1 and custom resources; Deployments, Roles and RoleBindings are
-# registered as stand-in resources (same group, version, kind and names) so that kubectl applies them.
-def _standin(group: str, kind: str, plural: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                }
-            ],
-        },
-    }
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,30 +134,14 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
     from nni_ts.testing.k8s import FakeCluster
 
     async with FakeCluster(tmp_path / "cluster") as cluster:
-        for group, kind, plural in (
-            ("apps", "Deployment", "deployments"),
-            ("rbac.authorization.k8s.io", "Role", "roles"),
-            ("rbac.authorization.k8s.io", "RoleBinding", "rolebindings"),
-        ):
-            cluster.create(_standin(group, kind, plural))
-        cache = tmp_path / "kube-cache"
-        for path in sorted(DEPLOY.glob("*.yaml")):
-            if path.name == "40-storage.yaml":
-                continue  # PersistentVolumeClaims are not served by the fake cluster (checked above)
-            code, out, err = await _kubectl(cluster.kubeconfig, cache, "apply", "-f", str(path))
-            assert code == 0, (path.name, out, err)
-        code, out, err = await _kubectl(cluster.kubeconfig, cache, "get", "deployment", "-n", "nni-ts", "-o", "json")
-        assert code == 0, err
-        deployment = json.loads(out)["items"][0]
-        assert cluster.get("roles", "nni-ts-trials", namespace="nni-exp") is not None
-        assert cluster.get("services", "nni-ts", namespace="nni-ts") is not None
-
-        # Run the Deployment's pod template as the Deployment controller would: the data volume is
-        # an emptyDir here (no PersistentVolume), the port a free one, and the platform local when
-        # the Kubernetes platforms are not installed. The command line is otherwise the manifest's.
+        # The Deployment as an overlay (kustomize-style) adapts it to this machine before it is applied:
+        # a free port on 127.0.0.1, the platform local when the Kubernetes platforms are not installed,
+        # nni-ts from this checkout. The rest is the manifest's: its PersistentVolumeClaim, ConfigMap,
+        # Secret reference and ServiceAccount; the fake Deployment controller creates its pod.
         port = _free_port()
+        deployment = _one(_documents(), "Deployment")
         template = deployment["spec"]["template"]
-        spec = json.loads(json.dumps(template["spec"]))
+        spec = template["spec"]
         container = spec["containers"][0]
         args = [a for a in container["args"] if not a.startswith(("--host=", "--port="))]
         args += ["--host=127.0.0.1", f"--port={port}"]
@@ -193,28 +154,37 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
         # The fake kubelet maps volumes by rewriting paths in the arguments; a volume mounted at /tmp
         # would also rewrite the host's own temporary paths (the other volumes' directories) again.
         container["volumeMounts"] = [m for m in container["volumeMounts"] if m["mountPath"] != "/tmp"]
-        spec["volumes"] = [
-            v if "persistentVolumeClaim" not in v else {"name": v["name"], "emptyDir": {}} for v in spec["volumes"]
-        ]
-        # No nni-ts-db Secret: the service uses SQLite under $NNI_TS_HOME/service on its data volume,
-        # and `nni-ts users add` with the same NNI_TS_HOME (as `kubectl exec` would run it) finds it.
-        created = cluster.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "nni-ts-service-0", "labels": template["metadata"]["labels"]},
-                "spec": spec,
-            },
-            namespace="nni-ts",
+        overlay = tmp_path / "50-deployment.yaml"
+        overlay.write_text(yaml.safe_dump(deployment))
+        cache = tmp_path / "kube-cache"
+        for path in sorted(DEPLOY.glob("*.yaml")):
+            applied = overlay if path.name == "50-deployment.yaml" else path
+            code, out, err = await _kubectl(cluster.kubeconfig, cache, "apply", "-f", str(applied))
+            assert code == 0, (path.name, out, err)
+        assert cluster.get("roles", "nni-ts-trials", namespace="nni-exp") is not None
+        assert cluster.get("rolebindings", "nni-ts-trials", namespace="nni-exp") is not None
+        assert cluster.get("services", "nni-ts", namespace="nni-ts") is not None
+        assert cluster.get("persistentvolumeclaims", "nni-ts-data", namespace="nni-ts") is not None
+        code, out, err = await _kubectl(
+            cluster.kubeconfig,
+            cache,
+            "wait",
+            "-n",
+            "nni-ts",
+            "--for=condition=Available",
+            "deployment/nni-ts-service",
+            "--timeout=45s",
         )
-        await cluster.wait_for_object(
-            "pods",
-            "nni-ts-service-0",
-            lambda p: p.get("status", {}).get("phase") == "Running",
-            namespace="nni-ts",
-            timeout=30,
-        )
-        data_volume = next(cluster.state_dir.glob(f"pods/nni-ts/nni-ts-service-0-{created['metadata']['uid'][:8]}*"))
+        assert code == 0, (out, err, cluster.list("pods", namespace="nni-ts"))
+        code, out, err = await _kubectl(cluster.kubeconfig, cache, "get", "deployment", "-n", "nni-ts", "-o", "json")
+        assert code == 0, err
+        status = json.loads(out)["items"][0]["status"]
+        assert (status["readyReplicas"], status["availableReplicas"]) == (1, 1)
+        pods = cluster.list("pods", namespace="nni-ts", label_selector="app.kubernetes.io/name=nni-ts-service")
+        assert len(pods) == 1 and pods[0]["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+        pod_name = pods[0]["metadata"]["name"]
+        created = pods[0]
+        data_volume = next(cluster.state_dir.glob(f"pods/nni-ts/{pod_name}-{created['metadata']['uid'][:8]}*"))
         home = data_volume / "volumes" / "data"
         added = subprocess.run(
             [sys.executable, "-m", "nni_ts.cli", "--json", "users", "add", "cuizihan"],
@@ -233,8 +203,8 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
                     status, text = await api.call("GET", "/api/v1/nni-exp/hello")
                     break
                 except aiohttp.ClientConnectionError:
-                    pod = cluster.get("pods", "nni-ts-service-0", namespace="nni-ts") or {}
-                    log = cluster.pod_log("nni-ts-service-0", namespace="nni-ts")
+                    pod = cluster.get("pods", pod_name, namespace="nni-ts") or {}
+                    log = cluster.pod_log(pod_name, namespace="nni-ts")
                     assert asyncio.get_running_loop().time() < deadline, (pod.get("status"), log, container)
                     await asyncio.sleep(0.1)
             assert (status, text) == (200, "Hello world")
@@ -256,7 +226,7 @@ async def test_manifests_apply_and_the_deployment_pod_serves(tmp_path: Path) -> 
                 await api.wait_experiment(created["experimentId"], token)
                 result = await api.ok("GET", "/nni-exp", token=token, json={"workspace": "test", "user": "cuizihan"})
                 assert result["trialCounts"] == {"SUCCEEDED": 2}
-        log = cluster.pod_log("nni-ts-service-0", namespace="nni-ts")
+        log = cluster.pod_log(pod_name, namespace="nni-ts")
         assert "listening on http://127.0.0.1" in log and token not in log
-        cluster.delete("pods", "nni-ts-service-0", namespace="nni-ts")
-        await cluster.wait_deleted("pods", "nni-ts-service-0", namespace="nni-ts", timeout=30)
+        cluster.delete("deployments", "nni-ts-service", namespace="nni-ts")
+        await cluster.wait_deleted("pods", pod_name, namespace="nni-ts", timeout=30)  # garbage-collected

@@ -98,7 +98,7 @@ def _role_pod(
             mf.container(
                 name=role.name,
                 image=role.docker_image,
-                command=service._command_for(base, detail),
+                command=service._role_command(base, detail),
                 keeper=keeper,
                 primary_test=test,
                 cpu=role.cpu_number,

@@ -94,7 +94,7 @@ def build_kubeflow_job(service: KubeflowTrainingService, trial: _Trial, keeper: 
         base = role.command
         if replica_type == primary and detail.form.command:
             base = detail.form.command
-        command = service._command_for(base, detail)
+        command = service._role_command(base, detail)
         # The operator names pods <job>-<replica type>-<index>; the pod's name comes from the downward API.
         test = f'case "${{NNI_TS_POD_NAME:-}}" in *-{replica_type.lower()}-0) true;; *) false;; esac'
         if replica_type != primary:

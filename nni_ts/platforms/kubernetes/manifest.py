@@ -9,8 +9,6 @@ a trial's objects) and an ownerReference to the anchor: deleting the anchor garb
 from __future__ import annotations
 
 import base64
-import json
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +33,8 @@ __all__ = [
     "experiment_labels",
     "experiment_selector",
     "owner_reference",
+    "token_key",
+    "token_secret",
     "registry_secret",
     "resources",
     "storage_volume",
@@ -43,6 +43,8 @@ __all__ = [
 
 JSON = dict[str, Any]
 STORAGE_VOLUME = "nni-ts-storage"
+#: The cluster server's CA, staged in each trial's directory when the server serves https://.
+CA_FILE = "cluster-server-ca.pem"
 
 
 def experiment_labels(experiment_id: str) -> dict[str, str]:
@@ -105,6 +107,27 @@ def registry_secret(name: str, namespace: str, experiment_id: str, docker_config
     }
 
 
+def token_key(trial_id: str) -> str:
+    """The key of a trial's token in the experiment's token Secret."""
+    return f"trial-{trial_id}"
+
+
+def token_secret(name: str, namespace: str, experiment_id: str, tokens: dict[str, str], owner: JSON) -> JSON:
+    """The experiment's Secret of trial tokens (key :func:`token_key`), owned by the anchor."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": experiment_labels(experiment_id),
+            "ownerReferences": [owner],
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in tokens.items()},
+    }
+
+
 def _cpu(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
@@ -141,15 +164,20 @@ class KeeperSpec:
     code_dir: str
     keeper_dir: str
     server_url: str
-    token: str
+    #: The Secret and key holding the trial's token (the spec only references it).
+    token_secret: str
+    token_key: str
     heartbeat: float
     grace: float
     report_timeout: float
     env: dict[str, str] = field(default_factory=dict)
+    #: Where the pod finds the CA that signed the cluster server's certificate (https:// only).
+    ca_file: str | None = None
 
 
 #: The container's shell script. ``__PRIMARY__`` is replaced by a test that is true in the one pod whose
-#: keeper reports to the manager; the others run their command under a journal-only keeper in a
+#: keeper reports to the manager (a list such as ``[ A ] && [ B ]``: it is grouped in braces, since
+#: ``! A && B`` would parse as ``(! A) && B``); the others run their command under a journal-only keeper in a
 #: directory of their own (``<trial>/replicas/<pod>``) so that their output is kept too.
 _LAUNCHER = """\
 fail() { echo "nni-ts: $1" >&2; echo "$1" > "$NNI_TS_KEEPER_TRIAL_DIR/launcher-error" 2>/dev/null; exit 127; }
@@ -159,7 +187,7 @@ the trial keeper needs Python 3.8 or newer in the image."
 which the trial keeper needs."
 export PYTHONPATH="$NNI_TS_KEEPER_HOME${PYTHONPATH:+:$PYTHONPATH}"
 if [ -f /mnt/frameworkbarrier/injector.sh ]; then . /mnt/frameworkbarrier/injector.sh; fi
-if ! __PRIMARY__; then
+if ! { __PRIMARY__; }; then
   D="$NNI_TS_KEEPER_TRIAL_DIR/replicas/${NNI_TS_POD_NAME:-${HOSTNAME:-replica}}"
   mkdir -p "$D" && cp "$NNI_TS_KEEPER_TRIAL_DIR/parameter.cfg" "$D/"
   export NNI_TS_KEEPER_TRIAL_DIR="$D" NNI_TS_KEEPER_OUTPUT_DIR="$D"
@@ -199,9 +227,10 @@ def container(
         "NNI_TS_KEEPER_GRACE": f"{keeper.grace:g}",
         "NNI_TS_KEEPER_REPORT_TIMEOUT": f"{keeper.report_timeout:g}",
         "NNI_TS_KEEPER_SERVER_URL": keeper.server_url,
-        "NNI_TS_KEEPER_TOKEN": keeper.token,
         "NNI_TS_KEEPER_COMMAND": command,
     }
+    if keeper.ca_file is not None:
+        env["NNI_TS_KEEPER_CA_FILE"] = keeper.ca_file
     if not gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""
     env.update(keeper.env)
@@ -211,6 +240,10 @@ def container(
         "command": ["/bin/sh", "-c", launcher_script(primary_test)],
         "env": [
             {"name": "NNI_TS_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "NNI_TS_KEEPER_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": keeper.token_secret, "key": keeper.token_key}},
+            },
             *({"name": k, "value": v} for k, v in env.items()),
         ],
         "resources": resources(cpu, memory_mb, gpus),
@@ -218,18 +251,3 @@ def container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": STORAGE_VOLUME, "mountPath": MOUNT_PATH}, *(extra_mounts or [])],
     }
-
-
-def trial_command(base: str, parameters_json: str, *, prepare: str | None = None, as_args: bool = False) -> str:
-    """The shell command a trial runs: the prepare command first, the hyper-parameters appended as
-    ``--name=value`` (shell-quoted) when ``as_args``."""
-    command = base
-    if as_args:
-        data = json.loads(parameters_json)
-        params = data.get("parameters") if isinstance(data, dict) else None
-        if isinstance(params, dict):
-            args = [shlex.quote(f"--{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in params.items()]
-            command = " ".join([command, *args])
-    if prepare:
-        command = f"{prepare}\n{command}"
-    return command

@@ -22,7 +22,9 @@ the job running. The terminal status is decided once the facts are in (:meth:`_c
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import json
@@ -30,6 +32,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -40,12 +43,13 @@ from ...config.kubernetes import KubernetesPlatformConfig
 from ...errors import ConfigError, MetricRefused, PlatformError, TemporaryError
 from ...models import TrialJobDetail, TrialJobStatus
 from ...server import ClusterServer
-from ...training_service import TrainingService
+from ...training_service import TrainingService, trial_shell_command
 from . import manifest as mf
 from .client import JSON, KubeApiError, KubeClient, load_client
+from .lifecycle import Facts, Names, Phase, check_transition, decide
 from .names import LABEL_TRIAL, label_value, secret_name
 from .staging import LocalStager, SftpStager, Stager
-from .status import JobView, PodProblem, pod_phase, pod_problem, terminated_exit_code
+from .status import JobView, pod_phase, pod_problem, terminated_exit_code
 from .watch import Watcher
 
 __all__ = ["KubernetesTrainingService", "detect_manager_address"]
@@ -88,36 +92,45 @@ def _is_local_address(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class _Event:
+    """One thing that happened to a trial; its queue hands them to the trial's worker one at a time."""
+
+    kind: str
+    obj: JSON | None = None
+    text: str = ""
+    status: TrialJobStatus | None = None
+
+
 @dataclass(eq=False)
 class _Trial:
-    """The platform's bookkeeping for one trial."""
+    """The platform's bookkeeping for one trial: its phase (see :mod:`.lifecycle`), the facts gathered so
+    far, the cached pods, and the queue of events its worker handles one at a time."""
 
     detail: TrialJobDetail
     job: str
     attempt: int = 1
     primary_pod: str = ""
     label: str = ""
+    phase: Phase = Phase.ACTIVE
+    facts: Facts = field(default_factory=Facts)
+    #: The job was created (a create that failed leaves nothing to stop).
     job_created: bool = False
-    job_obj: JSON | None = None
-    job_final: JobView | None = None
-    job_vanished: bool = False
-    job_deleted: bool = False
+    #: The job's DELETED event came (whoever deleted it).
+    job_gone: bool = False
+    end_ms: int | None = None
     pods: dict[str, JSON] = field(default_factory=dict)
-    problem: PodProblem | None = None
-    primary_exit: int | None = None
-    keeper_exit: tuple[int, int] | None = None
-    cancel_status: TrialJobStatus | None = None
-    forced: tuple[str, bool] | None = None  # (message, infrastructure) of a failure the platform decided
-    stopping: bool = False
-    concluded: bool = False
-    finalizing: bool = False
-    log_tail: str = ""
+    queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    gone: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def id(self) -> str:
         return self.detail.id
+
+    def move(self, phase: Phase) -> None:
+        check_transition(self.phase, phase)
+        self.phase = phase
 
     def cancel_timers(self) -> None:
         for t in self.timers:
@@ -126,14 +139,19 @@ class _Trial:
 
 
 class _Sink:
-    """The ClusterServer's sink for one trial: every keeper event goes back to the service."""
+    """The ClusterServer's sink for one trial: metrics are delivered at once, in order; everything else
+    goes to the trial's queue. The keeper's exit is recorded as a fact right away, because a journal
+    read back by the trial's own worker delivers it while that worker waits."""
 
     def __init__(self, service: KubernetesTrainingService[Any], trial: _Trial) -> None:
         self.service = service
         self.trial = trial
 
     async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
-        self.service._keeper_started(self.trial, start_time_ms, host)
+        reporter = self.service.reporter
+        if host and reporter.detail(self.trial.id).host is None:
+            reporter.note(self.trial.id, host=host)
+        self.service._post(self.trial, _Event("keeper_started", text=str(start_time_ms)))
 
     async def on_records(self, records: list[tuple[int, str]]) -> int:
         accepted = 0
@@ -147,17 +165,19 @@ class _Sink:
         return accepted
 
     async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
-        self.service._keeper_exited(self.trial, exit_code, end_time_ms)
+        if self.trial.facts.keeper_exit is None:
+            self.trial.facts.keeper_exit = exit_code
+            self.trial.end_ms = end_time_ms
+        self.service._post(self.trial, _Event("keeper_exited"))
 
     async def on_lost(self, message: str) -> None:
-        self.service._keeper_lost(self.trial, message)
+        self.service._post(self.trial, _Event("keeper_lost", text=message))
 
     async def on_heartbeat(self) -> None:
-        if self.service.reporter.status(self.trial.id) is TrialJobStatus.UNKNOWN:
-            self.service.reporter.running(self.trial.id, message="The trial's keeper is back.")
+        self.service._post(self.trial, _Event("heartbeat"))
 
     async def on_rejected(self, message: str) -> None:
-        self.service._force_failure(self.trial, message, infrastructure=True)
+        self.service._post(self.trial, _Event("fail", text=message, status=TrialJobStatus.FAILED))
 
 
 class KubernetesTrainingService(TrainingService[ConfigT]):
@@ -167,7 +187,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     ``server``: a running ClusterServer to use (else the service starts its own);
     ``keeper_server_url``: the URL given to the pods instead of the server's own (tests make the manager
     unreachable with it); ``settle_timeout``: seconds to wait for the job's final state after a keeper
-    reported a non-zero exit.
+    reported its exit (then the job is stopped); ``resync``: seconds of silence after which the job and
+    pod watches re-list while trials run.
     """
 
     #: The custom resource: API group, version, plural and kind. Set by subclasses (may depend on config).
@@ -181,6 +202,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         server: ClusterServer | None = None,
         keeper_server_url: str | None = None,
         settle_timeout: float = 30.0,
+        resync: float = 60.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
@@ -188,6 +210,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._own_server = server is None
         self.keeper_server_url = keeper_server_url
         self.settle_timeout = settle_timeout
+        self.resync = resync
         self.client: KubeClient | None = None
         self.stager: Stager | None = None
         self.anchor: JSON | None = None
@@ -198,7 +221,13 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._watchers: list[Watcher] = []
         self._job_watch: Watcher | None = None
         self._pod_watch: Watcher | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._anchor_watch: Watcher | None = None
+        self._event_watch: Watcher | None = None
+        self._anchor_task: asyncio.Task[Any] | None = None
+        self._anchor_error: str | None = None
+        self._token_secret_ready = False
+        self._closing = False
+        self._ca_pem: bytes | None = None
         self._swept = False
         #: Jobs deleted because no trial owned them (a crashed earlier run's leftovers).
         self.orphans_swept: list[str] = []
@@ -206,28 +235,34 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     # ------------------------------------------------------------------ for subclasses
 
     @property
+    @abc.abstractmethod
     def plural(self) -> str:
-        raise NotImplementedError
+        """The custom resource's plural (``tfjobs``, ``frameworks``...)."""
 
     @property
+    @abc.abstractmethod
     def kind(self) -> str:
-        raise NotImplementedError
+        """The custom resource's kind, as messages name it."""
 
+    @abc.abstractmethod
     def _job_name(self, trial_id: str) -> str:
-        raise NotImplementedError
+        """The name of the trial's job."""
 
+    @abc.abstractmethod
     def _primary_pod(self, job: str) -> str:
-        raise NotImplementedError
+        """The name of the pod whose keeper reports to the manager."""
 
+    @abc.abstractmethod
     def _build_job(self, trial: _Trial, keeper: mf.KeeperSpec) -> JSON:
-        raise NotImplementedError
+        """The trial's job, ready to create."""
 
+    @abc.abstractmethod
     def _job_view(self, obj: JSON) -> JobView:
-        raise NotImplementedError
+        """The job's state as a trial sees it (a pure function of the object)."""
 
+    @abc.abstractmethod
     async def _stop_job(self, trial: _Trial) -> bool:
         """Stop and delete the trial's job; return False if it did not exist any more."""
-        raise NotImplementedError
 
     def _registry_auth_paths(self) -> list[str]:
         return []
@@ -307,8 +342,24 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         code_dir = Path(cfg.trial_code_directory).expanduser().resolve()
         await self.stager.prepare(code_dir)
         selector = mf.experiment_selector(self.experiment_id)
-        self._job_watch = Watcher(self.kube, self._collection(), selector, self._on_job_event, name=self.plural)
-        self._pod_watch = Watcher(self.kube, self._collection("pods"), selector, self._on_pod_event, name="pods")
+        self._job_watch = Watcher(
+            self.kube,
+            self._collection(),
+            selector,
+            self._on_job_event,
+            name=self.plural,
+            resync=self.resync,
+            busy=self._busy,
+        )
+        self._pod_watch = Watcher(
+            self.kube,
+            self._collection("pods"),
+            selector,
+            self._on_pod_event,
+            name="pods",
+            resync=self.resync,
+            busy=self._busy,
+        )
         self._watchers = [self._job_watch, self._pod_watch]
         for w in self._watchers:
             w.start()
@@ -316,13 +367,37 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             await self._job_watch.wait_synced(60)
         except KubeApiError as exc:
             if exc.status == 404:
-                raise PlatformError(
-                    f"The cluster does not serve {self.plural}.{self.group}/{self.version} in namespace "
-                    f"{self.namespace}: {self._missing_crd_hint()} ({exc.api_message})"
+                # The cluster is not set up for this platform: the user's to fix (the CLI exits 2).
+                raise ConfigError(
+                    f"the cluster does not serve {self.plural}.{self.group}/{self.version} in namespace "
+                    f"{self.namespace}: {self._missing_crd_hint()} ({exc.api_message})",
+                    path="trainingService.platform",
                 ) from exc
             raise
         await self._pod_watch.wait_synced(60)
+        await self._ensure_owned_objects()
+        self._anchor_watch = Watcher(
+            self.kube, self._collection("configmaps"), selector, self._on_anchor_event, name="configmaps"
+        )
+        self._event_watch = Watcher(
+            self.kube,
+            self._collection("events"),
+            "",
+            self._on_warning_event,
+            name="events",
+            field_selector="type=Warning",
+            keep_cache=False,
+        )
+        for w in (self._anchor_watch, self._event_watch):
+            self._watchers.append(w)
+            w.start()
+        await self._anchor_watch.wait_synced(60)
+        await self._start_server()
+
+    async def _ensure_owned_objects(self) -> None:
+        """The anchor ConfigMap and the Secrets it owns (tokens, registry credentials, storage keys)."""
         self.anchor = await self._ensure_anchor()
+        self._registry_secrets.clear()
         for path in self._registry_auth_paths():
             await self._ensure_registry_secret(path)
         azure_secret = self._azure_secret_name()
@@ -336,7 +411,120 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             except KubeApiError as exc:
                 if exc.status != 409:
                     raise
-        await self._start_server()
+        self._token_secret_ready = False
+
+    def _on_anchor_event(self, kind: str, obj: JSON) -> None:
+        if (
+            self._closing
+            or self.anchor is None
+            or obj.get("metadata", {}).get("name") != self.anchor["metadata"]["name"]
+        ):
+            return
+        if kind == "DELETED" or obj["metadata"].get("deletionTimestamp"):
+            if self._anchor_task is None or self._anchor_task.done():
+                self._anchor_task = self.tasks.spawn(self._anchor_lost(), name=f"nni-ts-{self.platform_name}-anchor")
+
+    async def _anchor_recovered(self) -> None:
+        """Make sure the anchor exists with the uid new jobs will name; recreate it if it is gone."""
+        assert self.anchor is not None
+        path = f"{self._collection('configmaps')}/{self.anchor['metadata']['name']}"
+        try:
+            current = await self.kube.request("GET", path)
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            if current["metadata"].get("uid") == self.anchor["metadata"].get("uid"):
+                return
+        if self._anchor_task is None or self._anchor_task.done():
+            self._anchor_task = self.tasks.spawn(self._anchor_lost(), name=f"nni-ts-{self.platform_name}-anchor")
+        await asyncio.shield(self._anchor_task)
+        if self._anchor_error is not None:
+            raise PlatformError(self._anchor_error)
+
+    async def _anchor_lost(self) -> None:
+        """Someone deleted the experiment's anchor: its jobs are being garbage-collected. Recreate it (and
+        the Secrets it owned) so that new trials are not garbage-collected at once; the running trials'
+        jobs are lost, and end as infrastructure failures (the experiment re-runs them)."""
+        assert self.anchor is not None
+        name = self.anchor["metadata"]["name"]
+        log.warning(
+            "The experiment's anchor ConfigMap %s/%s was deleted outside nni-ts: the jobs of the running trials "
+            "are garbage-collected with it. Recreating it.",
+            self.namespace,
+            name,
+        )
+        path = f"{self._collection('configmaps')}/{name}"
+        try:
+            async with asyncio.timeout(60):
+                while True:  # wait until the old one is really gone (its finalizers, if any, ran)
+                    try:
+                        await self.kube.request("GET", path)
+                    except KubeApiError as exc:
+                        if exc.status == 404:
+                            break
+                        raise
+                    await asyncio.sleep(0.2)
+            await self._ensure_owned_objects()
+        except (KubeApiError, TemporaryError, TimeoutError, PlatformError) as exc:
+            self._anchor_error = (
+                f"The experiment's anchor ConfigMap {self.namespace}/{name} was deleted outside nni-ts and "
+                f"could not be recreated ({exc}); no more trials can run. Stop the experiment and check the "
+                "namespace."
+            )
+            log.error("%s", self._anchor_error)
+            for trial in list(self._k8s.values()):
+                self._post(trial, _Event("fail", text=self._anchor_error))
+            return
+        for trial in list(self._k8s.values()):
+            trial.facts.warnings.append(f"The experiment's anchor ConfigMap {name} was deleted outside nni-ts.")
+
+    async def _add_token(self, trial: _Trial) -> None:
+        """Put the trial's token in the experiment's token Secret (owned by the anchor): the job and pod
+        specs reference it (secretKeyRef), so that reading them does not give the token away."""
+        name = self._token_secret_name()
+        token = base64.b64encode(self.server.token_for(trial.id).encode()).decode()
+        key = mf.token_key(trial.id)
+        if not self._token_secret_ready:
+            assert self.anchor is not None
+            tokens = {
+                mf.token_key(t.id): self.server.token_for(t.id)
+                for t in self._k8s.values()
+                if t.phase is not Phase.CONCLUDED
+            }
+            body = mf.token_secret(name, self.namespace, self.experiment_id, tokens, mf.owner_reference(self.anchor))
+            try:
+                await self.kube.request("POST", self._collection("secrets"), body=body)
+            except KubeApiError as exc:
+                if exc.status != 409:
+                    raise
+            else:
+                self._token_secret_ready = True
+                return
+            self._token_secret_ready = True
+        try:
+            await self.kube.request(
+                "PATCH",
+                f"{self._collection('secrets')}/{name}",
+                body={"data": {key: token}},
+                content_type="application/merge-patch+json",
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            # The Secret is gone: so is the anchor, most likely (an API server back with a fresh store, the
+            # anchor deleted before the watch said so). Recreate them before the job, or the job would be
+            # garbage-collected at once for want of its owner.
+            await self._anchor_recovered()
+            self._token_secret_ready = False
+            await self._add_token(trial)
+
+    def _token_secret_name(self) -> str:
+        return secret_name(self.experiment_id, "tokens")
+
+    def _busy(self) -> bool:
+        """Whether some trial's job is expected to change (its watch should not stay silent)."""
+        return bool(self._by_job)
 
     def _missing_crd_hint(self) -> str:
         return "install its operator."
@@ -392,7 +580,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             port = cfg.cluster_server_port or int(state.get("port") or 0)
             bind = advertised if _is_local_address(advertised) else "0.0.0.0"
             heartbeat_timeout = max(3 * cfg.keeper_heartbeat, 5.0)
-            self._server = ClusterServer(bind, port, secret=secret, heartbeat_timeout=heartbeat_timeout)
+            tls = self._server_tls()
+            self._server = ClusterServer(
+                bind, port, secret=secret, heartbeat_timeout=heartbeat_timeout, ssl_context=tls
+            )
             try:
                 await self._server.start()
             except OSError as exc:
@@ -402,19 +593,44 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                         f"nniManagerIp): {exc.strerror or exc}."
                     ) from exc
                 log.warning("Port %d is taken; the trial keepers of a previous run will use the journal.", port)
-                self._server = ClusterServer(bind, 0, secret=secret, heartbeat_timeout=heartbeat_timeout)
+                self._server = ClusterServer(
+                    bind, 0, secret=secret, heartbeat_timeout=heartbeat_timeout, ssl_context=tls
+                )
                 await self._server.start()
             path = self._server_state_file()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps({"port": self._server.port, "secret": secret.hex()}))
 
+    def _server_tls(self) -> ssl.SSLContext | None:
+        """The cluster server's TLS context (clusterServerCertFile and KeyFile), and the CA the keepers
+        will trust (staged in each trial's directory), or None for plain http://."""
+        cfg = self.config
+        if cfg.cluster_server_cert_file is None or cfg.cluster_server_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca = cfg.cluster_server_ca_file or cfg.cluster_server_cert_file
+        try:
+            context.load_cert_chain(
+                str(Path(cfg.cluster_server_cert_file).expanduser()),
+                str(Path(cfg.cluster_server_key_file).expanduser()),
+            )
+            self._ca_pem = Path(ca).expanduser().read_bytes()
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot use the cluster server's certificate {cfg.cluster_server_cert_file}, key "
+                f"{cfg.cluster_server_key_file} and CA {ca}: {exc}.",
+                path="trainingService.clusterServerCertFile",
+            ) from exc
+        return context
+
     def _keeper_url(self) -> str:
         if self.keeper_server_url:
             return self.keeper_server_url
         host = self._advertised
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.server.port}"
+        scheme = "https" if self.server.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.server.port}"
 
     # ------------------------------------------------------------------ submit
 
@@ -437,62 +653,76 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             code_dir=self.stager.pod_code_dir(),
             keeper_dir=self.stager.pod_keeper_dir(),
             server_url=self._keeper_url(),
-            token=self.server.token_for(trial.id),
+            token_secret=self._token_secret_name(),
+            ca_file=f"{self.stager.pod_trial_dir(trial.id)}/{mf.CA_FILE}" if self._ca_pem is not None else None,
+            token_key=mf.token_key(trial.id),
             heartbeat=cfg.keeper_heartbeat,
             grace=cfg.cancel_grace_period,
             report_timeout=cfg.report_timeout,
             env=dict(trial.detail.form.env),
         )
 
-    def _command_for(self, base: str, detail: TrialJobDetail) -> str:
+    def _role_command(self, base: str, detail: TrialJobDetail) -> str:
+        """The shell command of one role: the reporting role runs :meth:`trial_command` (the form's
+        command, else its own), the others their role's command, with the same prepare command and
+        arguments."""
         cfg = self.config
-        return mf.trial_command(
+        return trial_shell_command(
             base,
-            detail.form.hyper_parameters.value,
+            detail.form.parameters(),
             prepare=cfg.trial_prepare_command,
             as_args=cfg.hyperparameters_as_args,
         )
 
     async def _submit(self, detail: TrialJobDetail) -> None:
         assert self.stager is not None
+        if self._anchor_error is not None:
+            raise PlatformError(self._anchor_error)
+        if self._anchor_task is not None and not self._anchor_task.done():
+            await asyncio.shield(self._anchor_task)  # new jobs need the new anchor's uid
         if not self._swept:
             self._swept = True
-            self._spawn(self._sweep_orphans(), f"nni-ts-{self.platform_name}-sweep")
+            self.tasks.spawn(self._sweep_orphans(), name=f"nni-ts-{self.platform_name}-sweep")
         trial = _Trial(detail=detail, job=self._job_name(detail.id))
         detail.working_directory = self.stager.trial_location(detail.id)
         detail.platform_data = {"job": trial.job, "namespace": self.namespace, "kind": self.plural, "attempt": 1}
         try:
             await self.stager.refresh(Path(self.config.trial_code_directory).expanduser().resolve())
-            await self.stager.write_trial(detail.id, {"parameter.cfg": detail.form.hyper_parameters.value.encode()})
+            files = {"parameter.cfg": detail.form.hyper_parameters.value.encode()}
+            if self._ca_pem is not None:
+                files[mf.CA_FILE] = self._ca_pem
+            await self.stager.write_trial(detail.id, files)
         except OSError as exc:
             raise PlatformError(
                 f"Cannot write trial {detail.id}'s directory {detail.working_directory} on the shared storage: {exc}"
             ) from exc
         self._track(trial)
         self.server.register(detail.id, _Sink(self, trial), attempt=trial.attempt)
-        body = self._build_job(trial, self._keeper_spec(trial))
         try:
+            await self._add_token(trial)
+            body = self._build_job(trial, self._keeper_spec(trial))
             await self.kube.request("POST", self._collection(), body=body)
         except KubeApiError as exc:
             if exc.status != 409:  # 409: a retried create whose first answer was lost
                 self._untrack(trial)
                 if exc.status in (400, 403, 422):
-                    trial.concluded = True
-                    self._set_status(
+                    trial.phase = Phase.CONCLUDED
+                    await self.reporter.ended(
                         detail.id,
                         TrialJobStatus.FAILED,
                         message=f"The cluster refused the {self.kind} of this trial: {exc.api_message}",
                     )
                     return
                 raise
-        except TemporaryError:
+        except BaseException:
             self._untrack(trial)
             raise
         trial.job_created = True
-        loop = asyncio.get_running_loop()
-        trial.timers.append(loop.call_later(self.config.pending_timeout, self._pending_expired, trial))
-        # Events that arrived before the trial was tracked (a fast watch) are in the caches.
-        self._replay_cached(trial)
+        self._after(trial, self.config.pending_timeout, "pending_timeout")
+        self._start_worker(trial)
+
+    def _start_worker(self, trial: _Trial) -> None:
+        self.tasks.spawn(self._run_trial(trial), name=f"nni-ts-{self.platform_name}-trial-{trial.id}")
 
     def _untrack(self, trial: _Trial) -> None:
         self._by_job.pop(trial.job, None)
@@ -507,18 +737,6 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             for pod in list(self._pod_watch.cache.values()):
                 if (pod["metadata"].get("labels") or {}).get(LABEL_TRIAL) == trial.label:
                     self._on_pod_event("MODIFIED", pod)
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("Background task %s failed.", t.get_name(), exc_info=t.exception())
-
-        task.add_done_callback(done)
-        return task
 
     async def _sweep_orphans(self) -> None:
         """Delete the jobs of this experiment that no trial owns: leftovers of a run that crashed."""
@@ -560,158 +778,237 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         trial = _Trial(detail=detail, job=job, attempt=int(data.get("attempt") or 1), job_created=True)
         self._track(trial)
         self.server.register(detail.id, _Sink(self, trial), attempt=trial.attempt, next_seq=metrics_delivered)
+        self._start_worker(trial)
         assert self._job_watch is not None
         if job in self._job_watch.cache:
             self._replay_cached(trial)
-            loop = asyncio.get_running_loop()
             if trial.detail.status is TrialJobStatus.WAITING:
-                trial.timers.append(loop.call_later(self.config.pending_timeout, self._pending_expired, trial))
+                self._after(trial, self.config.pending_timeout, "pending_timeout")
         else:
-            trial.job_vanished = True
-            self._spawn(self._finalize(trial), f"nni-ts-{self.platform_name}-finalize-{detail.id}")
+            self._post(trial, _Event("job", {"type": "DELETED", "metadata": {"name": job}}, text="DELETED"))
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ events: routing
 
     def _trial_of_pod(self, pod: JSON) -> _Trial | None:
         label = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_TRIAL)
         return self._by_label.get(label) if label else None
 
+    def _post(self, trial: _Trial, event: _Event) -> None:
+        if trial.phase is not Phase.CONCLUDED:
+            trial.queue.put_nowait(event)
+
+    def _after(self, trial: _Trial, delay: float, kind: str) -> None:
+        loop = asyncio.get_running_loop()
+        trial.timers.append(loop.call_later(delay, self._post, trial, _Event(kind)))
+
     def _on_job_event(self, kind: str, obj: JSON) -> None:
-        name = obj.get("metadata", {}).get("name", "")
-        trial = self._by_job.get(name)
-        if trial is None or trial.concluded and not trial.stopping:
-            return
-        if kind == "DELETED":
-            trial.job_obj = None
-            trial.job_deleted = True
-            if trial.job_created and not trial.stopping and not trial.concluded:
-                trial.job_vanished = True
-                self._spawn(self._finalize(trial), f"nni-ts-{self.platform_name}-finalize-{trial.id}")
-            self._check_gone(trial)
-            return
-        trial.job_obj = obj
-        view = self._job_view(obj)
-        if view.phase == "running":
-            self._mark_running(trial)
-        if view.finished and trial.job_final is None:
-            trial.job_final = view
-            if not trial.stopping:
-                self._spawn(self._finalize(trial), f"nni-ts-{self.platform_name}-finalize-{trial.id}")
+        trial = self._by_job.get(obj.get("metadata", {}).get("name", ""))
+        if trial is not None:
+            self._post(trial, _Event("job", obj, text=kind))
 
     def _on_pod_event(self, kind: str, pod: JSON) -> None:
         trial = self._trial_of_pod(pod)
+        if trial is not None:
+            self._post(trial, _Event("pod", pod, text=kind))
+
+    def _on_warning_event(self, kind: str, event: JSON) -> None:
+        """A Warning event: FailedCreatePod on a job, FailedScheduling on a pod, a quota or a webhook..."""
+        if kind == "DELETED":
+            return
+        involved = event.get("involvedObject") or {}
+        name = str(involved.get("name") or "")
+        trial = self._by_job.get(name)
+        if trial is None and self._pod_watch is not None and name in self._pod_watch.cache:
+            trial = self._trial_of_pod(self._pod_watch.cache[name])
         if trial is None:
             return
+        self._post(trial, _Event("warning", event, text=str(event.get("reason") or "")))
+
+    async def _run_trial(self, trial: _Trial) -> None:
+        """The trial's worker: its events, one at a time, until it is concluded."""
+        while trial.phase is not Phase.CONCLUDED:
+            event = await trial.queue.get()
+            try:
+                await self._handle(trial, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Trial %s: handling a %s event failed; the trial fails.", trial.id, event.kind)
+                if not trial.done.is_set():
+                    trial.facts.forced = (f"nni-ts failed while handling a {event.kind} event of the trial.", True)
+                    await self._conclude(trial)
+
+    # ------------------------------------------------------------------ events: one trial's worker
+
+    #: Warning event reasons that mean the job cannot create its pods (a wrong spec, a quota, a webhook).
+    _CANNOT_CREATE = frozenset({"FailedCreatePod", "FailedCreate", "PodCreationFailed"})
+
+    async def _handle(self, trial: _Trial, ev: _Event) -> None:
+        phase = trial.phase
+        facts = trial.facts
+        if ev.kind == "job":
+            assert ev.obj is not None
+            await self._on_job(trial, ev.text, ev.obj)
+        elif ev.kind == "pod":
+            assert ev.obj is not None
+            await self._on_pod(trial, ev.text, ev.obj)
+        elif ev.kind == "warning":
+            assert ev.obj is not None
+            message = f"{ev.text}: {ev.obj.get('message') or ''}".strip()
+            if message not in facts.warnings:
+                facts.warnings.append(message)
+            self.reporter.waiting(trial.id, f"Waiting: {message}")
+            kind = (ev.obj.get("involvedObject") or {}).get("kind")
+            if ev.text in self._CANNOT_CREATE and kind == self.kind and phase is Phase.ACTIVE:
+                facts.cannot_create = str(ev.obj.get("message") or ev.text)
+                if facts.keeper_exit is None:
+                    await self._stop(trial)
+        elif ev.kind == "keeper_started":
+            self._mark_running(trial, int(ev.text) if ev.text else None)
+        elif ev.kind == "keeper_exited":
+            if phase is Phase.ACTIVE:
+                if facts.job_final is not None or trial.job_gone:
+                    await self._conclude(trial)
+                else:
+                    # Wait (bounded) for the job's final state: the trial holds its slot until its job has
+                    # ended, and an OOM kill or an eviction is not missed.
+                    trial.move(Phase.SETTLING)
+                    self._after(trial, self.settle_timeout, "settle_timeout")
+        elif ev.kind == "settle_timeout":
+            if phase is Phase.SETTLING:
+                await self._stop(trial)
+        elif ev.kind == "keeper_lost":
+            if phase is Phase.ACTIVE:
+                self._keeper_lost(trial, ev.text)
+        elif ev.kind == "heartbeat":
+            if self.reporter.status(trial.id) is TrialJobStatus.UNKNOWN:
+                self.reporter.running(trial.id, message="The trial's keeper is back.")
+        elif ev.kind == "pending_timeout":
+            if phase is Phase.ACTIVE and self.reporter.status(trial.id) is TrialJobStatus.WAITING:
+                limit = self.config.pending_timeout
+                why = facts.problem.message if facts.problem else facts.warnings[-1] if facts.warnings else None
+                facts.forced = (
+                    f"The trial's pods stayed Pending for {limit:g} s (trainingService.pendingTimeout), so the "
+                    f"{self.kind} {trial.job} was deleted. {why or 'No pod of the trial started.'}",
+                    False,
+                )
+                await self._stop(trial)
+        elif ev.kind == "fail":
+            if phase in (Phase.ACTIVE, Phase.SETTLING) and facts.forced is None and facts.cancel_status is None:
+                facts.forced = (ev.text, True)
+                await self._stop(trial)
+        elif ev.kind == "cancel":
+            assert ev.status is not None
+            if facts.cancel_status is None and facts.forced is None:
+                facts.cancel_status = ev.status
+            if phase in (Phase.ACTIVE, Phase.SETTLING):
+                await self._stop(trial)
+        elif ev.kind == "stop_timeout":
+            if phase is Phase.STOPPING:
+                log.warning("The pods of %s %s are still there after the grace period.", self.kind, trial.job)
+                await self._read_back(trial)
+                await self._conclude(trial)
+
+    async def _on_job(self, trial: _Trial, kind: str, obj: JSON) -> None:
+        facts = trial.facts
+        if kind == "DELETED":
+            trial.job_gone = True
+            if trial.phase in (Phase.ACTIVE, Phase.SETTLING) and facts.job_final is None:
+                facts.job_vanished = True
+                await self._finish(trial)
+            elif trial.phase is Phase.STOPPING:
+                await self._stopped_if_gone(trial)
+            return
+        view = self._job_view(obj)
+        if view.phase == "running":
+            self._mark_running(trial)
+        if view.finished and facts.job_final is None:
+            facts.job_final = view
+            if trial.phase is Phase.SETTLING:
+                await self._conclude(trial)
+            elif trial.phase is Phase.ACTIVE:
+                await self._finish(trial)
+
+    async def _on_pod(self, trial: _Trial, kind: str, pod: JSON) -> None:
+        facts = trial.facts
         name = pod["metadata"]["name"]
+        if (
+            pod["metadata"].get("deletionTimestamp")
+            and trial.phase in (Phase.ACTIVE, Phase.SETTLING)
+            and facts.pod_deleted is None
+            and pod_phase(pod) == "Running"
+            and not any(pod_phase(p) in ("Succeeded", "Failed") for p in trial.pods.values())
+        ):
+            # A running pod deleted while no pod of the trial had ended: not by its controller cleaning up
+            # after a finished replica, so by someone else (kubectl delete pod, a drain's eviction). Only the
+            # pod watch's own order is relied upon: the keeper's exit report and the job's final state may
+            # well be handled before this event (other connections). decide() then takes a signal exit
+            # (143) for the deletion's consequence, and any other exit for the trial's own.
+            facts.pod_deleted = name
         if kind == "DELETED":
             trial.pods.pop(name, None)
-            self._check_gone(trial)
-            if trial.stopping or trial.concluded:
+            if trial.phase is Phase.STOPPING:
+                await self._stopped_if_gone(trial)
+                return
+            if trial.phase is not Phase.ACTIVE:
                 return
         else:
             trial.pods[name] = pod
         problem = pod_problem(pod)
-        if problem is not None and (trial.problem is None or problem.kind in ("evicted", "oom")):
-            trial.problem = problem
-            if trial.detail.status is TrialJobStatus.WAITING:
-                trial.detail.message = f"Waiting: {problem.message}"
+        if problem is not None and (facts.problem is None or problem.kind in ("evicted", "oom")):
+            facts.problem = problem
+            self.reporter.waiting(trial.id, f"Waiting: {problem.message}")
         if name == trial.primary_pod:
             code = terminated_exit_code(pod)
             if code is not None:
-                trial.primary_exit = code
+                facts.primary_exit = code
         if kind != "DELETED" and pod_phase(pod) in ("Running", "Succeeded", "Failed") and problem is None:
             self._mark_running(trial)
-        if problem is not None and problem.kind == "evicted" and not trial.concluded and not trial.stopping:
+        if problem is not None and problem.kind == "evicted" and trial.phase is Phase.ACTIVE:
             # An evicted pod does not come back; its job may not say so for a while (a restart policy).
-            self._spawn(self._finalize(trial), f"nni-ts-{self.platform_name}-finalize-{trial.id}")
+            await self._read_back(trial)
+            if facts.keeper_exit is None and facts.job_final is None:
+                await self._stop(trial)
 
-    def _check_gone(self, trial: _Trial) -> None:
-        if trial.job_deleted and not trial.pods:
-            trial.gone.set()
-
-    def _mark_running(self, trial: _Trial) -> None:
-        if trial.detail.status is TrialJobStatus.WAITING:
-            self._set_status(trial.id, TrialJobStatus.RUNNING, message="")
-            trial.detail.message = None
-
-    def _keeper_started(self, trial: _Trial, start_ms: int, host: str) -> None:
-        if host and trial.detail.host is None:
-            trial.detail.host = host
-        if trial.detail.status is TrialJobStatus.WAITING:
-            self._set_status(trial.id, TrialJobStatus.RUNNING, when=start_ms)
-            trial.detail.message = None
-
-    def _keeper_exited(self, trial: _Trial, code: int, end_ms: int) -> None:
-        trial.keeper_exit = (code, end_ms)
-        if trial.stopping or trial.concluded:
-            return
-        if code == 0 or trial.job_final is not None or trial.job_vanished:
-            self._conclude(trial)
-            return
-        # A non-zero exit: wait (bounded) for the job's and pods' final word (OOMKilled, evicted...).
-        loop = asyncio.get_running_loop()
-        trial.timers.append(loop.call_later(self.settle_timeout, self._conclude, trial))
+    def _mark_running(self, trial: _Trial, when: int | None = None) -> None:
+        if self.reporter.status(trial.id) is TrialJobStatus.WAITING:
+            self.reporter.running(trial.id, message="", when=when)
 
     def _keeper_lost(self, trial: _Trial, message: str) -> None:
-        if trial.concluded or trial.stopping:
-            return
         running = [p for p in trial.pods.values() if pod_phase(p) == "Running"]
         if running and all(w.error is None for w in self._watchers):
             # The pods run, as the watch says: the network between them and the manager is the problem,
             # and the journal will bring the metrics when the job ends.
             log.warning("Trial %s: %s; its pods still run, the journal will be read when it ends.", trial.id, message)
-            trial.detail.message = f"{message} The pods still run; metrics will be read from the journal."
+            self.reporter.note(
+                trial.id, message=f"{message} The pods still run; metrics will be read from the journal."
+            )
             return
-        self._set_status(trial.id, TrialJobStatus.UNKNOWN, message=message)
-
-    def _pending_expired(self, trial: _Trial) -> None:
-        if trial.concluded or trial.stopping or trial.detail.status is not TrialJobStatus.WAITING:
-            return
-        limit = self.config.pending_timeout
-        why = trial.problem.message if trial.problem else "no pod of the trial started"
-        self._force_failure(
-            trial,
-            f"The trial's pods stayed Pending for {limit:g} s (trainingService.pendingTimeout), so the "
-            f"{self.kind} {trial.job} was deleted. {why}",
-            infrastructure=False,
-        )
-
-    def _force_failure(self, trial: _Trial, message: str, *, infrastructure: bool) -> None:
-        if trial.concluded or trial.stopping:
-            return
-        trial.forced = (message, infrastructure)
-        self._spawn(self._stop_trial(trial), f"nni-ts-{self.platform_name}-stop-{trial.id}")
+        self.reporter.unknown(trial.id, message)
 
     # ------------------------------------------------------------------ the end of a trial
 
-    async def _finalize(self, trial: _Trial) -> None:
-        """The job finished (or vanished, or a pod was evicted): read back what the keeper could not
-        report, then decide."""
-        if trial.concluded or trial.finalizing or trial.stopping:
+    async def _finish(self, trial: _Trial) -> None:
+        """The job finished or vanished: read back what the keeper could not report, then conclude."""
+        trial.move(Phase.FINISHING)
+        trial.cancel_timers()
+        facts = trial.facts
+        if facts.keeper_exit is None:
+            await self._read_back(trial)
+        if facts.keeper_exit is None and facts.job_final is not None and facts.job_final.phase == "failed":
+            # The keeper could not even record an exit (no python in the image, killed...): the launcher
+            # may have left the reason on the share; else the pod's last lines usually say why (one
+            # request, on this failure path only).
+            assert self.stager is not None
+            with contextlib.suppress(OSError, PlatformError):
+                reason = await self.stager.read_file(trial.id, "launcher-error", 4096)
+                facts.log_tail = reason.decode("utf-8", "replace").strip()
+            if not facts.log_tail:
+                facts.log_tail = await self._pod_log_tail(trial.primary_pod)
+        if trial.pods and facts.keeper_exit is not None and not trial.job_gone and facts.job_final is None:
+            await self._stop(trial)  # a vanished job leaves no pods running: only defensive
             return
-        trial.finalizing = True
-        try:
-            if trial.keeper_exit is None:
-                await self._read_back(trial)
-            if trial.keeper_exit is None and trial.job_final is None and trial.problem is not None:
-                if trial.problem.kind == "evicted":
-                    # Stop what is left of the job so that nothing runs on after the trial failed.
-                    trial.forced = (trial.problem.message, True)
-                    await self._stop_trial(trial)
-                    return
-            if trial.keeper_exit is None and trial.job_final is not None and trial.job_final.phase == "failed":
-                # The keeper could not even record an exit (no python in the image, killed...): the launcher
-                # may have left the reason on the share; else the pod's last lines usually say why (one
-                # request, on this failure path only).
-                assert self.stager is not None
-                with contextlib.suppress(OSError, PlatformError):
-                    reason = await self.stager.read_file(trial.id, "launcher-error", 4096)
-                    trial.log_tail = reason.decode("utf-8", "replace").strip()
-                if not trial.log_tail:
-                    trial.log_tail = await self._pod_log_tail(trial.primary_pod)
-            self._conclude(trial)
-        finally:
-            trial.finalizing = False
+        await self._conclude(trial)
 
     async def _pod_log_tail(self, pod: str, lines: int = 10) -> str:
         try:
@@ -740,102 +1037,61 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         if ended is not None:
             await channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
 
-    async def _stop_trial(self, trial: _Trial) -> None:
-        """Stop the job, wait until its pods are gone, deliver what is left, then conclude."""
-        if trial.stopping:
-            await trial.gone.wait()
-            return
-        trial.stopping = True
+    async def _stop(self, trial: _Trial) -> None:
+        """Stop and delete the job; the trial is concluded once its pods are gone (the pod watch says so)
+        or after the grace period."""
+        trial.move(Phase.STOPPING)
         trial.cancel_timers()
-        try:
-            if trial.job_created and not trial.job_deleted:
-                try:
-                    if not await self._stop_job(trial):
-                        trial.job_deleted = True  # it was gone already
-                except (KubeApiError, TemporaryError) as exc:
-                    log.warning("Could not stop %s %s: %s", self.kind, trial.job, exc)
-                    trial.job_deleted = True
-                self._check_gone(trial)
-                try:
-                    async with asyncio.timeout(self.config.cancel_grace_period + 30):
-                        await trial.gone.wait()
-                except TimeoutError:
-                    log.warning("The pods of %s %s are still there after the grace period.", self.kind, trial.job)
-            await self._read_back(trial)
-        finally:
-            trial.gone.set()
-            self._conclude(trial)
+        if trial.job_created and not trial.job_gone:
+            try:
+                if not await self._stop_job(trial):
+                    trial.job_gone = True  # it was gone already
+            except (KubeApiError, TemporaryError) as exc:
+                log.warning("Could not stop %s %s: %s", self.kind, trial.job, exc)
+                trial.job_gone = True
+        else:
+            trial.job_gone = True
+        if not await self._stopped_if_gone(trial):
+            self._after(trial, self.config.cancel_grace_period + 30, "stop_timeout")
 
-    def _conclude(self, trial: _Trial) -> None:
-        """Decide the trial's terminal status from what is known (see the module docstring)."""
-        if trial.concluded:
-            return
-        trial.concluded = True
+    async def _stopped_if_gone(self, trial: _Trial) -> bool:
+        if trial.phase is not Phase.STOPPING or not trial.job_gone or trial.pods:
+            return False
+        await self._read_back(trial)
+        await self._conclude(trial)
+        return True
+
+    async def _conclude(self, trial: _Trial) -> None:
+        """Decide the trial's terminal status from the facts (:func:`.lifecycle.decide`) and report it."""
+        trial.move(Phase.CONCLUDED)
         trial.cancel_timers()
-        detail = trial.detail
+        trial.done.set()
+        self._by_job.pop(trial.job, None)
+        self._by_label.pop(trial.label, None)
         with contextlib.suppress(KeyError):
             self.server.unregister(trial.id)
-        if detail.status.is_terminal:
+        if self.reporter.status(trial.id).is_terminal:
             return
-        status, message, code, infra = self._decide(trial)
-        end = trial.keeper_exit[1] if trial.keeper_exit else None
-        self._set_status(trial.id, status, message=message, exit_code=code, infrastructure_failure=infra, when=end)
-
-    def _decide(self, trial: _Trial) -> tuple[TrialJobStatus, str | None, int | None, bool]:
-        keeper_code = trial.keeper_exit[0] if trial.keeper_exit else None
-        if trial.forced is not None:
-            message, infra = trial.forced
-            return TrialJobStatus.FAILED, message, keeper_code, infra
-        if trial.cancel_status is not None:
-            return trial.cancel_status, "Cancelled.", keeper_code, False
-        problem, view = trial.problem, trial.job_final
-        if problem is not None and problem.kind == "evicted":
-            return TrialJobStatus.FAILED, problem.message, keeper_code, True
-        if keeper_code == 0:
-            return TrialJobStatus.SUCCEEDED, None, 0, False
-        if view is not None and view.infrastructure and keeper_code is None:
-            return TrialJobStatus.FAILED, view.message, view.exit_code, True
-        if keeper_code is not None:
-            message = f"The trial command exited with code {keeper_code}."
-            if problem is not None and problem.kind == "oom":
-                message += f" {problem.message}"
-            elif view is not None and view.phase == "failed" and view.message:
-                message += f" {view.message}"
-            return TrialJobStatus.FAILED, message, keeper_code, False
-        code = view.exit_code if view is not None and view.exit_code is not None else trial.primary_exit
-        if trial.job_vanished and view is None:
-            return (
-                TrialJobStatus.FAILED,
-                f"The {self.kind} {trial.job} was deleted outside nni-ts before the trial ended.",
-                code,
-                True,
-            )
-        if view is not None and view.phase == "succeeded":
-            return (
-                TrialJobStatus.FAILED,
-                f"The {self.kind} {trial.job} succeeded, but the trial keeper left no exit record in "
-                f"{trial.detail.working_directory}: the pods may not see the storage the manager writes to "
-                "(check trainingService.storage: server, path, localMountPath).",
-                code,
-                False,
-            )
-        parts = [view.message if view is not None and view.message else f"The {self.kind} {trial.job} failed."]
-        if problem is not None:
-            parts.append(problem.message)
-        parts.append("The trial keeper did not record an exit (it was killed with the trial, or never started).")
-        if trial.log_tail:
-            parts.append(f"From pod {trial.primary_pod}: {trial.log_tail}")
-        return TrialJobStatus.FAILED, " ".join(parts), code, False
+        names = Names(self.kind, trial.job, trial.detail.working_directory, trial.primary_pod)
+        d = decide(trial.facts, names)
+        end = trial.end_ms if trial.facts.keeper_exit is not None else None
+        await self.reporter.ended(
+            trial.id,
+            d.status,
+            message=d.message,
+            exit_code=d.exit_code,
+            infrastructure_failure=d.infrastructure,
+            when=end,
+        )
 
     # ------------------------------------------------------------------ cancel, files, clean-up
 
     async def _cancel(self, detail: TrialJobDetail, status: TrialJobStatus) -> None:
         trial = self._k8s.get(detail.id)
-        if trial is None:
+        if trial is None or trial.phase is Phase.CONCLUDED:
             return
-        if trial.cancel_status is None and trial.forced is None:
-            trial.cancel_status = status
-        await self._stop_trial(trial)
+        self._post(trial, _Event("cancel", status=status))
+        await trial.done.wait()
 
     async def _read_trial_file(self, detail: TrialJobDetail, name: str, tail: int | None) -> bytes:
         if self.stager is None:
@@ -843,10 +1099,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         return await self.stager.read_file(detail.id, name, tail)
 
     async def _clean_up(self) -> None:
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                async with asyncio.timeout(self.config.cancel_grace_period + 40):
-                    await asyncio.shield(task)
+        # The live trials were cancelled (concluded) before this: their workers have ended.
+        self._closing = True
         if self.client is not None and self.anchor is not None:
             # Deleting the anchor garbage-collects every job, pod and Secret of the experiment.
             try:
@@ -856,11 +1110,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         await self._close_resources()
 
     async def _close_resources(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.tasks.stop(timeout=self.config.cancel_grace_period + 40)
         for w in self._watchers:
             await w.stop()
         for trial in self._k8s.values():

@@ -6,12 +6,16 @@ resourceVersion; a watch the server closes (its ``timeoutSeconds``) is resumed f
 seen, a ``410 Gone`` (the version is too old) triggers a fresh list whose difference with the cache is
 replayed as events (deleted objects included), and a broken connection (the API server restarting) is
 retried with jittered back-off, from 0.1 s doubling to 5 s. No per-object polling.
+
+A watch can also go silent without breaking (an API server that came back with a fresh store and does
+not know the version the watch resumed from, a proxy that holds the connection): while ``busy()`` says
+the caller expects changes (trials run), a watch that brought no event, not even a bookmark, for
+``resync`` seconds is ended and the collection re-listed, as client-go's informers resync.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -42,10 +46,18 @@ class Watcher:
         name: str,
         watch_timeout: int = 300,
         max_backoff: float = 5.0,
+        field_selector: str = "",
+        keep_cache: bool = True,
+        resync: float | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.client = client
         self.path = path
         self.label_selector = label_selector
+        self.field_selector = field_selector
+        self.keep_cache = keep_cache
+        self.resync = resync
+        self.busy = busy
         self.on_event = on_event
         self.name = name
         self.watch_timeout = watch_timeout
@@ -58,6 +70,7 @@ class Watcher:
         self.watches = 0
         self.gone = 0
         self.reconnects = 0
+        self.resyncs = 0
         self._task: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
 
@@ -79,11 +92,14 @@ class Watcher:
         raise TemporaryError(f"Could not list {self.path} within {timeout:g} s.")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # its error was reported already
-                await self._task
-            self._task = None
+        """Cancel the loop and wait for it; the caller's own cancellation is not swallowed."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("The %s watch had stopped: %s", self.name, task.exception())  # reported when it happened
 
     # ------------------------------------------------------------------ the loop
 
@@ -93,11 +109,23 @@ class Watcher:
         except Exception:
             log.exception("The %s watch handler raised on a %s event; the watch goes on.", self.name, kind)
 
+    def _selectors(self) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if self.label_selector:
+            query["labelSelector"] = self.label_selector
+        if self.field_selector:
+            query["fieldSelector"] = self.field_selector
+        return query
+
     async def _list(self) -> None:
         self.lists += 1
-        body = await self.client.request("GET", self.path, query={"labelSelector": self.label_selector})
+        body = await self.client.request("GET", self.path, query=self._selectors())
         items = body.get("items") or []
         self.resource_version = str((body.get("metadata") or {}).get("resourceVersion") or "") or None
+        if not self.keep_cache:
+            # Only changes matter (events): the list just gives the version to watch from.
+            self.synced.set()
+            return
         fresh: dict[str, JSON] = {}
         for item in items:
             fresh[item["metadata"]["name"]] = item
@@ -122,17 +150,15 @@ class Watcher:
                 self.watches += 1
                 query: dict[str, Any] = {
                     "watch": "true",
-                    "labelSelector": self.label_selector,
+                    **self._selectors(),
                     "allowWatchBookmarks": "true",
                     "timeoutSeconds": self.watch_timeout,
                 }
                 if self.resource_version:
                     query["resourceVersion"] = self.resource_version
-                async for event in self.client.stream(self.path, query, read_timeout=self.watch_timeout + 30):
-                    delay = 0.1
-                    if self._handle(event):
-                        need_list = True
-                        break
+                if await self._watch_once(query):
+                    need_list = True
+                delay = 0.1
             except asyncio.CancelledError:
                 raise
             except KubeApiError as exc:
@@ -155,6 +181,31 @@ class Watcher:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.max_backoff)
 
+    async def _watch_once(self, query: dict[str, Any]) -> bool:
+        """One watch request, until the server ends it. Returns True when a fresh list is needed (410
+        Gone, an error event, or a silent watch while the caller is busy)."""
+        loop = asyncio.get_running_loop()
+        silent = False
+        async with asyncio.timeout(None) as deadline:
+            if self.resync is not None:
+                deadline.reschedule(loop.time() + self.resync)
+            try:
+                async for event in self.client.stream(self.path, query, read_timeout=self.watch_timeout + 30):
+                    if self.resync is not None:
+                        deadline.reschedule(loop.time() + self.resync)
+                    if self._handle(event):
+                        return True
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                silent = True
+        if silent:
+            if self.busy is None or self.busy():
+                self.resyncs += 1
+                log.info("The %s watch was silent for %g s; re-listing.", self.name, self.resync)
+                return True
+        return False
+
     def _handle(self, event: JSON) -> bool:
         """Apply one watch event. Returns True when a fresh list is needed (410 Gone)."""
         kind = event.get("type")
@@ -175,7 +226,9 @@ class Watcher:
         name = meta.get("name")
         if not name:
             return False
-        if kind == "DELETED":
+        if not self.keep_cache:
+            pass
+        elif kind == "DELETED":
             self.cache.pop(name, None)
         else:
             self.cache[name] = obj

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .cluster import FakeCluster
+from .cluster import CONTROLLERS, FakeCluster
 from .kubelet import Node
 from .util import parse_quantity
 
@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--namespace", action="append", default=[], help="create this namespace (repeatable)")
     serve.add_argument(
+        "--kueue",
+        action="store_true",
+        help="also run the simulated Kueue (objects labelled kueue.x-k8s.io/queue-name are queued)",
+    )
+    serve.add_argument(
         "--volume-mode",
         choices=["rewrite", "bind", "auto"],
         default="rewrite",
@@ -131,6 +136,7 @@ async def _serve(args: argparse.Namespace) -> int:
             missing_images=args.missing_image,
             tls=args.tls,
             volume_mode=args.volume_mode,
+            controllers=[*CONTROLLERS, "kueue"] if args.kueue else CONTROLLERS,
         )
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import patch as patches
-from .resources import BUILTIN_TYPES, ResourceType, check_crd, from_crd
+from .resources import BUILTIN_TYPES, ResourceType, check_builtin, check_crd, from_crd
 from .schema import validate
 from .store import GR, Store
 from .util import JSON, ApiError, FieldSelector, LabelSelector, now_iso
 
-__all__ = ["Api"]
+__all__ = ["Api", "mark_disruption"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ class Api:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.by_gr: dict[GR, ResourceType] = {}
         self.pod_deletion_hook: DeletionHook | None = None
+        #: Admission hooks (what webhooks and CEL rules do): ``hook(rtype, old, obj)`` may change ``obj`` or
+        #: raise ApiError; ``old`` is None on create. Run after defaulting, before schema validation.
+        self.admission: list[Callable[[ResourceType, JSON | None, JSON], None]] = []
+        #: Admission checks run on every create after validation: ``check(rtype, namespace, obj)`` raises
+        #: an ApiError to refuse (a quota, a validating webhook; see ``Faults``).
+        self.admission_checks: list[Callable[[ResourceType, str, JSON], None]] = []
         #: Events recorded by the cluster itself are kept up to this number (the oldest go first).
         self.max_events = 10000
         self._events: deque[tuple[str, str]] = deque()
@@ -191,7 +197,11 @@ class Api:
         if rtype.has_status and rtype.kind not in ("Node",):
             obj.pop("status", None)
         self._defaults(rtype, obj)
+        for hook in self.admission:
+            hook(rtype, None, obj)
         self._validate_body(rtype, obj, field_validation, meta_causes)
+        for check in list(self.admission_checks):
+            check(rtype, namespace, obj)
         if dry_run:
             return obj
         stored = self.store.put(gr, obj, added=True)
@@ -295,6 +305,8 @@ class Api:
                     )
             meta_causes = self._validate_meta(rtype, obj, creating=False)
             self._defaults(rtype, obj)
+            for hook in self.admission:
+                hook(rtype, current, obj)
             if self._spec_changed(rtype, current, obj):
                 meta["generation"] = int(cur_meta.get("generation", 1)) + 1
         self._validate_body(rtype, obj, field_validation, meta_causes)
@@ -669,6 +681,8 @@ class Api:
     ) -> None:
         if rtype.kind == "CustomResourceDefinition":
             check_crd(obj)
+        if not rtype.is_custom:
+            check_builtin(rtype, obj)
         if rtype.schema is None:
             if meta_causes:
                 raise ApiError.invalid(rtype.kind, obj["metadata"].get("name", ""), rtype.group, meta_causes)
@@ -704,6 +718,34 @@ class Api:
         elif rtype.kind == "Namespace":
             obj.setdefault("spec", {"finalizers": ["kubernetes"]})
             obj.setdefault("status", {"phase": "Active"})
+        elif rtype.kind == "Job" and rtype.group == "batch":
+            spec = obj.setdefault("spec", {})
+            for key, value in (
+                ("backoffLimit", 6),
+                ("completions", 1),
+                ("parallelism", 1),
+                ("completionMode", "NonIndexed"),
+                ("suspend", False),
+            ):
+                spec.setdefault(key, value)
+            template = spec.setdefault("template", {})
+            labels = template.setdefault("metadata", {}).setdefault("labels", {})
+            labels.setdefault("batch.kubernetes.io/job-name", obj["metadata"].get("name", ""))
+            labels.setdefault("job-name", obj["metadata"].get("name", ""))
+            uid = obj["metadata"].get("uid", "")
+            labels.setdefault("batch.kubernetes.io/controller-uid", uid)
+            labels.setdefault("controller-uid", uid)
+            spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+        elif rtype.kind == "Deployment" and rtype.group == "apps":
+            spec = obj.setdefault("spec", {})
+            spec.setdefault("replicas", 1)
+            spec.setdefault(
+                "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
+            )
+            spec.setdefault("revisionHistoryLimit", 10)
+            spec.setdefault("progressDeadlineSeconds", 600)
+        elif rtype.kind == "PersistentVolumeClaim":
+            obj.setdefault("status", {"phase": "Bound"})
         elif rtype.kind == "Secret":
             string_data = obj.pop("stringData", None) or {}
             if string_data:
@@ -781,3 +823,27 @@ class Api:
             while len(self._events) > self.max_events:
                 old_ns, old_name = self._events.popleft()
                 self.store.remove(("", "events"), old_ns, old_name)
+
+
+def mark_disruption(api: Api, namespace: str, name: str, reason: str, message: str) -> None:
+    """Add the ``DisruptionTarget`` condition a real cluster puts on a pod it evicts or preempts (what a
+    Job's podFailurePolicy ``onPodConditions`` matches)."""
+    pod = api.store.get(("", "pods"), namespace, name)
+    if pod is None:
+        return
+    status = copy.deepcopy(pod.get("status") or {})
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != "DisruptionTarget"]
+    conditions.append(
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now_iso(),
+        }
+    )
+    status["conditions"] = conditions
+    try:
+        api.update_status(api.rtype("", "v1", "pods"), namespace, name, status)
+    except ApiError:
+        pass

@@ -22,8 +22,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from . import openapi
-from .api import Api
+from . import openapi, rbac
+from .api import Api, mark_disruption
 from .resources import ResourceType
 from .store import Event
 from .tables import table
@@ -75,6 +75,12 @@ class ApiServer:
         self.ssl_context = ssl_context
         self.host, self.port = host, port
         self.tokens = tokens
+        #: Tokens bound to ServiceAccounts: token -> (namespace, name); RBAC applies to their requests.
+        self.sa_tokens: dict[str, tuple[str, str]] = {}
+        #: The messages of the requests RBAC refused (403), oldest first.
+        self.forbidden: list[str] = []
+        #: Requests made with each ServiceAccount's tokens.
+        self.account_requests: Counter[tuple[str, str]] = Counter()
         self.log_source = log_source
         self.faults = ServerFaults()
         #: Seconds of silence after which a watch that allows bookmarks gets one.
@@ -133,13 +139,26 @@ class ApiServer:
 
     def _check_auth(self, request: web.Request) -> list[str] | None:
         """The namespaces the caller may use (None: all)."""
-        if self.tokens is None:
+        if self._service_account(request) is not None:
             return None
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if self.tokens is None:
+            return None
         if token not in self.tokens:
             raise ApiError(401, "Unauthorized", "Unauthorized")
         return self.tokens[token]
+
+    def _service_account(self, request: web.Request) -> tuple[str, str] | None:
+        """The ServiceAccount a request's token is bound to (RBAC applies), or None."""
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if token not in self.sa_tokens:
+            return None
+        ns, name = self.sa_tokens[token]
+        if self.api.store.get(("", "serviceaccounts"), ns, name) is None:
+            raise ApiError(401, "Unauthorized", "Unauthorized")  # the ServiceAccount was deleted
+        return ns, name
 
     # ------------------------------------------------------------------ dispatch
 
@@ -189,6 +208,20 @@ class ApiServer:
         else:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return await self._resource_request(request, group, version, rest, allowed)
+
+    def issue_token(self, namespace: str, name: str) -> JSON:
+        """TokenRequest (``kubectl create token``): a new token bound to the ServiceAccount."""
+        if self.api.store.get(("", "serviceaccounts"), namespace, name) is None:
+            raise ApiError.not_found("serviceaccounts", name)
+        token = rbac.new_token()
+        self.sa_tokens[token] = (namespace, name)
+        return {
+            "kind": "TokenRequest",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600},
+            "status": {"token": token, "expirationTimestamp": "2099-01-01T00:00:00Z"},
+        }
 
     def _groups(self) -> list[JSON]:
         groups: dict[str, list[str]] = {}
@@ -265,13 +298,31 @@ class ApiServer:
                     f'{rtype.group_resource} is forbidden: User "fake-user" cannot '
                     f'{verb} resource "{plural}" in API group "{group}"{where}',
                 )
+        account = self._service_account(request)
+        if account is not None:
+            self.account_requests[account] += 1
+        if account is not None and not rbac.authorize(
+            self.api.store, *account, verb, group, resource_key, namespace, name
+        ):
+            where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"{rtype.group_resource} {f'{chr(34)}{name}{chr(34)} ' if name else ''}is forbidden: User "
+                f'"system:serviceaccount:{account[0]}:{account[1]}" cannot {verb} resource "{resource_key}" '
+                f'in API group "{group}"{where}',
+            )
         await self._apply_faults(verb, plural)
         dry_run = "All" in q.getall("dryRun", [])
+        if sub == "token" and rtype.kind == "ServiceAccount" and method == "POST":
+            return web.json_response(self.issue_token(namespace, name), status=201)
         field_validation = q.get("fieldValidation", "")
         if sub == "eviction" and rtype.kind == "Pod" and request.method == "POST":
             # The Eviction API (kubectl drain): the pod is deleted gracefully.
             body = await self._body(request)
             options = (body or {}).get("deleteOptions") or {}
+            if not dry_run:
+                mark_disruption(self.api, namespace, name, "EvictionByEvictionAPI", "Eviction API: evicting")
             self.api.delete(
                 rtype,
                 namespace,

@@ -31,7 +31,15 @@ __all__ = ["FakeCluster", "load_yaml_documents"]
 
 log = logging.getLogger(__name__)
 
-CONTROLLERS = ("tf-operator", "pytorch-operator", "frameworkcontroller")
+CONTROLLERS = (
+    "job-controller",
+    "deployment-controller",
+    "jobset-controller",
+    "trainjob-controller",
+    "tf-operator",
+    "pytorch-operator",
+    "frameworkcontroller",
+)
 
 
 _YAML_CACHE: dict[tuple[str, float], list[JSON]] = {}
@@ -162,8 +170,30 @@ class FakeCluster:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _write_kubeconfig(self) -> None:
-        user: JSON = {"token": self.token} if self.token else {}
+    @property
+    def kueue(self) -> Any:
+        """The simulated Kueue (``controllers=[..., "kueue"]``), e.g. ``cluster.kueue.preempt(ns, workload)``."""
+        for ctl in self._controllers:
+            if ctl.name == "kueue":
+                return ctl
+        raise LookupError("This fake cluster runs no simulated Kueue: add 'kueue' to controllers.")
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A new token bound to the ServiceAccount ``namespace/name`` (created if missing): requests with it
+        are allowed only what the Roles and ClusterRoles bound to it grant (see docs/fake-cluster.md)."""
+        sa_type = self.api.rtype("", "v1", "serviceaccounts")
+        if self.store.get(("", "serviceaccounts"), namespace, name) is None:
+            self.api.create(sa_type, namespace, {"metadata": {"name": name}})
+        return str(self.server.issue_token(namespace, name)["status"]["token"])
+
+    def write_kubeconfig(self, path: Path | str, *, token: str | None = None, namespace: str = "default") -> Path:
+        """Write a kubeconfig for this cluster with ``token`` (e.g. a service account's) to ``path``."""
+        self._write_kubeconfig(Path(path), token, namespace)
+        return Path(path)
+
+    def _write_kubeconfig(self, path: Path | None = None, token: str | None = None, namespace: str = "default") -> None:
+        token = token or self.token
+        user: JSON = {"token": token} if token else {}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -178,10 +208,10 @@ class FakeCluster:
                 }
             ],
             "users": [{"name": "fake-user", "user": user}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user", "namespace": "default"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake-user", "namespace": namespace}}],
             "current-context": "fake",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        (path or self.kubeconfig).write_text(yaml.safe_dump(config, sort_keys=False))
 
     # ------------------------------------------------------------------ conveniences
 
@@ -221,6 +251,18 @@ class FakeCluster:
             else:
                 out.append(self.create(doc, namespace))
         return out
+
+    def patch(
+        self,
+        resource: str,
+        name: str,
+        body: Any,
+        namespace: str = "default",
+        content_type: str = "application/merge-patch+json",
+    ) -> JSON:
+        """Patch an object (a JSON merge patch by default), as a client would."""
+        rtype = self.resource(resource)
+        return self.api.patch(rtype, namespace if rtype.namespaced else "", name, body, content_type)
 
     def delete(self, resource: str, name: str, namespace: str = "default", propagation: str | None = None) -> JSON:
         return self.api.delete(self.resource(resource), namespace, name, propagation=propagation)

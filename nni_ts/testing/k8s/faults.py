@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .util import ApiError, now_iso
+from .util import JSON, ApiError, now_iso
 
 if TYPE_CHECKING:
     from .cluster import FakeCluster
@@ -63,6 +63,7 @@ class Faults:
         faults.bursts.clear()
         faults.delay = 0.0
         faults.gone_watches = 0
+        self._cluster.api.admission_checks.clear()
 
     async def evict_pod(
         self, namespace: str, name: str, message: str = "The node was low on resource: memory. "
@@ -132,6 +133,38 @@ class Faults:
                 )
         node["spec"].pop("taints", None)
         api.store.put(("", "nodes"), node, added=False)
+
+    def deny_pods(self, message: str = "pods are not allowed here") -> None:
+        """A validating admission webhook that refuses every pod created from now on (403), as
+        ``admission webhook "deny.example.com" denied the request: <message>``."""
+
+        def check(rtype: Any, namespace: str, obj: JSON) -> None:
+            if rtype.kind == "Pod":
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'admission webhook "deny.example.com" denied the request: {message}',
+                )
+
+        self._cluster.api.admission_checks.append(check)
+
+    def pod_quota(self, pods: int, name: str = "compute-quota") -> None:
+        """A ResourceQuota allowing ``pods`` pods per namespace: creating one more answers 403 with the
+        API server's message (``exceeded quota: ...``)."""
+
+        def check(rtype: Any, namespace: str, obj: JSON) -> None:
+            if rtype.kind != "Pod":
+                return
+            used = len(self._cluster.api.store.list(("", "pods"), namespace))
+            if used >= pods:
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'pods "{obj["metadata"].get("name")}" is forbidden: exceeded quota: {name}, requested: '
+                    f"pods=1, used: pods={used}, limited: pods={pods}",
+                )
+
+        self._cluster.api.admission_checks.append(check)
 
     def missing_image(self, image: str) -> None:
         """Pods using ``image`` (created from now on) never pull it: ErrImagePull, then ImagePullBackOff."""

@@ -34,7 +34,7 @@ import psutil
 
 from ...processes import killpg, wait_pid
 from ...tasks import TaskSupervisor
-from .api import Api
+from .api import Api, mark_disruption
 from .util import JSON, ApiError, LabelSelector, now_iso, parse_quantity
 
 __all__ = ["Kubelet", "Node"]
@@ -166,7 +166,10 @@ class PodRunner:
         if pod is None:
             return
         status = copy.deepcopy(pod.get("status") or {})
+        kept = [c for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"]
         status.update(changes)
+        if kept and "conditions" in changes:  # the kubelet's own conditions do not replace a disruption
+            status["conditions"] = [*status["conditions"], *kept]
         self.kubelet.api.update_status(self.kubelet.pods_type, self.namespace, self.name, status)
 
     def container_statuses(self, waiting: tuple[str, str] | None = None) -> list[JSON]:
@@ -1059,6 +1062,9 @@ class Kubelet:
         pod = self.api.store.get(("", "pods"), namespace, name)
         if pod is None:
             raise ApiError.not_found("pods", name)
+        if reason == "Evicted":  # node-pressure eviction: the kubelet marks the pod as disrupted
+            mark_disruption(self.api, namespace, name, "TerminationByKubelet", message)
+            pod = self.api.store.get(("", "pods"), namespace, name) or pod
         runner = self.runners.get(pod["metadata"]["uid"])
         if runner is None:
             status = copy.deepcopy(pod.get("status") or {})

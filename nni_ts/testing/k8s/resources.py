@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from .util import JSON, ApiError
 
-__all__ = ["BUILTIN_TYPES", "ResourceType", "from_crd", "check_crd"]
+__all__ = ["BUILTIN_TYPES", "ResourceType", "check_builtin", "check_crd", "check_job", "from_crd"]
 
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -131,6 +132,15 @@ BUILTIN_TYPES: list[ResourceType] = [
     ResourceType("", "v1", "nodes", "Node", namespaced=False, short_names=["no"], has_status=True),
     ResourceType("", "v1", "services", "Service", short_names=["svc"], categories=["all"], has_status=True),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=["sa"]),
+    ResourceType("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short_names=["pvc"], has_status=True),
+    ResourceType("batch", "v1", "jobs", "Job", categories=["all"], has_status=True),
+    ResourceType(
+        "apps", "v1", "deployments", "Deployment", short_names=["deploy"], categories=["all"], has_status=True
+    ),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
     ResourceType(
         "apiextensions.k8s.io",
         "v1",
@@ -141,6 +151,150 @@ BUILTIN_TYPES: list[ResourceType] = [
         has_status=True,
     ),
 ]
+
+
+def check_builtin(rtype: ResourceType, obj: JSON) -> None:
+    """Raise 422 for a built-in object the real API server refuses (Jobs, Deployments, RBAC objects)."""
+    if rtype.group == "batch" and rtype.kind == "Job":
+        check_job(obj)
+    elif rtype.group == "apps" and rtype.kind == "Deployment":
+        check_deployment(obj)
+    elif rtype.group == "rbac.authorization.k8s.io":
+        check_rbac(rtype.kind, obj)
+
+
+def check_deployment(obj: JSON) -> None:
+    name = (obj.get("metadata") or {}).get("name", "")
+    spec = obj.get("spec") or {}
+    causes: list[tuple[str, str, str]] = []
+    selector = (spec.get("selector") or {}).get("matchLabels") or {}
+    labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    if not spec.get("selector"):
+        causes.append(("spec.selector", "FieldValueRequired", "Required value"))
+    elif any(labels.get(k) != v for k, v in selector.items()):
+        causes.append(
+            (
+                "spec.template.metadata.labels",
+                "FieldValueInvalid",
+                f"Invalid value: {json.dumps(labels)}: `selector` does not match template `labels`",
+            )
+        )
+    if not ((spec.get("template") or {}).get("spec") or {}).get("containers"):
+        causes.append(("spec.template.spec.containers", "FieldValueRequired", "Required value"))
+    if causes:
+        raise ApiError.invalid("Deployment", name, "apps", causes)
+
+
+def check_rbac(kind: str, obj: JSON) -> None:
+    name = (obj.get("metadata") or {}).get("name", "")
+    causes: list[tuple[str, str, str]] = []
+    if kind in ("Role", "ClusterRole"):
+        for i, rule in enumerate(obj.get("rules") or []):
+            if not rule.get("verbs"):
+                causes.append(
+                    (f"rules[{i}].verbs", "FieldValueRequired", "Required value: verbs must contain at least one value")
+                )
+            if not rule.get("nonResourceURLs") and not rule.get("resources"):
+                causes.append(
+                    (
+                        f"rules[{i}].resources",
+                        "FieldValueRequired",
+                        "Required value: resource rules must supply at least one resource",
+                    )
+                )
+            if rule.get("resources") and rule.get("apiGroups") is None:
+                causes.append(
+                    (
+                        f"rules[{i}].apiGroups",
+                        "FieldValueRequired",
+                        "Required value: resource rules must supply at least one api group",
+                    )
+                )
+    else:
+        ref = obj.get("roleRef") or {}
+        if not ref.get("name"):
+            causes.append(("roleRef.name", "FieldValueRequired", "Required value"))
+        allowed = ("Role", "ClusterRole") if kind == "RoleBinding" else ("ClusterRole",)
+        if ref.get("kind") not in allowed:
+            causes.append(
+                (
+                    "roleRef.kind",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{ref.get("kind")}": supported values: '
+                    + ", ".join(f'"{k}"' for k in allowed),
+                )
+            )
+        for i, subject in enumerate(obj.get("subjects") or []):
+            if subject.get("kind") not in ("ServiceAccount", "User", "Group"):
+                causes.append(
+                    (
+                        f"subjects[{i}].kind",
+                        "FieldValueNotSupported",
+                        f'Unsupported value: "{subject.get("kind")}": supported values: '
+                        '"ServiceAccount", "User", "Group"',
+                    )
+                )
+    if causes:
+        raise ApiError.invalid(kind, name, "rbac.authorization.k8s.io", causes)
+
+
+def check_job(obj: JSON) -> None:
+    """Raise 422 for a batch/v1 Job the real API server refuses (the rules a trial launcher can hit)."""
+    name = (obj.get("metadata") or {}).get("name", "")
+    spec = obj.get("spec") or {}
+    template_spec = (spec.get("template") or {}).get("spec") or {}
+    causes: list[tuple[str, str, str]] = []
+    if len(name) > 63:
+        causes.append(
+            ("metadata.name", "FieldValueInvalid", f'Invalid value: "{name}": must be no more than 63 characters')
+        )
+    policy = template_spec.get("restartPolicy")
+    if policy not in ("OnFailure", "Never"):
+        causes.append(
+            (
+                "spec.template.spec.restartPolicy",
+                "FieldValueNotSupported",
+                f'Unsupported value: "{policy or "Always"}": supported values: "OnFailure", "Never"',
+            )
+        )
+    if spec.get("podFailurePolicy") is not None and policy != "Never":
+        causes.append(
+            (
+                "spec.podFailurePolicy",
+                "FieldValueInvalid",
+                "Invalid value: only allowed when spec.template.spec.restartPolicy is Never",
+            )
+        )
+    for i, rule in enumerate((spec.get("podFailurePolicy") or {}).get("rules") or []):
+        if rule.get("action") not in ("FailJob", "Ignore", "Count", "FailIndex"):
+            causes.append(
+                (
+                    f"spec.podFailurePolicy.rules[{i}].action",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{rule.get("action")}": supported values: '
+                    '"Count", "FailIndex", "FailJob", "Ignore"',
+                )
+            )
+        if (rule.get("onExitCodes") is None) == (rule.get("onPodConditions") is None):
+            causes.append(
+                (
+                    f"spec.podFailurePolicy.rules[{i}]",
+                    "FieldValueInvalid",
+                    "Invalid value: specifying one of OnExitCodes and OnPodConditions is required",
+                )
+            )
+    if spec.get("completionMode", "NonIndexed") not in ("NonIndexed", "Indexed"):
+        causes.append(
+            (
+                "spec.completionMode",
+                "FieldValueNotSupported",
+                f'Unsupported value: "{spec.get("completionMode")}": supported values: "NonIndexed", "Indexed"',
+            )
+        )
+    if not template_spec.get("containers"):
+        causes.append(("spec.template.spec.containers", "FieldValueRequired", "Required value"))
+    if causes:
+        raise ApiError.invalid("Job", name, "batch", causes)
 
 
 def check_crd(obj: JSON) -> None:

@@ -63,7 +63,10 @@ class Store:
                 yield gr, obj
 
     def events_since(self, rv: int, gr: GR) -> builtins.list[Event]:
-        if rv < self.compacted_rv:
+        """The events after ``rv``. A version older than the history, or one this store never issued (a
+        client resuming after the API server came back with a fresh store), answers 410 Gone, as a real
+        API server does: the client must list again."""
+        if rv < self.compacted_rv or rv > self.rv:
             raise ApiError(410, "Expired", f"too old resource version: {rv} ({self.compacted_rv + 1})")
         return [e for e in self.history if e.rv > rv and e.gr == gr]
 

@@ -12,15 +12,17 @@ from .util import JSON
 __all__ = ["human_age", "jsonpath", "table"]
 
 
-def human_age(timestamp: str | None) -> str:
-    """A creationTimestamp as kubectl shows an age (``5s``, ``3m2s``, ``4h``, ``2d``)."""
+def human_age(timestamp: str | None, until: str | None = None) -> str:
+    """A creationTimestamp as kubectl shows an age (``5s``, ``3m2s``, ``4h``, ``2d``); with ``until``, the
+    duration between the two timestamps."""
     if not timestamp:
         return "<unknown>"
     try:
         then = _dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.UTC)
+        end = _dt.datetime.strptime(until, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.UTC) if until else None
     except ValueError:
         return "<invalid>"
-    seconds = max(0, int((_dt.datetime.now(_dt.UTC) - then).total_seconds()))
+    seconds = max(0, int(((end or _dt.datetime.now(_dt.UTC)) - then).total_seconds()))
     if seconds < 120:
         return f"{seconds}s"
     minutes = seconds // 60
@@ -96,6 +98,22 @@ def _pod_row(pod: JSON) -> list[Any]:
     ]
 
 
+def _job_row(job: JSON) -> list[Any]:
+    spec, status = job.get("spec") or {}, job.get("status") or {}
+    true = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+    order = ("Complete", "Failed", "FailureTarget", "SuccessCriteriaMet", "Suspended")
+    state = next((s for s in order if s in true), "")
+    state = {"FailureTarget": "Failing", "SuccessCriteriaMet": "Completing"}.get(state, state) or "Running"
+    start = status.get("startTime")
+    return [
+        job["metadata"]["name"],
+        state,
+        f"{status.get('succeeded', 0)}/{spec.get('completions', 1)}",
+        human_age(start, status.get("completionTime")) if start else "",
+        human_age(job["metadata"].get("creationTimestamp")),
+    ]
+
+
 def _columns(rtype: ResourceType) -> list[JSON]:
     def col(name: str, type_: str = "string", fmt: str = "", priority: int = 0, desc: str = "") -> JSON:
         return {"name": name, "type": type_, "format": fmt, "description": desc or name, "priority": priority}
@@ -125,6 +143,10 @@ def _columns(rtype: ResourceType) -> list[JSON]:
                 )
             )
         return cols
+    if rtype.kind == "Job" and rtype.group == "batch":
+        return [name, col("Status"), col("Completions"), col("Duration"), age]
+    if rtype.kind == "Deployment" and rtype.group == "apps":
+        return [name, col("Ready"), col("Up-to-date", "integer"), col("Available", "integer"), age]
     if rtype.kind == "Namespace":
         return [name, col("Status"), age]
     if rtype.kind == "Node":
@@ -148,6 +170,17 @@ def _cells(rtype: ResourceType, obj: JSON) -> list[Any]:
                 value = ",".join(str(v) for v in value)
             cells.append("" if value is None else value)
         return cells
+    if rtype.kind == "Job" and rtype.group == "batch":
+        return _job_row(obj)
+    if rtype.kind == "Deployment" and rtype.group == "apps":
+        status = obj.get("status") or {}
+        return [
+            meta["name"],
+            f"{status.get('readyReplicas', 0)}/{(obj.get('spec') or {}).get('replicas', 1)}",
+            status.get("updatedReplicas", 0),
+            status.get("availableReplicas", 0),
+            human_age(meta.get("creationTimestamp")),
+        ]
     if rtype.kind == "Namespace":
         return [meta["name"], (obj.get("status") or {}).get("phase", ""), human_age(meta.get("creationTimestamp"))]
     if rtype.kind == "Node":

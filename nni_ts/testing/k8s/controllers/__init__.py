@@ -1,4 +1,5 @@
-"""Simulated operators of the fake cluster: tf-operator, pytorch-operator and FrameworkController."""
+"""Simulated controllers of the fake cluster: the Job controller, tf-operator, pytorch-operator and
+FrameworkController."""
 
 from __future__ import annotations
 
@@ -11,10 +12,23 @@ __all__ = ["make_controllers"]
 
 
 def make_controllers(api: Api, names: Iterable[str]) -> list[Any]:
+    from .deployment import DeploymentController
     from .framework import FrameworkController
+    from .job import JobController
     from .kubeflow import PyTorchOperator, TFOperator
+    from .kueue import Kueue
+    from .trainer import JobSetController, TrainJobController
 
-    known = {"tf-operator": TFOperator, "pytorch-operator": PyTorchOperator, "frameworkcontroller": FrameworkController}
+    known = {
+        "job-controller": JobController,
+        "deployment-controller": DeploymentController,
+        "jobset-controller": JobSetController,
+        "trainjob-controller": TrainJobController,
+        "tf-operator": TFOperator,
+        "pytorch-operator": PyTorchOperator,
+        "frameworkcontroller": FrameworkController,
+        "kueue": Kueue,
+    }
     out = []
     for name in names:
         if name not in known:

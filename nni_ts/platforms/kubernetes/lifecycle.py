@@ -1,0 +1,195 @@
+"""A Kubernetes trial's phase, the transitions allowed between phases, the facts the platform gathers
+about it, and the decision of its terminal status: a pure function of those facts.
+
+The phases (:class:`Phase`)::
+
+    ACTIVE ──► SETTLING ──► FINISHING ──► CONCLUDED
+      │  │        │            │              ▲
+      │  └────────┴──► STOPPING ────────────┤
+      └──────────────────────────────────────┘
+
+* ``ACTIVE``: the job exists (or is being created); the trial waits or runs.
+* ``SETTLING``: the keeper reported its exit; the platform waits (bounded) for the job's final state, so
+  that a trial's slot is counted until its job has ended and an OOM kill or an eviction is not missed.
+* ``FINISHING``: the job finished or vanished: what the keeper could not report is read back from the
+  shared storage (its journal), then the trial is concluded.
+* ``STOPPING``: the platform stops the job (a cancel, a failure it decided, a settle time-out) and waits
+  until its pods are gone.
+* ``CONCLUDED``: the terminal status was decided (:func:`decide`) and reported. Nothing happens after.
+
+Every change goes through :func:`check_transition` against :data:`TRANSITIONS`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ...models import TrialJobStatus
+from .status import JobView, PodProblem
+
+__all__ = [
+    "TRANSITIONS",
+    "Decision",
+    "Facts",
+    "Names",
+    "Phase",
+    "TransitionError",
+    "check_transition",
+    "decide",
+    "is_signal_exit",
+]
+
+
+class Phase(enum.Enum):
+    ACTIVE = "active"
+    SETTLING = "settling"
+    FINISHING = "finishing"
+    STOPPING = "stopping"
+    CONCLUDED = "concluded"
+
+
+#: The phases each phase may move to.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.ACTIVE: frozenset({Phase.SETTLING, Phase.FINISHING, Phase.STOPPING, Phase.CONCLUDED}),
+    Phase.SETTLING: frozenset({Phase.FINISHING, Phase.STOPPING, Phase.CONCLUDED}),
+    Phase.FINISHING: frozenset({Phase.STOPPING, Phase.CONCLUDED}),
+    Phase.STOPPING: frozenset({Phase.CONCLUDED}),
+    Phase.CONCLUDED: frozenset(),
+}
+
+
+class TransitionError(RuntimeError):
+    """A transition :data:`TRANSITIONS` does not allow: a bug in the platform."""
+
+
+def check_transition(current: Phase, new: Phase) -> None:
+    if new not in TRANSITIONS[current]:
+        raise TransitionError(f"A Kubernetes trial cannot go from {current.name} to {new.name}.")
+
+
+def is_signal_exit(code: int | None) -> bool:
+    """An exit code that means the process was killed by a signal (SIGTERM, SIGKILL, SIGINT, SIGHUP): what a
+    trial's keeper reports when its pod was deleted or evicted under it."""
+    return code is not None and (code < 0 or code in (129, 130, 137, 143))
+
+
+@dataclass
+class Facts:
+    """What the platform learnt about one trial, from the watches, the keeper and its own actions."""
+
+    #: The keeper's exit code, reported or read back from its journal.
+    keeper_exit: int | None = None
+    #: The job's final state (finished), from the job watch.
+    job_final: JobView | None = None
+    #: The job was deleted by someone else before it finished.
+    job_vanished: bool = False
+    #: Why a pod does not run or died (the first problem; an eviction or an OOM kill wins).
+    problem: PodProblem | None = None
+    #: A running pod of the trial deleted by someone else (kubectl delete pod, a drain's eviction) before
+    #: anything of the trial ended.
+    pod_deleted: str | None = None
+    #: The exit code of the reporting pod's container, from the pod watch.
+    primary_exit: int | None = None
+    #: Warning events of the job and its pods (FailedCreatePod, FailedScheduling...), latest last.
+    warnings: list[str] = field(default_factory=list)
+    #: The job cannot create its pods (FailedCreatePod and the like): the event's message.
+    cannot_create: str | None = None
+    #: A cancel asked for this status.
+    cancel_status: TrialJobStatus | None = None
+    #: A failure the platform decided (message, infrastructure): the pending time-out, the anchor lost...
+    forced: tuple[str, bool] | None = None
+    #: The last lines of the reporting pod's log, or the launcher's own error, on a failure without exit.
+    log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: TrialJobStatus
+    message: str | None
+    exit_code: int | None
+    infrastructure: bool = False
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the messages name: the job's kind and name, the trial's directory, the reporting pod."""
+
+    kind: str
+    job: str
+    working_directory: str | None = None
+    primary_pod: str = ""
+
+
+def _infrastructure_cause(f: Facts, n: Names) -> str | None:
+    """The platform, not the trial, ended it: why (None when nothing says so)."""
+    if f.problem is not None and f.problem.kind == "evicted":
+        return f.problem.message
+    if f.pod_deleted is not None:
+        return (
+            f"The pod {f.pod_deleted} was deleted outside nni-ts while the trial ran (kubectl delete pod, "
+            "or an eviction by kubectl drain)."
+        )
+    if f.job_vanished and f.job_final is None:
+        return f"The {n.kind} {n.job} was deleted outside nni-ts before the trial ended."
+    if f.job_final is not None and f.job_final.infrastructure:
+        return f.job_final.message
+    return None
+
+
+def decide(f: Facts, n: Names) -> Decision:
+    """The trial's terminal status, message, exit code and whether the platform (not the trial) failed."""
+    code = f.keeper_exit
+    if f.forced is not None:
+        message, infra = f.forced
+        return Decision(TrialJobStatus.FAILED, message, code, infra)
+    if f.cancel_status is not None:
+        return Decision(f.cancel_status, "Cancelled.", code)
+    if code == 0:
+        return Decision(TrialJobStatus.SUCCEEDED, None, 0)
+    view, problem = f.job_final, f.problem
+    cause = _infrastructure_cause(f, n)
+    if cause is not None and (code is None or is_signal_exit(code)):
+        exit_code = code if code is not None else view.exit_code if view is not None else f.primary_exit
+        suffix = f" The trial command was stopped (exit code {code})." if code is not None else ""
+        return Decision(TrialJobStatus.FAILED, cause + suffix, exit_code, True)
+    if f.cannot_create is not None and code is None:
+        return Decision(
+            TrialJobStatus.FAILED,
+            f"The {n.kind} {n.job} cannot create its pods: {f.cannot_create}",
+            None,
+        )
+    if code is not None:
+        job_failed = view is not None and view.phase == "failed" and bool(view.message)
+        if is_signal_exit(code) and job_failed and (problem is None or problem.kind != "oom"):
+            # The trial was stopped because something else failed (another replica): say what.
+            assert view is not None and view.message is not None
+            return Decision(
+                TrialJobStatus.FAILED,
+                f"{view.message} The reporting replica's command was stopped with it (exit code {code}).",
+                code,
+            )
+        message = f"The trial command exited with code {code}."
+        if problem is not None and problem.kind == "oom":
+            message += f" {problem.message}"
+        elif job_failed:
+            message += f" {view.message}"  # type: ignore[union-attr]
+        return Decision(TrialJobStatus.FAILED, message, code)
+    exit_code = view.exit_code if view is not None and view.exit_code is not None else f.primary_exit
+    if view is not None and view.phase == "succeeded":
+        return Decision(
+            TrialJobStatus.FAILED,
+            f"The {n.kind} {n.job} succeeded, but the trial keeper left no exit record in "
+            f"{n.working_directory}: the pods may not see the storage the manager writes to "
+            "(check trainingService.storage: server, path, localMountPath).",
+            exit_code,
+        )
+    parts = [view.message if view is not None and view.message else f"The {n.kind} {n.job} failed."]
+    if problem is not None:
+        parts.append(problem.message)
+    if f.warnings:
+        parts.append(f"Events: {f.warnings[-1]}")
+    parts.append("The trial keeper did not record an exit (it was killed with the trial, or never started).")
+    if f.log_tail:
+        parts.append(f"From pod {n.primary_pod}: {f.log_tail}")
+    return Decision(TrialJobStatus.FAILED, " ".join(parts), exit_code)
