@@ -44,7 +44,7 @@ _ARITY = {
     "normal": 2, "qnormal": 3, "lognormal": 2, "qlognormal": 3,
 }  # fmt: skip
 _SHAPE = {
-    "randint": "[lower, upper) with integers lower < upper",
+    "randint": "[lower, upper) with integers (not 1.0 but 1) lower < upper",
     "uniform": "[low, high] with low < high",
     "quniform": "[low, high, q] with low < high and q > 0",
     "loguniform": "[low, high] with 0 < low < high",
@@ -101,6 +101,15 @@ def _validate_param(name: str, spec: Any, path: str, source: str | None) -> None
                 sub = {k: v for k, v in item.items() if k != "_name"}
                 for sub_name, sub_spec in sub.items():
                     _validate_param(sub_name, sub_spec, f"{vpath}[{i}].{sub_name}", source)
+        for i, item in enumerate(value):
+            bad = _not_json(item)
+            if bad is not None:
+                raise _fail(
+                    f"{vpath}[{i}]",
+                    f"a choice holds JSON values only (numbers, strings, booleans, null, lists, mappings), "
+                    f"got {bad}: a trial receives its parameters as JSON.",
+                    source,
+                )
         names = [v["_name"] for v, n in zip(value, nested, strict=True) if n]
         if len(names) != len(set(map(str, names))):
             raise _fail(vpath, "nested choices must have distinct _name values.", source)
@@ -111,7 +120,7 @@ def _validate_param(name: str, spec: Any, path: str, source: str | None) -> None
     a, b = value[0], value[1]
     q = value[2] if arity == 3 else None
     if kind == "randint":
-        if not all(float(x).is_integer() for x in value) or a >= b:
+        if not all(isinstance(x, int) for x in value) or a >= b:  # NNI refuses 1.0 as well
             raise _fail(vpath, f"randint expects {_SHAPE[kind]}, got {value!r}.", source)
     elif kind in ("uniform", "quniform", "loguniform", "qloguniform"):
         if a >= b or (kind.endswith("loguniform") and a <= 0):
@@ -120,6 +129,25 @@ def _validate_param(name: str, spec: Any, path: str, source: str | None) -> None
         raise _fail(vpath, f"{kind} expects {_SHAPE[kind]}, got {value!r}.", source)
     if q is not None and q <= 0:
         raise _fail(vpath, f"{kind} expects {_SHAPE[kind]}, got {value!r}.", source)
+
+
+def _not_json(value: Any) -> str | None:
+    """None if ``value`` is a JSON value; else a description of the first part that is not."""
+    if value is None or isinstance(value, bool | int | str):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else repr(value)
+    if isinstance(value, list | tuple):
+        return next((bad for bad in map(_not_json, value) if bad is not None), None)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"a mapping with the non-string key {key!r}"
+            bad = _not_json(item)
+            if bad is not None:
+                return bad
+        return None
+    return f"an object of type {type(value).__name__} ({value!r:.60})"
 
 
 # ---------------------------------------------------------------------- shared rounding

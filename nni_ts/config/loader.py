@@ -78,7 +78,14 @@ def read_structured_file(path: Path, *, what: str) -> tuple[Any, str]:
         try:
             return json.loads(text), text
         except ValueError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc}.") from None
+            if what != "search space":
+                raise ConfigError(f"{path}: not valid JSON: {exc}.") from None
+            json_error = exc
+        # NNI reads a search space file that is not strict JSON (a trailing comma) as YAML; so do we
+        try:
+            return yaml.load(text, Loader=YamlLoader), text  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError:
+            raise ConfigError(f"{path}: not valid JSON: {json_error}.") from None
     try:
         return yaml.load(text, Loader=YamlLoader), text  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:

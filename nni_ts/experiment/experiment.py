@@ -34,6 +34,7 @@ from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, T
 from ..storage import AsyncStore, Store, TrialRecord, open_store
 from ..tasks import TaskSupervisor
 from ..training_service import TrainingService, new_trial_id
+from .algo_worker import AlgoWorker
 from .records import parse_record
 from .results import best_trial, is_better, no_success_summary, optimize_mode
 
@@ -139,8 +140,10 @@ def _algo_source(algo: Any, kind: str) -> tuple[str | None, str | None, str | No
     return None, str(meta["className"]), algo.code_directory or meta.get("codeDirectory")
 
 
-def tuner_for(config: ExperimentConfig) -> Tuner:
+def tuner_for(config: ExperimentConfig, experiment_dir: Path | None = None) -> Tuner:
     """The tuner (or advisor) the config names, built for its search space and seed.
+
+    ``experiment_dir`` is where PBT keeps its checkpoints (``<experiment_dir>/checkpoint``).
 
     The one place a config becomes a tuner: the experiment builds it at start, the service when an
     experiment is created (so that a bad name or classArgs is refused before anything runs).
@@ -160,6 +163,7 @@ def tuner_for(config: ExperimentConfig) -> Tuner:
         class_args=dict(algo.class_args or {}),
         search_space=config.search_space,
         seed=config.seed,
+        experiment_dir=experiment_dir,
     )
 
 
@@ -255,6 +259,15 @@ class Experiment:
         self._deadline_timer: TimerHandle | None = None
         self._stop_reason: str | None = None
         self._tuner_exhausted = False
+        # The tuner and assessor run in a thread of their own; the next suggestion is computed there
+        # ahead of the next free slot. _tuner_paused: the tuner said "no more" (NoMoreTrialError) and
+        # no result came since; with nothing running, that ends the experiment.
+        self._worker = AlgoWorker(f"nni-ts-tuner-{self.id}")
+        self._suggestion: asyncio.Future[Any] | None = None
+        self._suggestion_pid = 0
+        self._tuner_paused = False
+        self._tuner_news = 0  # results and trial ends told to the tuner so far
+        self._suggestion_news = 0  # that count when the suggestion in flight was asked
         self._next_parameter_id = 0
         self._next_sequence_id = 0
         self._trial_count = 0  # distinct parameter sets submitted (retries not counted)
@@ -554,9 +567,9 @@ class Experiment:
         try:
             # Everything the config names is built before anything is recorded: a mistake in the
             # tuner or platform section leaves no half-created experiment behind.
-            self._tuner = self._tuner or tuner_for(self.config)
+            self._tuner = self._tuner or await self._worker.call(tuner_for, self.config, self.working_directory)
             if self._assessor is None:
-                self._assessor = self._make_assessor()
+                self._assessor = await self._worker.call(self._make_assessor)
             service = self._service or self._make_service()
             self._service = service
             if self._store is None:
@@ -564,6 +577,7 @@ class Experiment:
             self._db = self._store.asynchronous()
             await self._prepare_record()
         except BaseException:
+            self._worker.close()
             await self._close_store()
             raise
         self.events.emit("started", self.id)
@@ -604,6 +618,9 @@ class Experiment:
         finally:
             service.remove_trial_job_metric_listener(self._on_metric)
             service.events.remove_listener("trial_status", self._on_status)
+            if self._suggestion is not None:
+                self._suggestion.cancel()
+            self._worker.close()
             await self._tasks.stop()
         await self._drain_writes()
         if self._errors:
@@ -739,13 +756,13 @@ class Experiment:
                     self._failed -= t.status is TrialJobStatus.FAILED and not t.infrastructure_failure
                     self._pending_retries.append(_Live(t.parameter_id, t.sequence_id, t.parameters, t.attempt + 1))
         if replay:
-            self._tuner.import_data(replay)
+            await self._worker.call(self._tuner.import_data, replay)
         # Points submitted without a result (running, or ended without one) are the tuner's too: a
         # GridSearch must not hand them out again.
         pending = [t.parameters for t in latest.values() if t.final_data is None]
         hook = getattr(self._tuner, "import_submitted", None)
         if pending and hook is not None:
-            hook(pending)
+            await self._worker.call(hook, pending)
         for t in latest.values():
             if t.status.is_terminal:
                 continue
@@ -805,7 +822,12 @@ class Experiment:
                         await self._submit(live)
                     else:
                         break
-                if not self._live and not self._pending_retries and not self._budget_left():
+                if self._stop_reason is None:
+                    self._request_suggestion()  # the next one, computed while trials run
+                idle = not self._live and not self._pending_retries and self._suggestion is None
+                if idle and self._tuner_paused:
+                    self._tuner_exhausted = True
+                if idle and not self._budget_left():
                     break
                 if self._errors:
                     raise self._errors[0]
@@ -822,18 +844,36 @@ class Experiment:
             self._status = ExperimentStatus.DONE
             self._message = "All trials done." if not self._tuner_exhausted else "The tuner has no more parameters."
 
-    def _next_from_tuner(self) -> _Live | None:
-        from ..tuners import NoMoreTrialError
-
+    def _request_suggestion(self) -> None:
+        """Ask the tuner (in its thread) for the next parameters, unless one is already asked or due."""
+        if self._suggestion is not None or self._tuner_paused or not self._budget_left():
+            return
         assert self._tuner is not None
         pid = self._next_parameter_id
-        try:
-            params = self._tuner.generate_parameters(pid)
-        except NoMoreTrialError:
-            self._tuner_exhausted = True
-            return None
         self._next_parameter_id += 1
-        live = _Live(pid, self._next_sequence_id, dict(params), 1)
+        self._suggestion_pid = pid
+        self._suggestion_news = self._tuner_news
+        self._suggestion = self._worker.call(self._tuner.generate_parameters, pid)
+        self._suggestion.add_done_callback(lambda _: self._wake.set())
+
+    def _next_from_tuner(self) -> _Live | None:
+        """The tuner's next suggestion if it is ready (else None; the loop wakes when it is)."""
+        from ..tuners import NoMoreTrialError
+
+        self._request_suggestion()
+        future = self._suggestion
+        if future is None or not future.done():
+            return None
+        self._suggestion = None
+        exc = future.exception()
+        if isinstance(exc, NoMoreTrialError):
+            # asked again after the next result, as NNI does; at once if one came while it was asked
+            self._tuner_paused = self._tuner_news == self._suggestion_news
+            return None
+        if exc is not None:
+            self._algo_failed(self._tuner.generate_parameters, exc)  # type: ignore[union-attr]
+            return None
+        live = _Live(self._suggestion_pid, self._next_sequence_id, dict(future.result()), 1)
         self._next_sequence_id += 1
         self._trial_count += 1
         return live
@@ -912,15 +952,21 @@ class Experiment:
                 self._call_algo(self._tuner.import_data, [{"parameter": live.parameters, "value": parsed.value}])
             else:
                 self._call_algo(self._tuner.receive_trial_result, live.parameter_id, live.parameters, parsed.value)
+            self._tuner_paused = False
+            self._tuner_news += 1
         elif parsed.type == "PERIODICAL":
             live.history.append(parsed.value)
             if self._assessor is not None:
                 from ..tuners import AssessResult
 
-                verdict = self._call_algo(self._assessor.assess_trial, metric.trial_job_id, list(live.history))
-                if verdict is AssessResult.Bad:
-                    self._cancel_reasons[metric.trial_job_id] = "Early stopped by the assessor."
-                    self._spawn(self._early_stop(metric.trial_job_id), f"early-stop-{metric.trial_job_id}")
+                trial_id = metric.trial_job_id
+
+                def verdict(result: Any) -> None:
+                    if result is AssessResult.Bad and trial_id in self._live:
+                        self._cancel_reasons[trial_id] = "Early stopped by the assessor."
+                        self._spawn(self._early_stop(trial_id), f"early-stop-{trial_id}")
+
+                self._call_algo(self._assessor.assess_trial, trial_id, list(live.history), then=verdict)
         self.events.emit("metric", metric.trial_job_id, parsed)
 
     def _on_status(self, detail: TrialJobDetail) -> None:
@@ -1007,6 +1053,8 @@ class Experiment:
         if live is not None and not live.reattached:
             assert self._tuner is not None
             self._call_algo(self._tuner.trial_end, live.parameter_id, success)
+            self._tuner_paused = False
+            self._tuner_news += 1
         if live is not None and self._assessor is not None:
             self._call_algo(self._assessor.trial_end, trial_id, success)
 
@@ -1017,15 +1065,25 @@ class Experiment:
             self._best_value = value
             self._best_trial = trial_id
 
-    def _call_algo(self, fn: Any, *args: Any) -> Any:
-        """Call the tuner or assessor; its exceptions end the experiment with a clear message."""
-        try:
-            return fn(*args)
-        except Exception as exc:
-            log.exception("%s raised.", getattr(fn, "__qualname__", fn))
-            self._errors.append(exc)
-            self._wake.set()
-            return None
+    def _call_algo(self, fn: Any, *args: Any, then: Any = None) -> None:
+        """Call the tuner or assessor in its thread, after every earlier call; ``then(result)`` runs on
+        the loop. Its exceptions end the experiment with a clear message."""
+
+        def done(future: asyncio.Future[Any]) -> None:
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if exc is not None:
+                self._algo_failed(fn, exc)
+            elif then is not None:
+                then(future.result())
+
+        self._worker.call(fn, *args).add_done_callback(done)
+
+    def _algo_failed(self, fn: Any, exc: BaseException) -> None:
+        log.error("%s raised.", getattr(fn, "__qualname__", fn), exc_info=exc)
+        self._errors.append(exc)
+        self._wake.set()
 
     def _spawn(self, coro: Any, name: str = "work") -> None:
         self._tasks.spawn(coro, name=name)

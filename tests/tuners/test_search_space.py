@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -173,3 +174,32 @@ def test_grid_enumerates_discrete_spaces() -> None:
     assert nested == [{"o": {"_name": "x", "k": 0}}, {"o": {"_name": "x", "k": 1}}, {"o": {"_name": "y"}}]
     with pytest.raises(SearchSpaceError, match="GridSearch needs a finite set"):
         list(grid({"u": {"_type": "uniform", "_value": [0, 1]}}))
+
+
+def test_randint_with_floats_and_a_non_json_choice_are_refused_as_nni_does() -> None:
+    from nni_ts.errors import SearchSpaceError
+    from nni_ts.search_space import validate_search_space
+
+    with pytest.raises(SearchSpaceError) as exc:
+        validate_search_space({"a": {"_type": "randint", "_value": [1.0, 2.0]}})
+    assert exc.value.path == "searchSpace.a._value" and "integers" in str(exc.value)
+    with pytest.raises(SearchSpaceError) as exc:
+        validate_search_space({"c": {"_type": "choice", "_value": [1, object()]}})
+    assert exc.value.path == "searchSpace.c._value[1]" and "JSON" in str(exc.value)
+    validate_search_space({"c": {"_type": "choice", "_value": [1, "a", None, True, [1, 2], {"k": 1}]}})
+
+
+def test_a_search_space_file_with_a_trailing_comma_loads_as_in_nni(tmp_path: Path) -> None:
+    from nni_ts.config.loader import config_from_dict
+
+    (tmp_path / "space.json").write_text('{\n "x": {"_type": "uniform", "_value": [0, 1]},\n}\n')
+    cfg = config_from_dict(
+        {
+            "searchSpaceFile": str(tmp_path / "space.json"),
+            "trialCommand": "true",
+            "trialConcurrency": 1,
+            "tuner": {"name": "TPE"},
+            "trainingService": {"platform": "local"},
+        }
+    )
+    assert cfg.search_space == {"x": {"_type": "uniform", "_value": [0, 1]}}

@@ -102,26 +102,13 @@ def test_grid_search_and_batch_tuner_are_finite() -> None:
         create_tuner("BatchTuner", search_space=SPACE)
 
 
-@pytest.mark.parametrize("name", ["SMAC", "MetisTuner", "PBTTuner", "Anneal", "Nonsense"])
-def test_unsupported_names_list_the_supported_ones(name: str) -> None:
+@pytest.mark.parametrize("name", ["Nonsense", "TPE2"])
+def test_unknown_names_list_the_supported_ones(name: str) -> None:
     with pytest.raises(ConfigError) as exc:
         create_tuner(name, search_space=SPACE)
     msg = str(exc.value)
     assert name in msg and all(n in msg for n in SUPPORTED_TUNERS) and "className" in msg
     assert exc.value.path == "tuner.name"
-
-
-def test_gp_needs_pytorch_or_runs() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="PyTorch"):
-            create_tuner("GP", search_space=SPACE)
-    else:
-        tuner = create_tuner("GP", search_space=SPACE, seed=1)
-        for pid in range(4):
-            p = tuner.generate_parameters(pid)
-            tuner.receive_trial_result(pid, p, p["x"])
 
 
 def test_class_args_pass_through_and_bad_ones_are_named() -> None:
@@ -251,8 +238,6 @@ def test_hyperband_prunes_through_the_tuners_study() -> None:
     assert pruned > 0
     with pytest.raises(ConfigError, match="only works with"):
         create_assessor("Hyperband", tuner=create_tuner("TPE", search_space=SPACE))
-    with pytest.raises(ConfigError, match="Curvefitting"):
-        create_assessor("Curvefitting")
 
 
 def test_custom_tuner_subclassing_our_base() -> None:
@@ -303,3 +288,78 @@ def test_nni_own_tpe_tuner_through_class_name() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     params = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(params) == 5 and all(-5 <= p["x"] <= 10 and p["c"] in ("a", "b") and 0 <= p["n"] < 5 for p in params)
+
+
+def _best_found(name: str, seed: int, trials: int, args: dict[str, Any] | None = None) -> float:
+    tuner = create_tuner(
+        name, class_args={"optimize_mode": "minimize", "seed": seed, **(args or {})}, search_space=BRANIN_SPACE
+    )
+    best = math.inf
+    for pid in range(trials):
+        p = tuner.generate_parameters(pid)
+        value = branin(p["x1"], p["x2"])
+        tuner.receive_trial_result(pid, p, value)
+        tuner.trial_end(pid, True)
+        best = min(best, value)
+    return best
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("SMAC", {}),
+        ("GP", {"cold_start_num": 5}),
+        ("Metis", {"cold_start_num": 5}),
+        ("DNGO", {"num_epochs_per_training": 100}),
+        ("RegularizedEvolutionTuner", {"population_size": 8, "sample_size": 3}),
+        ("Anneal", {}),
+    ],
+)
+def test_hand_written_and_hyperopt_tuners_beat_random_on_branin(name: str, args: dict[str, Any]) -> None:
+    """Implemented from their papers (SMAC3 pulls dask and distributed; pybnn's DNGO needs PyTorch):
+    over 3 seeds at 20 trials, the median best Branin value is lower than Random's."""
+    ours = [_best_found(name, seed, 20, args) for seed in range(3)]
+    rnd = [_best_found("Random", seed, 20) for seed in range(3)]
+    assert statistics.median(ours) < statistics.median(rnd), (ours, rnd)
+
+
+def test_grid_search_refines_continuous_ranges_as_nni_3() -> None:
+    space = {
+        "x": {"_type": "choice", "_value": [5, 7]},
+        "y": {"_type": "uniform", "_value": [0, 8]},
+        "z": {"_type": "quniform", "_value": [2, 3, 1]},
+    }
+    tuner = create_tuner("GridSearch", search_space=space)
+    first = [tuner.generate_parameters(i) for i in range(2)]
+    assert first == [{"x": 5, "y": 4.0, "z": 2.0}, {"x": 7, "y": 4.0, "z": 2.0}]  # the middles first
+    second = [tuner.generate_parameters(i) for i in range(2, 12)]
+    assert {p["y"] for p in second} == {2.0, 4.0, 6.0} and {p["z"] for p in second} == {2.0, 3.0}
+    assert len({json.dumps(p, sort_keys=True) for p in first + second}) == 12  # never the same point twice
+    third = tuner.generate_parameters(12)
+    assert third["y"] in (1.0, 3.0, 5.0, 7.0)
+    finite = create_tuner("GridSearch", search_space={"z": space["z"], "n": {"_type": "randint", "_value": [0, 2]}})
+    got = []
+    with pytest.raises(NoMoreTrialError):
+        for i in range(10):
+            got.append(finite.generate_parameters(i))
+    assert sorted((p["z"], p["n"]) for p in got) == [(2.0, 0), (2.0, 1), (3.0, 0), (3.0, 1)]
+
+
+def test_curvefitting_stops_a_curve_heading_below_the_best() -> None:
+    assessor = create_assessor("Curvefitting", class_args={"epoch_num": 20, "start_step": 5, "threshold": 0.95})
+    good = [0.9 - 0.5 / (s + 1) for s in range(20)]
+    for step in range(1, 21):
+        assert assessor.assess_trial("a", good[:step]) is AssessResult.Good  # nothing to compare yet
+    assessor.trial_end("a", True)
+    poor = [0.5 - 0.3 / (s + 1) for s in range(8)]
+    verdicts = [assessor.assess_trial("b", poor[:step]) for step in range(1, 9)]
+    assert verdicts[:4] == [AssessResult.Good] * 4 and AssessResult.Bad in verdicts[4:]
+    promising = [0.95 - 0.5 / (s + 1) for s in range(8)]
+    assert all(assessor.assess_trial("c", promising[:step]) is AssessResult.Good for step in range(1, 9))
+
+
+def test_pbt_built_before_its_experiment_keeps_checkpoints_under_nni_ts_home(nni_ts_home: Path) -> None:
+    """The service builds the tuner to check a config before the experiment exists."""
+    tuner = create_tuner("PBT", search_space={"x": {"_type": "uniform", "_value": [0, 1]}})
+    params = tuner.generate_parameters(0)
+    assert Path(params["save_checkpoint_dir"]).is_relative_to(nni_ts_home)
