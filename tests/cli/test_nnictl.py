@@ -393,6 +393,7 @@ class BlockingTuner(Tuner):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.allow_leaked_children
 def test_stop_ends_a_manager_whose_tuner_blocks(tmp_path: Path) -> None:
     """NNI's multi-thread test tuner never returns: `stop` still ends the manager, and says so."""
@@ -412,6 +413,7 @@ def test_stop_ends_a_manager_whose_tuner_blocks(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.allow_leaked_children
 def test_stop_says_when_the_manager_has_not_stopped(tmp_path: Path) -> None:
     """A manager that cannot act (frozen with SIGSTOP): `stop` says it has not stopped, exit 1."""
