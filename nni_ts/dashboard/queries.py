@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config.errors import redact
 from ..errors import StoreError, UserError
+from ..experiment.results import optimize_mode
 
 __all__ = ["Filter", "Reader", "TrialQuery", "parse_filter"]
 
@@ -421,9 +422,3 @@ class Reader:
             "SELECT status, message, config, ended_ms FROM experiments WHERE id=?", (experiment_id,)
         ).fetchone()
         return tuple(row) if row else None
-
-
-def optimize_mode(config: dict[str, Any]) -> str:
-    algo = config.get("tuner") or config.get("advisor") or {}
-    mode = str((algo.get("classArgs") or {}).get("optimize_mode", "maximize"))
-    return "minimize" if mode.lower().startswith("min") else "maximize"
