@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import StoreError, UserError
 from ..models import TrialJobDetail, TrialJobStatus, now_ms
-from .store import AsyncStore, ExperimentRecord, MetricRecord, Store, TrialRecord
+from .store import AsyncStore, ExperimentRecord, MetricRecord, Store, TrialRecord, _experiment_from_row
 
 __all__ = ["ExperimentStorage", "PostgresStorage", "SqliteStorage", "open_storage"]
 
@@ -279,21 +279,7 @@ class PostgresStorage(ExperimentStorage):
 
     @staticmethod
     def _experiment(row: Any) -> ExperimentRecord:
-        return ExperimentRecord(
-            id=row[0],
-            name=row[1],
-            platform=row[2],
-            status=row[3],
-            config=json.loads(row[4]),
-            created_ms=row[5],
-            updated_ms=row[6],
-            ended_ms=row[7],
-            manager_pid=row[8],
-            manager_started=row[9],
-            message=row[10],
-            working_dir=row[11],
-            active_ms=row[12],
-        )
+        return _experiment_from_row(tuple(row))  # the same columns, in the same order, as SQLite's
 
     @staticmethod
     def _trial(row: Any, *, with_detail: bool = True) -> TrialRecord:
