@@ -30,10 +30,15 @@ Trial status
 ::
 
     WAITING ──► RUNNING ──► SUCCEEDED | FAILED | USER_CANCELED | SYS_CANCELED | EARLY_STOPPED
-       │           │  ▲
-       └──────► UNKNOWN ┘   (temporary: back to RUNNING, or terminal after ``unknown_timeout``)
+       │   ▲       │  ▲
+       │   │       ▼  │
+       └───┼──► UNKNOWN ┘   (temporary: back to RUNNING, or terminal after ``unknown_timeout``)
+           └── requeued ──  (RUNNING or UNKNOWN back to WAITING, through ``reporter.requeued`` only)
 
-A trial reaches exactly one terminal status and never leaves it. UNKNOWN means the platform lost
+A trial reaches exactly one terminal status and never leaves it. A trial goes back to WAITING only
+through :meth:`TrialReporter.requeued`: a queue (Kueue) preempted it and will run it again. That is not
+a failure and counts against no failure budget; the trial keeps its start time and the metrics it
+delivered (its records carry on from the same sequence when it runs again). UNKNOWN means the platform lost
 sight of the trial (a host or keeper stopped answering). It never holds a slot forever: after
 ``unknown_timeout`` seconds the trial becomes FAILED with ``infrastructure_failure=True``, and a
 trial in UNKNOWN can be cancelled at any time. ``clean_up`` ends every live trial as SYS_CANCELED.
@@ -134,6 +139,8 @@ _ALLOWED: dict[TrialJobStatus, frozenset[TrialJobStatus]] = {
     TrialJobStatus.RUNNING: frozenset(TrialJobStatus) - {TrialJobStatus.WAITING, TrialJobStatus.RUNNING},
     TrialJobStatus.UNKNOWN: frozenset(TrialJobStatus) - {TrialJobStatus.WAITING, TrialJobStatus.UNKNOWN},
 }
+#: The moves :meth:`TrialReporter.requeued` adds to ``_ALLOWED``: back to WAITING, never from a terminal status.
+_REQUEUE_FROM: frozenset[TrialJobStatus] = frozenset({TrialJobStatus.RUNNING, TrialJobStatus.UNKNOWN})
 
 TRIAL_FILES = ("stdout", "stderr", "trial.log")
 
@@ -225,6 +232,14 @@ class TrialReporter:
             detail.message = message
             self._service.events.emit("trial_status", detail.model_copy(deep=True))
         return True
+
+    def requeued(self, trial_id: str, message: str) -> bool:
+        """A RUNNING (or UNKNOWN) trial was preempted by a queue and waits to run again: back to WAITING.
+
+        Not a failure (nothing counts it against a failure budget); the trial keeps its start time and
+        its delivered metrics. Returns False, changing nothing, unless the trial was RUNNING or UNKNOWN.
+        """
+        return self._service._set_status(trial_id, TrialJobStatus.WAITING, message=message, requeue=True)
 
     def unknown(self, trial_id: str, message: str) -> bool:
         """The platform lost sight of the trial; it fails after ``unknown_timeout`` unless it comes back."""
@@ -663,6 +678,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         exit_code: int | None = None,
         infrastructure_failure: bool = False,
         when: int | None = None,
+        requeue: bool = False,
     ) -> bool:
         """Move a trial to ``status`` if the state machine allows it. Returns whether it moved.
 
@@ -671,6 +687,8 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         """
         detail = self._get(trial_job_id)
         allowed = _ALLOWED.get(detail.status, frozenset())
+        if requeue and detail.status in _REQUEUE_FROM:
+            allowed = allowed | {TrialJobStatus.WAITING}
         if status not in allowed:
             if status is not detail.status:
                 log.debug("Ignoring %s -> %s for trial %s.", detail.status, status, trial_job_id)

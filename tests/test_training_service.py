@@ -84,6 +84,32 @@ async def test_unknown_times_out_as_infrastructure_failure(svc: Manual) -> None:
     assert svc.cancelled == [(d.id, TrialJobStatus.FAILED)]
 
 
+async def test_requeued_goes_back_to_waiting_and_only_from_a_live_status(svc: Manual) -> None:
+    """Kueue preempts a running trial: it waits again (not a failure), keeps its start time and its
+    metric count, runs again, and an UNKNOWN one can be requeued too (its time-out is cancelled)."""
+    rep = svc.reporter
+    a = await svc.submit_trial_job(form({}, 0))
+    assert not rep.requeued(a.id, "preempted")  # WAITING -> WAITING is not a move
+    rep.running(a.id, when=1000)
+    await rep.metric(a.id, "1")
+    assert rep.requeued(a.id, "Preempted by Kueue: a higher-priority workload needed the quota.")
+    got = await svc.get_trial_job(a.id)
+    assert got.status is TrialJobStatus.WAITING and got.start_time == 1000 and "Kueue" in (got.message or "")
+    assert rep.delivered(a.id) == 1
+    assert rep.running(a.id)
+    assert (await rep.metric(a.id, "2")) is not None and rep.delivered(a.id) == 2
+    b = await svc.submit_trial_job(form({}, 1))
+    rep.running(b.id)
+    rep.unknown(b.id, "silent")
+    assert rep.requeued(b.id, "evicted")
+    assert isinstance(svc.clock, FakeClock)
+    await svc.clock.advance(10 * svc.unknown_timeout)
+    assert (await svc.get_trial_job(b.id)).status is TrialJobStatus.WAITING  # the UNKNOWN timer is gone
+    await rep.ended(a.id, TrialJobStatus.SUCCEEDED, exit_code=0)
+    assert not rep.requeued(a.id, "too late")  # never out of a terminal status
+    assert (await svc.get_trial_job(a.id)).status is TrialJobStatus.SUCCEEDED
+
+
 async def test_unknown_can_recover_and_be_cancelled(svc: Manual) -> None:
     a = await svc.submit_trial_job(form({}, 0))
     b = await svc.submit_trial_job(form({}, 1))

@@ -107,7 +107,7 @@ def _role_pod(
                 extra_mounts=mounts,
             )
         ],
-        "volumes": [mf.storage_volume(cfg.storage, service._azure_secret_name())],
+        "volumes": [service.storage_volume()],
     }
     if barrier:
         spec["initContainers"] = [
@@ -122,14 +122,12 @@ def _role_pod(
         spec["serviceAccountName"] = cfg.service_account_name
     if role.private_registry_auth_path:
         spec["imagePullSecrets"] = [{"name": service._registry_secrets[role.private_registry_auth_path]}]
-    return {"metadata": {"labels": mf.trial_labels(service.experiment_id, detail.id, role.name)}, "spec": spec}
+    return service.pod_template(trial, spec, role=role.name)
 
 
 def build_framework(service: FrameworkControllerTrainingService, trial: _Trial, keeper: mf.KeeperSpec) -> JSON:
     """The Framework of one trial."""
     cfg = service.config
-    detail = trial.detail
-    assert service.anchor is not None
     barrier = len(cfg.task_roles) > 1
     task_roles = []
     for i, role in enumerate(cfg.task_roles):
@@ -152,13 +150,7 @@ def build_framework(service: FrameworkControllerTrainingService, trial: _Trial, 
     return {
         "apiVersion": f"{service.group}/{service.version}",
         "kind": "Framework",
-        "metadata": {
-            "name": trial.job,
-            "namespace": service.namespace,
-            "labels": mf.trial_labels(service.experiment_id, detail.id),
-            "annotations": mf.trial_annotations(detail.id, detail.sequence_id),
-            "ownerReferences": [mf.owner_reference(service.anchor)],
-        },
+        "metadata": service.trial_metadata(trial),
         "spec": {
             "executionType": "Start",
             "retryPolicy": {"fancyRetryPolicy": False, "maxRetryCount": 0},

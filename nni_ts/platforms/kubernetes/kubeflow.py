@@ -117,29 +117,20 @@ def build_kubeflow_job(service: KubeflowTrainingService, trial: _Trial, keeper: 
                     gpus=gpus,
                 )
             ],
-            "volumes": [mf.storage_volume(cfg.storage, service._azure_secret_name())],
+            "volumes": [service.storage_volume()],
         }
         if role.private_registry_auth_path:
             pod_spec["imagePullSecrets"] = [{"name": service._registry_secrets[role.private_registry_auth_path]}]
         replica_specs[replica_type] = {
             "replicas": role.replicas,
             "restartPolicy": "Never",
-            "template": {
-                "metadata": {"labels": mf.trial_labels(service.experiment_id, detail.id, replica_type.lower())},
-                "spec": pod_spec,
-            },
+            "template": service.pod_template(trial, pod_spec, role=replica_type.lower()),
         }
     spec_key = "tfReplicaSpecs" if service.config.operator == "tf-operator" else "pytorchReplicaSpecs"
     return {
         "apiVersion": f"{service.group}/{service.version}",
         "kind": service.kind,
-        "metadata": {
-            "name": trial.job,
-            "namespace": service.namespace,
-            "labels": mf.trial_labels(service.experiment_id, detail.id),
-            "annotations": mf.trial_annotations(detail.id, detail.sequence_id),
-            "ownerReferences": [mf.owner_reference(service.anchor)],
-        },
+        "metadata": service.trial_metadata(trial),
         "spec": {
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": 0},
             spec_key: replica_specs,

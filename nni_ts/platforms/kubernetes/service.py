@@ -267,6 +267,32 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     def _registry_auth_paths(self) -> list[str]:
         return []
 
+    # ------------------------------------------------------------------ the trial objects' shared parts
+    # Every platform's builder takes these three from here, so that what all Kubernetes platforms share
+    # (pod settings, Kueue's labels, the parameters annotation, the storage mode) is decided in one place.
+
+    def trial_metadata(self, trial: _Trial) -> JSON:
+        """The metadata of a trial's top object (the TFJob, Framework, Job or TrainJob): its name,
+        namespace, labels, annotations (the trial id and sequence id) and the owner reference to the anchor."""
+        assert self.anchor is not None, "the service is not started"
+        detail = trial.detail
+        return {
+            "name": trial.job,
+            "namespace": self.namespace,
+            "labels": mf.trial_labels(self.experiment_id, detail.id),
+            "annotations": mf.trial_annotations(detail.id, detail.sequence_id),
+            "ownerReferences": [mf.owner_reference(self.anchor)],
+        }
+
+    def pod_template(self, trial: _Trial, spec: JSON, *, role: str | None = None) -> JSON:
+        """A pod template of a trial's object, ``{"metadata": ..., "spec": spec}``: the trial's labels
+        (with ``role``) on the pods, and whatever the configuration adds to every pod."""
+        return {"metadata": {"labels": mf.trial_labels(self.experiment_id, trial.detail.id, role)}, "spec": spec}
+
+    def storage_volume(self) -> JSON:
+        """The volume the pods mount at ``MOUNT_PATH``: the trial directory, the code and the keeper."""
+        return mf.storage_volume(self.config.storage, self._azure_secret_name())
+
     def _azure_secret_name(self) -> str | None:
         """The Secret holding the Azure storage account's name and key (azureStorage only)."""
         if self.config.storage.storage_type != "azureStorage":
