@@ -34,7 +34,7 @@ from ..tasks import TaskSupervisor
 from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
 from .configs import PlatformPolicy, legacy_to_v2, parse_legacy, prepare_config, redact, resource_need
-from .db import Database, open_database
+from .db import Database, SqliteDatabase, open_database
 from .isolation import (
     SymlinkRefused,
     check_trial_user,
@@ -61,13 +61,16 @@ _MAX_TAIL = 16 * 1024 * 1024
 _FILE_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _MAX_DEPTH = 64  # JSON nesting a body may have (search spaces nest a few levels)
 _USER_KEY = web.RequestKey("user", User)
+#: The experiment a request names, read with its token check (None: there is no such experiment).
+_EXPERIMENT_KEY = web.RequestKey("experiment", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
 class ServiceSettings:
-    """How a service runs. ``data_dir`` holds workspaces' files and the experiment store."""
+    """How a service runs. ``data_dir`` holds workspaces' files (and, on SQLite, the experiments' store
+    ``experiments.db``; on PostgreSQL the experiments' records are in the service database)."""
 
     data_dir: Path
     database_url: str | None = None
@@ -79,6 +82,9 @@ class ServiceSettings:
     max_body: int = 4 * 1024 * 1024
     #: PostgreSQL connections of the API (one per request in flight; more wait for one).
     pool_size: int = 20
+    #: PostgreSQL connections the experiments write their records on (one per experiment writing at
+    #: that moment; the writes of the others batch up meanwhile).
+    storage_pool_size: int = 10
     #: How often the service looks for requests other processes left in the database (a removed user).
     reconcile_interval: float = 1.0
     #: The OS user trials run as (``nni-{user}``: one per service user); None: the service's own user.
@@ -115,6 +121,9 @@ class ExperimentService:
         self._quota_locks: dict[str, asyncio.Lock] = {}  # per user: one quota check at a time
         self._tasks = TaskSupervisor("service-api")
         self._reconcile_lock = asyncio.Lock()
+        # The tables the experiments write their trials and metrics to (set by start()).
+        self._trial_table = "exp_trials"
+        self._metric_table = "exp_metrics"
 
     @property
     def db(self) -> Database:
@@ -137,21 +146,31 @@ class ExperimentService:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password = self.settings.database_password
         self._db = await open_database(self.database_url, password=password, pool_size=self.settings.pool_size)
+        store_path = self.data_dir / "experiments.db"
+        on_sqlite = isinstance(self._db, SqliteDatabase)
         manager = ExperimentManager(
-            self.database_url,
-            self.data_dir / "experiments.db",
+            self._db,
+            f"sqlite:///{store_path}" if on_sqlite else self.database_url,
             replica=self.settings.replica,
             database_password=password,
+            storage_pool_size=self.settings.storage_pool_size,
             platform_factory=self._stored_platform,
         )
         try:
             await manager.open()
+            if isinstance(self._db, SqliteDatabase):
+                # The experiments' store, read directly (WAL: the writer thread never blocks a read).
+                self._db.attach(store_path, "store")
+                self._trial_table, self._metric_table = "store.trials", "store.metrics"
+            else:  # the tables PostgresStorage writes, in this same database
+                self._trial_table, self._metric_table = "exp_trials", "exp_metrics"
         except BaseException:
+            await manager.close()
             await self._db.close()
             self._db = None
             raise
         self._manager = manager
-        databases = [self.data_dir / "experiments.db"]
+        databases = [store_path]
         if self.database_url.startswith("sqlite:///"):
             databases.append(Path(self.database_url[len("sqlite:///") :]).expanduser())
         secure_data_dir(self.data_dir, databases)
@@ -336,7 +355,20 @@ class ExperimentService:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPProblem(401, "This request needs an API token: send the header 'Authorization: Bearer <token>'.")
-        user = await users_mod.user_by_token(self.db, token.strip())
+        experiment_id = request.match_info.get("experiment_id")
+        if experiment_id is not None:
+            # The token check and the experiment's row in one statement (one round trip).
+            found = await self.db.fetchrow(
+                f"SELECT u.name, u.is_admin, u.max_trials, u.max_gpus, u.created_ms, {self._EXP_COLS_E} "
+                "FROM svc_users u LEFT JOIN svc_experiments e ON e.id = $1 WHERE u.token_hash = $2",
+                experiment_id,  # SQLite's placeholders are positional: $1 comes first in the text
+                users_mod.hash_token(token.strip()),
+            )
+            user = User(found[0], bool(found[1]), found[2], found[3], found[4]) if found is not None else None
+            if found is not None:
+                request[_EXPERIMENT_KEY] = ExperimentRow(*found[5:]) if found[5] is not None else None
+        else:
+            user = await users_mod.user_by_token(self.db, token.strip())
         if user is None:
             raise HTTPProblem(401, "The API token is not valid (it may have been rotated or its user removed).")
         request[_USER_KEY] = user
@@ -466,9 +498,23 @@ class ExperimentService:
             "endedAt": e.ended_ms,
         }
 
-    async def _experiment_row(self, user: User, experiment_id: str) -> ExperimentRow:
-        found = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
-        row = ExperimentRow(*found) if found is not None else None
+    _EXP_COLS_E = ", ".join(f"e.{c}" for c in ExperimentRow._fields)
+
+    async def _experiment_row(
+        self, user: User, experiment_id: str, request: web.Request | None = None
+    ) -> ExperimentRow:
+        """The experiment's row if ``user`` may see it, else a 404. With ``request``: the row read with
+        the request's token check when it names this experiment (no statement of its own)."""
+        if (
+            request is not None
+            and _EXPERIMENT_KEY in request
+            and request.match_info.get("experiment_id") == experiment_id
+        ):
+            stashed = request[_EXPERIMENT_KEY]
+            row: ExperimentRow | None = stashed if isinstance(stashed, ExperimentRow) else None
+        else:
+            found = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
+            row = ExperimentRow(*found) if found is not None else None
         if row is None or (row.user_name != user.name and not user.is_admin):
             raise HTTPProblem(404, f"There is no experiment {experiment_id!r} in your workspaces.")
         return row
@@ -495,7 +541,7 @@ class ExperimentService:
             "startTime": row.start_ms,
             "endTime": row.end_ms,
             "exitCode": row.exit_code,
-            "message": row.message,
+            "message": _shown(row.message),
             "finalValue": row.final_value,
             "final": _json_safe(final),
             "metricCount": row.metric_count,
@@ -508,7 +554,8 @@ class ExperimentService:
     ) -> list[tuple[Any, ...]]:
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         return await self.db.fetch(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 ORDER BY sequence_id, attempt{page}",
+            f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 "
+            f"ORDER BY sequence_id, attempt{page}",
             experiment_id,
         )
 
@@ -518,12 +565,12 @@ class ExperimentService:
         counts = {
             str(r[0]): int(r[1])
             for r in await self.db.fetch(
-                "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row.id
+                f"SELECT status, COUNT(*) FROM {self._trial_table} WHERE experiment_id = $1 GROUP BY status", row.id
             )
         }
         where, direction = best_trial_sql(row.optimize_mode)
         best_row = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND {where} "
+            f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 AND {where} "
             f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
             row.id,
         )
@@ -666,10 +713,10 @@ class ExperimentService:
         # The platform class is looked up once (entry points are slow to scan), not per experiment.
         service = self._platform(config, experiment_id, user.name)
         await self.manager.launch(
-            lambda store: Experiment(
+            lambda storage: Experiment(
                 config,
                 experiment_id=experiment_id,
-                store=store,
+                storage=storage,
                 tuner=tuner,
                 service=service,
                 control_socket=False,
@@ -688,8 +735,6 @@ class ExperimentService:
         exp_dir = self.workspace_dir(row.user_name, row.workspace) / "experiments" / experiment_id
         await asyncio.to_thread(shutil.rmtree, exp_dir, True)
         async with self.db.transaction() as tx:
-            await tx.execute("DELETE FROM svc_metrics WHERE experiment_id = $1", experiment_id)
-            await tx.execute("DELETE FROM svc_trials WHERE experiment_id = $1", experiment_id)
             await tx.execute("DELETE FROM svc_experiments WHERE id = $1", experiment_id)
             await audit(tx, actor or user.name, "experiment.delete", f"{row.user_name}/{row.workspace}/{experiment_id}")
 
@@ -873,18 +918,18 @@ class ExperimentService:
         return web.json_response([self._exp_dict(r) for r in rows])
 
     async def _show(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         return web.json_response(await self._details(row))
 
     async def _delete(self, request: web.Request) -> web.Response:
         user = self._user(request)
-        row = await self._experiment_row(user, request.match_info["experiment_id"])
+        row = await self._experiment_row(user, request.match_info["experiment_id"], request)
         await self.delete_experiment(user, row)
         return web.json_response({"deleted": row.id})
 
     async def _stop(self, request: web.Request) -> web.Response:
         user = self._user(request)
-        row = await self._experiment_row(user, request.match_info["experiment_id"])
+        row = await self._experiment_row(user, request.match_info["experiment_id"], request)
         experiment_id = row.id
         if not self.manager.is_live(experiment_id):
             raise HTTPProblem(409, f"Experiment {experiment_id} is not running here (it is {row.status}).")
@@ -895,7 +940,7 @@ class ExperimentService:
 
     async def _extend(self, request: web.Request) -> web.Response:
         user = self._user(request)
-        row = await self._experiment_row(user, request.match_info["experiment_id"])
+        row = await self._experiment_row(user, request.match_info["experiment_id"], request)
         req = parse_extend(await self._json(request))
         await self.extend_experiment(user, row, req)
         return web.json_response(await self._details(await self._experiment_row(user, row.id)))
@@ -968,22 +1013,23 @@ class ExperimentService:
         return limit, offset
 
     async def _trials(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         limit, offset = self._page(request)
         rows = await self._trial_rows(row.id, limit=limit, offset=offset if limit is not None else 0)
         return web.json_response([self._trial_dict(t) for t in rows])
 
     async def _trial(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         trial_id = request.match_info["trial_id"]
         trow = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
+            f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if trow is None:
             raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
         out = self._trial_dict(trow)
         metrics = await self.db.fetch(
-            "SELECT seq, type, value, data FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 ORDER BY seq",
+            f"SELECT seq, type, value, data FROM {self._metric_table} WHERE experiment_id = $1 AND trial_id = $2 "
+            "ORDER BY seq",
             row.id,
             trial_id,
         )
@@ -991,34 +1037,34 @@ class ExperimentService:
         return web.json_response(out)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         limit, offset = self._page(request)
         page = f" LIMIT {limit} OFFSET {offset}" if limit is not None else ""
         trial = request.query.get("trial")
         if trial is not None:
             rows = await self.db.fetch(
-                "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 "
-                f"ORDER BY seq{page}",
+                f"SELECT seq, type, value, data, trial_id FROM {self._metric_table} "
+                f"WHERE experiment_id = $1 AND trial_id = $2 ORDER BY seq{page}",
                 row.id,
                 trial,
             )
         else:
             rows = await self.db.fetch(
-                "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 "
+                f"SELECT seq, type, value, data, trial_id FROM {self._metric_table} WHERE experiment_id = $1 "
                 f"ORDER BY trial_id, seq{page}",
                 row.id,
             )
         return web.json_response([_metric_dict(m[4], m) for m in rows])
 
     async def _log(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         trial_id = request.match_info["trial_id"]
         name = request.query.get("file", "stdout")
         if name not in TRIAL_FILES:
             raise HTTPProblem(400, f"file must be one of {', '.join(TRIAL_FILES)}, got {name!r}.")
         tail = self._query_int(request, "tail", minimum=0, maximum=_MAX_TAIL)
         known = await self.db.fetchrow(
-            "SELECT id FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
+            f"SELECT id FROM {self._trial_table} WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if known is None:
             raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
@@ -1029,7 +1075,7 @@ class ExperimentService:
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         experiment_id = row.id
         queue = self.manager.subscribe(experiment_id)
         response = web.StreamResponse(
@@ -1119,6 +1165,16 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, level)
             stack.extend((v, level + 1) for v in item)
     return deepest
+
+
+def _shown(text: str | bytes | None) -> str | None:
+    """Stored text as the API shows it: PostgreSQL keeps a trial's message as its exact bytes (BYTEA),
+    SQLite as text that may hold undecodable bytes (surrogate escapes); both become valid UTF-8."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        text = text.encode("utf-8", errors="surrogateescape")
+    return bytes(text).decode("utf-8", errors="replace")
 
 
 def _json_safe(value: Any) -> Any:
