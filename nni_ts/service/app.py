@@ -63,6 +63,9 @@ _MAX_DEPTH = 64  # JSON nesting a body may have (search spaces nest a few levels
 _USER_KEY = web.RequestKey("user", User)
 #: The experiment a request names, read with its token check (None: there is no such experiment).
 _EXPERIMENT_KEY = web.RequestKey("experiment", object)
+#: What the route answers, read in the same statement (see ExperimentService._auth_and_read).
+_READ_KEY = web.RequestKey("read", object)
+_USER_COLS_U = "u.name, u.is_admin, u.max_trials, u.max_gpus, u.created_ms"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -357,22 +360,76 @@ class ExperimentService:
             raise HTTPProblem(401, "This request needs an API token: send the header 'Authorization: Bearer <token>'.")
         experiment_id = request.match_info.get("experiment_id")
         if experiment_id is not None:
-            # The token check and the experiment's row in one statement (one round trip).
-            found = await self.db.fetchrow(
-                f"SELECT u.name, u.is_admin, u.max_trials, u.max_gpus, u.created_ms, {self._EXP_COLS_E} "
-                "FROM svc_users u LEFT JOIN svc_experiments e ON e.id = $1 WHERE u.token_hash = $2",
-                experiment_id,  # SQLite's placeholders are positional: $1 comes first in the text
-                users_mod.hash_token(token.strip()),
-            )
-            user = User(found[0], bool(found[1]), found[2], found[3], found[4]) if found is not None else None
-            if found is not None:
-                request[_EXPERIMENT_KEY] = ExperimentRow(*found[5:]) if found[5] is not None else None
+            user = await self._auth_and_read(request, users_mod.hash_token(token.strip()), experiment_id)
         else:
             user = await users_mod.user_by_token(self.db, token.strip())
         if user is None:
             raise HTTPProblem(401, "The API token is not valid (it may have been rotated or its user removed).")
         request[_USER_KEY] = user
         return await handler(request)
+
+    async def _auth_and_read(self, request: web.Request, token_hash: str, experiment_id: str) -> User | None:
+        """The token check, the experiment's row and (for the two routes clients poll) what the route
+        answers, in ONE statement: one round trip per request. ``GET /experiments/{id}``: its trial
+        counts and best trial; ``GET /experiments/{id}/metrics``: the records. The results are kept on
+        the request for the handler; None if the token is not valid."""
+        n = 0
+
+        def p() -> str:  # placeholders in the order of the text (SQLite's are positional)
+            nonlocal n
+            n += 1
+            return f"${n}"
+
+        args: list[Any] = [experiment_id]
+        sql = f"SELECT {_USER_COLS_U}, {self._EXP_COLS_E}"
+        joins = f" FROM svc_users u LEFT JOIN svc_experiments e ON e.id = {p()}"
+        kind = None
+        tail = request.path.rsplit("/", 1)[-1]
+        if request.method == "GET" and tail == experiment_id:
+            kind = "details"
+            sql += f", c.status, c.n, {', '.join('b.' + c for c in TrialRow._fields)}"
+            joins += (
+                f" LEFT JOIN (SELECT status, COUNT(*) AS n FROM {self._trial_table} WHERE experiment_id = {p()} "
+                "GROUP BY status) c ON TRUE"
+                f" LEFT JOIN (SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = {p()} AND "
+                f"status = 'SUCCEEDED' AND final_value IS NOT NULL ORDER BY CASE WHEN (SELECT optimize_mode FROM "
+                f"svc_experiments WHERE id = {p()}) = 'minimize' THEN final_value ELSE -final_value END, "
+                "sequence_id, attempt LIMIT 1) b ON TRUE"
+            )
+            args += [experiment_id, experiment_id, experiment_id]
+        elif request.method == "GET" and tail == "metrics":
+            kind = "metrics"
+            limit, offset = self._page(request)
+            page = f" LIMIT {limit} OFFSET {offset}" if limit is not None else ""
+            trial = request.query.get("trial")
+            where = f"experiment_id = {p()}"
+            args.append(experiment_id)
+            if trial is not None:
+                where += f" AND trial_id = {p()}"
+                args.append(trial)
+            sql += ", m.seq, m.type, m.value, m.data, m.trial_id"
+            joins += (
+                f" LEFT JOIN (SELECT seq, type, value, data, trial_id FROM {self._metric_table} WHERE {where} "
+                f"ORDER BY trial_id, seq{page}) m ON TRUE"
+            )
+        sql += joins + f" WHERE u.token_hash = {p()}"
+        args.append(token_hash)
+        if kind == "metrics":
+            sql += " ORDER BY m.trial_id, m.seq"
+        rows = await self.db.fetch(sql, *args)
+        if not rows:
+            return None
+        first = rows[0]
+        user = User(first[0], bool(first[1]), first[2], first[3], first[4])
+        width = 5 + len(ExperimentRow._fields)
+        request[_EXPERIMENT_KEY] = ExperimentRow(*first[5:width]) if first[5] is not None else None
+        if kind == "details":
+            counts = {str(r[width]): int(r[width + 1]) for r in rows if r[width] is not None}
+            best = first[width + 2 :] if first[width + 2] is not None else None
+            request[_READ_KEY] = (counts, best)
+        elif kind == "metrics":
+            request[_READ_KEY] = [r[width:] for r in rows if r[width] is not None]
+        return user
 
     # ------------------------------------------------------------------ helpers
 
@@ -559,21 +616,27 @@ class ExperimentService:
             experiment_id,
         )
 
-    async def _details(self, row: ExperimentRow) -> dict[str, Any]:
-        """An experiment with its trial counts and best trial (aggregated in SQL: cheap to poll)."""
+    async def _details(self, row: ExperimentRow, request: web.Request | None = None) -> dict[str, Any]:
+        """An experiment with its trial counts and best trial (aggregated in SQL: cheap to poll). With
+        ``request``: as read with the request's token check, when it was."""
         out = self._exp_dict(row)
-        counts = {
-            str(r[0]): int(r[1])
-            for r in await self.db.fetch(
-                f"SELECT status, COUNT(*) FROM {self._trial_table} WHERE experiment_id = $1 GROUP BY status", row.id
+        read = request.get(_READ_KEY) if request is not None else None
+        if isinstance(read, tuple):
+            counts, best_row = read
+        else:
+            counts = {
+                str(r[0]): int(r[1])
+                for r in await self.db.fetch(
+                    f"SELECT status, COUNT(*) FROM {self._trial_table} WHERE experiment_id = $1 GROUP BY status",
+                    row.id,
+                )
+            }
+            where, direction = best_trial_sql(row.optimize_mode)
+            best_row = await self.db.fetchrow(
+                f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 AND {where} "
+                f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
+                row.id,
             )
-        }
-        where, direction = best_trial_sql(row.optimize_mode)
-        best_row = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 AND {where} "
-            f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
-            row.id,
-        )
         best = self._trial_dict(best_row) if best_row is not None else None
         config = json.loads(row.config)
         out.update(
@@ -919,7 +982,7 @@ class ExperimentService:
 
     async def _show(self, request: web.Request) -> web.Response:
         row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
-        return web.json_response(await self._details(row))
+        return web.json_response(await self._details(row, request))
 
     async def _delete(self, request: web.Request) -> web.Response:
         user = self._user(request)
@@ -1041,7 +1104,10 @@ class ExperimentService:
         limit, offset = self._page(request)
         page = f" LIMIT {limit} OFFSET {offset}" if limit is not None else ""
         trial = request.query.get("trial")
-        if trial is not None:
+        read = request.get(_READ_KEY)
+        if isinstance(read, list):  # read with the token check
+            rows = read
+        elif trial is not None:
             rows = await self.db.fetch(
                 f"SELECT seq, type, value, data, trial_id FROM {self._metric_table} "
                 f"WHERE experiment_id = $1 AND trial_id = $2 ORDER BY seq{page}",

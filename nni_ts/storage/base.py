@@ -285,14 +285,18 @@ _ADD_METRIC = (
 
 
 class _Job:
-    """One call queued on an experiment's lane: ``run(connection)`` on the lane's connection."""
+    """One call queued on an experiment's lane: ``run(connection)`` on the lane's connection.
+    ``single``: it is one statement (atomic by itself: alone, it needs no BEGIN and COMMIT)."""
 
-    __slots__ = ("future", "run", "write")
+    __slots__ = ("future", "run", "single", "write")
 
-    def __init__(self, run: Callable[[Any], Awaitable[Any]], write: bool, future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, run: Callable[[Any], Awaitable[Any]], write: bool, future: asyncio.Future[Any], single: bool
+    ) -> None:
         self.run = run
         self.write = write
         self.future = future
+        self.single = single
 
 
 class _Lane:
@@ -379,7 +383,9 @@ class PostgresStorage(ExperimentStorage):
 
     # ------------------------------------------------------------------ the lanes
 
-    def _queue(self, experiment_id: str, run: Callable[[Any], Awaitable[T]], *, write: bool) -> asyncio.Future[T]:
+    def _queue(
+        self, experiment_id: str, run: Callable[[Any], Awaitable[T]], *, write: bool, single: bool = True
+    ) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if self._closed:
@@ -388,7 +394,7 @@ class PostgresStorage(ExperimentStorage):
         lane = self._lanes.get(experiment_id)
         if lane is None:
             lane = self._lanes[experiment_id] = _Lane()
-        lane.jobs.append(_Job(run, write, future))
+        lane.jobs.append(_Job(run, write, future, single))
         if lane.task is None:
             lane.task = self._tasks.spawn(self._drain(experiment_id, lane), name=f"lane-{experiment_id}")
         return future
@@ -455,8 +461,8 @@ class PostgresStorage(ExperimentStorage):
         """The writes in one transaction; each resolves after the COMMIT returned."""
         jobs = [j for j in jobs if not j.future.cancelled()]
         if len(jobs) <= 1:
-            for job in jobs:
-                await self._run_one(conn, job, transaction=True)
+            for job in jobs:  # one statement alone commits by itself: one round trip, not three
+                await self._run_one(conn, job, transaction=not job.single)
             return
         results: list[Any] = []
         try:
@@ -590,7 +596,7 @@ class PostgresStorage(ExperimentStorage):
             status = await conn.execute("DELETE FROM exp_experiments WHERE id = $1", experiment_id)
             return not str(status).endswith(" 0")
 
-        return self._queue(experiment_id, run, write=True)
+        return self._queue(experiment_id, run, write=True, single=False)
 
     # ------------------------------------------------------------------ trials
 
