@@ -35,7 +35,9 @@ import abc
 import asyncio
 import json
 import logging
+import math
 import re
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -243,8 +245,65 @@ CREATE TABLE IF NOT EXISTS exp_metrics (
     data BYTEA NOT NULL,
     created_ms BIGINT NOT NULL,
     PRIMARY KEY (experiment_id, trial_id, seq)
-)
+);
+-- A batch of the loop's writes in ONE statement (so one round trip and one commit): each operation
+-- in order, as its own statement would do it. {"k": "m"|"u"|"i", "a": [arguments]}; bytes in hex.
+-- Returns, per operation, whether it changed a row (for "m": whether the record was new).
+CREATE OR REPLACE FUNCTION nni_ts_write_batch(ops jsonb) RETURNS boolean[] LANGUAGE plpgsql AS $fn$
+DECLARE
+    op jsonb;
+    a jsonb;
+    n integer;
+    done boolean[] := '{}';
+BEGIN
+    FOR op IN SELECT e.value FROM jsonb_array_elements(ops) WITH ORDINALITY AS e(value, i) ORDER BY e.i LOOP
+        a := op->'a';
+        IF op->>'k' = 'm' THEN
+            INSERT INTO exp_metrics (experiment_id, trial_id, seq, type, value, data, created_ms)
+            VALUES (a->>0, a->>1, (a->>2)::integer, a->>3, (a->>4)::double precision,
+                    decode(a->>5, 'hex'), (a->>6)::bigint)
+            ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n > 0 THEN
+                UPDATE exp_trials SET metric_count = metric_count + 1,
+                    final_value = CASE WHEN a->>3 = 'FINAL' THEN (a->>4)::double precision ELSE final_value END,
+                    final_data = CASE WHEN a->>3 = 'FINAL' THEN decode(a->>5, 'hex') ELSE final_data END
+                WHERE experiment_id = a->>0 AND id = a->>1;
+            END IF;
+        ELSIF op->>'k' = 'u' THEN
+            UPDATE exp_trials SET status = a->>0, submit_ms = (a->>1)::bigint, start_ms = (a->>2)::bigint,
+                end_ms = (a->>3)::bigint, exit_code = (a->>4)::integer, message = decode(a->>5, 'hex'),
+                infra_failure = (a->>6)::integer, detail = a->>7
+            WHERE experiment_id = a->>8 AND id = a->>9;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        ELSIF op->>'k' = 'i' THEN
+            INSERT INTO exp_trials (experiment_id, id, sequence_id, parameter_id, attempt, parameters, status,
+                submit_ms, start_ms, end_ms, exit_code, message, infra_failure, final_value, final_data,
+                metric_count, detail)
+            VALUES (a->>0, a->>1, (a->>2)::integer, (a->>3)::integer, (a->>4)::integer, a->>5, a->>6,
+                (a->>7)::bigint, (a->>8)::bigint, (a->>9)::bigint, (a->>10)::integer, decode(a->>11, 'hex'),
+                (a->>12)::integer, (a->>13)::double precision, decode(a->>14, 'hex'), (a->>15)::integer, a->>16);
+            n := 1;
+        ELSE
+            RAISE EXCEPTION 'nni_ts_write_batch: unknown operation %', op->>'k';
+        END IF;
+        done := done || (n > 0);
+    END LOOP;
+    RETURN done;
+END
+$fn$
 """
+
+
+def _json_arg(value: Any) -> Any:
+    """One argument of a batched operation as JSON: bytes in hex, a non-finite float as PostgreSQL
+    spells it (JSON has no NaN)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
 
 _EXP_COLS = (
     "id, name, platform, status, config, created_ms, updated_ms, ended_ms, manager_pid, manager_started, "
@@ -286,17 +345,24 @@ _ADD_METRIC = (
 
 class _Job:
     """One call queued on an experiment's lane: ``run(connection)`` on the lane's connection.
-    ``single``: it is one statement (atomic by itself: alone, it needs no BEGIN and COMMIT)."""
+    ``single``: it is one statement (atomic by itself: alone, it needs no BEGIN and COMMIT).
+    ``op``: the same write as an operation of ``nni_ts_write_batch`` (kind, arguments), if it has one."""
 
-    __slots__ = ("future", "run", "single", "write")
+    __slots__ = ("future", "op", "run", "single", "write")
 
     def __init__(
-        self, run: Callable[[Any], Awaitable[Any]], write: bool, future: asyncio.Future[Any], single: bool
+        self,
+        run: Callable[[Any], Awaitable[Any]],
+        write: bool,
+        future: asyncio.Future[Any],
+        single: bool,
+        op: tuple[str, tuple[Any, ...]] | None,
     ) -> None:
         self.run = run
         self.write = write
         self.future = future
         self.single = single
+        self.op = op
 
 
 class _Lane:
@@ -326,18 +392,20 @@ class PostgresStorage(ExperimentStorage):
     """The records in PostgreSQL (an asyncpg pool). Open with :meth:`connect`, on the event loop that
     uses it.
 
-    Each experiment has a *lane*: its calls queue there in the order made and one task runs them on
-    one pooled connection (taken while the lane has work, given back when it is empty). Consecutive
-    writes run in one transaction (BEGIN, one statement each, COMMIT: a metric is one statement), and
-    their awaitables resolve after the COMMIT returned. If the transaction fails, each of its writes
-    is run again in a transaction of its own, so a write fails only for its own reason. Experiments
-    run side by side on different connections; ``pool_size`` bounds them (more wait for a connection,
-    and their writes meanwhile batch up).
+    There are ``pool_size`` *lanes*; an experiment's calls all go to one lane (by its id), queue there
+    in the order made, and one task runs them on one pooled connection (taken while the lane has
+    work). Consecutive writes in a lane, of all its experiments, run in one transaction (BEGIN, one
+    statement each, COMMIT: a metric is one statement) and resolve after the COMMIT returned; a write
+    alone commits by itself. A COMMIT waits for PostgreSQL to flush its WAL (an fsync, milliseconds),
+    so under load one flush covers every write queued meanwhile in the lane, and the lanes' commits
+    share flushes too (PostgreSQL's group commit). If a transaction fails, each of its writes is run
+    again in a transaction of its own, so a write fails only for its own reason.
     """
 
-    def __init__(self, pool: Any, url: str) -> None:
+    def __init__(self, pool: Any, url: str, *, lanes: int = 10) -> None:
         self._pool = pool
         self.url = url
+        self._lane_count = max(1, lanes)
         self.location = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
         self._lanes: dict[str, _Lane] = {}
         self._tasks = TaskSupervisor("experiment-storage")
@@ -379,27 +447,34 @@ class PostgresStorage(ExperimentStorage):
         except (OSError, asyncpg.PostgresError) as exc:
             await pool.close()
             raise StoreError(f"Cannot open the experiment storage {redacted}: {exc}.") from exc
-        return cls(pool, url)
+        return cls(pool, url, lanes=pool_size)
 
     # ------------------------------------------------------------------ the lanes
 
     def _queue(
-        self, experiment_id: str, run: Callable[[Any], Awaitable[T]], *, write: bool, single: bool = True
+        self,
+        experiment_id: str,
+        run: Callable[[Any], Awaitable[T]],
+        *,
+        write: bool,
+        single: bool = True,
+        op: tuple[str, tuple[Any, ...]] | None = None,
     ) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         if self._closed:
             future.set_exception(StoreError(f"The experiment storage {self.location} is closed."))
             return future
-        lane = self._lanes.get(experiment_id)
+        key = f"lane-{zlib.crc32(experiment_id.encode()) % self._lane_count}"
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[experiment_id] = _Lane()
-        lane.jobs.append(_Job(run, write, future, single))
+            lane = self._lanes[key] = _Lane()
+        lane.jobs.append(_Job(run, write, future, single, op))
         if lane.task is None:
-            lane.task = self._tasks.spawn(self._drain(experiment_id, lane), name=f"lane-{experiment_id}")
+            lane.task = self._tasks.spawn(self._drain(key, lane), name=key)
         return future
 
-    async def _drain(self, experiment_id: str, lane: _Lane) -> None:
+    async def _drain(self, key: str, lane: _Lane) -> None:
         try:
             while lane.jobs:
                 try:
@@ -434,8 +509,8 @@ class PostgresStorage(ExperimentStorage):
             raise
         finally:
             lane.task = None
-            if not lane.jobs and self._lanes.get(experiment_id) is lane:
-                del self._lanes[experiment_id]
+            if not lane.jobs and self._lanes.get(key) is lane:
+                del self._lanes[key]
 
     async def _run_one(self, conn: Any, job: _Job, *, transaction: bool) -> None:
         if job.future.cancelled():
@@ -466,9 +541,17 @@ class PostgresStorage(ExperimentStorage):
             return
         results: list[Any] = []
         try:
-            async with conn.transaction():
-                for job in jobs:
-                    results.append(await job.run(conn))
+            if all(job.op is not None for job in jobs):
+                # The loop's usual writes (metrics, trial records): the whole batch is one statement.
+                ops = [{"k": job.op[0], "a": [_json_arg(v) for v in job.op[1]]} for job in jobs if job.op]
+                changed = await conn.fetchval("SELECT nni_ts_write_batch($1::jsonb)", json.dumps(ops))
+                results = [
+                    bool(c) if job.op and job.op[0] == "m" else None for job, c in zip(jobs, changed, strict=True)
+                ]
+            else:
+                async with conn.transaction():
+                    for job in jobs:
+                        results.append(await job.run(conn))
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -628,7 +711,7 @@ class PostgresStorage(ExperimentStorage):
                 *args,
             )
 
-        return self._queue(trial.experiment_id, run, write=True)
+        return self._queue(trial.experiment_id, run, write=True, op=("i", args))
 
     def update_trial(self, experiment_id: str, detail: TrialJobDetail) -> asyncio.Future[None]:
         args = (
@@ -651,7 +734,7 @@ class PostgresStorage(ExperimentStorage):
                 *args,
             )
 
-        return self._queue(experiment_id, run, write=True)
+        return self._queue(experiment_id, run, write=True, op=("u", args))
 
     def get_trial(self, experiment_id: str, trial_id: str) -> asyncio.Future[TrialRecord]:
         async def run(conn: Any) -> TrialRecord:
@@ -686,7 +769,7 @@ class PostgresStorage(ExperimentStorage):
         async def run(conn: Any) -> bool:
             return bool(await conn.fetchval(_ADD_METRIC, *args))
 
-        return self._queue(experiment_id, run, write=True)
+        return self._queue(experiment_id, run, write=True, op=("m", args))
 
     def metrics(self, experiment_id: str, trial_id: str) -> asyncio.Future[list[MetricRecord]]:
         async def run(conn: Any) -> list[MetricRecord]:

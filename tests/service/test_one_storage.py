@@ -113,3 +113,36 @@ async def test_another_replica_reads_a_running_experiment_at_once(
         await api.wait_experiment(experiment_id, alice)
         trials = await other.ok("GET", f"/experiments/{experiment_id}/trials", token=alice)
         assert trials[0]["status"] == "SUCCEEDED" and trials[0]["metricCount"] == 4
+
+
+async def test_the_engine_loop_makes_no_sqlite_call(tmp_path: Path) -> None:
+    """On SQLite the experiments' records are written by the store's writer thread and the engine's
+    few service-database statements run on the API loop: nothing blocks the engine loop (the mirror
+    used to read the store there after every event)."""
+    from nni_ts.service.db import open_database
+    from nni_ts.service.users import add_user
+    from nni_ts.testing.loopguard import no_sqlite_on_loop
+
+    db_url = f"sqlite:///{tmp_path / 'service.db'}"
+    db = await open_database(db_url)
+    try:
+        token = await add_user(db, "alice")
+    finally:
+        await db.close()
+    assert token is not None
+    settings = ServiceSettings(data_dir=tmp_path / "svc", database_url=db_url, replica="r")
+    guard = None
+    try:
+        with no_sqlite_on_loop() as guard:
+            async with running_service(settings) as (_, api, _url):
+                created = await api.ok("POST", "/workspaces/ws/experiments", token=token, json=quick_config(trials=2))
+                done = await api.wait_experiment(created["id"], token)
+                assert done["status"] == "DONE" and done["trialCounts"] == {"SUCCEEDED": 2}, done
+    except AssertionError as exc:
+        if "event loop's thread" not in str(exc):
+            raise
+    assert guard is not None and guard.statements > 20
+    on_engine = [what for thread, what in guard.violations if thread == "nni-ts-service-engine"]
+    assert on_engine == []
+    # The API's own statements run on its loop (sub-millisecond WAL reads), and the guard saw them.
+    assert any(thread == "MainThread" for thread, _ in guard.violations)

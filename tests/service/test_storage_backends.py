@@ -181,6 +181,38 @@ async def test_a_write_resolves_after_its_commit_and_queued_writes_share_one(
         assert batches < 10, f"49 queued metrics took {batches} transactions"
 
 
+async def test_writes_batched_together_round_trip_exactly(storage: ExperimentStorage) -> None:
+    """What a batch carries (PostgreSQL: one statement for the whole batch) comes back byte for byte."""
+    await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
+    form = TrialJobApplicationForm(sequence_id=0, hyper_parameters=HyperParameters(value='{"x": 1}'))
+    odd = '{"type": "FINAL", "value": "0.5", "note": "a\x00b \u00e9 \U0001f600"}'
+    calls = [
+        storage.insert_trial(_trial("e", "t", 0, message="queued \u00e9")),
+        storage.update_trial(
+            "e",
+            TrialJobDetail(
+                id="t", status=TrialJobStatus.RUNNING, sequence_id=0, start_time=7, message="a\x00b", form=form
+            ),
+        ),
+        storage.add_metric("e", "t", 0, type="PERIODICAL", value=float("inf"), data='{"value": "Infinity"}'),
+        storage.add_metric("e", "t", 1, type="FINAL", value=-0.25, data=odd),
+        storage.add_metric("e", "t", 1, type="FINAL", value=-0.25, data=odd),  # the same record again
+        storage.update_trial(
+            "e", TrialJobDetail(id="t", status=TrialJobStatus.SUCCEEDED, sequence_id=0, exit_code=0, form=form)
+        ),
+    ]
+    results = await asyncio.gather(*calls)
+    assert results[2:5] == [True, True, False]
+    trial = await storage.get_trial("e", "t")
+    assert (trial.status, trial.exit_code, trial.metric_count) == (TrialJobStatus.SUCCEEDED, 0, 2)
+    assert (trial.final_value, trial.final_data) == (-0.25, odd)
+    records = await storage.metrics("e", "t")
+    assert [(m.seq, m.value, m.data) for m in records] == [
+        (0, float("inf"), '{"value": "Infinity"}'),
+        (1, -0.25, odd),
+    ]
+
+
 async def test_a_failing_write_fails_alone_among_those_queued_with_it(storage: ExperimentStorage) -> None:
     await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
     await storage.insert_trial(_trial("e", "t", 0))
