@@ -67,6 +67,7 @@ class AlgorithmConfig(ConfigModel):
 
 def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
     """The config model of a platform: the built-ins here, any other from its registered class."""
+    from .batchjob import KubernetesJobConfig
     from .frameworkcontroller import FrameworkControllerConfig
     from .kubeflow import KubeflowConfig
     from .local import LocalConfig
@@ -77,6 +78,7 @@ def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
         "remote": RemoteConfig,
         "kubeflow": KubeflowConfig,
         "frameworkcontroller": FrameworkControllerConfig,
+        "kubernetes": KubernetesJobConfig,
     }
     if platform in builtins:
         return builtins[platform]
@@ -86,13 +88,20 @@ def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
 
 
 _INHERITED = ("trial_command", "trial_code_directory", "trial_gpu_number", "nni_manager_ip", "debug")
+#: Experiment-level keys copied into the platform section only when its model has them (a platform that
+#: enforces them itself, e.g. maxTrialDuration as a Job's activeDeadlineSeconds).
+_INHERITED_IF_KNOWN = ("max_trial_duration",)
 _ROLE_PLATFORMS = ("kubeflow", "frameworkcontroller")
 
 
-def inherited_training_service(data: dict[str, Any], ts: dict[str, Any]) -> dict[str, Any]:
-    """The platform section with the experiment-level trial keys copied in where it leaves them unset."""
+def inherited_training_service(
+    data: dict[str, Any], ts: dict[str, Any], model: type[TrainingServiceConfig] | None = None
+) -> dict[str, Any]:
+    """The platform section with the experiment-level trial keys copied in where it leaves them unset
+    (and those of ``_INHERITED_IF_KNOWN`` that ``model`` has)."""
     ts = dict(ts)
-    for key in _INHERITED:
+    known = tuple(k for k in _INHERITED_IF_KNOWN if model is not None and k in model.model_fields)
+    for key in _INHERITED + known:
         camel = "".join(w.capitalize() if i else w for i, w in enumerate(key.split("_")))
         for name in (camel, key):
             if name in data and data[name] is not None and camel not in ts and key not in ts:
@@ -191,7 +200,7 @@ class ExperimentConfig(ConfigModel):
             return data  # pydantic reports the missing or wrong platform
         model = platform_config_class(platform)
         data = dict(data)
-        data["trainingService"] = model.model_validate(inherited_training_service(data, ts))
+        data["trainingService"] = model.model_validate(inherited_training_service(data, ts, model))
         data.pop("training_service", None)
         return data
 
@@ -200,7 +209,8 @@ class ExperimentConfig(ConfigModel):
         if self.search_space is None and self.search_space_file is None:
             raise ValueError("the experiment needs a search space: set searchSpace or searchSpaceFile")
         platform = self.training_service.platform
-        if platform not in _ROLE_PLATFORMS and not (self.trial_command or self.training_service.trial_command):
+        ts_command = self.training_service.trial_command or getattr(self.training_service, "command", None)
+        if platform not in _ROLE_PLATFORMS and not (self.trial_command or ts_command):
             raise ValueError("trialCommand is required: the shell command that runs one trial")
         if self.tuner is not None and self.advisor is not None:
             raise ValueError("give a tuner or an advisor, not both")

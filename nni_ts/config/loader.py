@@ -158,7 +158,7 @@ def config_from_dict(
         # The platform section first, so that its problems and the rest's are reported together.
         try:
             model = platform_config_class(platform)
-            model.model_validate(inherited_training_service(data, ts))
+            model.model_validate(inherited_training_service(data, ts, model))
         except ConfigError as exc:
             # An unknown platform: report it with the rest (the rest is checked against a stand-in).
             errors.append(_problem(("trainingService", "platform"), exc.reason))
@@ -196,7 +196,11 @@ def _more_problems(data: dict[str, Any], found: list[Any]) -> list[dict[str, Any
         )
     ts = data.get("trainingService")
     platform = ts.get("platform") if isinstance(ts, dict) else getattr(ts, "platform", None)
-    ts_command = ts.get("trialCommand") if isinstance(ts, dict) else getattr(ts, "trial_command", None)
+    ts_command = (
+        (ts.get("trialCommand") or ts.get("command"))
+        if isinstance(ts, dict)
+        else (getattr(ts, "trial_command", None) or getattr(ts, "command", None))
+    )
     if platform not in ("kubeflow", "frameworkcontroller") and not (data.get("trialCommand") or ts_command):
         if "trialCommand" not in seen:
             more.append(_problem(("trialCommand",), "required key is missing: the shell command that runs one trial"))
