@@ -91,7 +91,8 @@ _INHERITED = ("trial_command", "trial_code_directory", "trial_gpu_number", "nni_
 #: Experiment-level keys copied into the platform section only when its model has them (a platform that
 #: enforces them itself, e.g. maxTrialDuration as a Job's activeDeadlineSeconds).
 _INHERITED_IF_KNOWN = ("max_trial_duration",)
-_ROLE_PLATFORMS = ("kubeflow", "frameworkcontroller")
+#: Platforms whose own section gives (or checks) the trial's command.
+_ROLE_PLATFORMS = ("kubeflow", "frameworkcontroller", "kubernetes")
 
 
 def inherited_training_service(
@@ -105,6 +106,11 @@ def inherited_training_service(
         camel = "".join(w.capitalize() if i else w for i, w in enumerate(key.split("_")))
         for name in (camel, key):
             if name in data and data[name] is not None and camel not in ts and key not in ts:
+                if key == "max_trial_duration":
+                    try:
+                        _duration_validator(data[name])
+                    except ValueError:
+                        continue  # reported once, at the experiment's own key
                 ts[camel] = data[name]
     return ts
 
@@ -209,8 +215,7 @@ class ExperimentConfig(ConfigModel):
         if self.search_space is None and self.search_space_file is None:
             raise ValueError("the experiment needs a search space: set searchSpace or searchSpaceFile")
         platform = self.training_service.platform
-        ts_command = self.training_service.trial_command or getattr(self.training_service, "command", None)
-        if platform not in _ROLE_PLATFORMS and not (self.trial_command or ts_command):
+        if platform not in _ROLE_PLATFORMS and not (self.trial_command or self.training_service.trial_command):
             raise ValueError("trialCommand is required: the shell command that runs one trial")
         if self.tuner is not None and self.advisor is not None:
             raise ValueError("give a tuner or an advisor, not both")

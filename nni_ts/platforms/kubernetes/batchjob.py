@@ -39,6 +39,8 @@ __all__ = ["CONTAINER", "KubernetesJobTrainingService", "build_batch_job"]
 
 #: The name of the trial's container (the podFailurePolicy's exit-code rule names it).
 CONTAINER = "trial"
+#: Failure reasons of a Job whose controller deletes the pods still running.
+_CONTROLLER_DELETES = frozenset({"DeadlineExceeded", "BackoffLimitExceeded"})
 
 
 class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig]):
@@ -164,6 +166,10 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
         await super()._handle(trial, ev)
 
     async def _conclude(self, trial: _Trial) -> None:
+        final = trial.facts.job_final
+        if final is not None and final.reason in _CONTROLLER_DELETES:
+            # The Job controller itself deleted the running pod (past its deadline): not someone else.
+            trial.facts.pod_deleted = None
         self._disrupted.pop(trial.id, None)
         self._runs.pop(trial.id, None)
         await super()._conclude(trial)

@@ -39,6 +39,8 @@ class JobView:
     exit_code: int | None = None
     #: The platform, not the user's code, ended the job (a pod deleted or evicted, a node lost).
     infrastructure: bool = False
+    #: The reason of the job's failure as its controller gives it (a batch Job's DeadlineExceeded...).
+    reason: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -179,6 +181,7 @@ def batch_job_view(obj: JSON) -> JobView:
             message,
             int(code.group(1)) if code else None,
             infrastructure=reason == "BackoffLimitExceeded",
+            reason=reason,
         )
     if true("Suspended") is None and int(status.get("ready") or 0) > 0:
         return JobView("running")
