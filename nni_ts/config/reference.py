@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from .batchjob import KubernetesJobConfig
 from .experiment import AlgorithmConfig, ExperimentConfig
 from .frameworkcontroller import (
     FrameworkAttemptCompletionPolicy,
@@ -71,7 +72,8 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`trainingService` for `platform: frameworkcontroller`", FrameworkControllerConfig),
     ("`taskRoles[]` (frameworkcontroller)", FrameworkControllerRoleConfig),
     ("`frameworkAttemptCompletionPolicy`", FrameworkAttemptCompletionPolicy),
-    ("`storage` (kubeflow, frameworkcontroller)", K8sStorageConfig),
+    ("`trainingService` for `platform: kubernetes` (batch Jobs)", KubernetesJobConfig),
+    ("`storage` (kubeflow, frameworkcontroller, kubernetes)", K8sStorageConfig),
     ("`storage.upload`", SshUploadConfig),
 ]
 
