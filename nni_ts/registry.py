@@ -23,12 +23,21 @@ __all__ = ["ENTRY_POINT_GROUP", "available_platforms", "get_platform_class", "re
 
 ENTRY_POINT_GROUP = "nni_ts.platforms"
 
+#: The platforms nni-ts itself ships, found even when the installed package metadata predates them (a source
+#: checkout run with PYTHONPATH, an editable install not re-run since a platform was added).
+_BUILTIN: dict[str, str] = {
+    "trainjob": "nni_ts.platforms.kubernetes.trainjob:TrainJobTrainingService",
+}
+
 _registered: dict[str, type[TrainingService[Any]]] = {}
 _loaded: dict[str, type[TrainingService[Any]]] = {}  # entry points already loaded (a scan costs ~10 ms)
 
 
 def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    for name, value in _BUILTIN.items():
+        found.setdefault(name, EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP))
+    return found
 
 
 def available_platforms() -> list[str]:

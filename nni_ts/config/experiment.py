@@ -71,12 +71,14 @@ def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
     from .kubeflow import KubeflowConfig
     from .local import LocalConfig
     from .remote import RemoteConfig
+    from .trainjob import TrainJobConfig
 
     builtins: dict[str, type[TrainingServiceConfig]] = {
         "local": LocalConfig,
         "remote": RemoteConfig,
         "kubeflow": KubeflowConfig,
         "frameworkcontroller": FrameworkControllerConfig,
+        "trainjob": TrainJobConfig,
     }
     if platform in builtins:
         return builtins[platform]

@@ -24,6 +24,7 @@ from .kubeflow import KubeflowConfig, KubeflowRoleConfig
 from .kubernetes import K8sStorageConfig, SshUploadConfig
 from .local import LocalConfig
 from .remote import RemoteConfig, RemoteMachineConfig
+from .trainjob import RuntimeRefConfig, TrainJobConfig, TrainJobResourcesConfig, TrainJobTrainerConfig
 
 __all__ = ["render_reference"]
 
@@ -71,7 +72,11 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`trainingService` for `platform: frameworkcontroller`", FrameworkControllerConfig),
     ("`taskRoles[]` (frameworkcontroller)", FrameworkControllerRoleConfig),
     ("`frameworkAttemptCompletionPolicy`", FrameworkAttemptCompletionPolicy),
-    ("`storage` (kubeflow, frameworkcontroller)", K8sStorageConfig),
+    ("`trainingService` for `platform: trainjob`", TrainJobConfig),
+    ("`runtimeRef` (trainjob)", RuntimeRefConfig),
+    ("`trainer` (trainjob)", TrainJobTrainerConfig),
+    ("`trainer.resourcesPerNode` (trainjob)", TrainJobResourcesConfig),
+    ("`storage` (kubeflow, frameworkcontroller, trainjob)", K8sStorageConfig),
     ("`storage.upload`", SshUploadConfig),
 ]
 

@@ -35,3 +35,9 @@ class TestFrameworkControllerConformance(TestKubeflowConformance):
     @pytest.fixture
     def platform(self) -> str:
         return "frameworkcontroller"
+
+
+class TestTrainJobConformance(TestKubeflowConformance):
+    @pytest.fixture
+    def platform(self) -> str:
+        return "trainjob"
