@@ -158,6 +158,7 @@ class ExperimentService:
             database_password=password,
             storage_pool_size=self.settings.storage_pool_size,
             platform_factory=self._stored_platform,
+            legacy_store=None if on_sqlite else store_path,
         )
         try:
             await manager.open()

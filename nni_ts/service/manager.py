@@ -44,7 +44,7 @@ from ..errors import NniTsError, UserError
 from ..experiment import Experiment
 from ..experiment.experiment import config_to_storable
 from ..models import TrialJobDetail, now_ms
-from ..storage import TrialRecord
+from ..storage import Store, TrialRecord
 from ..storage.base import ExperimentStorage, PostgresStorage, SqliteStorage
 from ..tasks import TaskSupervisor
 from ..training_service import TrainingService
@@ -92,11 +92,14 @@ class ExperimentManager:
         database_password: str | None = None,
         storage_pool_size: int = 10,
         platform_factory: PlatformFactory | None = None,
+        legacy_store: Path | None = None,
     ) -> None:
         self.api_db = db
         self.storage_url = storage_url
         self.database_password = database_password
         self.storage_pool_size = storage_pool_size
+        #: PostgreSQL: a store file of an earlier version whose experiments are copied in at start.
+        self.legacy_store = legacy_store
         self.platform_factory = platform_factory
         self.replica = replica
         self._live: dict[str, _Live] = {}
@@ -129,9 +132,33 @@ class ExperimentManager:
             path = Path(url[len("sqlite:///") :]).expanduser()
             self._storage = await asyncio.to_thread(SqliteStorage, path)
         else:
-            self._storage = await PostgresStorage.connect(
+            storage = await PostgresStorage.connect(
                 url, password=self.database_password, pool_size=self.storage_pool_size
             )
+            self._storage = storage
+            if self.legacy_store is not None:
+                await self._import_legacy_store(storage, self.legacy_store)
+
+    async def _import_legacy_store(self, storage: PostgresStorage, path: Path) -> None:
+        """A service upgraded from the mirroring versions kept its experiments' records in the store
+        file ``experiments.db``: copy every experiment not in PostgreSQL yet (once; a marker file next
+        to the store records it), so that their results stay readable and running ones re-attach."""
+        marker = path.with_name(path.name + ".imported")
+        if not path.exists() or marker.exists():
+            return
+
+        def read() -> list[tuple[Any, list[TrialRecord], list[Any]]]:
+            with Store(path, readonly=True) as store:
+                return [
+                    (record, store.list_trials(record.id, with_detail=True), list(store.iter_metrics(record.id)))
+                    for record in store.list_experiments()
+                ]
+
+        copied = 0
+        for record, trials, metrics in await asyncio.to_thread(read):
+            copied += await storage.import_experiment(record, trials, metrics)
+        await asyncio.to_thread(marker.write_text, f"{copied} experiment(s) copied to PostgreSQL\n")
+        log.info("Copied %d experiment(s) from %s into the service database.", copied, path)
 
     def _engine_main(self) -> None:
         asyncio.set_event_loop(self._loop)

@@ -783,6 +783,69 @@ class PostgresStorage(ExperimentStorage):
 
         return self._queue(experiment_id, run, write=False)
 
+    async def import_experiment(
+        self, record: ExperimentRecord, trials: list[TrialRecord], metrics: list[MetricRecord]
+    ) -> bool:
+        """Copy an experiment with its trials and metrics, as they are, in one transaction (moving a
+        store file's experiments here). False if an experiment with that id is here already."""
+        import asyncpg
+
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                inserted = await conn.fetchval(
+                    f"INSERT INTO exp_experiments ({_EXP_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING 1",
+                    record.id,
+                    _pg_text(record.name),
+                    record.platform,
+                    record.status,
+                    json.dumps(record.config),
+                    record.created_ms,
+                    record.updated_ms,
+                    record.ended_ms,
+                    record.manager_pid,
+                    record.manager_started,
+                    _pg_text(record.message),
+                    record.working_dir,
+                    record.active_ms,
+                )
+                if inserted is None:
+                    return False
+                await conn.executemany(
+                    f"INSERT INTO exp_trials ({_TRIAL_COLS}) VALUES "
+                    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                    [
+                        (
+                            t.experiment_id,
+                            t.id,
+                            t.sequence_id,
+                            t.parameter_id,
+                            t.attempt,
+                            json.dumps(t.parameters),
+                            t.status.value,
+                            t.submit_ms,
+                            t.start_ms,
+                            t.end_ms,
+                            t.exit_code,
+                            _b(t.message),
+                            int(t.infrastructure_failure),
+                            t.final_value,
+                            _b(t.final_data),
+                            t.metric_count,
+                            _pg_text(t.detail.model_dump_json()) if t.detail is not None else None,
+                        )
+                        for t in trials
+                    ],
+                )
+                await conn.executemany(
+                    "INSERT INTO exp_metrics (experiment_id, trial_id, seq, type, value, data, created_ms) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    [(record.id, m.trial_id, m.seq, m.type, m.value, _b(m.data), m.created_ms) for m in metrics],
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"Importing experiment {record.id} into {self.location} failed: {exc}.") from exc
+        return True
+
     async def close(self) -> None:
         """Finish every queued call, stop the lanes and close the pool."""
         self._closed = True

@@ -146,3 +146,47 @@ async def test_the_engine_loop_makes_no_sqlite_call(tmp_path: Path) -> None:
     assert on_engine == []
     # The API's own statements run on its loop (sub-millisecond WAL reads), and the guard saw them.
     assert any(thread == "MainThread" for thread, _ in guard.violations)
+
+
+@pytest.mark.slow
+async def test_an_upgraded_postgresql_service_keeps_the_experiments_of_its_old_store(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    """A service of the mirroring versions kept each experiment's records in <data-dir>/experiments.db:
+    on PostgreSQL the new service copies them into its database at start (once), so they stay readable."""
+    from conftest import _new_pg_database, _users
+
+    from nni_ts.models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobStatus
+    from nni_ts.service.db import open_database
+    from nni_ts.storage import Store, TrialRecord
+
+    data = tmp_path / "svc"
+    data.mkdir()
+    with Store(data / "experiments.db") as old:
+        old.create_experiment("oldexp01", name="before", platform="local", config={"a": 1}, working_dir="/w")
+        old.insert_trial(TrialRecord("oldexp01", "t1", 0, 0, {"x": 0.5}))
+        form = TrialJobApplicationForm(sequence_id=0, hyper_parameters=HyperParameters(value="{}"))
+        old.update_trial("oldexp01", TrialJobDetail(id="t1", status=TrialJobStatus.SUCCEEDED, sequence_id=0, form=form))
+        old.add_metric("oldexp01", "t1", 0, type="PERIODICAL", value=0.25, data='{"value": 0.25}')
+        old.add_metric("oldexp01", "t1", 1, type="FINAL", value=0.5, data='{"value": 0.5}')
+        old.update_experiment("oldexp01", status="DONE", ended_ms=5, manager_pid=None)
+    async with _new_pg_database(postgres_server) as url:
+        tokens = await _users(url)
+        db = await open_database(url)
+        try:  # the service's own row of it, as the old service wrote it
+            await db.execute(
+                "INSERT INTO svc_experiments (id, user_name, workspace, name, platform, status, message, config, "
+                "trial_concurrency, gpus_per_trial, optimize_mode, owner, legacy, created_ms, updated_ms, ended_ms) "
+                "VALUES ('oldexp01', 'alice', 'ws', 'before', 'local', 'DONE', NULL, '{}', 1, 0, 'maximize', 'r', "
+                "0, 1, 2, 5)"
+            )
+        finally:
+            await db.close()
+        for _ in range(2):  # a second start copies nothing again
+            settings = ServiceSettings(data_dir=data, database_url=url, replica="r")
+            async with running_service(settings) as (_, api, _url):
+                shown = await api.ok("GET", "/experiments/oldexp01", token=tokens["alice"])
+                assert shown["trialCounts"] == {"SUCCEEDED": 1} and shown["best"]["finalValue"] == 0.5
+                metrics = await api.ok("GET", "/experiments/oldexp01/metrics", token=tokens["alice"])
+                assert [(m["seq"], m["value"]) for m in metrics] == [(0, 0.25), (1, 0.5)]
+        assert (data / "experiments.db.imported").read_text().startswith("1 experiment")
