@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import ConfigModel
 from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
+from .podsettings import RolePodSettings
 
 __all__ = ["KubeflowConfig", "KubeflowRoleConfig"]
 
 
-class KubeflowRoleConfig(ConfigModel):
+class KubeflowRoleConfig(RolePodSettings):
     """One replica type of the job (worker, ps or master)."""
 
     replicas: int = Field(1, ge=1, description="How many replicas of this role.")

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel, TrainingServiceConfig
+from .podsettings import PlatformPodSettings
 
 __all__ = ["K8sStorageConfig", "KubernetesPlatformConfig", "SshUploadConfig", "parse_memory_mb"]
 
@@ -87,9 +88,10 @@ class K8sStorageConfig(ConfigModel):
         return self
 
 
-class KubernetesPlatformConfig(TrainingServiceConfig):
-    """What the Kubeflow and FrameworkController platforms share: the cluster, the namespace, the
-    storage the pods and the manager share, and how the trial keeper in each pod reports."""
+class KubernetesPlatformConfig(TrainingServiceConfig, PlatformPodSettings):
+    """What the Kubernetes platforms share: the cluster, the namespace, the storage the pods and the
+    manager share, how the trial keeper in each pod reports, and the pod settings
+    (:mod:`nni_ts.config.podsettings`)."""
 
     storage: K8sStorageConfig = Field(description="Where the code and trial directories are shared with pods.")
     namespace: str = Field("default", description="The Kubernetes namespace of the jobs.")

@@ -23,6 +23,7 @@ from .frameworkcontroller import (
 from .kubeflow import KubeflowConfig, KubeflowRoleConfig
 from .kubernetes import K8sStorageConfig, SshUploadConfig
 from .local import LocalConfig
+from .podsettings import PlatformPodSettings, RolePodSettings, Toleration, VolumeMount
 from .remote import RemoteConfig, RemoteMachineConfig
 
 __all__ = ["render_reference"]
@@ -71,6 +72,8 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`trainingService` for `platform: frameworkcontroller`", FrameworkControllerConfig),
     ("`taskRoles[]` (frameworkcontroller)", FrameworkControllerRoleConfig),
     ("`frameworkAttemptCompletionPolicy`", FrameworkAttemptCompletionPolicy),
+    ("`tolerations[]` (every Kubernetes platform, and its roles)", Toleration),
+    ("`volumeMounts[]` (every Kubernetes platform, and its roles)", VolumeMount),
     ("`storage` (kubeflow, frameworkcontroller)", K8sStorageConfig),
     ("`storage.upload`", SshUploadConfig),
 ]
@@ -117,7 +120,11 @@ def render_reference() -> str:
     out = [_HEADER]
     for title, model in _SECTIONS:
         out.append(f"\n## {title}\n\n| key | type | default | meaning |\n|---|---|---|---|")
-        for name, field in model.model_fields.items():
+        fields = list(model.model_fields.items())
+        if issubclass(model, RolePodSettings):  # the pod settings after the section's own keys
+            pod = set(PlatformPodSettings.model_fields)
+            fields = [f for f in fields if f[0] not in pod] + [f for f in fields if f[0] in pod]
+        for name, field in fields:
             key = field.alias or name
             desc = (field.description or "").replace("|", "\\|")
             out.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")

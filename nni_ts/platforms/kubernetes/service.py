@@ -45,6 +45,7 @@ from ...models import TrialJobDetail, TrialJobStatus
 from ...server import ClusterServer
 from ...training_service import TrainingService, trial_shell_command
 from . import manifest as mf
+from . import podsettings as ps
 from .client import JSON, KubeApiError, KubeClient, load_client
 from .lifecycle import Facts, Names, Phase, check_transition, decide
 from .names import LABEL_TRIAL, label_value, secret_name
@@ -276,18 +277,22 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         namespace, labels, annotations (the trial id and sequence id) and the owner reference to the anchor."""
         assert self.anchor is not None, "the service is not started"
         detail = trial.detail
-        return {
+        meta = {
             "name": trial.job,
             "namespace": self.namespace,
             "labels": mf.trial_labels(self.experiment_id, detail.id),
             "annotations": mf.trial_annotations(detail.id, detail.sequence_id),
             "ownerReferences": [mf.owner_reference(self.anchor)],
         }
+        # The user's labels and annotations, and the trial's parameters (a rebuild from the cluster reads them).
+        return ps.object_metadata(self.config, meta, detail)
 
     def pod_template(self, trial: _Trial, spec: JSON, *, role: str | None = None) -> JSON:
         """A pod template of a trial's object, ``{"metadata": ..., "spec": spec}``: the trial's labels
-        (with ``role``) on the pods, and whatever the configuration adds to every pod."""
-        return {"metadata": {"labels": mf.trial_labels(self.experiment_id, trial.detail.id, role)}, "spec": spec}
+        (with ``role``) on the pods, and the pod settings of the configuration (the platform's, then the
+        role's section: :mod:`nni_ts.config.podsettings`)."""
+        template = {"metadata": {"labels": mf.trial_labels(self.experiment_id, trial.detail.id, role)}, "spec": spec}
+        return ps.apply_pod_settings(self.config, template, role)
 
     def storage_volume(self) -> JSON:
         """The volume the pods mount at ``MOUNT_PATH``: the trial directory, the code and the keeper."""
