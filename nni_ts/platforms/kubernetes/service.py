@@ -607,6 +607,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             state: dict[str, Any] = {}
             with contextlib.suppress(OSError, ValueError):
                 state = json.loads(self._server_state_file().read_text())
+            if not state:  # a new experiment, or the manager's data directory was lost: the cluster's copy
+                state = await self._cluster_server_state()
             secret = bytes.fromhex(state["secret"]) if "secret" in state else secrets.token_bytes(32)
             port = cfg.cluster_server_port or int(state.get("port") or 0)
             bind = advertised if _is_local_address(advertised) else "0.0.0.0"
@@ -632,6 +634,47 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps({"port": self._server.port, "secret": secret.hex()}))
+            if state != {"port": self._server.port, "secret": secret.hex()}:
+                await self._save_cluster_server_state(self._server.port, secret.hex())
+
+    def _server_state_secret(self) -> str:
+        return secret_name(self.experiment_id, "server")
+
+    async def _cluster_server_state(self) -> dict[str, Any]:
+        """The cluster server's port and secret as the experiment's Secret keeps them (``{}`` if none): the
+        trial keepers of running trials know that port and hold tokens made with that secret, so a manager
+        whose data directory was lost still hears them."""
+        try:
+            body = await self.kube.request("GET", f"{self._collection('secrets')}/{self._server_state_secret()}")
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            return {}
+        data = body.get("data") or {}
+        try:
+            return {
+                "port": int(base64.b64decode(data["port"]).decode()),
+                "secret": base64.b64decode(data["secret"]).decode(),
+            }
+        except (KeyError, ValueError):
+            return {}
+
+    async def _save_cluster_server_state(self, port: int, secret_hex: str) -> None:
+        assert self.anchor is not None
+        name = self._server_state_secret()
+        values = {"port": str(port), "secret": secret_hex}
+        body = mf.token_secret(name, self.namespace, self.experiment_id, values, mf.owner_reference(self.anchor))
+        try:
+            await self.kube.request("POST", self._collection("secrets"), body=body)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+            await self.kube.request(
+                "PATCH",
+                f"{self._collection('secrets')}/{name}",
+                body={"data": body["data"]},
+                content_type="application/merge-patch+json",
+            )
 
     def _server_tls(self) -> ssl.SSLContext | None:
         """The cluster server's TLS context (clusterServerCertFile and KeyFile), and the CA the keepers
@@ -772,8 +815,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     async def _sweep_orphans(self) -> None:
         """Delete the jobs of this experiment that no trial owns: leftovers of a run that crashed."""
         assert self._job_watch is not None
-        for name in list(self._job_watch.cache):
-            if name in self._by_job:
+        for name, obj in list(self._job_watch.cache.items()):
+            if name in self._by_job or self._job_view(obj).finished:
+                # A finished job holds nothing; it is the record of its trial in the cluster (a rebuild of
+                # the experiment reads it), deleted with the anchor when the experiment ends.
                 continue
             log.warning("Deleting %s %s: no trial of experiment %s owns it.", self.kind, name, self.experiment_id)
             try:
@@ -817,6 +862,35 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 self._after(trial, self.config.pending_timeout, "pending_timeout")
         else:
             self._post(trial, _Event("job", {"type": "DELETED", "metadata": {"name": job}}, text="DELETED"))
+
+    async def recover_trial_jobs(self) -> list[TrialJobDetail]:
+        """The experiment's trials as its trial objects in the cluster tell them (trial id, sequence id,
+        parameters: :func:`.podsettings.recovered_detail`), oldest first, as WAITING trials to re-attach
+        to: re-attaching gives each its status, and a finished one its metrics from its journal. For
+        ``nni-ts resume -c`` when the manager's store lost the experiment. The service must be running."""
+        assert self._job_watch is not None and self.stager is not None, "the service is not started"
+        objects = sorted(
+            self._job_watch.cache.values(),
+            key=lambda o: (str(o["metadata"].get("creationTimestamp") or ""), o["metadata"]["name"]),
+        )
+        out: list[TrialJobDetail] = []
+        for obj in objects:
+            cfg: str | None = None
+            trial_id = ps.annotated_trial_id(obj)
+            if trial_id and ps.ANNOTATION_PARAMETERS not in (obj["metadata"].get("annotations") or {}):
+                with contextlib.suppress(OSError, PlatformError):
+                    cfg = (await self.stager.read_file(trial_id, "parameter.cfg", None)).decode("utf-8", "replace")
+            detail = ps.recovered_detail(obj, namespace=self.namespace, plural=self.plural, parameter_cfg=cfg)
+            if detail is None:
+                log.warning(
+                    "The %s %s does not say which trial it runs, or with which parameters; it is not rebuilt.",
+                    self.kind,
+                    obj["metadata"]["name"],
+                )
+                continue
+            detail.working_directory = self.stager.trial_location(detail.id)
+            out.append(detail)
+        return out
 
     # ------------------------------------------------------------------ events: routing
 
