@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from .batchjob import KubernetesJobConfig
 from .experiment import AlgorithmConfig, ExperimentConfig
 from .frameworkcontroller import (
     FrameworkAttemptCompletionPolicy,
@@ -25,6 +26,7 @@ from .kubernetes import K8sStorageConfig, SshUploadConfig
 from .local import LocalConfig
 from .podsettings import PlatformPodSettings, RolePodSettings, Toleration, VolumeMount
 from .remote import RemoteConfig, RemoteMachineConfig
+from .trainjob import RuntimeRefConfig, TrainJobConfig, TrainJobResourcesConfig, TrainJobTrainerConfig
 
 __all__ = ["render_reference"]
 
@@ -72,10 +74,15 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`trainingService` for `platform: frameworkcontroller`", FrameworkControllerConfig),
     ("`taskRoles[]` (frameworkcontroller)", FrameworkControllerRoleConfig),
     ("`frameworkAttemptCompletionPolicy`", FrameworkAttemptCompletionPolicy),
+    ("`trainingService` for `platform: kubernetes` (batch Jobs)", KubernetesJobConfig),
+    ("`trainingService` for `platform: trainjob`", TrainJobConfig),
+    ("`runtimeRef` (trainjob)", RuntimeRefConfig),
+    ("`trainer` (trainjob)", TrainJobTrainerConfig),
+    ("`trainer.resourcesPerNode` (trainjob)", TrainJobResourcesConfig),
+    ("`storage` (kubeflow, frameworkcontroller, kubernetes, trainjob)", K8sStorageConfig),
+    ("`storage.upload`", SshUploadConfig),
     ("`tolerations[]` (every Kubernetes platform, and its roles)", Toleration),
     ("`volumeMounts[]` (every Kubernetes platform, and its roles)", VolumeMount),
-    ("`storage` (kubeflow, frameworkcontroller)", K8sStorageConfig),
-    ("`storage.upload`", SshUploadConfig),
 ]
 
 
