@@ -27,7 +27,7 @@ from nni_ts.platforms.kubernetes.names import label_value
 from nni_ts.testing.conformance import form, wait_for_status
 from nni_ts.testing.k8s import FakeCluster, Node
 
-from .conftest import ALL_PLATFORMS, NFS_PATH, NFS_SERVER, Factory, crd_files
+from .conftest import ALL_PLATFORMS, NFS_PATH, NFS_SERVER, TRAINER_CRDS, Factory, crd_files, trainjob_runtime
 from .test_manifests import STORAGE, _assert_valid, _build, _offline, _schema
 
 TIMEOUT = 60.0
@@ -87,15 +87,23 @@ def platform(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, nfs_dir: Path) -> AsyncIterator[FakeCluster]:
+async def cluster(tmp_path: Path, nfs_dir: Path, platform: str) -> AsyncIterator[FakeCluster]:
     """Two nodes: only the labelled one matches the nodeSelector."""
+    trainer = platform == "trainjob"
     async with FakeCluster(
         tmp_path / "cluster",
-        crd_files=crd_files(),
+        crd_files=crd_files() + (TRAINER_CRDS if trainer else []),
         nodes=[Node("node-1", cpu=256, memory="512Gi", gpus=2), Node("pool-node", cpu=64, labels={"pool": "trials"})],
         nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir},
     ) as c:
+        if trainer:
+            c.create(trainjob_runtime())
         yield c
+
+
+#: What a TrainJob cannot carry (Kubeflow Trainer's runtimePatches have no field for them): the trainjob
+#: platform refuses them at start, naming them (the runtime's template must set them).
+NOT_ON_TRAINJOB = ("priorityClassName", "imagePullPolicy")
 
 
 @pytest.fixture
@@ -112,9 +120,17 @@ def _trial_container(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_settings_reach_the_pods(
-    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path, platform: str
 ) -> None:
-    svc = make_service(code_dir, "python3 trial.py", **copy.deepcopy(SETTINGS))
+    settings = copy.deepcopy(SETTINGS)
+    if platform == "trainjob":
+        for key in NOT_ON_TRAINJOB:
+            del settings[key]
+        for key in NOT_ON_TRAINJOB:
+            refused = make_service(code_dir, "python3 trial.py", **{**settings, key: SETTINGS[key]})
+            with pytest.raises(ConfigError, match=key):
+                await refused.start()
+    svc = make_service(code_dir, "python3 trial.py", **settings)
     metrics: list[TrialJobMetric] = []
     svc.add_trial_job_metric_listener(metrics.append)
     release = tmp_path / "release"
@@ -122,7 +138,7 @@ async def test_settings_reach_the_pods(
         parameters = {"lr": 0.5, "layers": [1, 2], "release": str(release)}
         detail = await svc.submit_trial_job(form(parameters, sequence_id=7, parameter_id=4))
         await wait_for_status(svc, detail.id, timeout=TIMEOUT, status=TrialJobStatus.RUNNING)
-        _check_objects(cluster, svc.plural, detail)
+        _check_objects(cluster, svc.plural, detail, settings)
         release.touch()
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         assert done.status is TrialJobStatus.SUCCEEDED, done.message
@@ -131,7 +147,7 @@ async def test_settings_reach_the_pods(
         assert final == {"default": 1.0, "setting": "forty-two", "namespace": "default"}
 
 
-def _check_objects(cluster: FakeCluster, plural: str, detail: Any) -> None:
+def _check_objects(cluster: FakeCluster, plural: str, detail: Any, settings: dict[str, Any]) -> None:
     obj = cluster.get(plural, detail.platform_data["job"])
     assert obj is not None
     meta = obj["metadata"]
@@ -151,14 +167,15 @@ def _check_objects(cluster: FakeCluster, plural: str, detail: Any) -> None:
         for toleration in SETTINGS["tolerations"]:
             assert toleration in spec["tolerations"], spec.get("tolerations")
         assert spec["affinity"] == SETTINGS["affinity"]
-        assert spec["priorityClassName"] == "research-low"
+        assert spec.get("priorityClassName") == settings.get("priorityClassName")
         assert spec["serviceAccountName"] == "trainer"
         assert {"name": "scratch", "emptyDir": {}} in spec["volumes"]
         assert any(v["name"] == "nni-ts-storage" for v in spec["volumes"])
         assert spec["securityContext"]["fsGroup"] == 2000
         assert spec["restartPolicy"] == "Never"
         c = _trial_container(pod)
-        assert c["imagePullPolicy"] == "IfNotPresent"
+        if "imagePullPolicy" in settings:
+            assert c["imagePullPolicy"] == "IfNotPresent"
         assert c["securityContext"] == {"allowPrivilegeEscalation": False}
         assert {"name": "scratch", "mountPath": "/scratch"} in c["volumeMounts"]
         assert c["command"][:2] == ["/bin/sh", "-c"]  # still the keeper's launcher
