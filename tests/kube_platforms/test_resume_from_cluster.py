@@ -25,8 +25,6 @@ from nni_ts.testing.k8s import FakeCluster
 
 from .conftest import ALL_PLATFORMS, Factory, config_for
 
-pytestmark = pytest.mark.slow  # a whole experiment in two managers: seconds per platform
-
 TIMEOUT = 60.0
 EXP = "rebuildexp"
 
