@@ -338,18 +338,23 @@ class PlatformPodSettings(RolePodSettings):
                         )
         return self
 
-    def role_settings(self, role: str | None) -> RolePodSettings | None:
-        """The pod settings of ``role`` (a pod template's role label: a kubeflow replica type, a
-        frameworkcontroller task role's name), if this platform's config has such a role section."""
+    def role_settings(self, role: str | None) -> tuple[str, RolePodSettings] | None:
+        """The key path (``worker``, ``taskRoles[1]``) and the pod settings of ``role`` (a pod template's
+        role label: a kubeflow replica type, a frameworkcontroller task role's name), if this platform's
+        config has such a role section."""
         if role is None:
             return None
-        for _name, value in self:
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, RolePodSettings) and not isinstance(item, PlatformPodSettings):
-                    if getattr(item, "name", None) == role:
-                        return item
-        value = getattr(self, role.lower(), None) if role.lower() in type(self).model_fields else None
-        return value if isinstance(value, RolePodSettings) else None
+        for name, value in self:
+            alias = type(self).model_fields[name].alias or name
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    if isinstance(item, RolePodSettings) and getattr(item, "name", None) == role:
+                        return f"{alias}[{i}]", item
+        field = type(self).model_fields.get(role.lower())
+        value = getattr(self, role.lower()) if field is not None else None
+        if isinstance(value, RolePodSettings) and not isinstance(value, PlatformPodSettings):
+            return field.alias or role.lower() if field is not None else role.lower(), value
+        return None
 
 
 # ------------------------------------------------------------------ the patch's checks

@@ -251,6 +251,7 @@ class Experiment:
         self._assessor = assessor
         self._resuming = False
         self._rebuilding = False  # resumed from the platform's trials: the store had lost the experiment
+        self._discarded = False  # a rebuild found nothing: its record was deleted again
         self._rerun_failed = False
         self._status = ExperimentStatus.RUNNING
         self._message: str | None = None
@@ -707,6 +708,9 @@ class Experiment:
     async def _finish_record(self) -> None:
         from ..models import now_ms
 
+        if self._discarded:
+            self.events.emit("status", self._status)
+            return
         try:
             await self.db.update_experiment(
                 self.id,
@@ -778,6 +782,16 @@ class Experiment:
         tuner every point (a GridSearch does not repeat one)."""
         assert self._service is not None
         details: list[TrialJobDetail] = await self._service.recover_trial_jobs()  # type: ignore[attr-defined]
+        if not details:
+            # Nothing of it anywhere: a mistyped id, or an experiment that ended (its objects went with it).
+            # Starting a new experiment under that id is not what `resume` means: nothing is kept.
+            await self.db.delete_experiment(self.id)
+            self._discarded = True
+            raise UserError(
+                f"There is no experiment {self.id} in the store, nor any trial object of it in the cluster "
+                f"({self._service.platform_name}): nothing to resume. An experiment that ended took its objects "
+                "with it; `nni-ts create` starts a new one."
+            )
         attempts: dict[int, int] = {}
         for detail in details:
             try:

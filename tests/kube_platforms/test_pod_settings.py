@@ -287,6 +287,30 @@ def test_patch_semantics() -> None:
         )
 
 
+def test_a_patch_replacing_the_trial_containers_image_names_the_role_key() -> None:
+    """A named container item with an image is a sidecar, unless it names nni-ts's own container: then it is
+    refused when the pod template is built (the config cannot know the platform's container names)."""
+    fc = FrameworkControllerConfig.model_validate(
+        {
+            "storage": STORAGE,
+            "taskRoles": [
+                {"name": "ps", **ROLE},
+                {
+                    "name": "worker",
+                    **ROLE,
+                    "podTemplatePatch": {"spec": {"containers": [{"name": "worker", "image": "x"}]}},
+                },
+            ],
+        }
+    )
+    template = {"metadata": {}, "spec": {"containers": [{"name": "worker", "image": "python:3.11"}]}}
+    with pytest.raises(ConfigError) as info:
+        ps.apply_pod_settings(fc, template, "worker")
+    assert info.value.path == "trainingService.taskRoles[1].podTemplatePatch.spec.containers[0].image"
+    assert "dockerImage" not in str(info.value) and "sidecar another name" in str(info.value)
+    assert ps.apply_pod_settings(fc, template, "ps")["spec"]["containers"][0]["image"] == "python:3.11"
+
+
 def test_settings_keep_the_objects_valid_for_the_real_crds(tmp_path: Path) -> None:
     """The real TFJob and PyTorchJob CRDs type every pod template field and prune unknown ones: nothing the
     settings add is refused or pruned (the Framework CRD keeps its pods as they are: the API server checks

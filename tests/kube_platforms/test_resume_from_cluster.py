@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from nni_ts.cli import main
+from nni_ts.errors import StoreError, UserError
 from nni_ts.experiment import Experiment
 from nni_ts.models import TrialJobMetric, TrialJobStatus
 from nni_ts.storage import open_store
@@ -144,7 +145,26 @@ def test_a_platform_that_cannot_rebuild_says_so(tmp_path: Path, capsys: pytest.C
     assert main(["resume", "lostexp", "-c", str(config), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "no experiment lostexp" in err and "cannot rebuild" in err, err
-    from nni_ts.errors import StoreError
-
     with open_store() as store, pytest.raises(StoreError):
         store.get_experiment("lostexp")  # nothing half-made was recorded
+
+
+async def test_resuming_an_experiment_that_is_nowhere_is_refused(
+    cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path
+) -> None:
+    """A mistyped id (or an experiment that ended, its objects gone with its anchor): `resume -c` does not
+    start a new experiment under that id, and leaves nothing in the store."""
+    config = {
+        "searchSpace": {"x": {"_type": "choice", "_value": [1]}},
+        "trialConcurrency": 1,
+        "tuner": {"name": "Random"},
+        "experimentWorkingDirectory": str(tmp_path / "home"),
+        "trainingService": config_for("kubeflow", cluster, nfs_dir, code_dir, "python3 trial.py"),
+    }
+    with open_store(tmp_path / "store.db") as store:
+        exp = Experiment.resume("mistyped", store=store, config=config, control_socket=False)
+        with pytest.raises(UserError, match="nor any trial object of it in the cluster"):
+            await exp.run()
+        with pytest.raises(StoreError):
+            store.get_experiment("mistyped")
+    assert cluster.list("configmaps", label_selector="nni-ts.io/experiment=mistyped") == []

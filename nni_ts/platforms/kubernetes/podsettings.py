@@ -101,10 +101,10 @@ def apply_pod_settings(config: PlatformPodSettings, template: JSON, role: str | 
         meta["annotations"] = {**config.annotations, **(meta.get("annotations") or {})}
     spec = template["spec"]
     own_containers = [str(c.get("name")) for c in spec.get("containers") or []]
-    role_settings = config.role_settings(role)
     layers: list[tuple[str, RolePodSettings]] = [("trainingService", config)]
-    if role_settings is not None:
-        layers.append((f"trainingService.{role}", role_settings))
+    found = config.role_settings(role)
+    if found is not None:
+        layers.append((f"trainingService.{found[0]}", found[1]))
     if config.service_account_name:
         spec["serviceAccountName"] = config.service_account_name
     for _where, s in layers:
