@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from nni_ts.cli import main
 from nni_ts.errors import StoreError, UserError
@@ -24,9 +30,10 @@ from nni_ts.storage import open_store
 from nni_ts.testing.conformance import form, wait_for_status
 from nni_ts.testing.k8s import FakeCluster
 
-from .conftest import ALL_PLATFORMS, Factory, config_for
+from .conftest import ALL_PLATFORMS, Factory, config_for, serve_fake_cluster
 
 TIMEOUT = 60.0
+CLI = [sys.executable, "-m", "nni_ts.cli"]
 EXP = "rebuildexp"
 
 TRIAL = textwrap.dedent(
@@ -168,3 +175,88 @@ async def test_resuming_an_experiment_that_is_nowhere_is_refused(
         with pytest.raises(StoreError):
             store.get_experiment("mistyped")
     assert cluster.list("configmaps", label_selector="nni-ts.io/experiment=mistyped") == []
+
+
+@pytest.mark.slow
+def test_cli_resume_after_the_data_directory_was_deleted(tmp_path: Path) -> None:
+    """The whole story with the real command: `nni-ts create` (SIGKILLed mid-experiment), `rm -rf
+    $NNI_TS_HOME`, `nni-ts resume ID -c config.yml` against the fake cluster served by another process."""
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "trial.py").write_text(CLI_TRIAL)
+    config = {
+        "searchSpace": {"x": {"_type": "choice", "_value": [1, 2, 3]}},
+        "trialCodeDirectory": str(code),
+        "trialConcurrency": 2,
+        "maxTrialNumber": 3,
+        "tuner": {"name": "GridSearch"},
+        "trainingService": {
+            "platform": "kubernetes",
+            "storage": {"storageType": "nfs", "server": "127.0.0.1", "path": str(nfs)},
+            "command": "python3 trial.py",
+            "memorySize": "512m",
+            "cpuNumber": 0.5,
+            "dockerImage": "python:3.11",
+            "keeperHeartbeat": 0.5,
+            "cancelGracePeriod": 2,
+        },
+    }
+    cfg = tmp_path / "config.yml"
+    cfg.write_text(yaml.safe_dump(config))
+    home = Path(os.environ["NNI_TS_HOME"])
+    with serve_fake_cluster(tmp_path, nfs) as kubeconfig:
+        env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+        manager = subprocess.Popen([*CLI, "create", "-c", str(cfg), "--id", "lostdir", "--quiet"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            _wait(lambda: len(_running("lostdir")) == 2, 90, "two running trials with metrics")
+        finally:
+            os.kill(manager.pid, signal.SIGKILL)
+            manager.wait(timeout=30)
+        before = {t.id: t.parameters for t in _running("lostdir")}
+        shutil.rmtree(home)
+        resume = subprocess.run([*CLI, "--json", "resume", "lostdir", "-c", str(cfg), "--quiet"], env=env,
+                                capture_output=True, text=True, timeout=180)  # fmt: skip
+        assert resume.returncode == 0, (resume.stdout, resume.stderr)
+    with open_store(readonly=True) as s:
+        trials = s.list_trials("lostdir")
+        assert len(trials) == 3 and all(t.status is TrialJobStatus.SUCCEEDED for t in trials), trials
+        assert {t.id: t.parameters for t in trials if t.id in before} == before
+        assert sorted(t.parameters["x"] for t in trials) == [1, 2, 3]  # the third point is the one not run yet
+        for t in trials:
+            assert [m.type for m in s.metrics("lostdir", t.id)] == ["PERIODICAL"] * 4 + ["FINAL"], t.id
+    for trial_dir in (nfs / "nni-ts" / "lostdir" / "trials").iterdir():
+        assert (trial_dir / "runs.txt").read_text() == "run\n", trial_dir.name  # never re-run
+
+
+CLI_TRIAL = """\
+import os, time, nni
+p = nni.get_next_parameter()
+with open(os.path.join(os.environ["NNI_OUTPUT_DIR"], "runs.txt"), "a") as fh:
+    fh.write("run\\n")
+for i in range(4):
+    nni.report_intermediate_result(i)
+    time.sleep(0.5)
+nni.report_final_result(p["x"])
+"""
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running(exp: str) -> list[Any]:
+    try:
+        with open_store(readonly=True) as s:
+            return [t for t in s.list_trials(exp, with_detail=True)
+                    if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("job")
+                    and s.metrics(exp, t.id)]  # fmt: skip
+    except Exception:
+        return []
