@@ -548,6 +548,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 if t.phase is not Phase.CONCLUDED
             }
             tokens.update(batch)
+            batch = {**batch, **self._server_state_keys()}  # kept current in the cluster (resume -c reads them)
+            tokens.update(batch)
             body = mf.token_secret(name, self.namespace, self.experiment_id, tokens, mf.owner_reference(self.anchor))
             try:
                 await self.kube.request("POST", self._collection("secrets"), body=body)
@@ -633,7 +635,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             state: dict[str, Any] = {}
             with contextlib.suppress(OSError, ValueError):
                 state = json.loads(self._server_state_file().read_text())
-            if not state:  # a new experiment, or the manager's data directory was lost: the cluster's copy
+            if not state and self._job_watch is not None and self._job_watch.cache:
+                # Trials of this experiment are in the cluster, but the manager's data directory was lost:
+                # their keepers know the port and hold tokens of the secret kept in the token Secret.
                 state = await self._cluster_server_state()
             secret = bytes.fromhex(state["secret"]) if "secret" in state else secrets.token_bytes(32)
             port = cfg.cluster_server_port or int(state.get("port") or 0)
@@ -660,18 +664,13 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps({"port": self._server.port, "secret": secret.hex()}))
-            if state != {"port": self._server.port, "secret": secret.hex()}:
-                await self._save_cluster_server_state(self._server.port, secret.hex())
-
-    def _server_state_secret(self) -> str:
-        return secret_name(self.experiment_id, "server")
 
     async def _cluster_server_state(self) -> dict[str, Any]:
-        """The cluster server's port and secret as the experiment's Secret keeps them (``{}`` if none): the
-        trial keepers of running trials know that port and hold tokens made with that secret, so a manager
-        whose data directory was lost still hears them."""
+        """The cluster server's port and secret as the experiment's token Secret keeps them (``{}`` if it
+        does not): the keepers of running trials know that port and hold tokens made with that secret, so a
+        manager whose data directory was lost still hears them (one request, only then)."""
         try:
-            body = await self.kube.request("GET", f"{self._collection('secrets')}/{self._server_state_secret()}")
+            body = await self.kube.request("GET", f"{self._collection('secrets')}/{self._token_secret_name()}")
         except KubeApiError as exc:
             if exc.status != 404:
                 raise
@@ -679,28 +678,18 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         data = body.get("data") or {}
         try:
             return {
-                "port": int(base64.b64decode(data["port"]).decode()),
-                "secret": base64.b64decode(data["secret"]).decode(),
+                "port": int(base64.b64decode(data[mf.SERVER_PORT_KEY]).decode()),
+                "secret": base64.b64decode(data[mf.SERVER_SECRET_KEY]).decode(),
             }
         except (KeyError, ValueError):
             return {}
 
-    async def _save_cluster_server_state(self, port: int, secret_hex: str) -> None:
-        assert self.anchor is not None
-        name = self._server_state_secret()
-        values = {"port": str(port), "secret": secret_hex}
-        body = mf.token_secret(name, self.namespace, self.experiment_id, values, mf.owner_reference(self.anchor))
-        try:
-            await self.kube.request("POST", self._collection("secrets"), body=body)
-        except KubeApiError as exc:
-            if exc.status != 409:
-                raise
-            await self.kube.request(
-                "PATCH",
-                f"{self._collection('secrets')}/{name}",
-                body={"data": body["data"]},
-                content_type="application/merge-patch+json",
-            )
+    def _server_state_keys(self) -> dict[str, str]:
+        """The cluster server's port and secret, as the token Secret keeps them (written with the first
+        token of each run of the manager: no request of its own)."""
+        if self._server is None or not self._server.port:
+            return {}
+        return {mf.SERVER_PORT_KEY: str(self._server.port), mf.SERVER_SECRET_KEY: self._server.secret.hex()}
 
     def _server_tls(self) -> ssl.SSLContext | None:
         """The cluster server's TLS context (clusterServerCertFile and KeyFile), and the CA the keepers
