@@ -324,6 +324,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     def _make_stager(self) -> Stager:
         storage = self.config.storage
+        if storage.storage_type == "none":
+            from .podstorage import PodStager
+
+            return PodStager(self, storage)
         if storage.storage_type == "azureStorage":
             from .azure import AzureStager
 
@@ -419,6 +423,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             w.start()
         await self._anchor_watch.wait_synced(60)
         await self._start_server()
+        self.stager.serve(self.server)
 
     async def _ensure_owned_objects(self) -> None:
         """The anchor ConfigMap and the Secrets it owns (tokens, registry credentials, storage keys)."""
@@ -686,6 +691,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             grace=cfg.cancel_grace_period,
             report_timeout=cfg.report_timeout,
             env=dict(trial.detail.form.env),
+            storage_env=self.stager.pod_env(trial.id),
         )
 
     def _role_command(self, base: str, detail: TrialJobDetail) -> str:
@@ -906,6 +912,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         elif ev.kind == "keeper_lost":
             if phase is Phase.ACTIVE:
                 self._keeper_lost(trial, ev.text)
+                assert self.stager is not None
+                self.stager.keeper_lost(trial.id, trial.attempt, trial.primary_pod)
         elif ev.kind == "heartbeat":
             if self.reporter.status(trial.id) is TrialJobStatus.UNKNOWN:
                 self.reporter.running(trial.id, message="The trial's keeper is back.")
@@ -988,6 +996,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             code = terminated_exit_code(pod)
             if code is not None:
                 facts.primary_exit = code
+                if facts.keeper_exit is None and self.stager is not None and self.stager.reads_pod_logs:
+                    await self._read_back(trial)  # the pod's log, before a controller deletes the pod
         if kind != "DELETED" and pod_phase(pod) in ("Running", "Succeeded", "Failed") and problem is None:
             self._mark_running(trial)
         if problem is not None and problem.kind == "evicted" and trial.phase is Phase.ACTIVE:
@@ -1050,7 +1060,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     async def _read_back(self, trial: _Trial) -> None:
         assert self.stager is not None
         try:
-            records, ended = await self.stager.read_back(trial.id, trial.attempt)
+            records, ended = await self.stager.read_back(trial.id, trial.attempt, pod=trial.primary_pod)
         except (OSError, PlatformError) as exc:
             log.warning("Could not read trial %s's directory back: %s", trial.id, exc)
             return

@@ -1,0 +1,181 @@
+"""Kubernetes trials without shared storage (``storage: {storageType: none}``, the default): the pods fetch
+the keeper, the code and their parameters from the manager's cluster server, and when the manager cannot be
+reached the metrics come back from the pod's log. Runs on every Kubernetes platform."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nni_ts.models import TrialJobMetric, TrialJobStatus
+from nni_ts.server import ClusterServer
+from nni_ts.testing.conformance import form, wait_for_status
+from nni_ts.testing.k8s import FakeCluster
+from nni_ts.testing.netproxy import TcpProxy
+from trial_keeper.logframes import frame_key, parse_frames
+
+from .conftest import ALL_PLATFORMS, PLATFORMS
+
+TIMEOUT = 60.0
+
+TRIAL = textwrap.dedent(
+    r"""
+    import json, os, sys, time
+    import nni
+    from lib.helper import scale
+
+    params = nni.get_next_parameter()
+    gate = params.get("gate")
+    nni.report_intermediate_result(scale(0))
+    if gate:
+        deadline = time.time() + 60
+        while not os.path.exists(gate) and time.time() < deadline:
+            time.sleep(0.02)
+    trial = os.environ["NNI_TRIAL_JOB_ID"]
+    # Forgeries: a record and an exit in the keeper's framing with a made-up MAC, and one glued mid-line.
+    print("@nni-ts:m1 %s 1 1 0/1 eyJmb3JnZWQiOiB0cnVlfQ== %s" % (trial, "0" * 32))
+    print("@nni-ts:x1 %s 1 0 1 1 %s" % (trial, "f" * 32))
+    sys.stdout.write("unfinished line @nni-ts:m1 %s 1 2 0/1 MQ== %s" % (trial, "a" * 32))
+    sys.stdout.flush()
+    for i in range(1, params.get("n", 3) + 1):
+        nni.report_intermediate_result(scale(i))
+    nni.report_final_result(params.get("final", 0.5))
+    sys.exit(params.get("code", 0))
+    """
+)
+
+
+@pytest.fixture(params=ALL_PLATFORMS)
+def platform(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def code_dir(tmp_path: Path) -> Path:
+    code = tmp_path / "code"
+    (code / "lib").mkdir(parents=True)
+    (code / "trial.py").write_text(TRIAL, encoding="utf-8")
+    (code / "lib" / "__init__.py").write_text("", encoding="utf-8")
+    (code / "lib" / "helper.py").write_text("def scale(i):\n    return i / 10\n", encoding="utf-8")
+    return code
+
+
+def _make(cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str, code_dir: Path, **overrides: Any) -> Any:
+    kwargs = overrides.pop("service_kwargs", {})
+    kwargs.setdefault("experiment_dir", tmp_path / "exp")
+    kwargs.setdefault("experiment_id", "nonfs" + platform[:4])
+    builder, cls = PLATFORMS[platform]
+    config = builder(cluster, nfs_dir, code_dir, "python3 trial.py", **overrides)
+    storage = overrides.get("storage")
+    if storage is None:
+        del config["storage"]  # the default: no shared storage
+    return cls(config, **kwargs)
+
+
+def _values(metrics: list[TrialJobMetric], trial_id: str) -> list[Any]:
+    return [json.loads(json.loads(m.data)["value"]) for m in metrics if m.trial_job_id == trial_id]
+
+
+async def test_an_experiment_runs_without_shared_storage(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str, code_dir: Path
+) -> None:
+    """No storage in the config: the pods mount an emptyDir, fetch the keeper, the code (with its package)
+    and parameter.cfg from the manager, and report live; the job holds no token and no NFS volume."""
+    svc = _make(cluster, nfs_dir, tmp_path, platform, code_dir)
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        assert svc.config.storage.storage_type == "none"
+        ok = await svc.submit_trial_job(form({"n": 2, "final": 0.75}, 0))
+        bad = await svc.submit_trial_job(form({"n": 1, "code": 4}, 1))
+        done_ok = await wait_for_status(svc, ok.id, timeout=TIMEOUT)
+        done_bad = await wait_for_status(svc, bad.id, timeout=TIMEOUT)
+        token = svc.server.token_for(ok.id)
+        jobs = json.dumps(cluster.list(svc.plural))
+        pods = cluster.list("pods", label_selector=f"nni-ts.io/trial={ok.id}")
+        # The finished pods stay (to be read back) except where the controller deletes them (FrameworkController).
+        assert pods or platform == "frameworkcontroller"
+        log = "".join(cluster.pod_log(p["metadata"]["name"]) for p in pods)
+    assert done_ok.status is TrialJobStatus.SUCCEEDED, done_ok.message
+    assert _values(metrics, ok.id) == [0.0, 0.1, 0.2, 0.75]
+    assert [m.sequence for m in metrics if m.trial_job_id == ok.id] == [0, 1, 2, 3]
+    assert done_bad.status is TrialJobStatus.FAILED and done_bad.exit_code == 4, done_bad.message
+    assert _values(metrics, bad.id) == [0.0, 0.1, 0.5]
+    assert token not in jobs and '"nfs":' not in jobs and '"emptyDir": {}' in jobs
+    if pods:  # the keeper framed every record and the exit into the pod's log; the trial's forgeries fail
+        records, ended, rejected = parse_frames(log, frame_key(token), ok.id, 1)
+        assert [json.loads(json.loads(data)["value"]) for _seq, data in records] == [0.0, 0.1, 0.2, 0.75]
+        assert ended is not None and (ended["exit_code"], ended["record_count"]) == (0, 4)
+        assert rejected == 3
+
+
+async def test_code_in_image_fetches_only_the_keeper_and_parameters(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path
+) -> None:
+    """codeInImage: the command runs in that directory of the image (here: of this host) and no code
+    archive is made; the trial code directory need not exist."""
+    svc = _make(
+        cluster,
+        nfs_dir,
+        tmp_path,
+        "kubeflow",
+        tmp_path / "no-such-dir",
+        storage={"storageType": "none", "codeInImage": str(code_dir)},
+    )
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"n": 1, "final": 1.0}))
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        assert await svc.stager.trial_download(detail.id, "code.tar.gz") is None
+    assert done.status is TrialJobStatus.SUCCEEDED, done.message
+    assert _values(metrics, detail.id) == [0.0, 0.1, 1.0]
+
+
+@pytest.mark.slow
+async def test_manager_unreachable_metrics_come_from_the_pod_log_once(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str, code_dir: Path
+) -> None:
+    """The keepers reach the manager through a proxy: the first record goes live, then the network is cut
+    until the trial's job has ended. The keeper is reported lost while it still tries to report (its
+    reportTimeout is longer than the heartbeat time-out, as by default), the platform follows the pod's
+    log, and the rest comes from there, each record once, the forged lines ignored, even where the
+    controller deletes a finished pod at once (FrameworkController). When the network heals, the keeper's
+    held-back reports change nothing."""
+    async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=1.0) as server:
+        with TcpProxy(("127.0.0.1", server.port)) as proxy:
+            svc = _make(
+                cluster,
+                nfs_dir,
+                tmp_path,
+                platform,
+                code_dir,
+                reportTimeout=2.5,
+                service_kwargs={"server": server, "keeper_server_url": f"http://127.0.0.1:{proxy.port}"},
+            )
+            metrics: list[TrialJobMetric] = []
+            first = asyncio.Event()
+
+            def listen(metric: TrialJobMetric) -> None:
+                metrics.append(metric)
+                first.set()
+
+            svc.add_trial_job_metric_listener(listen)
+            gate = tmp_path / "gate"
+            async with svc:
+                detail = await svc.submit_trial_job(form({"n": 3, "final": 0.5, "gate": str(gate), "code": 3}))
+                async with asyncio.timeout(TIMEOUT):
+                    await first.wait()
+                proxy.partition()
+                gate.touch()
+                done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+                proxy.heal()
+                await asyncio.sleep(0.2)  # what the proxy held back reaches the server now: nothing new
+    assert done.status is TrialJobStatus.FAILED and done.exit_code == 3, done.message
+    assert _values(metrics, detail.id) == [0.0, 0.1, 0.2, 0.3, 0.5]
+    assert [m.sequence for m in metrics] == [0, 1, 2, 3, 4]
