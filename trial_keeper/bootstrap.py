@@ -26,12 +26,9 @@ import sys
 import tarfile
 import time
 
-try:
-    from urllib.error import HTTPError, URLError
-    from urllib.parse import quote
-    from urllib.request import Request, urlopen
-except ImportError:  # pragma: no cover - Python 2 is not supported
-    raise
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote
+from urllib.request import Request, urlopen
 
 ENV = "NNI_TS_KEEPER_"
 TRIES = 8
@@ -78,7 +75,7 @@ def fetch(name, limit, context):
             delay = min(delay * 2, 10.0)
         try:
             with urlopen(request, timeout=60, context=context) as answer:
-                data = answer.read(limit + 1)
+                data = answer.read(limit + 1)  # type: bytes
         except HTTPError as exc:
             body = exc.read(2000).decode("utf-8", "replace")
             last = "HTTP %d: %s" % (exc.code, body)
@@ -106,15 +103,18 @@ def unpack(data, dest):
         os.makedirs(dest)
     root = os.path.realpath(dest)
     links = []  # type: list[tuple[str, str]]
+    link_names = set()  # type: set[str]
     count = 0
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         for member in archive:
             parts = member.name.replace("\\", "/").split("/")
             if member.name.startswith("/") or ".." in parts or not member.name.strip("/"):
                 raise BootstrapError("the archive holds an unsafe name %r." % member.name)
-            target = os.path.join(root, *[p for p in parts if p not in ("", ".")])
+            clean = [p for p in parts if p not in ("", ".")]
+            target = os.path.join(root, *clean)
             parent = os.path.realpath(os.path.dirname(target))
-            if not _inside(root, parent) or os.path.islink(target):
+            through_link = any(os.path.join(root, *clean[:i]) in link_names for i in range(1, len(clean)))
+            if not _inside(root, parent) or os.path.islink(target) or through_link:
                 raise BootstrapError("the archive would write %r outside %s." % (member.name, dest))
             if member.isdir():
                 if not os.path.isdir(target):
@@ -129,6 +129,7 @@ def unpack(data, dest):
                 os.chmod(target, member.mode & 0o755 | 0o600)
             elif member.issym():
                 links.append((target, member.linkname))  # made last: nothing is written through one
+                link_names.add(target)
             else:
                 raise BootstrapError("the archive holds %r, which is not a file, directory or link." % member.name)
             count += 1
@@ -136,6 +137,8 @@ def unpack(data, dest):
         parent = os.path.dirname(target)
         if not os.path.isdir(parent):
             os.makedirs(parent)
+        if os.path.lexists(target):
+            raise BootstrapError("the archive holds %r twice." % target[len(root) + 1 :])
         os.symlink(linkname, target)
     return count
 

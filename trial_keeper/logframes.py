@@ -18,7 +18,8 @@ over the line's text before it. A record's bytes (UTF-8) are base64-encoded and 
   moved to another seq, is ignored, and a line repeated is the same record again (de-duplicated by seq);
 * the keeper writes every frame on a line of its own (it starts a new line if the trial left one
   unfinished), and the reader looks for frames anywhere in a line, so text glued before a frame by
-  another stream does not hide it; text glued after it breaks its MAC (that line is lost, not wrong).
+  another stream does not hide it; a frame cut short or run into other text fails its check (that line
+  is lost, never wrong).
 """
 
 import base64

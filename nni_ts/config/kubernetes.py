@@ -157,7 +157,8 @@ class KubernetesPlatformConfig(TrainingServiceConfig):
         60.0,
         gt=0,
         description="Seconds a keeper keeps trying to reach the manager after its trial ended; after that the "
-        "metrics are read back from the trial directory on the shared storage (nni-ts).",
+        "metrics are read back from the trial directory on the shared storage, or from the pod's log without "
+        "shared storage (nni-ts).",
     )
     cancel_grace_period: float = Field(
         10.0, ge=0, description="Seconds from SIGTERM to SIGKILL when a trial's pods are deleted (nni-ts)."

@@ -101,6 +101,7 @@ async def test_an_experiment_runs_without_shared_storage(
         # The finished pods stay (to be read back) except where the controller deletes them (FrameworkController).
         assert pods or platform == "frameworkcontroller"
         log = "".join(cluster.pod_log(p["metadata"]["name"]) for p in pods)
+        stdout = await svc.get_trial_file(ok.id, "stdout")  # the pod's log, without the frames
     assert done_ok.status is TrialJobStatus.SUCCEEDED, done_ok.message
     assert _values(metrics, ok.id) == [0.0, 0.1, 0.2, 0.75]
     assert [m.sequence for m in metrics if m.trial_job_id == ok.id] == [0, 1, 2, 3]
@@ -112,6 +113,7 @@ async def test_an_experiment_runs_without_shared_storage(
         assert [json.loads(json.loads(data)["value"]) for _seq, data in records] == [0.0, 0.1, 0.2, 0.75]
         assert ended is not None and (ended["exit_code"], ended["record_count"]) == (0, 4)
         assert rejected == 3
+        assert b"unfinished line" in stdout and b"@nni-ts:x1" not in stdout
 
 
 async def test_code_in_image_fetches_only_the_keeper_and_parameters(

@@ -96,6 +96,8 @@ class PodStager(Stager):
         #: What the pod logs gave so far, per trial: records by seq and the exit (a pod may vanish later).
         self._read: dict[str, tuple[dict[int, str], dict[str, Any] | None]] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
+        #: The reporting pod of each trial submitted by this manager (its log is the trial's stdout).
+        self._pods: dict[str, str] = {}
 
     # ------------------------------------------------------------------ paths and environment
 
@@ -105,7 +107,9 @@ class PodStager(Stager):
     def trial_location(self, trial_id: str) -> str:
         return f"pod:{self.pod_trial_dir(trial_id)}"
 
-    def pod_env(self, trial_id: str) -> dict[str, str]:
+    def pod_env(self, trial_id: str, pod: str | None = None) -> dict[str, str]:
+        if pod:
+            self._pods[trial_id] = pod
         fetch = ["keeper", "parameter.cfg"] if self.code_in_image else ["keeper", "code", "parameter.cfg"]
         env = {
             "NNI_TS_KEEPER_BOOTSTRAP": BOOTSTRAP_SOURCE,
@@ -271,8 +275,25 @@ class PodStager(Stager):
     def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         raise AssertionError("PodStager.read_back is asynchronous")  # pragma: no cover
 
+    async def read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
+        """``stdout``: the reporting pod's log (stdout and stderr as the kubelet merges them), without the
+        keeper's frames; everything else is in the pod only (empty here)."""
+        pod = self._pods.get(trial_id)
+        if name != "stdout" or pod is None:
+            return b""
+        path = f"/api/v1/namespaces/{self.service.namespace}/pods/{pod}/log"
+        query = {"tailLines": max(100, tail // 16)} if tail is not None else {}
+        try:
+            text = await self.service.kube.request_text("GET", path, query=query, timeout=LOG_TIMEOUT)
+        except (KubeApiError, TemporaryError, TimeoutError, aiohttp.ClientError) as exc:
+            log.info("Trial %s: no log from pod %s: %s", trial_id, pod, exc)
+            return b""
+        lines = text.splitlines(keepends=True)
+        data = "".join(line for line in lines if not line.startswith(("@nni-ts:m1 ", "@nni-ts:x1 "))).encode()
+        return data[-tail:] if tail is not None and tail >= 0 else data
+
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
-        return b""  # the trial's files are in its pod only
+        raise AssertionError("PodStager.read_file is asynchronous")  # pragma: no cover
 
     def _remove_experiment(self) -> None:
         self._files.clear()

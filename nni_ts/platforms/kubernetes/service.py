@@ -691,7 +691,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             grace=cfg.cancel_grace_period,
             report_timeout=cfg.report_timeout,
             env=dict(trial.detail.form.env),
-            storage_env=self.stager.pod_env(trial.id),
+            storage_env=self.stager.pod_env(trial.id, trial.primary_pod),
         )
 
     def _role_command(self, base: str, detail: TrialJobDetail) -> str:

@@ -94,7 +94,7 @@ class Stager(abc.ABC):
     def trial_location(self, trial_id: str) -> str:
         """Where the trial's directory is, for people (a local path or an sftp:// URL)."""
 
-    def pod_env(self, trial_id: str) -> dict[str, str]:
+    def pod_env(self, trial_id: str, pod: str | None = None) -> dict[str, str]:
         """Environment variables the storage mode gives the trial's containers (none for shared storage)."""
         return {}
 
