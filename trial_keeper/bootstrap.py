@@ -25,7 +25,6 @@ import ssl
 import sys
 import tarfile
 import time
-
 from urllib.error import HTTPError, URLError
 from urllib.parse import quote
 from urllib.request import Request, urlopen

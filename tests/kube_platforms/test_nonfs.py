@@ -116,11 +116,13 @@ async def test_an_experiment_runs_without_shared_storage(
         assert b"unfinished line" in stdout and b"@nni-ts:x1" not in stdout
 
 
-async def test_code_in_image_fetches_only_the_keeper_and_parameters(
-    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path
-) -> None:
-    """codeInImage: the command runs in that directory of the image (here: of this host) and no code
-    archive is made; the trial code directory need not exist."""
+async def test_code_in_image_over_https(cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path) -> None:
+    """codeInImage: the command runs in that directory of the image (here: of this host), no code archive is
+    made and the trial code directory need not exist. With clusterServerCertFile the bootstrap and the
+    keeper fetch and report over https://, trusting the CA from the pod's environment."""
+    from nni_ts.testing.k8s.tls import make_certificate
+
+    cert, key = make_certificate(tmp_path / "pki", "127.0.0.1")
     svc = _make(
         cluster,
         nfs_dir,
@@ -128,6 +130,8 @@ async def test_code_in_image_fetches_only_the_keeper_and_parameters(
         "kubeflow",
         tmp_path / "no-such-dir",
         storage={"storageType": "none", "codeInImage": str(code_dir)},
+        clusterServerCertFile=str(cert),
+        clusterServerKeyFile=str(key),
     )
     metrics: list[TrialJobMetric] = []
     svc.add_trial_job_metric_listener(metrics.append)
@@ -135,11 +139,16 @@ async def test_code_in_image_fetches_only_the_keeper_and_parameters(
         detail = await svc.submit_trial_job(form({"n": 1, "final": 1.0}))
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         assert await svc.stager.trial_download(detail.id, "code.tar.gz") is None
+        pods = cluster.list("pods", label_selector=f"nni-ts.io/trial={detail.id}")
     assert done.status is TrialJobStatus.SUCCEEDED, done.message
     assert _values(metrics, detail.id) == [0.0, 0.1, 1.0]
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env["NNI_TS_KEEPER_SERVER_URL"].startswith("https://")
+    assert env["NNI_TS_KEEPER_CODE_DIR"] == str(code_dir) and env["NNI_TS_KEEPER_FETCH"] == "keeper parameter.cfg"
+    assert env["NNI_TS_KEEPER_CA_PEM"] == cert.read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 4-6 s each: the keeper must be reported lost while it still tries to report
 async def test_manager_unreachable_metrics_come_from_the_pod_log_once(
     cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str, code_dir: Path
 ) -> None:
@@ -149,7 +158,7 @@ async def test_manager_unreachable_metrics_come_from_the_pod_log_once(
     log, and the rest comes from there, each record once, the forged lines ignored, even where the
     controller deletes a finished pod at once (FrameworkController). When the network heals, the keeper's
     held-back reports change nothing."""
-    async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=1.0) as server:
+    async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=0.6) as server:
         with TcpProxy(("127.0.0.1", server.port)) as proxy:
             svc = _make(
                 cluster,
@@ -157,7 +166,8 @@ async def test_manager_unreachable_metrics_come_from_the_pod_log_once(
                 tmp_path,
                 platform,
                 code_dir,
-                reportTimeout=2.5,
+                reportTimeout=3,
+                keeperHeartbeat=0.2,
                 service_kwargs={"server": server, "keeper_server_url": f"http://127.0.0.1:{proxy.port}"},
             )
             metrics: list[TrialJobMetric] = []

@@ -160,8 +160,27 @@ class PodStager(Stager):
         if self._code_dir is not None:
             self._code = self._archive_code(self._code_dir)
 
-    def _write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
+    async def write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
+        self._prune()
         self._files.setdefault(trial_id, {}).update(files)
+
+    def _write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
+        raise AssertionError("PodStager.write_trial keeps the files in memory")  # pragma: no cover
+
+    def _prune(self) -> None:
+        """Forget the files and read-backs of the trials that ended (their pods fetch nothing more; their
+        read-back is done). Their pod names stay: the pods (and so the trials' stdout) outlive them."""
+        for trial_id in list(self._files):
+            try:
+                ended = self.service.reporter.status(trial_id).is_terminal
+            except TrialNotFoundError:
+                ended = True
+            if ended:
+                self._files.pop(trial_id, None)
+                self._read.pop(trial_id, None)
+                task = self._followers.get(trial_id)
+                if task is None or task.done():
+                    self._followers.pop(trial_id, None)
 
     async def trial_download(self, trial_id: str, name: str) -> bytes | None:
         """A file the trial's pod fetches (the cluster server's ``GET .../files/{name}``)."""
