@@ -17,6 +17,7 @@ import pytest
 from nni_ts.platforms.kubernetes.podstorage import archive
 from trial_keeper import bootstrap
 from trial_keeper.journal import read_journal
+from trial_keeper.keeper import _Stdout
 from trial_keeper.logframes import CHUNK, FrameReader, encode_exit, encode_record, frame_key, parse_frames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,9 +89,11 @@ def test_the_keeper_frames_records_and_exit_and_the_trials_forgeries_fail(trial_
     )
     assert out.returncode == 5, out.stderr
     log = out.stdout.decode()
-    # The frame after the unfinished line starts a line of its own.
-    assert "progress without newline\n@nni-ts:m1 T1 1 0 0/1 " in log
+    assert "progress without newline" in log
     records, ended, rejected = parse_frames(log, KEY, "T1", 1)
+    # Every frame starts a line of its own, even after the trial's unfinished line.
+    at_line_start = "\n".join(line for line in log.splitlines() if line.startswith("@nni-ts:"))
+    assert parse_frames(at_line_start, KEY, "T1", 1)[:2] == (records, ended)
     assert records == read_journal(str(trial_dir / ".nni-ts" / "journal")) == [(0, '{"x": 1}'), (1, "[2]")]
     assert ended is not None and (ended["exit_code"], ended["record_count"]) == (5, 2)
     assert rejected == 2
@@ -103,6 +106,17 @@ def test_the_keeper_frames_records_and_exit_and_the_trials_forgeries_fail(trial_
         timeout=120,
     )
     assert out.returncode == 2 and b"--log-frames needs the trial's token" in out.stderr
+
+
+def test_a_frame_after_an_unfinished_line_starts_a_new_line() -> None:
+    out = io.BytesIO()
+    stdout = _Stdout(out)
+    stdout.write(b"50% done")
+    stdout.frames(["@nni-ts:m1 a", "@nni-ts:m1 b"])
+    stdout.write(b"\n")
+    stdout.write(b"line\n")
+    stdout.frames(["@nni-ts:x1 c"])
+    assert out.getvalue() == b"50% done\n@nni-ts:m1 a\n@nni-ts:m1 b\n\nline\n@nni-ts:x1 c\n"
 
 
 def _tar(*members: tuple[str, bytes | None, str | None]) -> bytes:
