@@ -93,11 +93,12 @@ def _valid(key, match):
 
 class FrameReader(object):
     """Reads frames from a log, line by line (in as many calls as it takes): only lines whose MAC checks
-    with ``key`` and that name ``trial_id`` and ``attempt`` count, and a record counts once all its parts
-    are in. ``rejected`` counts the frame-like text that did not check."""
+    with ``key`` and that name ``trial_id`` and ``attempt`` (None: any; one pod's log holds one keeper's)
+    count, and a record counts once all its parts are in. ``rejected`` counts the frame-like text that did
+    not check."""
 
     def __init__(self, key, trial_id, attempt):
-        # type: (bytes, str, int) -> None
+        # type: (bytes, str, int | None) -> None
         self.key = key
         self.trial_id = trial_id
         self.attempt = attempt
@@ -108,7 +109,11 @@ class FrameReader(object):
 
     def _ours(self, match):
         # type: (re.Match[str]) -> bool
-        if _valid(self.key, match) and match.group(1) == self.trial_id and int(match.group(2)) == self.attempt:
+        if (
+            _valid(self.key, match)
+            and match.group(1) == self.trial_id
+            and (self.attempt is None or int(match.group(2)) == self.attempt)
+        ):
             return True
         self.rejected += 1
         return False
@@ -154,7 +159,7 @@ class FrameReader(object):
 
 
 def parse_frames(text, key, trial_id, attempt):
-    # type: (str, bytes, str, int) -> tuple[list[tuple[int, str]], dict[str, int] | None, int]
+    # type: (str, bytes, str, int | None) -> tuple[list[tuple[int, str]], dict[str, int] | None, int]
     """The records ``[(seq, data), ...]`` (sorted, each once), the exit (``exit_code``, ``end_time_ms``,
     ``record_count``) or None, and how many frame-like pieces were rejected, from a whole log's text."""
     reader = FrameReader(key, trial_id, attempt)

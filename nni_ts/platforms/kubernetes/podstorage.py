@@ -96,8 +96,6 @@ class PodStager(Stager):
         #: What the pod logs gave so far, per trial: records by seq and the exit (a pod may vanish later).
         self._read: dict[str, tuple[dict[int, str], dict[str, Any] | None]] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
-        #: The reporting pod of each trial submitted by this manager (its log is the trial's stdout).
-        self._pods: dict[str, str] = {}
 
     # ------------------------------------------------------------------ paths and environment
 
@@ -107,9 +105,7 @@ class PodStager(Stager):
     def trial_location(self, trial_id: str) -> str:
         return f"pod:{self.pod_trial_dir(trial_id)}"
 
-    def pod_env(self, trial_id: str, pod: str | None = None) -> dict[str, str]:
-        if pod:
-            self._pods[trial_id] = pod
+    def pod_env(self, trial_id: str) -> dict[str, str]:
         fetch = ["keeper", "parameter.cfg"] if self.code_in_image else ["keeper", "code", "parameter.cfg"]
         env = {
             "NNI_TS_KEEPER_BOOTSTRAP": BOOTSTRAP_SOURCE,
@@ -169,7 +165,7 @@ class PodStager(Stager):
 
     def _prune(self) -> None:
         """Forget the files and read-backs of the trials that ended (their pods fetch nothing more; their
-        read-back is done). Their pod names stay: the pods (and so the trials' stdout) outlive them."""
+        read-back is done)."""
         for trial_id in list(self._files):
             try:
                 ended = self.service.reporter.status(trial_id).is_terminal
@@ -201,7 +197,7 @@ class PodStager(Stager):
     # ------------------------------------------------------------------ reading back
 
     async def read_back(
-        self, trial_id: str, attempt: int, pod: str | None = None
+        self, trial_id: str, attempt: int | None, pod: str | None = None
     ) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         """The records and the exit framed in the pod's log, with what earlier reads found."""
         if pod:
@@ -218,7 +214,7 @@ class PodStager(Stager):
         self._warn_gap(trial_id, records, ended)
         return sorted(records.items()), ended
 
-    def _reader(self, trial_id: str, attempt: int) -> FrameReader:
+    def _reader(self, trial_id: str, attempt: int | None) -> FrameReader:
         return FrameReader(frame_key(self.service.server.token_for(trial_id)), trial_id, attempt)
 
     def _keep(self, trial_id: str, found: list[tuple[int, str]], ended: dict[str, Any] | None) -> None:
@@ -237,7 +233,7 @@ class PodStager(Stager):
                 pod,
             )
 
-    def keeper_lost(self, trial_id: str, attempt: int, pod: str) -> None:
+    def keeper_lost(self, trial_id: str, attempt: int | None, pod: str) -> None:
         """The trial's keeper stopped reporting while its pod may still run: follow the pod's log."""
         task = self._followers.get(trial_id)
         if task is None or task.done():
@@ -245,7 +241,7 @@ class PodStager(Stager):
                 self._follow(trial_id, attempt, pod), name=f"nni-ts-pod-log-{trial_id}"
             )
 
-    async def _follow(self, trial_id: str, attempt: int, pod: str) -> None:
+    async def _follow(self, trial_id: str, attempt: int | None, pod: str) -> None:
         path = f"/api/v1/namespaces/{self.service.namespace}/pods/{pod}/log"
         for _ in range(FOLLOW_TRIES):
             reader = self._reader(trial_id, attempt)  # a reconnection reads the log from its start again
@@ -291,14 +287,13 @@ class PodStager(Stager):
                 missing[0],
             )
 
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         raise AssertionError("PodStager.read_back is asynchronous")  # pragma: no cover
 
-    async def read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
+    async def read_file(self, trial_id: str, name: str, tail: int | None, pod: str | None = None) -> bytes:
         """``stdout``: the reporting pod's log (stdout and stderr as the kubelet merges them), without the
         keeper's frames; everything else is in the pod only (empty here)."""
-        pod = self._pods.get(trial_id)
-        if name != "stdout" or pod is None:
+        if name != "stdout" or not pod:
             return b""
         path = f"/api/v1/namespaces/{self.service.namespace}/pods/{pod}/log"
         query = {"tailLines": max(100, tail // 16)} if tail is not None else {}

@@ -13,7 +13,7 @@ Two ways to reach the export from the manager:
 * :class:`SftpStager`: files go over SFTP (paramiko) to the NFS server's host (``storage.upload``).
 
 Every blocking call runs in a thread. Reading a trial's journal back (when its keeper could not reach
-the manager) goes through :func:`trial_keeper.journal.recover_records` and ``read_exit``.
+the manager) goes through :func:`trial_keeper.journal.read_attempt` (``recover_records`` and ``read_exit``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import trial_keeper
-from trial_keeper.journal import EXIT_NAME, JOURNAL_NAME, STATE_DIR, read_exit, recover_records
+from trial_keeper.journal import EXIT_NAME, JOURNAL_NAME, STATE_DIR, read_attempt
 
 from ...errors import ConfigError, PlatformError
 
@@ -94,14 +94,14 @@ class Stager(abc.ABC):
     def trial_location(self, trial_id: str) -> str:
         """Where the trial's directory is, for people (a local path or an sftp:// URL)."""
 
-    def pod_env(self, trial_id: str, pod: str | None = None) -> dict[str, str]:
+    def pod_env(self, trial_id: str) -> dict[str, str]:
         """Environment variables the storage mode gives the trial's containers (none for shared storage)."""
         return {}
 
     def serve(self, server: Any) -> None:  # noqa: B027 - optional
         """Called once the cluster server runs: a mode without shared storage serves the pods' files."""
 
-    def keeper_lost(self, trial_id: str, attempt: int, pod: str) -> None:  # noqa: B027 - optional
+    def keeper_lost(self, trial_id: str, attempt: int | None, pod: str) -> None:  # noqa: B027 - optional
         """The trial's keeper stopped reporting (its pods may still run). Shared storage keeps the journal
         until the job ends; a mode without it starts reading the pod's log now."""
 
@@ -145,13 +145,14 @@ class Stager(abc.ABC):
         await asyncio.to_thread(self._write_trial, trial_id, files)
 
     async def read_back(
-        self, trial_id: str, attempt: int, pod: str | None = None
+        self, trial_id: str, attempt: int | None, pod: str | None = None
     ) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         """The records and the exit the trial's keeper left in its directory (``pod``, the reporting pod,
         matters only without shared storage: see :mod:`.podstorage`)."""
         return await asyncio.to_thread(self._read_back, trial_id, attempt)
 
-    async def read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
+    async def read_file(self, trial_id: str, name: str, tail: int | None, pod: str | None = None) -> bytes:
+        """The (last ``tail``) bytes of a file in the trial's directory (``pod``: see :mod:`.podstorage`)."""
         return await asyncio.to_thread(self._read_file, trial_id, name, tail)
 
     async def remove_experiment(self) -> None:
@@ -167,7 +168,7 @@ class Stager(abc.ABC):
     def _write_trial(self, trial_id: str, files: dict[str, bytes]) -> None: ...
 
     @abc.abstractmethod
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]: ...
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]: ...
 
     @abc.abstractmethod
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes: ...
@@ -228,9 +229,9 @@ class LocalStager(Stager):
         for name, data in files.items():
             (d / name).write_bytes(data)
 
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         d = str(self.root / "trials" / trial_id)
-        return recover_records(d, trial_id, attempt), read_exit(d, trial_id, attempt)
+        return read_attempt(d, trial_id, attempt)
 
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
         path = self.root / "trials" / trial_id / name
@@ -375,7 +376,7 @@ class SftpStager(Stager):
                 with sftp.open(posixpath.join(d, name), "wb") as fh:
                     fh.write(data)
 
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         with self._lock:
             sftp = self._connect()
             d = posixpath.join(self.root, "trials", trial_id)
@@ -386,7 +387,7 @@ class SftpStager(Stager):
                         sftp.get(posixpath.join(d, rel), os.path.join(tmp, *rel.split("/")))
                     except FileNotFoundError:
                         pass
-                return recover_records(tmp, trial_id, attempt), read_exit(tmp, trial_id, attempt)
+                return read_attempt(tmp, trial_id, attempt)
 
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
         with self._lock:
