@@ -93,9 +93,10 @@ class PodStager(Stager):
         self._code: bytes | None = None
         self._keeper = b""
         self._files: dict[str, dict[str, bytes]] = {}
-        #: What the pod logs gave so far, per trial: records by seq and the exit (a pod may vanish later).
-        self._read: dict[str, tuple[dict[int, str], dict[str, Any] | None]] = {}
-        self._followers: dict[str, asyncio.Task[None]] = {}
+        #: What each pod's log gave so far, by ``(trial, pod)``: records by seq and the exit (the pod may be
+        #: gone at the next read; a replaced pod's log is another run's and is kept apart).
+        self._read: dict[tuple[str, str], tuple[dict[int, str], dict[str, Any] | None]] = {}
+        self._followers: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # ------------------------------------------------------------------ paths and environment
 
@@ -173,10 +174,10 @@ class PodStager(Stager):
                 ended = True
             if ended:
                 self._files.pop(trial_id, None)
-                self._read.pop(trial_id, None)
-                task = self._followers.get(trial_id)
-                if task is None or task.done():
-                    self._followers.pop(trial_id, None)
+                for key in [k for k in self._read if k[0] == trial_id]:
+                    del self._read[key]
+                for key in [k for k, task in self._followers.items() if k[0] == trial_id and task.done()]:
+                    del self._followers[key]
 
     async def trial_download(self, trial_id: str, name: str) -> bytes | None:
         """A file the trial's pod fetches (the cluster server's ``GET .../files/{name}``)."""
@@ -208,20 +209,20 @@ class PodStager(Stager):
                 log.info("Trial %s: could not read pod %s's log for its metrics: %s", trial_id, pod, exc)
             else:
                 reader = self._reader(trial_id, attempt)
-                self._keep(trial_id, reader.feed(text), reader.ended)
+                self._keep(trial_id, pod, reader.feed(text), reader.ended)
                 self._warn_forged(trial_id, pod, reader)
-        records, ended = self._read.get(trial_id, ({}, None))
+        records, ended = self._read.get((trial_id, pod or ""), ({}, None))
         self._warn_gap(trial_id, records, ended)
         return sorted(records.items()), ended
 
     def _reader(self, trial_id: str, attempt: int | None) -> FrameReader:
         return FrameReader(frame_key(self.service.server.token_for(trial_id)), trial_id, attempt)
 
-    def _keep(self, trial_id: str, found: list[tuple[int, str]], ended: dict[str, Any] | None) -> None:
-        records, known = self._read.setdefault(trial_id, ({}, None))
+    def _keep(self, trial_id: str, pod: str, found: list[tuple[int, str]], ended: dict[str, Any] | None) -> None:
+        records, known = self._read.setdefault((trial_id, pod), ({}, None))
         for seq, data in found:
             records.setdefault(seq, data)
-        self._read[trial_id] = (records, ended or known)
+        self._read[(trial_id, pod)] = (records, ended or known)
 
     @staticmethod
     def _warn_forged(trial_id: str, pod: str, reader: FrameReader) -> None:
@@ -235,9 +236,9 @@ class PodStager(Stager):
 
     def keeper_lost(self, trial_id: str, attempt: int | None, pod: str) -> None:
         """The trial's keeper stopped reporting while its pod may still run: follow the pod's log."""
-        task = self._followers.get(trial_id)
-        if task is None or task.done():
-            self._followers[trial_id] = self.service.tasks.spawn(
+        task = self._followers.get((trial_id, pod))
+        if pod and (task is None or task.done()):
+            self._followers[(trial_id, pod)] = self.service.tasks.spawn(
                 self._follow(trial_id, attempt, pod), name=f"nni-ts-pod-log-{trial_id}"
             )
 
@@ -249,7 +250,7 @@ class PodStager(Stager):
                 async for line in self.service.kube.stream_lines(path, {"follow": "true"}):
                     found = reader.feed(line)
                     if found or reader.ended is not None:
-                        self._keep(trial_id, found, reader.ended)
+                        self._keep(trial_id, pod, found, reader.ended)
                         if not await self._deliver(trial_id, found, reader.ended):
                             return
                 return  # the container ended
