@@ -191,3 +191,44 @@ async def test_manager_unreachable_metrics_come_from_the_pod_log_once(
     assert done.status is TrialJobStatus.FAILED and done.exit_code == 3, done.message
     assert _values(metrics, detail.id) == [0.0, 0.1, 0.2, 0.3, 0.5]
     assert [m.sequence for m in metrics] == [0, 1, 2, 3, 4]
+
+
+def _experiment(storage: dict[str, Any] | None) -> dict[str, Any]:
+    role = {"replicas": 1, "command": "python3 t.py", "cpuNumber": 1, "memorySize": "1g", "dockerImage": "python:3.11"}
+    service: dict[str, Any] = {"platform": "kubeflow", "operator": "tf-operator", "worker": role}
+    if storage is not None:
+        service["storage"] = storage
+    return {
+        "searchSpace": {"x": {"_type": "choice", "_value": [1]}},
+        "trialConcurrency": 1,
+        "tuner": {"name": "TPE"},
+        "trialCommand": "python3 t.py",
+        "trialCodeDirectory": ".",
+        "trainingService": service,
+    }
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        (None, None),
+        ({"storageType": "none", "codeInImage": "/app"}, None),
+        (
+            {"storageType": "nfs", "server": "a", "path": "/p", "codeInImage": "/app"},
+            "codeInImage is for storageType none",
+        ),
+        ({"storageType": "none", "codeInImage": "app"}, "codeInImage must be an absolute path in the image, not 'app'"),
+        ({"storageType": "none", "server": "10.0.0.1"}, "storageType none shares nothing: remove server"),
+    ],
+)
+def test_storage_is_optional_and_mistakes_name_the_key(storage: dict[str, Any] | None, message: str | None) -> None:
+    from nni_ts.config.loader import config_from_dict
+    from nni_ts.errors import ConfigError
+
+    if message is None:
+        config = config_from_dict(_experiment(storage), base_dir=Path("."))
+        assert config.training_service.storage.storage_type == "none"
+        return
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_experiment(storage), base_dir=Path("."))
+    assert "trainingService.storage" in str(info.value) and message in str(info.value)
