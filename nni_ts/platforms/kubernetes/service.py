@@ -14,7 +14,8 @@ the job running. The terminal status is decided once the facts are in (:meth:`_c
 
 * the keeper's exit (reported, or read back from its journal on the shared storage once the job has
   finished: the manager may be unreachable from the pods, and then the journal delivers the metrics,
-  through the same de-duplication);
+  through the same de-duplication; without shared storage, from the frames in the pod's log, see
+  :mod:`.podstorage`);
 * the job's final state and the pods' problems (evicted: an infrastructure failure; OOMKilled, a wrong
   image, an unschedulable pod: a message saying what to change);
 * a cancel, or the pending time-out (``pendingTimeout``: reported, then the job is stopped).
