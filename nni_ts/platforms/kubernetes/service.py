@@ -1029,8 +1029,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         if name == trial.primary_pod:
             code = terminated_exit_code(pod)
             if code is not None:
-                facts.primary_exit = code
-                if facts.keeper_exit is None and self.stager is not None and self.stager.reads_pod_logs:
+                first, facts.primary_exit = facts.primary_exit is None, code
+                if first and facts.keeper_exit is None and self.stager is not None and self.stager.reads_pod_logs:
                     await self._read_back(trial)  # the pod's log, before a controller deletes the pod
         if kind != "DELETED" and pod_phase(pod) in ("Running", "Succeeded", "Failed") and problem is None:
             self._mark_running(trial)
