@@ -193,6 +193,46 @@ async def test_manager_unreachable_metrics_come_from_the_pod_log_once(
     assert [m.sequence for m in metrics] == [0, 1, 2, 3, 4]
 
 
+async def test_a_keeper_that_gives_up_before_it_is_missed_is_read_back_when_its_pod_ends(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path
+) -> None:
+    """The other path: the keeper gives up (reportTimeout 0.5 s) long before the heartbeat time-out, so no
+    log is followed; the pod's log is read once its container ended (the TFJob keeps its pods)."""
+    async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=60.0) as server:
+        with TcpProxy(("127.0.0.1", server.port)) as proxy:
+            svc = _make(
+                cluster,
+                nfs_dir,
+                tmp_path,
+                "kubeflow",
+                code_dir,
+                reportTimeout=0.5,
+                service_kwargs={"server": server, "keeper_server_url": f"http://127.0.0.1:{proxy.port}"},
+            )
+            metrics: list[TrialJobMetric] = []
+            first = asyncio.Event()
+
+            def listen(metric: TrialJobMetric) -> None:
+                metrics.append(metric)
+                first.set()
+
+            svc.add_trial_job_metric_listener(listen)
+            gate = tmp_path / "gate"
+            async with svc:
+                detail = await svc.submit_trial_job(form({"n": 2, "final": 0.25, "gate": str(gate)}))
+                async with asyncio.timeout(TIMEOUT):
+                    await first.wait()
+                proxy.partition()
+                gate.touch()
+                done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+                followed = dict(svc.stager._followers)
+                proxy.heal()
+    assert done.status is TrialJobStatus.SUCCEEDED and done.exit_code == 0, done.message
+    assert _values(metrics, detail.id) == [0.0, 0.1, 0.2, 0.25]
+    assert [m.sequence for m in metrics] == [0, 1, 2, 3]
+    assert followed == {}  # read back, not followed
+
+
 def _experiment(storage: dict[str, Any] | None) -> dict[str, Any]:
     role = {"replicas": 1, "command": "python3 t.py", "cpuNumber": 1, "memorySize": "1g", "dockerImage": "python:3.11"}
     service: dict[str, Any] = {"platform": "kubeflow", "operator": "tf-operator", "worker": role}
