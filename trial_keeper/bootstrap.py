@@ -11,7 +11,8 @@ script). It reads everything else from the environment too:
   (into ``NNI_TS_KEEPER_TRIAL_DIR``);
 * ``NNI_TS_KEEPER_CA_PEM`` (https:// only): the CA the cluster server's certificate is checked against,
   written to ``NNI_TS_KEEPER_CA_FILE`` for the keeper too;
-* ``NNI_TS_KEEPER_FETCH_LIMIT``: the largest download accepted, in bytes.
+* ``NNI_TS_KEEPER_FETCH_LIMIT``: the largest download accepted, in bytes; ``NNI_TS_KEEPER_FETCH_TRIES``:
+  how many times a download is tried (default 8, about half a minute).
 
 Downloads are ``GET <server>/api/v1/trials/<trial>/files/<name>`` with ``Authorization: Bearer <token>``,
 retried for about a minute while the manager cannot be reached. Archives are unpacked member by member:
@@ -57,8 +58,8 @@ def _context():
     return ssl.create_default_context(cadata=pem)
 
 
-def fetch(name, limit, context):
-    # type: (str, int, ssl.SSLContext | None) -> bytes
+def fetch(name, limit, context, tries=TRIES):
+    # type: (str, int, ssl.SSLContext | None, int) -> bytes
     """One file of the trial from the manager's cluster server (retried while it cannot be reached)."""
     url = "%s/api/v1/trials/%s/files/%s" % (
         _env("SERVER_URL").rstrip("/"),
@@ -68,7 +69,7 @@ def fetch(name, limit, context):
     request = Request(url, headers={"Authorization": "Bearer " + _env("TOKEN")})
     delay = 0.5
     last = ""
-    for attempt in range(TRIES):
+    for attempt in range(max(1, tries)):
         if attempt:
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
@@ -146,18 +147,19 @@ def main():
     # type: () -> int
     try:
         limit = int(_env("FETCH_LIMIT", str(256 * 1024 * 1024)))
+        tries = int(_env("FETCH_TRIES", str(TRIES)))
         context = _context()
         for what in _env("FETCH").split():
             if what == "keeper":
-                unpack(fetch("keeper.tar.gz", limit, context), _env("HOME"))
+                unpack(fetch("keeper.tar.gz", limit, context, tries), _env("HOME"))
             elif what == "code":
-                unpack(fetch("code.tar.gz", limit, context), _env("CODE_DIR"))
+                unpack(fetch("code.tar.gz", limit, context, tries), _env("CODE_DIR"))
             elif what == "parameter.cfg":
                 directory = _env("TRIAL_DIR")
                 if not os.path.isdir(directory):
                     os.makedirs(directory)
                 with open(os.path.join(directory, "parameter.cfg"), "wb") as fh:
-                    fh.write(fetch("parameter.cfg", limit, context))
+                    fh.write(fetch("parameter.cfg", limit, context, tries))
             else:
                 raise BootstrapError("unknown item %r in NNI_TS_KEEPER_FETCH." % what)
     except (BootstrapError, OSError, tarfile.TarError, ValueError, ssl.SSLError) as exc:

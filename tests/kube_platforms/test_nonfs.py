@@ -233,6 +233,23 @@ async def test_a_keeper_that_gives_up_before_it_is_missed_is_read_back_when_its_
     assert followed == {}  # read back, not followed
 
 
+async def test_a_pod_that_cannot_fetch_its_files_fails_the_trial_saying_why(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path
+) -> None:
+    svc = _make(
+        cluster, nfs_dir, tmp_path, "kubeflow", code_dir, service_kwargs={"keeper_server_url": "http://127.0.0.1:9"}
+    )
+    async with svc:
+        f = form({"n": 1})
+        f.env = {"NNI_TS_KEEPER_FETCH_TRIES": "1"}
+        detail = await svc.submit_trial_job(f)
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+    assert done.status is TrialJobStatus.FAILED and done.exit_code == 127, done.message
+    message = done.message or ""
+    assert "could not fetch the trial's files from the manager's cluster server" in message, message
+    assert "cannot fetch keeper.tar.gz from the manager at http://127.0.0.1:9" in message, message
+
+
 def _experiment(storage: dict[str, Any] | None) -> dict[str, Any]:
     role = {"replicas": 1, "command": "python3 t.py", "cpuNumber": 1, "memorySize": "1g", "dockerImage": "python:3.11"}
     service: dict[str, Any] = {"platform": "kubeflow", "operator": "tf-operator", "worker": role}
