@@ -40,16 +40,18 @@ TRIAL = textwrap.dedent(
     """
     import os, time, nni
     p = nni.get_next_parameter()
-    with open(os.path.join(os.environ["NNI_OUTPUT_DIR"], "runs.txt"), "a") as fh:
+    # A directory of the test's, on this host (the fake kubelet runs the pods' processes here), given to the
+    # pods through the env pod setting: it works with and without shared storage.
+    state = os.path.join(os.environ["TEST_STATE_DIR"], nni.get_trial_id())
+    with open(state + ".runs", "a") as fh:
         fh.write("run\\n")
     nni.report_intermediate_result(p["x"])
     released = True
     if p["x"] == 3:  # the trial still running when the manager dies: the new manager releases it
-        release = os.path.join(os.environ["NNI_OUTPUT_DIR"], "release")
         deadline = time.monotonic() + 20
-        while not os.path.exists(release) and time.monotonic() < deadline:
+        while not os.path.exists(state + ".release") and time.monotonic() < deadline:
             time.sleep(0.05)
-        released = os.path.exists(release)
+        released = os.path.exists(state + ".release")
         nni.report_intermediate_result(p["x"] + 0.5)
     nni.report_final_result(p["x"] * 10 if released else -1)
     """
@@ -73,13 +75,37 @@ def _values(metrics: list[TrialJobMetric], trial_id: str) -> list[Any]:
     return [json.loads(json.loads(m.data)["value"]) for m in metrics if m.trial_job_id == trial_id]
 
 
+#: Without shared storage a finished trial's metrics are in its reporting pod's log: FrameworkController deletes
+#: a completed Framework's pods, so a Framework that finished while no manager ran keeps nothing to read back.
+COMBINATIONS = [
+    (platform, storage)
+    for platform in ALL_PLATFORMS
+    for storage in ("nfs", "none")
+    if (platform, storage) != ("frameworkcontroller", "none")
+]
+
+
+@pytest.mark.parametrize(("platform", "storage"), COMBINATIONS)
 async def test_resume_rebuilds_the_experiment_from_the_cluster(
-    cluster: FakeCluster, make_service: Factory, code_dir: Path, nfs_dir: Path, tmp_path: Path, platform: str
+    cluster: FakeCluster,
+    make_service: Factory,
+    code_dir: Path,
+    nfs_dir: Path,
+    tmp_path: Path,
+    platform: str,
+    storage: str,
 ) -> None:
     home = tmp_path / "home"
+    state = tmp_path / "state"
+    state.mkdir()
+    settings: dict[str, Any] = {"env": {"TEST_STATE_DIR": str(state)}}
+    if storage == "none":  # no shared storage: a finished trial's metrics come back from its pod's log
+        settings["storage"] = {"storageType": "none"}
     # The first manager: three trials as the experiment loop submits them (GridSearch's first three points);
     # two end, one still runs when the manager dies.
-    first = make_service(code_dir, "python3 trial.py", service_kwargs={"experiment_id": EXP, "experiment_dir": home})
+    first = make_service(
+        code_dir, "python3 trial.py", **settings, service_kwargs={"experiment_id": EXP, "experiment_dir": home}
+    )
     metrics: list[TrialJobMetric] = []
     first.add_trial_job_metric_listener(metrics.append)
     await first.start()
@@ -100,7 +126,7 @@ async def test_resume_rebuilds_the_experiment_from_the_cluster(
         "maxTrialNumber": 4,
         "tuner": {"name": "GridSearch"},
         "experimentWorkingDirectory": str(tmp_path / "home2"),
-        "trainingService": config_for(platform, cluster, nfs_dir, code_dir, "python3 trial.py"),
+        "trainingService": config_for(platform, cluster, nfs_dir, code_dir, "python3 trial.py", **settings),
     }
     store = open_store(tmp_path / "home2.db")
     try:
@@ -110,7 +136,7 @@ async def test_resume_rebuilds_the_experiment_from_the_cluster(
             # The re-attached trial reports to the new manager while it runs (its keeper kept the port and
             # its token: the cluster server's secret was in the cluster): let it end.
             if trial_id == details[2].id:
-                (nfs_dir / "nni-ts" / EXP / "trials" / trial_id / "release").touch()
+                (state / f"{trial_id}.release").touch()
 
         exp.events.on("metric", on_metric)
         result = await exp.run()
@@ -125,8 +151,7 @@ async def test_resume_rebuilds_the_experiment_from_the_cluster(
             values = [json.loads(m.data)["value"] for m in store.metrics(EXP, d.id)]
             expected = [str(i + 1), str(i + 1.5)] if i == 2 else [str(i + 1)]
             assert values == [*expected, str((i + 1) * 10)], (d.id, values)
-            runs = nfs_dir / "nni-ts" / EXP / "trials" / d.id / "runs.txt"
-            assert runs.read_text() == "run\n"  # never re-run
+            assert (state / f"{d.id}.runs").read_text() == "run\n"  # never re-run
         (new,) = [t for t in trials.values() if t.id not in jobs]
         assert new.parameters == {"x": 4} and new.sequence_id == 3  # the tuner knew 1, 2 and 3
         assert new.status is TrialJobStatus.SUCCEEDED

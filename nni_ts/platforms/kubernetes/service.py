@@ -832,12 +832,15 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         trial.cancel_timers()
 
     def _replay_cached(self, trial: _Trial) -> None:
-        if self._job_watch is not None and trial.job in self._job_watch.cache:
-            self._on_job_event("MODIFIED", self._job_watch.cache[trial.job])
+        # The pods first: a job that finished while no manager watched is concluded at its event, and its
+        # read-back needs the reporting pod's name (a batch Job's or a TrainJob's pods have random suffixes;
+        # without shared storage the metrics are in that pod's log).
         if self._pod_watch is not None:
             for pod in list(self._pod_watch.cache.values()):
                 if (pod["metadata"].get("labels") or {}).get(LABEL_TRIAL) == trial.label:
                     self._on_pod_event("MODIFIED", pod)
+        if self._job_watch is not None and trial.job in self._job_watch.cache:
+            self._on_job_event("MODIFIED", self._job_watch.cache[trial.job])
 
     async def _sweep_orphans(self) -> None:
         """Delete the jobs of this experiment that no trial owns: leftovers of a run that crashed."""
