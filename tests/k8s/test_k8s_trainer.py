@@ -12,24 +12,14 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_support import Kubectl, condition
+from k8s_support import TRAINER_CRDS, Kubectl, condition
 
 from nni_ts.testing.k8s import FakeCluster
 from nni_ts.testing.k8s.util import ApiError
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
-NEXT = (REPO / ".." / "shared" / "crds" / "next").resolve()
-CRDS = [
-    NEXT / f
-    for f in (
-        "jobset.x-k8s.io_jobsets.yaml",
-        "trainer.kubeflow.org_trainjobs.yaml",
-        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
-        "trainer.kubeflow.org_trainingruntimes.yaml",
-    )
-]
+CRDS = TRAINER_CRDS
 PY = sys.executable
 
 # As in Kubeflow's docs (the torch-distributed runtime and a TrainJob that references it), with host
@@ -90,7 +80,7 @@ spec:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> Any:
-    assert all(p.is_file() for p in CRDS), f"the real CRDs are in {NEXT}"
+    assert all(p.is_file() for p in CRDS), f"the real CRDs are in {CRDS[0].parent}"
     async with FakeCluster(
         tmp_path / "cluster", crd_files=CRDS, controllers=["job-controller", "jobset-controller", "trainjob-controller"]
     ) as c:

@@ -187,7 +187,7 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
         await super()._start_inner()
         await self._detect_version()
         await self._check_runtime()
-        self._check_pod_settings()
+        await self._check_trainjob()
 
     async def _trainjob_schema(self) -> JSON | None:
         """The TrainJob's OpenAPI schema as the cluster serves it: from ``/openapi/v3`` (every authenticated
@@ -258,25 +258,40 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
                     path="trainingService.runtimeRef.name",
                 ) from exc
             if exc.status == 403:
-                log.warning(
-                    "Cannot read the %s %r (%s): assuming its trainer step is %r. Grant `get` on %s to check it "
-                    "at start (docs/kubernetes.md, RBAC).",
+                # Reading a ClusterTrainingRuntime takes a cluster-wide grant (Kubeflow's platform manifests
+                # give it to every authenticated user; nni-ts's Role is namespaced): the dry run checks it.
+                log.info(
+                    "Cannot read the %s %r (%s): the dry run of a TrainJob checks it instead, with the trainer "
+                    "step %r.",
                     ref.kind,
                     ref.name,
                     exc.api_message,
                     NODE,
-                    ref.kind.lower() + "s",
                 )
                 return
             raise
         self.trainer_step = trainer_step(runtime, ref.kind, ref.name)
 
-    def _check_pod_settings(self) -> None:
-        """Build a TrainJob for a trial that does not exist: a pod setting a runtime patch cannot carry is
-        refused now, at start, not at the first trial."""
+    async def _check_trainjob(self) -> None:
+        """Build the TrainJob of a trial that does not exist and have the API server check it in a dry run
+        (its schema, its CEL rules and Trainer's webhook: the runtime exists, the runtime patch fits it).
+        A pod setting a runtime patch cannot carry, or a runtime that does not fit, is refused now, at start,
+        and not at every trial."""
         form = TrialJobApplicationForm(sequence_id=0, hyper_parameters=HyperParameters(value="{}"))
         probe = _Trial(detail=TrialJobDetail(id="probe", form=form), job=self._job_name("probe"))
-        build_trainjob(self, probe, self._keeper_spec(probe))
+        body = build_trainjob(self, probe, self._keeper_spec(probe))
+        try:
+            await self.kube.request("POST", self._collection(), query={"dryRun": "All"}, body=body, timeout=30)
+        except KubeApiError as exc:
+            if exc.status not in (400, 403, 422):
+                raise
+            ref = self.config.runtime_ref
+            runtime = "runtime" in exc.api_message.lower()
+            raise ConfigError(
+                f"the cluster refuses the TrainJobs of this experiment (a dry run, for the {ref.kind} "
+                f"{ref.name!r}): {exc.api_message}",
+                path="trainingService.runtimeRef.name" if runtime else "trainingService",
+            ) from exc
 
 
 def trainer_step(runtime: JSON, kind: str, name: str) -> str:
