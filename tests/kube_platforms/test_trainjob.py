@@ -26,6 +26,7 @@ from nni_ts.testing.k8s.cluster import load_yaml_documents
 from .conftest import (
     NFS_PATH,
     NFS_SERVER,
+    REPO,
     TRAINER_CRDS,
     TRAINJOB_RUNTIME,
     crd_files,
@@ -326,3 +327,20 @@ def test_a_pod_setting_a_runtime_patch_cannot_carry_is_named(change: Any, needle
         translate_pod_template(template, step="node")
     assert f"the pod setting {needle} cannot be expressed on a TrainJob" in str(info.value)
     assert "Set it in the training runtime's template instead." in str(info.value)
+
+
+def test_the_cli_and_the_service_find_the_platform() -> None:
+    """``nni-ts create``/``resume`` load the platform from the config, ``nni-ts serve --platform trainjob``
+    checks available_platforms(): both find trainjob, even where the installed package metadata predates it."""
+    from nni_ts.config.experiment import platform_config_class
+    from nni_ts.config.loader import load_experiment_config
+    from nni_ts.registry import available_platforms, get_platform_class
+
+    assert "trainjob" in available_platforms()
+    assert get_platform_class("trainjob") is TrainJobTrainingService
+    assert platform_config_class("trainjob") is TrainJobConfig
+    config = load_experiment_config(REPO / "examples" / "trainjob" / "config.yml")
+    ts = config.training_service
+    assert isinstance(ts, TrainJobConfig)
+    assert ts.trial_command == "python3 trial.py" and ts.runtime_ref.name == "nni-ts-python"
+    assert ts.trainer.resources_per_node.memory_size == 1024
