@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from .batchjob import KubernetesJobConfig
 from .experiment import AlgorithmConfig, ExperimentConfig
 from .frameworkcontroller import (
     FrameworkAttemptCompletionPolicy,
@@ -72,11 +73,12 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`trainingService` for `platform: frameworkcontroller`", FrameworkControllerConfig),
     ("`taskRoles[]` (frameworkcontroller)", FrameworkControllerRoleConfig),
     ("`frameworkAttemptCompletionPolicy`", FrameworkAttemptCompletionPolicy),
+    ("`trainingService` for `platform: kubernetes` (batch Jobs)", KubernetesJobConfig),
     ("`trainingService` for `platform: trainjob`", TrainJobConfig),
     ("`runtimeRef` (trainjob)", RuntimeRefConfig),
     ("`trainer` (trainjob)", TrainJobTrainerConfig),
     ("`trainer.resourcesPerNode` (trainjob)", TrainJobResourcesConfig),
-    ("`storage` (kubeflow, frameworkcontroller, trainjob)", K8sStorageConfig),
+    ("`storage` (kubeflow, frameworkcontroller, kubernetes, trainjob)", K8sStorageConfig),
     ("`storage.upload`", SshUploadConfig),
 ]
 

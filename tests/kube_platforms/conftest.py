@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from nni_ts.platforms.kubernetes.batchjob import KubernetesJobTrainingService
 from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerTrainingService
 from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
 from nni_ts.platforms.kubernetes.trainjob import TrainJobTrainingService
@@ -184,6 +185,26 @@ def trainjob_config(
     return config
 
 
+def job_config(cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any) -> dict[str, Any]:
+    """``platform: kubernetes`` (a batch/v1 Job per trial). ``role={...}`` overrides go to the top level,
+    as this platform has no roles."""
+    config: dict[str, Any] = {
+        "platform": "kubernetes",
+        "trialCodeDirectory": str(code_dir),
+        "kubeconfig": str(cluster.kubeconfig),
+        "storage": storage(nfs_dir),
+        "command": command,
+        "cpuNumber": 0.5,
+        "memorySize": "512m",
+        "dockerImage": "python:3.11",
+        "cancelGracePeriod": 2,
+        "keeperHeartbeat": 0.5,
+    }
+    config.update(overrides.pop("role", {}))
+    config.update(overrides)
+    return config
+
+
 Factory = Callable[..., Any]
 
 #: ``platform name -> (config builder, service class)`` for every Kubernetes platform. The builders take
@@ -191,6 +212,7 @@ Factory = Callable[..., Any]
 PLATFORMS: dict[str, tuple[Callable[..., dict[str, Any]], type[Any]]] = {
     "kubeflow": (kubeflow_config, KubeflowTrainingService),
     "frameworkcontroller": (fc_config, FrameworkControllerTrainingService),
+    "kubernetes": (job_config, KubernetesJobTrainingService),
     "trainjob": (trainjob_config, TrainJobTrainingService),
 }
 #: What the default ``platform`` fixture runs on (the suite's time grows with each entry). A module that

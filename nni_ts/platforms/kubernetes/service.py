@@ -194,6 +194,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     #: The custom resource: API group, version, plural and kind. Set by subclasses (may depend on config).
     group: ClassVar[str] = ""
     version: ClassVar[str] = "v1"
+    #: The trial's object may replace a disrupted pod with a new one that runs the trial again (a batch
+    #: Job): each keeper then takes its own attempt number (``auto``), the trial's channel accepts the
+    #: attempt that reports, and the journal is read back from the latest attempt.
+    pods_replaced: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -686,6 +690,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             grace=cfg.cancel_grace_period,
             report_timeout=cfg.report_timeout,
             env=dict(trial.detail.form.env),
+            attempt="auto" if self.pods_replaced else str(trial.attempt),
         )
 
     def _role_command(self, base: str, detail: TrialJobDetail) -> str:
@@ -723,7 +728,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 f"Cannot write trial {detail.id}'s directory {detail.working_directory} on the shared storage: {exc}"
             ) from exc
         self._track(trial)
-        self.server.register(detail.id, _Sink(self, trial), attempt=trial.attempt)
+        self.server.register(detail.id, _Sink(self, trial), attempt=self._channel_attempt(trial))
         try:
             await self._add_token(trial)
             body = self._build_job(trial, self._keeper_spec(trial))
@@ -749,6 +754,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     def _start_worker(self, trial: _Trial) -> None:
         self.tasks.spawn(self._run_trial(trial), name=f"nni-ts-{self.platform_name}-trial-{trial.id}")
+
+    def _channel_attempt(self, trial: _Trial) -> int | None:
+        """The keeper attempt the trial's channel accepts (None: whichever reports; see pods_replaced)."""
+        return None if self.pods_replaced else trial.attempt
 
     def _untrack(self, trial: _Trial) -> None:
         self._by_job.pop(trial.job, None)
@@ -803,7 +812,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             )
         trial = _Trial(detail=detail, job=job, attempt=int(data.get("attempt") or 1), job_created=True)
         self._track(trial)
-        self.server.register(detail.id, _Sink(self, trial), attempt=trial.attempt, next_seq=metrics_delivered)
+        self.server.register(
+            detail.id, _Sink(self, trial), attempt=self._channel_attempt(trial), next_seq=metrics_delivered
+        )
         self._start_worker(trial)
         assert self._job_watch is not None
         if job in self._job_watch.cache:
@@ -1029,7 +1040,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             with contextlib.suppress(OSError, PlatformError):
                 reason = await self.stager.read_file(trial.id, "launcher-error", 4096)
                 facts.log_tail = reason.decode("utf-8", "replace").strip()
-            if not facts.log_tail:
+            if not facts.log_tail and trial.primary_pod:
                 facts.log_tail = await self._pod_log_tail(trial.primary_pod)
         if trial.pods and facts.keeper_exit is not None and not trial.job_gone and facts.job_final is None:
             await self._stop(trial)  # a vanished job leaves no pods running: only defensive
@@ -1050,7 +1061,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     async def _read_back(self, trial: _Trial) -> None:
         assert self.stager is not None
         try:
-            records, ended = await self.stager.read_back(trial.id, trial.attempt)
+            records, ended = await self.stager.read_back(trial.id, None if self.pods_replaced else trial.attempt)
         except (OSError, PlatformError) as exc:
             log.warning("Could not read trial %s's directory back: %s", trial.id, exc)
             return
