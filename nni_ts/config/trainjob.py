@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -90,3 +91,25 @@ class TrainJobConfig(KubernetesPlatformConfig):
         description="The ClusterTrainingRuntime or TrainingRuntime the TrainJobs use (checked at start)."
     )
     trainer: TrainJobTrainerConfig = Field(description="Image, arguments, environment, nodes and resources.")
+    max_trial_duration: str | int | float | None = Field(
+        None,
+        description="The TrainJob's activeDeadlineSeconds (rounded up; Trainer v2.2+): it fails with "
+        "DeadlineExceeded after this long from its creation, and its pods are stopped. Default: the "
+        "experiment's maxTrialDuration.",
+    )
+
+    @field_validator("max_trial_duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        from .experiment import _duration_validator
+
+        return _duration_validator(v)
+
+    @property
+    def active_deadline_seconds(self) -> int | None:
+        """``maxTrialDuration`` as the TrainJob's ``spec.activeDeadlineSeconds``, or None."""
+        if self.max_trial_duration is None:
+            return None
+        from .experiment import parse_duration
+
+        return max(1, math.ceil(parse_duration(self.max_trial_duration, path="trainingService.maxTrialDuration")))

@@ -344,3 +344,34 @@ def test_the_cli_and_the_service_find_the_platform() -> None:
     assert isinstance(ts, TrainJobConfig)
     assert ts.trial_command == "python3 trial.py" and ts.runtime_ref.name == "nni-ts-python"
     assert ts.trainer.resources_per_node.memory_size == 1024
+
+
+async def test_max_trial_duration_is_the_trainjobs_active_deadline(
+    cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path
+) -> None:
+    (code_dir / "slow.py").write_text("import time, nni\nnni.get_next_parameter()\ntime.sleep(60)\n")
+    config = trainjob_config(cluster, nfs_dir, code_dir, "python3 slow.py", maxTrialDuration="1.5s")
+    svc = TrainJobTrainingService(config, experiment_dir=tmp_path / "exp")
+    async with svc:
+        detail = await svc.submit_trial_job(form({}))
+        await wait_for_status(svc, detail.id, terminal=False, status=TrialJobStatus.RUNNING, timeout=30)
+        done = await wait_for_status(svc, detail.id, timeout=60)
+        tj = cluster.get("trainjobs", done.platform_data["job"])
+    assert tj is not None and tj["spec"]["activeDeadlineSeconds"] == 2  # rounded up
+    assert done.status is TrialJobStatus.FAILED, done.message
+    assert "(DeadlineExceeded): TrainJob exceeded its active deadline" in (done.message or ""), done.message
+    assert not done.infrastructure_failure  # Trainer deleted the pods: not someone else, not re-run
+    # The experiment's maxTrialDuration is inherited as the platform's.
+    from nni_ts.config.experiment import ExperimentConfig
+
+    experiment = ExperimentConfig.model_validate(
+        {
+            "searchSpace": {"x": {"_type": "choice", "_value": [1]}},
+            "trialCommand": "python3 trial.py",
+            "trialConcurrency": 1,
+            "maxTrialDuration": "30m",
+            "trainingService": {k: v for k, v in config.items() if k != "maxTrialDuration"},
+        }
+    )
+    assert isinstance(experiment.training_service, TrainJobConfig)
+    assert experiment.training_service.active_deadline_seconds == 1800

@@ -28,6 +28,8 @@ Success is the ``Complete`` condition and failure ``Failed`` (reason and message
 there is no Running condition, so RUNNING comes from the pods (or ``jobsStatus[].ready``). Node 0 (the pod
 whose ``JOB_COMPLETION_INDEX`` is 0) runs the reporting keeper; the other nodes journal only.
 Cancel deletes the TrainJob (``propagationPolicy: Background``: its JobSet, Jobs and pods follow).
+``maxTrialDuration`` (the experiment's, inherited, or the platform's) becomes ``spec.activeDeadlineSeconds``:
+Trainer fails the TrainJob with ``DeadlineExceeded`` and deletes its JobSet once it has passed.
 """
 
 from __future__ import annotations
@@ -180,6 +182,13 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
         ):
             trial.primary_pod = str(meta.get("name"))
         await super()._on_pod(trial, kind, pod)
+
+    async def _conclude(self, trial: _Trial) -> None:
+        final = trial.facts.job_final
+        if final is not None and final.reason == "DeadlineExceeded":
+            # Trainer itself deleted the JobSet, and with it the running pods: not someone else.
+            trial.facts.pod_deleted = None
+        await super()._conclude(trial)
 
     # ------------------------------------------------------------------ start: what the cluster has
 
@@ -435,13 +444,11 @@ def build_trainjob(service: TrainJobTrainingService, trial: _Trial, keeper: mf.K
         labels=mf.trial_labels(service.experiment_id, detail.id),
     )
     trainer["numNodes"] = t.num_nodes
-    return {
-        "apiVersion": f"{service.group}/{service.version}",
-        "kind": "TrainJob",
-        "metadata": metadata,
-        "spec": {
-            "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": cfg.runtime_ref.kind, "name": cfg.runtime_ref.name},
-            "trainer": trainer,
-            "runtimePatches": [patch],
-        },
+    spec: JSON = {
+        "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": cfg.runtime_ref.kind, "name": cfg.runtime_ref.name},
+        "trainer": trainer,
+        "runtimePatches": [patch],
     }
+    if cfg.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = cfg.active_deadline_seconds
+    return {"apiVersion": f"{service.group}/{service.version}", "kind": "TrainJob", "metadata": metadata, "spec": spec}
