@@ -375,3 +375,18 @@ async def test_max_trial_duration_is_the_trainjobs_active_deadline(
     )
     assert isinstance(experiment.training_service, TrainJobConfig)
     assert experiment.training_service.active_deadline_seconds == 1800
+
+
+async def test_pods_a_quota_refuses_fail_the_trial_in_seconds(
+    cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path
+) -> None:
+    """The Job of the TrainJob's JobSet cannot create its pods: its FailedCreate event (on the Job
+    ``<trainjob>-node-0``, not on the TrainJob) fails the trial long before pendingTimeout."""
+    cluster.faults.pod_quota(0)
+    config = trainjob_config(cluster, nfs_dir, code_dir, "python3 trial.py", pendingTimeout=300)
+    async with TrainJobTrainingService(config, experiment_dir=tmp_path / "exp") as svc:
+        detail = await svc.submit_trial_job(form({}))
+        done = await wait_for_status(svc, detail.id, timeout=30)
+    assert done.status is TrialJobStatus.FAILED and not done.infrastructure_failure
+    assert f"The TrainJob {done.platform_data['job']} cannot create its pods" in (done.message or "")
+    assert "exceeded quota: compute-quota" in (done.message or ""), done.message

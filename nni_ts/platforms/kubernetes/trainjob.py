@@ -183,6 +183,19 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
             trial.primary_pod = str(meta.get("name"))
         await super()._on_pod(trial, kind, pod)
 
+    def _on_warning_event(self, kind: str, event: JSON) -> None:
+        """Warning events of a trial's JobSet (named as its TrainJob) and of its Jobs (``<trainjob>-<step>-<n>``:
+        FailedCreate of a pod refused by a quota or a webhook) count as the TrainJob's own."""
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") in ("JobSet", "Job"):
+            name = str(involved.get("name") or "")
+            trial = self._by_job.get(name) or next(
+                (t for job, t in self._by_job.items() if name.startswith(f"{job}-{self.trainer_step}-")), None
+            )
+            if trial is not None:
+                event = {**event, "involvedObject": {**involved, "kind": self.kind, "name": trial.job}}
+        super()._on_warning_event(kind, event)
+
     async def _conclude(self, trial: _Trial) -> None:
         final = trial.facts.job_final
         if final is not None and final.reason == "DeadlineExceeded":
