@@ -47,7 +47,15 @@ from .names import TRAINJOB_NAME_MAX, trainjob_name
 from .service import KubernetesTrainingService, _Trial
 from .status import JobView, trainjob_view
 
-__all__ = ["MANAGER", "PRIMARY_TEST", "TrainJobTrainingService", "build_trainjob", "translate_pod_template"]
+__all__ = [
+    "MANAGER",
+    "PRIMARY_TEST",
+    "TrainJobTrainingService",
+    "build_trainjob",
+    "patch_fields",
+    "trainer_step",
+    "translate_pod_template",
+]
 
 log = logging.getLogger(__name__)
 
@@ -238,29 +246,8 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
 
     async def _detect_version(self) -> None:
         schema = await self._trainjob_schema()
-        if schema is None:
-            return
-        spec = _props(schema, "spec")
-        if "runtimePatches" not in spec:
-            old = next(((f, v) for f, v in _OLD_FIELDS if f in spec), None)
-            has = (
-                f"has spec.{old[0]} (Kubeflow Trainer {old[1]}) and no spec.runtimePatches"
-                if old
-                else "has no spec.runtimePatches"
-            )
-            raise ConfigError(
-                f"the cluster's TrainJob CRD (trainjobs.{self.group}/{self.version}) {has}: platform trainjob "
-                "needs Kubeflow Trainer v2.2 or later, whose spec.runtimePatches carries the trial's labels, "
-                "storage and pod settings to the pods. Upgrade Kubeflow Trainer, or use platform kubeflow or "
-                "kubernetes on this cluster.",
-                path="trainingService.platform",
-            )
-        pod = _props(schema, *_POD_SPEC_PATH)
-        if pod:
-            self.patch_pod_fields = frozenset(pod)
-            container = _props(schema, *_POD_SPEC_PATH, "containers", "[]")
-            if container:
-                self.patch_container_fields = frozenset(container)
+        if schema is not None:
+            self.patch_pod_fields, self.patch_container_fields = patch_fields(schema)
 
     async def _check_runtime(self) -> None:
         ref = self.config.runtime_ref
@@ -314,6 +301,33 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
                 f"{ref.name!r}): {exc.api_message}",
                 path="trainingService.runtimeRef.name" if runtime else "trainingService",
             ) from exc
+
+
+def patch_fields(schema: JSON) -> tuple[frozenset[str], frozenset[str]]:
+    """What the installed Trainer's runtime patch may set in a pod spec and in a container, from the TrainJob's
+    OpenAPI schema. A TrainJob without ``spec.runtimePatches`` (Trainer v2.0, v2.1) is refused with an error
+    naming the field it has instead."""
+    spec = _props(schema, "spec")
+    if "runtimePatches" not in spec:
+        old = next(((f, v) for f, v in _OLD_FIELDS if f in spec), None)
+        has = (
+            f"has spec.{old[0]} (Kubeflow Trainer {old[1]}) and no spec.runtimePatches"
+            if old
+            else ("has no spec.runtimePatches")
+        )
+        raise ConfigError(
+            f"the cluster's TrainJob CRD (trainjobs.{TRAINER_GROUP}/v1alpha1) {has}: platform trainjob needs "
+            "Kubeflow Trainer v2.2 or later, whose spec.runtimePatches carries the trial's labels, storage and "
+            "pod settings to the pods. Upgrade Kubeflow Trainer, or use platform kubeflow or kubernetes on this "
+            "cluster.",
+            path="trainingService.platform",
+        )
+    pod = _props(schema, *_POD_SPEC_PATH)
+    container = _props(schema, *_POD_SPEC_PATH, "containers", "[]")
+    return (
+        frozenset(pod) if pod else _PATCH_POD_FIELDS_V23,
+        frozenset(container) if container else _PATCH_CONTAINER_FIELDS_V23,
+    )
 
 
 def trainer_step(runtime: JSON, kind: str, name: str) -> str:
