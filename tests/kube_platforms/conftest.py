@@ -152,6 +152,26 @@ def fc_config(cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str,
     return config
 
 
+def job_config(cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any) -> dict[str, Any]:
+    """``platform: kubernetes`` (a batch/v1 Job per trial). ``role={...}`` overrides go to the top level,
+    as this platform has no roles."""
+    config: dict[str, Any] = {
+        "platform": "kubernetes",
+        "trialCodeDirectory": str(code_dir),
+        "kubeconfig": str(cluster.kubeconfig),
+        "storage": storage(nfs_dir),
+        "command": command,
+        "cpuNumber": 0.5,
+        "memorySize": "512m",
+        "dockerImage": "python:3.11",
+        "cancelGracePeriod": 2,
+        "keeperHeartbeat": 0.5,
+    }
+    config.update(overrides.pop("role", {}))
+    config.update(overrides)
+    return config
+
+
 def trainjob_config(
     cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any
 ) -> dict[str, Any]:
@@ -181,26 +201,6 @@ def trainjob_config(
         "cancelGracePeriod": 2,
         "keeperHeartbeat": 0.5,
     }
-    config.update(overrides)
-    return config
-
-
-def job_config(cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any) -> dict[str, Any]:
-    """``platform: kubernetes`` (a batch/v1 Job per trial). ``role={...}`` overrides go to the top level,
-    as this platform has no roles."""
-    config: dict[str, Any] = {
-        "platform": "kubernetes",
-        "trialCodeDirectory": str(code_dir),
-        "kubeconfig": str(cluster.kubeconfig),
-        "storage": storage(nfs_dir),
-        "command": command,
-        "cpuNumber": 0.5,
-        "memorySize": "512m",
-        "dockerImage": "python:3.11",
-        "cancelGracePeriod": 2,
-        "keeperHeartbeat": 0.5,
-    }
-    config.update(overrides.pop("role", {}))
     config.update(overrides)
     return config
 
