@@ -233,6 +233,12 @@ async def test_an_unknown_runtime_or_one_without_a_trainer_step_is_refused_at_st
     assert err.path == "trainingService.runtimeRef.name"
     assert f"TrainingRuntime {TRAINJOB_RUNTIME!r} named by trainingService.runtimeRef does not exist" in str(err)
     assert "in namespace default" in str(err)
+    # Once the namespace has a TrainingRuntime of that name, the TrainJobs may name it.
+    namespaced = trainjob_runtime(kind="TrainingRuntime")
+    namespaced["metadata"]["namespace"] = "default"
+    cluster.create(namespaced)
+    async with TrainJobTrainingService(config, experiment_dir=tmp_path / "exp-ns") as svc:
+        assert svc.trainer_step == "node"  # read from the runtime; the dry run accepted the TrainJob
     # A runtime whose trainer step is named so long that the Jobs' names would pass 63 characters.
     runtime = trainjob_runtime("long-step")
     runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["name"] = "a-very-long-replicated-job"
