@@ -225,7 +225,7 @@ async def _start_error(config: dict[str, Any], tmp_path: Path) -> ConfigError:
 
 
 async def test_an_unknown_runtime_or_one_without_a_trainer_step_is_refused_at_start(
-    cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path
+    cluster: FakeCluster, nfs_dir: Path, code_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = trainjob_config(cluster, nfs_dir, code_dir, "python3 trial.py")
     config["runtimeRef"] = {"kind": "TrainingRuntime", "name": TRAINJOB_RUNTIME}  # only a Cluster one exists
@@ -239,6 +239,17 @@ async def test_an_unknown_runtime_or_one_without_a_trainer_step_is_refused_at_st
     cluster.create(namespaced)
     async with TrainJobTrainingService(config, experiment_dir=tmp_path / "exp-ns") as svc:
         assert svc.trainer_step == "node"  # read from the runtime; the dry run accepted the TrainJob
+    assert "retries a failed trainer" not in caplog.text
+    # Kubeflow's stock runtimes retry failed pods (Kubernetes' default backoffLimit 6): said at start.
+    retrying = trainjob_runtime("retrying")
+    del retrying["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["backoffLimit"]
+    cluster.create(retrying)
+    config["runtimeRef"] = {"name": "retrying"}
+    async with TrainJobTrainingService(config, experiment_dir=tmp_path / "exp-retrying"):
+        pass
+    assert "The ClusterTrainingRuntime 'retrying' retries a failed trainer (backoffLimit 6, restartPolicy Never)" in (
+        caplog.text
+    )
     # A runtime whose trainer step is named so long that the Jobs' names would pass 63 characters.
     runtime = trainjob_runtime("long-step")
     runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["name"] = "a-very-long-replicated-job"

@@ -53,6 +53,7 @@ __all__ = [
     "TrainJobTrainingService",
     "build_trainjob",
     "patch_fields",
+    "runtime_retries",
     "trainer_step",
     "translate_pod_template",
 ]
@@ -280,6 +281,15 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
                 return
             raise
         self.trainer_step = trainer_step(runtime, ref.kind, ref.name)
+        retries = runtime_retries(runtime, self.trainer_step)
+        if retries:
+            log.warning(
+                "The %s %r retries a failed trainer (%s): a trial that fails then runs again under the same id. "
+                "Give the runtime backoffLimit: 0 and restartPolicy: Never (examples/trainjob/runtime.yaml).",
+                ref.kind,
+                ref.name,
+                retries,
+            )
 
     async def _check_trainjob(self) -> None:
         """Build the TrainJob of a trial that does not exist and have the API server check it in a dry run
@@ -328,6 +338,25 @@ def patch_fields(schema: JSON) -> tuple[frozenset[str], frozenset[str]]:
         frozenset(pod) if pod else _PATCH_POD_FIELDS_V23,
         frozenset(container) if container else _PATCH_CONTAINER_FIELDS_V23,
     )
+
+
+def runtime_retries(runtime: JSON, step: str) -> str:
+    """How the runtime would run a failed trainer step again ("" if it would not): the Job's backoffLimit
+    (Kubernetes' default 6) with the pod's restartPolicy, and the JobSet's failurePolicy.maxRestarts."""
+    spec = ((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}
+    out = []
+    for rj in spec.get("replicatedJobs") or []:
+        if rj.get("name") != step:
+            continue
+        job = (rj.get("template") or {}).get("spec") or {}
+        limit = job.get("backoffLimit", 6)
+        if limit:
+            policy = (((job.get("template") or {}).get("spec") or {}).get("restartPolicy")) or "OnFailure"
+            out.append(f"backoffLimit {limit}, restartPolicy {policy}")
+    restarts = (spec.get("failurePolicy") or {}).get("maxRestarts")
+    if restarts:
+        out.append(f"the JobSet's failurePolicy.maxRestarts {restarts}")
+    return "; ".join(out)
 
 
 def trainer_step(runtime: JSON, kind: str, name: str) -> str:
