@@ -6,7 +6,7 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel
 from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
@@ -104,6 +104,12 @@ class TrainJobConfig(KubernetesPlatformConfig):
         from .experiment import _duration_validator
 
         return _duration_validator(v)
+
+    @model_validator(mode="after")
+    def _has_command(self) -> TrainJobConfig:
+        if not self.trial_command:
+            raise ValueError("the trainjob platform needs the trial's command: set trialCommand")
+        return self
 
     @property
     def active_deadline_seconds(self) -> int | None:

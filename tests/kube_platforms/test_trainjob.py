@@ -282,6 +282,9 @@ def test_a_runtime_name_too_long_is_refused_naming_the_key(tmp_path: Path) -> No
     assert info.value.errors()[0]["loc"] == ("runtimeRef", "name")
     ok = TrainJobConfig.model_validate({**base, "runtimeRef": {"name": "torch-distributed"}})
     assert ok.runtime_ref.kind == "ClusterTrainingRuntime"
+    with pytest.raises(pydantic.ValidationError) as info:
+        TrainJobConfig.model_validate({**base, "trialCommand": None, "runtimeRef": {"name": "torch-distributed"}})
+    assert "needs the trial's command: set trialCommand" in str(info.value)
 
 
 def _older_trainjob_crd(field: str) -> dict[str, Any]:
