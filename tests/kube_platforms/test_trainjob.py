@@ -311,6 +311,15 @@ def test_the_trainer_release_is_read_from_the_trainjob_schema() -> None:
     pod, container = patch_fields(_schema(crd))  # v2.3.0
     assert {"nodeSelector", "tolerations", "volumes", "terminationGracePeriodSeconds"} <= pod
     assert "priorityClassName" not in pod and container == {"name", "env", "volumeMounts", "securityContext"}
+    # v2.2's runtime patch had no terminationGracePeriodSeconds: the runtime's grace period then holds.
+    v22 = _schema(crd)
+    path = ["spec", "runtimePatches", "[]", "trainingRuntimeSpec", "template", "spec", "replicatedJobs", "[]"]
+    node: Any = v22
+    for step in [*path, "template", "spec", "template", "spec"]:
+        node = node["items"] if step == "[]" else node["properties"][step]
+    del node["properties"]["terminationGracePeriodSeconds"]
+    pod22, _ = patch_fields(v22)
+    assert pod22 == pod - {"terminationGracePeriodSeconds"}
     for field, release in (("podSpecOverrides", "v2.0"), ("podTemplateOverrides", "v2.1")):
         with pytest.raises(ConfigError) as info:
             patch_fields(_schema(_older_trainjob_crd(field)))
