@@ -36,7 +36,7 @@ __all__ = [
 
 _SECRET_KEY = re.compile(r"(?i)(passw(or)?d|passphrase|secret|token|credential|apikey|api_key|accesskey|privatekey)")
 REDACTED = "***"
-_K8S = ("kubeflow", "frameworkcontroller")
+_K8S = ("kubeflow", "frameworkcontroller", "kubernetes")
 
 
 _COMMAND_KEY = re.compile(r"(?i)command$")
@@ -381,5 +381,7 @@ def legacy_to_v2(req: LegacyRequest, policy: PlatformPolicy) -> dict[str, Any]:
         ts["worker"] = {"replicas": 1, **role}
     elif policy.platform == "frameworkcontroller" and "taskRoles" not in policy.defaults:
         ts["taskRoles"] = [{"name": "worker", "taskNumber": 1, **role}]
+    elif policy.platform == "kubernetes":  # no roles: the pod's keys are the platform's own
+        ts.update({k: v for k, v in role.items() if k not in policy.defaults})
     data["trainingService"] = ts
     return data

@@ -1,5 +1,6 @@
 """RBAC in the fake cluster: service-account tokens are allowed only what their Roles grant, and the Roles
-in deploy/ and docs/kubernetes.md are enough for whole experiments on both Kubernetes platforms."""
+in deploy/ and docs/kubernetes.md are enough for whole experiments on the Kubernetes platforms (kubeflow,
+frameworkcontroller and kubernetes)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,8 @@ def platform_config(platform: str, kubeconfig: Path, namespace: str, nfs: Path, 
     }
     if platform == "kubeflow":
         return {"platform": "kubeflow", "operator": "tf-operator", "worker": {"replicas": 1, **role}, **common}
+    if platform == "kubernetes":
+        return {"platform": "kubernetes", **role, **common}
     fc_role = {
         "name": "worker",
         "taskNumber": 1,
@@ -186,10 +189,9 @@ def platform_config(platform: str, kubeconfig: Path, namespace: str, nfs: Path, 
 
 @pytest.mark.slow  # whole experiments through the fake cluster and its operators
 @pytest.mark.parametrize("source", ["deploy", "docs"])
-@pytest.mark.parametrize("platform", ["kubeflow", "frameworkcontroller"])
+@pytest.mark.parametrize("platform", ["kubeflow", "frameworkcontroller", "kubernetes"])
 async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: str, platform: str) -> None:
-    from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerTrainingService
-    from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
+    from nni_ts.registry import get_platform_class
 
     nfs, code = tmp_path / "nfs", tmp_path / "code"
     nfs.mkdir()
@@ -216,7 +218,7 @@ async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: st
             cluster.create(obj)
         kubeconfig = cluster.write_kubeconfig(tmp_path / "sa.kubeconfig", token=cluster.service_account_token(*sa))
         config = platform_config(platform, kubeconfig, namespace, nfs, code)
-        cls: Any = KubeflowTrainingService if platform == "kubeflow" else FrameworkControllerTrainingService
+        cls: Any = get_platform_class(platform)
         svc = cls(config, experiment_dir=tmp_path / "exp")
         metrics: list[TrialJobMetric] = []
         svc.add_trial_job_metric_listener(metrics.append)

@@ -1,5 +1,5 @@
 """The service on the Kubernetes platforms (fake cluster): the seeds' launcher body runs as TFJobs (or
-Frameworks) in the workspace's own namespace, results come back, and delete cleans the jobs up."""
+Frameworks, or batch Jobs) in the workspace's own namespace, results come back, and delete cleans the jobs up."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = (REPO / ".." / "shared" / "crds").resolve()
 NFS = ("10.0.0.1", "/exports/nni")
-KINDS = {"kubeflow": "tfjobs", "frameworkcontroller": "frameworks"}
+KINDS = {"kubeflow": "tfjobs", "frameworkcontroller": "frameworks", "kubernetes": "jobs"}
 
 TRAIN_PY = b"""
 import os, sys, time
@@ -35,9 +35,24 @@ nni.report_final_result(params["alpha"])
 """
 
 
+#: The service restart test (a subprocess, ~10 s each) runs on the operator platforms; the kubernetes
+#: platform's re-attach is the conformance kit's (tests/kube_platforms/test_conformance_k8s.py).
+RESTART_KINDS = ["frameworkcontroller", "kubeflow"]
+
+
 @pytest.fixture(params=sorted(KINDS))
 async def k8s(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, Any, Path]]:
-    platform = str(request.param)
+    async for item in _fake_cluster(str(request.param), tmp_path):
+        yield item
+
+
+@pytest.fixture(params=RESTART_KINDS)
+async def k8s_restart(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[str, Any, Path]]:
+    async for item in _fake_cluster(str(request.param), tmp_path):
+        yield item
+
+
+async def _fake_cluster(platform: str, tmp_path: Path) -> AsyncIterator[tuple[str, Any, Path]]:
     if platform not in available_platforms():
         pytest.skip(f"the {platform} platform is not installed")
     from nni_ts.testing.k8s import FakeCluster
@@ -167,7 +182,7 @@ async def _start_serve(args: list[str]) -> tuple[Any, str]:
     return proc, line.split("listening on ", 1)[1].split()[0]
 
 
-async def test_service_restart_reattaches_kubernetes_trials(k8s: tuple[str, Any, Path], tmp_path: Path) -> None:
+async def test_service_restart_reattaches_kubernetes_trials(k8s_restart: tuple[str, Any, Path], tmp_path: Path) -> None:
     import asyncio
     import json
     import signal
@@ -177,7 +192,7 @@ async def test_service_restart_reattaches_kubernetes_trials(k8s: tuple[str, Any,
     import aiohttp
     import yaml
 
-    platform, cluster, nfs_dir = k8s
+    platform, cluster, nfs_dir = k8s_restart
     defaults: dict[str, Any] = {
         "kubeconfig": str(cluster.kubeconfig),
         "storage": {"storageType": "nfs", "server": NFS[0], "path": NFS[1], "localMountPath": str(nfs_dir)},
