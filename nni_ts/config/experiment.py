@@ -72,6 +72,7 @@ def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
     from .kubeflow import KubeflowConfig
     from .local import LocalConfig
     from .remote import RemoteConfig
+    from .trainjob import TrainJobConfig
 
     builtins: dict[str, type[TrainingServiceConfig]] = {
         "local": LocalConfig,
@@ -79,6 +80,7 @@ def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
         "kubeflow": KubeflowConfig,
         "frameworkcontroller": FrameworkControllerConfig,
         "kubernetes": KubernetesJobConfig,
+        "trainjob": TrainJobConfig,
     }
     if platform in builtins:
         return builtins[platform]

@@ -25,6 +25,7 @@ from .kubeflow import KubeflowConfig, KubeflowRoleConfig
 from .kubernetes import K8sStorageConfig, SshUploadConfig
 from .local import LocalConfig
 from .remote import RemoteConfig, RemoteMachineConfig
+from .trainjob import RuntimeRefConfig, TrainJobConfig, TrainJobResourcesConfig, TrainJobTrainerConfig
 
 __all__ = ["render_reference"]
 
@@ -73,7 +74,11 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`taskRoles[]` (frameworkcontroller)", FrameworkControllerRoleConfig),
     ("`frameworkAttemptCompletionPolicy`", FrameworkAttemptCompletionPolicy),
     ("`trainingService` for `platform: kubernetes` (batch Jobs)", KubernetesJobConfig),
-    ("`storage` (kubeflow, frameworkcontroller, kubernetes)", K8sStorageConfig),
+    ("`trainingService` for `platform: trainjob`", TrainJobConfig),
+    ("`runtimeRef` (trainjob)", RuntimeRefConfig),
+    ("`trainer` (trainjob)", TrainJobTrainerConfig),
+    ("`trainer.resourcesPerNode` (trainjob)", TrainJobResourcesConfig),
+    ("`storage` (kubeflow, frameworkcontroller, kubernetes, trainjob)", K8sStorageConfig),
     ("`storage.upload`", SshUploadConfig),
 ]
 

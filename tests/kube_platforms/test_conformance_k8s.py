@@ -42,3 +42,9 @@ class TestKubernetesJobConformance(TestKubeflowConformance):
     @pytest.fixture
     def platform(self) -> str:
         return "kubernetes"
+
+
+class TestTrainJobConformance(TestKubeflowConformance):
+    @pytest.fixture
+    def platform(self) -> str:
+        return "trainjob"

@@ -3,6 +3,7 @@
 Pure functions over the JSON objects the API server returns, so that they can be tested on their own:
 
 * :func:`kubeflow_job_view` reads a TFJob's / PyTorchJob's ``status.conditions`` (PROTOCOLS §4);
+* :func:`trainjob_view` reads a Kubeflow Trainer v2 TrainJob's conditions and ``jobsStatus``;
 * :func:`framework_view` reads a Framework's ``status.state`` and its attempt's ``completionStatus`` (§5);
 * :func:`batch_job_view` reads a ``batch/v1`` Job's conditions (Complete, Failed and its reason);
 * :func:`pod_problem` finds why a pod is stuck or died: ImagePullBackOff, Unschedulable, OOMKilled,
@@ -24,6 +25,7 @@ __all__ = [
     "kubeflow_job_view",
     "pod_phase",
     "pod_problem",
+    "trainjob_view",
 ]
 
 JSON = dict[str, Any]
@@ -90,6 +92,36 @@ def kubeflow_job_view(obj: JSON) -> JobView:
         return JobView("failed", f"The {kind} {name} failed ({reason}): {message}")
     if true("Running") is not None or true("Restarting") is not None:
         return JobView("running")
+    return JobView("pending")
+
+
+# ---------------------------------------------------------------------- Kubeflow Trainer v2
+
+
+def trainjob_view(obj: JSON) -> JobView:
+    """The state of a TrainJob (Trainer v2.0 to v2.3). Finished once ``Complete`` or ``Failed`` is True
+    (copied from its JobSet's ``Completed`` / ``Failed``, or ``Failed`` with the reason
+    ``TrainingRuntimeNotSupported`` or ``DeadlineExceeded``). There is no Running condition: a TrainJob
+    runs once one of its replicated jobs has ready pods (``status.jobsStatus[].ready``); a suspended one
+    (``Suspended``: Kueue holds it) is pending."""
+    conds = _conditions(obj)
+    name = (obj.get("metadata") or {}).get("name", "?")
+
+    def true(kind: str) -> JSON | None:
+        c = conds.get(kind)
+        return c if c is not None and c.get("status") == "True" else None
+
+    if (c := true("Failed")) is not None:
+        reason = c.get("reason") or "Failed"
+        message = str(c.get("message") or "no message given").strip()
+        return JobView("failed", f"The TrainJob {name} failed ({reason}): {message}")
+    if (c := true("Complete")) is not None:
+        return JobView("succeeded", c.get("message"), 0)
+    if true("Suspended") is not None:
+        return JobView("pending", "The TrainJob is suspended.")
+    for job in (obj.get("status") or {}).get("jobsStatus") or []:
+        if isinstance(job, dict) and int(job.get("ready") or 0) > 0:
+            return JobView("running")
     return JobView("pending")
 
 
