@@ -5,6 +5,7 @@ maxTrialDuration, and configuration errors naming the key."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,33 @@ def test_registered_like_the_other_platforms() -> None:
     assert get_platform_class("kubernetes") is KubernetesJobTrainingService
     assert "## `trainingService` for `platform: kubernetes` (batch Jobs)" in render_reference()
     assert "| `backoffLimit` | integer | `1` |" in render_reference()
+
+
+@pytest.mark.slow
+async def test_a_suspended_job_keeps_its_trial_until_it_resumes(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    """Suspending the Job (what a queue such as Kueue does to preempt it) deletes its pod; the trial is not
+    given up after settle_timeout while the Job stays suspended, and runs again when it resumes."""
+    svc = make_service(code_dir, "python3 kit_trial.py", service_kwargs={"settle_timeout": 0.3})
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 2}))
+        job = detail.platform_data["job"]
+        await cluster.wait_for(lambda c: len(metrics) == 1, timeout=TIMEOUT, message="the first run's metric")
+        (first,) = _pods(cluster, detail.id)
+        cluster.patch("jobs", job, {"spec": {"suspend": True}})
+        await cluster.wait_for(lambda c: not _pods(c, detail.id), timeout=TIMEOUT, message="the pod deleted")
+        # Several settle_timeouts pass while the Job is suspended: the trial is still there.
+        await cluster.wait_for_object(
+            "jobs", job, lambda j: any(c["type"] == "Suspended" for c in j["status"].get("conditions") or [])
+        )
+        await asyncio.sleep(1.0)  # nothing to await: the point is that nothing happens (> 3 settle_timeouts)
+        assert not svc.reporter.status(detail.id).is_terminal
+        cluster.patch("jobs", job, {"spec": {"suspend": False}})
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        pods = {p["metadata"]["name"] for p in _pods(cluster, detail.id)}
+    assert done.status is TrialJobStatus.SUCCEEDED, done.message
+    assert _values(metrics, detail.id) == [0.0, 1.0] and [m.sequence for m in metrics] == [0, 1]
+    assert len(pods) == 1 and first["metadata"]["name"] not in pods

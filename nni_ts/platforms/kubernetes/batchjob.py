@@ -149,10 +149,7 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
         ):
             # The keeper was stopped with its pod (an eviction, a preemption...): the Job either replaces the
             # pod, and the trial runs again, or fails. Wait (bounded) for which.
-            run = self._runs.get(trial.id, 1)
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(self.settle_timeout, self._post, trial, _Event("replace_timeout", text=str(run)))
-            trial.timers.append(timer)
+            self._arm_replace_timeout(trial)
             return
         if ev.kind == "replace_timeout":
             if (
@@ -161,9 +158,25 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
                 and facts.keeper_exit is not None
                 and facts.job_final is None
             ):
-                await self._stop(trial)
+                if self._suspended(trial):
+                    # Suspended (a queue such as Kueue took the pod back): the pod comes when it resumes.
+                    self._arm_replace_timeout(trial)
+                else:
+                    await self._stop(trial)
             return
         await super()._handle(trial, ev)
+
+    def _arm_replace_timeout(self, trial: _Trial) -> None:
+        run = self._runs.get(trial.id, 1)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.settle_timeout, self._post, trial, _Event("replace_timeout", text=str(run)))
+        trial.timers.append(timer)
+
+    def _suspended(self, trial: _Trial) -> bool:
+        """Whether the trial's Job is suspended, as the job watch last saw it."""
+        job = self._job_watch.cache.get(trial.job) if self._job_watch is not None else None
+        conditions = ((job or {}).get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Suspended" and c.get("status") == "True" for c in conditions)
 
     async def _conclude(self, trial: _Trial) -> None:
         final = trial.facts.job_final
