@@ -236,3 +236,31 @@ async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: st
         # Nothing the platform tried was refused (not even a request whose failure it tolerates).
         assert cluster.server.forbidden == []
         assert cluster.server.account_requests[sa] > 5  # the platform did use the service account's token
+
+
+async def test_a_role_without_the_platforms_objects_is_a_clear_error(tmp_path: Path) -> None:
+    """Credentials that may not list batch jobs: the kubernetes platform says which right is missing and
+    where the Role is documented (a ConfigError naming the key: the CLI exits 2), no traceback."""
+    from nni_ts.errors import ConfigError
+    from nni_ts.registry import get_platform_class
+
+    nfs, code = tmp_path / "nfs", tmp_path / "code"
+    nfs.mkdir()
+    code.mkdir()
+    docs = docs_role()
+    namespace = docs["metadata"]["namespace"]
+    docs["rules"] = [r for r in docs["rules"] if "batch" not in r["apiGroups"]]
+    async with FakeCluster(tmp_path / "cluster", controllers=[], nfs_exports={NFS: nfs}) as cluster:
+        cluster.create(docs)
+        cluster.create(binding("nni-ts", namespace, "Role", docs["metadata"]["name"], ("default", "manager")))
+        kubeconfig = cluster.write_kubeconfig(
+            tmp_path / "sa.kubeconfig", token=cluster.service_account_token("default", "manager")
+        )
+        svc = get_platform_class("kubernetes")(
+            platform_config("kubernetes", kubeconfig, namespace, nfs, code), experiment_dir=tmp_path / "exp"
+        )
+        with pytest.raises(ConfigError) as info:
+            await svc.start()
+    message = str(info.value)
+    assert "trainingService.kubeconfig" in message and 'cannot list resource "jobs"' in message, message
+    assert "docs/kubernetes.md" in message and f"namespace {namespace}" in message

@@ -360,6 +360,17 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self.client = await load_client(cfg.kubeconfig, cfg.context)
         try:
             await self._start_inner()
+        except KubeApiError as exc:
+            await self._close_resources()
+            if exc.status == 403:
+                # The credentials lack a right the platform needs: the user's (or the admin's) to fix.
+                raise ConfigError(
+                    f"the cluster refused a request of the {self.platform_name} platform: {exc.api_message}. The "
+                    f"credentials (kubeconfig, context) need the Role shown in docs/kubernetes.md in namespace "
+                    f"{self.namespace}.",
+                    path="trainingService.kubeconfig",
+                ) from exc
+            raise
         except BaseException:
             await self._close_resources()
             raise
