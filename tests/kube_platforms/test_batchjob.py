@@ -242,3 +242,22 @@ async def test_a_suspended_job_keeps_its_trial_until_it_resumes(
     assert done.status is TrialJobStatus.SUCCEEDED, done.message
     assert _values(metrics, detail.id) == [0.0, 1.0] and [m.sequence for m in metrics] == [0, 1]
     assert len(pods) == 1 and first["metadata"]["name"] not in pods
+
+
+async def test_a_report_of_a_replaced_run_is_refused(tmp_path: Path) -> None:
+    """A report of the previous pod's keeper still in flight when the Job replaced the pod: its records are
+    not acknowledged (the new run delivers those sequence numbers) and its exit is not the trial's."""
+    from nni_ts.models import TrialJobDetail
+    from nni_ts.platforms.kubernetes.batchjob import KubernetesJobTrainingService, _RunSink
+    from nni_ts.platforms.kubernetes.service import _Trial
+
+    svc = KubernetesJobTrainingService(
+        {**_TS, "trialCommand": "true", "storage": dict(_TS["storage"], localMountPath=str(tmp_path))},
+        experiment_dir=tmp_path / "exp",
+    )
+    trial = _Trial(detail=TrialJobDetail(id="t1", form=form({})), job="j")
+    svc._runs["t1"] = 2
+    old = _RunSink(svc, trial, 1)
+    assert await old.on_records([(3, '{"type": "FINAL"}')]) == 0
+    await old.on_exited(143, 1)
+    assert trial.facts.keeper_exit is None and trial.queue.empty()

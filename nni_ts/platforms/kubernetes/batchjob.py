@@ -133,10 +133,15 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
             delivered = self.server.channel(trial.id).next_seq
         except KeyError:
             return
-        self.server.register(trial.id, _Sink(self, trial), attempt=None, next_seq=delivered)
         self._runs[trial.id] = self._runs.get(trial.id, 1) + 1
-        self.reporter.waiting(trial.id, f"The Job created the pod {pod} to run the trial again.")
+        self.server.register(trial.id, self._sink(trial), attempt=None, next_seq=delivered)
+        message = f"The Job created the pod {pod} to run the trial again."
+        if not self.reporter.requeued(trial.id, message):
+            self.reporter.waiting(trial.id, message)
         self._after(trial, self.config.pending_timeout, "pending_timeout")
+
+    def _sink(self, trial: _Trial) -> _Sink:
+        return _RunSink(self, trial, self._runs.get(trial.id, 1))
 
     async def _handle(self, trial: _Trial, ev: _Event) -> None:
         facts = trial.facts
@@ -186,6 +191,27 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
         self._disrupted.pop(trial.id, None)
         self._runs.pop(trial.id, None)
         await super()._conclude(trial)
+
+
+class _RunSink(_Sink):
+    """The sink of one run of the trial (one pod's keeper). A report of an earlier run still in flight when
+    the Job replaced its pod is refused: its records are the new run's to deliver (the same sequence
+    numbers), and its exit is not the trial's."""
+
+    def __init__(self, service: KubernetesJobTrainingService, trial: _Trial, run: int) -> None:
+        super().__init__(service, trial)
+        self.batch = service
+        self.run = run
+
+    def _stale(self) -> bool:
+        return self.batch._runs.get(self.trial.id, 1) != self.run
+
+    async def on_records(self, records: list[tuple[int, str]]) -> int:
+        return 0 if self._stale() else await super().on_records(records)
+
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+        if not self._stale():
+            await super().on_exited(exit_code, end_time_ms)
 
 
 def build_batch_job(service: KubernetesJobTrainingService, trial: _Trial, keeper: mf.KeeperSpec) -> JSON:
