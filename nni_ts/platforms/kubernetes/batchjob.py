@@ -105,6 +105,8 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
                 trial.pods[name] = pod
             if name not in disrupted:
                 disrupted.add(name)
+                if trial.primary_pod not in ("", name):
+                    return  # an earlier pod, already replaced (a re-attach replays every pod)
                 message = (
                     f"The pod {name} was disrupted ({why}); the Job replaces it and the trial runs again "
                     "(not a failure)."
