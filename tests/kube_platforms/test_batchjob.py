@@ -1,5 +1,5 @@
 """The ``kubernetes`` platform (a batch/v1 Job per trial) against the fake cluster's real Job controller:
-the Job it builds, a trial end to end, the trial's own failure failing it at once (PodFailurePolicy), an
+the Job it builds, the trial's own failure failing it at once (PodFailurePolicy), an
 eviction mid-trial that does not fail it (the pod is replaced, every metric once), DeadlineExceeded from
 maxTrialDuration, and configuration errors naming the key."""
 
@@ -42,28 +42,6 @@ def _pods(cluster: FakeCluster, trial_id: str) -> list[dict[str, Any]]:
     return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial_id}")
 
 
-async def test_a_trial_runs_end_to_end_as_a_job(cluster: FakeCluster, make_service: Factory, code_dir: Path) -> None:
-    svc = make_service(code_dir, "python3 kit_trial.py")
-    metrics: list[TrialJobMetric] = []
-    svc.add_trial_job_metric_listener(metrics.append)
-    async with svc:
-        detail = await svc.submit_trial_job(form({"mode": "ok", "n": 3, "final": 0.75}))
-        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
-        assert done.status is TrialJobStatus.SUCCEEDED, done.message
-        assert _values(metrics, detail.id)[-1] == 0.75 and len(metrics) == 4
-        job = cluster.get("jobs", detail.platform_data["job"])
-        assert job is not None
-        spec = job["spec"]
-        assert spec["backoffLimit"] == 1 and spec["podReplacementPolicy"] == "Failed"
-        rules = spec["podFailurePolicy"]["rules"]
-        assert rules[0]["action"] == "Ignore" and rules[0]["onPodConditions"][0]["type"] == "DisruptionTarget"
-        assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["operator"] == "NotIn"
-        assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec
-        assert job["metadata"]["ownerReferences"][0]["uid"] == svc.anchor["metadata"]["uid"]
-        (pod,) = _pods(cluster, detail.id)
-        assert pod["metadata"]["name"].startswith(job["metadata"]["name"] + "-")
-
-
 async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
     cluster: FakeCluster, make_service: Factory, code_dir: Path
 ) -> None:
@@ -73,13 +51,28 @@ async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         job = cluster.get("jobs", detail.platform_data["job"])
         pods = _pods(cluster, detail.id)
+        anchor_uid = svc.anchor["metadata"]["uid"]
     assert done.status is TrialJobStatus.FAILED and done.exit_code == 4, done.message
     assert not done.infrastructure_failure
     assert "The trial command exited with code 4." in (done.message or "")
     assert "(PodFailurePolicy)" in (done.message or "") and "exit code 4 matching FailJob rule" in (done.message or "")
-    assert job is not None and job["spec"]["backoffLimit"] == 3
-    assert job["status"]["failed"] == 1  # no retry burnt on the trial's own error, backoffLimit 3 or not
-    assert len(pods) == 1
+    assert job is not None and job["status"]["failed"] == 1  # no retry burnt on the trial's own error
+    assert len(pods) == 1 and pods[0]["metadata"]["name"].startswith(job["metadata"]["name"] + "-")
+    # The Job as the platform builds it (a successful trial: the conformance kit).
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 3 and spec["podReplacementPolicy"] == "Failed"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trial", "operator": "NotIn", "values": [0]},
+    }
+    assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec
+    assert job["metadata"]["ownerReferences"][0]["uid"] == anchor_uid
+    template = spec["template"]
+    assert template["metadata"]["labels"]["nni-ts.io/role"] == "trial"
+    assert template["spec"]["restartPolicy"] == "Never"
+    assert template["spec"]["volumes"][0]["name"] == "nni-ts-storage"
 
 
 @pytest.mark.slow
