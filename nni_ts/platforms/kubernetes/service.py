@@ -230,6 +230,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._anchor_task: asyncio.Task[Any] | None = None
         self._anchor_error: str | None = None
         self._token_secret_ready = False
+        self._token_lock = asyncio.Lock()
+        #: Tokens waiting for the next write of the token Secret (see _add_token).
+        self._token_pending: dict[str, str] = {}
         self._closing = False
         self._ca_pem: bytes | None = None
         self._swept = False
@@ -522,10 +525,27 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     async def _add_token(self, trial: _Trial) -> None:
         """Put the trial's token in the experiment's token Secret (owned by the anchor): the job and pod
-        specs reference it (secretKeyRef), so that reading them does not give the token away."""
-        name = self._token_secret_name()
-        token = base64.b64encode(self.server.token_for(trial.id).encode()).decode()
+        specs reference it (secretKeyRef), so that reading them does not give the token away.
+
+        Concurrent submissions share requests: a token waiting while another write is in flight goes out
+        with the next one, so a burst of N submissions costs far fewer than N writes (one create, then
+        merge patches). Returns once the Secret holds the token."""
         key = mf.token_key(trial.id)
+        self._token_pending[key] = self.server.token_for(trial.id)
+        async with self._token_lock:
+            if key not in self._token_pending:
+                return  # written by the batch that held the lock before us
+            batch = dict(self._token_pending)
+            self._token_pending.clear()
+            try:
+                await self._write_tokens(batch)
+            except BaseException:
+                for k, v in batch.items():  # the others waiting retry with them
+                    self._token_pending.setdefault(k, v)
+                raise
+
+    async def _write_tokens(self, batch: dict[str, str], recovered: bool = False) -> None:
+        name = self._token_secret_name()
         if not self._token_secret_ready:
             assert self.anchor is not None
             tokens = {
@@ -533,6 +553,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 for t in self._k8s.values()
                 if t.phase is not Phase.CONCLUDED
             }
+            tokens.update(batch)
             body = mf.token_secret(name, self.namespace, self.experiment_id, tokens, mf.owner_reference(self.anchor))
             try:
                 await self.kube.request("POST", self._collection("secrets"), body=body)
@@ -543,22 +564,23 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 self._token_secret_ready = True
                 return
             self._token_secret_ready = True
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in batch.items()}
         try:
             await self.kube.request(
                 "PATCH",
                 f"{self._collection('secrets')}/{name}",
-                body={"data": {key: token}},
+                body={"data": data},
                 content_type="application/merge-patch+json",
             )
         except KubeApiError as exc:
-            if exc.status != 404:
+            if exc.status != 404 or recovered:
                 raise
             # The Secret is gone: so is the anchor, most likely (an API server back with a fresh store, the
             # anchor deleted before the watch said so). Recreate them before the job, or the job would be
             # garbage-collected at once for want of its owner.
             await self._anchor_recovered()
             self._token_secret_ready = False
-            await self._add_token(trial)
+            await self._write_tokens(batch, recovered=True)
 
     def _token_secret_name(self) -> str:
         return secret_name(self.experiment_id, "tokens")
