@@ -76,9 +76,12 @@ async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["eviction-api", "node-pressure"])
 async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metric_once(
-    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path, how: str
 ) -> None:
+    """``kubectl drain``'s Eviction API (the pod is deleted) and the kubelet's node-pressure eviction (the pod
+    stays, Failed): both carry DisruptionTarget, so the Job replaces the pod and the trial runs again."""
     import kubernetes_asyncio as k8s
 
     runs = tmp_path / "runs"
@@ -93,11 +96,14 @@ async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metr
         await cluster.wait_for(lambda c: len(metrics) == 1, timeout=TIMEOUT, message="the first run's metric")
         (first,) = _pods(cluster, detail.id)
         name = first["metadata"]["name"]
-        cfg = k8s.client.Configuration()
-        cfg.host = cluster.url
-        async with k8s.client.ApiClient(cfg) as api:
-            body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
-            await k8s.client.CoreV1Api(api).create_namespaced_pod_eviction(name, "default", body)
+        if how == "node-pressure":
+            await cluster.faults.evict_pod("default", name)
+        else:
+            cfg = k8s.client.Configuration()
+            cfg.host = cluster.url
+            async with k8s.client.ApiClient(cfg) as api:
+                body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
+                await k8s.client.CoreV1Api(api).create_namespaced_pod_eviction(name, "default", body)
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         job = cluster.get("jobs", detail.platform_data["job"])
         pods = _pods(cluster, detail.id)
@@ -116,7 +122,13 @@ async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metr
         TrialJobStatus.SUCCEEDED,
     ], statuses
     assert job is not None and job["status"]["failed"] == 0 and job["status"]["succeeded"] == 1
-    assert name not in {p["metadata"]["name"] for p in pods} and len(pods) == 1
+    running = [p for p in pods if p["metadata"]["name"] != name]
+    assert len(running) == 1 and running[0]["status"]["phase"] == "Succeeded"
+    if how == "eviction-api":
+        assert len(pods) == 1  # deleted
+    else:
+        (evicted,) = [p for p in pods if p["metadata"]["name"] == name]
+        assert evicted["status"]["phase"] == "Failed" and evicted["status"]["reason"] == "Evicted"
     state = Path(done.working_directory or "") / ".nni-ts"
     assert sorted(p.name for p in state.glob("attempt-*")) == ["attempt-1", "attempt-2"]
 

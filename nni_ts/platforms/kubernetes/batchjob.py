@@ -120,6 +120,11 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
             trial.primary_pod = name
         await super()._on_pod(trial, kind, pod)
 
+    def _mark_running(self, trial: _Trial, when: int | None = None) -> None:
+        if trial.primary_pod in self._disrupted.get(trial.id, ()):
+            return  # the Job still counts the disrupted pod ready for a moment; its replacement's start counts
+        super()._mark_running(trial, when)
+
     async def _rerun(self, trial: _Trial, pod: str) -> None:
         """The Job created ``pod`` in place of the trial's previous pod: its keeper runs the trial again.
         What the previous run's keeper reported is forgotten but the records already delivered, which the
