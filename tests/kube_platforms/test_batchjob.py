@@ -81,11 +81,14 @@ async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metr
     cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path, how: str
 ) -> None:
     """``kubectl drain``'s Eviction API (the pod is deleted) and the kubelet's node-pressure eviction (the pod
-    stays, Failed): both carry DisruptionTarget, so the Job replaces the pod and the trial runs again."""
+    stays, Failed): both carry DisruptionTarget, so the Job replaces the pod and the trial runs again.
+    The trial ignores SIGTERM, so the evicted pod takes cancelGracePeriod (3 s) to end: the trial waits for
+    its replacement past the pendingTimeout (3 s) counted from its submission, which must not fail it."""
     import kubernetes_asyncio as k8s
 
     runs = tmp_path / "runs"
-    svc = make_service(code_dir, "python3 kit_trial.py", backoffLimit=0)
+    command = "trap '' TERM; python3 kit_trial.py"
+    svc = make_service(code_dir, command, backoffLimit=0, pendingTimeout=3, cancelGracePeriod=3)
     metrics: list[TrialJobMetric] = []
     statuses: list[TrialJobStatus] = []
     svc.add_trial_job_metric_listener(metrics.append)

@@ -113,6 +113,10 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
                 )
                 if not self.reporter.requeued(trial.id, message):
                     self.reporter.note(trial.id, message=message)
+                if trial.phase is Phase.ACTIVE:
+                    # Until the Job has created the replacement (once this pod has ended: a grace period),
+                    # no time-out applies; pendingTimeout counts again from the replacement on (_rerun).
+                    trial.cancel_timers()
             return
         if kind != "DELETED" and name != trial.primary_pod and name not in disrupted:
             if trial.primary_pod and trial.phase is Phase.ACTIVE:
@@ -145,6 +149,7 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
         message = f"The Job created the pod {pod} to run the trial again."
         if not self.reporter.requeued(trial.id, message):
             self.reporter.waiting(trial.id, message)
+        trial.cancel_timers()
         self._after(trial, self.config.pending_timeout, "pending_timeout")
 
     def _sink(self, trial: _Trial) -> _Sink:
@@ -173,8 +178,9 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
                 if self._suspended(trial):
                     # Suspended (a queue such as Kueue took the pod back): the pod comes when it resumes.
                     self._arm_replace_timeout(trial)
-                else:
+                elif trial.primary_pod not in self._disrupted.get(trial.id, ()):
                     await self._stop(trial)
+                # else: evicted, and the replacement waits to be scheduled: pendingTimeout decides.
             return
         await super()._handle(trial, ev)
 
