@@ -8,15 +8,17 @@ The Job uses what Jobs offer for a trial (see docs/kubernetes.md, "platform: kub
 * ``backoffLimit`` small (``trainingService.backoffLimit``, default 1): the retries left are for pods that
   failed without the trial's exit code (deleted by hand, their node lost);
 * ``podReplacementPolicy: Failed`` (what a podFailurePolicy requires): a replacement pod starts only once
-  the old one is gone, so two keepers of a trial never run at once;
+  the old one has ended, so two keepers of a trial never run at once;
 * ``activeDeadlineSeconds`` from ``maxTrialDuration`` (the experiment's, inherited, or the platform's);
 * the owner reference to the experiment's anchor (no ``ttlSecondsAfterFinished``: a finished Job stays until
-  the experiment is deleted, so that a resumed manager still reads its final state and reason).
+  the experiment ends and its anchor is deleted, so that a resumed manager still reads its final state and
+  reason).
 
 A replaced pod runs the trial again. Each keeper takes its own attempt number (``auto``); the trial's
 channel is registered again with the count of records already delivered, so the new run's records with
 those sequence numbers are dropped as duplicates and every metric reaches the experiment once. While the
-Job replaces the pod, the trial is WAITING (requeued, not failed).
+Job replaces the pod, the trial is WAITING (requeued, not failed), and pendingTimeout counts from the
+replacement pod on.
 
 The pod's name is the Job controller's (``<job>-<5 random>``): the pod is found by the trial's labels, and
 the trial's primary pod is the newest pod of its Job.
