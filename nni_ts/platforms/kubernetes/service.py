@@ -1230,7 +1230,13 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             self.server.unregister(trial.id)
         if self.reporter.status(trial.id).is_terminal:
             return
-        names = Names(self.kind, trial.job, trial.detail.working_directory, trial.primary_pod)
+        names = Names(
+            self.kind,
+            trial.job,
+            trial.detail.working_directory,
+            trial.primary_pod,
+            shared_storage=self.config.storage.storage_type != "none",
+        )
         d = decide(trial.facts, names)
         end = trial.end_ms if trial.facts.keeper_exit is not None else None
         await self.reporter.ended(
