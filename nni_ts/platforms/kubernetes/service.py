@@ -373,6 +373,17 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self.client = await load_client(cfg.kubeconfig, cfg.context)
         try:
             await self._start_inner()
+        except KubeApiError as exc:
+            await self._close_resources()
+            if exc.status == 403:
+                # The credentials lack a right the platform needs: the user's (or the admin's) to fix.
+                raise ConfigError(
+                    f"the cluster refused a request of the {self.platform_name} platform: {exc.api_message}. The "
+                    f"credentials (kubeconfig, context) need the Role shown in docs/kubernetes.md in namespace "
+                    f"{self.namespace}.",
+                    path="trainingService.kubeconfig",
+                ) from exc
+            raise
         except BaseException:
             await self._close_resources()
             raise
@@ -794,7 +805,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 f"Cannot write trial {detail.id}'s directory {detail.working_directory} on the shared storage: {exc}"
             ) from exc
         self._track(trial)
-        self.server.register(detail.id, _Sink(self, trial), attempt=self._channel_attempt(trial))
+        self.server.register(detail.id, self._sink(trial), attempt=self._channel_attempt(trial))
         try:
             await self._add_token(trial)
             body = self._build_job(trial, self._keeper_spec(trial))
@@ -820,6 +831,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     def _start_worker(self, trial: _Trial) -> None:
         self.tasks.spawn(self._run_trial(trial), name=f"nni-ts-{self.platform_name}-trial-{trial.id}")
+
+    def _sink(self, trial: _Trial) -> _Sink:
+        """The ClusterServer sink of the trial's channel."""
+        return _Sink(self, trial)
 
     def _channel_attempt(self, trial: _Trial) -> int | None:
         """The keeper attempt the trial's channel accepts (None: whichever reports; see pods_replaced)."""
@@ -884,7 +899,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         trial = _Trial(detail=detail, job=job, attempt=int(data.get("attempt") or 1), job_created=True)
         self._track(trial)
         self.server.register(
-            detail.id, _Sink(self, trial), attempt=self._channel_attempt(trial), next_seq=metrics_delivered
+            detail.id, self._sink(trial), attempt=self._channel_attempt(trial), next_seq=metrics_delivered
         )
         self._start_worker(trial)
         assert self._job_watch is not None
@@ -1215,7 +1230,13 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             self.server.unregister(trial.id)
         if self.reporter.status(trial.id).is_terminal:
             return
-        names = Names(self.kind, trial.job, trial.detail.working_directory, trial.primary_pod)
+        names = Names(
+            self.kind,
+            trial.job,
+            trial.detail.working_directory,
+            trial.primary_pod,
+            shared_storage=self.config.storage.storage_type != "none",
+        )
         d = decide(trial.facts, names)
         end = trial.end_ms if trial.facts.keeper_exit is not None else None
         await self.reporter.ended(
