@@ -309,7 +309,8 @@ class PostgresReader(DashboardReader):
 
     async def trials_by_id(self, experiment_id: str, ids: list[str]) -> list[dict[str, Any]]:
         rows = await self.db.fetch(
-            f"SELECT {_TRIAL_COLS} FROM exp_trials WHERE experiment_id = $1 AND id = ANY($2::text[])",
+            f"SELECT {_TRIAL_COLS} FROM exp_trials WHERE experiment_id = $1 AND id = ANY($2::text[]) "
+            "ORDER BY sequence_id, attempt",
             experiment_id,
             ids,
         )

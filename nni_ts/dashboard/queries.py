@@ -548,7 +548,8 @@ class Reader:
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             rows = self.db.execute(
-                f"SELECT {_TRIAL_COLS} FROM trials WHERE experiment_id=? AND id IN ({','.join('?' * len(chunk))})",
+                f"SELECT {_TRIAL_COLS} FROM trials WHERE experiment_id=? AND id IN ({','.join('?' * len(chunk))}) "
+                "ORDER BY sequence_id, attempt",
                 (experiment_id, *chunk),
             ).fetchall()
             out += [trial_row(r) for r in rows]

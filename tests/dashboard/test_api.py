@@ -26,7 +26,7 @@ from nni_ts.models import TrialJobStatus
 from nni_ts.storage.store import Store, TrialRecord
 
 from .conftest import LoopThread
-from .support import XSS, fill, record
+from .support import XSS, copy_to_postgres, fill, record
 
 API = "/dash/api/experiments/e1"
 
@@ -67,19 +67,6 @@ async def _client(dashboard: Dashboard) -> TestClient[Any, Any]:
     return client
 
 
-async def _copy_to_postgres(store: Store, url: str) -> None:
-    """The store's experiments, as they are, into the PostgreSQL storage's tables."""
-    from nni_ts.storage.base import PostgresStorage
-
-    storage = await PostgresStorage.connect(url)
-    try:
-        for exp in store.list_experiments():
-            trials = store.list_trials(exp.id, with_detail=True)
-            assert await storage.import_experiment(exp, trials, list(store.iter_metrics(exp.id)))
-    finally:
-        await storage.close()
-
-
 def _mirror_writes(store: Store, url: str) -> LoopThread:
     """Make the test's writes to ``store`` go to the PostgreSQL copy too (committed before they return),
     through a PostgresStorage on a loop of its own."""
@@ -118,7 +105,7 @@ async def client(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[
     from nni_ts.testing.postgres import new_database
 
     async with new_database(request.getfixturevalue("postgres_server")) as url:
-        await _copy_to_postgres(store, url)
+        await copy_to_postgres(store, url)
         db = await open_database(url)
         mirror = _mirror_writes(store, url)
         try:
@@ -378,3 +365,25 @@ async def test_the_experiments_list_follows_every_running_experiment_on_one_stre
     (event,) = await _events(resp, 1)  # only experiment summaries travel on this stream
     assert event["event"] == "experiment" and event["data"]["id"] == "e1" and event["data"]["trialCount"] == 31
     resp.close()
+
+
+async def test_the_sqlite_reader_never_reads_on_the_event_loop(tmp_path: Path) -> None:
+    """Every read of the SQLite store runs on the reader's thread: the event loop never waits on it."""
+    from nni_ts.testing.loopguard import no_sqlite_on_loop
+
+    with Store(tmp_path / "nni-ts.db") as s:
+        fill(s, trials=5, running=1)
+    with no_sqlite_on_loop() as guard:
+        client = await _client(Dashboard(tmp_path / "nni-ts.db"))
+        try:
+            for path in ("", "/trials?sort=param.lr", "/trials/t00000", "/charts", "/intermediate", "/export"):
+                assert (await client.get(API + path)).status == 200, path
+            assert (await client.get("/dash/api/experiments")).status == 200
+            resp = await client.get(f"{API}/events")
+            assert (await _events(resp, 1))[0]["event"] == "hello"
+            resp.close()
+            log = await client.get(f"{API}/trials/t00000/log")
+            assert log.status == 200
+        finally:
+            await client.close()
+    assert guard.statements > 10
