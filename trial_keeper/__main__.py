@@ -22,13 +22,26 @@ def _env(name, default=None):
     return os.environ.get(ENV_PREFIX + name, default)
 
 
+def _attempt(text):
+    # type: (str) -> int | None
+    if text == "next":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number or 'next', not %r" % text) from None
+
+
 def build_parser():
     # type: () -> argparse.ArgumentParser
     p = argparse.ArgumentParser(prog="python -m trial_keeper", description=_DESCRIPTION)
     p.add_argument("--version", action="version", version=__version__)
     p.add_argument("--trial-id", default=_env("TRIAL_ID"), help="the trial id [NNI_TS_KEEPER_TRIAL_ID]")
     p.add_argument(
-        "--attempt", type=int, default=int(_env("ATTEMPT", "1") or 1), help="attempt number, default 1 [ATTEMPT]"
+        "--attempt",
+        type=_attempt,
+        default=_attempt(_env("ATTEMPT", "1") or "1"),
+        help="attempt number, default 1; 'next': the first number no keeper took in the trial directory [ATTEMPT]",
     )
     p.add_argument("--trial-dir", default=_env("TRIAL_DIR"), help="the trial directory (NNI_SYS_DIR) [TRIAL_DIR]")
     p.add_argument("--output-dir", default=_env("OUTPUT_DIR"), help="NNI_OUTPUT_DIR, default the trial dir")

@@ -129,7 +129,7 @@ class KeeperConfig(object):
                 "--platform local is not supported: with NNI_PLATFORM=local the trial SDK writes records to a "
                 "file instead of stdout. Use the platform's own name (remote, kubeflow, frameworkcontroller)."
             )
-        if self.attempt < 0:
+        if self.attempt is not None and self.attempt < 0:
             raise KeeperError("--attempt must be 0 or more, not %d." % self.attempt)
         if not self.heartbeat > 0:
             raise KeeperError("--heartbeat must be a positive number of seconds, not %r." % self.heartbeat)
@@ -470,16 +470,21 @@ class Keeper(object):
         if not os.path.isdir(self.state_dir):
             os.makedirs(self.state_dir)
         _setup_logging(os.path.join(self.state_dir, "keeper.log"))
-        marker = os.path.join(self.state_dir, "attempt-%d" % cfg.attempt)
-        try:
-            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-        except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                raise KeeperError(
-                    "Attempt %d of trial %s already ran in %s; a re-run needs a new --attempt number."
-                    % (cfg.attempt, cfg.trial_id, cfg.trial_dir)
-                ) from None
-            raise
+        if cfg.attempt is None:
+            # --attempt next: the first attempt number no keeper took in this trial directory (a pod that
+            # runs the trial again after a queue preempted it: its pod spec cannot change).
+            cfg.attempt = _next_attempt(self.state_dir)
+        else:
+            marker = os.path.join(self.state_dir, "attempt-%d" % cfg.attempt)
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    raise KeeperError(
+                        "Attempt %d of trial %s already ran in %s; a re-run needs a new --attempt number."
+                        % (cfg.attempt, cfg.trial_id, cfg.trial_dir)
+                    ) from None
+                raise
         if not os.path.exists(os.path.join(cfg.trial_dir, "parameter.cfg")):
             log.warning("%s has no parameter.cfg; nni.get_next_parameter() will fail.", cfg.trial_dir)
         self._journal = Journal(self.journal_path, cfg.trial_id, cfg.attempt)
@@ -673,6 +678,22 @@ class Keeper(object):
         )
         self._kill_timer.daemon = True
         self._kill_timer.start()
+
+
+def _next_attempt(state_dir, limit=10000):
+    # type: (str, int) -> int
+    """Take the first attempt number from 1 whose marker ``attempt-N`` this keeper creates (O_EXCL)."""
+    for attempt in range(1, limit + 1):
+        try:
+            os.close(
+                os.open(os.path.join(state_dir, "attempt-%d" % attempt), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            )
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                continue
+            raise
+        return attempt
+    raise KeeperError("%d attempts already ran in %s." % (limit, state_dir))
 
 
 def _write_pid_file(state_dir, keeper_pid, trial_pgid, started_ms, attempt, marker):

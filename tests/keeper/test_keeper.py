@@ -237,3 +237,16 @@ def test_late_sigterm_cuts_the_final_report_short_and_pid_file(trial_dir: Path) 
             proc.kill()
             proc.wait()
     assert read_journal(str(trial_dir / ".nni-ts" / "journal")) == [(0, '{"v": 1}')]
+
+
+def test_attempt_next_takes_the_first_number_no_keeper_took(trial_dir: Path) -> None:
+    """A pod that runs a trial again (Kueue preempted the first; the pod spec cannot change) says
+    ``--attempt next``: each run gets its own attempt number and exit record."""
+    assert keeper(trial_dir, "--trial-id", "A", "--attempt", "1", "--", "true").returncode == 0
+    for attempt in (2, 3):
+        out = keeper(trial_dir, "--trial-id", "A", "--", "true", env={"NNI_TS_KEEPER_ATTEMPT": "next"})
+        assert out.returncode == 0, out.stderr
+        assert read_exit(str(trial_dir), "A", attempt) is not None
+    assert keeper(trial_dir, "--trial-id", "A", "--attempt", "3", "--", "true").returncode == 2  # taken
+    bad = keeper(trial_dir, "--trial-id", "A", "--attempt", "later", "--", "true")
+    assert bad.returncode == 2 and b"expected a number or 'next'" in bad.stderr and b"Traceback" not in bad.stderr

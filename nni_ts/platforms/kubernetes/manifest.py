@@ -173,6 +173,8 @@ class KeeperSpec:
     env: dict[str, str] = field(default_factory=dict)
     #: Where the pod finds the CA that signed the cluster server's certificate (https:// only).
     ca_file: str | None = None
+    #: The keeper's ``--attempt``: ``next`` when a queue (Kueue) may run the trial again in a new pod.
+    attempt: str = "1"
 
 
 #: The container's shell script. ``__PRIMARY__`` is replaced by a test that is true in the one pod whose
@@ -217,7 +219,7 @@ def container(
     env: dict[str, str] = {
         "NNI_TS_KEEPER_HOME": keeper.keeper_dir,
         "NNI_TS_KEEPER_TRIAL_ID": keeper.trial_id,
-        "NNI_TS_KEEPER_ATTEMPT": "1",
+        "NNI_TS_KEEPER_ATTEMPT": keeper.attempt,
         "NNI_TS_KEEPER_TRIAL_DIR": keeper.trial_dir,
         "NNI_TS_KEEPER_CODE_DIR": keeper.code_dir,
         "NNI_TS_KEEPER_PLATFORM": keeper.platform,
