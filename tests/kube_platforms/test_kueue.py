@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from nni_ts.errors import ConfigError
 from nni_ts.experiment import Experiment
 from nni_ts.models import TrialJobDetail, TrialJobMetric, TrialJobStatus
 from nni_ts.platforms.kubernetes import kueue as kq
 from nni_ts.platforms.kubernetes.lifecycle import Facts, KueueStep, Phase, kueue_step
+from nni_ts.testing.conformance import form, wait_for_status
 from nni_ts.testing.k8s import FakeCluster, Node
 from nni_ts.testing.k8s.cluster import CONTROLLERS
 
@@ -51,8 +54,8 @@ async def cluster(tmp_path: Path, nfs_dir: Path) -> AsyncIterator[FakeCluster]:
         yield c
 
 
-def make_queues(cluster: FakeCluster, cpu: str) -> None:
-    """A ClusterQueue with ``cpu`` CPUs of quota behind the LocalQueue ``user-queue``."""
+def make_queues(cluster: FakeCluster, cpu: str, namespace: str = "default") -> None:
+    """A ClusterQueue with ``cpu`` CPUs of quota behind the LocalQueue ``user-queue`` of ``namespace``."""
     group = f"{kq.GROUP}/v1beta2"
     cluster.create({"apiVersion": group, "kind": "ResourceFlavor", "metadata": {"name": "default-flavor"}})
     resources = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "64Gi"}]
@@ -72,7 +75,7 @@ def make_queues(cluster: FakeCluster, cpu: str) -> None:
         {
             "apiVersion": group,
             "kind": "LocalQueue",
-            "metadata": {"name": QUEUE, "namespace": "default"},
+            "metadata": {"name": QUEUE, "namespace": namespace},
             "spec": {"clusterQueue": "cluster-queue"},
         }
     )
@@ -354,3 +357,47 @@ def test_queue_name_labels_and_config_errors() -> None:
     text = error(fc)
     assert "trainingService.queueName" in text and "FrameworkController" in text, text
     assert FrameworkControllerConfig.model_validate({k: v for k, v in fc.items() if k != "queueName"})
+
+
+@pytest.mark.parametrize("source", ["docs", "deploy"])
+async def test_the_documented_roles_allow_kueue(tmp_path: Path, nfs_dir: Path, source: str) -> None:
+    """The Role of docs/kubernetes.md and deploy/ let a service account run a trial behind a queue (the
+    LocalQueue read at start, the Workloads watched); the fake cluster enforces RBAC for its token."""
+    repo = Path(__file__).resolve().parents[2]
+    if source == "docs":
+        blocks = re.findall(r"```yaml\n(.*?)```", (repo / "docs" / "kubernetes.md").read_text(), re.S)
+        role = next(yaml.safe_load(b) for b in blocks if "kind: Role" in b)
+    else:
+        role = next(
+            d for d in yaml.safe_load_all((repo / "deploy" / "20-rbac.yaml").read_text()) if d["kind"] == "Role"
+        )
+    namespace, sa = role["metadata"]["namespace"], ("default", "manager")
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "nni-ts", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
+        "subjects": [{"kind": "ServiceAccount", "namespace": sa[0], "name": sa[1]}],
+    }
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "trial.py").write_text("import nni\nnni.get_next_parameter()\nnni.report_final_result(1)\n")
+    async with FakeCluster(
+        tmp_path / "cluster",
+        crd_files=[*crd_files(), *KUEUE_CRDS],
+        nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir},
+        namespaces=sorted({namespace, sa[0]}),
+        controllers=["tf-operator", "kueue"],
+    ) as cluster:
+        make_queues(cluster, cpu="1", namespace=namespace)
+        cluster.create(role)
+        cluster.create(binding)
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "sa.kubeconfig", token=cluster.service_account_token(*sa))
+        config = config_for("kubeflow", cluster, nfs_dir, code, "python3 trial.py", queueName=QUEUE)
+        config.update(kubeconfig=str(kubeconfig), namespace=namespace)
+        async with PLATFORMS["kubeflow"][1](config, experiment_dir=tmp_path / "exp") as service:
+            trial = await service.submit_trial_job(form({}))
+            done = await wait_for_status(service, trial.id, timeout=60)
+            assert done.status is TrialJobStatus.SUCCEEDED, done.message
+            assert len(cluster.list("workloads", namespace=namespace)) == 1  # Kueue did manage the trial
+        assert cluster.server.forbidden == []
