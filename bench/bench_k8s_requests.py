@@ -1,9 +1,12 @@
 """Kubernetes API requests per trial, and the manager's cost of tracking 500 concurrent trials.
 
-Part 1 (``requests``): the kubeflow platform runs trials of two durations on the fake cluster (real pods,
-real keepers); every request the fake API server sees is counted, experiment-level ones (list, watch,
-the anchor ConfigMap) included. Baseline, measured in the same run: NNI's way, one GET per trial every
-3 s while it runs (a poller does exactly that against the same server, for the same trials).
+Part 1 (``requests``): each platform (kubeflow, kubernetes, trainjob; and kubernetes and trainjob behind a
+Kueue LocalQueue that admits a few trials at a time) runs trials of two durations on the fake cluster (real
+pods, real keepers); every request the fake API server sees is counted, experiment-level ones (list, watch,
+the anchor ConfigMap, the token Secret) included, and the time from submit to the trial being RUNNING (its
+pod running, as the manager sees it) is measured, p50 and p99. Baseline, measured in the same run: NNI's
+way, one GET per trial every 3 s while it runs (a poller does exactly that against the same server, for the
+same trials; its GETs are not counted as ours).
 
 Part 2 (``watch500``): 500 TFJobs at once, tracked by the manager's one job watch and one pod watch. The
 fake cluster runs in another process with a stand-in operator (no pods: it marks the jobs Running, holds
@@ -11,7 +14,8 @@ them, writes each trial's journal on the shared export as a keeper that could no
 then marks them Succeeded). The manager's CPU time and resident memory are measured over the whole
 run, against the same measures for NNI's way of tracking them (a GET per trial every 3 s) in this process.
 
-    python bench/bench_k8s_requests.py [--trials 30] [--durations 1,6] [--watch-trials 500] [--hold 20]
+    python bench/bench_k8s_requests.py [--trials 30] [--durations 1,6] [--platforms kubeflow,kubernetes+kueue]
+                                       [--kueue-cpu 0.4] [--watch-trials 500] [--hold 20]
 
 The last line holds the figures and the baselines.
 """
@@ -38,8 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nni_ts.models import TrialJobStatus  # noqa: E402
 from nni_ts.platforms.kubernetes.client import load_client  # noqa: E402
 from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService  # noqa: E402
+from nni_ts.registry import get_platform_class  # noqa: E402
 from nni_ts.testing.conformance import form, wait_for_status  # noqa: E402
 from nni_ts.testing.k8s import FakeCluster, Node  # noqa: E402
+from nni_ts.testing.k8s.cluster import CONTROLLERS  # noqa: E402
 
 NFS_SERVER, NFS_PATH = "10.0.0.1", "/exports/nni"
 TRIAL = "import nni, sys, time\np = nni.get_next_parameter()\nnni.report_intermediate_result(0.5)\n" \
@@ -58,15 +64,101 @@ def _config(kubeconfig: Path, nfs: Path, code: Path) -> dict[str, Any]:
     }
 
 
-async def _nni_poller(kubeconfig: Path, path: str, stop: asyncio.Event) -> None:
+CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "crds"
+TRAINER_CRDS = [
+    CRD_DIR / "next" / f
+    for f in (
+        "jobset.x-k8s.io_jobsets.yaml",
+        "trainer.kubeflow.org_trainjobs.yaml",
+        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
+        "trainer.kubeflow.org_trainingruntimes.yaml",
+    )
+]
+KUEUE_CRDS = [CRD_DIR / "next" / "kueue.x-k8s.io_workloads.yaml", CRD_DIR / "next" / "kueue.x-k8s.io_localqueues.yaml"]
+RUNTIME = "bench-python"
+
+
+def _platform_config(platform: str, kubeconfig: Path, nfs: Path, code: Path, queue: str | None) -> dict[str, Any]:
+    """The configuration of ``platform`` (kubeflow, kubernetes, trainjob), queued by Kueue when ``queue``."""
+    common = {
+        "trialCodeDirectory": str(code),
+        "kubeconfig": str(kubeconfig),
+        "storage": {"storageType": "nfs", "server": NFS_SERVER, "path": NFS_PATH, "localMountPath": str(nfs)},
+        "cancelGracePeriod": 2,
+    }
+    if platform == "kubeflow":
+        cfg = _config(kubeconfig, nfs, code)
+    elif platform == "kubernetes":
+        cfg = {"platform": "kubernetes", **common, "command": "python3 trial.py", "cpuNumber": 0.1,
+               "memorySize": "256m", "dockerImage": "python:3.11"}  # fmt: skip
+    else:
+        cfg = {"platform": "trainjob", **common, "trialCommand": "python3 trial.py",
+               "runtimeRef": {"kind": "ClusterTrainingRuntime", "name": RUNTIME},
+               "trainer": {"image": "python:3.11",
+                           "resourcesPerNode": {"cpuNumber": 0.1, "memorySize": "256m"}}}  # fmt: skip
+    if platform == "kubeflow":
+        cfg["worker"]["dockerImage"] = "python:3.11"
+    if queue is not None:
+        cfg["queueName"] = queue
+    return cfg
+
+
+def _runtime() -> dict[str, Any]:
+    job = {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+           "containers": [{"name": "node", "image": "python:3.11"}]}}}  # fmt: skip
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "ClusterTrainingRuntime",
+        "metadata": {"name": RUNTIME, "labels": {"trainer.kubeflow.org/framework": "torch"}},
+        "spec": {"mlPolicy": {"numNodes": 1, "torch": {}}, "template": {"spec": {"replicatedJobs": [
+            {"name": "node", "template": {"metadata": {"labels": {
+                "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}}, "spec": job}}]}}},
+    }  # fmt: skip
+
+
+def _queues(cpu: str) -> list[dict[str, Any]]:
+    """A ClusterQueue admitting ``cpu`` CPUs of trials, and the LocalQueue ``bench`` in front of it."""
+    k = "kueue.x-k8s.io/v1beta2"
+    quota = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "1000Gi"},
+             {"name": "nvidia.com/gpu", "nominalQuota": "0"}]  # fmt: skip
+    return [
+        {"apiVersion": k, "kind": "ResourceFlavor", "metadata": {"name": "default-flavor"}},
+        {
+            "apiVersion": k,
+            "kind": "ClusterQueue",
+            "metadata": {"name": "bench-cq"},
+            "spec": {
+                "namespaceSelector": {},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", "nvidia.com/gpu"],
+                        "flavors": [{"name": "default-flavor", "resources": quota}],
+                    }
+                ],
+            },
+        },  # fmt: skip
+        {
+            "apiVersion": k,
+            "kind": "LocalQueue",
+            "metadata": {"name": "bench", "namespace": "default"},
+            "spec": {"clusterQueue": "bench-cq"},
+        },  # fmt: skip
+    ]
+
+
+def _finished(obj: dict[str, Any]) -> bool:
+    conds = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+    return any(conds.get(t) == "True" for t in ("Succeeded", "Complete", "Failed", "Completed"))
+
+
+async def _nni_poller(kubeconfig: Path, path: str, stop: asyncio.Event, count: list[int]) -> None:
     """NNI's status tracking: GET the job every 3 s until it is finished (or the trial is over)."""
     client = await load_client(str(kubeconfig))
     try:
         while not stop.is_set():
             try:
-                job = await client.request("GET", path)
-                conds = {c["type"]: c["status"] for c in (job.get("status") or {}).get("conditions") or []}
-                if conds.get("Succeeded") == "True" or conds.get("Failed") == "True":
+                count[0] += 1
+                if _finished(await client.request("GET", path)):
                     return
             except Exception:  # noqa: BLE001 - the job may be gone: NNI would keep polling until its end
                 return
@@ -78,20 +170,50 @@ async def _nni_poller(kubeconfig: Path, path: str, stop: asyncio.Event) -> None:
         await client.close()
 
 
-async def requests_per_trial(trials: int, seconds: float, concurrency: int) -> tuple[float, float, float]:
-    """(our requests per trial, NNI's baseline requests per trial, mean trial lifetime in s)."""
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def requests_per_trial(
+    trials: int, seconds: float, concurrency: int, platform: str = "kubeflow", kueue_cpu: str | None = None
+) -> dict[str, Any]:
+    """One platform's run: requests per trial (ours, and NNI's polling baseline for the same trials), the
+    requests by verb and resource, the time from submit to RUNNING (p50, p99) and the mean lifetime.
+    With ``kueue_cpu``, the trials go through a Kueue LocalQueue whose ClusterQueue admits that many CPUs."""
     with tempfile.TemporaryDirectory(prefix="bench-k8s-") as tmp:
         root = Path(tmp)
         nfs, code = root / "nfs", root / "code"
         nfs.mkdir()
         code.mkdir()
         (code / "trial.py").write_text(TRIAL)
+        crds = sorted(CRD_DIR.glob("*.yaml")) + (TRAINER_CRDS if platform == "trainjob" else [])
+        crds += KUEUE_CRDS if kueue_cpu else []
+        controllers = [*CONTROLLERS, "kueue"] if kueue_cpu else list(CONTROLLERS)
         async with FakeCluster(
-            root / "cluster", nodes=[Node("n1", cpu=64, memory="256Gi")], nfs_exports={(NFS_SERVER, NFS_PATH): nfs}
-        ) as cluster:
-            svc = KubeflowTrainingService(_config(cluster.kubeconfig, nfs, code), experiment_dir=root / "exp")
+            root / "cluster", crd_files=crds, controllers=controllers,
+            nodes=[Node("n1", cpu=64, memory="256Gi")], nfs_exports={(NFS_SERVER, NFS_PATH): nfs},
+        ) as cluster:  # fmt: skip
+            if platform == "trainjob":
+                cluster.create(_runtime())
+            for obj in _queues(kueue_cpu) if kueue_cpu else []:
+                cluster.create(obj)
+            before = sum(cluster.request_counts.values())
+            before_counts = dict(cluster.request_counts)
+            cfg = _platform_config(platform, cluster.kubeconfig, nfs, code, "bench" if kueue_cpu else None)
+            svc = get_platform_class(platform)(cfg, experiment_dir=root / "exp")
             lifetimes: list[float] = []
+            to_running: list[float] = []
+            submitted: dict[str, float] = {}
+            running_at: dict[str, float] = {}
+            polls = [0]
             pollers: list[asyncio.Task[None]] = []
+
+            def on_status(d: Any) -> None:
+                if d.status is TrialJobStatus.RUNNING and d.id not in running_at:
+                    running_at[d.id] = time.monotonic()
+
+            svc.events.on("trial_status", on_status)
             async with svc:
                 sem = asyncio.Semaphore(concurrency)
 
@@ -99,21 +221,31 @@ async def requests_per_trial(trials: int, seconds: float, concurrency: int) -> t
                     async with sem:
                         start = time.monotonic()
                         d = await svc.submit_trial_job(form({"seconds": seconds}, i))
+                        submitted[d.id] = start
                         stop = asyncio.Event()
                         path = f"{svc._collection()}/{d.platform_data['job']}"
-                        pollers.append(asyncio.create_task(_nni_poller(cluster.kubeconfig, path, stop)))
+                        pollers.append(asyncio.create_task(_nni_poller(cluster.kubeconfig, path, stop, polls)))
                         done = await wait_for_status(svc, d.id, timeout=600)
                         stop.set()
                         lifetimes.append(time.monotonic() - start)
                         assert done.status is TrialJobStatus.SUCCEEDED, done.message
+                        to_running.append(running_at[d.id] - start)
 
                 await asyncio.gather(*(one(i) for i in range(trials)))
                 await asyncio.gather(*pollers)
-            counts = cluster.request_counts
-            nni_gets = counts[("get", "tfjobs")]
-            ours = sum(n for (verb, res), n in counts.items() if (verb, res) != ("get", "tfjobs"))
-            # NNI also creates the job once per trial: its total is create + the GETs.
-            return ours / trials, (trials + nni_gets) / trials, sum(lifetimes) / len(lifetimes)
+            counts = {k: v - before_counts.get(k, 0) for k, v in cluster.request_counts.items()}
+            counts = {k: v for k, v in counts.items() if v}
+            total = sum(cluster.request_counts.values()) - before
+            ours = total - polls[0]
+            return {
+                "ours": ours / trials,
+                "nni": (trials + polls[0]) / trials,  # NNI creates the job once per trial, then polls it
+                "counts": counts,
+                "polls": polls[0],
+                "p50": _pct(to_running, 0.5),
+                "p99": _pct(to_running, 0.99),
+                "life": sum(lifetimes) / len(lifetimes),
+            }
 
 
 # ---------------------------------------------------------------------- part 2: 500 trials, one watch
@@ -234,18 +366,33 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--durations", default="1,6", help="trial durations in seconds, comma-separated")
-    parser.add_argument("--watch-trials", type=int, default=500)
+    parser.add_argument("--platforms", default="kubeflow,kubernetes,trainjob,kubernetes+kueue,trainjob+kueue",
+                        help="platforms of part 1; '+kueue' queues the trials through a Kueue LocalQueue")  # fmt: skip
+    parser.add_argument("--kueue-cpu", default="0.4", help="CPUs the Kueue ClusterQueue admits (trials ask 0.1)")
+    parser.add_argument("--watch-trials", type=int, default=500, help="0 skips part 2")
     parser.add_argument("--hold", type=float, default=20.0, help="seconds the 500 trials run at once")
     args = parser.parse_args()
     os.environ.setdefault("NNI_TS_HOME", tempfile.mkdtemp(prefix="bench-k8s-home-"))
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("nni_ts.testing.k8s").setLevel(logging.CRITICAL)  # closed watch streams are expected
     parts = []
-    for seconds in [float(s) for s in args.durations.split(",") if s]:
-        ours, nni, life = asyncio.run(requests_per_trial(args.trials, seconds, args.concurrency))
-        print(f"trials of {seconds:g} s (lifetime {life:.1f} s): {ours:.2f} API requests per trial; "
-              f"baseline NNI (GET every 3 s) {nni:.2f}", flush=True)  # fmt: skip
-        parts.append(f"{seconds:g}s trials: {ours:.2f} req/trial (NNI {nni:.2f})")
+    for platform in [p for p in args.platforms.split(",") if p]:
+        name, _, queued = platform.partition("+")
+        for seconds in [float(s) for s in args.durations.split(",") if s]:
+            r = asyncio.run(
+                requests_per_trial(args.trials, seconds, args.concurrency, name, args.kueue_cpu if queued else None)
+            )
+            label = f"{name}{' + Kueue (' + args.kueue_cpu + ' CPUs admitted)' if queued else ''}"
+            by = ", ".join(f"{verb} {res} {n}" for (verb, res), n in sorted(r["counts"].items()) if n)
+            print(f"{label}, trials of {seconds:g} s (lifetime {r['life']:.1f} s): {r['ours']:.2f} API requests "
+                  f"per trial (baseline NNI, GET every 3 s: {r['nni']:.2f}; ratio {r['ours'] / r['nni']:.2f}); "
+                  f"submit -> RUNNING p50 {r['p50']:.2f} s, p99 {r['p99']:.2f} s; all requests (polls "
+                  f"{r['polls']} excluded from ours): {by}", flush=True)  # fmt: skip
+            parts.append(f"{label} {seconds:g}s: {r['ours']:.2f} req/trial (NNI {r['nni']:.2f}), "
+                         f"to RUNNING p50/p99 {r['p50']:.2f}/{r['p99']:.2f} s")  # fmt: skip
+    if args.watch_trials <= 0:
+        print("; ".join(parts))
+        return
     cpu, rss, elapsed, nni_cpu, submit_cpu = asyncio.run(watch_500(args.watch_trials, args.hold))
     print(f"{args.watch_trials} concurrent trials held {args.hold:g} s: submitting them took {submit_cpu:.2f} s "
           "of CPU; "

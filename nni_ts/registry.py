@@ -19,16 +19,40 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .training_service import TrainingService
 
-__all__ = ["ENTRY_POINT_GROUP", "available_platforms", "get_platform_class", "register_platform"]
+__all__ = [
+    "BUILTIN_PLATFORMS",
+    "ENTRY_POINT_GROUP",
+    "available_platforms",
+    "get_platform_class",
+    "register_platform",
+]
 
 ENTRY_POINT_GROUP = "nni_ts.platforms"
 
+#: The platforms nni-ts itself ships, found even when the installed package metadata predates them (a source
+#: checkout run with PYTHONPATH, an editable install not re-run since a platform was added).
 _registered: dict[str, type[TrainingService[Any]]] = {}
 _loaded: dict[str, type[TrainingService[Any]]] = {}  # entry points already loaded (a scan costs ~10 ms)
 
 
+#: The platforms nni-ts itself ships, as setup.cfg registers them: found even when the installed package
+#: metadata is older than the code (an editable install made before a platform was added).
+BUILTIN_PLATFORMS = {
+    "local": "nni_ts.platforms.local:LocalTrainingService",
+    "remote": "nni_ts.platforms.remote:RemoteTrainingService",
+    "kubeflow": "nni_ts.platforms.kubernetes.kubeflow:KubeflowTrainingService",
+    "frameworkcontroller": "nni_ts.platforms.kubernetes.frameworkcontroller:FrameworkControllerTrainingService",
+    "kubernetes": "nni_ts.platforms.kubernetes.batchjob:KubernetesJobTrainingService",
+    "trainjob": "nni_ts.platforms.kubernetes.trainjob:TrainJobTrainingService",
+}
+
+
 def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    found = {
+        name: EntryPoint(name=name, value=value, group=ENTRY_POINT_GROUP) for name, value in BUILTIN_PLATFORMS.items()
+    }
+    found.update({ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return found
 
 
 def available_platforms() -> list[str]:

@@ -24,12 +24,12 @@ def _env(name, default=None):
 
 def _attempt(text):
     # type: (str) -> int | None
-    if text == "next":
+    if text == "auto":
         return None
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("expected a number or 'next', not %r" % text) from None
+        raise argparse.ArgumentTypeError("expected a number or 'auto', not %r" % text) from None
 
 
 def build_parser():
@@ -40,8 +40,9 @@ def build_parser():
     p.add_argument(
         "--attempt",
         type=_attempt,
-        default=_attempt(_env("ATTEMPT", "1") or "1"),
-        help="attempt number, default 1; 'next': the first number no keeper took in the trial directory [ATTEMPT]",
+        default=_env("ATTEMPT", "1") or "1",
+        help="attempt number, default 1; 'auto': the next number not used in the trial directory (a pod "
+        "that a Job created in place of a disrupted one runs the trial again) [ATTEMPT]",
     )
     p.add_argument("--trial-dir", default=_env("TRIAL_DIR"), help="the trial directory (NNI_SYS_DIR) [TRIAL_DIR]")
     p.add_argument("--output-dir", default=_env("OUTPUT_DIR"), help="NNI_OUTPUT_DIR, default the trial dir")

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_LINE",
     "STATE_DIR",
     "Journal",
+    "read_attempt",
     "read_exit",
     "read_journal",
     "recover_records",
@@ -134,6 +135,17 @@ def recover_records(trial_dir, trial_id=None, attempt=None, stdout_name="stdout"
     for seq, text in records_in_stdout(captured, complete_only=False):
         found.setdefault(seq, text)
     return sorted(found.items())
+
+
+def read_attempt(trial_dir, trial_id=None, attempt=None):
+    # type: (str, str | None, int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]
+    """The records and the exit (:func:`recover_records`, :func:`read_exit`) of one attempt. With
+    ``attempt`` None, the latest attempt that recorded an exit (several keepers ran the trial one after
+    the other: a Job replaced a disrupted pod), or every attempt's records when none did."""
+    ended = read_exit(trial_dir, trial_id, attempt)
+    if attempt is None and ended is not None and isinstance(ended.get("attempt"), int):
+        attempt = ended["attempt"]
+    return recover_records(trial_dir, trial_id, attempt), ended
 
 
 def write_exit(state_dir, trial_id, attempt, exit_code, end_time_ms, record_count):

@@ -470,21 +470,7 @@ class Keeper(object):
         if not os.path.isdir(self.state_dir):
             os.makedirs(self.state_dir)
         _setup_logging(os.path.join(self.state_dir, "keeper.log"))
-        if cfg.attempt is None:
-            # --attempt next: the first attempt number no keeper took in this trial directory (a pod that
-            # runs the trial again after a queue preempted it: its pod spec cannot change).
-            cfg.attempt = _next_attempt(self.state_dir)
-        else:
-            marker = os.path.join(self.state_dir, "attempt-%d" % cfg.attempt)
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            except OSError as exc:
-                if exc.errno == errno.EEXIST:
-                    raise KeeperError(
-                        "Attempt %d of trial %s already ran in %s; a re-run needs a new --attempt number."
-                        % (cfg.attempt, cfg.trial_id, cfg.trial_dir)
-                    ) from None
-                raise
+        cfg.attempt = _claim_attempt(self.state_dir, cfg)
         if not os.path.exists(os.path.join(cfg.trial_dir, "parameter.cfg")):
             log.warning("%s has no parameter.cfg; nni.get_next_parameter() will fail.", cfg.trial_dir)
         self._journal = Journal(self.journal_path, cfg.trial_id, cfg.attempt)
@@ -680,20 +666,25 @@ class Keeper(object):
         self._kill_timer.start()
 
 
-def _next_attempt(state_dir, limit=10000):
-    # type: (str, int) -> int
-    """Take the first attempt number from 1 whose marker ``attempt-N`` this keeper creates (O_EXCL)."""
-    for attempt in range(1, limit + 1):
+def _claim_attempt(state_dir, cfg):
+    # type: (str, KeeperConfig) -> int
+    """Create the attempt's marker ``<state dir>/attempt-N`` (exclusively) and return N: the configured
+    attempt, or with ``auto`` (None) the lowest number no keeper of the trial has used yet."""
+    number = cfg.attempt if cfg.attempt is not None else 1
+    while True:
+        marker = os.path.join(state_dir, "attempt-%d" % number)
         try:
-            os.close(
-                os.open(os.path.join(state_dir, "attempt-%d" % attempt), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            )
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return number
         except OSError as exc:
-            if exc.errno == errno.EEXIST:
-                continue
-            raise
-        return attempt
-    raise KeeperError("%d attempts already ran in %s." % (limit, state_dir))
+            if exc.errno != errno.EEXIST:
+                raise
+            if cfg.attempt is not None:
+                raise KeeperError(
+                    "Attempt %d of trial %s already ran in %s; a re-run needs a new --attempt number."
+                    % (cfg.attempt, cfg.trial_id, cfg.trial_dir)
+                ) from None
+            number += 1
 
 
 def _write_pid_file(state_dir, keeper_pid, trial_pgid, started_ms, attempt, marker):

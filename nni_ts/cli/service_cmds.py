@@ -55,7 +55,9 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
         help="An environment variable trials get from the service (repeatable; PATH and the locale always).",
     )
     s.add_argument("--data-dir", help="Workspaces' files and the experiment store (default $NNI_TS_HOME/service).")
-    s.add_argument("--platform", default="local", help="Where experiments run: local, kubeflow, frameworkcontroller.")
+    s.add_argument(
+        "--platform", default="local", help="Where experiments run: local, kubeflow, frameworkcontroller, trainjob."
+    )
     s.add_argument(
         "--platform-config",
         help="A YAML/JSON file of trainingService keys every experiment inherits (storage, nniManagerIp...).",

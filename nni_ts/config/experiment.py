@@ -67,16 +67,20 @@ class AlgorithmConfig(ConfigModel):
 
 def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
     """The config model of a platform: the built-ins here, any other from its registered class."""
+    from .batchjob import KubernetesJobConfig
     from .frameworkcontroller import FrameworkControllerConfig
     from .kubeflow import KubeflowConfig
     from .local import LocalConfig
     from .remote import RemoteConfig
+    from .trainjob import TrainJobConfig
 
     builtins: dict[str, type[TrainingServiceConfig]] = {
         "local": LocalConfig,
         "remote": RemoteConfig,
         "kubeflow": KubeflowConfig,
         "frameworkcontroller": FrameworkControllerConfig,
+        "kubernetes": KubernetesJobConfig,
+        "trainjob": TrainJobConfig,
     }
     if platform in builtins:
         return builtins[platform]
@@ -86,16 +90,29 @@ def platform_config_class(platform: str) -> type[TrainingServiceConfig]:
 
 
 _INHERITED = ("trial_command", "trial_code_directory", "trial_gpu_number", "nni_manager_ip", "debug")
-_ROLE_PLATFORMS = ("kubeflow", "frameworkcontroller")
+#: Experiment-level keys copied into the platform section only when its model has them (a platform that
+#: enforces them itself, e.g. maxTrialDuration as a Job's activeDeadlineSeconds).
+_INHERITED_IF_KNOWN = ("max_trial_duration",)
+#: Platforms whose own section gives (or checks) the trial's command.
+_ROLE_PLATFORMS = ("kubeflow", "frameworkcontroller", "kubernetes")
 
 
-def inherited_training_service(data: dict[str, Any], ts: dict[str, Any]) -> dict[str, Any]:
-    """The platform section with the experiment-level trial keys copied in where it leaves them unset."""
+def inherited_training_service(
+    data: dict[str, Any], ts: dict[str, Any], model: type[TrainingServiceConfig] | None = None
+) -> dict[str, Any]:
+    """The platform section with the experiment-level trial keys copied in where it leaves them unset
+    (and those of ``_INHERITED_IF_KNOWN`` that ``model`` has)."""
     ts = dict(ts)
-    for key in _INHERITED:
+    known = tuple(k for k in _INHERITED_IF_KNOWN if model is not None and k in model.model_fields)
+    for key in _INHERITED + known:
         camel = "".join(w.capitalize() if i else w for i, w in enumerate(key.split("_")))
         for name in (camel, key):
             if name in data and data[name] is not None and camel not in ts and key not in ts:
+                if key == "max_trial_duration":
+                    try:
+                        _duration_validator(data[name])
+                    except ValueError:
+                        continue  # reported once, at the experiment's own key
                 ts[camel] = data[name]
     return ts
 
@@ -191,7 +208,7 @@ class ExperimentConfig(ConfigModel):
             return data  # pydantic reports the missing or wrong platform
         model = platform_config_class(platform)
         data = dict(data)
-        data["trainingService"] = model.model_validate(inherited_training_service(data, ts))
+        data["trainingService"] = model.model_validate(inherited_training_service(data, ts, model))
         data.pop("training_service", None)
         return data
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel
-from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
+from .kubernetes import KubernetesPlatformConfig, PodRoleConfig
 
 __all__ = ["FrameworkAttemptCompletionPolicy", "FrameworkControllerConfig", "FrameworkControllerRoleConfig"]
 
@@ -35,26 +35,14 @@ class FrameworkAttemptCompletionPolicy(ConfigModel):
         return data
 
 
-class FrameworkControllerRoleConfig(ConfigModel):
+class FrameworkControllerRoleConfig(PodRoleConfig):
     """One task role of the framework."""
 
     name: str = Field(description="The role name: lowercase letters and digits, at most 63 (FrameworkController).")
     task_number: int = Field(1, ge=1, description="How many tasks of this role.")
-    command: str = Field(description="The command each task runs, in the trial code directory.")
-    gpu_number: int = Field(0, ge=0, description="GPUs per task.")
-    cpu_number: float = Field(1, gt=0, description="CPUs per task.")
-    memory_size: int = Field(description="Memory per task in MiB; accepts 8192, '8g', '8gb', '512mb'.")
-    docker_image: str = Field(
-        min_length=1,
-        pattern=r"^\S+$",
-        description="The container image (required: it needs Python 3.8+ and what the trial imports).",
-    )
-    private_registry_auth_path: str | None = Field(None, description="Registry credentials (docker config.json).")
     framework_attempt_completion_policy: FrameworkAttemptCompletionPolicy = Field(
         default_factory=FrameworkAttemptCompletionPolicy, description="When this role completes the attempt."
     )
-
-    _mem = field_validator("memory_size", mode="before")(classmethod(lambda cls, v: parse_memory_mb(v)))
 
     @field_validator("name")
     @classmethod

@@ -4,33 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from .base import ConfigModel
-from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
+from .kubernetes import KubernetesPlatformConfig, PodRoleConfig
 
 __all__ = ["KubeflowConfig", "KubeflowRoleConfig"]
 
 
-class KubeflowRoleConfig(ConfigModel):
+class KubeflowRoleConfig(PodRoleConfig):
     """One replica type of the job (worker, ps or master)."""
 
     replicas: int = Field(1, ge=1, description="How many replicas of this role.")
-    command: str = Field(description="The command each replica runs, in the trial code directory.")
-    gpu_number: int = Field(0, ge=0, description="GPUs per replica (nvidia.com/gpu).")
-    cpu_number: float = Field(1, gt=0, description="CPUs per replica.")
-    memory_size: int = Field(description="Memory per replica in MiB; accepts 8192, '8g', '8gb', '512mb'.")
-    docker_image: str = Field(
-        min_length=1,
-        pattern=r"^\S+$",
-        description="The container image (required: it needs Python 3.8+ and what the trial imports).",
-    )
-    private_registry_auth_path: str | None = Field(
-        None, description="A docker config.json with registry credentials, turned into an imagePullSecret."
-    )
     code_directory: str | None = Field(None, description="Accepted for NNI compatibility; the trial code is shared.")
-
-    _mem = field_validator("memory_size", mode="before")(classmethod(lambda cls, v: parse_memory_mb(v)))
 
 
 class KubeflowConfig(KubernetesPlatformConfig):

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel, TrainingServiceConfig
 
-__all__ = ["K8sStorageConfig", "KubernetesPlatformConfig", "SshUploadConfig", "parse_memory_mb"]
+__all__ = ["K8sStorageConfig", "KubernetesPlatformConfig", "PodRoleConfig", "SshUploadConfig", "parse_memory_mb"]
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -180,3 +180,23 @@ class KubernetesPlatformConfig(TrainingServiceConfig):
                 "starting and ending with a letter or digit"
             )
         return v
+
+
+class PodRoleConfig(ConfigModel):
+    """What every pod of a trial runs and needs: the command, the image and the resources. The roles of the
+    kubeflow and frameworkcontroller platforms and the ``kubernetes`` platform itself have these keys."""
+
+    command: str = Field(description="The command each pod runs, in the trial code directory.")
+    gpu_number: int = Field(0, ge=0, description="GPUs per pod (nvidia.com/gpu).")
+    cpu_number: float = Field(1, gt=0, description="CPUs per pod.")
+    memory_size: int = Field(description="Memory per pod in MiB; accepts 8192, '8g', '8gb', '512mb'.")
+    docker_image: str = Field(
+        min_length=1,
+        pattern=r"^\S+$",
+        description="The container image (required: it needs Python 3.8+ and what the trial imports).",
+    )
+    private_registry_auth_path: str | None = Field(
+        None, description="A docker config.json with registry credentials, turned into an imagePullSecret."
+    )
+
+    _mem = field_validator("memory_size", mode="before")(classmethod(lambda cls, v: parse_memory_mb(v)))

@@ -15,7 +15,13 @@ import yaml
 from ..errors import ConfigError
 from .base import TrainingServiceConfig
 from .errors import format_loc
-from .experiment import AlgorithmConfig, ExperimentConfig, inherited_training_service, platform_config_class
+from .experiment import (
+    _ROLE_PLATFORMS,
+    AlgorithmConfig,
+    ExperimentConfig,
+    inherited_training_service,
+    platform_config_class,
+)
 from .v1 import convert_v1, is_v1
 
 __all__ = ["YamlLoader", "check_algorithms", "config_from_dict", "load_experiment_config", "read_structured_file"]
@@ -158,7 +164,7 @@ def config_from_dict(
         # The platform section first, so that its problems and the rest's are reported together.
         try:
             model = platform_config_class(platform)
-            model.model_validate(inherited_training_service(data, ts))
+            model.model_validate(inherited_training_service(data, ts, model))
         except ConfigError as exc:
             # An unknown platform: report it with the rest (the rest is checked against a stand-in).
             errors.append(_problem(("trainingService", "platform"), exc.reason))
@@ -197,7 +203,7 @@ def _more_problems(data: dict[str, Any], found: list[Any]) -> list[dict[str, Any
     ts = data.get("trainingService")
     platform = ts.get("platform") if isinstance(ts, dict) else getattr(ts, "platform", None)
     ts_command = ts.get("trialCommand") if isinstance(ts, dict) else getattr(ts, "trial_command", None)
-    if platform not in ("kubeflow", "frameworkcontroller") and not (data.get("trialCommand") or ts_command):
+    if platform not in _ROLE_PLATFORMS and not (data.get("trialCommand") or ts_command):
         if "trialCommand" not in seen:
             more.append(_problem(("trialCommand",), "required key is missing: the shell command that runs one trial"))
     if data.get("tuner") is not None and data.get("advisor") is not None:

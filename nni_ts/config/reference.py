@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from .batchjob import KubernetesJobConfig
 from .experiment import AlgorithmConfig, ExperimentConfig
 from .frameworkcontroller import (
     FrameworkAttemptCompletionPolicy,
@@ -24,6 +25,7 @@ from .kubeflow import KubeflowConfig, KubeflowRoleConfig
 from .kubernetes import K8sStorageConfig, SshUploadConfig
 from .local import LocalConfig
 from .remote import RemoteConfig, RemoteMachineConfig
+from .trainjob import RuntimeRefConfig, TrainJobConfig, TrainJobResourcesConfig, TrainJobTrainerConfig
 
 __all__ = ["render_reference"]
 
@@ -71,7 +73,12 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`trainingService` for `platform: frameworkcontroller`", FrameworkControllerConfig),
     ("`taskRoles[]` (frameworkcontroller)", FrameworkControllerRoleConfig),
     ("`frameworkAttemptCompletionPolicy`", FrameworkAttemptCompletionPolicy),
-    ("`storage` (kubeflow, frameworkcontroller)", K8sStorageConfig),
+    ("`trainingService` for `platform: kubernetes` (batch Jobs)", KubernetesJobConfig),
+    ("`trainingService` for `platform: trainjob`", TrainJobConfig),
+    ("`runtimeRef` (trainjob)", RuntimeRefConfig),
+    ("`trainer` (trainjob)", TrainJobTrainerConfig),
+    ("`trainer.resourcesPerNode` (trainjob)", TrainJobResourcesConfig),
+    ("`storage` (kubeflow, frameworkcontroller, kubernetes, trainjob)", K8sStorageConfig),
     ("`storage.upload`", SshUploadConfig),
 ]
 

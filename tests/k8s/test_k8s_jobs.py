@@ -248,3 +248,42 @@ async def test_node_pressure_eviction_is_a_disruption_too(cluster: FakeCluster, 
         assert disruption and disruption[0]["reason"] == "TerminationByKubelet"
     done = await cluster.wait_for_object("jobs", "pressure", finished, timeout=30)
     assert condition(done, "Complete") and done["status"]["failed"] == 0, types(done)
+
+
+@pytest.mark.parametrize("policy", ["Failed", "TerminatingOrFailed"])
+async def test_pod_replacement_policy_waits_for_the_evicted_pod_to_end(cluster: FakeCluster, policy: str) -> None:
+    """With a podFailurePolicy the API server defaults podReplacementPolicy to Failed: the replacement of an
+    evicted pod starts only once it has ended (two keepers of one trial never run at once). With
+    TerminatingOrFailed (no podFailurePolicy) it starts while the old pod still terminates."""
+    name = f"replace-{policy.lower()}"
+    extra: dict[str, Any] = {"podFailurePolicy": TRIAL_POLICY} if policy == "Failed" else {}
+    body = job(name, ["sh", "-c", "trap '' TERM; sleep 60"], backoffLimit=2, **extra)
+    body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 2
+    created = cluster.create(body)
+    assert created["spec"]["podReplacementPolicy"] == policy
+    first = await cluster.wait_for(
+        lambda c: next(
+            (p for p in c.list("pods", label_selector=f"job-name={name}") if p["status"].get("phase") == "Running"),
+            None,
+        ),
+        timeout=20,
+        message="the first pod runs",
+    )
+    first_name = first["metadata"]["name"]
+    async with k8s.client.ApiClient(client_config(cluster)) as api:
+        evict = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": first_name}}
+        await k8s.client.CoreV1Api(api).create_namespaced_pod_eviction(first_name, "default", evict)
+    together: list[int] = []
+
+    def replaced(c: FakeCluster) -> bool:
+        pods = c.list("pods", label_selector=f"job-name={name}")
+        others = [p for p in pods if p["metadata"]["name"] != first_name]
+        if others and any(p["metadata"]["name"] == first_name for p in pods):
+            together.append(len(pods))
+        return bool(others)
+
+    await cluster.wait_for(replaced, timeout=20, message="a replacement pod")
+    if policy == "Failed":
+        assert together == [], "the replacement was created while the evicted pod still terminated"
+    else:
+        assert together, "TerminatingOrFailed replaces a terminating pod at once"

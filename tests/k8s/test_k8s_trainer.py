@@ -3,6 +3,7 @@ the TrainJob CRD's CEL rules a client meets, and kubectl on all of it (real v2.3
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -14,6 +15,7 @@ import yaml
 from k8s_support import Kubectl, condition
 
 from nni_ts.testing.k8s import FakeCluster
+from nni_ts.testing.k8s.util import ApiError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -197,3 +199,105 @@ async def test_refused_trainjobs_name_the_field(
     body = trainjob(name, "pass").replace("name: torch-distributed", f"name: {runtime}")
     result = await kubectl("apply", "-f", "-", stdin=body)
     assert result.code != 0 and needle in result.err, result.err
+
+
+def patched_trainjob(name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    obj = yaml.safe_load(trainjob(name, "print('patched')", num_nodes=1))
+    obj["metadata"]["labels"] = {"owner": "trainjob-label"}
+    obj["spec"]["runtimePatches"] = [patch]
+    return obj
+
+
+async def test_runtime_patches_reach_the_pods_and_the_trainjob_labels_do_not(cluster: FakeCluster) -> None:
+    """As Trainer v2.2+ does: each runtimePatches entry is merged into the runtime's JobSet template
+    (replicated jobs by name, containers and volumes by name), its template labels go on the JobSet, and the
+    TrainJob's own labels stay on the TrainJob."""
+    cluster.create(yaml.safe_load(RUNTIME))
+    pod_patch = {
+        "metadata": {"labels": {"trial": "t1"}, "annotations": {"note": "patched"}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "fake-node-1"},
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "node", "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+        },
+    }
+    patch = {
+        "manager": "example.com/hpo",
+        "trainingRuntimeSpec": {
+            "template": {
+                "metadata": {"labels": {"experiment": "e1"}},
+                "spec": {
+                    "replicatedJobs": [
+                        {
+                            "name": "node",
+                            "template": {"metadata": {"labels": {"job": "j1"}}, "spec": {"template": pod_patch}},
+                        }
+                    ]
+                },
+            }
+        },
+    }
+    cluster.create(patched_trainjob("patched", patch))
+    done = await cluster.wait_for_object("trainjobs", "patched", finished, timeout=60)
+    assert condition(done, "Complete")
+    js = cluster.get("jobsets", "patched")
+    assert js is not None and js["metadata"]["labels"]["experiment"] == "e1"
+    assert "owner" not in js["metadata"]["labels"]
+    job = cluster.get("jobs", "patched-node-0")
+    assert job is not None and job["metadata"]["labels"]["job"] == "j1"
+    [pod] = cluster.list("pods", label_selector="trial=t1")
+    assert "owner" not in pod["metadata"]["labels"]
+    assert pod["metadata"]["annotations"]["note"] == "patched"
+    assert pod["spec"]["nodeSelector"] == {"kubernetes.io/hostname": "fake-node-1"}
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {"scratch"}
+    [node] = pod["spec"]["containers"]
+    assert node["volumeMounts"][0]["mountPath"] == "/scratch"
+    assert node["image"] == "docker.io/kubeflow/pytorch-mnist:v1"  # the trainer's, applied after the patch
+    # A change of the patches while the TrainJob is not suspended is refused (the webhook's rule).
+    changed = copy.deepcopy(done)
+    changed["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["metadata"]["labels"]["x"] = "y"
+    with pytest.raises(ApiError) as info:
+        cluster.api.update(
+            cluster.api.rtype("trainer.kubeflow.org", "v1alpha1", "trainjobs"), "default", "patched", changed
+        )
+    assert "RuntimePatches can only be modified when the TrainJob is suspended" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda p: p.update(manager="hpo"), "must be a domain-prefixed path"),
+        (
+            lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0].update(name="worker"),
+            "must not have replicated job that doesn't exist in the runtime job template",
+        ),
+        (
+            lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+                "spec"
+            ].update(containers=[{"name": "node", "env": [{"name": "A", "value": "1"}]}]),
+            "must not have envs for the dataset-initializer, model-initializer, node containers",
+        ),
+        (
+            lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+                "spec"
+            ].update(containers=[{"name": "sidecar"}]),
+            "must not have container that doesn't exist in the runtime job node",
+        ),
+    ],
+)
+async def test_runtime_patches_that_do_not_fit_the_runtime_are_refused(
+    cluster: FakeCluster, change: Any, needle: str
+) -> None:
+    cluster.create(yaml.safe_load(RUNTIME))
+    patch: dict[str, Any] = {
+        "manager": "example.com/hpo",
+        "trainingRuntimeSpec": {
+            "template": {
+                "spec": {"replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": {}}}}}]}
+            }
+        },
+    }
+    change(patch)
+    with pytest.raises(ApiError) as info:
+        cluster.create(patched_trainjob("refused", patch))
+    assert info.value.code == 422 and needle in info.value.message, info.value.message

@@ -239,14 +239,27 @@ def test_late_sigterm_cuts_the_final_report_short_and_pid_file(trial_dir: Path) 
     assert read_journal(str(trial_dir / ".nni-ts" / "journal")) == [(0, '{"v": 1}')]
 
 
-def test_attempt_next_takes_the_first_number_no_keeper_took(trial_dir: Path) -> None:
-    """A pod that runs a trial again (Kueue preempted the first; the pod spec cannot change) says
-    ``--attempt next``: each run gets its own attempt number and exit record."""
-    assert keeper(trial_dir, "--trial-id", "A", "--attempt", "1", "--", "true").returncode == 0
-    for attempt in (2, 3):
-        out = keeper(trial_dir, "--trial-id", "A", "--", "true", env={"NNI_TS_KEEPER_ATTEMPT": "next"})
-        assert out.returncode == 0, out.stderr
-        assert read_exit(str(trial_dir), "A", attempt) is not None
-    assert keeper(trial_dir, "--trial-id", "A", "--attempt", "3", "--", "true").returncode == 2  # taken
-    bad = keeper(trial_dir, "--trial-id", "A", "--attempt", "later", "--", "true")
-    assert bad.returncode == 2 and b"expected a number or 'next'" in bad.stderr and b"Traceback" not in bad.stderr
+def test_attempt_auto_takes_the_next_free_number_and_read_attempt_reads_the_latest(trial_dir: Path) -> None:
+    """A pod a Job created in place of a disrupted one runs the trial again in the same directory: with
+    ``--attempt auto`` (NNI_TS_KEEPER_ATTEMPT=auto) each keeper takes the next attempt number, and
+    read_attempt(attempt=None) reads back the latest attempt's records and exit."""
+    from trial_keeper.journal import read_attempt
+
+    env = {"NNI_TS_KEEPER_ATTEMPT": "auto"}
+    first = "import nni; nni.report_intermediate_result(1); nni.report_intermediate_result(2); raise SystemExit(143)"
+    second = "import nni; nni.report_intermediate_result(1); nni.report_final_result(3)"
+    (trial_dir.parent / "first.py").write_text(first, encoding="utf-8")
+    (trial_dir.parent / "second.py").write_text(second, encoding="utf-8")
+    nni = {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    assert (
+        keeper(trial_dir, "--trial-id", "R", "--", f"{sys.executable} first.py", env={**env, **nni}).returncode == 143
+    )
+    assert keeper(trial_dir, "--trial-id", "R", "--", f"{sys.executable} second.py", env={**env, **nni}).returncode == 0
+    assert sorted(p.name for p in (trial_dir / ".nni-ts").glob("attempt-*")) == ["attempt-1", "attempt-2"]
+    records, ended = read_attempt(str(trial_dir), "R", None)
+    assert ended is not None and ended["attempt"] == 2 and ended["exit_code"] == 0 and ended["record_count"] == 2
+    assert [json.loads(r)["value"] for _, r in records] == ["1", "3"]
+    first_records, first_exit = read_attempt(str(trial_dir), "R", 1)
+    assert first_exit is None and [json.loads(r)["value"] for _, r in first_records] == ["1", "2"]
+    bad = keeper(trial_dir, "--trial-id", "R", "--attempt", "later", "--", "true")
+    assert bad.returncode == 2 and b"expected a number or 'auto'" in bad.stderr

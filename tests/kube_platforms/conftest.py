@@ -13,14 +13,64 @@ from typing import Any
 
 import pytest
 
+from nni_ts.platforms.kubernetes.batchjob import KubernetesJobTrainingService
 from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerTrainingService
 from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
+from nni_ts.platforms.kubernetes.trainjob import TrainJobTrainingService
 from nni_ts.testing.k8s import FakeCluster, Node
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = (REPO / ".." / "shared" / "crds").resolve()
 NFS_SERVER = "10.0.0.1"
 NFS_PATH = "/exports/nni"
+
+
+#: Kubeflow Trainer v2.3.0's and JobSet v0.12.0's CRDs (``platform: trainjob``); large, so only clusters of
+#: that platform load them (parsed once per session: ``load_yaml_documents`` caches).
+TRAINER_CRDS = [
+    CRD_DIR / "next" / f
+    for f in (
+        "jobset.x-k8s.io_jobsets.yaml",
+        "trainer.kubeflow.org_trainjobs.yaml",
+        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
+        "trainer.kubeflow.org_trainingruntimes.yaml",
+    )
+]
+#: The ClusterTrainingRuntime the trainjob tests name: one trainer step ``node``, no retries (a trial is one
+#: run: the Job's backoffLimit 0, its pods restartPolicy Never).
+TRAINJOB_RUNTIME = "nni-ts-python"
+
+
+def trainjob_runtime(name: str = TRAINJOB_RUNTIME, kind: str = "ClusterTrainingRuntime") -> dict[str, Any]:
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "labels": {"trainer.kubeflow.org/framework": "torch"}},
+        "spec": {
+            "mlPolicy": {"numNodes": 1, "torch": {}},
+            "template": {
+                "spec": {
+                    "replicatedJobs": [
+                        {
+                            "name": "node",
+                            "template": {
+                                "metadata": {"labels": {"trainer.kubeflow.org/trainjob-ancestor-step": "trainer"}},
+                                "spec": {
+                                    "backoffLimit": 0,
+                                    "template": {
+                                        "spec": {
+                                            "restartPolicy": "Never",
+                                            "containers": [{"name": "node", "image": "python:3.11"}],
+                                        }
+                                    },
+                                },
+                            },
+                        }
+                    ]
+                }
+            },
+        },
+    }
 
 
 def crd_files() -> list[Path]:
@@ -42,13 +92,16 @@ def nfs_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, nfs_dir: Path) -> AsyncIterator[FakeCluster]:
+async def cluster(request: pytest.FixtureRequest, tmp_path: Path, nfs_dir: Path) -> AsyncIterator[FakeCluster]:
+    trainer = "platform" in request.fixturenames and request.getfixturevalue("platform") == "trainjob"
     async with FakeCluster(
         tmp_path / "cluster",
-        crd_files=crd_files(),
+        crd_files=crd_files() + (TRAINER_CRDS if trainer else []),
         nodes=[Node("node-1", cpu=256, memory="512Gi", gpus=2)],
         nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir},
     ) as c:
+        if trainer:
+            c.create(trainjob_runtime())
         yield c
 
 
@@ -99,6 +152,59 @@ def fc_config(cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str,
     return config
 
 
+def job_config(cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any) -> dict[str, Any]:
+    """``platform: kubernetes`` (a batch/v1 Job per trial). ``role={...}`` overrides go to the top level,
+    as this platform has no roles."""
+    config: dict[str, Any] = {
+        "platform": "kubernetes",
+        "trialCodeDirectory": str(code_dir),
+        "kubeconfig": str(cluster.kubeconfig),
+        "storage": storage(nfs_dir),
+        "command": command,
+        "cpuNumber": 0.5,
+        "memorySize": "512m",
+        "dockerImage": "python:3.11",
+        "cancelGracePeriod": 2,
+        "keeperHeartbeat": 0.5,
+    }
+    config.update(overrides.pop("role", {}))
+    config.update(overrides)
+    return config
+
+
+def trainjob_config(
+    cluster: FakeCluster, nfs_dir: Path, code_dir: Path, command: str, **overrides: Any
+) -> dict[str, Any]:
+    """``platform: trainjob``; ``role={...}`` takes the other platforms' role keys (dockerImage, replicas,
+    cpuNumber, memorySize, gpuNumber, privateRegistryAuthPath, command) and maps them onto ``trainer``."""
+    role = overrides.pop("role", {})
+    trainer: dict[str, Any] = {
+        "image": role.get("dockerImage", "python:3.11"),
+        "numNodes": role.get("replicas", 1),
+        "resourcesPerNode": {
+            "cpuNumber": role.get("cpuNumber", 0.5),
+            "memorySize": role.get("memorySize", "512m"),
+            "gpuNumber": role.get("gpuNumber", 0),
+        },
+    }
+    if "privateRegistryAuthPath" in role:
+        trainer["privateRegistryAuthPath"] = role["privateRegistryAuthPath"]
+    trainer.update(overrides.pop("trainer", {}))
+    config: dict[str, Any] = {
+        "platform": "trainjob",
+        "trialCommand": role.get("command", command),
+        "trialCodeDirectory": str(code_dir),
+        "kubeconfig": str(cluster.kubeconfig),
+        "storage": storage(nfs_dir),
+        "runtimeRef": {"kind": "ClusterTrainingRuntime", "name": TRAINJOB_RUNTIME},
+        "trainer": trainer,
+        "cancelGracePeriod": 2,
+        "keeperHeartbeat": 0.5,
+    }
+    config.update(overrides)
+    return config
+
+
 Factory = Callable[..., Any]
 
 #: ``platform name -> (config builder, service class)`` for every Kubernetes platform. The builders take
@@ -106,6 +212,8 @@ Factory = Callable[..., Any]
 PLATFORMS: dict[str, tuple[Callable[..., dict[str, Any]], type[Any]]] = {
     "kubeflow": (kubeflow_config, KubeflowTrainingService),
     "frameworkcontroller": (fc_config, FrameworkControllerTrainingService),
+    "kubernetes": (job_config, KubernetesJobTrainingService),
+    "trainjob": (trainjob_config, TrainJobTrainingService),
 }
 #: What the default ``platform`` fixture runs on (the suite's time grows with each entry). A module that
 #: must hold on every Kubernetes platform overrides the fixture with ``params=ALL_PLATFORMS``.
@@ -142,12 +250,12 @@ def make_service(cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: 
 
 
 @contextlib.contextmanager
-def serve_fake_cluster(tmp_path: Path, nfs: Path) -> Iterator[Path]:
+def serve_fake_cluster(tmp_path: Path, nfs: Path, extra_crds: list[Path] | None = None) -> Iterator[Path]:
     """``python -m nni_ts.testing.k8s serve`` in another process, with ``127.0.0.1:<nfs>`` exported from
     ``nfs`` itself (this machine is the NFS server); yields its kubeconfig."""
     args = [sys.executable, "-m", "nni_ts.testing.k8s", "serve", "--port", "0", "--state-dir", str(tmp_path / "k8s")]
     args += ["--nfs", f"127.0.0.1:{nfs}={nfs}"]
-    for crd in crd_files():
+    for crd in crd_files() + list(extra_crds or []):
         args += ["--crd", str(crd)]
     err = tmp_path / "serve.err"
     with err.open("w") as log:

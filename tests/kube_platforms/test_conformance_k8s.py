@@ -1,4 +1,5 @@
-"""The conformance kit on both Kubernetes platforms, against the fake cluster with the real CRDs."""
+"""The conformance kit on the Kubernetes platforms (kubeflow, frameworkcontroller, kubernetes), against the
+fake cluster with the real CRDs."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ class TestFrameworkControllerConformance(TestKubeflowConformance):
     @pytest.fixture
     def platform(self) -> str:
         return "frameworkcontroller"
+
+
+class TestKubernetesJobConformance(TestKubeflowConformance):
+    @pytest.fixture
+    def platform(self) -> str:
+        return "kubernetes"
+
+
+class TestTrainJobConformance(TestKubeflowConformance):
+    @pytest.fixture
+    def platform(self) -> str:
+        return "trainjob"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, serve_fake_cluster
+from .conftest import REPO, TRAINER_CRDS, serve_fake_cluster
 
 pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
 
@@ -22,18 +22,28 @@ NFS = Path("/tmp/nni-ts-nfs")  # the examples' NFS export: this machine stands i
 
 
 @pytest.fixture
-def served_cluster(tmp_path: Path) -> Iterator[Path]:
+def served_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     NFS.mkdir(parents=True, exist_ok=True)
-    with serve_fake_cluster(tmp_path, NFS) as kubeconfig:
+    callspec = getattr(request.node, "callspec", None)
+    trainer = callspec is not None and callspec.params.get("example") == "trainjob"
+    with serve_fake_cluster(tmp_path, NFS, extra_crds=TRAINER_CRDS if trainer else None) as kubeconfig:
         yield kubeconfig
 
 
-@pytest.mark.parametrize(("example", "plural"), [("kubeflow", "tfjobs"), ("frameworkcontroller", "frameworks")])
+@pytest.mark.parametrize(
+    ("example", "plural"), [("kubeflow", "tfjobs"), ("frameworkcontroller", "frameworks"), ("trainjob", "trainjobs")]
+)
 def test_example_runs_on_the_served_fake_cluster(served_cluster: Path, example: str, plural: str) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (Debian: kubernetes-client)")
     env = dict(os.environ, KUBECONFIG=str(served_cluster))
+    runtime = REPO / "examples" / example / "runtime.yaml"
+    if runtime.exists():  # the example's training runtime, applied as its README says
+        applied = subprocess.run(
+            [kubectl, "apply", "-f", str(runtime)], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert applied.returncode == 0, applied.stderr
     before = set(NFS.joinpath("nni-ts").glob("*")) if NFS.joinpath("nni-ts").exists() else set()
     create = subprocess.Popen(
         ["nni-ts", "create", "-c", str(REPO / "examples" / example / "config.yml"), "--quiet", "--json"],
@@ -71,7 +81,7 @@ def test_example_runs_on_the_served_fake_cluster(served_cluster: Path, example: 
     assert result["best"]["status"] == "SUCCEEDED", result["best"]
 
 
-@pytest.mark.parametrize("example", ["kubeflow", "frameworkcontroller"])
+@pytest.mark.parametrize("example", ["kubeflow", "frameworkcontroller", "trainjob"])
 def test_example_would_run_on_a_real_cluster(example: str) -> None:
     """Issue 13 #8: the trial imports only what its image has (python:3.11-slim: the standard library; nni
     is the keeper's light module), and the pods do not run as the controller's service account."""
@@ -87,6 +97,6 @@ def test_example_would_run_on_a_real_cluster(example: str) -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported - set(sys.stdlib_module_names) == {"nni"}
-    roles = ts.get("taskRoles") or [ts["worker"]]
+    roles = ts.get("taskRoles") or [ts.get("worker") or {"dockerImage": ts["trainer"]["image"]}]
     assert all(r["dockerImage"] == "python:3.11-slim" for r in roles)
     assert ts.get("serviceAccountName") in (None, "nni-ts-trial")

@@ -25,7 +25,16 @@ from nni_ts.testing.conformance import form, wait_for_status
 from nni_ts.testing.k8s import FakeCluster, Node
 from nni_ts.testing.k8s.cluster import CONTROLLERS
 
-from .conftest import CRD_DIR, NFS_PATH, NFS_SERVER, PLATFORMS, config_for, crd_files
+from .conftest import (
+    CRD_DIR,
+    NFS_PATH,
+    NFS_SERVER,
+    PLATFORMS,
+    TRAINER_CRDS,
+    config_for,
+    crd_files,
+    trainjob_runtime,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,15 +51,17 @@ def platform(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path, nfs_dir: Path) -> AsyncIterator[FakeCluster]:
-    extra = [p for p in sorted((CRD_DIR / "next").glob("*.yaml")) if "jobset" in p.name or "trainer" in p.name]
+async def cluster(tmp_path: Path, nfs_dir: Path, platform: str) -> AsyncIterator[FakeCluster]:
+    trainer = platform == "trainjob"
     async with FakeCluster(
         tmp_path / "cluster",
-        crd_files=[*crd_files(), *KUEUE_CRDS, *extra],
+        crd_files=[*crd_files(), *KUEUE_CRDS, *(TRAINER_CRDS if trainer else [])],
         nodes=[Node("node-1", cpu=64, memory="256Gi", gpus=2)],
         nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir},
         controllers=[*CONTROLLERS, "kueue"],
     ) as c:
+        if trainer:
+            c.create(trainjob_runtime())
         yield c
 
 
@@ -232,9 +243,12 @@ async def test_a_cluster_without_kueue_is_a_clear_error_naming_queue_name(
 ) -> None:
     code = tmp_path / "code"
     code.mkdir()
+    trainer = TRAINER_CRDS if platform == "trainjob" else []
     async with FakeCluster(
-        tmp_path / "plain", crd_files=crd_files(), nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir}
+        tmp_path / "plain", crd_files=crd_files() + trainer, nfs_exports={(NFS_SERVER, NFS_PATH): nfs_dir}
     ) as plain:
+        if trainer:
+            plain.create(trainjob_runtime())
         config = config_for(platform, plain, nfs_dir, code, "true", queueName=QUEUE)
         service = PLATFORMS[platform][1](config, experiment_dir=tmp_path / "exp")
         with pytest.raises(ConfigError) as err:

@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from nni_ts.platforms.kubernetes.status import framework_view, kubeflow_job_view, pod_problem, terminated_exit_code
+from nni_ts.platforms.kubernetes.status import (
+    framework_view,
+    kubeflow_job_view,
+    pod_problem,
+    terminated_exit_code,
+    trainjob_view,
+)
 
 
 def _job(*conditions: tuple[str, str], message: str = "") -> dict[str, Any]:
@@ -38,6 +44,40 @@ def test_kubeflow_conditions() -> None:
     assert failed.phase == "failed" and "1 Worker replica(s) failed" in (failed.message or "")
     assert "TFJobFailed" in (failed.message or "")
     assert not failed.infrastructure
+
+
+def _trainjob(*conditions: tuple[str, str, str], ready: int = 0, active: int = 0) -> dict[str, Any]:
+    """A TrainJob's status as Trainer v2.3 writes it: metav1 conditions and the JobSet's jobsStatus."""
+    return {
+        "kind": "TrainJob",
+        "metadata": {"name": "tj"},
+        "status": {
+            "conditions": [{"type": t, "status": s, "reason": r, "message": f"{r} message"} for t, s, r in conditions],
+            "jobsStatus": [
+                {"name": "node", "ready": ready, "succeeded": 0, "failed": 0, "active": active, "suspended": 0}
+            ],
+        },
+    }
+
+
+def test_trainjob_conditions_and_jobs_status() -> None:
+    # No condition at all (the SDK's "Created"), and pods created but not ready: pending.
+    assert trainjob_view({"metadata": {"name": "tj"}}).phase == "pending"
+    assert trainjob_view(_trainjob(active=1)).phase == "pending"
+    # There is no Running condition: ready pods of a replicated job say it runs.
+    assert trainjob_view(_trainjob(ready=1, active=1)).phase == "running"
+    held = trainjob_view(_trainjob(("Suspended", "True", "Suspended")))
+    assert held.phase == "pending" and held.message == "The TrainJob is suspended."
+    resumed = trainjob_view(_trainjob(("Suspended", "False", "Resumed"), ready=1))
+    assert resumed.phase == "running"
+    done = trainjob_view(_trainjob(("Suspended", "False", "Resumed"), ("Complete", "True", "AllJobsCompleted")))
+    assert done.phase == "succeeded" and done.finished and done.exit_code == 0
+    failed = trainjob_view(_trainjob(("Failed", "True", "FailedJobs")))
+    assert failed.phase == "failed" and failed.message == "The TrainJob tj failed (FailedJobs): FailedJobs message"
+    deadline = trainjob_view(_trainjob(("Failed", "True", "DeadlineExceeded")))
+    assert "(DeadlineExceeded)" in (deadline.message or "") and not deadline.infrastructure
+    # A condition that is not True does not count.
+    assert trainjob_view(_trainjob(("Complete", "False", "Pending"))).phase == "pending"
 
 
 def _fw(state: str, code: int | None = None, name: str = "Failed", attrs: list[str] | None = None) -> dict[str, Any]:

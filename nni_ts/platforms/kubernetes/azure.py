@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trial_keeper.journal import EXIT_NAME, JOURNAL_NAME, STATE_DIR, read_exit, recover_records
+from trial_keeper.journal import EXIT_NAME, JOURNAL_NAME, STATE_DIR, read_attempt
 
 from ...errors import ConfigError, PlatformError
 from .manifest import experiment_labels
@@ -163,7 +163,7 @@ class AzureStager(Stager):
         except Exception:
             return None
 
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         d = posixpath.join(self.rel_root, "trials", trial_id)
         with tempfile.TemporaryDirectory(prefix="nni-ts-readback-") as tmp:
             os.makedirs(os.path.join(tmp, STATE_DIR), exist_ok=True)
@@ -171,7 +171,7 @@ class AzureStager(Stager):
                 data = self._download(posixpath.join(d, rel))
                 if data is not None:
                     Path(tmp, *rel.split("/")).write_bytes(data)
-            return recover_records(tmp, trial_id, attempt), read_exit(tmp, trial_id, attempt)
+            return read_attempt(tmp, trial_id, attempt)
 
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
         data = self._download(posixpath.join(self.rel_root, "trials", trial_id, name)) or b""

@@ -10,7 +10,7 @@
   ``REQUEUED``: its keeper's registration is dropped (its SIGTERM exit, its late reports and its pods'
   deletion are not the trial's end), and once the evicted run's pods are gone the trial is ACTIVE again
   with a new registration that starts at the records already delivered. When Kueue admits it again, a
-  new pod runs the trial anew: its keeper takes the next attempt number (``--attempt next``) and the
+  new pod runs the trial anew: its keeper takes the next attempt number (``--attempt auto``) and the
   cluster server skips the records delivered before the eviction, so that every metric arrives once.
 """
 
@@ -112,12 +112,6 @@ async def requeue(service: KubernetesTrainingService[Any], trial: _Trial, messag
     trial.facts.queued = message
     if trial.sink is not None:
         trial.sink.retired = True
-    try:
-        started = service.server.channel(trial.id).started
-    except KeyError:
-        started = False
-    if started:
-        trial.attempt += 1  # that run's keeper took its attempt number: the next keeper takes the next
     service.server.unregister(trial.id)
     trial.evicted_pods = {p["metadata"]["uid"] for p in trial.pods.values()}
     if not service.reporter.requeued(trial.id, message):
@@ -146,16 +140,19 @@ async def requeue_done_if_gone(service: KubernetesTrainingService[Any], trial: _
     # The next run's keeper reports from the records already delivered (they are skipped).
     service._register(trial, attempt=None, next_seq=service.reporter.delivered(trial.id))
     data = dict(service.reporter.detail(trial.id).platform_data or {})
-    data.update(attempt=trial.attempt, requeues=trial.facts.requeues)
+    data.update(requeues=trial.facts.requeues)
     service.reporter.note(trial.id, platform_data=data)
     if trial.workload is not None:
         await on_workload(service, trial, trial.workload)  # admitted again already, or still queued
 
 
-def attempt_of(service: KubernetesTrainingService[Any], trial: _Trial) -> int:
-    """The attempt number whose journal and exit record are the trial's (the one its keeper reported)."""
+def attempt_of(service: KubernetesTrainingService[Any], trial: _Trial) -> int | None:
+    """The attempt whose journal and exit record are the trial's: the one its keeper reported with, else
+    (a trial that may run again, ``auto``) None, the latest that recorded an exit."""
     try:
         attempt = service.server.channel(trial.id).attempt
     except KeyError:
         attempt = None
-    return attempt if attempt is not None else trial.attempt
+    if attempt is not None:
+        return attempt
+    return None if service._reruns else trial.attempt

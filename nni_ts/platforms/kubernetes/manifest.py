@@ -173,7 +173,8 @@ class KeeperSpec:
     env: dict[str, str] = field(default_factory=dict)
     #: Where the pod finds the CA that signed the cluster server's certificate (https:// only).
     ca_file: str | None = None
-    #: The keeper's ``--attempt``: ``next`` when a queue (Kueue) may run the trial again in a new pod.
+    #: The keeper's attempt number: ``1``, or ``auto`` where a pod may be replaced by one that runs the
+    #: trial again (a batch Job): each keeper then takes the next number free in the trial directory.
     attempt: str = "1"
 
 

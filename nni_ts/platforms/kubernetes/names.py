@@ -22,14 +22,17 @@ __all__ = [
     "LABEL_ROLE",
     "LABEL_TRIAL",
     "MANAGED_BY",
+    "TRAINJOB_NAME_MAX",
     "anchor_name",
     "dns_label",
     "framework_name",
     "is_dns_label",
     "is_label_value",
+    "is_rfc1035_label",
     "job_name",
     "label_value",
     "secret_name",
+    "trainjob_name",
 ]
 
 LABEL_EXPERIMENT = "nni-ts.io/experiment"
@@ -43,6 +46,8 @@ ANNOTATION_SEQUENCE = "nni-ts.io/sequence-id"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 _FC_NAME = re.compile(r"^[a-z0-9]{1,63}$")
+#: TrainJob names (the CRD's CEL rule): an RFC 1035 label, starting with a letter.
+_RFC1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def is_dns_label(text: str) -> bool:
@@ -99,6 +104,25 @@ def framework_name(experiment_id: str, trial_id: str) -> str:
     name = f"nni{exp}t{trial}{_hash(experiment_id, trial_id)}"[:40]
     if not is_framework_name(name):  # pragma: no cover
         raise ValueError(f"cannot make a Framework name from {experiment_id!r} and {trial_id!r}")
+    return name
+
+
+def is_rfc1035_label(text: str) -> bool:
+    return bool(_RFC1035.match(text))
+
+
+#: The longest TrainJob name nni-ts makes: its JobSet's Jobs are ``<name>-<replicated job>-<index>`` and
+#: their pods' host names ``<job>-<pod index>``, all within 63 characters for a replicated job name of up
+#: to 16 characters (``node``, ``trainer``, ``launcher``...).
+TRAINJOB_NAME_MAX = 40
+
+
+def trainjob_name(experiment_id: str, trial_id: str) -> str:
+    """The TrainJob name of a trial: ``nni-<exp>-<trial>-<hash>``, starting with a letter (the CRD's rule),
+    at most :data:`TRAINJOB_NAME_MAX` characters."""
+    name = dns_label("nni", experiment_id[:8], trial_id[:16], suffix=_hash(experiment_id, trial_id), max_len=40)
+    if not is_rfc1035_label(name):  # pragma: no cover - "nni" first, a hash last
+        raise ValueError(f"cannot make a TrainJob name from {experiment_id!r} and {trial_id!r}")
     return name
 
 

@@ -221,6 +221,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     #: The custom resource: API group, version, plural and kind. Set by subclasses (may depend on config).
     group: ClassVar[str] = ""
     version: ClassVar[str] = "v1"
+    #: The trial's object may replace a disrupted pod with a new one that runs the trial again (a batch
+    #: Job): each keeper then takes its own attempt number (``auto``), the trial's channel accepts the
+    #: attempt that reports, and the journal is read back from the latest attempt.
+    pods_replaced: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -254,6 +258,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._anchor_task: asyncio.Task[Any] | None = None
         self._anchor_error: str | None = None
         self._token_secret_ready = False
+        self._token_lock = asyncio.Lock()
+        #: Tokens waiting for the next write of the token Secret (see _add_token).
+        self._token_pending: dict[str, str] = {}
         self._closing = False
         self._ca_pem: bytes | None = None
         self._swept = False
@@ -537,10 +544,27 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     async def _add_token(self, trial: _Trial) -> None:
         """Put the trial's token in the experiment's token Secret (owned by the anchor): the job and pod
-        specs reference it (secretKeyRef), so that reading them does not give the token away."""
-        name = self._token_secret_name()
-        token = base64.b64encode(self.server.token_for(trial.id).encode()).decode()
+        specs reference it (secretKeyRef), so that reading them does not give the token away.
+
+        Concurrent submissions share requests: a token waiting while another write is in flight goes out
+        with the next one, so a burst of N submissions costs far fewer than N writes (one create, then
+        merge patches). Returns once the Secret holds the token."""
         key = mf.token_key(trial.id)
+        self._token_pending[key] = self.server.token_for(trial.id)
+        async with self._token_lock:
+            if key not in self._token_pending:
+                return  # written by the batch that held the lock before us
+            batch = dict(self._token_pending)
+            self._token_pending.clear()
+            try:
+                await self._write_tokens(batch)
+            except BaseException:
+                for k, v in batch.items():  # the others waiting retry with them
+                    self._token_pending.setdefault(k, v)
+                raise
+
+    async def _write_tokens(self, batch: dict[str, str], recovered: bool = False) -> None:
+        name = self._token_secret_name()
         if not self._token_secret_ready:
             assert self.anchor is not None
             tokens = {
@@ -548,6 +572,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 for t in self._k8s.values()
                 if t.phase is not Phase.CONCLUDED
             }
+            tokens.update(batch)
             body = mf.token_secret(name, self.namespace, self.experiment_id, tokens, mf.owner_reference(self.anchor))
             try:
                 await self.kube.request("POST", self._collection("secrets"), body=body)
@@ -558,22 +583,23 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 self._token_secret_ready = True
                 return
             self._token_secret_ready = True
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in batch.items()}
         try:
             await self.kube.request(
                 "PATCH",
                 f"{self._collection('secrets')}/{name}",
-                body={"data": {key: token}},
+                body={"data": data},
                 content_type="application/merge-patch+json",
             )
         except KubeApiError as exc:
-            if exc.status != 404:
+            if exc.status != 404 or recovered:
                 raise
             # The Secret is gone: so is the anchor, most likely (an API server back with a fresh store, the
             # anchor deleted before the watch said so). Recreate them before the job, or the job would be
             # garbage-collected at once for want of its owner.
             await self._anchor_recovered()
             self._token_secret_ready = False
-            await self._add_token(trial)
+            await self._write_tokens(batch, recovered=True)
 
     def _token_secret_name(self) -> str:
         return secret_name(self.experiment_id, "tokens")
@@ -716,7 +742,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             grace=cfg.cancel_grace_period,
             report_timeout=cfg.report_timeout,
             env=dict(trial.detail.form.env),
-            attempt="next" if self.config.queue_name else "1",
+            attempt="auto" if self._reruns else str(trial.attempt),
         )
 
     def _role_command(self, base: str, detail: TrialJobDetail) -> str:
@@ -754,7 +780,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 f"Cannot write trial {detail.id}'s directory {detail.working_directory} on the shared storage: {exc}"
             ) from exc
         self._track(trial)
-        self._register(trial, attempt=trial.attempt)
+        self._register(trial, attempt=self._channel_attempt(trial))
         try:
             await self._add_token(trial)
             body = self._build_job(trial, self._keeper_spec(trial))
@@ -784,6 +810,16 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     def _start_worker(self, trial: _Trial) -> None:
         self.tasks.spawn(self._run_trial(trial), name=f"nni-ts-{self.platform_name}-trial-{trial.id}")
+
+    @property
+    def _reruns(self) -> bool:
+        """Whether a trial may run again in a new pod: a Job replacing a disrupted pod, or Kueue readmitting a
+        preempted trial (``queueName``). Each keeper then takes its own attempt number (``auto``)."""
+        return self.pods_replaced or bool(self.config.queue_name)
+
+    def _channel_attempt(self, trial: _Trial) -> int | None:
+        """The keeper attempt the trial's channel accepts (None: whichever reports; see _reruns)."""
+        return None if self._reruns else trial.attempt
 
     def _untrack(self, trial: _Trial) -> None:
         self._by_job.pop(trial.job, None)
@@ -839,8 +875,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             )
         trial = _Trial(detail=detail, job=job, attempt=int(data.get("attempt") or 1), job_created=True)
         self._track(trial)
-        # After a Kueue requeue the keeper chose its attempt number (--attempt next): accept the one that reports.
-        self._register(trial, attempt=None if data.get("requeues") else trial.attempt, next_seq=metrics_delivered)
+        self._register(trial, attempt=self._channel_attempt(trial), next_seq=metrics_delivered)
         self._start_worker(trial)
         assert self._job_watch is not None
         if job in self._job_watch.cache:
@@ -1086,7 +1121,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             with contextlib.suppress(OSError, PlatformError):
                 reason = await self.stager.read_file(trial.id, "launcher-error", 4096)
                 facts.log_tail = reason.decode("utf-8", "replace").strip()
-            if not facts.log_tail:
+            if not facts.log_tail and trial.primary_pod:
                 facts.log_tail = await self._pod_log_tail(trial.primary_pod)
         if trial.pods and facts.keeper_exit is not None and not trial.job_gone and facts.job_final is None:
             await self._stop(trial)  # a vanished job leaves no pods running: only defensive

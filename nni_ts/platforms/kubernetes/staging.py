@@ -13,7 +13,7 @@ Two ways to reach the export from the manager:
 * :class:`SftpStager`: files go over SFTP (paramiko) to the NFS server's host (``storage.upload``).
 
 Every blocking call runs in a thread. Reading a trial's journal back (when its keeper could not reach
-the manager) goes through :func:`trial_keeper.journal.recover_records` and ``read_exit``.
+the manager) goes through :func:`trial_keeper.journal.read_attempt` (``recover_records`` and ``read_exit``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import trial_keeper
-from trial_keeper.journal import EXIT_NAME, JOURNAL_NAME, STATE_DIR, read_exit, recover_records
+from trial_keeper.journal import EXIT_NAME, JOURNAL_NAME, STATE_DIR, read_attempt
 
 from ...errors import ConfigError, PlatformError
 
@@ -129,7 +129,9 @@ class Stager(abc.ABC):
     async def write_trial(self, trial_id: str, files: dict[str, bytes]) -> None:
         await asyncio.to_thread(self._write_trial, trial_id, files)
 
-    async def read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
+    async def read_back(
+        self, trial_id: str, attempt: int | None
+    ) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         """The records and the exit the trial's keeper left in its directory."""
         return await asyncio.to_thread(self._read_back, trial_id, attempt)
 
@@ -149,7 +151,7 @@ class Stager(abc.ABC):
     def _write_trial(self, trial_id: str, files: dict[str, bytes]) -> None: ...
 
     @abc.abstractmethod
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]: ...
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]: ...
 
     @abc.abstractmethod
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes: ...
@@ -210,9 +212,9 @@ class LocalStager(Stager):
         for name, data in files.items():
             (d / name).write_bytes(data)
 
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         d = str(self.root / "trials" / trial_id)
-        return recover_records(d, trial_id, attempt), read_exit(d, trial_id, attempt)
+        return read_attempt(d, trial_id, attempt)
 
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
         path = self.root / "trials" / trial_id / name
@@ -357,7 +359,7 @@ class SftpStager(Stager):
                 with sftp.open(posixpath.join(d, name), "wb") as fh:
                     fh.write(data)
 
-    def _read_back(self, trial_id: str, attempt: int) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
+    def _read_back(self, trial_id: str, attempt: int | None) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
         with self._lock:
             sftp = self._connect()
             d = posixpath.join(self.root, "trials", trial_id)
@@ -368,7 +370,7 @@ class SftpStager(Stager):
                         sftp.get(posixpath.join(d, rel), os.path.join(tmp, *rel.split("/")))
                     except FileNotFoundError:
                         pass
-                return recover_records(tmp, trial_id, attempt), read_exit(tmp, trial_id, attempt)
+                return read_attempt(tmp, trial_id, attempt)
 
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
         with self._lock:

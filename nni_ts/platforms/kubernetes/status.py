@@ -3,17 +3,30 @@
 Pure functions over the JSON objects the API server returns, so that they can be tested on their own:
 
 * :func:`kubeflow_job_view` reads a TFJob's / PyTorchJob's ``status.conditions`` (PROTOCOLS §4);
+* :func:`trainjob_view` reads a Kubeflow Trainer v2 TrainJob's conditions and ``jobsStatus``;
 * :func:`framework_view` reads a Framework's ``status.state`` and its attempt's ``completionStatus`` (§5);
+* :func:`batch_job_view` reads a ``batch/v1`` Job's conditions (Complete, Failed and its reason);
 * :func:`pod_problem` finds why a pod is stuck or died: ImagePullBackOff, Unschedulable, OOMKilled,
   eviction, a configuration error.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["JobView", "PodProblem", "framework_view", "kubeflow_job_view", "pod_phase", "pod_problem"]
+__all__ = [
+    "JobView",
+    "PodProblem",
+    "batch_job_view",
+    "framework_view",
+    "is_disrupted",
+    "kubeflow_job_view",
+    "pod_phase",
+    "pod_problem",
+    "trainjob_view",
+]
 
 JSON = dict[str, Any]
 Phase = Literal["pending", "running", "succeeded", "failed"]
@@ -28,6 +41,8 @@ class JobView:
     exit_code: int | None = None
     #: The platform, not the user's code, ended the job (a pod deleted or evicted, a node lost).
     infrastructure: bool = False
+    #: The reason of the job's failure as its controller gives it (a batch Job's DeadlineExceeded...).
+    reason: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -80,6 +95,36 @@ def kubeflow_job_view(obj: JSON) -> JobView:
     return JobView("pending")
 
 
+# ---------------------------------------------------------------------- Kubeflow Trainer v2
+
+
+def trainjob_view(obj: JSON) -> JobView:
+    """The state of a TrainJob (Trainer v2.0 to v2.3). Finished once ``Complete`` or ``Failed`` is True
+    (copied from its JobSet's ``Completed`` / ``Failed``, or ``Failed`` with the reason
+    ``TrainingRuntimeNotSupported`` or ``DeadlineExceeded``). There is no Running condition: a TrainJob
+    runs once one of its replicated jobs has ready pods (``status.jobsStatus[].ready``); a suspended one
+    (``Suspended``: Kueue holds it) is pending."""
+    conds = _conditions(obj)
+    name = (obj.get("metadata") or {}).get("name", "?")
+
+    def true(kind: str) -> JSON | None:
+        c = conds.get(kind)
+        return c if c is not None and c.get("status") == "True" else None
+
+    if (c := true("Failed")) is not None:
+        reason = c.get("reason") or "Failed"
+        message = str(c.get("message") or "no message given").strip()
+        return JobView("failed", f"The TrainJob {name} failed ({reason}): {message}")
+    if (c := true("Complete")) is not None:
+        return JobView("succeeded", c.get("message"), 0)
+    if true("Suspended") is not None:
+        return JobView("pending", "The TrainJob is suspended.")
+    for job in (obj.get("status") or {}).get("jobsStatus") or []:
+        if isinstance(job, dict) and int(job.get("ready") or 0) > 0:
+            return JobView("running")
+    return JobView("pending")
+
+
 # ---------------------------------------------------------------------- FrameworkController
 
 #: Negative completion codes that mean the platform ended the framework, not the user's code.
@@ -128,7 +173,66 @@ def framework_view(obj: JSON) -> JobView:
     return JobView("failed", message, exit_code, infrastructure=isinstance(code, int) and code in _INFRA_CODES)
 
 
+# ---------------------------------------------------------------------- batch/v1 Job
+
+#: What a failed Job's reason means for the trial (the Job's own message follows).
+_JOB_REASONS = {
+    "PodFailurePolicy": "the trial's command exited with a non-zero code",
+    "BackoffLimitExceeded": "its pod failed more times than backoffLimit allows (trainingService.backoffLimit), "
+    "without the trial's own exit code: deleted, or its node lost",
+    "DeadlineExceeded": "it ran longer than its activeDeadlineSeconds (maxTrialDuration)",
+}
+_EXIT_CODE = re.compile(r"failed with exit code (\d+)")
+
+
+def batch_job_view(obj: JSON) -> JobView:
+    """The state of a ``batch/v1`` Job from its conditions: finished once ``Complete`` or ``Failed`` is True
+    (``SuccessCriteriaMet`` and ``FailureTarget`` come first, while the pod still terminates); running while
+    a pod is ready. A failure names the Job's reason (PodFailurePolicy, BackoffLimitExceeded,
+    DeadlineExceeded) and what it means; BackoffLimitExceeded is the platform's failure, not the trial's."""
+    conds = _conditions(obj)
+    name = (obj.get("metadata") or {}).get("name", "?")
+    status = obj.get("status") or {}
+
+    def true(kind: str) -> JSON | None:
+        c = conds.get(kind)
+        return c if c is not None and c.get("status") == "True" else None
+
+    if true("Complete") is not None:
+        return JobView("succeeded", None, 0)
+    if (c := true("Failed")) is not None:
+        reason = str(c.get("reason") or "Failed")
+        detail = str(c.get("message") or "").strip()
+        meaning = _JOB_REASONS.get(reason)
+        message = f"The Job {name} failed ({reason}){': ' + meaning if meaning else ''}."
+        if detail:
+            message += f" {detail}{'' if detail.endswith('.') else '.'}"
+        code = _EXIT_CODE.search(detail) if reason == "PodFailurePolicy" else None
+        return JobView(
+            "failed",
+            message,
+            int(code.group(1)) if code else None,
+            infrastructure=reason == "BackoffLimitExceeded",
+            reason=reason,
+        )
+    if true("Suspended") is None and int(status.get("ready") or 0) > 0:
+        return JobView("running")
+    return JobView("pending")
+
+
 # ---------------------------------------------------------------------- pods
+
+
+def is_disrupted(pod: JSON) -> str | None:
+    """Why the cluster took the pod away (its ``DisruptionTarget`` condition: an eviction, a preemption,
+    a node drained), or None. A Job's podFailurePolicy ignores such a pod and replaces it."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            reason = str(cond.get("reason") or "DisruptionTarget")
+            message = str(cond.get("message") or "").strip()
+            return f"{reason}{': ' + message if message else ''}"
+    return None
+
 
 #: Pod failure reasons that mean the node, not the trial, ended the pod.
 _LOST_REASONS = {"NodeLost", "Shutdown", "Terminated", "NodeShutdown", "UnexpectedAdmissionError", "Preempting"}

@@ -728,6 +728,8 @@ class Api:
                 ("suspend", False),
             ):
                 spec.setdefault(key, value)
+            # As the API server defaults it (GA in 1.34): with a podFailurePolicy only Failed is allowed.
+            spec.setdefault("podReplacementPolicy", "Failed" if spec.get("podFailurePolicy") else "TerminatingOrFailed")
             template = spec.setdefault("template", {})
             labels = template.setdefault("metadata", {}).setdefault("labels", {})
             labels.setdefault("batch.kubernetes.io/job-name", obj["metadata"].get("name", ""))

@@ -17,6 +17,9 @@ What it does, as Kubernetes 1.31+ does:
   failed pod decides: ``FailJob`` (reason ``PodFailurePolicy``), ``Ignore`` (not counted against
   ``backoffLimit``, the pod is replaced), ``Count``. Requires ``restartPolicy: Never``.
 * A pod that disappears before it ended (deleted by hand) counts as failed, with no exit code.
+* ``podReplacementPolicy`` (defaulted by the API server: ``Failed`` with a podFailurePolicy, else
+  ``TerminatingOrFailed``): with ``Failed`` a replacement is created only once the pod it replaces has
+  ended (no two pods of a trial at once), else as soon as it is terminating.
 * ``activeDeadlineSeconds`` → ``DeadlineExceeded``; ``ttlSecondsAfterFinished`` deletes the finished
   job (and, through the ownerReferences, its pods).
 * Success: ``SuccessCriteriaMet`` then ``Complete`` (reason ``CompletionsReached``).
@@ -301,6 +304,10 @@ class JobController(Controller):
                     status["completionTime"] = now_iso()
             elif not suspended:
                 want = min(parallelism, completions - succeeded) - len(active_pods)
+                if spec.get("podReplacementPolicy") == "Failed":
+                    want -= sum(
+                        1 for p in terminating if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                    )
                 taken = {_index(p) for p in active_pods} | {
                     _index(p) for p in pods if counted.get(p["metadata"]["uid"]) == "succeeded"
                 }

@@ -13,14 +13,21 @@ TrainJob (as Trainer v2.3): the runtime named by ``runtimeRef`` (ClusterTraining
 TrainingRuntime of the same namespace) gives the JobSet template; the trainer step (the replicated job
 labelled ``trainer.kubeflow.org/trainjob-ancestor-step: trainer``, else ``node``) gets ``trainer.image``,
 ``command``, ``args``, ``env``, ``resourcesPerNode`` on its container (``node``, else the first) and
-``numNodes`` as parallelism and completions; torch runtimes add ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
+``numNodes`` as parallelism and completions, after the ``spec.runtimePatches`` (v2.2+) were merged into the
+runtime's JobSet template as the real controller does (a strategic merge of each entry's
+``trainingRuntimeSpec.template.spec``, replicated jobs by name; the entries' ``template.metadata`` labels and
+annotations go on the JobSet). Like the real v2.2+ controller, the TrainJob's own labels and annotations are
+not propagated to the JobSet, its Jobs or its pods: a runtime patch is how a client labels the pods.
+Torch runtimes add ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
 ``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``. The JobSet has the TrainJob's name and is
 owned by it. Status: ``Suspended`` (from spec.suspend: reasons ``Suspended`` / ``Resumed``), ``Complete``
 and ``Failed`` copied from the JobSet's ``Completed`` / ``Failed``, ``jobsStatus`` from
 ``replicatedJobsStatus``; there is no Running condition. Admission enforces the CRD's CEL rules a client
 meets (name: RFC 1035 label of at most 63 characters; ``spec.runtimeRef``, ``spec.trainer``,
 ``spec.initializer``, ``spec.managedBy``, ``spec.activeDeadlineSeconds`` immutable) and, as the webhook does,
-that the runtime exists.
+that the runtime exists and that the runtime patches fit it (each ``manager`` a domain-prefixed path,
+their replicated jobs and containers in the runtime, no ``env`` for the ``node`` and initializer containers,
+no change while the TrainJob runs).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import re
 from typing import Any
 
 from ..api import Api
+from ..patch import strategic_merge_patch
 from ..resources import ResourceType
 from ..store import Event
 from ..util import JSON, ApiError
@@ -100,10 +108,93 @@ def trainjob_admission(api: Api) -> Any:
             for key in _IMMUTABLE:
                 if (old.get("spec") or {}).get(key) != (obj.get("spec") or {}).get(key):
                     causes.append((f"spec.{key}", "FieldValueInvalid", 'Invalid value: "object": field is immutable'))
+            old_spec, new_spec = old.get("spec") or {}, obj.get("spec") or {}
+            if old_spec.get("runtimePatches") != new_spec.get("runtimePatches") and not (
+                old_spec.get("suspend") or new_spec.get("suspend")
+            ):
+                causes.append(
+                    (
+                        "spec.runtimePatches",
+                        "FieldValueForbidden",
+                        "Forbidden: RuntimePatches can only be modified when the TrainJob is suspended before or "
+                        "after the update",
+                    )
+                )
+        causes.extend(_patch_causes(api, obj))
         if causes:
             raise ApiError.invalid("TrainJob", name, TRAINER, causes)
 
     return hook
+
+
+_DOMAIN_PATH = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[-._a-zA-Z0-9/]+$")
+_NO_ENV = ("dataset-initializer", "model-initializer", "node")
+
+
+def _runtime_of(api: Api, obj: JSON) -> JSON | None:
+    ref = (obj.get("spec") or {}).get("runtimeRef") or {}
+    if (ref.get("kind") or "ClusterTrainingRuntime") == "ClusterTrainingRuntime":
+        return api.store.get((TRAINER, "clustertrainingruntimes"), "", str(ref.get("name", "")))
+    return api.store.get((TRAINER, "trainingruntimes"), obj["metadata"].get("namespace", ""), str(ref.get("name", "")))
+
+
+def _patch_causes(api: Api, obj: JSON) -> list[tuple[str, str, str]]:
+    """What the Trainer webhook (v2.3 jobset plugin ``Validate``) says of ``spec.runtimePatches``."""
+    patches = (obj.get("spec") or {}).get("runtimePatches") or []
+    if not patches:
+        return []
+    field = "spec.runtimePatches"
+    causes: list[tuple[str, str, str]] = []
+    runtime = _runtime_of(api, obj)
+    rjobs = ((((runtime or {}).get("spec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs") or []
+    names: dict[str, set[str]] = {}
+    for rj in rjobs:
+        pod = ((rj.get("template") or {}).get("spec") or {}).get("template") or {}
+        pod_spec = pod.get("spec") or {}
+        names[str(rj.get("name"))] = {
+            str(c.get("name")) for c in [*(pod_spec.get("containers") or []), *(pod_spec.get("initContainers") or [])]
+        }
+    for patch in patches:
+        manager = str(patch.get("manager") or "")
+        if not _DOMAIN_PATH.match(manager):
+            causes.append(
+                (f"{field}.manager", "FieldValueInvalid", f'Invalid value: "{manager}": must be a domain-prefixed path')
+            )
+        if runtime is None:
+            continue
+        template = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
+        for rjp in template.get("replicatedJobs") or []:
+            containers = names.get(str(rjp.get("name")))
+            if containers is None:
+                causes.append(
+                    (
+                        field,
+                        "FieldValueInvalid",
+                        "must not have replicated job that doesn't exist in the runtime job template",
+                    )
+                )
+                continue
+            pod_spec = (((rjp.get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+            for key in ("initContainers", "containers"):
+                for c in pod_spec.get(key) or []:
+                    if c.get("name") not in containers:
+                        what = "initContainer" if key == "initContainers" else "container"
+                        causes.append(
+                            (
+                                field,
+                                "FieldValueInvalid",
+                                f"must not have {what} that doesn't exist in the runtime job {rjp.get('name')}",
+                            )
+                        )
+                    elif key == "containers" and c.get("env") and c.get("name") in _NO_ENV:
+                        causes.append(
+                            (
+                                field,
+                                "FieldValueInvalid",
+                                "must not have envs for the " + ", ".join(_NO_ENV) + " containers",
+                            )
+                        )
+    return causes
 
 
 class JobSetController(Controller):
@@ -351,15 +442,23 @@ class TrainJobController(Controller):
             self.api.update_status(self.api.by_gr[(self.group, self.plural)], namespace, name, status)
 
     def _runtime(self, tj: JSON) -> JSON | None:
-        ref = (tj.get("spec") or {}).get("runtimeRef") or {}
-        if (ref.get("kind") or "ClusterTrainingRuntime") == "ClusterTrainingRuntime":
-            return self.api.store.get((TRAINER, "clustertrainingruntimes"), "", str(ref.get("name", "")))
-        return self.api.store.get((TRAINER, "trainingruntimes"), tj["metadata"]["namespace"], str(ref.get("name", "")))
+        return _runtime_of(self.api, tj)
 
     def _jobset(self, tj: JSON, runtime: JSON) -> JSON:
         rspec = runtime.get("spec") or {}
         template = copy.deepcopy(rspec.get("template") or {})
-        js_spec = template.get("spec") or {}
+        js_spec = template.setdefault("spec", {})
+        meta = template.setdefault("metadata", {})
+        for patch in (tj.get("spec") or {}).get("runtimePatches") or []:
+            ptemplate = (patch.get("trainingRuntimeSpec") or {}).get("template") or {}
+            pmeta = ptemplate.get("metadata") or {}
+            for key in ("labels", "annotations"):
+                if pmeta.get(key):
+                    meta[key] = {**(meta.get(key) or {}), **pmeta[key]}
+            for rjp in (ptemplate.get("spec") or {}).get("replicatedJobs") or []:
+                for rj in js_spec.get("replicatedJobs") or []:
+                    if rj.get("name") == rjp.get("name"):
+                        rj["template"] = strategic_merge_patch(rj.get("template") or {}, rjp.get("template") or {})
         trainer = (tj.get("spec") or {}).get("trainer") or {}
         ml = rspec.get("mlPolicy") or {}
         num_nodes = int(trainer.get("numNodes") or ml.get("numNodes") or 1)
@@ -408,7 +507,6 @@ class TrainJobController(Controller):
                 container["env"] = list(env.values())
                 if trainer.get("resourcesPerNode") is not None:
                     container["resources"] = copy.deepcopy(trainer["resourcesPerNode"])
-        meta = template.get("metadata") or {}
         labels = {**(meta.get("labels") or {}), "trainer.kubeflow.org/trainjob-name": tj["metadata"]["name"]}
         return {
             "apiVersion": f"{JOBSET}/v1alpha2",

@@ -1,0 +1,213 @@
+"""The ``kubernetes`` platform (a batch/v1 Job per trial) against the fake cluster's real Job controller:
+the Job it builds, a trial end to end, the trial's own failure failing it at once (PodFailurePolicy), an
+eviction mid-trial that does not fail it (the pod is replaced, every metric once), DeadlineExceeded from
+maxTrialDuration, and configuration errors naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nni_ts.models import TrialJobMetric, TrialJobStatus
+from nni_ts.testing.conformance import KIT_TRIAL, form, wait_for_status
+from nni_ts.testing.k8s import FakeCluster
+
+from .conftest import Factory
+
+TIMEOUT = 60.0
+
+
+@pytest.fixture
+def platform() -> str:
+    return "kubernetes"
+
+
+@pytest.fixture
+def code_dir(tmp_path: Path) -> Path:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "kit_trial.py").write_text(KIT_TRIAL, encoding="utf-8")
+    return code
+
+
+def _values(metrics: list[TrialJobMetric], trial_id: str) -> list[Any]:
+    return [json.loads(json.loads(m.data)["value"]) for m in metrics if m.trial_job_id == trial_id]
+
+
+def _pods(cluster: FakeCluster, trial_id: str) -> list[dict[str, Any]]:
+    return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial_id}")
+
+
+async def test_a_trial_runs_end_to_end_as_a_job(cluster: FakeCluster, make_service: Factory, code_dir: Path) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "ok", "n": 3, "final": 0.75}))
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        assert done.status is TrialJobStatus.SUCCEEDED, done.message
+        assert _values(metrics, detail.id)[-1] == 0.75 and len(metrics) == 4
+        job = cluster.get("jobs", detail.platform_data["job"])
+        assert job is not None
+        spec = job["spec"]
+        assert spec["backoffLimit"] == 1 and spec["podReplacementPolicy"] == "Failed"
+        rules = spec["podFailurePolicy"]["rules"]
+        assert rules[0]["action"] == "Ignore" and rules[0]["onPodConditions"][0]["type"] == "DisruptionTarget"
+        assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["operator"] == "NotIn"
+        assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec
+        assert job["metadata"]["ownerReferences"][0]["uid"] == svc.anchor["metadata"]["uid"]
+        (pod,) = _pods(cluster, detail.id)
+        assert pod["metadata"]["name"].startswith(job["metadata"]["name"] + "-")
+
+
+async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py", backoffLimit=3)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "fail", "code": 4}))
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        job = cluster.get("jobs", detail.platform_data["job"])
+        pods = _pods(cluster, detail.id)
+    assert done.status is TrialJobStatus.FAILED and done.exit_code == 4, done.message
+    assert not done.infrastructure_failure
+    assert "The trial command exited with code 4." in (done.message or "")
+    assert "(PodFailurePolicy)" in (done.message or "") and "exit code 4 matching FailJob rule" in (done.message or "")
+    assert job is not None and job["spec"]["backoffLimit"] == 3
+    assert job["status"]["failed"] == 1  # no retry burnt on the trial's own error, backoffLimit 3 or not
+    assert len(pods) == 1
+
+
+@pytest.mark.slow
+async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metric_once(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path
+) -> None:
+    import kubernetes_asyncio as k8s
+
+    runs = tmp_path / "runs"
+    svc = make_service(code_dir, "python3 kit_trial.py", backoffLimit=0)
+    metrics: list[TrialJobMetric] = []
+    statuses: list[TrialJobStatus] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 3, "runs_file": str(runs)}))
+        svc.events.on("trial_status", lambda d: statuses.append(d.status) if d.id == detail.id else None)
+        await wait_for_status(svc, detail.id, timeout=TIMEOUT, status=TrialJobStatus.RUNNING)
+        await cluster.wait_for(lambda c: len(metrics) == 1, timeout=TIMEOUT, message="the first run's metric")
+        (first,) = _pods(cluster, detail.id)
+        name = first["metadata"]["name"]
+        cfg = k8s.client.Configuration()
+        cfg.host = cluster.url
+        async with k8s.client.ApiClient(cfg) as api:
+            body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
+            await k8s.client.CoreV1Api(api).create_namespaced_pod_eviction(name, "default", body)
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        job = cluster.get("jobs", detail.platform_data["job"])
+        pods = _pods(cluster, detail.id)
+    assert done.status is TrialJobStatus.SUCCEEDED, done.message
+    assert not done.infrastructure_failure
+    # The second run reported 0.0 again (a duplicate of record 0, dropped) and then the final result.
+    assert _values(metrics, detail.id) == [0.0, 1.0]
+    assert [m.sequence for m in metrics] == [0, 1]
+    assert runs.read_text().split() == [detail.id]  # only the second run reached its end
+    # WAITING while the Job replaced the pod, then RUNNING again.
+    changes = [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] is not s]
+    assert changes == [
+        TrialJobStatus.RUNNING,
+        TrialJobStatus.WAITING,
+        TrialJobStatus.RUNNING,
+        TrialJobStatus.SUCCEEDED,
+    ], statuses
+    assert job is not None and job["status"]["failed"] == 0 and job["status"]["succeeded"] == 1
+    assert name not in {p["metadata"]["name"] for p in pods} and len(pods) == 1
+    state = Path(done.working_directory or "") / ".nni-ts"
+    assert sorted(p.name for p in state.glob("attempt-*")) == ["attempt-1", "attempt-2"]
+
+
+@pytest.mark.slow
+async def test_max_trial_duration_becomes_the_jobs_deadline(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    svc = make_service(code_dir, "python3 kit_trial.py", maxTrialDuration="1.5s")
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 60}))
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        job = cluster.get("jobs", detail.platform_data["job"])
+    assert job is not None and job["spec"]["activeDeadlineSeconds"] == 2
+    assert done.status is TrialJobStatus.FAILED, done.message
+    assert "(DeadlineExceeded)" in (done.message or "") and "maxTrialDuration" in (done.message or "")
+    assert not done.infrastructure_failure  # the trial ran too long: its own doing, not the platform's
+
+
+_BASE: dict[str, Any] = {
+    "searchSpace": {"x": {"_type": "choice", "_value": [1]}},
+    "trialConcurrency": 1,
+    "tuner": {"name": "Random"},
+    "trialCommand": "python3 t.py",
+}
+_TS: dict[str, Any] = {
+    "platform": "kubernetes",
+    "storage": {"storageType": "nfs", "server": "10.0.0.1", "path": "/nfs"},
+    "dockerImage": "python:3.11",
+    "memorySize": "1g",
+}
+
+
+def _load(ts: dict[str, Any], **top: Any) -> Any:
+    from nni_ts.config.loader import config_from_dict
+
+    data = {**_BASE, **top, "trainingService": ts}
+    return config_from_dict({k: v for k, v in data.items() if v is not None}, base_dir=Path("."))
+
+
+def test_the_experiments_max_trial_duration_and_command_reach_the_platform() -> None:
+    cfg = _load(_TS, maxTrialDuration="90s").training_service
+    assert cfg.platform == "kubernetes" and cfg.active_deadline_seconds == 90 and cfg.trial_command == "python3 t.py"
+    own = _load(dict(_TS, command="python3 own.py", maxTrialDuration="1m"), trialCommand=None).training_service
+    assert own.command == "python3 own.py" and own.active_deadline_seconds == 60
+    assert _load(_TS).training_service.active_deadline_seconds is None
+
+
+@pytest.mark.parametrize(
+    ("ts", "top", "key", "words"),
+    [
+        ({k: v for k, v in _TS.items() if k != "dockerImage"}, {}, "trainingService.dockerImage", "required"),
+        (dict(_TS, backoffLimit=-1), {}, "trainingService.backoffLimit", "greater than or equal to 0"),
+        (dict(_TS, maxTrialDuration="soon"), {}, "trainingService.maxTrialDuration", "expected a duration"),
+        (_TS, {"maxTrialDuration": "soon"}, "at maxTrialDuration", "expected a duration"),
+        (_TS, {"trialCommand": None}, "trainingService", "needs a command: set trialCommand"),
+        (dict(_TS, memorySize="lots"), {}, "trainingService.memorySize", "expected a memory size"),
+        (dict(_TS, worker={"replicas": 1}), {}, "trainingService.worker", "unknown key"),
+    ],
+)
+def test_configuration_errors_name_the_key(ts: dict[str, Any], top: dict[str, Any], key: str, words: str) -> None:
+    from nni_ts.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        _load(ts, **top)
+    message = str(info.value)
+    assert key in message and words in message, message
+    assert message.count("expected a duration") <= 1, message  # an inherited bad value is said once
+
+
+def test_registered_like_the_other_platforms() -> None:
+    """setup.cfg's entry point and the registry's built-in table agree (an install older than the code still
+    finds the platform), and the configuration reference lists it."""
+    import configparser
+
+    from nni_ts.config.reference import render_reference
+    from nni_ts.platforms.kubernetes.batchjob import KubernetesJobTrainingService
+    from nni_ts.registry import BUILTIN_PLATFORMS, available_platforms, get_platform_class
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    lines = setup["options.entry_points"]["nni_ts.platforms"].strip().splitlines()
+    declared = {k.strip(): v.strip() for k, v in (line.split("=", 1) for line in lines)}
+    assert declared == BUILTIN_PLATFORMS
+    assert "kubernetes" in available_platforms()
+    assert get_platform_class("kubernetes") is KubernetesJobTrainingService
+    assert "## `trainingService` for `platform: kubernetes` (batch Jobs)" in render_reference()
+    assert "| `backoffLimit` | integer | `1` |" in render_reference()
