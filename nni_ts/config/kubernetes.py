@@ -139,7 +139,8 @@ class KubernetesPlatformConfig(TrainingServiceConfig):
     queue_name: str | None = Field(
         None,
         description="A Kueue LocalQueue in the namespace: each trial's object gets the label "
-        "kueue.x-k8s.io/queue-name, and Kueue decides when it runs (nni-ts; see docs/kubernetes.md, Kueue).",
+        "kueue.x-k8s.io/queue-name, and Kueue decides when it runs (kubeflow, kubernetes and trainjob; nni-ts; "
+        "see docs/kubernetes.md, Kueue).",
     )
     priority_class: str | None = Field(
         None,
