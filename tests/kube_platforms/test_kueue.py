@@ -415,3 +415,42 @@ async def test_the_documented_roles_allow_kueue(tmp_path: Path, nfs_dir: Path, s
             assert done.status is TrialJobStatus.SUCCEEDED, done.message
             assert len(cluster.list("workloads", namespace=namespace)) == 1  # Kueue did manage the trial
         assert cluster.server.forbidden == []
+
+
+async def test_a_queued_trial_outwaits_the_pending_timeout_and_can_be_cancelled(
+    make_service: Any, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    """``pendingTimeout`` counts from the admission: a trial Kueue holds longer than that still waits (WAITING
+    with Kueue's reason); cancelling it, or the running one, works as without a queue."""
+    make_queues(cluster, cpu="0.5")  # one trial at a time
+    code = tmp_path / "code"
+    code.mkdir()
+    release = tmp_path / "release"
+    wait = f"for _ in range(1200):\n    if os.path.exists({str(release)!r}): break\n    time.sleep(0.05)\n"
+    (code / "trial.py").write_text("import os, time\n" + wait)
+    timeout = 2.0
+    service = make_service(code, "python3 trial.py", queueName=QUEUE, pendingTimeout=timeout)
+    quota_reason = asyncio.Event()
+
+    def on_status(detail: TrialJobDetail) -> None:
+        if detail.sequence_id == 1 and "insufficient unused quota for cpu" in (detail.message or ""):
+            quota_reason.set()
+
+    service.events.on("trial_status", on_status)
+    async with service:
+        first = await service.submit_trial_job(form({}, sequence_id=0))
+        await wait_for_status(service, first.id, terminal=False, status=TrialJobStatus.RUNNING, timeout=60)
+        second = await service.submit_trial_job(form({}, sequence_id=1))
+        submitted = asyncio.get_running_loop().time()
+        await asyncio.wait_for(quota_reason.wait(), 30)
+        # Past the pending time-out (the absence of an event: a bounded wait is the only way to see it).
+        await asyncio.sleep(max(0.0, submitted + timeout + 0.5 - asyncio.get_running_loop().time()))
+        still = await service.get_trial_job(second.id)
+        assert still.status is TrialJobStatus.WAITING, still.message
+        assert (still.message or "").startswith(f"Queued by Kueue in LocalQueue {QUEUE!r}: "), still.message
+        await service.cancel_trial_job(second.id)
+        cancelled = await wait_for_status(service, second.id, timeout=30)
+        assert cancelled.status is TrialJobStatus.USER_CANCELED, cancelled.message
+        release.touch()
+        done = await wait_for_status(service, first.id, timeout=60)
+        assert done.status is TrialJobStatus.SUCCEEDED, done.message
