@@ -80,6 +80,13 @@ def build_parser():
         "that know by themselves that the trial started)",
     )
     p.add_argument(
+        "--log-frames",
+        action="store_true",
+        default=(_env("LOG_FRAMES", "") or "") not in ("", "0"),
+        help="also write each record and the exit to stdout as frames keyed by the token, for a platform that "
+        "reads them back from the log (Kubernetes without shared storage) [LOG_FRAMES]",
+    )
+    p.add_argument(
         "command",
         nargs=argparse.REMAINDER,
         help="the command, after '--': one argument is a shell command line, several are quoted and joined [COMMAND]",
@@ -128,6 +135,7 @@ def main(argv=None):
             passthrough=not args.no_passthrough,
             quiet_start=args.quiet_start,
             ca_file=args.ca_file,
+            log_frames=args.log_frames,
         )
         return Keeper(config).run()
     except KeeperError as exc:

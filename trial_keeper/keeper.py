@@ -35,6 +35,7 @@ except ImportError:  # a Python built without libffi: no subreaper, the marker s
 
 from . import LIGHT_NNI_PATH, __version__
 from .journal import JOURNAL_NAME, MAX_LINE, STATE_DIR, Journal, read_journal, write_exit
+from .logframes import encode_exit, encode_record, frame_key
 from .records import parse_stdout_line
 
 if TYPE_CHECKING:  # the annotations are type comments: nothing is imported at run time
@@ -96,8 +97,9 @@ class KeeperConfig(object):
         passthrough=True,
         quiet_start=False,
         ca_file=None,
+        log_frames=False,
     ):
-        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, bool, str | None) -> None
+        # type: (str, str, str, int, str | None, str | None, float, float, float, str, str, int, str | None, str | None, bool, bool, str | None, bool) -> None
         self.trial_id = trial_id
         self.trial_dir = os.path.abspath(trial_dir)
         self.command = command
@@ -116,6 +118,9 @@ class KeeperConfig(object):
         self.quiet_start = quiet_start
         #: A PEM file of the CA(s) to verify an https:// server against (else the system's).
         self.ca_file = ca_file or None
+        #: Also write every record and the exit to the keeper's stdout as MAC'd frames (logframes), for a
+        #: platform that reads them back from the pod's log. Needs the token (the MAC key).
+        self.log_frames = log_frames
         self.validate()
 
     def validate(self):
@@ -143,6 +148,8 @@ class KeeperConfig(object):
                 raise KeeperError("A server URL was given without a token; pass --token or --token-file.")
             if self.ca_file is not None and parts.scheme != "https":
                 raise KeeperError("--ca-file needs an https:// server URL, not %r." % self.server_url)
+        if self.log_frames and not self.token:
+            raise KeeperError("--log-frames needs the trial's token (--token or --token-file): it keys the frames.")
         if self.ca_file is not None and not os.path.isfile(self.ca_file):
             raise KeeperError("The CA file %r (--ca-file) does not exist." % self.ca_file)
         if not os.path.isdir(self.code_dir):
@@ -459,6 +466,8 @@ class Keeper(object):
         self._kill_timer = None  # type: threading.Timer | None
         self.marker = base64.b32encode(os.urandom(15)).decode("ascii").lower()
         self._root = None  # type: int | None  # this keeper's pid once it is a subreaper
+        self._out = _Stdout(_std_out(True))
+        self._frame_key = frame_key(config.token) if config.log_frames and config.token else None
 
     # ---------------------------------------------------------------- main
 
@@ -509,7 +518,7 @@ class Keeper(object):
             readers = [
                 threading.Thread(
                     target=self._read_stream,
-                    args=(self._popen.stdout, out_file, _std_out(cfg.passthrough), True),
+                    args=(self._popen.stdout, out_file, self._out if cfg.passthrough else None, True),
                     name="nni-ts-keeper-stdout",
                 ),
                 threading.Thread(
@@ -533,6 +542,8 @@ class Keeper(object):
             with self._seq_lock:
                 count = self._seq
             write_exit(self.state_dir, cfg.trial_id, cfg.attempt, exit_code, end_ms, count)
+            if self._frame_key is not None:
+                self._out.frames([encode_exit(self._frame_key, cfg.trial_id, cfg.attempt, exit_code, end_ms, count)])
             own, trial = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
             log.info(
                 "Trial %s ended with exit code %d after %d record(s) (CPU: keeper %.3f s, trial %.3f s).",
@@ -634,6 +645,12 @@ class Keeper(object):
                 self._seq += 1
             assert self._journal is not None
             self._journal.append(records)
+            if self._frame_key is not None:
+                cfg = self.config
+                lines = []  # type: list[str]
+                for seq, text in records:
+                    lines.extend(encode_record(self._frame_key, cfg.trial_id, cfg.attempt, seq, text))
+                self._out.frames(lines)
         if self._reporter is not None:
             self._reporter.add(records)
 
@@ -815,6 +832,43 @@ def _killpg(pgid, signum):
         os.killpg(pgid, signum)
     except (OSError, ProcessLookupError):
         pass
+
+
+class _Stdout(object):
+    """The keeper's standard output: the trial's output passed through, and the frames. Each frame goes
+    on a line of its own: a new line is started first if the output so far ends mid-line."""
+
+    def __init__(self, stream):
+        # type: (object) -> None
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._mid_line = False
+
+    def write(self, data):
+        # type: (bytes) -> None
+        if not data or self._stream is None:
+            return
+        with self._lock:
+            self._stream.write(data)  # type: ignore[attr-defined]
+            self._mid_line = not data.endswith(b"\n")
+
+    def flush(self):
+        # type: () -> None
+        if self._stream is not None:
+            self._stream.flush()  # type: ignore[attr-defined]
+
+    def frames(self, lines):
+        # type: (list[str]) -> None
+        if not lines or self._stream is None:
+            return
+        data = "".join(line + "\n" for line in lines).encode("ascii")
+        with self._lock:
+            try:
+                self._stream.write((b"\n" if self._mid_line else b"") + data)  # type: ignore[attr-defined]
+                self._stream.flush()  # type: ignore[attr-defined]
+            except (IOError, OSError, ValueError):
+                log.warning("Could not write metric frames to the keeper's stdout.")
+            self._mid_line = False
 
 
 def _std_out(passthrough):

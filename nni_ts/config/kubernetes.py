@@ -52,9 +52,19 @@ class SshUploadConfig(ConfigModel):
 
 
 class K8sStorageConfig(ConfigModel):
-    """Where trial code and trial directories live, shared by the manager and the pods."""
+    """Where trial code and trial directories live: shared by the manager and the pods (nfs,
+    azureStorage), or nowhere shared (none: each pod fetches its files from the manager)."""
 
-    storage_type: Literal["nfs", "azureStorage"] = Field(description="nfs or azureStorage.")
+    storage_type: Literal["nfs", "azureStorage", "none"] = Field(
+        description="nfs, azureStorage, or none: no shared file system; each pod fetches the code and its "
+        "parameters from the manager's cluster server and the metrics fall back to the pod's log (nni-ts; "
+        "the default when storage is not given)."
+    )
+    code_in_image: str | None = Field(
+        None,
+        description="none only: the trial code is already in the image at this absolute path (the command "
+        "runs there); the manager then sends only the keeper and the parameters (nni-ts).",
+    )
     server: str | None = Field(None, description="NFS server (nfs).")
     path: str | None = Field(None, description="The exported path on the NFS server (nfs).")
     local_mount_path: str | None = Field(
@@ -73,7 +83,20 @@ class K8sStorageConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _complete(self) -> K8sStorageConfig:
-        if self.storage_type == "nfs":
+        if self.code_in_image is not None:
+            if self.storage_type != "none":
+                raise ValueError("codeInImage is for storageType none (with shared storage the code is uploaded)")
+            if not self.code_in_image.startswith("/") or "\x00" in self.code_in_image:
+                raise ValueError(f"codeInImage must be an absolute path in the image, not {self.code_in_image!r}")
+        if self.storage_type == "none":
+            given = [
+                n
+                for n in ("server", "path", "local_mount_path", "upload", "azure_account", "azure_share")
+                if getattr(self, n) is not None
+            ]
+            if given:
+                raise ValueError(f"storageType none shares nothing: remove {', '.join(given)} (or use nfs)")
+        elif self.storage_type == "nfs":
             missing = [n for n in ("server", "path") if getattr(self, n) is None]
             if missing:
                 raise ValueError(f"nfs storage needs {' and '.join(missing)}")
@@ -92,7 +115,11 @@ class KubernetesPlatformConfig(TrainingServiceConfig):
     """What the Kubeflow and FrameworkController platforms share: the cluster, the namespace, the
     storage the pods and the manager share, and how the trial keeper in each pod reports."""
 
-    storage: K8sStorageConfig = Field(description="Where the code and trial directories are shared with pods.")
+    storage: K8sStorageConfig = Field(
+        default_factory=lambda: K8sStorageConfig(storage_type="none"),
+        description="Where the code and trial directories are shared with pods; default {storageType: none} "
+        "(nothing shared: the pods fetch their files from the manager).",
+    )
     namespace: str = Field("default", description="The Kubernetes namespace of the jobs.")
     reuse_mode: bool = Field(False, description="Accepted for NNI compatibility; has no effect.")
     pending_timeout: float = Field(
@@ -131,7 +158,8 @@ class KubernetesPlatformConfig(TrainingServiceConfig):
         60.0,
         gt=0,
         description="Seconds a keeper keeps trying to reach the manager after its trial ended; after that the "
-        "metrics are read back from the trial directory on the shared storage (nni-ts).",
+        "metrics are read back from the trial directory on the shared storage, or from the pod's log without "
+        "shared storage (nni-ts).",
     )
     cancel_grace_period: float = Field(
         10.0, ge=0, description="Seconds from SIGTERM to SIGKILL when a trial's pods are deleted (nni-ts)."

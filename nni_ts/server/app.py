@@ -6,6 +6,10 @@ posts :class:`~nni_ts.server.models.Report` bodies to ``/api/v1/trials/{trial_id
 server de-duplicates and re-orders by ``seq`` and calls the trial's registered
 :class:`~nni_ts.server.sink.TrialSink` with each record exactly once, in order, then with the exit.
 A trial that stops reporting for ``heartbeat_timeout`` seconds is reported lost.
+
+A platform without shared storage also serves each trial's files (its code archive, the keeper,
+``parameter.cfg``) read-only at ``GET /api/v1/trials/{trial_id}/files/{name}``, with the same per-trial
+token: see :meth:`ClusterServer.serve_downloads`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import pydantic
 from aiohttp import web
@@ -30,17 +34,28 @@ from ..tasks import TaskSupervisor
 from .models import TRIAL_ID_PATTERN, ErrorBody, LogRequest, LogTail, Report, ReportAck
 from .sink import MAX_HELD, TrialChannel, TrialSink
 
-__all__ = ["API_PREFIX", "ClusterServer"]
+__all__ = ["API_PREFIX", "ClusterServer", "DownloadProvider"]
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 _ROUTE_ID = "{trial_id:[A-Za-z0-9_.-]{1,128}}"
+#: A downloadable file's name: one path segment, no leading dot (no ``..``, no ``/``).
+_ROUTE_FILE = "{name:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}}"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+class DownloadProvider(Protocol):
+    """What serves a trial's files (:meth:`ClusterServer.serve_downloads`): a platform without shared
+    storage. Names come from a fixed set the provider knows (``code.tar.gz``, ``keeper.tar.gz``,
+    ``parameter.cfg``...); they are never used as paths."""
+
+    async def trial_download(self, trial_id: str, name: str) -> bytes | None:
+        """The content of file ``name`` for ``trial_id``, or None if there is no such file."""
 
 
 class ClusterServer:
@@ -78,6 +93,9 @@ class ClusterServer:
         self._log_requests: dict[str, tuple[LogRequest, asyncio.Future[bytes]]] = {}
         self._runner: web.AppRunner | None = None
         self._tasks: TaskSupervisor | None = None
+        self._downloads: DownloadProvider | None = None
+        #: The largest file served by ``GET .../files/{name}``, in bytes.
+        self.max_download = 256 * 1024 * 1024
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -87,6 +105,7 @@ class ClusterServer:
             return
         app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
         app.router.add_post(f"{API_PREFIX}/trials/{_ROUTE_ID}/report", self._report)
+        app.router.add_get(f"{API_PREFIX}/trials/{_ROUTE_ID}/files/{_ROUTE_FILE}", self._download)
         app.router.add_get(f"{API_PREFIX}/openapi.json", self._openapi)
         app.router.add_get(f"{API_PREFIX}/version", self._version)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -148,6 +167,13 @@ class ClusterServer:
         channel = TrialChannel(trial_id, sink, attempt=attempt, next_seq=next_seq)
         self._channels[trial_id] = channel
         return channel
+
+    def serve_downloads(self, provider: DownloadProvider | None) -> None:
+        """Serve the registered trials' files from ``provider`` (None: stop). ``GET
+        /api/v1/trials/{trial_id}/files/{name}`` answers with ``provider.trial_download(trial_id, name)``
+        to the bearer of that trial's token, while the trial is registered; there is no other way to name
+        a file, so a trial reads its own files only."""
+        self._downloads = provider
 
     def unregister(self, trial_id: str) -> None:
         """Stop accepting reports for ``trial_id`` (they get 404). Unknown ids are ignored."""
@@ -231,6 +257,34 @@ class ClusterServer:
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
+
+    def _refuse(self, request: web.Request, trial_id: str, what: str) -> web.Response | None:
+        """401 / 403 unless the request carries ``trial_id``'s bearer token; None when it does."""
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _error(
+                401, f"The request has no 'Authorization: Bearer <token>' header; {what} need the trial's token."
+            )
+        if not hmac.compare_digest(token.strip().encode("utf-8", "replace"), self.token_for(trial_id).encode()):
+            return _error(403, f"The bearer token is not the token of trial {trial_id}.")
+        return None
+
+    async def _download(self, request: web.Request) -> web.Response:
+        trial_id, name = request.match_info["trial_id"], request.match_info["name"]
+        refused = self._refuse(request, trial_id, "downloads")
+        if refused is not None:
+            return refused
+        if trial_id not in self._channels:
+            return _error(404, f"Trial {trial_id} is not registered with this server; retry later.")
+        if self._downloads is None:
+            return _error(404, "This server serves no files: the trials' platform uses shared storage.")
+        data = await self._downloads.trial_download(trial_id, name)
+        if data is None:
+            return _error(404, f"Trial {trial_id} has no file {name!r} to download.")
+        if len(data) > self.max_download:
+            return _error(413, f"{name} is {len(data)} bytes, more than the server's limit of {self.max_download}.")
+        return web.Response(body=data, content_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
     async def _report(self, request: web.Request) -> web.Response:
         trial_id = request.match_info["trial_id"]
@@ -363,6 +417,35 @@ def openapi_document() -> dict[str, Any]:
                         "409": error("Version mismatch or stale attempt."),
                         "413": error("The body is too large."),
                         "422": error("The body is not a valid report."),
+                    },
+                }
+            },
+            f"{API_PREFIX}/trials/{{trial_id}}/files/{{name}}": {
+                "get": {
+                    "operationId": "download",
+                    "summary": "One of the trial's files (code.tar.gz, keeper.tar.gz, parameter.cfg), read-only; "
+                    "served only by a platform without shared storage.",
+                    "security": [{"bearer": []}],
+                    "parameters": [
+                        {
+                            "name": "trial_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": TRIAL_ID_PATTERN},
+                        },
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "The file.", "content": {"application/octet-stream": {}}},
+                        "401": error("No bearer token."),
+                        "403": error("The token is not this trial's."),
+                        "404": error("The trial is not registered, or has no such file."),
+                        "413": error("The file is larger than the server serves."),
                     },
                 }
             },

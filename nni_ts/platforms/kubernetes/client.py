@@ -180,6 +180,27 @@ class KubeClient:
             if buffer.strip():
                 yield json.loads(buffer)
 
+    async def stream_lines(
+        self, path: str, query: Mapping[str, Any], *, read_timeout: float | None = None
+    ) -> AsyncIterator[str]:
+        """A streaming GET of text (a followed pod log): yield its complete lines (without the newline) as
+        they come, then the unfinished rest. An error answer raises :class:`KubeApiError`; connection
+        problems raise ``aiohttp`` errors or ``TimeoutError``. No retries."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
+        resp = await self._send("GET", path, query, None, None, timeout)
+        async with resp:
+            if resp.status >= 300:
+                raise _api_error(resp.status, await resp.text(), "GET", path)
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                if b"\n" in buffer:
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        yield line.decode("utf-8", "replace")
+            if buffer:
+                yield buffer.decode("utf-8", "replace")
+
 
 def _api_error(status: int, text: str, method: str, path: str) -> KubeApiError:
     reason, message = "", text.strip()[:500]

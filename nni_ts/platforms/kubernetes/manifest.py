@@ -143,7 +143,10 @@ def resources(cpu: float, memory_mb: int, gpus: int) -> JSON:
 
 
 def storage_volume(storage: Any, azure_secret: str | None = None) -> JSON:
-    """The volume that holds the code and the trial directories (NFS, or an Azure file share)."""
+    """The volume that holds the code and the trial directories (NFS, an Azure file share, or, with no
+    shared storage, the pod's own emptyDir that its bootstrap fills from the manager)."""
+    if storage.storage_type == "none":
+        return {"name": STORAGE_VOLUME, "emptyDir": {}}
     if storage.storage_type == "nfs":
         return {"name": STORAGE_VOLUME, "nfs": {"server": storage.server, "path": storage.path}}
     return {
@@ -173,6 +176,8 @@ class KeeperSpec:
     env: dict[str, str] = field(default_factory=dict)
     #: Where the pod finds the CA that signed the cluster server's certificate (https:// only).
     ca_file: str | None = None
+    #: The storage mode's own variables (no shared storage: the bootstrap's; see podstorage.py).
+    storage_env: dict[str, str] = field(default_factory=dict)
     #: The keeper's attempt number: ``1``, or ``auto`` where a pod may be replaced by one that runs the
     #: trial again (a batch Job): each keeper then takes the next number free in the trial directory.
     attempt: str = "1"
@@ -188,13 +193,17 @@ PY=$(command -v python3 || command -v python) || fail "the image has no python3 
 the trial keeper needs Python 3.8 or newer in the image."
 "$PY" -c "import sys; sys.exit(sys.version_info < (3, 8))" || fail "the image's $PY is older than Python 3.8, \
 which the trial keeper needs."
+if [ -n "${NNI_TS_KEEPER_BOOTSTRAP:-}" ]; then
+  "$PY" -c "$NNI_TS_KEEPER_BOOTSTRAP" || fail "could not fetch the trial's files from the manager's cluster \
+server (the line above says why)."
+fi
 export PYTHONPATH="$NNI_TS_KEEPER_HOME${PYTHONPATH:+:$PYTHONPATH}"
 if [ -f /mnt/frameworkbarrier/injector.sh ]; then . /mnt/frameworkbarrier/injector.sh; fi
 if ! { __PRIMARY__; }; then
   D="$NNI_TS_KEEPER_TRIAL_DIR/replicas/${NNI_TS_POD_NAME:-${HOSTNAME:-replica}}"
   mkdir -p "$D" && cp "$NNI_TS_KEEPER_TRIAL_DIR/parameter.cfg" "$D/"
   export NNI_TS_KEEPER_TRIAL_DIR="$D" NNI_TS_KEEPER_OUTPUT_DIR="$D"
-  unset NNI_TS_KEEPER_SERVER_URL NNI_TS_KEEPER_TOKEN
+  unset NNI_TS_KEEPER_SERVER_URL NNI_TS_KEEPER_TOKEN NNI_TS_KEEPER_LOG_FRAMES
 fi
 exec "$PY" -m trial_keeper
 """
@@ -236,6 +245,7 @@ def container(
         env["NNI_TS_KEEPER_CA_FILE"] = keeper.ca_file
     if not gpus:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    env.update(keeper.storage_env)
     env.update(keeper.env)
     return {
         "name": name,

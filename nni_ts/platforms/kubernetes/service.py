@@ -14,7 +14,8 @@ the job running. The terminal status is decided once the facts are in (:meth:`_c
 
 * the keeper's exit (reported, or read back from its journal on the shared storage once the job has
   finished: the manager may be unreachable from the pods, and then the journal delivers the metrics,
-  through the same de-duplication);
+  through the same de-duplication; without shared storage, from the frames in the pod's log, see
+  :mod:`.podstorage`);
 * the job's final state and the pods' problems (evicted: an infrastructure failure; OOMKilled, a wrong
   image, an unschedulable pod: a message saying what to change);
 * a cancel, or the pending time-out (``pendingTimeout``: reported, then the job is stopped).
@@ -359,6 +360,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     def _make_stager(self) -> Stager:
         storage = self.config.storage
+        if storage.storage_type == "none":
+            from .podstorage import PodStager
+
+            return PodStager(self, storage)
         if storage.storage_type == "azureStorage":
             from .azure import AzureStager
 
@@ -456,6 +461,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             w.start()
         await self._anchor_watch.wait_synced(60)
         await self._start_server()
+        self.stager.serve(self.server)
 
     async def _ensure_owned_objects(self) -> None:
         """The anchor ConfigMap and the Secrets it owns (tokens, registry credentials, storage keys)."""
@@ -742,6 +748,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             grace=cfg.cancel_grace_period,
             report_timeout=cfg.report_timeout,
             env=dict(trial.detail.form.env),
+            storage_env=self.stager.pod_env(trial.id),
             attempt="auto" if self._reruns else str(trial.attempt),
         )
 
@@ -992,6 +999,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         elif ev.kind == "keeper_lost":
             if phase is Phase.ACTIVE:
                 self._keeper_lost(trial, ev.text)
+                assert self.stager is not None
+                self.stager.keeper_lost(trial.id, self._channel_attempt(trial), trial.primary_pod)
         elif ev.kind == "heartbeat":
             if self.reporter.status(trial.id) is TrialJobStatus.UNKNOWN:
                 self.reporter.running(trial.id, message="The trial's keeper is back.")
@@ -1077,7 +1086,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         if name == trial.primary_pod:
             code = terminated_exit_code(pod)
             if code is not None:
-                facts.primary_exit = code
+                first, facts.primary_exit = facts.primary_exit is None, code
+                if first and facts.keeper_exit is None and self.stager is not None and self.stager.reads_pod_logs:
+                    await self._read_back(trial)  # the pod's log, before a controller deletes the pod
         if kind != "DELETED" and pod_phase(pod) in ("Running", "Succeeded", "Failed") and problem is None:
             self._mark_running(trial)
         if problem is not None and problem.kind == "evicted" and trial.phase is Phase.ACTIVE:
@@ -1142,7 +1153,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     async def _read_back(self, trial: _Trial) -> None:
         assert self.stager is not None
         try:
-            records, ended = await self.stager.read_back(trial.id, kt.attempt_of(self, trial))
+            records, ended = await self.stager.read_back(trial.id, kt.attempt_of(self, trial), pod=trial.primary_pod)
         except (OSError, PlatformError) as exc:
             log.warning("Could not read trial %s's directory back: %s", trial.id, exc)
             return
@@ -1214,7 +1225,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     async def _read_trial_file(self, detail: TrialJobDetail, name: str, tail: int | None) -> bytes:
         if self.stager is None:
             return b""
-        return await self.stager.read_file(detail.id, name, tail)
+        trial = self._k8s.get(detail.id)
+        return await self.stager.read_file(detail.id, name, tail, pod=trial.primary_pod if trial else None)
 
     async def _clean_up(self) -> None:
         # The live trials were cancelled (concluded) before this: their workers have ended.

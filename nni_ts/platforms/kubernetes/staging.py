@@ -67,6 +67,10 @@ def _code_files(code_dir: Path) -> list[tuple[Path, str]]:
 class Stager(abc.ABC):
     """The experiment's directory on the shared storage, as seen from the manager."""
 
+    #: Whether :meth:`read_back` reads the pods' logs (no shared storage): worth calling as soon as the
+    #: reporting pod's container ended, before a controller deletes the pod.
+    reads_pod_logs = False
+
     def __init__(self, experiment_id: str) -> None:
         self.experiment_id = experiment_id
         self.rel_root = posixpath.join("nni-ts", experiment_id)
@@ -89,6 +93,17 @@ class Stager(abc.ABC):
     @abc.abstractmethod
     def trial_location(self, trial_id: str) -> str:
         """Where the trial's directory is, for people (a local path or an sftp:// URL)."""
+
+    def pod_env(self, trial_id: str) -> dict[str, str]:
+        """Environment variables the storage mode gives the trial's containers (none for shared storage)."""
+        return {}
+
+    def serve(self, server: Any) -> None:  # noqa: B027 - optional
+        """Called once the cluster server runs: a mode without shared storage serves the pods' files."""
+
+    def keeper_lost(self, trial_id: str, attempt: int | None, pod: str) -> None:  # noqa: B027 - optional
+        """The trial's keeper stopped reporting (its pods may still run). Shared storage keeps the journal
+        until the job ends; a mode without it starts reading the pod's log now."""
 
     async def prepare(self, code_dir: Path) -> bool:
         """Upload the code and the keeper once per experiment. Returns False when already there (resume)."""
@@ -130,12 +145,14 @@ class Stager(abc.ABC):
         await asyncio.to_thread(self._write_trial, trial_id, files)
 
     async def read_back(
-        self, trial_id: str, attempt: int | None
+        self, trial_id: str, attempt: int | None, pod: str | None = None
     ) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
-        """The records and the exit the trial's keeper left in its directory."""
+        """The records and the exit the trial's keeper left in its directory (``pod``, the reporting pod,
+        matters only without shared storage: see :mod:`.podstorage`)."""
         return await asyncio.to_thread(self._read_back, trial_id, attempt)
 
-    async def read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
+    async def read_file(self, trial_id: str, name: str, tail: int | None, pod: str | None = None) -> bytes:
+        """The (last ``tail``) bytes of a file in the trial's directory (``pod``: see :mod:`.podstorage`)."""
         return await asyncio.to_thread(self._read_file, trial_id, name, tail)
 
     async def remove_experiment(self) -> None:
