@@ -125,7 +125,10 @@ async def test_eight_trials_behind_a_queue_of_two_with_a_preemption(
     code.mkdir()
     release = tmp_path / "release"
     (code / "trial.py").write_text(f"RELEASE = {str(release)!r}\n" + TRIAL)
-    platform_config = config_for(platform, cluster, nfs_dir, code, "python3 trial.py", queueName=QUEUE)
+    # On kubernetes without shared storage (storageType none: the code from the manager, the metrics' fallback
+    # the pod's log), elsewhere on NFS: both storage modes, at no extra cost.
+    storage = {"storage": {"storageType": "none"}} if platform == "kubernetes" else {}
+    platform_config = config_for(platform, cluster, nfs_dir, code, "python3 trial.py", queueName=QUEUE, **storage)
     config = {
         "experimentName": "kueue",
         "searchSpace": {"x": {"_type": "uniform", "_value": [0, 1]}},
