@@ -29,8 +29,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "nni_ts.platforms"
 
-#: The platforms nni-ts itself ships, found even when the installed package metadata predates them (a source
-#: checkout run with PYTHONPATH, an editable install not re-run since a platform was added).
 _registered: dict[str, type[TrainingService[Any]]] = {}
 _loaded: dict[str, type[TrainingService[Any]]] = {}  # entry points already loaded (a scan costs ~10 ms)
 

@@ -60,6 +60,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ):
         r = sub.add_parser(name, help=helptext)
         r.add_argument("id")
+        r.add_argument(
+            "-c",
+            "--config",
+            help="The experiment's config file: used only if the store lost the experiment (its data directory is "
+            "gone), to rebuild it from its Kubernetes cluster.",
+        )
         r.add_argument("--max-trial-number", type=int, help="A new maxTrialNumber (total, not additional).")
         r.add_argument("--max-experiment-duration", help="A new maxExperimentDuration, e.g. 2h.")
         r.add_argument("--rerun-failed", action="store_true", help="Run the failed trials' parameters again.")
@@ -485,12 +491,23 @@ def _cmd_resume(args: argparse.Namespace, out: _Out, argv: list[str]) -> int:
 
     if args.command == "extend" and not (args.max_trial_number or args.max_experiment_duration or args.rerun_failed):
         raise UserError("`nni-ts extend` needs --max-trial-number, --max-experiment-duration or --rerun-failed.")
-    exp = Experiment.resume(
-        args.id,
-        max_trial_number=args.max_trial_number,
-        max_experiment_duration=args.max_experiment_duration,
-        rerun_failed=args.rerun_failed,
-    )
+    from ..errors import StoreError
+
+    try:
+        exp = Experiment.resume(
+            args.id,
+            max_trial_number=args.max_trial_number,
+            max_experiment_duration=args.max_experiment_duration,
+            rerun_failed=args.rerun_failed,
+            config=args.config,
+        )
+    except StoreError as exc:
+        if args.config is not None or "no experiment with the id" not in str(exc):
+            raise
+        raise StoreError(
+            f"{exc} If its manager's data directory was lost and it ran on Kubernetes, give its config file "
+            f"(`nni-ts {args.command} {args.id} -c config.yml`): it is rebuilt from the trials in the cluster."
+        ) from None
     if args.detach:
         exp.store.close()
         return _detach([a for a in argv if a != "--detach"], args.id, exp.working_directory, out)

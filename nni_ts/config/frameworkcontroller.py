@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel
 from .kubernetes import KubernetesPlatformConfig, PodRoleConfig
+from .podsettings import RolePodSettings
 
 __all__ = ["FrameworkAttemptCompletionPolicy", "FrameworkControllerConfig", "FrameworkControllerRoleConfig"]
 
@@ -35,7 +36,7 @@ class FrameworkAttemptCompletionPolicy(ConfigModel):
         return data
 
 
-class FrameworkControllerRoleConfig(PodRoleConfig):
+class FrameworkControllerRoleConfig(PodRoleConfig, RolePodSettings):
     """One task role of the framework."""
 
     name: str = Field(description="The role name: lowercase letters and digits, at most 63 (FrameworkController).")
@@ -56,7 +57,6 @@ class FrameworkControllerConfig(KubernetesPlatformConfig):
     """Trials run as FrameworkController Frameworks (NNI's ``frameworkcontroller`` training service)."""
 
     platform: Literal["frameworkcontroller"] = Field("frameworkcontroller", description="Always 'frameworkcontroller'.")
-    service_account_name: str | None = Field(None, description="The pods' service account.")
     task_roles: list[FrameworkControllerRoleConfig] = Field(min_length=1, description="The task roles.")
 
     @field_validator("queue_name")

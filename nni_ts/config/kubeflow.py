@@ -7,11 +7,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .kubernetes import KubernetesPlatformConfig, PodRoleConfig
+from .podsettings import RolePodSettings
 
 __all__ = ["KubeflowConfig", "KubeflowRoleConfig"]
 
 
-class KubeflowRoleConfig(PodRoleConfig):
+class KubeflowRoleConfig(PodRoleConfig, RolePodSettings):
     """One replica type of the job (worker, ps or master)."""
 
     replicas: int = Field(1, ge=1, description="How many replicas of this role.")

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel, TrainingServiceConfig
+from .podsettings import PlatformPodSettings
 
 __all__ = ["K8sStorageConfig", "KubernetesPlatformConfig", "PodRoleConfig", "SshUploadConfig", "parse_memory_mb"]
 
@@ -111,9 +112,10 @@ class K8sStorageConfig(ConfigModel):
         return self
 
 
-class KubernetesPlatformConfig(TrainingServiceConfig):
-    """What the Kubeflow and FrameworkController platforms share: the cluster, the namespace, the
-    storage the pods and the manager share, and how the trial keeper in each pod reports."""
+class KubernetesPlatformConfig(TrainingServiceConfig, PlatformPodSettings):
+    """What the Kubernetes platforms share: the cluster, the namespace, the storage the pods and the
+    manager share, how the trial keeper in each pod reports, and the pod settings
+    (:mod:`nni_ts.config.podsettings`)."""
 
     storage: K8sStorageConfig = Field(
         default_factory=lambda: K8sStorageConfig(storage_type="none"),

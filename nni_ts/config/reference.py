@@ -24,6 +24,7 @@ from .frameworkcontroller import (
 from .kubeflow import KubeflowConfig, KubeflowRoleConfig
 from .kubernetes import K8sStorageConfig, SshUploadConfig
 from .local import LocalConfig
+from .podsettings import PlatformPodSettings, RolePodSettings, Toleration, VolumeMount
 from .remote import RemoteConfig, RemoteMachineConfig
 from .trainjob import RuntimeRefConfig, TrainJobConfig, TrainJobResourcesConfig, TrainJobTrainerConfig
 
@@ -80,6 +81,8 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`trainer.resourcesPerNode` (trainjob)", TrainJobResourcesConfig),
     ("`storage` (kubeflow, frameworkcontroller, kubernetes, trainjob)", K8sStorageConfig),
     ("`storage.upload`", SshUploadConfig),
+    ("`tolerations[]` (every Kubernetes platform, and its roles)", Toleration),
+    ("`volumeMounts[]` (every Kubernetes platform, and its roles)", VolumeMount),
 ]
 
 
@@ -124,7 +127,11 @@ def render_reference() -> str:
     out = [_HEADER]
     for title, model in _SECTIONS:
         out.append(f"\n## {title}\n\n| key | type | default | meaning |\n|---|---|---|---|")
-        for name, field in model.model_fields.items():
+        fields = list(model.model_fields.items())
+        if issubclass(model, RolePodSettings):  # the pod settings after the section's own keys
+            pod = set(PlatformPodSettings.model_fields)
+            fields = [f for f in fields if f[0] not in pod] + [f for f in fields if f[0] in pod]
+        for name, field in fields:
             key = field.alias or name
             desc = (field.description or "").replace("|", "\\|")
             out.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {desc} |")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel
 from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
@@ -90,3 +91,31 @@ class TrainJobConfig(KubernetesPlatformConfig):
         description="The ClusterTrainingRuntime or TrainingRuntime the TrainJobs use (checked at start)."
     )
     trainer: TrainJobTrainerConfig = Field(description="Image, arguments, environment, nodes and resources.")
+    max_trial_duration: str | int | float | None = Field(
+        None,
+        description="The TrainJob's activeDeadlineSeconds (rounded up; Trainer v2.2+): it fails with "
+        "DeadlineExceeded after this long from its creation, and its pods are stopped. Default: the "
+        "experiment's maxTrialDuration.",
+    )
+
+    @field_validator("max_trial_duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        from .experiment import _duration_validator
+
+        return _duration_validator(v)
+
+    @model_validator(mode="after")
+    def _has_command(self) -> TrainJobConfig:
+        if not self.trial_command:
+            raise ValueError("the trainjob platform needs the trial's command: set trialCommand")
+        return self
+
+    @property
+    def active_deadline_seconds(self) -> int | None:
+        """``maxTrialDuration`` as the TrainJob's ``spec.activeDeadlineSeconds``, or None."""
+        if self.max_trial_duration is None:
+            return None
+        from .experiment import parse_duration
+
+        return max(1, math.ceil(parse_duration(self.max_trial_duration, path="trainingService.maxTrialDuration")))

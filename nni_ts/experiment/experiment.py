@@ -250,6 +250,8 @@ class Experiment:
         self._tuner = tuner
         self._assessor = assessor
         self._resuming = False
+        self._rebuilding = False  # resumed from the platform's trials: the store had lost the experiment
+        self._discarded = False  # a rebuild found nothing: its record was deleted again
         self._rerun_failed = False
         self._status = ExperimentStatus.RUNNING
         self._message: str | None = None
@@ -303,15 +305,43 @@ class Experiment:
         tuner: Tuner | None = None,
         control_socket: bool = True,
         clock: Clock = REAL_CLOCK,
+        config: ExperimentConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     ) -> Experiment:
         """An experiment that continues ``experiment_id``: re-attaches to its running trials, replays
         its finished ones into the tuner and completes the budget. ``max_trial_number`` and
-        ``max_experiment_duration`` extend the budget; ``rerun_failed`` runs failed trials again."""
+        ``max_experiment_duration`` extend the budget; ``rerun_failed`` runs failed trials again.
+
+        ``config`` (the experiment's config file, or its content) is used only when the store does not
+        know the experiment (the manager's data directory was lost): the experiment is then rebuilt from
+        its platform (:meth:`_rebuild`; the Kubernetes platforms keep each trial's id, sequence id and
+        parameters on its object in the cluster)."""
         from ..config.loader import config_from_dict
 
         own = store is None
         store = store or open_store()
-        record = store.get_experiment(experiment_id)
+        try:
+            record = store.get_experiment(experiment_id)
+        except StoreError:
+            if config is None:
+                raise
+            exp = cls(
+                config, experiment_id=experiment_id, store=store, service=service, tuner=tuner,
+                control_socket=control_socket, clock=clock,
+            )  # fmt: skip
+            if max_trial_number is not None:
+                exp.config.max_trial_number = max_trial_number
+            if max_experiment_duration is not None:
+                exp.config.max_experiment_duration = max_experiment_duration
+            exp._own_store = own
+            exp._resuming = exp._rebuilding = True
+            exp._rerun_failed = rerun_failed
+            return exp
+        if config is not None:
+            log.warning(
+                "Experiment %s is in the store: it resumes with its stored config; the config given is only used "
+                "to rebuild an experiment the store lost.",
+                experiment_id,
+            )
         if record.status == ExperimentStatus.RUNNING and manager_alive(record.manager_pid, record.manager_started):
             raise UserError(
                 f"Experiment {experiment_id} is still running (manager pid {record.manager_pid}); "
@@ -572,6 +602,11 @@ class Experiment:
                 self._assessor = await self._worker.call(self._make_assessor)
             service = self._service or self._make_service()
             self._service = service
+            if self._rebuilding and not hasattr(service, "recover_trial_jobs"):
+                raise UserError(
+                    f"The store has no experiment {self.id}, and the {service.platform_name} platform cannot "
+                    "rebuild one from its trials (the Kubernetes platforms can, from the trial objects in the cluster)."
+                )
             if self._store is None:
                 self._store = await clock_to_thread(open_store)
             self._db = self._store.asynchronous()
@@ -592,6 +627,8 @@ class Experiment:
                     await control.start()
                 self.events.emit("running", self.id)  # the platform is up: what the config asks can run
                 try:
+                    if self._rebuilding:
+                        await self._rebuild()
                     if self._resuming:
                         await self._restore()
                     self._feed_imported()
@@ -646,7 +683,7 @@ class Experiment:
     async def _prepare_record(self) -> None:
         storable = config_to_storable(self.config)
         platform = self.config.training_service.platform
-        if self._resuming:
+        if self._resuming and not self._rebuilding:
             await self.db.update_experiment(
                 self.id,
                 status=ExperimentStatus.RUNNING,
@@ -671,6 +708,9 @@ class Experiment:
     async def _finish_record(self) -> None:
         from ..models import now_ms
 
+        if self._discarded:
+            self.events.emit("status", self._status)
+            return
         try:
             await self.db.update_experiment(
                 self.id,
@@ -733,6 +773,49 @@ class Experiment:
             code_directory=code_directory,
             class_args=dict(algo.class_args or {}),
             tuner=self._tuner,
+        )
+
+    async def _rebuild(self) -> None:
+        """Put the trials the platform still knows into the (new) store, as trials to re-attach to: the
+        store had lost the experiment. :meth:`_restore` then re-attaches them, which gives each its status
+        and its metrics (those of a finished trial from its journal on the shared storage), and tells the
+        tuner every point (a GridSearch does not repeat one)."""
+        assert self._service is not None
+        details: list[TrialJobDetail] = await self._service.recover_trial_jobs()  # type: ignore[attr-defined]
+        if not details:
+            # Nothing of it anywhere: a mistyped id, or an experiment that ended (its objects went with it).
+            # Starting a new experiment under that id is not what `resume` means: nothing is kept.
+            await self.db.delete_experiment(self.id)
+            self._discarded = True
+            raise UserError(
+                f"There is no experiment {self.id} in the store, nor any trial object of it in the cluster "
+                f"({self._service.platform_name}): nothing to resume. An experiment that ended took its objects "
+                "with it; `nni-ts create` starts a new one."
+            )
+        attempts: dict[int, int] = {}
+        for detail in details:
+            try:
+                parameter_id = int(json.loads(detail.form.hyper_parameters.value).get("parameter_id"))
+            except (TypeError, ValueError, AttributeError):
+                parameter_id = detail.sequence_id
+            attempts[parameter_id] = attempts.get(parameter_id, 0) + 1
+            await self.db.insert_trial(
+                TrialRecord(
+                    experiment_id=self.id,
+                    id=detail.id,
+                    sequence_id=detail.sequence_id,
+                    parameter_id=parameter_id,
+                    parameters=detail.form.parameters(),
+                    attempt=attempts[parameter_id],
+                    submit_ms=detail.submit_time,
+                    detail=detail,
+                )
+            )
+        log.warning(
+            "Experiment %s was not in the store: rebuilt %d trial(s) from the %s platform.",
+            self.id,
+            len(details),
+            self._service.platform_name,
         )
 
     async def _restore(self) -> None:

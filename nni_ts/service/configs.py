@@ -36,7 +36,8 @@ __all__ = [
 
 _SECRET_KEY = re.compile(r"(?i)(passw(or)?d|passphrase|secret|token|credential|apikey|api_key|accesskey|privatekey)")
 REDACTED = "***"
-_K8S = ("kubeflow", "frameworkcontroller")
+#: The Kubernetes platforms: each workspace's trials run in a namespace of its own.
+_K8S = ("kubeflow", "frameworkcontroller", "trainjob")
 
 
 _COMMAND_KEY = re.compile(r"(?i)command$")
@@ -381,5 +382,10 @@ def legacy_to_v2(req: LegacyRequest, policy: PlatformPolicy) -> dict[str, Any]:
         ts["worker"] = {"replicas": 1, **role}
     elif policy.platform == "frameworkcontroller" and "taskRoles" not in policy.defaults:
         ts["taskRoles"] = [{"name": "worker", "taskNumber": 1, **role}]
+    elif policy.platform == "trainjob" and "trainer" not in policy.defaults:
+        resources = {"cpuNumber": req.cpu_num, "memorySize": req.memory_mb, "gpuNumber": req.gpu_num}
+        ts["trainer"] = {"numNodes": 1, "resourcesPerNode": resources}
+        if req.image:
+            ts["trainer"]["image"] = req.image
     data["trainingService"] = ts
     return data

@@ -3,6 +3,7 @@ in deploy/ and docs/kubernetes.md are enough for whole experiments on both Kuber
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -12,7 +13,7 @@ from typing import Any
 import kubernetes_asyncio as k8s
 import pytest
 import yaml
-from k8s_support import Kubectl
+from k8s_support import TRAINER_CRDS, Kubectl
 
 from nni_ts.models import TrialJobMetric, TrialJobStatus
 from nni_ts.testing.conformance import form, wait_for_status
@@ -154,6 +155,35 @@ def deploy_rbac() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((REPO / "deploy" / "20-rbac.yaml").read_text()) if d]
 
 
+#: Kubeflow Trainer v2.3.0's ``manifests/overlays/kubeflow-platform/kubeflow-trainer-roles.yaml``: every
+#: authenticated user may read the ClusterTrainingRuntimes.
+KUBEFLOW_VIEW_CLUSTER_RUNTIMES: list[dict[str, Any]] = [
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "kubeflow-trainer-view-cluster-runtimes"},
+        "rules": [
+            {
+                "apiGroups": ["trainer.kubeflow.org"],
+                "resources": ["clustertrainingruntimes"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "kubeflow-trainer-view-cluster-runtimes"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "kubeflow-trainer-view-cluster-runtimes",
+        },
+        "subjects": [{"kind": "Group", "name": "system:authenticated", "apiGroup": "rbac.authorization.k8s.io"}],
+    },
+]
+
+
 def docs_role() -> dict[str, Any]:
     text = (REPO / "docs" / "kubernetes.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
@@ -175,6 +205,16 @@ def platform_config(platform: str, kubeconfig: Path, namespace: str, nfs: Path, 
     }
     if platform == "kubeflow":
         return {"platform": "kubeflow", "operator": "tf-operator", "worker": {"replicas": 1, **role}, **common}
+    if platform == "trainjob":
+        trainer = {"image": "python:3.11", "resourcesPerNode": {"cpuNumber": 0.5, "memorySize": "256m"}}
+        runtime = {"name": "nni-ts-python"}
+        return {
+            "platform": "trainjob",
+            "trialCommand": role["command"],
+            "runtimeRef": runtime,
+            "trainer": trainer,
+            **common,
+        }
     fc_role = {
         "name": "worker",
         "taskNumber": 1,
@@ -186,10 +226,11 @@ def platform_config(platform: str, kubeconfig: Path, namespace: str, nfs: Path, 
 
 @pytest.mark.slow  # whole experiments through the fake cluster and its operators
 @pytest.mark.parametrize("source", ["deploy", "docs"])
-@pytest.mark.parametrize("platform", ["kubeflow", "frameworkcontroller"])
+@pytest.mark.parametrize("platform", ["kubeflow", "frameworkcontroller", "trainjob"])
 async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: str, platform: str) -> None:
     from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerTrainingService
     from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
+    from nni_ts.platforms.kubernetes.trainjob import TrainJobTrainingService
 
     nfs, code = tmp_path / "nfs", tmp_path / "code"
     nfs.mkdir()
@@ -207,16 +248,25 @@ async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: st
         objects = [docs, binding("nni-ts", namespace, "Role", docs["metadata"]["name"], sa)]
     async with FakeCluster(
         tmp_path / "cluster",
-        crd_files=sorted(CRD_DIR.glob("*.yaml")),
+        crd_files=sorted(CRD_DIR.glob("*.yaml")) + (TRAINER_CRDS if platform == "trainjob" else []),
         nodes=[Node("node-1", cpu=64, memory="64Gi")],
         nfs_exports={NFS: nfs},
         namespaces=sorted({namespace, sa[0]}),
     ) as cluster:
         for obj in objects:
             cluster.create(obj)
+        if platform == "trainjob":
+            cluster.create(yaml.safe_load((REPO / "examples" / "trainjob" / "runtime.yaml").read_text()))
+            # What Kubeflow's platform manifests grant every authenticated user (nni-ts's Role is namespaced).
+            for obj in KUBEFLOW_VIEW_CLUSTER_RUNTIMES:
+                cluster.create(copy.deepcopy(obj))
         kubeconfig = cluster.write_kubeconfig(tmp_path / "sa.kubeconfig", token=cluster.service_account_token(*sa))
         config = platform_config(platform, kubeconfig, namespace, nfs, code)
-        cls: Any = KubeflowTrainingService if platform == "kubeflow" else FrameworkControllerTrainingService
+        cls: Any = {
+            "kubeflow": KubeflowTrainingService,
+            "frameworkcontroller": FrameworkControllerTrainingService,
+            "trainjob": TrainJobTrainingService,
+        }[platform]
         svc = cls(config, experiment_dir=tmp_path / "exp")
         metrics: list[TrialJobMetric] = []
         svc.add_trial_job_metric_listener(metrics.append)
@@ -234,3 +284,42 @@ async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: st
         # Nothing the platform tried was refused (not even a request whose failure it tolerates).
         assert cluster.server.forbidden == []
         assert cluster.server.account_requests[sa] > 5  # the platform did use the service account's token
+
+
+async def test_trainjob_checks_a_cluster_runtime_it_may_not_read_by_a_dry_run(tmp_path: Path) -> None:
+    """nni-ts's Role is namespaced: without Kubeflow's grant to read ClusterTrainingRuntimes, the runtime is
+    checked by a dry-run create of a TrainJob (Trainer's webhook refuses an unknown runtime)."""
+    from nni_ts.errors import ConfigError
+    from nni_ts.platforms.kubernetes.trainjob import TrainJobTrainingService
+
+    nfs, code = tmp_path / "nfs", tmp_path / "code"
+    nfs.mkdir()
+    code.mkdir()
+    objects, namespace, sa = deploy_rbac(), "nni-exp", ("nni-ts", "nni-ts-service")
+    async with FakeCluster(
+        tmp_path / "cluster",
+        crd_files=sorted(CRD_DIR.glob("*.yaml")) + TRAINER_CRDS,
+        nfs_exports={NFS: nfs},
+        namespaces=[namespace, sa[0]],
+    ) as cluster:
+        for obj in objects:
+            cluster.create(obj)
+        cluster.create(yaml.safe_load((REPO / "examples" / "trainjob" / "runtime.yaml").read_text()))
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "sa.kubeconfig", token=cluster.service_account_token(*sa))
+        config = platform_config("trainjob", kubeconfig, namespace, nfs, code)
+        config["runtimeRef"] = {"name": "not-installed"}
+        with pytest.raises(ConfigError) as info:
+            async with TrainJobTrainingService(config, experiment_dir=tmp_path / "exp1"):
+                pass
+        assert info.value.path == "trainingService.runtimeRef.name"
+        assert "ClusterTrainingRuntime 'not-installed'" in str(info.value)
+        assert "unsupported runtime" in str(info.value)
+        config["runtimeRef"] = {"name": "nni-ts-python"}
+        async with TrainJobTrainingService(config, experiment_dir=tmp_path / "exp2"):
+            pass  # it starts: the dry run accepted its TrainJob
+        # The only refusals: reading the ClusterTrainingRuntime (tolerated), once per start.
+        assert len(cluster.server.forbidden) == 2, cluster.server.forbidden
+        assert all(
+            'cannot get resource "clustertrainingruntimes"' in f and "at the cluster scope" in f
+            for f in cluster.server.forbidden
+        ), cluster.server.forbidden

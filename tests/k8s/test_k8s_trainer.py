@@ -12,24 +12,14 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_support import Kubectl, condition
+from k8s_support import TRAINER_CRDS, Kubectl, condition
 
 from nni_ts.testing.k8s import FakeCluster
 from nni_ts.testing.k8s.util import ApiError
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
-NEXT = (REPO / ".." / "shared" / "crds" / "next").resolve()
-CRDS = [
-    NEXT / f
-    for f in (
-        "jobset.x-k8s.io_jobsets.yaml",
-        "trainer.kubeflow.org_trainjobs.yaml",
-        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
-        "trainer.kubeflow.org_trainingruntimes.yaml",
-    )
-]
+CRDS = TRAINER_CRDS
 PY = sys.executable
 
 # As in Kubeflow's docs (the torch-distributed runtime and a TrainJob that references it), with host
@@ -90,7 +80,7 @@ spec:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> Any:
-    assert all(p.is_file() for p in CRDS), f"the real CRDs are in {NEXT}"
+    assert all(p.is_file() for p in CRDS), f"the real CRDs are in {CRDS[0].parent}"
     async with FakeCluster(
         tmp_path / "cluster", crd_files=CRDS, controllers=["job-controller", "jobset-controller", "trainjob-controller"]
     ) as c:
@@ -263,41 +253,41 @@ async def test_runtime_patches_reach_the_pods_and_the_trainjob_labels_do_not(clu
     assert "RuntimePatches can only be modified when the TrainJob is suspended" in info.value.message
 
 
-@pytest.mark.parametrize(
-    ("change", "needle"),
-    [
-        (lambda p: p.update(manager="hpo"), "must be a domain-prefixed path"),
-        (
-            lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0].update(name="worker"),
-            "must not have replicated job that doesn't exist in the runtime job template",
-        ),
-        (
-            lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
-                "spec"
-            ].update(containers=[{"name": "node", "env": [{"name": "A", "value": "1"}]}]),
-            "must not have envs for the dataset-initializer, model-initializer, node containers",
-        ),
-        (
-            lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
-                "spec"
-            ].update(containers=[{"name": "sidecar"}]),
-            "must not have container that doesn't exist in the runtime job node",
-        ),
-    ],
-)
-async def test_runtime_patches_that_do_not_fit_the_runtime_are_refused(
-    cluster: FakeCluster, change: Any, needle: str
-) -> None:
+REFUSED_PATCHES: list[tuple[Any, str]] = [
+    (lambda p: p.update(manager="hpo"), "must be a domain-prefixed path"),
+    (
+        lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0].update(name="worker"),
+        "must not have replicated job that doesn't exist in the runtime job template",
+    ),
+    (
+        lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+            "spec"
+        ].update(containers=[{"name": "node", "env": [{"name": "A", "value": "1"}]}]),
+        "must not have envs for the dataset-initializer, model-initializer, node containers",
+    ),
+    (
+        lambda p: p["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+            "spec"
+        ].update(containers=[{"name": "sidecar"}]),
+        "must not have container that doesn't exist in the runtime job node",
+    ),
+]
+
+
+async def test_runtime_patches_that_do_not_fit_the_runtime_are_refused(cluster: FakeCluster) -> None:
+    """As Trainer's webhook (v2.3 jobset plugin): the manager, the replicated jobs and containers a patch names,
+    and no env for the node container (that goes through trainer.env)."""
     cluster.create(yaml.safe_load(RUNTIME))
-    patch: dict[str, Any] = {
-        "manager": "example.com/hpo",
-        "trainingRuntimeSpec": {
-            "template": {
-                "spec": {"replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": {}}}}}]}
-            }
-        },
-    }
-    change(patch)
-    with pytest.raises(ApiError) as info:
-        cluster.create(patched_trainjob("refused", patch))
-    assert info.value.code == 422 and needle in info.value.message, info.value.message
+    for change, needle in REFUSED_PATCHES:
+        patch: dict[str, Any] = {
+            "manager": "example.com/hpo",
+            "trainingRuntimeSpec": {
+                "template": {
+                    "spec": {"replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": {}}}}}]}
+                }
+            },
+        }
+        change(patch)
+        with pytest.raises(ApiError) as info:
+            cluster.create(patched_trainjob("refused", patch))
+        assert info.value.code == 422 and needle in info.value.message, (needle, info.value.message)

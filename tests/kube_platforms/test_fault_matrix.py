@@ -126,8 +126,14 @@ async def _running_trial(svc: Any, cluster: FakeCluster, metrics: list[TrialJobM
     async with asyncio.timeout(TIMEOUT):
         while not _values(metrics, detail.id):
             await asyncio.sleep(0.05)
-    pods = [p["metadata"]["name"] for p in _pods(cluster, detail.id)]
-    primary = next(p for p in pods if p.endswith("-0"))
+    pods = _pods(cluster, detail.id)
+    # The operators' pods end with their index; a JobSet's Job pods have a random suffix and the index label.
+    primary = next(
+        p["metadata"]["name"]
+        for p in pods
+        if p["metadata"]["name"].endswith("-0")
+        or (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-completion-index") == "0"
+    )
     return detail.id, primary
 
 

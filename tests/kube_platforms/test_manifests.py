@@ -255,6 +255,9 @@ def test_names_always_valid(exp: str, trial: str) -> None:
     assert len(f"{job}-worker-99") <= 63
     fw = names.framework_name(exp, trial)
     assert re.match(r"^[a-z0-9]{1,63}$", fw) and len(fw) <= 40
+    tj = names.trainjob_name(exp, trial)  # the TrainJob CRD's rule: RFC 1035, starting with a letter
+    assert re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", tj) and len(tj) <= names.TRAINJOB_NAME_MAX
+    assert len(f"{tj}-node-0-0") <= 63  # its JobSet's Job and pod host names
     assert names.is_label_value(names.label_value(trial))
     assert names.is_dns_label(names.anchor_name(exp))
     assert names.is_dns_label(names.secret_name(exp, "registry", "/some/path"))
@@ -263,6 +266,8 @@ def test_names_always_valid(exp: str, trial: str) -> None:
 def test_names_do_not_collide_on_case() -> None:
     assert names.job_name("Exp", "aB1cD") != names.job_name("Exp", "Ab1Cd")
     assert names.framework_name("Exp", "aB1cD") != names.framework_name("Exp", "Ab1Cd")
+    assert names.trainjob_name("Exp", "aB1cD") != names.trainjob_name("Exp", "Ab1Cd")
+    assert names.trainjob_name("1st", "2nd").startswith("nni-1st-2nd-")  # a digit never comes first
     assert names.label_value("aB1cD") == "aB1cD"  # valid label values are kept exactly
     assert names.label_value("x" * 80) != names.label_value("x" * 81)
 

@@ -76,6 +76,7 @@ def test_trainjob_conditions_and_jobs_status() -> None:
     assert failed.phase == "failed" and failed.message == "The TrainJob tj failed (FailedJobs): FailedJobs message"
     deadline = trainjob_view(_trainjob(("Failed", "True", "DeadlineExceeded")))
     assert "(DeadlineExceeded)" in (deadline.message or "") and not deadline.infrastructure
+    assert deadline.reason == "DeadlineExceeded" and failed.reason == "FailedJobs"
     # A condition that is not True does not count.
     assert trainjob_view(_trainjob(("Complete", "False", "Pending"))).phase == "pending"
 

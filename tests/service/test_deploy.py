@@ -28,6 +28,8 @@ ALLOWED = {
     ("kubeflow.org", "tfjobs"),
     ("kubeflow.org", "pytorchjobs"),
     ("frameworkcontroller.microsoft.com", "frameworks"),
+    ("trainer.kubeflow.org", "trainjobs"),
+    ("trainer.kubeflow.org", "trainingruntimes"),
     ("", "pods"),
     ("", "pods/log"),
     ("", "secrets"),

@@ -118,8 +118,6 @@ def _role_pod(
             }
         ]
         spec["volumes"].append({"name": _BARRIER_VOLUME, "emptyDir": {}})
-    if cfg.service_account_name:
-        spec["serviceAccountName"] = cfg.service_account_name
     if role.private_registry_auth_path:
         spec["imagePullSecrets"] = [{"name": service._registry_secrets[role.private_registry_auth_path]}]
     return service.pod_template(trial, spec, role=role.name)

@@ -26,6 +26,8 @@ from .names import (
 from .staging import MOUNT_PATH
 
 __all__ = [
+    "SERVER_PORT_KEY",
+    "SERVER_SECRET_KEY",
     "STORAGE_VOLUME",
     "KeeperSpec",
     "anchor_configmap",
@@ -45,6 +47,10 @@ JSON = dict[str, Any]
 STORAGE_VOLUME = "nni-ts-storage"
 #: The cluster server's CA, staged in each trial's directory when the server serves https://.
 CA_FILE = "cluster-server-ca.pem"
+#: Keys of the experiment's token Secret that keep the cluster server's port and secret (a manager whose
+#: data directory was lost reads them back). Trial tokens are ``trial-<id>``: no clash.
+SERVER_PORT_KEY = "server-port"
+SERVER_SECRET_KEY = "server-secret"
 
 
 def experiment_labels(experiment_id: str) -> dict[str, str]:

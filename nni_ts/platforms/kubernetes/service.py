@@ -48,6 +48,7 @@ from ...training_service import TrainingService, trial_shell_command
 from . import kueue as kq
 from . import kueue_trials as kt
 from . import manifest as mf
+from . import podsettings as ps
 from .client import JSON, KubeApiError, KubeClient, load_client
 from .lifecycle import (
     Facts,
@@ -312,18 +313,22 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         namespace, labels, annotations (the trial id and sequence id) and the owner reference to the anchor."""
         assert self.anchor is not None, "the service is not started"
         detail = trial.detail
-        return {
+        meta = {
             "name": trial.job,
             "namespace": self.namespace,
             "labels": {**mf.trial_labels(self.experiment_id, detail.id), **kq.kueue_labels(self.config)},
             "annotations": mf.trial_annotations(detail.id, detail.sequence_id),
             "ownerReferences": [mf.owner_reference(self.anchor)],
         }
+        # The user's labels and annotations, and the trial's parameters (a rebuild from the cluster reads them).
+        return ps.object_metadata(self.config, meta, detail)
 
     def pod_template(self, trial: _Trial, spec: JSON, *, role: str | None = None) -> JSON:
         """A pod template of a trial's object, ``{"metadata": ..., "spec": spec}``: the trial's labels
-        (with ``role``) on the pods, and whatever the configuration adds to every pod."""
-        return {"metadata": {"labels": mf.trial_labels(self.experiment_id, trial.detail.id, role)}, "spec": spec}
+        (with ``role``) on the pods, and the pod settings of the configuration (the platform's, then the
+        role's section: :mod:`nni_ts.config.podsettings`)."""
+        template = {"metadata": {"labels": mf.trial_labels(self.experiment_id, trial.detail.id, role)}, "spec": spec}
+        return ps.apply_pod_settings(self.config, template, role)
 
     def storage_volume(self) -> JSON:
         """The volume the pods mount at ``MOUNT_PATH``: the trial directory, the code and the keeper."""
@@ -579,6 +584,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 if t.phase is not Phase.CONCLUDED
             }
             tokens.update(batch)
+            batch = {**batch, **self._server_state_keys()}  # kept current in the cluster (resume -c reads them)
+            tokens.update(batch)
             body = mf.token_secret(name, self.namespace, self.experiment_id, tokens, mf.owner_reference(self.anchor))
             try:
                 await self.kube.request("POST", self._collection("secrets"), body=body)
@@ -664,6 +671,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             state: dict[str, Any] = {}
             with contextlib.suppress(OSError, ValueError):
                 state = json.loads(self._server_state_file().read_text())
+            if not state and self._job_watch is not None and self._job_watch.cache:
+                # Trials of this experiment are in the cluster, but the manager's data directory was lost:
+                # their keepers know the port and hold tokens of the secret kept in the token Secret.
+                state = await self._cluster_server_state()
             secret = bytes.fromhex(state["secret"]) if "secret" in state else secrets.token_bytes(32)
             port = cfg.cluster_server_port or int(state.get("port") or 0)
             bind = advertised if _is_local_address(advertised) else "0.0.0.0"
@@ -689,6 +700,32 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps({"port": self._server.port, "secret": secret.hex()}))
+
+    async def _cluster_server_state(self) -> dict[str, Any]:
+        """The cluster server's port and secret as the experiment's token Secret keeps them (``{}`` if it
+        does not): the keepers of running trials know that port and hold tokens made with that secret, so a
+        manager whose data directory was lost still hears them (one request, only then)."""
+        try:
+            body = await self.kube.request("GET", f"{self._collection('secrets')}/{self._token_secret_name()}")
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            return {}
+        data = body.get("data") or {}
+        try:
+            return {
+                "port": int(base64.b64decode(data[mf.SERVER_PORT_KEY]).decode()),
+                "secret": base64.b64decode(data[mf.SERVER_SECRET_KEY]).decode(),
+            }
+        except (KeyError, ValueError):
+            return {}
+
+    def _server_state_keys(self) -> dict[str, str]:
+        """The cluster server's port and secret, as the token Secret keeps them (written with the first
+        token of each run of the manager: no request of its own)."""
+        if self._server is None or not self._server.port:
+            return {}
+        return {mf.SERVER_PORT_KEY: str(self._server.port), mf.SERVER_SECRET_KEY: self._server.secret.hex()}
 
     def _server_tls(self) -> ssl.SSLContext | None:
         """The cluster server's TLS context (clusterServerCertFile and KeyFile), and the CA the keepers
@@ -836,18 +873,23 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     def _replay_cached(self, trial: _Trial) -> None:
         kt.replay_workload(self, trial)
-        if self._job_watch is not None and trial.job in self._job_watch.cache:
-            self._on_job_event("MODIFIED", self._job_watch.cache[trial.job])
+        # The pods first: a job that finished while no manager watched is concluded at its event, and its
+        # read-back needs the reporting pod's name (a batch Job's or a TrainJob's pods have random suffixes;
+        # without shared storage the metrics are in that pod's log).
         if self._pod_watch is not None:
             for pod in list(self._pod_watch.cache.values()):
                 if (pod["metadata"].get("labels") or {}).get(LABEL_TRIAL) == trial.label:
                     self._on_pod_event("MODIFIED", pod)
+        if self._job_watch is not None and trial.job in self._job_watch.cache:
+            self._on_job_event("MODIFIED", self._job_watch.cache[trial.job])
 
     async def _sweep_orphans(self) -> None:
         """Delete the jobs of this experiment that no trial owns: leftovers of a run that crashed."""
         assert self._job_watch is not None
-        for name in list(self._job_watch.cache):
-            if name in self._by_job:
+        for name, obj in list(self._job_watch.cache.items()):
+            if name in self._by_job or self._job_view(obj).finished:
+                # A finished job holds nothing; it is the record of its trial in the cluster (a rebuild of
+                # the experiment reads it), deleted with the anchor when the experiment ends.
                 continue
             log.warning("Deleting %s %s: no trial of experiment %s owns it.", self.kind, name, self.experiment_id)
             try:
@@ -891,6 +933,35 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 self._after(trial, self.config.pending_timeout, "pending_timeout")
         else:
             self._post(trial, _Event("job", {"type": "DELETED", "metadata": {"name": job}}, text="DELETED"))
+
+    async def recover_trial_jobs(self) -> list[TrialJobDetail]:
+        """The experiment's trials as its trial objects in the cluster tell them (trial id, sequence id,
+        parameters: :func:`.podsettings.recovered_detail`), oldest first, as WAITING trials to re-attach
+        to: re-attaching gives each its status, and a finished one its metrics from its journal. For
+        ``nni-ts resume -c`` when the manager's store lost the experiment. The service must be running."""
+        assert self._job_watch is not None and self.stager is not None, "the service is not started"
+        objects = sorted(
+            self._job_watch.cache.values(),
+            key=lambda o: (str(o["metadata"].get("creationTimestamp") or ""), o["metadata"]["name"]),
+        )
+        out: list[TrialJobDetail] = []
+        for obj in objects:
+            cfg: str | None = None
+            trial_id = ps.annotated_trial_id(obj)
+            if trial_id and ps.ANNOTATION_PARAMETERS not in (obj["metadata"].get("annotations") or {}):
+                with contextlib.suppress(OSError, PlatformError):
+                    cfg = (await self.stager.read_file(trial_id, "parameter.cfg", None)).decode("utf-8", "replace")
+            detail = ps.recovered_detail(obj, namespace=self.namespace, plural=self.plural, parameter_cfg=cfg)
+            if detail is None:
+                log.warning(
+                    "The %s %s does not say which trial it runs, or with which parameters; it is not rebuilt.",
+                    self.kind,
+                    obj["metadata"]["name"],
+                )
+                continue
+            detail.working_directory = self.stager.trial_location(detail.id)
+            out.append(detail)
+        return out
 
     # ------------------------------------------------------------------ events: routing
 

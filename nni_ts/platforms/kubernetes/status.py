@@ -114,7 +114,7 @@ def trainjob_view(obj: JSON) -> JobView:
     if (c := true("Failed")) is not None:
         reason = c.get("reason") or "Failed"
         message = str(c.get("message") or "no message given").strip()
-        return JobView("failed", f"The TrainJob {name} failed ({reason}): {message}")
+        return JobView("failed", f"The TrainJob {name} failed ({reason}): {message}", reason=reason)
     if (c := true("Complete")) is not None:
         return JobView("succeeded", c.get("message"), 0)
     if true("Suspended") is not None:

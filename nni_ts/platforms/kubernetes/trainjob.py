@@ -28,6 +28,8 @@ Success is the ``Complete`` condition and failure ``Failed`` (reason and message
 there is no Running condition, so RUNNING comes from the pods (or ``jobsStatus[].ready``). Node 0 (the pod
 whose ``JOB_COMPLETION_INDEX`` is 0) runs the reporting keeper; the other nodes journal only.
 Cancel deletes the TrainJob (``propagationPolicy: Background``: its JobSet, Jobs and pods follow).
+``maxTrialDuration`` (the experiment's, inherited, or the platform's) becomes ``spec.activeDeadlineSeconds``:
+Trainer fails the TrainJob with ``DeadlineExceeded`` and deletes its JobSet once it has passed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,16 @@ from .names import TRAINJOB_NAME_MAX, trainjob_name
 from .service import KubernetesTrainingService, _Trial
 from .status import JobView, trainjob_view
 
-__all__ = ["MANAGER", "PRIMARY_TEST", "TrainJobTrainingService", "build_trainjob", "translate_pod_template"]
+__all__ = [
+    "MANAGER",
+    "PRIMARY_TEST",
+    "TrainJobTrainingService",
+    "build_trainjob",
+    "patch_fields",
+    "runtime_retries",
+    "trainer_step",
+    "translate_pod_template",
+]
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +192,33 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
             trial.primary_pod = str(meta.get("name"))
         await super()._on_pod(trial, kind, pod)
 
+    def _on_warning_event(self, kind: str, event: JSON) -> None:
+        """Warning events of a trial's JobSet (named as its TrainJob) and of its Jobs (``<trainjob>-<step>-<n>``:
+        FailedCreate of a pod refused by a quota or a webhook) count as the TrainJob's own."""
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") in ("JobSet", "Job"):
+            name = str(involved.get("name") or "")
+            trial = self._by_job.get(name) or next(
+                (t for job, t in self._by_job.items() if name.startswith(f"{job}-{self.trainer_step}-")), None
+            )
+            if trial is not None:
+                event = {**event, "involvedObject": {**involved, "kind": self.kind, "name": trial.job}}
+        super()._on_warning_event(kind, event)
+
+    async def _conclude(self, trial: _Trial) -> None:
+        final = trial.facts.job_final
+        if final is not None and final.reason == "DeadlineExceeded":
+            # Trainer itself deleted the JobSet, and with it the running pods: not someone else.
+            trial.facts.pod_deleted = None
+        await super()._conclude(trial)
+
     # ------------------------------------------------------------------ start: what the cluster has
 
     async def _start_inner(self) -> None:
         await super()._start_inner()
         await self._detect_version()
         await self._check_runtime()
-        self._check_pod_settings()
+        await self._check_trainjob()
 
     async def _trainjob_schema(self) -> JSON | None:
         """The TrainJob's OpenAPI schema as the cluster serves it: from ``/openapi/v3`` (every authenticated
@@ -216,29 +247,8 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
 
     async def _detect_version(self) -> None:
         schema = await self._trainjob_schema()
-        if schema is None:
-            return
-        spec = _props(schema, "spec")
-        if "runtimePatches" not in spec:
-            old = next(((f, v) for f, v in _OLD_FIELDS if f in spec), None)
-            has = (
-                f"has spec.{old[0]} (Kubeflow Trainer {old[1]}) and no spec.runtimePatches"
-                if old
-                else "has no spec.runtimePatches"
-            )
-            raise ConfigError(
-                f"the cluster's TrainJob CRD (trainjobs.{self.group}/{self.version}) {has}: platform trainjob "
-                "needs Kubeflow Trainer v2.2 or later, whose spec.runtimePatches carries the trial's labels, "
-                "storage and pod settings to the pods. Upgrade Kubeflow Trainer, or use platform kubeflow or "
-                "kubernetes on this cluster.",
-                path="trainingService.platform",
-            )
-        pod = _props(schema, *_POD_SPEC_PATH)
-        if pod:
-            self.patch_pod_fields = frozenset(pod)
-            container = _props(schema, *_POD_SPEC_PATH, "containers", "[]")
-            if container:
-                self.patch_container_fields = frozenset(container)
+        if schema is not None:
+            self.patch_pod_fields, self.patch_container_fields = patch_fields(schema)
 
     async def _check_runtime(self) -> None:
         ref = self.config.runtime_ref
@@ -258,25 +268,95 @@ class TrainJobTrainingService(KubernetesTrainingService[TrainJobConfig]):
                     path="trainingService.runtimeRef.name",
                 ) from exc
             if exc.status == 403:
-                log.warning(
-                    "Cannot read the %s %r (%s): assuming its trainer step is %r. Grant `get` on %s to check it "
-                    "at start (docs/kubernetes.md, RBAC).",
+                # Reading a ClusterTrainingRuntime takes a cluster-wide grant (Kubeflow's platform manifests
+                # give it to every authenticated user; nni-ts's Role is namespaced): the dry run checks it.
+                log.info(
+                    "Cannot read the %s %r (%s): the dry run of a TrainJob checks it instead, with the trainer "
+                    "step %r.",
                     ref.kind,
                     ref.name,
                     exc.api_message,
                     NODE,
-                    ref.kind.lower() + "s",
                 )
                 return
             raise
         self.trainer_step = trainer_step(runtime, ref.kind, ref.name)
+        retries = runtime_retries(runtime, self.trainer_step)
+        if retries:
+            log.warning(
+                "The %s %r retries a failed trainer (%s): a trial that fails then runs again under the same id. "
+                "Give the runtime backoffLimit: 0 and restartPolicy: Never (examples/trainjob/runtime.yaml).",
+                ref.kind,
+                ref.name,
+                retries,
+            )
 
-    def _check_pod_settings(self) -> None:
-        """Build a TrainJob for a trial that does not exist: a pod setting a runtime patch cannot carry is
-        refused now, at start, not at the first trial."""
+    async def _check_trainjob(self) -> None:
+        """Build the TrainJob of a trial that does not exist and have the API server check it in a dry run
+        (its schema, its CEL rules and Trainer's webhook: the runtime exists, the runtime patch fits it).
+        A pod setting a runtime patch cannot carry, or a runtime that does not fit, is refused now, at start,
+        and not at every trial."""
         form = TrialJobApplicationForm(sequence_id=0, hyper_parameters=HyperParameters(value="{}"))
         probe = _Trial(detail=TrialJobDetail(id="probe", form=form), job=self._job_name("probe"))
-        build_trainjob(self, probe, self._keeper_spec(probe))
+        body = build_trainjob(self, probe, self._keeper_spec(probe))
+        try:
+            await self.kube.request("POST", self._collection(), query={"dryRun": "All"}, body=body, timeout=30)
+        except KubeApiError as exc:
+            if exc.status not in (400, 403, 422):
+                raise
+            ref = self.config.runtime_ref
+            runtime = "runtime" in exc.api_message.lower()
+            raise ConfigError(
+                f"the cluster refuses the TrainJobs of this experiment (a dry run, for the {ref.kind} "
+                f"{ref.name!r}): {exc.api_message}",
+                path="trainingService.runtimeRef.name" if runtime else "trainingService",
+            ) from exc
+
+
+def patch_fields(schema: JSON) -> tuple[frozenset[str], frozenset[str]]:
+    """What the installed Trainer's runtime patch may set in a pod spec and in a container, from the TrainJob's
+    OpenAPI schema. A TrainJob without ``spec.runtimePatches`` (Trainer v2.0, v2.1) is refused with an error
+    naming the field it has instead."""
+    spec = _props(schema, "spec")
+    if "runtimePatches" not in spec:
+        old = next(((f, v) for f, v in _OLD_FIELDS if f in spec), None)
+        has = (
+            f"has spec.{old[0]} (Kubeflow Trainer {old[1]}) and no spec.runtimePatches"
+            if old
+            else ("has no spec.runtimePatches")
+        )
+        raise ConfigError(
+            f"the cluster's TrainJob CRD (trainjobs.{TRAINER_GROUP}/v1alpha1) {has}: platform trainjob needs "
+            "Kubeflow Trainer v2.2 or later, whose spec.runtimePatches carries the trial's labels, storage and "
+            "pod settings to the pods. Upgrade Kubeflow Trainer, or use platform kubeflow or kubernetes on this "
+            "cluster.",
+            path="trainingService.platform",
+        )
+    pod = _props(schema, *_POD_SPEC_PATH)
+    container = _props(schema, *_POD_SPEC_PATH, "containers", "[]")
+    return (
+        frozenset(pod) if pod else _PATCH_POD_FIELDS_V23,
+        frozenset(container) if container else _PATCH_CONTAINER_FIELDS_V23,
+    )
+
+
+def runtime_retries(runtime: JSON, step: str) -> str:
+    """How the runtime would run a failed trainer step again ("" if it would not): the Job's backoffLimit
+    (Kubernetes' default 6) with the pod's restartPolicy, and the JobSet's failurePolicy.maxRestarts."""
+    spec = ((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}
+    out = []
+    for rj in spec.get("replicatedJobs") or []:
+        if rj.get("name") != step:
+            continue
+        job = (rj.get("template") or {}).get("spec") or {}
+        limit = job.get("backoffLimit", 6)
+        if limit:
+            policy = (((job.get("template") or {}).get("spec") or {}).get("restartPolicy")) or "OnFailure"
+            out.append(f"backoffLimit {limit}, restartPolicy {policy}")
+    restarts = (spec.get("failurePolicy") or {}).get("maxRestarts")
+    if restarts:
+        out.append(f"the JobSet's failurePolicy.maxRestarts {restarts}")
+    return "; ".join(out)
 
 
 def trainer_step(runtime: JSON, kind: str, name: str) -> str:
@@ -420,13 +500,11 @@ def build_trainjob(service: TrainJobTrainingService, trial: _Trial, keeper: mf.K
         labels=mf.trial_labels(service.experiment_id, detail.id),
     )
     trainer["numNodes"] = t.num_nodes
-    return {
-        "apiVersion": f"{service.group}/{service.version}",
-        "kind": "TrainJob",
-        "metadata": metadata,
-        "spec": {
-            "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": cfg.runtime_ref.kind, "name": cfg.runtime_ref.name},
-            "trainer": trainer,
-            "runtimePatches": [patch],
-        },
+    spec: JSON = {
+        "runtimeRef": {"apiGroup": TRAINER_GROUP, "kind": cfg.runtime_ref.kind, "name": cfg.runtime_ref.name},
+        "trainer": trainer,
+        "runtimePatches": [patch],
     }
+    if cfg.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = cfg.active_deadline_seconds
+    return {"apiVersion": f"{service.group}/{service.version}", "kind": "TrainJob", "metadata": metadata, "spec": spec}

@@ -305,13 +305,15 @@ class ApiServer:
             self.api.store, *account, verb, group, resource_key, namespace, name
         ):
             where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-            raise ApiError(
+            refused = ApiError(
                 403,
                 "Forbidden",
                 f"{rtype.group_resource} {f'{chr(34)}{name}{chr(34)} ' if name else ''}is forbidden: User "
                 f'"system:serviceaccount:{account[0]}:{account[1]}" cannot {verb} resource "{resource_key}" '
                 f'in API group "{group}"{where}',
             )
+            self.forbidden.append(refused.message)
+            raise refused
         await self._apply_faults(verb, plural)
         dry_run = "All" in q.getall("dryRun", [])
         if sub == "token" and rtype.kind == "ServiceAccount" and method == "POST":

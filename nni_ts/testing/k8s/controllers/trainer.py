@@ -22,8 +22,10 @@ Torch runtimes add ``PET_NNODES``, ``PET_NPROC_PER_NODE``,
 ``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``. The JobSet has the TrainJob's name and is
 owned by it. Status: ``Suspended`` (from spec.suspend: reasons ``Suspended`` / ``Resumed``), ``Complete``
 and ``Failed`` copied from the JobSet's ``Completed`` / ``Failed``, ``jobsStatus`` from
-``replicatedJobsStatus``; there is no Running condition. Admission enforces the CRD's CEL rules a client
-meets (name: RFC 1035 label of at most 63 characters; ``spec.runtimeRef``, ``spec.trainer``,
+``replicatedJobsStatus``; there is no Running condition. ``spec.activeDeadlineSeconds`` (v2.2+) counts from the
+TrainJob's creation or its last resume and, once passed, fails it (``DeadlineExceeded``, "TrainJob exceeded its
+active deadline") and deletes its JobSet, as v2.3's ``reconcileDeadline`` does. Admission enforces the CRD's
+CEL rules a client meets (name: RFC 1035 label of at most 63 characters; ``spec.runtimeRef``, ``spec.trainer``,
 ``spec.initializer``, ``spec.managedBy``, ``spec.activeDeadlineSeconds`` immutable) and, as the webhook does,
 that the runtime exists and that the runtime patches fit it (each ``manager`` a domain-prefixed path,
 their replicated jobs and containers in the runtime, no ``env`` for the ``node`` and initializer containers,
@@ -33,6 +35,7 @@ no change while the TrainJob runs).
 from __future__ import annotations
 
 import copy
+import datetime as _dt
 import re
 from typing import Any
 
@@ -42,7 +45,7 @@ from ..resources import ResourceType
 from ..store import Event
 from ..util import JSON, ApiError
 from .base import Controller, owner_ref
-from .job import _set_cond
+from .job import _parse_time, _set_cond
 
 __all__ = ["JobSetController", "TrainJobController", "trainjob_admission"]
 
@@ -437,12 +440,41 @@ class TrainJobController(Controller):
                 _set_cond(status, "Suspended", "True", "Suspended", "TrainJob is suspended")
             elif _true(tj, "Suspended"):
                 _set_cond(status, "Suspended", "False", "Resumed", "TrainJob is resumed")
+            if not suspended and js_type is not None:
+                self._deadline(tj, status, js_type)
         _meta_conditions(status)
         if status != before:
             self.api.update_status(self.api.by_gr[(self.group, self.plural)], namespace, name, status)
 
     def _runtime(self, tj: JSON) -> JSON | None:
         return _runtime_of(self.api, tj)
+
+    def _deadline(self, tj: JSON, status: JSON, js_type: Any) -> None:
+        """``spec.activeDeadlineSeconds``: from creation, or from the last resume (Suspended False)."""
+        deadline = (tj.get("spec") or {}).get("activeDeadlineSeconds")
+        if not deadline or any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        ):
+            return
+        start = tj["metadata"].get("creationTimestamp")
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Suspended" and c.get("status") == "False":
+                start = c.get("lastTransitionTime") or start
+        if not start:
+            return
+        age = (_dt.datetime.now(_dt.UTC) - _parse_time(str(start))).total_seconds()
+        namespace, name = tj["metadata"]["namespace"], tj["metadata"]["name"]
+        if age < float(deadline):
+            self.enqueue_later(float(deadline) - age + 0.05, namespace, name)
+            return
+        message = "TrainJob exceeded its active deadline"
+        _set_cond(status, "Failed", "True", "DeadlineExceeded", message)
+        self.record(tj, "Failed", message, "Warning")
+        try:
+            self.api.delete(js_type, namespace, name, propagation="Background")
+        except ApiError:
+            pass
 
     def _jobset(self, tj: JSON, runtime: JSON) -> JSON:
         rspec = runtime.get("spec") or {}
