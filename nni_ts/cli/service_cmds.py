@@ -56,7 +56,9 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     )
     s.add_argument("--data-dir", help="Workspaces' files and the experiment store (default $NNI_TS_HOME/service).")
     s.add_argument(
-        "--platform", default="local", help="Where experiments run: local, kubeflow, frameworkcontroller, trainjob."
+        "--platform",
+        default="local",
+        help="Where experiments run: local, kubeflow, frameworkcontroller, kubernetes, trainjob.",
     )
     s.add_argument(
         "--platform-config",

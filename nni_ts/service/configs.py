@@ -37,7 +37,7 @@ __all__ = [
 _SECRET_KEY = re.compile(r"(?i)(passw(or)?d|passphrase|secret|token|credential|apikey|api_key|accesskey|privatekey)")
 REDACTED = "***"
 #: The Kubernetes platforms: each workspace's trials run in a namespace of its own.
-_K8S = ("kubeflow", "frameworkcontroller", "trainjob")
+_K8S = ("kubeflow", "frameworkcontroller", "kubernetes", "trainjob")
 
 
 _COMMAND_KEY = re.compile(r"(?i)command$")
@@ -387,5 +387,7 @@ def legacy_to_v2(req: LegacyRequest, policy: PlatformPolicy) -> dict[str, Any]:
         ts["trainer"] = {"numNodes": 1, "resourcesPerNode": resources}
         if req.image:
             ts["trainer"]["image"] = req.image
+    elif policy.platform == "kubernetes":  # no roles: the pod's keys are the platform's own
+        ts.update({k: v for k, v in role.items() if k not in policy.defaults})
     data["trainingService"] = ts
     return data

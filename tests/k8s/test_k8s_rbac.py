@@ -1,5 +1,6 @@
 """RBAC in the fake cluster: service-account tokens are allowed only what their Roles grant, and the Roles
-in deploy/ and docs/kubernetes.md are enough for whole experiments on both Kubernetes platforms."""
+in deploy/ and docs/kubernetes.md are enough for whole experiments on the Kubernetes platforms (kubeflow,
+frameworkcontroller and kubernetes)."""
 
 from __future__ import annotations
 
@@ -205,6 +206,8 @@ def platform_config(platform: str, kubeconfig: Path, namespace: str, nfs: Path, 
     }
     if platform == "kubeflow":
         return {"platform": "kubeflow", "operator": "tf-operator", "worker": {"replicas": 1, **role}, **common}
+    if platform == "kubernetes":
+        return {"platform": "kubernetes", **role, **common}
     if platform == "trainjob":
         trainer = {"image": "python:3.11", "resourcesPerNode": {"cpuNumber": 0.5, "memorySize": "256m"}}
         runtime = {"name": "nni-ts-python"}
@@ -226,11 +229,9 @@ def platform_config(platform: str, kubeconfig: Path, namespace: str, nfs: Path, 
 
 @pytest.mark.slow  # whole experiments through the fake cluster and its operators
 @pytest.mark.parametrize("source", ["deploy", "docs"])
-@pytest.mark.parametrize("platform", ["kubeflow", "frameworkcontroller", "trainjob"])
+@pytest.mark.parametrize("platform", ["kubeflow", "frameworkcontroller", "kubernetes", "trainjob"])
 async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: str, platform: str) -> None:
-    from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerTrainingService
-    from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
-    from nni_ts.platforms.kubernetes.trainjob import TrainJobTrainingService
+    from nni_ts.registry import get_platform_class
 
     nfs, code = tmp_path / "nfs", tmp_path / "code"
     nfs.mkdir()
@@ -262,11 +263,7 @@ async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: st
                 cluster.create(copy.deepcopy(obj))
         kubeconfig = cluster.write_kubeconfig(tmp_path / "sa.kubeconfig", token=cluster.service_account_token(*sa))
         config = platform_config(platform, kubeconfig, namespace, nfs, code)
-        cls: Any = {
-            "kubeflow": KubeflowTrainingService,
-            "frameworkcontroller": FrameworkControllerTrainingService,
-            "trainjob": TrainJobTrainingService,
-        }[platform]
+        cls: Any = get_platform_class(platform)
         svc = cls(config, experiment_dir=tmp_path / "exp")
         metrics: list[TrialJobMetric] = []
         svc.add_trial_job_metric_listener(metrics.append)
@@ -284,6 +281,34 @@ async def test_the_documented_role_runs_an_experiment(tmp_path: Path, source: st
         # Nothing the platform tried was refused (not even a request whose failure it tolerates).
         assert cluster.server.forbidden == []
         assert cluster.server.account_requests[sa] > 5  # the platform did use the service account's token
+
+
+async def test_a_role_without_the_platforms_objects_is_a_clear_error(tmp_path: Path) -> None:
+    """Credentials that may not list batch jobs: the kubernetes platform says which right is missing and
+    where the Role is documented (a ConfigError naming the key: the CLI exits 2), no traceback."""
+    from nni_ts.errors import ConfigError
+    from nni_ts.registry import get_platform_class
+
+    nfs, code = tmp_path / "nfs", tmp_path / "code"
+    nfs.mkdir()
+    code.mkdir()
+    docs = docs_role()
+    namespace = docs["metadata"]["namespace"]
+    docs["rules"] = [r for r in docs["rules"] if "batch" not in r["apiGroups"]]
+    async with FakeCluster(tmp_path / "cluster", controllers=[], nfs_exports={NFS: nfs}) as cluster:
+        cluster.create(docs)
+        cluster.create(binding("nni-ts", namespace, "Role", docs["metadata"]["name"], ("default", "manager")))
+        kubeconfig = cluster.write_kubeconfig(
+            tmp_path / "sa.kubeconfig", token=cluster.service_account_token("default", "manager")
+        )
+        svc = get_platform_class("kubernetes")(
+            platform_config("kubernetes", kubeconfig, namespace, nfs, code), experiment_dir=tmp_path / "exp"
+        )
+        with pytest.raises(ConfigError) as info:
+            await svc.start()
+    message = str(info.value)
+    assert "trainingService.kubeconfig" in message and 'cannot list resource "jobs"' in message, message
+    assert "docs/kubernetes.md" in message and f"namespace {namespace}" in message
 
 
 async def test_trainjob_checks_a_cluster_runtime_it_may_not_read_by_a_dry_run(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """The ``kubernetes`` platform (a batch/v1 Job per trial) against the fake cluster's real Job controller:
-the Job it builds, a trial end to end, the trial's own failure failing it at once (PodFailurePolicy), an
+the Job it builds, the trial's own failure failing it at once (PodFailurePolicy), an
 eviction mid-trial that does not fail it (the pod is replaced, every metric once), DeadlineExceeded from
 maxTrialDuration, and configuration errors naming the key."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -41,28 +42,6 @@ def _pods(cluster: FakeCluster, trial_id: str) -> list[dict[str, Any]]:
     return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial_id}")
 
 
-async def test_a_trial_runs_end_to_end_as_a_job(cluster: FakeCluster, make_service: Factory, code_dir: Path) -> None:
-    svc = make_service(code_dir, "python3 kit_trial.py")
-    metrics: list[TrialJobMetric] = []
-    svc.add_trial_job_metric_listener(metrics.append)
-    async with svc:
-        detail = await svc.submit_trial_job(form({"mode": "ok", "n": 3, "final": 0.75}))
-        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
-        assert done.status is TrialJobStatus.SUCCEEDED, done.message
-        assert _values(metrics, detail.id)[-1] == 0.75 and len(metrics) == 4
-        job = cluster.get("jobs", detail.platform_data["job"])
-        assert job is not None
-        spec = job["spec"]
-        assert spec["backoffLimit"] == 1 and spec["podReplacementPolicy"] == "Failed"
-        rules = spec["podFailurePolicy"]["rules"]
-        assert rules[0]["action"] == "Ignore" and rules[0]["onPodConditions"][0]["type"] == "DisruptionTarget"
-        assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["operator"] == "NotIn"
-        assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec
-        assert job["metadata"]["ownerReferences"][0]["uid"] == svc.anchor["metadata"]["uid"]
-        (pod,) = _pods(cluster, detail.id)
-        assert pod["metadata"]["name"].startswith(job["metadata"]["name"] + "-")
-
-
 async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
     cluster: FakeCluster, make_service: Factory, code_dir: Path
 ) -> None:
@@ -72,23 +51,44 @@ async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         job = cluster.get("jobs", detail.platform_data["job"])
         pods = _pods(cluster, detail.id)
+        anchor_uid = svc.anchor["metadata"]["uid"]
     assert done.status is TrialJobStatus.FAILED and done.exit_code == 4, done.message
     assert not done.infrastructure_failure
     assert "The trial command exited with code 4." in (done.message or "")
     assert "(PodFailurePolicy)" in (done.message or "") and "exit code 4 matching FailJob rule" in (done.message or "")
-    assert job is not None and job["spec"]["backoffLimit"] == 3
-    assert job["status"]["failed"] == 1  # no retry burnt on the trial's own error, backoffLimit 3 or not
-    assert len(pods) == 1
+    assert job is not None and job["status"]["failed"] == 1  # no retry burnt on the trial's own error
+    assert len(pods) == 1 and pods[0]["metadata"]["name"].startswith(job["metadata"]["name"] + "-")
+    # The Job as the platform builds it (a successful trial: the conformance kit).
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 3 and spec["podReplacementPolicy"] == "Failed"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trial", "operator": "NotIn", "values": [0]},
+    }
+    assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec
+    assert job["metadata"]["ownerReferences"][0]["uid"] == anchor_uid
+    template = spec["template"]
+    assert template["metadata"]["labels"]["nni-ts.io/role"] == "trial"
+    assert template["spec"]["restartPolicy"] == "Never"
+    assert template["spec"]["volumes"][0]["name"] == "nni-ts-storage"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("how", ["eviction-api", "node-pressure"])
 async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metric_once(
-    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path
+    cluster: FakeCluster, make_service: Factory, code_dir: Path, tmp_path: Path, how: str
 ) -> None:
+    """``kubectl drain``'s Eviction API (the pod is deleted) and the kubelet's node-pressure eviction (the pod
+    stays, Failed): both carry DisruptionTarget, so the Job replaces the pod and the trial runs again.
+    The trial ignores SIGTERM, so the evicted pod takes cancelGracePeriod (3 s) to end: the trial waits for
+    its replacement past the pendingTimeout (3 s) counted from its submission, which must not fail it."""
     import kubernetes_asyncio as k8s
 
     runs = tmp_path / "runs"
-    svc = make_service(code_dir, "python3 kit_trial.py", backoffLimit=0)
+    command = "trap '' TERM; python3 kit_trial.py"
+    svc = make_service(code_dir, command, backoffLimit=0, pendingTimeout=3, cancelGracePeriod=3)
     metrics: list[TrialJobMetric] = []
     statuses: list[TrialJobStatus] = []
     svc.add_trial_job_metric_listener(metrics.append)
@@ -99,11 +99,14 @@ async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metr
         await cluster.wait_for(lambda c: len(metrics) == 1, timeout=TIMEOUT, message="the first run's metric")
         (first,) = _pods(cluster, detail.id)
         name = first["metadata"]["name"]
-        cfg = k8s.client.Configuration()
-        cfg.host = cluster.url
-        async with k8s.client.ApiClient(cfg) as api:
-            body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
-            await k8s.client.CoreV1Api(api).create_namespaced_pod_eviction(name, "default", body)
+        if how == "node-pressure":
+            await cluster.faults.evict_pod("default", name)
+        else:
+            cfg = k8s.client.Configuration()
+            cfg.host = cluster.url
+            async with k8s.client.ApiClient(cfg) as api:
+                body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
+                await k8s.client.CoreV1Api(api).create_namespaced_pod_eviction(name, "default", body)
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         job = cluster.get("jobs", detail.platform_data["job"])
         pods = _pods(cluster, detail.id)
@@ -122,7 +125,13 @@ async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metr
         TrialJobStatus.SUCCEEDED,
     ], statuses
     assert job is not None and job["status"]["failed"] == 0 and job["status"]["succeeded"] == 1
-    assert name not in {p["metadata"]["name"] for p in pods} and len(pods) == 1
+    running = [p for p in pods if p["metadata"]["name"] != name]
+    assert len(running) == 1 and running[0]["status"]["phase"] == "Succeeded"
+    if how == "eviction-api":
+        assert len(pods) == 1  # deleted
+    else:
+        (evicted,) = [p for p in pods if p["metadata"]["name"] == name]
+        assert evicted["status"]["phase"] == "Failed" and evicted["status"]["reason"] == "Evicted"
     state = Path(done.working_directory or "") / ".nni-ts"
     assert sorted(p.name for p in state.glob("attempt-*")) == ["attempt-1", "attempt-2"]
 
@@ -211,3 +220,52 @@ def test_registered_like_the_other_platforms() -> None:
     assert get_platform_class("kubernetes") is KubernetesJobTrainingService
     assert "## `trainingService` for `platform: kubernetes` (batch Jobs)" in render_reference()
     assert "| `backoffLimit` | integer | `1` |" in render_reference()
+
+
+@pytest.mark.slow
+async def test_a_suspended_job_keeps_its_trial_until_it_resumes(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    """Suspending the Job (what a queue such as Kueue does to preempt it) deletes its pod; the trial is not
+    given up after settle_timeout while the Job stays suspended, and runs again when it resumes."""
+    svc = make_service(code_dir, "python3 kit_trial.py", service_kwargs={"settle_timeout": 0.3})
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 2}))
+        job = detail.platform_data["job"]
+        await cluster.wait_for(lambda c: len(metrics) == 1, timeout=TIMEOUT, message="the first run's metric")
+        (first,) = _pods(cluster, detail.id)
+        cluster.patch("jobs", job, {"spec": {"suspend": True}})
+        await cluster.wait_for(lambda c: not _pods(c, detail.id), timeout=TIMEOUT, message="the pod deleted")
+        # Several settle_timeouts pass while the Job is suspended: the trial is still there.
+        await cluster.wait_for_object(
+            "jobs", job, lambda j: any(c["type"] == "Suspended" for c in j["status"].get("conditions") or [])
+        )
+        await asyncio.sleep(1.0)  # nothing to await: the point is that nothing happens (> 3 settle_timeouts)
+        assert not svc.reporter.status(detail.id).is_terminal
+        cluster.patch("jobs", job, {"spec": {"suspend": False}})
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        pods = {p["metadata"]["name"] for p in _pods(cluster, detail.id)}
+    assert done.status is TrialJobStatus.SUCCEEDED, done.message
+    assert _values(metrics, detail.id) == [0.0, 1.0] and [m.sequence for m in metrics] == [0, 1]
+    assert len(pods) == 1 and first["metadata"]["name"] not in pods
+
+
+async def test_a_report_of_a_replaced_run_is_refused(tmp_path: Path) -> None:
+    """A report of the previous pod's keeper still in flight when the Job replaced the pod: its records are
+    not acknowledged (the new run delivers those sequence numbers) and its exit is not the trial's."""
+    from nni_ts.models import TrialJobDetail
+    from nni_ts.platforms.kubernetes.batchjob import KubernetesJobTrainingService, _RunSink
+    from nni_ts.platforms.kubernetes.service import _Trial
+
+    svc = KubernetesJobTrainingService(
+        {**_TS, "trialCommand": "true", "storage": dict(_TS["storage"], localMountPath=str(tmp_path))},
+        experiment_dir=tmp_path / "exp",
+    )
+    trial = _Trial(detail=TrialJobDetail(id="t1", form=form({})), job="j")
+    svc._runs["t1"] = 2
+    old = _RunSink(svc, trial, 1)
+    assert await old.on_records([(3, '{"type": "FINAL"}')]) == 0
+    await old.on_exited(143, 1)
+    assert trial.facts.keeper_exit is None and trial.queue.empty()

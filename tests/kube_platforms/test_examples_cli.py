@@ -31,7 +31,13 @@ def served_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[P
 
 
 @pytest.mark.parametrize(
-    ("example", "plural"), [("kubeflow", "tfjobs"), ("frameworkcontroller", "frameworks"), ("trainjob", "trainjobs")]
+    ("example", "plural"),
+    [
+        ("kubeflow", "tfjobs"),
+        ("frameworkcontroller", "frameworks"),
+        ("trainjob", "trainjobs"),
+        ("kubernetes-job", "jobs"),
+    ],
 )
 def test_example_runs_on_the_served_fake_cluster(served_cluster: Path, example: str, plural: str) -> None:
     kubectl = shutil.which("kubectl")
@@ -81,7 +87,7 @@ def test_example_runs_on_the_served_fake_cluster(served_cluster: Path, example: 
     assert result["best"]["status"] == "SUCCEEDED", result["best"]
 
 
-@pytest.mark.parametrize("example", ["kubeflow", "frameworkcontroller", "trainjob"])
+@pytest.mark.parametrize("example", ["kubeflow", "frameworkcontroller", "trainjob", "kubernetes-job"])
 def test_example_would_run_on_a_real_cluster(example: str) -> None:
     """Issue 13 #8: the trial imports only what its image has (python:3.11-slim: the standard library; nni
     is the keeper's light module), and the pods do not run as the controller's service account."""
@@ -97,6 +103,9 @@ def test_example_would_run_on_a_real_cluster(example: str) -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported - set(sys.stdlib_module_names) == {"nni"}
-    roles = ts.get("taskRoles") or [ts.get("worker") or {"dockerImage": ts["trainer"]["image"]}]
+    if "trainer" in ts:
+        roles = [{"dockerImage": ts["trainer"]["image"]}]
+    else:
+        roles = ts.get("taskRoles") or ([ts["worker"]] if "worker" in ts else [ts])
     assert all(r["dockerImage"] == "python:3.11-slim" for r in roles)
     assert ts.get("serviceAccountName") in (None, "nni-ts-trial")

@@ -57,6 +57,18 @@ def test_decide(facts: Facts, status: TrialJobStatus, infra: bool, text: str) ->
     assert text in (d.message or ""), d.message
 
 
+def test_no_exit_record_names_the_storage_mode() -> None:
+    """A Job that succeeded with no exit record: with NFS the storage settings are the suspect; without shared
+    storage they are not (there are none), the pod log is."""
+    facts = Facts(job_final=JobView("succeeded", None, 0))
+    nfs = decide(facts, N)
+    assert "trainingService.storage" in (nfs.message or "")
+    none = decide(facts, Names("Job", "job-1", None, "job-1-abcde", shared_storage=False))
+    assert none.status is TrialJobStatus.FAILED
+    assert "trainingService.storage" not in (none.message or "") and "job-1-abcde" in (none.message or "")
+    assert "log" in (none.message or "")
+
+
 def test_transitions_are_data_and_enforced() -> None:
     assert TRANSITIONS[Phase.CONCLUDED] == frozenset()
     assert all(Phase.CONCLUDED in allowed for p, allowed in TRANSITIONS.items() if p is not Phase.CONCLUDED)

@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from nni_ts.platforms.kubernetes.status import (
+    batch_job_view,
     framework_view,
+    is_disrupted,
     kubeflow_job_view,
     pod_problem,
     terminated_exit_code,
@@ -93,6 +95,68 @@ def _fw(state: str, code: int | None = None, name: str = "Failed", attrs: list[s
             }
         }
     return {"kind": "Framework", "metadata": {"name": "fw"}, "status": status}
+
+
+def _batch(*conditions: tuple[str, str, str, str], **status: Any) -> dict[str, Any]:
+    return {
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "status": {
+            **status,
+            "conditions": [{"type": t, "status": s, "reason": r, "message": m} for t, s, r, m in conditions],
+        },
+    }
+
+
+def test_batch_job_conditions_and_reasons() -> None:
+    assert batch_job_view({"metadata": {"name": "j"}}).phase == "pending"
+    assert batch_job_view(_batch(active=1, ready=0)).phase == "pending"  # the pod is not running yet
+    assert batch_job_view(_batch(active=1, ready=1)).phase == "running"
+    suspended = _batch(("Suspended", "True", "JobSuspended", "Job suspended"), active=0, ready=1)
+    assert batch_job_view(suspended).phase == "pending"
+    done = batch_job_view(
+        _batch(("SuccessCriteriaMet", "True", "CompletionsReached", ""), ("Complete", "True", "", ""))
+    )
+    assert done.phase == "succeeded" and done.finished and done.exit_code == 0
+    # FailureTarget comes first, while the pod still terminates: not finished yet.
+    target = _batch(("FailureTarget", "True", "DeadlineExceeded", "Job was active longer than specified deadline"))
+    assert not batch_job_view(target).finished
+    policy = batch_job_view(
+        _batch(
+            ("FailureTarget", "True", "PodFailurePolicy", "x"),
+            (
+                "Failed",
+                "True",
+                "PodFailurePolicy",
+                "Container trial for pod default/j-abcde failed with exit code 4 matching FailJob rule at index 1",
+            ),
+        )
+    )
+    assert policy.phase == "failed" and policy.reason == "PodFailurePolicy" and policy.exit_code == 4
+    assert policy.message is not None and policy.message.startswith("The Job j failed (PodFailurePolicy): the trial")
+    assert "exit code 4 matching FailJob rule at index 1." in policy.message and not policy.infrastructure
+    deadline = batch_job_view(
+        _batch(("Failed", "True", "DeadlineExceeded", "Job was active longer than specified deadline"))
+    )
+    assert deadline.reason == "DeadlineExceeded" and "maxTrialDuration" in (deadline.message or "")
+    assert not deadline.infrastructure and deadline.exit_code is None
+    backoff = batch_job_view(
+        _batch(("Failed", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+    )
+    assert backoff.infrastructure and "backoffLimit" in (backoff.message or "")  # the platform's failure
+    other = batch_job_view(_batch(("Failed", "True", "", "")))
+    assert other.message == "The Job j failed (Failed)." and other.reason == "Failed"
+
+
+def test_a_disrupted_pod_says_why() -> None:
+    pod: dict[str, Any] = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert is_disrupted(pod) is None
+    pod["status"]["conditions"].append(
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "Eviction API"}
+    )
+    assert is_disrupted(pod) == "EvictionByEvictionAPI: Eviction API"
+    pod["status"]["conditions"][-1]["status"] = "False"
+    assert is_disrupted(pod) is None
 
 
 @pytest.mark.parametrize(

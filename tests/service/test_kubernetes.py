@@ -1,5 +1,6 @@
 """The service on the Kubernetes platforms (fake cluster): the seeds' launcher body runs as TFJobs (or
-Frameworks, or TrainJobs) in the workspace's own namespace, results come back, and delete cleans the jobs up."""
+Frameworks, batch Jobs or TrainJobs) in the workspace's own namespace, results come back, and delete cleans
+the jobs up."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = (REPO / ".." / "shared" / "crds").resolve()
 NFS = ("10.0.0.1", "/exports/nni")
-KINDS = {"kubeflow": "tfjobs", "frameworkcontroller": "frameworks", "trainjob": "trainjobs"}
+KINDS = {"kubeflow": "tfjobs", "frameworkcontroller": "frameworks", "kubernetes": "jobs", "trainjob": "trainjobs"}
 TRAINER_CRDS = [
     CRD_DIR / "next" / f
     for f in (
@@ -182,7 +183,8 @@ async def _start_serve(args: list[str]) -> tuple[Any, str]:
     return proc, line.split("listening on ", 1)[1].split()[0]
 
 
-# trainjob passes this too (its re-attach is in the conformance kit); left out for the suite's time budget.
+# kubernetes and trainjob pass this too (their re-attach is in the conformance kit); left out for the suite's
+# time budget.
 @pytest.mark.parametrize("k8s", ["frameworkcontroller", "kubeflow"], indirect=True)
 async def test_service_restart_reattaches_kubernetes_trials(k8s: tuple[str, Any, Path], tmp_path: Path) -> None:
     import asyncio

@@ -8,15 +8,17 @@ The Job uses what Jobs offer for a trial (see docs/kubernetes.md, "platform: kub
 * ``backoffLimit`` small (``trainingService.backoffLimit``, default 1): the retries left are for pods that
   failed without the trial's exit code (deleted by hand, their node lost);
 * ``podReplacementPolicy: Failed`` (what a podFailurePolicy requires): a replacement pod starts only once
-  the old one is gone, so two keepers of a trial never run at once;
+  the old one has ended, so two keepers of a trial never run at once;
 * ``activeDeadlineSeconds`` from ``maxTrialDuration`` (the experiment's, inherited, or the platform's);
 * the owner reference to the experiment's anchor (no ``ttlSecondsAfterFinished``: a finished Job stays until
-  the experiment is deleted, so that a resumed manager still reads its final state and reason).
+  the experiment ends and its anchor is deleted, so that a resumed manager still reads its final state and
+  reason).
 
 A replaced pod runs the trial again. Each keeper takes its own attempt number (``auto``); the trial's
 channel is registered again with the count of records already delivered, so the new run's records with
 those sequence numbers are dropped as duplicates and every metric reaches the experiment once. While the
-Job replaces the pod, the trial is WAITING (requeued, not failed).
+Job replaces the pod, the trial is WAITING (requeued, not failed), and pendingTimeout counts from the
+replacement pod on.
 
 The pod's name is the Job controller's (``<job>-<5 random>``): the pod is found by the trial's labels, and
 the trial's primary pod is the newest pod of its Job.
@@ -105,18 +107,29 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
                 trial.pods[name] = pod
             if name not in disrupted:
                 disrupted.add(name)
+                if trial.primary_pod not in ("", name):
+                    return  # an earlier pod, already replaced (a re-attach replays every pod)
                 message = (
                     f"The pod {name} was disrupted ({why}); the Job replaces it and the trial runs again "
                     "(not a failure)."
                 )
                 if not self.reporter.requeued(trial.id, message):
                     self.reporter.note(trial.id, message=message)
+                if trial.phase is Phase.ACTIVE:
+                    # Until the Job has created the replacement (once this pod has ended: a grace period),
+                    # no time-out applies; pendingTimeout counts again from the replacement on (_rerun).
+                    trial.cancel_timers()
             return
         if kind != "DELETED" and name != trial.primary_pod and name not in disrupted:
             if trial.primary_pod and trial.phase is Phase.ACTIVE:
                 await self._rerun(trial, name)
             trial.primary_pod = name
         await super()._on_pod(trial, kind, pod)
+
+    def _mark_running(self, trial: _Trial, when: int | None = None) -> None:
+        if trial.primary_pod in self._disrupted.get(trial.id, ()):
+            return  # the Job still counts the disrupted pod ready for a moment; its replacement's start counts
+        super()._mark_running(trial, when)
 
     async def _rerun(self, trial: _Trial, pod: str) -> None:
         """The Job created ``pod`` in place of the trial's previous pod: its keeper runs the trial again.
@@ -133,10 +146,16 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
             delivered = self.server.channel(trial.id).next_seq
         except KeyError:
             return
-        self.server.register(trial.id, _Sink(self, trial), attempt=None, next_seq=delivered)
         self._runs[trial.id] = self._runs.get(trial.id, 1) + 1
-        self.reporter.waiting(trial.id, f"The Job created the pod {pod} to run the trial again.")
+        self.server.register(trial.id, self._sink(trial), attempt=None, next_seq=delivered)
+        message = f"The Job created the pod {pod} to run the trial again."
+        if not self.reporter.requeued(trial.id, message):
+            self.reporter.waiting(trial.id, message)
+        trial.cancel_timers()
         self._after(trial, self.config.pending_timeout, "pending_timeout")
+
+    def _sink(self, trial: _Trial) -> _Sink:
+        return _RunSink(self, trial, self._runs.get(trial.id, 1))
 
     async def _handle(self, trial: _Trial, ev: _Event) -> None:
         facts = trial.facts
@@ -149,10 +168,7 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
         ):
             # The keeper was stopped with its pod (an eviction, a preemption...): the Job either replaces the
             # pod, and the trial runs again, or fails. Wait (bounded) for which.
-            run = self._runs.get(trial.id, 1)
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(self.settle_timeout, self._post, trial, _Event("replace_timeout", text=str(run)))
-            trial.timers.append(timer)
+            self._arm_replace_timeout(trial)
             return
         if ev.kind == "replace_timeout":
             if (
@@ -161,9 +177,26 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
                 and facts.keeper_exit is not None
                 and facts.job_final is None
             ):
-                await self._stop(trial)
+                if self._suspended(trial):
+                    # Suspended (a queue such as Kueue took the pod back): the pod comes when it resumes.
+                    self._arm_replace_timeout(trial)
+                elif trial.primary_pod not in self._disrupted.get(trial.id, ()):
+                    await self._stop(trial)
+                # else: evicted, and the replacement waits to be scheduled: pendingTimeout decides.
             return
         await super()._handle(trial, ev)
+
+    def _arm_replace_timeout(self, trial: _Trial) -> None:
+        run = self._runs.get(trial.id, 1)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.settle_timeout, self._post, trial, _Event("replace_timeout", text=str(run)))
+        trial.timers.append(timer)
+
+    def _suspended(self, trial: _Trial) -> bool:
+        """Whether the trial's Job is suspended, as the job watch last saw it."""
+        job = self._job_watch.cache.get(trial.job) if self._job_watch is not None else None
+        conditions = ((job or {}).get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Suspended" and c.get("status") == "True" for c in conditions)
 
     async def _conclude(self, trial: _Trial) -> None:
         final = trial.facts.job_final
@@ -173,6 +206,27 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
         self._disrupted.pop(trial.id, None)
         self._runs.pop(trial.id, None)
         await super()._conclude(trial)
+
+
+class _RunSink(_Sink):
+    """The sink of one run of the trial (one pod's keeper). A report of an earlier run still in flight when
+    the Job replaced its pod is refused: its records are the new run's to deliver (the same sequence
+    numbers), and its exit is not the trial's."""
+
+    def __init__(self, service: KubernetesJobTrainingService, trial: _Trial, run: int) -> None:
+        super().__init__(service, trial)
+        self.batch = service
+        self.run = run
+
+    def _stale(self) -> bool:
+        return self.batch._runs.get(self.trial.id, 1) != self.run
+
+    async def on_records(self, records: list[tuple[int, str]]) -> int:
+        return 0 if self._stale() else await super().on_records(records)
+
+    async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+        if not self._stale():
+            await super().on_exited(exit_code, end_time_ms)
 
 
 def build_batch_job(service: KubernetesJobTrainingService, trial: _Trial, keeper: mf.KeeperSpec) -> JSON:

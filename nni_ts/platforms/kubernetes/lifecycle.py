@@ -152,6 +152,8 @@ class Names:
     job: str
     working_directory: str | None = None
     primary_pod: str = ""
+    #: Whether the pods share storage with the manager (NFS, Azure Files), or have none (storageType none).
+    shared_storage: bool = True
 
 
 class KueueStep(enum.Enum):
@@ -249,6 +251,14 @@ def decide(f: Facts, n: Names) -> Decision:
         return Decision(TrialJobStatus.FAILED, message, code)
     exit_code = view.exit_code if view is not None and view.exit_code is not None else f.primary_exit
     if view is not None and view.phase == "succeeded":
+        if not n.shared_storage:
+            return Decision(
+                TrialJobStatus.FAILED,
+                f"The {n.kind} {n.job} succeeded, but the trial keeper's exit reached neither the manager "
+                f"nor the log of pod {n.primary_pod or '(unknown)'} (without shared storage the pod log is "
+                "the only other record): the pod's log may have been rotated or removed before it was read.",
+                exit_code,
+            )
         return Decision(
             TrialJobStatus.FAILED,
             f"The {n.kind} {n.job} succeeded, but the trial keeper left no exit record in "

@@ -401,6 +401,17 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self.client = await load_client(cfg.kubeconfig, cfg.context)
         try:
             await self._start_inner()
+        except KubeApiError as exc:
+            await self._close_resources()
+            if exc.status == 403:
+                # The credentials lack a right the platform needs: the user's (or the admin's) to fix.
+                raise ConfigError(
+                    f"the cluster refused a request of the {self.platform_name} platform: {exc.api_message}. The "
+                    f"credentials (kubeconfig, context) need the Role shown in docs/kubernetes.md in namespace "
+                    f"{self.namespace}.",
+                    path="trainingService.kubeconfig",
+                ) from exc
+            raise
         except BaseException:
             await self._close_resources()
             raise
@@ -850,10 +861,14 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     def _register(self, trial: _Trial, *, attempt: int | None, next_seq: int = 0) -> None:
         """Accept the reports of the trial's keeper (``attempt``: the one accepted, None: the first that reports)."""
-        self.server.register(trial.id, _Sink(self, trial), attempt=attempt, next_seq=next_seq)
+        self.server.register(trial.id, self._sink(trial), attempt=attempt, next_seq=next_seq)
 
     def _start_worker(self, trial: _Trial) -> None:
         self.tasks.spawn(self._run_trial(trial), name=f"nni-ts-{self.platform_name}-trial-{trial.id}")
+
+    def _sink(self, trial: _Trial) -> _Sink:
+        """The ClusterServer sink of the trial's channel."""
+        return _Sink(self, trial)
 
     @property
     def _reruns(self) -> bool:
@@ -1272,7 +1287,13 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             self.server.unregister(trial.id)
         if self.reporter.status(trial.id).is_terminal:
             return
-        names = Names(self.kind, trial.job, trial.detail.working_directory, trial.primary_pod)
+        names = Names(
+            self.kind,
+            trial.job,
+            trial.detail.working_directory,
+            trial.primary_pod,
+            shared_storage=self.config.storage.storage_type != "none",
+        )
         d = decide(trial.facts, names)
         end = trial.end_ms if trial.facts.keeper_exit is not None else None
         await self.reporter.ended(
