@@ -43,6 +43,12 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
     s.add_argument("--db-password-file", help=pw_help)
     s.add_argument("--db-pool-size", type=int, default=20, help="PostgreSQL connections for the API (default 20).")
     s.add_argument(
+        "--storage-pool-size",
+        type=int,
+        default=10,
+        help="PostgreSQL connections the experiments write their trials and metrics on (default 10).",
+    )
+    s.add_argument(
         "--trial-user",
         help="Run trials as this unprivileged OS user ('nni-{user}': one per service user); "
         "the service must run as root. Without it trials run as the service's own user.",
@@ -249,6 +255,8 @@ def _serve(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be 0 or more, got {value}.")
     if args.db_pool_size < 1:
         raise UserError(f"--db-pool-size must be 1 or more, got {args.db_pool_size}.")
+    if args.storage_pool_size < 1:
+        raise UserError(f"--storage-pool-size must be 1 or more, got {args.storage_pool_size}.")
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else _default_data_dir()
     settings = ServiceSettings(
         data_dir=data_dir,
@@ -264,6 +272,7 @@ def _serve(args: argparse.Namespace) -> int:
         legacy_auth=args.legacy_auth,
         trial_user=args.trial_user,
         pool_size=args.db_pool_size,
+        storage_pool_size=args.storage_pool_size,
         trial_env=tuple(args.trial_env),
         database_password=_db_password(args),
     )

@@ -2,8 +2,9 @@
 
 Everything a trial reports goes to the store first (durably), then to the tuner, the assessor and
 whoever watches the experiment. The loop never touches the database itself: every read and write
-goes through the store's writer thread (:class:`~nni_ts.storage.AsyncStore`), queued in the order
-the loop makes them. The metric listener awaits its record's commit and raises if it failed, which
+goes through the experiment storage (:class:`~nni_ts.storage.base.ExperimentStorage`: the SQLite
+store on its writer thread, or PostgreSQL when the experiment service runs on it), queued in the
+order the loop makes them. The metric listener awaits its record's commit and raises if it failed, which
 refuses the record: the platform delivers it again. A status or submission write that fails ends
 the experiment with an error (a status cannot be refused).
 
@@ -31,7 +32,8 @@ from ..clock import REAL_CLOCK, Clock, TimerHandle
 from ..clock import to_thread as clock_to_thread
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from ..models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobMetric, TrialJobStatus
-from ..storage import AsyncStore, Store, TrialRecord, open_store
+from ..storage import Store, TrialRecord, open_store
+from ..storage.base import ExperimentStorage, SqliteStorage
 from ..tasks import TaskSupervisor
 from ..training_service import TrainingService, new_trial_id
 from .algo_worker import AlgoWorker
@@ -207,7 +209,9 @@ class Experiment:
     ``config`` is an :class:`~nni_ts.config.experiment.ExperimentConfig`, a dict in NNI v2 form, or
     the path of an NNI v1 or v2 YAML/JSON file. ``service``, ``tuner`` and ``assessor`` may be given
     to override what the config names (tests, notebooks); ``store`` defaults to the database under
-    ``NNI_TS_HOME``.
+    ``NNI_TS_HOME``. ``storage`` (instead of ``store``) is any
+    :class:`~nni_ts.storage.base.ExperimentStorage`: the experiment service passes its PostgreSQL
+    storage, so that the loop writes there directly; its owner closes it.
 
     ``events`` (pyee) emits ``"started"`` (the record exists), ``"running"`` (the platform is up),
     ``"trial_end"`` (a TrialRecord), ``"metric"`` (trial id, parsed record) and ``"status"`` (the
@@ -223,6 +227,7 @@ class Experiment:
         *,
         experiment_id: str | None = None,
         store: Store | None = None,
+        storage: ExperimentStorage | None = None,
         service: TrainingService[Any] | None = None,
         tuner: Tuner | None = None,
         assessor: Assessor | None = None,
@@ -239,9 +244,14 @@ class Experiment:
         else:
             self.config = load_experiment_config(config)
         self.id = experiment_id or new_trial_id(8).lower()
+        if storage is not None and store is not None:
+            raise ValueError("Give an experiment a store or a storage, not both.")
+        if isinstance(storage, SqliteStorage):
+            store = storage.store
         self._store = store
-        self._db: AsyncStore | None = None  # the store for the loop, once it runs
-        self._own_store = store is None
+        self._storage = storage
+        self._db: ExperimentStorage | None = None  # the storage for the loop, once it runs
+        self._own_store = store is None and storage is None
         self.events = EventEmitter()
         self.optimize_mode = optimize_mode(self.config)
         self.control_socket = control_socket
@@ -315,8 +325,6 @@ class Experiment:
         know the experiment (the manager's data directory was lost): the experiment is then rebuilt from
         its platform (:meth:`_rebuild`; the Kubernetes platforms keep each trial's id, sequence id and
         parameters on its object in the cluster)."""
-        from ..config.loader import config_from_dict
-
         own = store is None
         store = store or open_store()
         try:
@@ -342,6 +350,63 @@ class Experiment:
                 "to rebuild an experiment the store lost.",
                 experiment_id,
             )
+        exp = cls._resumed(
+            record,
+            store=store,
+            max_trial_number=max_trial_number,
+            max_experiment_duration=max_experiment_duration,
+            rerun_failed=rerun_failed,
+            service=service,
+            tuner=tuner,
+            control_socket=control_socket,
+            clock=clock,
+        )
+        exp._own_store = own
+        return exp
+
+    @classmethod
+    async def resume_from(
+        cls,
+        experiment_id: str,
+        storage: ExperimentStorage,
+        *,
+        max_trial_number: int | None = None,
+        max_experiment_duration: str | int | None = None,
+        rerun_failed: bool = False,
+        service: TrainingService[Any] | None = None,
+        control_socket: bool = False,
+    ) -> Experiment:
+        """:meth:`resume` from an :class:`ExperimentStorage`, read without blocking the event loop
+        (the experiment service re-attaches and continues experiments with it)."""
+        record = await storage.get_experiment(experiment_id)
+        return cls._resumed(
+            record,
+            storage=storage,
+            max_trial_number=max_trial_number,
+            max_experiment_duration=max_experiment_duration,
+            rerun_failed=rerun_failed,
+            service=service,
+            control_socket=control_socket,
+        )
+
+    @classmethod
+    def _resumed(
+        cls,
+        record: Any,
+        *,
+        store: Store | None = None,
+        storage: ExperimentStorage | None = None,
+        max_trial_number: int | None,
+        max_experiment_duration: str | int | None,
+        rerun_failed: bool,
+        service: TrainingService[Any] | None,
+        tuner: Tuner | None = None,
+        control_socket: bool,
+        clock: Clock = REAL_CLOCK,
+    ) -> Experiment:
+        from ..config.loader import config_from_dict
+
+        experiment_id = record.id
         if record.status == ExperimentStatus.RUNNING and manager_alive(record.manager_pid, record.manager_started):
             raise UserError(
                 f"Experiment {experiment_id} is still running (manager pid {record.manager_pid}); "
@@ -357,12 +422,12 @@ class Experiment:
             config,
             experiment_id=experiment_id,
             store=store,
+            storage=storage,
             service=service,
             tuner=tuner,
             control_socket=control_socket,
             clock=clock,
         )
-        exp._own_store = own
         exp._resuming = True
         exp._rerun_failed = rerun_failed
         exp._active_before = record.active_ms / 1000
@@ -373,6 +438,8 @@ class Experiment:
     @property
     def store(self) -> Store:
         """The experiment's store (``$NNI_TS_HOME/nni-ts.db`` unless one was given)."""
+        if self._storage is not None and self._store is None:
+            raise RuntimeError(f"Experiment {self.id} keeps its records in {self._storage.location}, not in a store.")
         if self._store is None:
             self._store = open_store()
         return self._store
@@ -607,9 +674,12 @@ class Experiment:
                     f"The store has no experiment {self.id}, and the {service.platform_name} platform cannot "
                     "rebuild one from its trials (the Kubernetes platforms can, from the trial objects in the cluster)."
                 )
-            if self._store is None:
-                self._store = await clock_to_thread(open_store)
-            self._db = self._store.asynchronous()
+            if self._storage is not None:
+                self._db = self._storage
+            else:
+                if self._store is None:
+                    self._store = await clock_to_thread(open_store)
+                self._db = SqliteStorage(self._store)
             await self._prepare_record()
         except BaseException:
             self._worker.close()
@@ -674,8 +744,8 @@ class Experiment:
     # ------------------------------------------------------------------ set-up
 
     @property
-    def db(self) -> AsyncStore:
-        """The store as the loop uses it (through the writer thread); set while ``run()`` runs."""
+    def db(self) -> ExperimentStorage:
+        """The storage as the loop uses it (never blocking the loop); set while ``run()`` runs."""
         if self._db is None:
             raise RuntimeError("The experiment's store is used by the loop only while run() runs.")
         return self._db

@@ -34,7 +34,7 @@ from ..tasks import TaskSupervisor
 from ..training_service import TRIAL_FILES, TrainingService, new_trial_id
 from . import users as users_mod
 from .configs import PlatformPolicy, legacy_to_v2, parse_legacy, prepare_config, redact, resource_need
-from .db import Database, open_database
+from .db import Database, SqliteDatabase, open_database
 from .isolation import (
     SymlinkRefused,
     check_trial_user,
@@ -61,13 +61,19 @@ _MAX_TAIL = 16 * 1024 * 1024
 _FILE_PART = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _MAX_DEPTH = 64  # JSON nesting a body may have (search spaces nest a few levels)
 _USER_KEY = web.RequestKey("user", User)
+#: The experiment a request names, read with its token check (None: there is no such experiment).
+_EXPERIMENT_KEY = web.RequestKey("experiment", object)
+#: What the route answers, read in the same statement (see ExperimentService._auth_and_read).
+_READ_KEY = web.RequestKey("read", object)
+_USER_COLS_U = "u.name, u.is_admin, u.max_trials, u.max_gpus, u.created_ms"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
 class ServiceSettings:
-    """How a service runs. ``data_dir`` holds workspaces' files and the experiment store."""
+    """How a service runs. ``data_dir`` holds workspaces' files (and, on SQLite, the experiments' store
+    ``experiments.db``; on PostgreSQL the experiments' records are in the service database)."""
 
     data_dir: Path
     database_url: str | None = None
@@ -79,6 +85,9 @@ class ServiceSettings:
     max_body: int = 4 * 1024 * 1024
     #: PostgreSQL connections of the API (one per request in flight; more wait for one).
     pool_size: int = 20
+    #: PostgreSQL connections the experiments write their records on (one per experiment writing at
+    #: that moment; the writes of the others batch up meanwhile).
+    storage_pool_size: int = 10
     #: How often the service looks for requests other processes left in the database (a removed user).
     reconcile_interval: float = 1.0
     #: The OS user trials run as (``nni-{user}``: one per service user); None: the service's own user.
@@ -115,6 +124,9 @@ class ExperimentService:
         self._quota_locks: dict[str, asyncio.Lock] = {}  # per user: one quota check at a time
         self._tasks = TaskSupervisor("service-api")
         self._reconcile_lock = asyncio.Lock()
+        # The tables the experiments write their trials and metrics to (set by start()).
+        self._trial_table = "exp_trials"
+        self._metric_table = "exp_metrics"
 
     @property
     def db(self) -> Database:
@@ -137,21 +149,32 @@ class ExperimentService:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         password = self.settings.database_password
         self._db = await open_database(self.database_url, password=password, pool_size=self.settings.pool_size)
+        store_path = self.data_dir / "experiments.db"
+        on_sqlite = isinstance(self._db, SqliteDatabase)
         manager = ExperimentManager(
-            self.database_url,
-            self.data_dir / "experiments.db",
+            self._db,
+            f"sqlite:///{store_path}" if on_sqlite else self.database_url,
             replica=self.settings.replica,
             database_password=password,
+            storage_pool_size=self.settings.storage_pool_size,
             platform_factory=self._stored_platform,
+            legacy_store=None if on_sqlite else store_path,
         )
         try:
             await manager.open()
+            if isinstance(self._db, SqliteDatabase):
+                # The experiments' store, read directly (WAL: the writer thread never blocks a read).
+                self._db.attach(store_path, "store")
+                self._trial_table, self._metric_table = "store.trials", "store.metrics"
+            else:  # the tables PostgresStorage writes, in this same database
+                self._trial_table, self._metric_table = "exp_trials", "exp_metrics"
         except BaseException:
+            await manager.close()
             await self._db.close()
             self._db = None
             raise
         self._manager = manager
-        databases = [self.data_dir / "experiments.db"]
+        databases = [store_path]
         if self.database_url.startswith("sqlite:///"):
             databases.append(Path(self.database_url[len("sqlite:///") :]).expanduser())
         secure_data_dir(self.data_dir, databases)
@@ -336,11 +359,78 @@ class ExperimentService:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HTTPProblem(401, "This request needs an API token: send the header 'Authorization: Bearer <token>'.")
-        user = await users_mod.user_by_token(self.db, token.strip())
+        experiment_id = request.match_info.get("experiment_id")
+        if experiment_id is not None:
+            user = await self._auth_and_read(request, users_mod.hash_token(token.strip()), experiment_id)
+        else:
+            user = await users_mod.user_by_token(self.db, token.strip())
         if user is None:
             raise HTTPProblem(401, "The API token is not valid (it may have been rotated or its user removed).")
         request[_USER_KEY] = user
         return await handler(request)
+
+    async def _auth_and_read(self, request: web.Request, token_hash: str, experiment_id: str) -> User | None:
+        """The token check, the experiment's row and (for the two routes clients poll) what the route
+        answers, in ONE statement: one round trip per request. ``GET /experiments/{id}``: its trial
+        counts and best trial; ``GET /experiments/{id}/metrics``: the records. The results are kept on
+        the request for the handler; None if the token is not valid."""
+        n = 0
+
+        def p() -> str:  # placeholders in the order of the text (SQLite's are positional)
+            nonlocal n
+            n += 1
+            return f"${n}"
+
+        args: list[Any] = [experiment_id]
+        sql = f"SELECT {_USER_COLS_U}, {self._EXP_COLS_E}"
+        joins = f" FROM svc_users u LEFT JOIN svc_experiments e ON e.id = {p()}"
+        kind = None
+        tail = request.path.rsplit("/", 1)[-1]
+        if request.method == "GET" and tail == experiment_id:
+            kind = "details"
+            sql += f", c.status, c.n, {', '.join('b.' + c for c in TrialRow._fields)}"
+            joins += (
+                f" LEFT JOIN (SELECT status, COUNT(*) AS n FROM {self._trial_table} WHERE experiment_id = {p()} "
+                "GROUP BY status) c ON TRUE"
+                f" LEFT JOIN (SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = {p()} AND "
+                f"status = 'SUCCEEDED' AND final_value IS NOT NULL ORDER BY CASE WHEN (SELECT optimize_mode FROM "
+                f"svc_experiments WHERE id = {p()}) = 'minimize' THEN final_value ELSE -final_value END, "
+                "sequence_id, attempt LIMIT 1) b ON TRUE"
+            )
+            args += [experiment_id, experiment_id, experiment_id]
+        elif request.method == "GET" and tail == "metrics":
+            kind = "metrics"
+            limit, offset = self._page(request)
+            page = f" LIMIT {limit} OFFSET {offset}" if limit is not None else ""
+            trial = request.query.get("trial")
+            where = f"experiment_id = {p()}"
+            args.append(experiment_id)
+            if trial is not None:
+                where += f" AND trial_id = {p()}"
+                args.append(trial)
+            sql += ", m.seq, m.type, m.value, m.data, m.trial_id"
+            joins += (
+                f" LEFT JOIN (SELECT seq, type, value, data, trial_id FROM {self._metric_table} WHERE {where} "
+                f"ORDER BY trial_id, seq{page}) m ON TRUE"
+            )
+        sql += joins + f" WHERE u.token_hash = {p()}"
+        args.append(token_hash)
+        if kind == "metrics":
+            sql += " ORDER BY m.trial_id, m.seq"
+        rows = await self.db.fetch(sql, *args)
+        if not rows:
+            return None
+        first = rows[0]
+        user = User(first[0], bool(first[1]), first[2], first[3], first[4])
+        width = 5 + len(ExperimentRow._fields)
+        request[_EXPERIMENT_KEY] = ExperimentRow(*first[5:width]) if first[5] is not None else None
+        if kind == "details":
+            counts = {str(r[width]): int(r[width + 1]) for r in rows if r[width] is not None}
+            best = first[width + 2 :] if first[width + 2] is not None else None
+            request[_READ_KEY] = (counts, best)
+        elif kind == "metrics":
+            request[_READ_KEY] = [r[width:] for r in rows if r[width] is not None]
+        return user
 
     # ------------------------------------------------------------------ helpers
 
@@ -466,9 +556,23 @@ class ExperimentService:
             "endedAt": e.ended_ms,
         }
 
-    async def _experiment_row(self, user: User, experiment_id: str) -> ExperimentRow:
-        found = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
-        row = ExperimentRow(*found) if found is not None else None
+    _EXP_COLS_E = ", ".join(f"e.{c}" for c in ExperimentRow._fields)
+
+    async def _experiment_row(
+        self, user: User, experiment_id: str, request: web.Request | None = None
+    ) -> ExperimentRow:
+        """The experiment's row if ``user`` may see it, else a 404. With ``request``: the row read with
+        the request's token check when it names this experiment (no statement of its own)."""
+        if (
+            request is not None
+            and _EXPERIMENT_KEY in request
+            and request.match_info.get("experiment_id") == experiment_id
+        ):
+            stashed = request[_EXPERIMENT_KEY]
+            row: ExperimentRow | None = stashed if isinstance(stashed, ExperimentRow) else None
+        else:
+            found = await self.db.fetchrow(f"SELECT {self._EXP_COLS} FROM svc_experiments WHERE id = $1", experiment_id)
+            row = ExperimentRow(*found) if found is not None else None
         if row is None or (row.user_name != user.name and not user.is_admin):
             raise HTTPProblem(404, f"There is no experiment {experiment_id!r} in your workspaces.")
         return row
@@ -495,7 +599,7 @@ class ExperimentService:
             "startTime": row.start_ms,
             "endTime": row.end_ms,
             "exitCode": row.exit_code,
-            "message": row.message,
+            "message": _shown(row.message),
             "finalValue": row.final_value,
             "final": _json_safe(final),
             "metricCount": row.metric_count,
@@ -508,25 +612,32 @@ class ExperimentService:
     ) -> list[tuple[Any, ...]]:
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         return await self.db.fetch(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 ORDER BY sequence_id, attempt{page}",
+            f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 "
+            f"ORDER BY sequence_id, attempt{page}",
             experiment_id,
         )
 
-    async def _details(self, row: ExperimentRow) -> dict[str, Any]:
-        """An experiment with its trial counts and best trial (aggregated in SQL: cheap to poll)."""
+    async def _details(self, row: ExperimentRow, request: web.Request | None = None) -> dict[str, Any]:
+        """An experiment with its trial counts and best trial (aggregated in SQL: cheap to poll). With
+        ``request``: as read with the request's token check, when it was."""
         out = self._exp_dict(row)
-        counts = {
-            str(r[0]): int(r[1])
-            for r in await self.db.fetch(
-                "SELECT status, COUNT(*) FROM svc_trials WHERE experiment_id = $1 GROUP BY status", row.id
+        read = request.get(_READ_KEY) if request is not None else None
+        if isinstance(read, tuple):
+            counts, best_row = read
+        else:
+            counts = {
+                str(r[0]): int(r[1])
+                for r in await self.db.fetch(
+                    f"SELECT status, COUNT(*) FROM {self._trial_table} WHERE experiment_id = $1 GROUP BY status",
+                    row.id,
+                )
+            }
+            where, direction = best_trial_sql(row.optimize_mode)
+            best_row = await self.db.fetchrow(
+                f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 AND {where} "
+                f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
+                row.id,
             )
-        }
-        where, direction = best_trial_sql(row.optimize_mode)
-        best_row = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND {where} "
-            f"ORDER BY final_value {direction}, sequence_id, attempt LIMIT 1",
-            row.id,
-        )
         best = self._trial_dict(best_row) if best_row is not None else None
         config = json.loads(row.config)
         out.update(
@@ -666,10 +777,10 @@ class ExperimentService:
         # The platform class is looked up once (entry points are slow to scan), not per experiment.
         service = self._platform(config, experiment_id, user.name)
         await self.manager.launch(
-            lambda store: Experiment(
+            lambda storage: Experiment(
                 config,
                 experiment_id=experiment_id,
-                store=store,
+                storage=storage,
                 tuner=tuner,
                 service=service,
                 control_socket=False,
@@ -688,8 +799,6 @@ class ExperimentService:
         exp_dir = self.workspace_dir(row.user_name, row.workspace) / "experiments" / experiment_id
         await asyncio.to_thread(shutil.rmtree, exp_dir, True)
         async with self.db.transaction() as tx:
-            await tx.execute("DELETE FROM svc_metrics WHERE experiment_id = $1", experiment_id)
-            await tx.execute("DELETE FROM svc_trials WHERE experiment_id = $1", experiment_id)
             await tx.execute("DELETE FROM svc_experiments WHERE id = $1", experiment_id)
             await audit(tx, actor or user.name, "experiment.delete", f"{row.user_name}/{row.workspace}/{experiment_id}")
 
@@ -873,18 +982,18 @@ class ExperimentService:
         return web.json_response([self._exp_dict(r) for r in rows])
 
     async def _show(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
-        return web.json_response(await self._details(row))
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
+        return web.json_response(await self._details(row, request))
 
     async def _delete(self, request: web.Request) -> web.Response:
         user = self._user(request)
-        row = await self._experiment_row(user, request.match_info["experiment_id"])
+        row = await self._experiment_row(user, request.match_info["experiment_id"], request)
         await self.delete_experiment(user, row)
         return web.json_response({"deleted": row.id})
 
     async def _stop(self, request: web.Request) -> web.Response:
         user = self._user(request)
-        row = await self._experiment_row(user, request.match_info["experiment_id"])
+        row = await self._experiment_row(user, request.match_info["experiment_id"], request)
         experiment_id = row.id
         if not self.manager.is_live(experiment_id):
             raise HTTPProblem(409, f"Experiment {experiment_id} is not running here (it is {row.status}).")
@@ -895,7 +1004,7 @@ class ExperimentService:
 
     async def _extend(self, request: web.Request) -> web.Response:
         user = self._user(request)
-        row = await self._experiment_row(user, request.match_info["experiment_id"])
+        row = await self._experiment_row(user, request.match_info["experiment_id"], request)
         req = parse_extend(await self._json(request))
         await self.extend_experiment(user, row, req)
         return web.json_response(await self._details(await self._experiment_row(user, row.id)))
@@ -968,22 +1077,23 @@ class ExperimentService:
         return limit, offset
 
     async def _trials(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         limit, offset = self._page(request)
         rows = await self._trial_rows(row.id, limit=limit, offset=offset if limit is not None else 0)
         return web.json_response([self._trial_dict(t) for t in rows])
 
     async def _trial(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         trial_id = request.match_info["trial_id"]
         trow = await self.db.fetchrow(
-            f"SELECT {self._TRIAL_COLS} FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
+            f"SELECT {self._TRIAL_COLS} FROM {self._trial_table} WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if trow is None:
             raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
         out = self._trial_dict(trow)
         metrics = await self.db.fetch(
-            "SELECT seq, type, value, data FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 ORDER BY seq",
+            f"SELECT seq, type, value, data FROM {self._metric_table} WHERE experiment_id = $1 AND trial_id = $2 "
+            "ORDER BY seq",
             row.id,
             trial_id,
         )
@@ -991,34 +1101,37 @@ class ExperimentService:
         return web.json_response(out)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         limit, offset = self._page(request)
         page = f" LIMIT {limit} OFFSET {offset}" if limit is not None else ""
         trial = request.query.get("trial")
-        if trial is not None:
+        read = request.get(_READ_KEY)
+        if isinstance(read, list):  # read with the token check
+            rows = read
+        elif trial is not None:
             rows = await self.db.fetch(
-                "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 AND trial_id = $2 "
-                f"ORDER BY seq{page}",
+                f"SELECT seq, type, value, data, trial_id FROM {self._metric_table} "
+                f"WHERE experiment_id = $1 AND trial_id = $2 ORDER BY seq{page}",
                 row.id,
                 trial,
             )
         else:
             rows = await self.db.fetch(
-                "SELECT seq, type, value, data, trial_id FROM svc_metrics WHERE experiment_id = $1 "
+                f"SELECT seq, type, value, data, trial_id FROM {self._metric_table} WHERE experiment_id = $1 "
                 f"ORDER BY trial_id, seq{page}",
                 row.id,
             )
         return web.json_response([_metric_dict(m[4], m) for m in rows])
 
     async def _log(self, request: web.Request) -> web.Response:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         trial_id = request.match_info["trial_id"]
         name = request.query.get("file", "stdout")
         if name not in TRIAL_FILES:
             raise HTTPProblem(400, f"file must be one of {', '.join(TRIAL_FILES)}, got {name!r}.")
         tail = self._query_int(request, "tail", minimum=0, maximum=_MAX_TAIL)
         known = await self.db.fetchrow(
-            "SELECT id FROM svc_trials WHERE experiment_id = $1 AND id = $2", row.id, trial_id
+            f"SELECT id FROM {self._trial_table} WHERE experiment_id = $1 AND id = $2", row.id, trial_id
         )
         if known is None:
             raise HTTPProblem(404, f"Experiment {row.id} has no trial {trial_id!r}.")
@@ -1029,7 +1142,7 @@ class ExperimentService:
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"])
+        row = await self._experiment_row(self._user(request), request.match_info["experiment_id"], request)
         experiment_id = row.id
         queue = self.manager.subscribe(experiment_id)
         response = web.StreamResponse(
@@ -1119,6 +1232,16 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, level)
             stack.extend((v, level + 1) for v in item)
     return deepest
+
+
+def _shown(text: str | bytes | None) -> str | None:
+    """Stored text as the API shows it: PostgreSQL keeps a trial's message as its exact bytes (BYTEA),
+    SQLite as text that may hold undecodable bytes (surrogate escapes); both become valid UTF-8."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        text = text.encode("utf-8", errors="surrogateescape")
+    return bytes(text).decode("utf-8", errors="replace")
 
 
 def _json_safe(value: Any) -> Any:

@@ -62,33 +62,6 @@ CREATE TABLE IF NOT EXISTS svc_experiments (
     ended_ms BIGINT
 );
 CREATE INDEX IF NOT EXISTS svc_experiments_ws ON svc_experiments (user_name, workspace);
-CREATE TABLE IF NOT EXISTS svc_trials (
-    experiment_id TEXT NOT NULL,
-    id TEXT NOT NULL,
-    sequence_id INTEGER NOT NULL,
-    parameter_id INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    parameters TEXT NOT NULL,
-    status TEXT NOT NULL,
-    start_ms BIGINT,
-    end_ms BIGINT,
-    exit_code INTEGER,
-    message TEXT,
-    final_value DOUBLE PRECISION,
-    final_data TEXT,
-    metric_count INTEGER NOT NULL,
-    PRIMARY KEY (experiment_id, id)
-);
-CREATE TABLE IF NOT EXISTS svc_metrics (
-    experiment_id TEXT NOT NULL,
-    trial_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    value DOUBLE PRECISION,
-    data TEXT NOT NULL,
-    created_ms BIGINT NOT NULL,
-    PRIMARY KEY (experiment_id, trial_id, seq)
-);
 CREATE TABLE IF NOT EXISTS svc_stop_requests (
     experiment_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
@@ -240,6 +213,14 @@ class SqliteDatabase(Database):
                 self._run("COMMIT", ())
             finally:
                 self._in_tx = False
+
+    def attach(self, path: Path, alias: str) -> None:
+        """Make another SQLite file readable on this connection as ``alias.<table>`` (the service
+        reads its experiments' store this way: one query can join it with the service's tables)."""
+        try:
+            self._db.execute(f"ATTACH DATABASE ? AS {alias}", (str(path),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"Cannot attach {path} to the service database: {exc}.") from exc
 
     async def close(self) -> None:
         self._db.close()

@@ -1,33 +1,37 @@
-"""Running experiments inside the service: start, stop, extend, re-attach, mirror, and broadcast events.
+"""Running experiments inside the service: start, stop, extend, re-attach, and broadcast events.
 
 Threads
 -------
 Experiments run on their own event loop in one *engine* thread; the HTTP API runs on the main
 loop. Starting trials is system-call heavy (directories, files, ``fork``), and those calls release
 the GIL, so the API keeps answering while hundreds of trials start and end. Every Experiment,
-its training service and the experiment store are touched only from the engine thread; the API
-reaches them through :meth:`ExperimentManager._call`. Each thread has its own connection (pool) to
-the service database.
+its training service and the experiment storage are touched only from the engine thread; the API
+reaches them through :meth:`ExperimentManager._call`. The few service-database statements the
+engine makes (an experiment's end) run on the API loop, through the API's connection.
 
 Where results live
 ------------------
 Each experiment runs the ordinary loop (:class:`~nni_ts.experiment.Experiment`), which writes its
-trials and metrics durably to the experiment store (SQLite, under the service's data directory)
-before anything else sees them. The service *mirrors* the store into its own database: every event
-of the experiment (a status change, a metric, a trial's end) marks the experiment dirty and one
-mirror task per experiment copies what changed (upserted trials, metrics inserted with
-``ON CONFLICT DO NOTHING``). The API reads only the service database, so PostgreSQL replicas serve
-every experiment's results. The copy is idempotent and restarts from what the database already
-holds, so a crash between a store write and its mirror loses nothing: the next sync (at the latest
-the one made when the experiment is re-attached) catches up.
+trials and metrics through one :class:`~nni_ts.storage.base.ExperimentStorage`, durably, before
+anything else sees them (a metric is acknowledged to the trial's platform after its COMMIT):
 
-Shutdown is crash-only: :meth:`detach` stops mirroring after a last sync and leaves trials running;
-the next service re-attaches through :meth:`Experiment.resume`.
+* service on PostgreSQL: :class:`~nni_ts.storage.base.PostgresStorage`, tables ``exp_*`` of the
+  service's own database. The API reads those same tables, so every replica serves every
+  experiment's results the moment they are committed.
+* service on SQLite: :class:`~nni_ts.storage.base.SqliteStorage`, the store file
+  ``<data-dir>/experiments.db`` (the schema ``nni-ts view`` and the dashboard read), written on the
+  store's writer thread. The API attaches that file to its connection and reads it directly.
+
+There is no copy of the results anywhere (the mirror of earlier versions is gone).
+
+Shutdown is crash-only: :meth:`detach` leaves trials running; the next service re-attaches through
+:meth:`Experiment.resume_from`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import threading
@@ -36,14 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import NniTsError, StoreError, UserError
+from ..errors import NniTsError, UserError
 from ..experiment import Experiment
 from ..experiment.experiment import config_to_storable
 from ..models import TrialJobDetail, now_ms
-from ..storage import Store, TrialRecord, open_store
+from ..storage import Store, TrialRecord
+from ..storage.base import ExperimentStorage, PostgresStorage, SqliteStorage
 from ..tasks import TaskSupervisor
 from ..training_service import TrainingService
-from .db import Database, open_database
+from .db import Database
 
 __all__ = ["ExperimentManager"]
 
@@ -55,18 +60,11 @@ T = TypeVar("T")
 PlatformFactory = Callable[[str, dict[str, Any], str], TrainingService[Any]]
 
 
-def _clean_text(text: str | None) -> str | None:
-    """Text PostgreSQL accepts: no NUL, no lone surrogates (the store keeps the exact bytes)."""
-    if text is None:
-        return None
-    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-
-
-@dataclass
-class _Mirror:
-    signatures: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    metric_counts: dict[str, int] = field(default_factory=dict)
-    loaded: bool = False
+def _threadsafe(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> Any:
+    """``run_coroutine_threadsafe`` in an empty context: a task on the other loop must not inherit
+    the caller's context variables (an HTTP request's bound database connection, released when the
+    request ends, while the experiment it started runs on)."""
+    return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
 
 
 @dataclass
@@ -75,36 +73,40 @@ class _Live:
     exp: Experiment
     task: asyncio.Task[None] | None = None  # engine loop
     subscribers: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)  # API loop only
-    mirror: _Mirror = field(default_factory=_Mirror)
-    dirty: bool = False
-    syncer: asyncio.Task[None] | None = None  # engine loop
-    sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one sync at a time (engine loop)
     done: bool = False  # set by the engine thread when the experiment's loop has ended
 
 
 class ExperimentManager:
-    """The experiments this service process runs, on the engine thread."""
+    """The experiments this service process runs, on the engine thread.
+
+    ``db`` is the API's connection to the service database (used on the API loop only).
+    ``storage_url`` says where experiments keep their records: the service's PostgreSQL URL, or
+    ``sqlite:///<data-dir>/experiments.db``."""
 
     def __init__(
         self,
-        database_url: str | None,
-        store_path: Path,
+        db: Database,
+        storage_url: str,
         *,
         replica: str,
         database_password: str | None = None,
+        storage_pool_size: int = 10,
         platform_factory: PlatformFactory | None = None,
+        legacy_store: Path | None = None,
     ) -> None:
-        self.database_url = database_url
+        self.api_db = db
+        self.storage_url = storage_url
         self.database_password = database_password
+        self.storage_pool_size = storage_pool_size
+        #: PostgreSQL: a store file of an earlier version whose experiments are copied in at start.
+        self.legacy_store = legacy_store
         self.platform_factory = platform_factory
-        self.store_path = store_path
         self.replica = replica
         self._live: dict[str, _Live] = {}
         self._closing = False
-        #: Owns the engine loop's experiment runs and mirror syncs (spawned on the engine thread).
+        #: Owns the engine loop's experiment runs (spawned on the engine thread).
         self._tasks = TaskSupervisor("service-engine")
-        self._db: Database | None = None  # the engine thread's connection
-        self._store: Store | None = None
+        self._storage: ExperimentStorage | None = None
         self._api_loop: asyncio.AbstractEventLoop | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._engine_main, name="nni-ts-service-engine", daemon=True)
@@ -112,7 +114,7 @@ class ExperimentManager:
     # ------------------------------------------------------------------ the engine thread
 
     async def open(self) -> None:
-        """Start the engine thread and open its database connection and the experiment store."""
+        """Start the engine thread and open the experiment storage on it."""
         self._api_loop = asyncio.get_running_loop()
         self._thread.start()
         try:
@@ -124,12 +126,39 @@ class ExperimentManager:
             raise
 
     async def _engine_open(self) -> None:
-        self._db = await open_database(self.database_url, password=self.database_password)
-        try:
-            self._store = open_store(self.store_path)
-        except BaseException:
-            await self._db.close()
-            raise
+        url = self.storage_url
+        if url.startswith("sqlite:///"):
+            # Opened off the loop (SQLite opens and creates its schema synchronously).
+            path = Path(url[len("sqlite:///") :]).expanduser()
+            self._storage = await asyncio.to_thread(SqliteStorage, path)
+        else:
+            storage = await PostgresStorage.connect(
+                url, password=self.database_password, pool_size=self.storage_pool_size
+            )
+            self._storage = storage
+            if self.legacy_store is not None:
+                await self._import_legacy_store(storage, self.legacy_store)
+
+    async def _import_legacy_store(self, storage: PostgresStorage, path: Path) -> None:
+        """A service upgraded from the mirroring versions kept its experiments' records in the store
+        file ``experiments.db``: copy every experiment not in PostgreSQL yet (once; a marker file next
+        to the store records it), so that their results stay readable and running ones re-attach."""
+        marker = path.with_name(path.name + ".imported")
+        if not path.exists() or marker.exists():
+            return
+
+        def read() -> list[tuple[Any, list[TrialRecord], list[Any]]]:
+            with Store(path, readonly=True) as store:
+                return [
+                    (record, store.list_trials(record.id, with_detail=True), list(store.iter_metrics(record.id)))
+                    for record in store.list_experiments()
+                ]
+
+        copied = 0
+        for record, trials, metrics in await asyncio.to_thread(read):
+            copied += await storage.import_experiment(record, trials, metrics)
+        await asyncio.to_thread(marker.write_text, f"{copied} experiment(s) copied to PostgreSQL\n")
+        log.info("Copied %d experiment(s) from %s into the service database.", copied, path)
 
     def _engine_main(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -144,17 +173,18 @@ class ExperimentManager:
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the engine loop and wait for it from the API loop."""
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+        return await asyncio.wrap_future(_threadsafe(coro, self._loop))
+
+    async def _on_api(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the API loop (its database connection) and wait for it from the engine loop."""
+        assert self._api_loop is not None
+        return await asyncio.wrap_future(_threadsafe(coro, self._api_loop))
 
     @property
-    def store(self) -> Store:
-        assert self._store is not None
-        return self._store
-
-    @property
-    def db(self) -> Database:
-        assert self._db is not None
-        return self._db
+    def storage(self) -> ExperimentStorage:
+        """Where the experiments keep their records (engine thread only)."""
+        assert self._storage is not None
+        return self._storage
 
     # ------------------------------------------------------------------ queries (API thread)
 
@@ -169,14 +199,14 @@ class ExperimentManager:
     # ------------------------------------------------------------------ start and resume
 
     async def launch(self, factory: Any) -> None:
-        """Build an Experiment with ``factory(store)`` and run it on the engine thread.
+        """Build an Experiment with ``factory(storage)`` and run it on the engine thread.
 
         The experiment is live (``is_live``, ``subscribe``) when this returns; its loop starts as
         soon as the engine thread gets to it (a busy engine does not delay the API's answer)."""
-        exp = factory(self.store)  # a plain object until it runs: nothing here touches the engine's state
+        exp = factory(self.storage)  # a plain object until it runs: nothing here touches the engine's state
         live = _Live(exp.id, exp)
         self._live[exp.id] = live
-        self._loop.call_soon_threadsafe(self._run_live, live)
+        self._loop.call_soon_threadsafe(self._run_live, live, context=contextvars.Context())
 
     async def resume(
         self,
@@ -190,25 +220,25 @@ class ExperimentManager:
         """Continue an ended (or orphaned) experiment with more budget. Raises StoreError."""
 
         async def go() -> None:
-            exp = Experiment.resume(
+            exp = await Experiment.resume_from(
                 experiment_id,
-                store=self.store,
+                self.storage,
                 max_trial_number=max_trial_number,
                 max_experiment_duration=max_experiment_duration,
                 rerun_failed=rerun_failed,
-                service=self._platform(experiment_id, user),
-                control_socket=False,
+                service=await self._platform(experiment_id, user),
             )
             self._live.pop(experiment_id, None)
             self._start(exp)
 
         await self._call(go())
 
-    def _platform(self, experiment_id: str, user: str) -> TrainingService[Any] | None:  # engine thread
+    async def _platform(self, experiment_id: str, user: str) -> TrainingService[Any] | None:  # engine thread
         """The experiment's training service as the service builds it (its trials' OS user), or None."""
         if self.platform_factory is None:
             return None
-        return self.platform_factory(experiment_id, dict(self.store.get_experiment(experiment_id).config), user)
+        record = await self.storage.get_experiment(experiment_id)
+        return self.platform_factory(experiment_id, dict(record.config), user)
 
     def _start(self, exp: Experiment) -> None:  # engine thread
         live = _Live(exp.id, exp)
@@ -224,24 +254,21 @@ class ExperimentManager:
 
     async def resume_owned(self) -> list[str]:
         """Re-attach to every experiment this replica was running when it stopped."""
-        return await self._call(self._resume_owned())
-
-    async def _resume_owned(self) -> list[str]:
-        rows = await self.db.fetch(
+        rows = await self.api_db.fetch(
             "SELECT id, user_name FROM svc_experiments WHERE status = $1 AND owner = $2 ORDER BY created_ms",
             "RUNNING",
             self.replica,
         )
+        return await self._call(self._resume_owned([(str(r[0]), str(r[1])) for r in rows]))
+
+    async def _resume_owned(self, rows: list[tuple[str, str]]) -> list[str]:
         resumed = []
         for experiment_id, user in rows:
             if experiment_id in self._live:
                 continue
             try:
-                exp = Experiment.resume(
-                    experiment_id,
-                    store=self.store,
-                    service=self._platform(experiment_id, user),
-                    control_socket=False,
+                exp = await Experiment.resume_from(
+                    experiment_id, self.storage, service=await self._platform(experiment_id, user)
                 )
             except (NniTsError, OSError) as exc:
                 log.warning("Experiment %s cannot be re-attached: %s", experiment_id, exc)
@@ -273,21 +300,23 @@ class ExperimentManager:
 
     async def _final(self, live: _Live, status: str, message: str | None) -> None:
         try:
-            await self.sync(live)
             await self._set_status(live.id, status, message, ended=True)
-        except NniTsError as exc:
+        except (NniTsError, RuntimeError) as exc:
             log.error("Could not record the end of experiment %s: %s", live.id, exc)
         self._broadcast(live, {"event": "experiment", "status": status, "message": message})
 
     async def _set_status(self, experiment_id: str, status: str, message: str | None, *, ended: bool = False) -> None:
+        """The experiment's row in svc_experiments (engine thread; the statement runs on the API loop)."""
         now = now_ms()
-        await self.db.execute(
-            "UPDATE svc_experiments SET status = $1, message = $2, updated_ms = $3, ended_ms = $4 WHERE id = $5",
-            status,
-            message,
-            now,
-            now if ended else None,
-            experiment_id,
+        await self._on_api(
+            self.api_db.execute(
+                "UPDATE svc_experiments SET status = $1, message = $2, updated_ms = $3, ended_ms = $4 WHERE id = $5",
+                status,
+                message,
+                now,
+                now if ended else None,
+                experiment_id,
+            )
         )
 
     # ------------------------------------------------------------------ control
@@ -318,7 +347,7 @@ class ExperimentManager:
         async def go() -> None:
             live = self._live[experiment_id]
             live.exp.extend(max_trial_number=max_trial_number, max_experiment_duration=max_duration)
-            self.store.update_experiment(experiment_id, config=config_to_storable(live.exp.config))
+            await self.storage.update_experiment(experiment_id, config=config_to_storable(live.exp.config))
 
         await self._call(go())
 
@@ -378,12 +407,12 @@ class ExperimentManager:
             self._live.pop(experiment_id, None)
 
     async def purge(self, experiment_id: str) -> None:
-        """Remove a stopped experiment's rows from the experiment store (on the engine thread, its owner)."""
+        """Remove a stopped experiment's records from the storage (on the engine thread, its owner)."""
 
         async def go() -> None:
             if experiment_id in self._live and not self._live[experiment_id].done:
                 raise UserError(f"Experiment {experiment_id} is still running; stop it first.")
-            self.store.delete_experiment(experiment_id)
+            await self.storage.delete_experiment(experiment_id)
 
         await self._call(go())
 
@@ -437,11 +466,9 @@ class ExperimentManager:
         service = live.exp.service
         if service is not None:
             service.events.on("trial_status", lambda detail: self._on_trial_status(live, detail))
-        self._poke(live)
 
     def _on_trial_status(self, live: _Live, detail: TrialJobDetail) -> None:
         self._broadcast(live, {"event": "trial", "trialId": detail.id, "status": detail.status.value})
-        self._poke(live)
 
     def _on_metric(self, live: _Live, trial_id: str, parsed: Any) -> None:
         value = parsed.value
@@ -450,128 +477,22 @@ class ExperimentManager:
         except (TypeError, ValueError):
             value = parsed.scalar
         self._broadcast(live, {"event": "metric", "trialId": trial_id, "type": parsed.type, "value": value})
-        self._poke(live)
 
     def _on_trial_end(self, live: _Live, record: TrialRecord) -> None:
         event = {"event": "trial_end", "trialId": record.id, "status": record.status.value}
         self._broadcast(live, event | {"finalValue": record.final_value})
-        self._poke(live)
-
-    # ------------------------------------------------------------------ mirror (engine thread)
-
-    def _poke(self, live: _Live) -> None:
-        live.dirty = True
-        if self._closing:
-            return
-        if live.syncer is None or live.syncer.done():
-            live.syncer = self._tasks.spawn(self._sync_loop(live), name=f"mirror-{live.id}")
-
-    async def _sync_loop(self, live: _Live) -> None:
-        while live.dirty and not self._closing:
-            live.dirty = False
-            try:
-                await self.sync(live)
-            except Exception as exc:  # a database outage must not end the experiment
-                log.warning("Mirroring experiment %s failed (retried on its next event): %s", live.id, exc)
-                return
-
-    async def sync(self, live: _Live) -> None:
-        """Copy what changed in the store for this experiment into the service database. One at a
-        time: a slower sync that read the store earlier must not write its older rows last."""
-        async with live.sync_lock:
-            await self._sync(live)
-
-    async def _sync(self, live: _Live) -> None:
-        mirror = live.mirror
-        experiment_id = live.id
-        if not mirror.loaded:
-            rows = await self.db.fetch(
-                "SELECT trial_id, COUNT(*) FROM svc_metrics WHERE experiment_id = $1 GROUP BY trial_id", experiment_id
-            )
-            mirror.metric_counts = {r[0]: int(r[1]) for r in rows}
-            mirror.loaded = True
-        try:
-            trials = self.store.list_trials(experiment_id)
-        except StoreError:
-            return
-        trial_rows = []
-        metric_rows = []
-        new_sigs: dict[str, tuple[Any, ...]] = {}
-        new_counts: dict[str, int] = {}
-        for t in trials:
-            sig = (t.status.value, t.metric_count, t.start_ms, t.end_ms, t.exit_code, t.message, t.final_value)
-            if mirror.signatures.get(t.id) == sig:
-                continue
-            trial_rows.append(
-                (
-                    experiment_id,
-                    t.id,
-                    t.sequence_id,
-                    t.parameter_id,
-                    t.attempt,
-                    json.dumps(t.parameters),
-                    t.status.value,
-                    t.start_ms,
-                    t.end_ms,
-                    t.exit_code,
-                    _clean_text(t.message),
-                    t.final_value,
-                    _clean_text(t.final_data),
-                    t.metric_count,
-                )
-            )
-            have = mirror.metric_counts.get(t.id, 0)
-            if t.metric_count > have:
-                records = self.store.metrics(experiment_id, t.id)
-                metric_rows += [
-                    (experiment_id, t.id, m.seq, m.type, m.value, _clean_text(m.data), m.created_ms)
-                    for m in records[have:]
-                ]
-                new_counts[t.id] = len(records)
-            new_sigs[t.id] = sig
-        if metric_rows:
-            await self.db.executemany(
-                "INSERT INTO svc_metrics (experiment_id, trial_id, seq, type, value, data, created_ms) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (experiment_id, trial_id, seq) DO NOTHING",
-                metric_rows,
-            )
-        if trial_rows:
-            await self.db.executemany(
-                "INSERT INTO svc_trials (experiment_id, id, sequence_id, parameter_id, attempt, parameters, status, "
-                "start_ms, end_ms, exit_code, message, final_value, final_data, metric_count) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
-                "ON CONFLICT (experiment_id, id) DO UPDATE SET status = excluded.status, "
-                "start_ms = excluded.start_ms, end_ms = excluded.end_ms, exit_code = excluded.exit_code, "
-                "message = excluded.message, final_value = excluded.final_value, final_data = excluded.final_data, "
-                "metric_count = excluded.metric_count",
-                trial_rows,
-            )
-        mirror.signatures.update(new_sigs)
-        mirror.metric_counts.update(new_counts)
 
     # ------------------------------------------------------------------ shutdown
 
     async def detach(self) -> None:
-        """Stop mirroring after a last sync; experiments and trials keep running (crash-only shutdown).
+        """Leave the experiments and their trials running (crash-only shutdown): every record the
+        loop acknowledged is committed already, so nothing is left to copy.
 
         The process must then exit (``os._exit``) without cancelling the engine's tasks, or their
         trials would be cancelled."""
-        await self._call(self._detach())
-        for live in list(self._live.values()):
-            self._close_streams(live)
-
-    async def _detach(self) -> None:
         self._closing = True
         for live in list(self._live.values()):
-            if live.syncer is not None and not live.syncer.done():
-                await asyncio.wait([live.syncer], timeout=10)
-            if not live.done:
-                try:
-                    await self.sync(live)
-                except Exception as exc:
-                    log.warning("The last sync of experiment %s failed: %r", live.id, exc)
-        if self._db is not None:
-            await self._db.close()
+            self._close_streams(live)
 
     async def close(self, reason: str = "The service stopped.") -> None:
         """Stop every live experiment (their trials are cancelled), record their end, end the thread."""
@@ -583,9 +504,6 @@ class ExperimentManager:
 
     async def _close(self, reason: str) -> None:
         await asyncio.gather(*(self._stop(i, reason, 120.0) for i in list(self._live)), return_exceptions=True)
-        for live in list(self._live.values()):
-            if live.syncer is not None and not live.syncer.done():
-                await asyncio.wait([live.syncer], timeout=10)
         self._closing = True
         await self._tasks.stop(10)
         leftovers = [t for t in self._live_tasks() if t is not asyncio.current_task()]
@@ -593,7 +511,5 @@ class ExperimentManager:
             task.cancel()
         if leftovers:
             await asyncio.wait(leftovers, timeout=10)
-        if self._db is not None:
-            await self._db.close()
-        if self._store is not None:
-            self._store.close()
+        if self._storage is not None:
+            await self._storage.close()

@@ -3,6 +3,7 @@ backend, an in-process service with an HTTP client, and users with tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -107,32 +108,38 @@ def postgres_server() -> Iterator[PostgresServer]:
 _counter = itertools.count()
 
 
-@pytest.fixture(params=BACKENDS)
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty service database: SQLite in tmp_path, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'service.db'}"
-        return
+@contextlib.asynccontextmanager
+async def _new_pg_database(server: PostgresServer) -> AsyncIterator[str]:
     import asyncpg
 
-    server: PostgresServer = request.getfixturevalue("postgres_server")
     name = f"svc_{os.getpid()}_{next(_counter)}"
     admin = await asyncpg.connect(server.url("postgres"))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield server.url(name)
-    admin = await asyncpg.connect(server.url("postgres"))
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield server.url(name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(server.url("postgres"))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
-@pytest.fixture
-async def svc(db_url: str, tmp_path: Path) -> AsyncIterator[Running]:
-    """A service on the local platform with users alice, bob (quota: 2 trials, 0 GPUs) and admin root."""
+@pytest.fixture(params=BACKENDS)
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty service database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'service.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    async with _new_pg_database(server) as url:
+        yield url
+
+
+async def _users(db_url: str) -> dict[str, str]:
     db = await open_database(db_url)
     try:
         tokens = {
@@ -142,6 +149,23 @@ async def svc(db_url: str, tmp_path: Path) -> AsyncIterator[Running]:
         }
     finally:
         await db.close()
+    return {k: v for k, v in tokens.items() if v}
+
+
+@pytest.fixture
+async def svc_pg(postgres_server: PostgresServer, tmp_path: Path) -> AsyncIterator[Running]:
+    """As ``svc``, on PostgreSQL only."""
+    async with _new_pg_database(postgres_server) as url:
+        tokens = await _users(url)
+        settings = ServiceSettings(data_dir=tmp_path / "svc", database_url=url, replica="test-replica")
+        async with running_service(settings) as (service, api, base):
+            yield Running(service, api, base, tokens, tmp_path / "svc")
+
+
+@pytest.fixture
+async def svc(db_url: str, tmp_path: Path) -> AsyncIterator[Running]:
+    """A service on the local platform with users alice, bob (quota: 2 trials, 0 GPUs) and admin root."""
+    tokens = await _users(db_url)
     settings = ServiceSettings(data_dir=tmp_path / "svc", database_url=db_url, replica="test-replica")
     async with running_service(settings) as (service, api, url):
-        yield Running(service, api, url, {k: v for k, v in tokens.items() if v}, tmp_path / "svc")
+        yield Running(service, api, url, tokens, tmp_path / "svc")

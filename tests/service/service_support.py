@@ -86,6 +86,13 @@ class Running:
     data_dir: Path
 
 
+def storage_url(running: Running) -> str:
+    """Where a service's experiments keep their records: the service's PostgreSQL database itself,
+    or on SQLite the store file ``experiments.db`` in its data directory."""
+    url = running.service.database_url
+    return url if url.startswith("postgresql") else f"sqlite:///{running.data_dir / 'experiments.db'}"
+
+
 @contextlib.asynccontextmanager
 async def running_service(settings: ServiceSettings) -> AsyncIterator[tuple[ExperimentService, Api, str]]:
     service = ExperimentService(settings)

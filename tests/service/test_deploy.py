@@ -23,8 +23,9 @@ from nni_ts.registry import available_platforms
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
-# What the kubeflow and frameworkcontroller platforms touch, and nothing else.
+# What the Kubernetes platforms (kubeflow, frameworkcontroller, trainjob, kubernetes) touch, and nothing else.
 ALLOWED = {
+    ("batch", "jobs"),
     ("kubeflow.org", "tfjobs"),
     ("kubeflow.org", "pytorchjobs"),
     ("frameworkcontroller.microsoft.com", "frameworks"),

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service_support import GATED_TRIAL, Running, quick_config
+from service_support import GATED_TRIAL, Running, quick_config, storage_url
 
-from nni_ts.storage import open_store
+from nni_ts.storage.base import open_storage
 
 # The seeds' launcher body, byte for byte (seeds/000: NNI Launcher, "提交任务").
 SEED_POST = {
@@ -109,9 +109,12 @@ async def test_two_users_each_see_and_touch_only_their_own(svc: Running) -> None
     await api.ok("DELETE", f"/experiments/{b}", token=t["bob"])
     assert (await api.call("GET", f"/experiments/{b}", token=t["bob"]))[0] == 404
     assert not (svc.data_dir / "workspaces" / "bob" / "nlp" / "experiments" / b).exists()
-    with open_store(svc.data_dir / "experiments.db", readonly=True) as exp_store:  # nor its rows in the store
-        assert b not in {e.id for e in exp_store.list_experiments()}
-        assert a in {e.id for e in exp_store.list_experiments()}
+    storage = await open_storage(storage_url(svc))  # nor its records in the experiments' storage
+    try:
+        stored = {e.id for e in await storage.list_experiments()}
+    finally:
+        await storage.close()
+    assert b not in stored and a in stored
     await api.ok("DELETE", f"/experiments/{a}", token=t["root"])
     assert await api.ok("GET", "/experiments", token=t["root"]) == []
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from nni_ts.errors import StoreError
+from nni_ts.experiment import Experiment
 from nni_ts.models import HyperParameters, TrialJobApplicationForm, TrialJobDetail, TrialJobStatus
-from nni_ts.storage.base import ExperimentStorage, open_storage
+from nni_ts.storage.base import ExperimentStorage, PostgresStorage, SqliteStorage, open_storage
 from nni_ts.storage.store import TrialRecord
 
 
@@ -119,3 +121,150 @@ async def test_delete_removes_everything_of_one_experiment(storage: ExperimentSt
     assert [e.id for e in await storage.list_experiments()] == ["b"]
     assert await storage.list_trials("a") == [] and await storage.metrics("a", "t") == []
     assert len(await storage.metrics("b", "t")) == 1
+
+
+# ---------------------------------------------------------------- what the experiment loop relies on
+
+
+async def test_calls_are_queued_when_made_and_run_in_order(storage: ExperimentStorage, db_url: str) -> None:
+    """The loop queues a status it does not wait for, then reads the trial: the read must see it. A
+    write is queued when the call is made, not when (or whether) it is awaited."""
+    await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
+    form = TrialJobApplicationForm(sequence_id=0, hyper_parameters=HyperParameters(value="{}"))
+    insert = storage.insert_trial(_trial("e", "t", 0))
+    statuses = [
+        storage.update_trial("e", TrialJobDetail(id="t", status=s, sequence_id=0, form=form))
+        for s in (TrialJobStatus.RUNNING, TrialJobStatus.SUCCEEDED)
+    ]
+    metric = storage.add_metric("e", "t", 0, type="FINAL", value=1.0, data='{"value": 1}')
+    read = storage.get_trial("e", "t")  # awaited first, made last
+    record = await read
+    assert (record.status, record.metric_count, record.final_value) == (TrialJobStatus.SUCCEEDED, 1, 1.0)
+    assert await metric and await insert is None and [await s for s in statuses] == [None, None]
+    # Nobody awaits this one: it is stored all the same, before the read made after it.
+    storage.update_experiment("e", status="DONE")
+    assert (await storage.get_experiment("e")).status == "DONE"
+
+
+async def test_a_write_resolves_after_its_commit_and_queued_writes_share_one(
+    storage: ExperimentStorage, db_url: str
+) -> None:
+    """Durable before acknowledged: once a metric's awaitable resolved, another connection sees it.
+    Writes queued meanwhile are committed together (PostgreSQL: one transaction id for the batch)."""
+    await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
+    await storage.insert_trial(_trial("e", "t", 0))
+    other = await open_storage(_same_database(db_url, storage))
+    try:
+        writes = [
+            storage.add_metric("e", "t", i, type="PERIODICAL", value=float(i), data=f'{{"value": {i}}}')
+            for i in range(50)
+        ]
+        first = await writes[0]
+        assert first is True
+        # The first write resolved: a separate connection reads it (nothing acknowledged is in flight).
+        assert 0 in {m.seq for m in await other.metrics("e", "t")}
+        assert all(await asyncio.gather(*writes))
+        assert [m.seq for m in await other.metrics("e", "t")] == list(range(50))
+        assert (await other.get_trial("e", "t")).metric_count == 50
+    finally:
+        await other.close()
+    if isinstance(storage, PostgresStorage):
+        import asyncpg
+
+        conn = await asyncpg.connect(storage.url)
+        try:
+            batches = await conn.fetchval(
+                "SELECT count(DISTINCT xmin::text) FROM exp_metrics WHERE experiment_id = 'e' AND seq > 0"
+            )
+        finally:
+            await conn.close()
+        assert batches < 10, f"49 queued metrics took {batches} transactions"
+
+
+async def test_writes_batched_together_round_trip_exactly(storage: ExperimentStorage) -> None:
+    """What a batch carries (PostgreSQL: one statement for the whole batch) comes back byte for byte."""
+    await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
+    form = TrialJobApplicationForm(sequence_id=0, hyper_parameters=HyperParameters(value='{"x": 1}'))
+    odd = '{"type": "FINAL", "value": "0.5", "note": "a\x00b \u00e9 \U0001f600"}'
+    calls = [
+        storage.insert_trial(_trial("e", "t", 0, message="queued \u00e9")),
+        storage.update_trial(
+            "e",
+            TrialJobDetail(
+                id="t", status=TrialJobStatus.RUNNING, sequence_id=0, start_time=7, message="a\x00b", form=form
+            ),
+        ),
+        storage.add_metric("e", "t", 0, type="PERIODICAL", value=float("inf"), data='{"value": "Infinity"}'),
+        storage.add_metric("e", "t", 1, type="FINAL", value=-0.25, data=odd),
+        storage.add_metric("e", "t", 1, type="FINAL", value=-0.25, data=odd),  # the same record again
+        storage.update_trial(
+            "e", TrialJobDetail(id="t", status=TrialJobStatus.SUCCEEDED, sequence_id=0, exit_code=0, form=form)
+        ),
+    ]
+    results = await asyncio.gather(*calls)
+    assert results[2:5] == [True, True, False]
+    trial = await storage.get_trial("e", "t")
+    assert (trial.status, trial.exit_code, trial.metric_count) == (TrialJobStatus.SUCCEEDED, 0, 2)
+    assert (trial.final_value, trial.final_data) == (-0.25, odd)
+    records = await storage.metrics("e", "t")
+    assert [(m.seq, m.value, m.data) for m in records] == [
+        (0, float("inf"), '{"value": "Infinity"}'),
+        (1, -0.25, odd),
+    ]
+
+
+async def test_a_failing_write_fails_alone_among_those_queued_with_it(storage: ExperimentStorage) -> None:
+    await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
+    await storage.insert_trial(_trial("e", "t", 0))
+    before = storage.add_metric("e", "t", 0, type="PERIODICAL", value=0.0, data="0")
+    duplicate = storage.insert_trial(_trial("e", "t", 0))  # the same primary key again
+    after = storage.add_metric("e", "t", 1, type="FINAL", value=1.0, data="1")
+    assert await before is True
+    with pytest.raises(StoreError):
+        await duplicate
+    assert await after is True
+    trial = await storage.get_trial("e", "t")
+    assert (trial.metric_count, trial.final_value) == (2, 1.0)
+
+
+async def test_the_experiment_loop_runs_on_the_storage(storage: ExperimentStorage, tmp_path: Path) -> None:
+    """A real experiment (local platform) writes through the interface: trials, metrics, its end."""
+    config = {
+        "searchSpace": {"x": {"_type": "choice", "_value": [1, 2, 3]}},
+        "trialCommand": _REPORTING_TRIAL,
+        "trialConcurrency": 2,
+        "maxTrialNumber": 3,
+        "tuner": {"name": "GridSearch"},
+        "trainingService": {"platform": "local"},
+        "experimentWorkingDirectory": str(tmp_path),
+    }
+    exp = Experiment(config, storage=storage, control_socket=False)
+    result = await exp.run()
+    assert result.status == "DONE" and result.succeeded == 3, result
+    record = await storage.get_experiment(exp.id)
+    assert record.status == "DONE" and record.manager_pid is None
+    trials = await storage.list_trials(exp.id)
+    assert sorted(t.parameters["x"] for t in trials) == [1, 2, 3]
+    for t in trials:
+        assert t.status is TrialJobStatus.SUCCEEDED and t.metric_count == 1
+        assert [m.type for m in await storage.metrics(exp.id, t.id)] == ["FINAL"]
+    # Continued from the storage (as the service re-attaches), with more budget: nothing repeats.
+    more = await Experiment.resume_from(exp.id, storage, max_trial_number=3)
+    again = await more.run()
+    assert again.status == "DONE" and len(again.trials) == 3
+
+
+# A trial that reports its parameter as its final result in NNI's local framing, without Python.
+_REPORTING_TRIAL = (
+    'x=$(sed -n \'s/.*"x": *\\([0-9]*\\).*/\\1/p\' "$NNI_SYS_DIR/parameter.cfg"); '
+    'r="{\\"parameter_id\\":0,\\"trial_job_id\\":\\"$NNI_TRIAL_JOB_ID\\",\\"type\\":\\"FINAL\\",'
+    '\\"sequence\\":0,\\"value\\":\\"$x\\"}"; '
+    'printf \'ME%06d%s\\n\' $((${#r}+1)) "$r" >> "$NNI_SYS_DIR/.nni/metrics"'
+)
+
+
+def _same_database(db_url: str, storage: ExperimentStorage) -> str:
+    """A URL opening the same records on a connection of its own."""
+    if isinstance(storage, SqliteStorage):
+        return f"sqlite:///{storage.store.path}"
+    return db_url
