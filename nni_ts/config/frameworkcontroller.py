@@ -59,6 +59,17 @@ class FrameworkControllerConfig(KubernetesPlatformConfig):
     platform: Literal["frameworkcontroller"] = Field("frameworkcontroller", description="Always 'frameworkcontroller'.")
     task_roles: list[FrameworkControllerRoleConfig] = Field(min_length=1, description="The task roles.")
 
+    @field_validator("queue_name")
+    @classmethod
+    def _no_kueue(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError(
+                "Kueue has no FrameworkController integration: it would neither queue nor hold the Frameworks; "
+                "for Kueue use platform kubernetes, trainjob or kubeflow (with Kueue's kubeflow.org/tfjob or "
+                "pytorchjob integration enabled), or remove queueName"
+            )
+        return v
+
     @model_validator(mode="after")
     def _unique_roles(self) -> FrameworkControllerConfig:
         names = [r.name for r in self.task_roles]

@@ -14,6 +14,7 @@ __all__ = ["K8sStorageConfig", "KubernetesPlatformConfig", "PodRoleConfig", "Ssh
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.IGNORECASE)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _UNIT_MB = {"": 1.0, "k": 1 / 1024, "m": 1.0, "g": 1024.0, "t": 1024.0 * 1024}
 
 
@@ -165,6 +166,33 @@ class KubernetesPlatformConfig(TrainingServiceConfig, PlatformPodSettings):
     cancel_grace_period: float = Field(
         10.0, ge=0, description="Seconds from SIGTERM to SIGKILL when a trial's pods are deleted (nni-ts)."
     )
+    queue_name: str | None = Field(
+        None,
+        description="A Kueue LocalQueue in the namespace: each trial's object gets the label "
+        "kueue.x-k8s.io/queue-name, and Kueue decides when it runs (kubeflow, kubernetes and trainjob; nni-ts; "
+        "see docs/kubernetes.md, Kueue).",
+    )
+    priority_class: str | None = Field(
+        None,
+        description="A Kueue WorkloadPriorityClass for the trials (the label kueue.x-k8s.io/priority-class; "
+        "with queueName; nni-ts).",
+    )
+
+    @field_validator("queue_name", "priority_class")
+    @classmethod
+    def _kueue_name(cls, v: str | None) -> str | None:
+        if v is not None and not _DNS_SUBDOMAIN.match(v):
+            raise ValueError(
+                "expected the name of a Kueue object: at most 253 lowercase letters, digits, '-' and '.', "
+                "starting and ending with a letter or digit"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _priority_needs_queue(self) -> KubernetesPlatformConfig:
+        if self.priority_class is not None and self.queue_name is None:
+            raise ValueError("priorityClass is a Kueue WorkloadPriorityClass: it needs queueName too")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> KubernetesPlatformConfig:

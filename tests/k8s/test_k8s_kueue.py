@@ -319,3 +319,64 @@ async def test_a_queued_trainjob_waits_then_runs_to_complete(tmp_path: Path) -> 
         for name in ("first", "second"):
             done = await cluster.wait_for_object("trainjobs", name, lambda o: condition(o, "Complete"), timeout=40)
             assert [c["type"] for c in done["status"]["conditions"]] == ["Suspended", "Complete"]
+
+
+async def test_a_queued_tfjob_is_suspended_through_run_policy_preempted_and_run_again(tmp_path: Path) -> None:
+    """Kueue's kubeflow.org/tfjob integration (off by default since Kueue 0.19; the fake has it on):
+    ``runPolicy.suspend``, which the fake tf-operator honours (no pods, Suspended, then resumed)."""
+    tfjob_crd = (REPO / ".." / "shared" / "crds" / "kubeflow.org_tfjobs.yaml").resolve()
+    async with FakeCluster(
+        tmp_path / "cluster", crd_files=[*CRDS, tfjob_crd], controllers=["tf-operator", "kueue"]
+    ) as cluster:
+        for obj in queues(cpu="1"):
+            cluster.create(obj)
+        marker = tmp_path / "runs"
+        script = f"echo x >> {marker}; if [ $(wc -l < {marker}) -lt 2 ]; then sleep 60; fi"
+
+        def tfjob(name: str, command: list[str]) -> dict[str, Any]:
+            container = {
+                "name": "tensorflow",
+                "image": "python:3.12",
+                "command": command,
+                "resources": {"requests": {"cpu": "1", "memory": "100Mi"}},
+            }
+            return {
+                "apiVersion": "kubeflow.org/v1",
+                "kind": "TFJob",
+                "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": "user-queue"}},
+                "spec": {
+                    "runPolicy": {"cleanPodPolicy": "Running"},
+                    "tfReplicaSpecs": {
+                        "Worker": {
+                            "replicas": 1,
+                            "restartPolicy": "Never",
+                            "template": {"spec": {"containers": [container]}},
+                        }
+                    },
+                },
+            }
+
+        first = cluster.create(tfjob("victim", ["sh", "-c", script]))
+        assert first["spec"]["runPolicy"]["suspend"] is True  # Kueue's webhook
+        second = cluster.create(tfjob("next", ["true"]))
+        assert second["spec"]["runPolicy"]["suspend"] is True
+        await cluster.wait_for(lambda c: marker.exists(), timeout=20, message="the first run started")
+        held = await cluster.wait_for_object("tfjobs", "next", lambda j: condition(j, "Suspended"), timeout=20)
+        assert [c for c in held["status"]["conditions"] if c["type"] == "Suspended"][0]["reason"] == "TFJobSuspended"
+        assert cluster.list("pods", label_selector="training.kubeflow.org/job-name=next") == []
+        owners = {w["metadata"]["ownerReferences"][0]["name"]: w for w in cluster.list("workloads")}
+        assert owners["victim"]["spec"]["podSets"][0]["name"] == "worker"
+        assert owners["victim"]["metadata"]["ownerReferences"][0]["kind"] == "TFJob"
+        cluster.kueue.preempt("default", owners["victim"]["metadata"]["name"])
+        # The victim is suspended again (its pod deleted, not counted as failed); "next" takes the quota.
+        suspended = await cluster.wait_for_object(
+            "tfjobs", "victim", lambda j: condition(j, "Suspended") and not j["status"].get("startTime"), timeout=20
+        )
+        assert not condition(suspended, "Running") and not condition(suspended, "Failed")
+        await cluster.wait_for_object("tfjobs", "next", lambda j: condition(j, "Succeeded"), timeout=30)
+        done = await cluster.wait_for_object("tfjobs", "victim", lambda j: condition(j, "Succeeded"), timeout=40)
+        resumed = [c for c in done["status"]["conditions"] if c["type"] == "Suspended"][0]
+        assert (resumed["status"], resumed["reason"]) == ("False", "TFJobResumed")
+        assert marker.read_text().count("x") == 2
+        wl = cluster.get("workloads", owners["victim"]["metadata"]["name"])
+        assert wl is not None and wl["status"]["requeueState"]["count"] == 1 and condition(wl, "Finished")

@@ -7,6 +7,9 @@ The phases (:class:`Phase`)::
       │  │        │            │              ▲
       │  └────────┴──► STOPPING ────────────┤
       └──────────────────────────────────────┘
+      ▲  │        │
+      │  ▼        ▼
+      REQUEUED ◄──┘   (Kueue preempted the trial; REQUEUED ──► STOPPING on a cancel)
 
 * ``ACTIVE``: the job exists (or is being created); the trial waits or runs.
 * ``SETTLING``: the keeper reported its exit; the platform waits (bounded) for the job's final state, so
@@ -16,6 +19,10 @@ The phases (:class:`Phase`)::
 * ``STOPPING``: the platform stops the job (a cancel, a failure it decided, a settle time-out) and waits
   until its pods are gone.
 * ``CONCLUDED``: the terminal status was decided (:func:`decide`) and reported. Nothing happens after.
+* ``REQUEUED``: Kueue evicted the trial (preemption) after admitting it: its object is suspended and its
+  pods are being deleted. Their end (the keeper's SIGTERM exit, a deleted running pod) is not the trial's:
+  the facts are reset, the trial is WAITING again, and once the old pods are gone it is ``ACTIVE`` again,
+  waiting for Kueue to admit it and run it anew (:func:`kueue_step` decides).
 
 Every change goes through :func:`check_transition` against :data:`TRANSITIONS`.
 """
@@ -36,8 +43,12 @@ __all__ = [
     "Phase",
     "TransitionError",
     "check_transition",
+    "KueueStep",
     "decide",
     "is_signal_exit",
+    "kueue_step",
+    "pending_timeout_applies",
+    "running_signal_counts",
 ]
 
 
@@ -47,12 +58,14 @@ class Phase(enum.Enum):
     FINISHING = "finishing"
     STOPPING = "stopping"
     CONCLUDED = "concluded"
+    REQUEUED = "requeued"
 
 
 #: The phases each phase may move to.
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    Phase.ACTIVE: frozenset({Phase.SETTLING, Phase.FINISHING, Phase.STOPPING, Phase.CONCLUDED}),
-    Phase.SETTLING: frozenset({Phase.FINISHING, Phase.STOPPING, Phase.CONCLUDED}),
+    Phase.ACTIVE: frozenset({Phase.SETTLING, Phase.FINISHING, Phase.STOPPING, Phase.CONCLUDED, Phase.REQUEUED}),
+    Phase.SETTLING: frozenset({Phase.FINISHING, Phase.STOPPING, Phase.CONCLUDED, Phase.REQUEUED}),
+    Phase.REQUEUED: frozenset({Phase.ACTIVE, Phase.FINISHING, Phase.STOPPING, Phase.CONCLUDED}),
     Phase.FINISHING: frozenset({Phase.STOPPING, Phase.CONCLUDED}),
     Phase.STOPPING: frozenset({Phase.CONCLUDED}),
     Phase.CONCLUDED: frozenset(),
@@ -101,6 +114,26 @@ class Facts:
     forced: tuple[str, bool] | None = None
     #: The last lines of the reporting pod's log, or the launcher's own error, on a failure without exit.
     log_tail: str = ""
+    #: Kueue holds the trial (its object is suspended, its Workload not admitted): the WAITING reason.
+    queued: str | None = None
+    #: Kueue admitted the trial's Workload, or the trial ran (in this round: an eviction resets it).
+    admitted: bool = False
+    #: How many times Kueue evicted (preempted) the trial after admitting it.
+    requeues: int = 0
+
+    def requeue(self) -> None:
+        """Forget what the evicted run left (its keeper's exit, its pods' problems): it was not the trial's
+        end. What the platform or the user decided (a cancel, a forced failure) stays."""
+        self.keeper_exit = None
+        self.job_final = None
+        self.problem = None
+        self.pod_deleted = None
+        self.primary_exit = None
+        self.warnings = []
+        self.cannot_create = None
+        self.log_tail = ""
+        self.admitted = False
+        self.requeues += 1
 
 
 @dataclass(frozen=True)
@@ -121,6 +154,45 @@ class Names:
     primary_pod: str = ""
     #: Whether the pods share storage with the manager (NFS, Azure Files), or have none (storageType none).
     shared_storage: bool = True
+
+
+class KueueStep(enum.Enum):
+    """What a trial does about its Workload's news (:func:`kueue_step`)."""
+
+    #: Kueue holds it: WAITING with the reason; running signals of pods do not count.
+    HOLD = "hold"
+    #: Kueue admitted it: its pods may run; the pending time-out starts now.
+    ADMIT = "admit"
+    #: Kueue evicted it after admitting it: back to WAITING (``REQUEUED`` until its old pods are gone).
+    REQUEUE = "requeue"
+    #: Nothing to do (finished, already ending, or the trial ended on its own before the eviction).
+    IGNORE = "ignore"
+
+
+def kueue_step(phase: Phase, f: Facts, state: str) -> KueueStep:
+    """What a trial in ``phase`` with facts ``f`` does when its Workload is in ``state`` (``queued``,
+    ``admitted``, ``evicted`` or ``finished``; see :func:`.kueue.admission`)."""
+    if phase not in (Phase.ACTIVE, Phase.SETTLING, Phase.REQUEUED) or state == "finished":
+        return KueueStep.IGNORE
+    if state == "admitted":
+        return KueueStep.ADMIT if phase is Phase.ACTIVE and not f.admitted else KueueStep.IGNORE
+    if phase is Phase.REQUEUED:
+        return KueueStep.HOLD
+    if phase is Phase.SETTLING and f.keeper_exit is not None and not is_signal_exit(f.keeper_exit):
+        return KueueStep.IGNORE  # the trial ended by itself just before the eviction: that is its end
+    # Queued or evicted: a requeue if this round was admitted (or ran), else it still waits.
+    return KueueStep.REQUEUE if f.admitted or phase is Phase.SETTLING else KueueStep.HOLD
+
+
+def running_signal_counts(phase: Phase, f: Facts) -> bool:
+    """Whether a pod Running (or the job running) makes the trial RUNNING: not while Kueue holds it (a
+    stale event of an evicted run), nor while the evicted run's pods are being deleted."""
+    return phase is not Phase.REQUEUED and f.queued is None
+
+
+def pending_timeout_applies(phase: Phase, f: Facts) -> bool:
+    """``pendingTimeout`` counts the time pods stay Pending, not the time Kueue queues the trial."""
+    return phase is Phase.ACTIVE and f.queued is None
 
 
 def _infrastructure_cause(f: Facts, n: Names) -> str | None:

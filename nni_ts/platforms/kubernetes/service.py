@@ -45,10 +45,20 @@ from ...errors import ConfigError, MetricRefused, PlatformError, TemporaryError
 from ...models import TrialJobDetail, TrialJobStatus
 from ...server import ClusterServer
 from ...training_service import TrainingService, trial_shell_command
+from . import kueue as kq
+from . import kueue_trials as kt
 from . import manifest as mf
 from . import podsettings as ps
 from .client import JSON, KubeApiError, KubeClient, load_client
-from .lifecycle import Facts, Names, Phase, check_transition, decide
+from .lifecycle import (
+    Facts,
+    Names,
+    Phase,
+    check_transition,
+    decide,
+    pending_timeout_applies,
+    running_signal_counts,
+)
 from .names import LABEL_TRIAL, label_value, secret_name
 from .staging import LocalStager, SftpStager, Stager
 from .status import JobView, pod_phase, pod_problem, terminated_exit_code
@@ -125,6 +135,10 @@ class _Trial:
     queue: asyncio.Queue[_Event] = field(default_factory=asyncio.Queue)
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Kueue: the trial's Workload as last seen, and the uids of an evicted run's pods still being deleted.
+    workload: JSON | None = None
+    evicted_pods: set[str] = field(default_factory=set)
+    sink: _Sink | None = None
 
     @property
     def id(self) -> str:
@@ -148,8 +162,13 @@ class _Sink:
     def __init__(self, service: KubernetesTrainingService[Any], trial: _Trial) -> None:
         self.service = service
         self.trial = trial
+        #: The run it reported for was evicted by Kueue: what its keeper says now is not the trial's.
+        self.retired = False
+        trial.sink = self
 
     async def on_started(self, start_time_ms: int, host: str, pid: int) -> None:
+        if self.retired:
+            return
         reporter = self.service.reporter
         if host and reporter.detail(self.trial.id).host is None:
             reporter.note(self.trial.id, host=host)
@@ -158,6 +177,8 @@ class _Sink:
     async def on_records(self, records: list[tuple[int, str]]) -> int:
         accepted = 0
         for _seq, data in records:
+            if self.retired:
+                break
             try:
                 await self.service.reporter.metric(self.trial.id, data)
             except MetricRefused as exc:
@@ -167,15 +188,21 @@ class _Sink:
         return accepted
 
     async def on_exited(self, exit_code: int, end_time_ms: int) -> None:
+        if self.retired:
+            return
         if self.trial.facts.keeper_exit is None:
             self.trial.facts.keeper_exit = exit_code
             self.trial.end_ms = end_time_ms
         self.service._post(self.trial, _Event("keeper_exited"))
 
     async def on_lost(self, message: str) -> None:
+        if self.retired:
+            return
         self.service._post(self.trial, _Event("keeper_lost", text=message))
 
     async def on_heartbeat(self) -> None:
+        if self.retired:
+            return
         self.service._post(self.trial, _Event("heartbeat"))
 
     async def on_rejected(self, message: str) -> None:
@@ -229,6 +256,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._pod_watch: Watcher | None = None
         self._anchor_watch: Watcher | None = None
         self._event_watch: Watcher | None = None
+        self._workload_watch: Watcher | None = None
         self._anchor_task: asyncio.Task[Any] | None = None
         self._anchor_error: str | None = None
         self._token_secret_ready = False
@@ -288,7 +316,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         meta = {
             "name": trial.job,
             "namespace": self.namespace,
-            "labels": mf.trial_labels(self.experiment_id, detail.id),
+            "labels": {**mf.trial_labels(self.experiment_id, detail.id), **kq.kueue_labels(self.config)},
             "annotations": mf.trial_annotations(detail.id, detail.sequence_id),
             "ownerReferences": [mf.owner_reference(self.anchor)],
         }
@@ -429,6 +457,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 ) from exc
             raise
         await self._pod_watch.wait_synced(60)
+        if self.config.queue_name:
+            await kt.start(self)
         await self._ensure_owned_objects()
         self._anchor_watch = Watcher(
             self.kube, self._collection("configmaps"), selector, self._on_anchor_event, name="configmaps"
@@ -767,7 +797,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             report_timeout=cfg.report_timeout,
             env=dict(trial.detail.form.env),
             storage_env=self.stager.pod_env(trial.id),
-            attempt="auto" if self.pods_replaced else str(trial.attempt),
+            attempt="auto" if self._reruns else str(trial.attempt),
         )
 
     def _role_command(self, base: str, detail: TrialJobDetail) -> str:
@@ -805,7 +835,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 f"Cannot write trial {detail.id}'s directory {detail.working_directory} on the shared storage: {exc}"
             ) from exc
         self._track(trial)
-        self.server.register(detail.id, self._sink(trial), attempt=self._channel_attempt(trial))
+        self._register(trial, attempt=self._channel_attempt(trial))
         try:
             await self._add_token(trial)
             body = self._build_job(trial, self._keeper_spec(trial))
@@ -829,6 +859,10 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         self._after(trial, self.config.pending_timeout, "pending_timeout")
         self._start_worker(trial)
 
+    def _register(self, trial: _Trial, *, attempt: int | None, next_seq: int = 0) -> None:
+        """Accept the reports of the trial's keeper (``attempt``: the one accepted, None: the first that reports)."""
+        self.server.register(trial.id, self._sink(trial), attempt=attempt, next_seq=next_seq)
+
     def _start_worker(self, trial: _Trial) -> None:
         self.tasks.spawn(self._run_trial(trial), name=f"nni-ts-{self.platform_name}-trial-{trial.id}")
 
@@ -836,9 +870,15 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         """The ClusterServer sink of the trial's channel."""
         return _Sink(self, trial)
 
+    @property
+    def _reruns(self) -> bool:
+        """Whether a trial may run again in a new pod: a Job replacing a disrupted pod, or Kueue readmitting a
+        preempted trial (``queueName``). Each keeper then takes its own attempt number (``auto``)."""
+        return self.pods_replaced or bool(self.config.queue_name)
+
     def _channel_attempt(self, trial: _Trial) -> int | None:
-        """The keeper attempt the trial's channel accepts (None: whichever reports; see pods_replaced)."""
-        return None if self.pods_replaced else trial.attempt
+        """The keeper attempt the trial's channel accepts (None: whichever reports; see _reruns)."""
+        return None if self._reruns else trial.attempt
 
     def _untrack(self, trial: _Trial) -> None:
         self._by_job.pop(trial.job, None)
@@ -847,6 +887,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         trial.cancel_timers()
 
     def _replay_cached(self, trial: _Trial) -> None:
+        kt.replay_workload(self, trial)
         # The pods first: a job that finished while no manager watched is concluded at its event, and its
         # read-back needs the reporting pod's name (a batch Job's or a TrainJob's pods have random suffixes;
         # without shared storage the metrics are in that pod's log).
@@ -898,9 +939,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             )
         trial = _Trial(detail=detail, job=job, attempt=int(data.get("attempt") or 1), job_created=True)
         self._track(trial)
-        self.server.register(
-            detail.id, self._sink(trial), attempt=self._channel_attempt(trial), next_seq=metrics_delivered
-        )
+        self._register(trial, attempt=self._channel_attempt(trial), next_seq=metrics_delivered)
         self._start_worker(trial)
         assert self._job_watch is not None
         if job in self._job_watch.cache:
@@ -944,6 +983,9 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     def _trial_of_pod(self, pod: JSON) -> _Trial | None:
         label = (pod.get("metadata", {}).get("labels") or {}).get(LABEL_TRIAL)
         return self._by_label.get(label) if label else None
+
+    def _post_event(self, trial: _Trial, kind: str, obj: JSON | None = None) -> None:
+        self._post(trial, _Event(kind, obj))
 
     def _post(self, trial: _Trial, event: _Event) -> None:
         if trial.phase is not Phase.CONCLUDED:
@@ -992,13 +1034,23 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
 
     # ------------------------------------------------------------------ events: one trial's worker
 
+    #: The phases in which a trial's job may still run (a cancel stops it).
+    _LIVE = frozenset({Phase.ACTIVE, Phase.SETTLING, Phase.REQUEUED})
+    #: The events a REQUEUED trial handles (the others concern the run Kueue evicted).
+    _WHILE_REQUEUED = frozenset({"workload", "job", "pod", "fail", "cancel", "stop_timeout"})
+
     #: Warning event reasons that mean the job cannot create its pods (a wrong spec, a quota, a webhook).
     _CANNOT_CREATE = frozenset({"FailedCreatePod", "FailedCreate", "PodCreationFailed"})
 
     async def _handle(self, trial: _Trial, ev: _Event) -> None:
         phase = trial.phase
         facts = trial.facts
-        if ev.kind == "job":
+        if phase is Phase.REQUEUED and ev.kind not in self._WHILE_REQUEUED:
+            return  # the evicted run's keeper, its timers and its pods' warnings: not the trial's
+        if ev.kind == "workload":
+            assert ev.obj is not None
+            await kt.on_workload(self, trial, ev.obj)
+        elif ev.kind == "job":
             assert ev.obj is not None
             await self._on_job(trial, ev.text, ev.obj)
         elif ev.kind == "pod":
@@ -1016,6 +1068,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 if facts.keeper_exit is None:
                     await self._stop(trial)
         elif ev.kind == "keeper_started":
+            facts.queued, facts.admitted = None, True  # a keeper runs: whatever a queue said, it was admitted
             self._mark_running(trial, int(ev.text) if ev.text else None)
         elif ev.kind == "keeper_exited":
             if phase is Phase.ACTIVE:
@@ -1038,7 +1091,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             if self.reporter.status(trial.id) is TrialJobStatus.UNKNOWN:
                 self.reporter.running(trial.id, message="The trial's keeper is back.")
         elif ev.kind == "pending_timeout":
-            if phase is Phase.ACTIVE and self.reporter.status(trial.id) is TrialJobStatus.WAITING:
+            if pending_timeout_applies(phase, facts) and self.reporter.status(trial.id) is TrialJobStatus.WAITING:
                 limit = self.config.pending_timeout
                 why = facts.problem.message if facts.problem else facts.warnings[-1] if facts.warnings else None
                 facts.forced = (
@@ -1048,14 +1101,14 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 )
                 await self._stop(trial)
         elif ev.kind == "fail":
-            if phase in (Phase.ACTIVE, Phase.SETTLING) and facts.forced is None and facts.cancel_status is None:
+            if phase in self._LIVE and facts.forced is None and facts.cancel_status is None:
                 facts.forced = (ev.text, True)
                 await self._stop(trial)
         elif ev.kind == "cancel":
             assert ev.status is not None
             if facts.cancel_status is None and facts.forced is None:
                 facts.cancel_status = ev.status
-            if phase in (Phase.ACTIVE, Phase.SETTLING):
+            if phase in self._LIVE:
                 await self._stop(trial)
         elif ev.kind == "stop_timeout":
             if phase is Phase.STOPPING:
@@ -1067,12 +1120,13 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
         facts = trial.facts
         if kind == "DELETED":
             trial.job_gone = True
-            if trial.phase in (Phase.ACTIVE, Phase.SETTLING) and facts.job_final is None:
+            if trial.phase in self._LIVE and facts.job_final is None:
                 facts.job_vanished = True
                 await self._finish(trial)
             elif trial.phase is Phase.STOPPING:
                 await self._stopped_if_gone(trial)
             return
+        kt.held_if_suspended(self, trial, obj)
         view = self._job_view(obj)
         if view.phase == "running":
             self._mark_running(trial)
@@ -1080,12 +1134,15 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             facts.job_final = view
             if trial.phase is Phase.SETTLING:
                 await self._conclude(trial)
-            elif trial.phase is Phase.ACTIVE:
+            elif trial.phase in (Phase.ACTIVE, Phase.REQUEUED):
                 await self._finish(trial)
 
     async def _on_pod(self, trial: _Trial, kind: str, pod: JSON) -> None:
         facts = trial.facts
         name = pod["metadata"]["name"]
+        if trial.phase is Phase.REQUEUED:
+            await kt.on_evicted_pod(self, trial, kind, pod)
+            return
         if (
             pod["metadata"].get("deletionTimestamp")
             and trial.phase in (Phase.ACTIVE, Phase.SETTLING)
@@ -1127,6 +1184,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
                 await self._stop(trial)
 
     def _mark_running(self, trial: _Trial, when: int | None = None) -> None:
+        if when is None and not running_signal_counts(trial.phase, trial.facts):
+            return  # a pod of a run Kueue evicted, or a stale event while Kueue holds the trial
         if self.reporter.status(trial.id) is TrialJobStatus.WAITING:
             self.reporter.running(trial.id, message="", when=when)
 
@@ -1180,9 +1239,7 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
     async def _read_back(self, trial: _Trial) -> None:
         assert self.stager is not None
         try:
-            records, ended = await self.stager.read_back(
-                trial.id, None if self.pods_replaced else trial.attempt, pod=trial.primary_pod
-            )
+            records, ended = await self.stager.read_back(trial.id, kt.attempt_of(self, trial), pod=trial.primary_pod)
         except (OSError, PlatformError) as exc:
             log.warning("Could not read trial %s's directory back: %s", trial.id, exc)
             return

@@ -6,7 +6,11 @@ job; the replica's restartPolicy on the pod, ``ExitCode`` meaning Never plus re-
 retryable exit code, 128 and above). ``status.conditions`` go Created, Running, then Succeeded or Failed
 (Restarting on a re-creation); ``replicaStatuses`` count active, succeeded and failed pods; ``startTime``
 and ``completionTime`` are set. runPolicy: cleanPodPolicy (None by default, Running, All),
-backoffLimit and activeDeadlineSeconds. Deleting the job deletes its pods (ownerReferences).
+backoffLimit, activeDeadlineSeconds and ``suspend`` (training-operator v1.7+, what Kueue sets): while
+suspended the job's pods are deleted, ``Suspended`` is True (reason ``<Kind>Suspended``), ``Running`` False,
+``startTime`` unset and ``replicaStatuses`` count the pods still terminating as active; on resume
+``Suspended`` turns False (``<Kind>Resumed``), ``startTime`` starts again and the pods are created anew.
+Deleting the job deletes its pods (ownerReferences).
 """
 
 from __future__ import annotations
@@ -107,6 +111,18 @@ class KubeflowOperator(Controller):
             if not pod["metadata"].get("deletionTimestamp"):
                 by_key[key] = pod
         finished = _finished(status)
+        if not finished and run_policy.get("suspend"):
+            self._suspended(job, status, specs, pods)
+            if status != before:
+                status["lastReconcileTime"] = now_iso()
+                self.api.update_status(rtype, namespace, name, status)
+            return
+        suspended = _cond(status, "Suspended")
+        if not finished and suspended is not None and suspended.get("status") == "True":
+            message = f"{kind} {name} is resumed."
+            _set_cond(status, "Suspended", "False", f"{kind}Resumed", message)
+            self.record(job, f"{kind}Resumed", message)
+            status["startTime"] = now_iso()
         restarts = int(json.loads((job["metadata"].get("annotations") or {}).get("fake.nni-ts/recreations", "0")))
         recreated = 0
         failed_types: dict[str, int] = {}
@@ -188,6 +204,39 @@ class KubeflowOperator(Controller):
                     pass
             else:
                 self.enqueue_later(left + 0.05, namespace, name)
+
+    def _suspended(self, job: JSON, status: JSON, specs: JSON, pods: list[JSON]) -> None:
+        """runPolicy.suspend: no pods (they are deleted, with their grace period), Suspended True."""
+        kind, name = self.kind, job["metadata"]["name"]
+        pods_type = self.api.rtype("", "v1", "pods")
+        for pod in pods:
+            if not pod["metadata"].get("deletionTimestamp"):
+                try:
+                    self.api.delete(pods_type, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                except ApiError:
+                    pass
+        message = f"{kind} {name} is suspended."
+        running = _cond(status, "Running")
+        if running is not None and running.get("status") == "True":
+            _set_cond(status, "Running", "False", f"{kind}Suspended", message)
+        if _set_cond(status, "Suspended", "True", f"{kind}Suspended", message):
+            self.record(job, f"{kind}Suspended", message)
+        status.pop("startTime", None)
+        replica_statuses: JSON = {}
+        for rt in specs:
+            left = [
+                p
+                for p in pods
+                if (p["metadata"].get("labels") or {}).get(f"{self.label_prefix}/replica-type") == rt.lower()
+                and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            ]
+            replica_statuses[rt] = {
+                "active": len(left),
+                "succeeded": 0,
+                "failed": 0,
+                "selector": ",".join(f"{k}={v}" for k, v in self._labels(job, rt, None).items()),
+            }
+        status["replicaStatuses"] = replica_statuses
 
     def _update_conditions(
         self,

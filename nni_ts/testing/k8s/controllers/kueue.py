@@ -1,10 +1,14 @@
 """A small Kueue (``kueue.x-k8s.io/v1beta2``, as v0.19): queues, quota, admission and preemption.
 
-* Webhook: a batch/v1 Job, JobSet or TrainJob created with the label ``kueue.x-k8s.io/queue-name`` is
-  suspended (``spec.suspend: true``); the client need not do it.
+* Webhook: a batch/v1 Job, JobSet, TrainJob, or a kubeflow.org/v1 TFJob or PyTorchJob, created with the label
+  ``kueue.x-k8s.io/queue-name`` is suspended (``spec.suspend: true``; ``spec.runPolicy.suspend: true`` for
+  the kubeflow.org jobs); the client need not do it. (Real Kueue 0.19 turned its kubeflow.org/v1
+  integrations off by default: a cluster admin enables ``kubeflow.org/tfjob`` / ``pytorchjob`` in its
+  configuration's ``integrations.frameworks``. The fake manages them always.)
 * A ``Workload`` per such object (``<kind>-<name>-<5 hex>``, owned by it, label ``kueue.x-k8s.io/job-uid``),
   with ``podSets`` (Job: ``main`` x parallelism; JobSet: one per replicated job; TrainJob: ``node`` x
-  numNodes with ``resourcesPerNode``), ``queueName`` and ``priority`` (from the label
+  numNodes with ``resourcesPerNode``; TFJob / PyTorchJob: one per replica type, lowercased, x replicas),
+  ``queueName`` and ``priority`` (from the label
   ``kueue.x-k8s.io/priority-class`` naming a ``WorkloadPriorityClass``'s ``value``; 0 without).
 * Admission per ClusterQueue (LocalQueue ``spec.clusterQueue`` -> ClusterQueue), highest priority first then
   oldest, within the ``nominalQuota`` of the first flavor of ``spec.resourceGroups`` for each covered
@@ -54,7 +58,26 @@ MANAGED: dict[tuple[str, str], tuple[str, str, str]] = {
     ("batch", "jobs"): ("Job", "Complete", "Failed"),
     ("jobset.x-k8s.io", "jobsets"): ("JobSet", "Completed", "Failed"),
     ("trainer.kubeflow.org", "trainjobs"): ("TrainJob", "Complete", "Failed"),
+    ("kubeflow.org", "tfjobs"): ("TFJob", "Succeeded", "Failed"),
+    ("kubeflow.org", "pytorchjobs"): ("PyTorchJob", "Succeeded", "Failed"),
 }
+#: The kubeflow.org/v1 jobs: suspended through ``spec.runPolicy.suspend``, pod sets per replica type.
+KUBEFLOW_V1 = {("kubeflow.org", "tfjobs"): "tfReplicaSpecs", ("kubeflow.org", "pytorchjobs"): "pytorchReplicaSpecs"}
+
+
+def _suspend_flag(gr: tuple[str, str], obj: JSON) -> bool:
+    spec = obj.get("spec") or {}
+    if gr in KUBEFLOW_V1:
+        return bool((spec.get("runPolicy") or {}).get("suspend"))
+    return bool(spec.get("suspend"))
+
+
+def _suspend_patch(gr: tuple[str, str], value: bool) -> JSON:
+    if gr in KUBEFLOW_V1:
+        return {"spec": {"runPolicy": {"suspend": value}}}
+    return {"spec": {"suspend": value}}
+
+
 _ANY: JSON = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 
@@ -164,7 +187,11 @@ class Kueue:
     def _webhook(self, rtype: ResourceType, old: JSON | None, obj: JSON) -> None:
         if old is None and (rtype.group, rtype.plural) in MANAGED:
             if (obj["metadata"].get("labels") or {}).get(QUEUE_LABEL):
-                obj.setdefault("spec", {})["suspend"] = True
+                spec = obj.setdefault("spec", {})
+                if (rtype.group, rtype.plural) in KUBEFLOW_V1:
+                    spec.setdefault("runPolicy", {})["suspend"] = True
+                else:
+                    spec["suspend"] = True
 
     async def run(self) -> None:
         while True:
@@ -186,11 +213,11 @@ class Kueue:
 
     def _suspend(self, gr: tuple[str, str], namespace: str, name: str, value: bool) -> None:
         obj = self.api.store.get(gr, namespace, name)
-        if obj is None or bool((obj.get("spec") or {}).get("suspend")) == value:
+        if obj is None or _suspend_flag(gr, obj) == value:
             return
         try:
             self.api.patch(
-                self.api.by_gr[gr], namespace, name, {"spec": {"suspend": value}}, "application/merge-patch+json"
+                self.api.by_gr[gr], namespace, name, _suspend_patch(gr, value), "application/merge-patch+json"
             )
         except ApiError as exc:
             log.warning("Kueue could not set suspend=%s on %s/%s: %s", value, namespace, name, exc.message)
@@ -211,6 +238,11 @@ class Kueue:
         if gr == ("batch", "jobs"):
             return [
                 {"name": "main", "count": int(spec.get("parallelism", 1) or 1), "template": spec.get("template") or {}}
+            ]
+        if gr in KUBEFLOW_V1:
+            return [
+                {"name": rt.lower(), "count": int(rs.get("replicas", 1) or 1), "template": rs.get("template") or {}}
+                for rt, rs in (spec.get(KUBEFLOW_V1[gr]) or {}).items()
             ]
         if gr == ("jobset.x-k8s.io", "jobsets"):
             out = []
@@ -501,9 +533,11 @@ class Kueue:
 
     def _stopped(self, gr: tuple[str, str], obj: JSON) -> bool:
         """Whether a suspended object's pods are gone (an evicted workload keeps its quota until then)."""
-        if not (obj.get("spec") or {}).get("suspend") or not _true(obj, "Suspended"):
+        if not _suspend_flag(gr, obj) or not _true(obj, "Suspended"):
             return False
         status = obj.get("status") or {}
+        if gr in KUBEFLOW_V1:
+            return all(int(r.get("active", 0)) == 0 for r in (status.get("replicaStatuses") or {}).values())
         if gr == ("batch", "jobs"):
             return int(status.get("active", 0)) + int(status.get("terminating", 0)) == 0
         jobs = status.get("replicatedJobsStatus") if gr == ("jobset.x-k8s.io", "jobsets") else status.get("jobsStatus")
