@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,16 @@ def nni_ts_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     home = tmp_path / "nni-ts-home"
     monkeypatch.setenv("NNI_TS_HOME", str(home))
     yield home
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """The session's one throw-away PostgreSQL server (tests/service, tests/dashboard); each test takes
+    a database of its own in it (nni_ts.testing.postgres.new_database)."""
+    from nni_ts.testing import postgres
+
+    if not postgres.installed():
+        pytest.skip("PostgreSQL is not installed (initdb, pg_ctl, postgres); scripts/test installs it")
+    # One role logs in with a password (tests of --db-password-file); every other role is trusted.
+    with postgres.start_server(password_role="nts_pw") as server:
+        yield server

@@ -1,7 +1,8 @@
 """Live updates: what changed in the store, as numbered server-sent events that a page can replay.
 
-One :class:`EventHub` watches the experiments someone follows. Every ``interval`` it asks SQLite
-whether anything was committed since its last look (``PRAGMA data_version``, one cheap call); only
+One :class:`EventHub` watches the experiments someone follows. Every ``interval`` it asks the database
+whether anything was committed since its last look (the reader's ``data_version``: SQLite's ``PRAGMA
+data_version``, PostgreSQL's transaction snapshot; one cheap call); only
 then does it compare a light signature of each followed experiment's trials with the previous one
 and publish what changed: ``trial`` (the trial's new row), ``metric`` (a new record) and
 ``experiment`` (status, counts, best value). Watching the store rather than the loop's callbacks
@@ -16,18 +17,16 @@ server run (other epoch) or older than the ring, it gets ``reset`` and reloads i
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..tasks import TaskSupervisor
-from .queries import Reader
+from .queries import DashboardReader
 
 __all__ = ["EventHub", "Subscription"]
 
@@ -54,23 +53,15 @@ class _Watch:
 
 
 class EventHub:
-    """Numbered change events per experiment, computed from the store on the reader thread."""
+    """Numbered change events per experiment, computed from what the reader reads (awaited)."""
 
-    def __init__(
-        self,
-        reader: Reader,
-        run: Callable[[Callable[[], Any]], Awaitable[Any]],
-        *,
-        interval: float = 0.2,
-        grace: float = 60.0,
-    ) -> None:
+    def __init__(self, reader: DashboardReader, *, interval: float = 0.2, grace: float = 60.0) -> None:
         self.reader = reader
-        self._run = run  # runs a function on the reader thread
         self.interval = interval
         self.grace = grace
         self.epoch = secrets.token_hex(4)
         self._watches: dict[str, _Watch] = {}
-        self._version: int | None = None
+        self._version: Any = None
         self._wake = asyncio.Event()
         self._tasks = TaskSupervisor("dashboard-events")
         self._task: asyncio.Task[None] | None = None
@@ -102,7 +93,7 @@ class EventHub:
             watch = _Watch()
             self._watches[experiment_id] = watch
         if watch.trials is None:
-            trials, state = await self._run(lambda: self._snapshot(experiment_id))
+            trials, state = await self._snapshot(experiment_id)
             if watch.trials is None:
                 if not fresh:
                     # Nobody followed this experiment for a while: changes of that gap were not computed,
@@ -179,7 +170,7 @@ class EventHub:
             if not followed:
                 continue
             try:
-                changes = await self._run(functools.partial(self._changes, followed))
+                changes = await self._changes(followed)
             except Exception:
                 log.exception("Reading the store for live updates failed.")
                 await asyncio.sleep(1.0)
@@ -201,13 +192,13 @@ class EventHub:
                     log.warning("A dashboard page does not keep up with experiment %s; closing it.", experiment_id)
                     watch.subscribers.discard(sub)
 
-    # ------------------------------------------------------------------ reader thread
+    # ------------------------------------------------------------------ reading
 
-    def _snapshot(self, experiment_id: str) -> tuple[dict[str, tuple[Any, ...]], tuple[Any, ...] | None]:
-        return self.reader.trial_states(experiment_id), self.reader.experiment_state(experiment_id)
+    async def _snapshot(self, experiment_id: str) -> tuple[dict[str, tuple[Any, ...]], tuple[Any, ...] | None]:
+        return await self.reader.trial_states(experiment_id), await self.reader.experiment_state(experiment_id)
 
-    def _changes(self, followed: list[str]) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
-        version = self.reader.data_version()
+    async def _changes(self, followed: list[str]) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+        version = await self.reader.data_version()
         if version == self._version:
             return []
         self._version = version
@@ -216,30 +207,30 @@ class EventHub:
             watch = self._watches.get(experiment_id)
             if watch is None or watch.trials is None:
                 continue
-            events = self._diff(experiment_id, watch)
+            events = await self._diff(experiment_id, watch)
             if events:
                 out.append((experiment_id, events))
         return out
 
-    def _diff(self, experiment_id: str, watch: _Watch) -> list[tuple[str, dict[str, Any]]]:
+    async def _diff(self, experiment_id: str, watch: _Watch) -> list[tuple[str, dict[str, Any]]]:
         reader = self.reader
         before = watch.trials or {}
-        now = reader.trial_states(experiment_id)
+        now = await reader.trial_states(experiment_id)
         changed = [tid for tid, sig in now.items() if before.get(tid) != sig]
         events: list[tuple[str, dict[str, Any]]] = []
         if changed:
-            for row in reader.trials_by_id(experiment_id, changed):
+            for row in await reader.trials_by_id(experiment_id, changed):
                 events.append(("trial", row))
             for tid in changed:
                 old = before.get(tid)
                 grown = now[tid][1] - (old[1] if old else 0)
                 if grown > 0:
-                    for m in reader.metrics(experiment_id, tid, last=min(grown, 1000)):
+                    for m in await reader.metrics(experiment_id, tid, last=min(grown, 1000)):
                         events.append(("metric", {"trialId": tid, **m}))
-        state = reader.experiment_state(experiment_id)
+        state = await reader.experiment_state(experiment_id)
         if changed or state != watch.state:
             try:
-                events.append(("experiment", reader.summary(experiment_id)))
+                events.append(("experiment", await reader.summary(experiment_id)))
             except LookupError:
                 events.append(("experiment", {"id": experiment_id, "status": "DELETED"}))
         watch.trials = now

@@ -7,7 +7,9 @@ anywhere; ``--base-path`` tells the server where):
 - ``./dash/static/...`` HTML, CSS and JavaScript modules, vendored chart libraries
 - ``./dash/api/...`` the JSON API (see docs/dashboard.md), ``./dash/api/experiments/ID/events`` the SSE stream
 
-Reads go to the store on one reader thread. Actions go to a :class:`Backend`: the experiment loop in
+Reads go through a :class:`~nni_ts.dashboard.queries.DashboardReader`, awaited (the event loop never
+waits on a database): the SQLite store on a thread of its own, or a PostgreSQL service's tables through
+asyncpg (:mod:`nni_ts.dashboard.pgreader`). Actions go to a :class:`Backend`: the experiment loop in
 this process (``nni-ts create``), nothing (``nni-ts view``, read-only) or the service.
 
 Security: with a login (the service), a session cookie (HttpOnly, SameSite=Strict) names the user and
@@ -20,7 +22,6 @@ rebinding).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hmac
 import json
 import logging
@@ -35,7 +36,7 @@ from aiohttp import web
 
 from ..errors import ConfigError, NniTsError, StoreError, UserError
 from .events import EventHub
-from .queries import Reader, TrialQuery, parse_filter
+from .queries import DashboardReader, SqliteReader, TrialQuery, parse_filter
 
 __all__ = ["Backend", "Dashboard", "Viewer"]
 
@@ -128,30 +129,29 @@ class _Session:
 
 
 class Dashboard:
-    """The dashboard of the experiments in one store. ``add_routes(app)``, then ``await close()``."""
+    """The dashboard of the experiments in one store. ``add_routes(app)``, then ``await close()``.
 
-    def __init__(self, store_path: str | Path, backend: Backend | None = None, *, base_path: str = "/") -> None:
+    ``store``: the path of a SQLite store file, or a reader (e.g. a PostgreSQL service's
+    :class:`~nni_ts.dashboard.pgreader.PostgresReader`)."""
+
+    def __init__(
+        self, store: str | Path | DashboardReader, backend: Backend | None = None, *, base_path: str = "/"
+    ) -> None:
         self.backend = backend or Backend()
         self.base = "/" + base_path.strip("/") + "/" if base_path.strip("/") else "/"
-        self.reader = Reader(store_path)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nni-ts-dashboard")
-        self.hub = EventHub(self.reader, self._read)
+        self.reader: DashboardReader = store if isinstance(store, DashboardReader) else SqliteReader(store)
+        self.hub = EventHub(self.reader)
         self._sessions: dict[str, _Session] = {}
         self._local_csrf = secrets.token_urlsafe(24)
         self.loopback_only = False
         self._streams: set[web.StreamResponse] = set()
         self._closing = False
-        self._cache: dict[tuple[str, str], tuple[int, bytes]] = {}  # reader thread only
-
-    async def _read(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn)
+        self._cache: dict[tuple[str, str], tuple[Any, bytes]] = {}
 
     async def close(self) -> None:
         self._closing = True
         await self.hub.close()
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.reader.close)
-        self._pool.shutdown(wait=False)
+        await self.reader.close()
 
     # ------------------------------------------------------------------ routes
 
@@ -262,7 +262,7 @@ class Dashboard:
 
     async def _check_visible(self, viewer: Viewer, experiment_id: str) -> None:
         allowed = await self.backend.visible(viewer)
-        exists = await self._read(lambda: experiment_id in set(self.reader.experiment_ids()))
+        exists = experiment_id in set(await self.reader.experiment_ids())
         if not exists or (allowed is not None and experiment_id not in allowed):
             raise Problem(404, f"There is no experiment {experiment_id!r} you may see.")
 
@@ -356,18 +356,7 @@ class Dashboard:
 
     async def _experiments(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         allowed = await self.backend.visible(viewer)
-
-        def read() -> list[dict[str, Any]]:
-            out = []
-            for eid in self.reader.experiment_ids():
-                if allowed is None or eid in allowed:
-                    try:
-                        out.append(self.reader.summary(eid))
-                    except LookupError:
-                        continue
-            return out
-
-        rows = await self._read(read)
+        rows = await self.reader.summaries(allowed)
         for row in rows:
             row["live"] = self.backend.is_live(row["id"])
         return web.json_response(rows)
@@ -376,13 +365,10 @@ class Dashboard:
         eid = request.match_info["experiment_id"]
         live, elapsed = self.backend.is_live(eid), self.backend.elapsed(eid)
 
-        def read() -> bytes:
-            out = self.reader.overview(eid)
-            out["live"] = live
-            out["elapsed"] = elapsed if elapsed is not None else (out.get("activeMs") or 0) / 1000
-            return _dumps(out)
-
-        return _json_body(await self._read(read))
+        out = await self.reader.overview(eid)
+        out["live"] = live
+        out["elapsed"] = elapsed if elapsed is not None else (out.get("activeMs") or 0) / 1000
+        return _json_body(await self.reader.cpu(_dumps, out))
 
     async def _trials(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
@@ -394,11 +380,11 @@ class Dashboard:
             offset=_int(q, "offset", 0, 0, 2**31),
             limit=_int(q, "limit", 50, 1, 1000),
         )
-        return _json_body(await self._read(lambda: _dumps(self.reader.trials(eid, query))))
+        return _json_body(await self.reader.cpu(_dumps, await self.reader.trials(eid, query)))
 
     async def _trial(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid, tid = request.match_info["experiment_id"], request.match_info["trial_id"]
-        out = await self._read(lambda: self.reader.trial(eid, tid))
+        out = await self.reader.trial(eid, tid)
         if out is None:
             raise Problem(404, f"Experiment {eid} has no trial {tid!r}.")
         out["live"] = self.backend.is_live(eid)
@@ -410,7 +396,7 @@ class Dashboard:
         if name not in _TRIAL_FILES:
             raise Problem(400, f"file must be one of {', '.join(_TRIAL_FILES)}, got {name!r}.")
         tail = _int(request.query, "tail", 64 * 1024, 0, 16 * 1024 * 1024)
-        if await self._read(lambda: self.reader.trial(eid, tid)) is None:
+        if await self.reader.trial(eid, tid) is None:
             raise Problem(404, f"Experiment {eid} has no trial {tid!r}.")
         data = None
         if self.backend.is_live(eid):
@@ -419,19 +405,17 @@ class Dashboard:
             except NniTsError:
                 data = None
         if data is None:
-            wd = await self._read(
-                lambda: self.reader.db.execute("SELECT working_dir FROM experiments WHERE id=?", (eid,)).fetchone()[0]
-            )
-            data = await asyncio.to_thread(_read_tail, Path(wd) / "trials" / tid / name, tail)
+            wd = await self.reader.working_dir(eid)
+            data = await asyncio.to_thread(_read_tail, Path(wd or "") / "trials" / tid / name, tail) if wd else b""
         return web.Response(body=data, content_type="text/plain", charset="utf-8")
 
-    def _cached(self, key: tuple[str, str], build: Callable[[], bytes]) -> bytes:
-        """``build()``, reused while nothing was committed to the store (reader thread only)."""
-        version = self.reader.data_version()
+    async def _cached(self, key: tuple[str, str], build: Callable[[], Awaitable[bytes]]) -> bytes:
+        """``await build()``, reused while nothing was committed to the store."""
+        version = await self.reader.data_version()
         hit = self._cache.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]
-        body = build()
+        body = await build()
         if len(self._cache) > 16:
             self._cache.clear()
         self._cache[key] = (version, body)
@@ -439,12 +423,12 @@ class Dashboard:
 
     async def _charts(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
-        body = await self._read(lambda: self._cached((eid, "charts"), lambda: self.reader.chart_data_json(eid)))
+        body = await self._cached((eid, "charts"), lambda: self.reader.chart_data_json(eid))
         return _json_body(body)
 
     async def _intermediate(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
         eid = request.match_info["experiment_id"]
-        body = await self._read(lambda: self._cached((eid, "inter"), lambda: self.reader.intermediate_json(eid)))
+        body = await self._cached((eid, "inter"), lambda: self.reader.intermediate_json(eid))
         return _json_body(body)
 
     async def _export(self, request: web.Request, viewer: Viewer) -> web.StreamResponse:
@@ -452,7 +436,7 @@ class Dashboard:
         fmt = request.query.get("format", "json")
         if fmt not in ("json", "csv"):
             raise Problem(400, f"format must be json or csv, got {fmt!r}.")
-        text = await self._read(lambda: self.reader.export(eid, fmt))
+        text = await self.reader.export(eid, fmt)
         return web.Response(
             text=text,
             content_type="text/csv" if fmt == "csv" else "application/json",
@@ -503,12 +487,9 @@ class Dashboard:
         what the experiments list follows (one connection, whatever the number of experiments)."""
         allowed = await self.backend.visible(viewer)
 
-        def running() -> list[str]:
-            rows = self.reader.db.execute("SELECT id FROM experiments WHERE status='RUNNING' ORDER BY created_ms DESC")
-            return [r[0] for r in rows if allowed is None or r[0] in allowed][:200]
-
+        running = [eid for eid in await self.reader.running_ids() if allowed is None or eid in allowed][:200]
         queue: asyncio.Queue[tuple[str, str, str] | None] = asyncio.Queue(50_000)
-        subs = [(await self.hub.subscribe(eid, None, queue))[0] for eid in await self._read(running)]
+        subs = [(await self.hub.subscribe(eid, None, queue))[0] for eid in running]
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )

@@ -297,10 +297,17 @@ class ExperimentService:
         return app
 
     def _mount_dashboard(self, app: web.Application) -> None:
-        """The web dashboard at ``/`` (its own login, session cookie and CSRF token; see nni_ts.dashboard)."""
+        """The web dashboard at ``/`` (its own login, session cookie and CSRF token; see nni_ts.dashboard).
+        It reads where the experiments write: the store file ``experiments.db`` on SQLite, the
+        service database's ``exp_*`` tables (asyncpg, the API's pool) on PostgreSQL."""
         from ..dashboard import Dashboard, ServiceBackend
+        from ..dashboard.pgreader import PostgresReader
+        from ..dashboard.queries import DashboardReader
 
-        dashboard = Dashboard(self.data_dir / "experiments.db", ServiceBackend(self))
+        store: Path | DashboardReader = self.data_dir / "experiments.db"
+        if self.database_url.startswith(("postgresql://", "postgres://")):
+            store = PostgresReader(lambda: self.db)
+        dashboard = Dashboard(store, ServiceBackend(self))
         dashboard.add_routes(app)
 
         async def close_dashboard(_: web.Application) -> None:

@@ -95,3 +95,17 @@ def fill(
 def open_filled(path: Path, **kw: Any) -> tuple[Store, list[TrialRecord]]:
     store = Store(path)
     return store, fill(store, **kw)
+
+
+async def copy_to_postgres(store: Store, url: str) -> None:
+    """The store's experiments, as they are, into a PostgreSQL storage's tables (what a PostgreSQL
+    service's experiments write), to compare the two readers on the same records."""
+    from nni_ts.storage.base import PostgresStorage
+
+    storage = await PostgresStorage.connect(url)
+    try:
+        for exp in store.list_experiments():
+            trials = store.list_trials(exp.id, with_detail=True)
+            assert await storage.import_experiment(exp, trials, list(store.iter_metrics(exp.id)))
+    finally:
+        await storage.close()

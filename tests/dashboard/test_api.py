@@ -1,5 +1,9 @@
 """The dashboard's JSON API over a real store: sort/filter/paging in SQL, masking, export, live events
-with ids and Last-Event-ID replay, and the guards on actions (CSRF token, read-only, loopback Host)."""
+with ids and Last-Event-ID replay, and the guards on actions (CSRF token, read-only, loopback Host).
+
+The reading tests (those with the ``client`` fixture) run on both readers: the SQLite store file, and
+the same records copied into a real PostgreSQL database read by ``PostgresReader`` (as a PostgreSQL
+service's dashboard reads them); the test's later writes to ``store`` go to both databases."""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from nni_ts.dashboard import Backend, Dashboard, Viewer
 from nni_ts.models import TrialJobStatus
 from nni_ts.storage.store import Store, TrialRecord
 
-from .support import XSS, fill, record
+from .conftest import LoopThread
+from .support import XSS, copy_to_postgres, fill, record
 
 API = "/dash/api/experiments/e1"
 
@@ -62,11 +67,55 @@ async def _client(dashboard: Dashboard) -> TestClient[Any, Any]:
     return client
 
 
-@pytest.fixture
-async def client(store: Store) -> AsyncIterator[TestClient[Any, Any]]:
-    c = await _client(Dashboard(store.path, Recorder()))
-    yield c
-    await c.close()
+def _mirror_writes(store: Store, url: str) -> LoopThread:
+    """Make the test's writes to ``store`` go to the PostgreSQL copy too (committed before they return),
+    through a PostgresStorage on a loop of its own."""
+    from nni_ts.storage.base import PostgresStorage
+
+    lt = LoopThread()
+    storage = lt.run(PostgresStorage.connect(url))
+    sqlite_insert, sqlite_metric = store.insert_trial, store.add_metric
+
+    async def call(make: Any) -> Any:
+        return await make()
+
+    def insert_trial(trial: TrialRecord) -> None:
+        sqlite_insert(trial)
+        lt.run(call(lambda: storage.insert_trial(trial)))
+
+    def add_metric(experiment_id: str, trial_id: str, seq: int, **kw: Any) -> bool:
+        sqlite_metric(experiment_id, trial_id, seq, **kw)
+        return bool(lt.run(call(lambda: storage.add_metric(experiment_id, trial_id, seq, **kw))))
+
+    store.insert_trial = insert_trial  # type: ignore[method-assign]
+    store.add_metric = add_metric  # type: ignore[method-assign]
+    lt.storage = storage  # type: ignore[attr-defined]
+    return lt
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def client(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[TestClient[Any, Any]]:
+    if request.param == "sqlite":
+        c = await _client(Dashboard(store.path, Recorder()))
+        yield c
+        await c.close()
+        return
+    from nni_ts.dashboard.pgreader import PostgresReader
+    from nni_ts.service.db import open_database
+    from nni_ts.testing.postgres import new_database
+
+    async with new_database(request.getfixturevalue("postgres_server")) as url:
+        await copy_to_postgres(store, url)
+        db = await open_database(url)
+        mirror = _mirror_writes(store, url)
+        try:
+            c = await _client(Dashboard(PostgresReader(db), Recorder()))
+            yield c
+            await c.close()
+        finally:
+            mirror.run(mirror.storage.close())  # type: ignore[attr-defined]
+            mirror.close()
+            await db.close()
 
 
 async def _json(resp: ClientResponse, status: int = 200) -> Any:
@@ -316,3 +365,25 @@ async def test_the_experiments_list_follows_every_running_experiment_on_one_stre
     (event,) = await _events(resp, 1)  # only experiment summaries travel on this stream
     assert event["event"] == "experiment" and event["data"]["id"] == "e1" and event["data"]["trialCount"] == 31
     resp.close()
+
+
+async def test_the_sqlite_reader_never_reads_on_the_event_loop(tmp_path: Path) -> None:
+    """Every read of the SQLite store runs on the reader's thread: the event loop never waits on it."""
+    from nni_ts.testing.loopguard import no_sqlite_on_loop
+
+    with Store(tmp_path / "nni-ts.db") as s:
+        fill(s, trials=5, running=1)
+    with no_sqlite_on_loop() as guard:
+        client = await _client(Dashboard(tmp_path / "nni-ts.db"))
+        try:
+            for path in ("", "/trials?sort=param.lr", "/trials/t00000", "/charts", "/intermediate", "/export"):
+                assert (await client.get(API + path)).status == 200, path
+            assert (await client.get("/dash/api/experiments")).status == 200
+            resp = await client.get(f"{API}/events")
+            assert (await _events(resp, 1))[0]["event"] == "hello"
+            resp.close()
+            log = await client.get(f"{API}/trials/t00000/log")
+            assert log.status == 200
+        finally:
+            await client.close()
+    assert guard.statements > 10

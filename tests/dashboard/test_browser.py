@@ -7,6 +7,7 @@ service's login, per-user isolation and CSRF guard hold. Screenshots go to docs/
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 import textwrap
@@ -156,6 +157,11 @@ def test_a_running_experiment_updates_the_page_and_obeys_it(
         state["run"] = loop_thread.loop.create_task(exp.run())
         dashboard = Dashboard(exp.store.path, LocalBackend(exp))
         state["runner"], url = await start_dashboard(dashboard, "127.0.0.1", 0)
+        # The page opens once the loop has stored the experiment (before, the page's first load is a 404
+        # and it follows nothing: under load, starting the tuner can take longer than opening the page).
+        async with asyncio.timeout(60):
+            while "live1" not in await dashboard.reader.experiment_ids():
+                await asyncio.sleep(0.02)
         return url
 
     url = loop_thread.run(up())
