@@ -402,25 +402,27 @@ class PostgresStorage(ExperimentStorage):
     again in a transaction of its own, so a write fails only for its own reason.
 
     A read does not hold its lane: once every write queued before it has committed, it runs on a
-    connection of a second, smaller pool (:meth:`readers` connections), while the lane goes on with
-    the writes queued after it. A read therefore sees every write made before it
+    connection of its own (the pool has ``readers`` more connections than lanes for them), while the
+    lane goes on with the writes queued after it. A read therefore sees every write made before it
     (and may see later ones); the writes of other experiments in the lane never wait for it.
     """
 
-    def __init__(self, pool: Any, url: str, *, lanes: int = 10, read_pool: Any = None) -> None:
+    def __init__(self, pool: Any, url: str, *, lanes: int = 10) -> None:
         self._pool = pool
-        self._read_pool = read_pool if read_pool is not None else pool
         self.url = url
         self._lane_count = max(1, lanes)
         self.location = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
         self._lanes: dict[str, _Lane] = {}
         self._reads: set[asyncio.Task[None]] = set()
+        # At most this many reads at once: with the lanes' connections that is the pool's size, so a
+        # lane never waits for a connection a read holds.
+        self._read_slots = asyncio.Semaphore(self.readers(self._lane_count))
         self._tasks = TaskSupervisor("experiment-storage")
         self._closed = False
 
     @staticmethod
     def readers(pool_size: int) -> int:
-        """The connections of the second pool, for reads (besides the ``pool_size`` lanes' connections)."""
+        """The connections the pool has for reads, besides the ``pool_size`` lanes' connections."""
         return max(2, pool_size // 2)
 
     @classmethod
@@ -444,19 +446,11 @@ class PostgresStorage(ExperimentStorage):
                 url,
                 password=password,
                 min_size=min(2, pool_size),
-                max_size=pool_size,
+                max_size=pool_size + cls.readers(pool_size),
                 command_timeout=60,
                 reset=no_reset,
             )
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"Cannot open the experiment storage {redacted}: {exc}.") from exc
-        try:
-            # Reads have their own connections: a lane never waits for one a read holds.
-            read_pool = await asyncpg.create_pool(
-                url, password=password, min_size=1, max_size=cls.readers(pool_size), command_timeout=60, reset=no_reset
-            )
-        except (OSError, asyncpg.PostgresError) as exc:
-            await pool.close()
             raise StoreError(f"Cannot open the experiment storage {redacted}: {exc}.") from exc
         try:
             async with pool.acquire() as conn:
@@ -466,9 +460,8 @@ class PostgresStorage(ExperimentStorage):
                     await conn.execute(_PG_SCHEMA)
         except (OSError, asyncpg.PostgresError) as exc:
             await pool.close()
-            await read_pool.close()
             raise StoreError(f"Cannot open the experiment storage {redacted}: {exc}.") from exc
-        return cls(pool, url, lanes=pool_size, read_pool=read_pool)
+        return cls(pool, url, lanes=pool_size)
 
     # ------------------------------------------------------------------ the lanes
 
@@ -542,11 +535,12 @@ class PostgresStorage(ExperimentStorage):
 
         async def run() -> None:
             try:
-                conn = await self._read_pool.acquire()
-                try:
-                    await self._run_one(conn, job, transaction=False)
-                finally:
-                    await self._read_pool.release(conn)
+                async with self._read_slots:
+                    conn = await self._pool.acquire()
+                    try:
+                        await self._run_one(conn, job, transaction=False)
+                    finally:
+                        await self._pool.release(conn)
             except asyncio.CancelledError:
                 if not job.future.done():
                     job.future.set_exception(
@@ -616,7 +610,7 @@ class PostgresStorage(ExperimentStorage):
     async def _direct(self, method: str, sql: str, *args: Any) -> Any:
         """A statement outside every lane (reads that name no experiment)."""
         try:
-            return await getattr(self._read_pool, method)(sql, *args)
+            return await getattr(self._pool, method)(sql, *args)
         except BaseException as exc:
             raise _pg_failure(exc, self.location) from exc
 
@@ -905,8 +899,6 @@ class PostgresStorage(ExperimentStorage):
             await asyncio.wait(list(self._reads), timeout=30)
         await self._tasks.stop(10)
         await self._pool.close()
-        if self._read_pool is not self._pool:
-            await self._read_pool.close()
 
 
 async def open_storage(url: str, *, password: str | None = None, pool_size: int = 10) -> ExperimentStorage:
