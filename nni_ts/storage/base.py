@@ -400,11 +400,6 @@ class PostgresStorage(ExperimentStorage):
     so under load one flush covers every write queued meanwhile in the lane, and the lanes' commits
     share flushes too (PostgreSQL's group commit). If a transaction fails, each of its writes is run
     again in a transaction of its own, so a write fails only for its own reason.
-
-    A read does not hold its lane: once every write queued before it has committed, it runs on a
-    connection of its own (the pool has ``readers`` more connections than lanes for them), while the
-    lane goes on with the writes queued after it. A read therefore sees every write made before it
-    (and may see later ones); the writes of other experiments in the lane never wait for it.
     """
 
     def __init__(self, pool: Any, url: str, *, lanes: int = 10) -> None:
@@ -413,17 +408,8 @@ class PostgresStorage(ExperimentStorage):
         self._lane_count = max(1, lanes)
         self.location = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
         self._lanes: dict[str, _Lane] = {}
-        self._reads: set[asyncio.Task[None]] = set()
-        # At most this many reads at once: with the lanes' connections that is the pool's size, so a
-        # lane never waits for a connection a read holds.
-        self._read_slots = asyncio.Semaphore(self.readers(self._lane_count))
         self._tasks = TaskSupervisor("experiment-storage")
         self._closed = False
-
-    @staticmethod
-    def readers(pool_size: int) -> int:
-        """The connections the pool has for reads, besides the ``pool_size`` lanes' connections."""
-        return max(2, pool_size // 2)
 
     @classmethod
     async def connect(cls, url: str, *, password: str | None = None, pool_size: int = 10) -> PostgresStorage:
@@ -446,7 +432,7 @@ class PostgresStorage(ExperimentStorage):
                 url,
                 password=password,
                 min_size=min(2, pool_size),
-                max_size=pool_size + cls.readers(pool_size),
+                max_size=pool_size,
                 command_timeout=60,
                 reset=no_reset,
             )
@@ -491,10 +477,6 @@ class PostgresStorage(ExperimentStorage):
     async def _drain(self, key: str, lane: _Lane) -> None:
         try:
             while lane.jobs:
-                while lane.jobs and not lane.jobs[0].write:  # the writes before it have committed
-                    self._read(lane.jobs.popleft())
-                if not lane.jobs:
-                    break
                 try:
                     conn = await self._pool.acquire()
                 except asyncio.CancelledError:
@@ -510,7 +492,7 @@ class PostgresStorage(ExperimentStorage):
                     while lane.jobs:
                         first = lane.jobs.popleft()
                         if not first.write:
-                            self._read(first)
+                            await self._run_one(conn, first, transaction=False)
                             continue
                         batch = [first]
                         while lane.jobs and lane.jobs[0].write and len(batch) < MAX_BATCH:
@@ -529,31 +511,6 @@ class PostgresStorage(ExperimentStorage):
             lane.task = None
             if not lane.jobs and self._lanes.get(key) is lane:
                 del self._lanes[key]
-
-    def _read(self, job: _Job) -> None:
-        """Run a read on a connection of its own, without holding its lane."""
-
-        async def run() -> None:
-            try:
-                async with self._read_slots:
-                    conn = await self._pool.acquire()
-                    try:
-                        await self._run_one(conn, job, transaction=False)
-                    finally:
-                        await self._pool.release(conn)
-            except asyncio.CancelledError:
-                if not job.future.done():
-                    job.future.set_exception(
-                        StoreError(f"The experiment storage {self.location} was closed before a call ran.")
-                    )
-                raise
-            except Exception as exc:
-                if not job.future.done():
-                    job.future.set_exception(_pg_failure(exc, self.location))
-
-        task = self._tasks.spawn(run(), name="read")
-        self._reads.add(task)
-        task.add_done_callback(self._reads.discard)
 
     async def _run_one(self, conn: Any, job: _Job, *, transaction: bool) -> None:
         if job.future.cancelled():
@@ -895,8 +852,6 @@ class PostgresStorage(ExperimentStorage):
         pending = [lane.task for lane in list(self._lanes.values()) if lane.task is not None]
         if pending:
             await asyncio.wait(pending, timeout=30)
-        if self._reads:  # started by the lanes, so complete once they are
-            await asyncio.wait(list(self._reads), timeout=30)
         await self._tasks.stop(10)
         await self._pool.close()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -226,37 +225,6 @@ async def test_a_failing_write_fails_alone_among_those_queued_with_it(storage: E
     assert await after is True
     trial = await storage.get_trial("e", "t")
     assert (trial.metric_count, trial.final_value) == (2, 1.0)
-
-
-@pytest.mark.slow
-async def test_postgres_a_read_does_not_hold_back_the_writes_queued_after_it_in_its_lane(
-    postgres_server: Any, tmp_path: Path
-) -> None:
-    """Experiments share lanes (here one lane for all): a trial's metric must not wait in the lane
-    behind another experiment's read (the loop reads each ended trial), only behind earlier writes."""
-    import asyncpg
-    from conftest import _new_pg_database
-
-    async with _new_pg_database(postgres_server) as url:
-        storage = await PostgresStorage.connect(url, pool_size=1)
-        locker = await asyncpg.connect(url)
-        try:
-            await storage.create_experiment("a", name=None, platform="local", config={}, working_dir="/w")
-            await storage.create_experiment("b", name=None, platform="local", config={}, working_dir="/w")
-            await storage.insert_trial(_trial("b", "t", 0))
-            tx = locker.transaction()
-            await tx.start()
-            await locker.execute("LOCK TABLE exp_experiments IN ACCESS EXCLUSIVE MODE")
-            read = storage.get_experiment("a")  # blocked by the lock until the rollback below
-            metric = storage.add_metric("b", "t", 0, type="FINAL", value=1.0, data="1")
-            assert await asyncio.wait_for(metric, 10) is True  # committed while the read still waits
-            assert not read.done()
-            await tx.rollback()
-            assert (await asyncio.wait_for(read, 10)).id == "a"
-            assert (await storage.get_trial("b", "t")).metric_count == 1
-        finally:
-            await locker.close()
-            await storage.close()
 
 
 async def test_the_experiment_loop_runs_on_the_storage(storage: ExperimentStorage, tmp_path: Path) -> None:
