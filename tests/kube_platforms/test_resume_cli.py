@@ -18,11 +18,12 @@ import yaml
 from nni_ts.models import TrialJobStatus
 from nni_ts.storage import open_store
 
-from .conftest import serve_fake_cluster
+from .conftest import TRAINER_CRDS, serve_fake_cluster, trainjob_runtime
 
 pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
 
 CLI = [sys.executable, "-m", "nni_ts.cli"]
+RUNTIME = trainjob_runtime()
 TRIAL = """\
 import os, time, nni
 p = nni.get_next_parameter()
@@ -54,13 +55,14 @@ def _running(exp: str) -> list[Any]:
         return []
 
 
-def test_sigkilled_manager_is_resumed_without_rerunning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("platform", ["kubeflow", "kubernetes", "trainjob"])
+def test_sigkilled_manager_is_resumed_without_rerunning(tmp_path: Path, platform: str) -> None:
     nfs = tmp_path / "nfs"
     nfs.mkdir()
     code = tmp_path / "code"
     code.mkdir()
     (code / "trial.py").write_text(TRIAL)
-    config = {
+    config: dict[str, Any] = {
         "experimentName": "k8s-resume",
         "searchSpace": {"x": {"_type": "choice", "_value": [1, 2, 3, 4]}},
         "trialCodeDirectory": str(code),
@@ -82,10 +84,34 @@ def test_sigkilled_manager_is_resumed_without_rerunning(tmp_path: Path) -> None:
             "cancelGracePeriod": 2,
         },
     }
+    if platform == "kubernetes":  # the batch-Job platform has no roles: the worker's keys sit at the top
+        service = config["trainingService"]
+        worker = service.pop("worker")
+        del worker["replicas"]
+        del service["operator"]
+        service.update(worker, platform="kubernetes")
+    elif platform == "trainjob":  # one trainer node of the example's ClusterTrainingRuntime
+        service = config["trainingService"]
+        worker = service.pop("worker")
+        del service["operator"]
+        service["platform"] = "trainjob"
+        service["runtimeRef"] = {"kind": "ClusterTrainingRuntime", "name": RUNTIME["metadata"]["name"]}
+        service["trainer"] = {
+            "image": worker["dockerImage"],
+            "resourcesPerNode": {"cpuNumber": worker["cpuNumber"], "memorySize": worker["memorySize"]},
+        }
+        config["trialCommand"] = worker["command"]
     cfg = tmp_path / "config.yml"
     cfg.write_text(yaml.safe_dump(config))
-    with serve_fake_cluster(tmp_path, nfs) as kubeconfig:
+    extra = TRAINER_CRDS if platform == "trainjob" else None
+    with serve_fake_cluster(tmp_path, nfs, extra_crds=extra) as kubeconfig:
         env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+        if platform == "trainjob":
+            runtime = tmp_path / "runtime.yaml"
+            runtime.write_text(yaml.safe_dump(RUNTIME))
+            applied = subprocess.run(["kubectl", "apply", "-f", str(runtime)], env=env, capture_output=True,
+                                     text=True, timeout=30)  # fmt: skip
+            assert applied.returncode == 0, applied.stderr
         manager = subprocess.Popen([*CLI, "create", "-c", str(cfg), "--id", "k8sresume", "--quiet"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
@@ -94,7 +120,8 @@ def test_sigkilled_manager_is_resumed_without_rerunning(tmp_path: Path) -> None:
             os.kill(manager.pid, signal.SIGKILL)
             manager.wait(timeout=30)
         before = {t.id: t.detail.platform_data["job"] for t in _running("k8sresume")}
-        jobs = subprocess.run(["kubectl", "get", "tfjobs", "-o", "json"], env=env, capture_output=True, text=True,
+        kind = {"kubeflow": "tfjobs", "kubernetes": "jobs", "trainjob": "trainjobs"}[platform]
+        jobs = subprocess.run(["kubectl", "get", kind, "-o", "json"], env=env, capture_output=True, text=True,
                               timeout=30)  # fmt: skip
         if jobs.returncode == 0:  # kubectl is optional here: the jobs outlive their manager
             assert set(before.values()) <= {j["metadata"]["name"] for j in json.loads(jobs.stdout)["items"]}

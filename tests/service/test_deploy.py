@@ -31,6 +31,8 @@ ALLOWED = {
     ("frameworkcontroller.microsoft.com", "frameworks"),
     ("trainer.kubeflow.org", "trainjobs"),
     ("trainer.kubeflow.org", "trainingruntimes"),
+    ("kueue.x-k8s.io", "localqueues"),  # read-only: the queue check and the Workload watch (queueName)
+    ("kueue.x-k8s.io", "workloads"),
     ("", "pods"),
     ("", "pods/log"),
     ("", "secrets"),
