@@ -300,3 +300,19 @@ async def test_stopping_a_container_kills_every_process_it_started(cluster: Fake
         except psutil.TimeoutExpired:
             child.kill()
             pytest.fail(f"a process started by the {name!r} pod outlived its container")
+
+
+async def test_a_cancelled_pod_reaps_the_processes_it_killed(tmp_path: Path) -> None:
+    """The cluster stopping cancels a pod's runner (or its stop) while it waits for its containers: it
+    kills them, and must also reap them, or each Popen warns "subprocess N is still running" when it is
+    collected: an error (filterwarnings = error) in whichever test then runs on that worker."""
+    async with FakeCluster(tmp_path / "c") as cluster:
+        cluster.create(pod("sleeper", SLEEP))
+        await cluster.wait_for_object("pods", "sleeper", lambda p: phase(p) == "Running")
+        (runner,) = cluster.kubelet.runners.values()
+        procs = [c.proc for c in runner.containers.values() if c.proc is not None]
+        assert procs and runner.task is not None
+        runner.task.cancel()
+        await asyncio.wait([runner.task])
+        for proc in procs:
+            assert proc._popen.returncode is not None, proc.pid  # noqa: SLF001 - what Popen.__del__ checks

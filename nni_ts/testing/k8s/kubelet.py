@@ -236,6 +236,7 @@ class PodRunner:
             await self._run()
         except asyncio.CancelledError:
             await self._kill_all(signal.SIGKILL)
+            self._reap_all()
             raise
         except Exception:  # noqa: BLE001 - a broken pod must not take the kubelet down
             log.exception("The fake kubelet failed to run pod %s/%s.", self.namespace, self.name)
@@ -531,8 +532,23 @@ class PodRunner:
             if c.proc is not None and c.proc.returncode is None:
                 c.proc.signal_all(sig)
 
+    def _reap_all(self) -> None:
+        """Collect the exit of every killed container process whose wait was cancelled (the cluster is
+        stopping): a child never reaped warns "still running" when its Popen is collected."""
+        for c in [*self.init_containers, *self.containers.values()]:
+            if c.proc is not None and c.proc.returncode is None:
+                c.proc.reap()
+
     async def stop(self, grace: float, result: tuple[str, str, str] | None = None) -> None:
         """Stop the pod's processes: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        try:
+            await self._stop(grace, result)
+        except asyncio.CancelledError:  # the cluster stops meanwhile: kill and reap, then go
+            await self._kill_all(signal.SIGKILL)
+            self._reap_all()
+            raise
+
+    async def _stop(self, grace: float, result: tuple[str, str, str] | None) -> None:
         self.stopping = True
         self.stop_reason = result
         await self._kill_all(signal.SIGTERM if grace > 0 else signal.SIGKILL)
@@ -704,6 +720,11 @@ class _Process:
         code = await asyncio.shield(self._waiter)
         self.returncode = code if code is not None else self._popen.wait()
         return self.returncode
+
+    def reap(self, timeout: float = 2.0) -> None:
+        """After a SIGKILL, collect the exit status now (bounded): for a process whose wait was cancelled."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.returncode = self._popen.wait(timeout=timeout)  # as wait() keeps it: negative for a signal
 
     def signal_all(self, sig: int) -> None:
         """``sig`` to the container's process group; SIGKILL also reaches every other process it started."""
