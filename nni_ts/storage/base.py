@@ -44,9 +44,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import StoreError, UserError
-from ..models import TrialJobDetail, TrialJobStatus, now_ms
+from ..models import TrialJobDetail, now_ms
 from ..tasks import TaskSupervisor
-from .store import MAX_BATCH, AsyncStore, ExperimentRecord, MetricRecord, Store, TrialRecord, _experiment_from_row
+from .store import (
+    MAX_BATCH,
+    AsyncStore,
+    ExperimentRecord,
+    MetricRecord,
+    Store,
+    TrialRecord,
+    _experiment_from_row,
+    _trial_from_row,
+)
 
 __all__ = ["ExperimentStorage", "PostgresStorage", "SqliteStorage", "open_storage"]
 
@@ -579,26 +588,10 @@ class PostgresStorage(ExperimentStorage):
 
     @staticmethod
     def _trial(row: Any, *, with_detail: bool = True) -> TrialRecord:
-        detail = TrialJobDetail.model_validate_json(row[16]) if with_detail and row[16] else None
-        return TrialRecord(
-            experiment_id=row[0],
-            id=row[1],
-            sequence_id=row[2],
-            parameter_id=row[3],
-            attempt=row[4],
-            parameters=json.loads(row[5]),
-            status=TrialJobStatus(row[6]),
-            submit_ms=row[7],
-            start_ms=row[8],
-            end_ms=row[9],
-            exit_code=row[10],
-            message=_s(row[11]),
-            infrastructure_failure=bool(row[12]),
-            final_value=row[13],
-            final_data=_s(row[14]),
-            metric_count=row[15],
-            detail=detail,
-        )
+        # SQLite's columns, in SQLite's order; message and final_data are BYTEA here (kept byte for byte).
+        values = list(row)
+        values[11], values[14] = _s(values[11]), _s(values[14])
+        return _trial_from_row(tuple(values), with_detail=with_detail)
 
     # ------------------------------------------------------------------ experiments
 
