@@ -7,16 +7,19 @@ import contextlib
 import hashlib
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nni_ts.models import TrialJobStatus
 from nni_ts.platforms.kubernetes.batchjob import KubernetesJobTrainingService
 from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerTrainingService
 from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
 from nni_ts.platforms.kubernetes.trainjob import TrainJobTrainingService
+from nni_ts.storage import open_store
 from nni_ts.testing.k8s import FakeCluster, Node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,3 +277,24 @@ def serve_fake_cluster(tmp_path: Path, nfs: Path, extra_crds: list[Path] | None 
                 proc.wait()
             assert proc.stdout is not None
             proc.stdout.close()
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    """Poll ``predicate`` every 0.1 s (bounded) from a synchronous test driving the CLI."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_with_metrics(exp: str) -> list[Any]:
+    """The experiment's RUNNING trials with a job and at least one stored metric (read from the store)."""
+    try:
+        with open_store(readonly=True) as s:
+            return [t for t in s.list_trials(exp, with_detail=True)
+                    if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("job")
+                    and s.metrics(exp, t.id)]  # fmt: skip
+    except Exception:
+        return []

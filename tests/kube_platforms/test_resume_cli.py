@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 from nni_ts.models import TrialJobStatus
 from nni_ts.storage import open_store
 
-from .conftest import TRAINER_CRDS, serve_fake_cluster, trainjob_runtime
+from .conftest import TRAINER_CRDS, running_with_metrics, serve_fake_cluster, trainjob_runtime, wait_until
 
 pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
 
@@ -34,25 +33,6 @@ for i in range(6):
     time.sleep(0.5)
 nni.report_final_result(p["x"])
 """
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _running(exp: str) -> list[Any]:
-    try:
-        with open_store(readonly=True) as s:
-            return [t for t in s.list_trials(exp, with_detail=True)
-                    if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("job")
-                    and s.metrics(exp, t.id)]  # fmt: skip
-    except Exception:
-        return []
 
 
 @pytest.mark.parametrize("platform", ["kubeflow", "kubernetes", "trainjob"])
@@ -115,11 +95,11 @@ def test_sigkilled_manager_is_resumed_without_rerunning(tmp_path: Path, platform
         manager = subprocess.Popen([*CLI, "create", "-c", str(cfg), "--id", "k8sresume", "--quiet"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            _wait(lambda: len(_running("k8sresume")) == 2, 90, "two running trials with metrics")
+            wait_until(lambda: len(running_with_metrics("k8sresume")) == 2, 90, "two running trials with metrics")
         finally:
             os.kill(manager.pid, signal.SIGKILL)
             manager.wait(timeout=30)
-        before = {t.id: t.detail.platform_data["job"] for t in _running("k8sresume")}
+        before = {t.id: t.detail.platform_data["job"] for t in running_with_metrics("k8sresume")}
         kind = {"kubeflow": "tfjobs", "kubernetes": "jobs", "trainjob": "trainjobs"}[platform]
         jobs = subprocess.run(["kubectl", "get", kind, "-o", "json"], env=env, capture_output=True, text=True,
                               timeout=30)  # fmt: skip

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from nni_ts.storage import open_store
 from nni_ts.testing.conformance import form, wait_for_status
 from nni_ts.testing.k8s import FakeCluster
 
-from .conftest import ALL_PLATFORMS, Factory, config_for, serve_fake_cluster
+from .conftest import ALL_PLATFORMS, Factory, config_for, running_with_metrics, serve_fake_cluster, wait_until
 
 TIMEOUT = 60.0
 CLI = [sys.executable, "-m", "nni_ts.cli"]
@@ -236,11 +235,11 @@ def test_cli_resume_after_the_data_directory_was_deleted(tmp_path: Path) -> None
         manager = subprocess.Popen([*CLI, "create", "-c", str(cfg), "--id", "lostdir", "--quiet"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            _wait(lambda: len(_running("lostdir")) == 2, 90, "two running trials with metrics")
+            wait_until(lambda: len(running_with_metrics("lostdir")) == 2, 90, "two running trials with metrics")
         finally:
             os.kill(manager.pid, signal.SIGKILL)
             manager.wait(timeout=30)
-        before = {t.id: t.parameters for t in _running("lostdir")}
+        before = {t.id: t.parameters for t in running_with_metrics("lostdir")}
         shutil.rmtree(home)
         resume = subprocess.run([*CLI, "--json", "resume", "lostdir", "-c", str(cfg), "--quiet"], env=env,
                                 capture_output=True, text=True, timeout=180)  # fmt: skip
@@ -266,22 +265,3 @@ for i in range(4):
     time.sleep(0.5)
 nni.report_final_result(p["x"])
 """
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _running(exp: str) -> list[Any]:
-    try:
-        with open_store(readonly=True) as s:
-            return [t for t in s.list_trials(exp, with_detail=True)
-                    if t.status is TrialJobStatus.RUNNING and t.detail and t.detail.platform_data.get("job")
-                    and s.metrics(exp, t.id)]  # fmt: skip
-    except Exception:
-        return []
