@@ -169,22 +169,32 @@ class LoopLag:
 
 
 def install_loop_lag(out: str) -> None:
-    """Measure every event loop this process runs from now on; write ``{thread: [lags, own]}`` as JSON
-    to ``out`` twice a second and at exit (a process that is terminated keeps what was written)."""
+    """Measure every event loop this process runs from now on; write ``{thread: [lags, own, cpu]}`` as
+    JSON to ``out`` twice a second and at exit (a process that is terminated keeps what was written).
+    ``cpu`` is the CPU time (s) the loop's thread has used so far (as last seen while it ran)."""
     import atexit
     import threading
 
     probes: dict[str, LoopLag] = {}
+    clocks: dict[str, int] = {}
+    cpu: dict[str, float] = {}
     real_run_forever = asyncio.base_events.BaseEventLoop.run_forever
 
     def run_forever(self: asyncio.base_events.BaseEventLoop) -> None:
         probe = LoopLag()
-        probes[f"{threading.current_thread().name}-{len(probes)}"] = probe
+        name = f"{threading.current_thread().name}-{len(probes)}"
+        probes[name] = probe
+        clocks[name] = time.pthread_getcpuclockid(threading.get_ident())
         self.call_soon(lambda: self.create_task(probe.run(), name="bench-loop-lag"))
         real_run_forever(self)
 
     def dump() -> None:
-        data = {name: [list(p.lags), list(p.own)] for name, p in list(probes.items())}
+        for name, clock in list(clocks.items()):
+            try:
+                cpu[name] = time.clock_gettime(clock)
+            except OSError:  # the thread has ended: keep the last reading
+                pass
+        data = {name: [list(p.lags), list(p.own), cpu.get(name, 0.0)] for name, p in list(probes.items())}
         tmp = out + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(data, fh)
@@ -200,17 +210,23 @@ def install_loop_lag(out: str) -> None:
     atexit.register(dump)
 
 
-def loop_lag_report(path: str) -> str:
-    """One line per loop from what :func:`install_loop_lag` wrote (loops with under 50 samples are left out)."""
+def loop_lag_report(path: str, *, trials: int = 0) -> str:
+    """One line per loop from what :func:`install_loop_lag` wrote (loops with under 50 samples are left
+    out), with the CPU time its thread used (per trial too, given the number of ``trials``)."""
     with open(path) as fh:
-        data: dict[str, list[list[float]]] = json.load(fh)
+        data: dict[str, list[Any]] = json.load(fh)
     lines = []
-    for name, (lags, own) in data.items():
+    for name, (lags, own, *rest) in data.items():
         if len(lags) < 50:
             continue
         probe = LoopLag()
         probe.lags, probe.own = lags, own
-        lines.append(f"{name}: {probe.summary()}")
+        text = f"{name}: {probe.summary()}"
+        if rest:
+            text += f"; thread CPU {rest[0]:.2f} s"
+            if trials:
+                text += f" ({rest[0] / trials * 1000:.2f} ms per trial)"
+        lines.append(text)
     return "; ".join(lines) or "no loop ran long enough to be measured"
 
 

@@ -335,7 +335,7 @@ def run_service(name: str, db: str, home: Path, args: argparse.Namespace) -> Run
     serve.terminate()
     serve.wait(120)
     serve.stdout.close()
-    stalls = loop_lag_report(lag_file) if not prof else "not measured (profiling)"
+    stalls = loop_lag_report(lag_file, trials=args.users * args.trials) if not prof else "not measured (profiling)"
     return Run(name, creates, reads, polls, wall, delays, idle, mem.peak, stalls)
 
 
