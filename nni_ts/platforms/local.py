@@ -69,6 +69,9 @@ class TrialIdentity:
     umask: int = 0o077
 
 
+#: Bytes read from a metrics file at a time.
+_READ_SIZE = 1 << 16
+
 #: Back-off, in seconds, between attempts to deliver a record that a listener refused.
 _REFUSED_BACKOFF = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
@@ -82,7 +85,7 @@ class _Run:
     popen: subprocess.Popen[bytes] | None = None
     gpus: list[int] = field(default_factory=list)
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
-    metrics_fh: Any = None
+    metrics_fd: int = -1  # the metrics file, open for reading once it exists
     skip: int = 0  # records already delivered before a re-attach
     pending: deque[str] = field(default_factory=deque)  # read from the file, not yet accepted
     cancel_status: TrialJobStatus | None = None
@@ -446,13 +449,19 @@ class LocalTrainingService(TrainingService[LocalConfig]):
 
     def _read_metrics(self, run: _Run) -> None:
         """Move the records appended to the metrics file since the last read into ``run.pending``."""
-        if run.metrics_fh is None:
+        if run.metrics_fd < 0:
             try:
                 path = os.path.join(run.detail.working_directory, ".nni", "metrics")
-                run.metrics_fh = os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb")
+                run.metrics_fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except OSError:  # missing yet, or a symlink in its place (ELOOP): never followed
                 return
-        data = run.metrics_fh.read()
+        # One read(2) per wake-up as a rule (a short read is the end of the file): every system call
+        # on the loop's thread gives the GIL away and waits to get it back. What is appended after
+        # the read wakes the trial's task again.
+        data = chunk = os.read(run.metrics_fd, _READ_SIZE)
+        while len(chunk) == _READ_SIZE:
+            chunk = os.read(run.metrics_fd, _READ_SIZE)
+            data += chunk
         if not data:
             return
         try:
@@ -498,9 +507,9 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         if run.decoder.pending:
             log.warning("Trial %s left an incomplete record in its metrics file.", run.detail.id)
         self._watcher.unwatch(run.detail.id)
-        if run.metrics_fh is not None:
-            run.metrics_fh.close()
-            run.metrics_fh = None
+        if run.metrics_fd >= 0:
+            os.close(run.metrics_fd)
+            run.metrics_fd = -1
         self._release(run)
         code = run.exit_code
         if run.cancel_status is not None:

@@ -4,7 +4,9 @@ order, and never leaving a process behind when the trial or its submission is ca
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,3 +147,20 @@ async def test_a_trial_that_cannot_be_started_fails(tmp_path: Path, monkeypatch:
         done: TrialJobDetail = await wait_for_status(svc, "nostart1", timeout=10)
     assert done.status is TrialJobStatus.FAILED and done.infrastructure_failure
     assert done.message is not None and "could not be started" in done.message
+
+
+async def test_records_larger_than_one_read_arrive_whole_and_in_order(tmp_path: Path) -> None:
+    (tmp_path / "big.py").write_text(
+        "import nni\nnni.get_next_parameter()\n"
+        "for i in range(3):\n    nni.report_intermediate_result(str(i) * (150_000 + i))\n"
+        "nni.report_final_result(7)\n"
+    )
+    metrics: list[Any] = []
+    async with _service(tmp_path, f"{sys.executable} big.py") as svc:
+        svc.add_trial_job_metric_listener(metrics.append)
+        await svc.submit_trial_job(_form("big1", 0))
+        done = await wait_for_status(svc, "big1", timeout=30)
+    assert done.status is TrialJobStatus.SUCCEEDED, done.message
+    values = [json.loads(json.loads(m.data)["value"]) for m in metrics]
+    assert values == [str(i) * (150_000 + i) for i in range(3)] + [7]
+    assert [m.sequence for m in metrics] == [0, 1, 2, 3]
