@@ -440,6 +440,8 @@ class ExperimentManager:
                 pass
 
     def _broadcast(self, live: _Live, event: dict[str, Any]) -> None:  # engine thread
+        if not live.subscribers:  # nobody streams it: no wake-up of the API loop (four per trial)
+            return
         self._to_api(self._deliver, live, {"experimentId": live.id, "time": now_ms(), **event})
 
     @staticmethod
