@@ -495,21 +495,23 @@ class LocalTrainingService(TrainingService[LocalConfig]):
     async def _follow(self, run: _Run) -> None:
         """The trial's one task for metrics and its end: deliver records as they are appended; once
         the process has exited, deliver the rest, then the terminal status."""
-        while True:
-            run.wake.clear()
+        try:
+            while True:
+                run.wake.clear()
+                self._read_metrics(run)
+                await self._deliver_pending(run)
+                if run.exited.is_set():
+                    break
+                await run.wake.wait()
             self._read_metrics(run)
             await self._deliver_pending(run)
-            if run.exited.is_set():
-                break
-            await run.wake.wait()
-        self._read_metrics(run)
-        await self._deliver_pending(run)
+        finally:  # (cancelled at clean-up, too: a descriptor is not left open)
+            if run.metrics_fd >= 0:
+                os.close(run.metrics_fd)
+                run.metrics_fd = -1
         if run.decoder.pending:
             log.warning("Trial %s left an incomplete record in its metrics file.", run.detail.id)
         self._watcher.unwatch(run.detail.id)
-        if run.metrics_fd >= 0:
-            os.close(run.metrics_fd)
-            run.metrics_fd = -1
         self._release(run)
         code = run.exit_code
         if run.cancel_status is not None:
