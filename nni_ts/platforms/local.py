@@ -5,11 +5,12 @@ How a trial runs
 * Its directory is ``<experiment dir>/trials/<id>/`` (``NNI_SYS_DIR`` and ``NNI_OUTPUT_DIR``), with
   ``parameter.cfg`` written before launch, ``stdout`` and ``stderr`` files, and ``.nni/``.
 * It is started as ``/bin/sh -c`` with the trial command, in its own session and process group, with
-  the working directory set to the trial code directory. Preparing its directory and starting the
-  process are system-call heavy (metadata writes, ``fork``/``exec``), so they run on the service's
-  one worker thread, in submission order, never on the event loop; the submission returns once the
-  trial runs (or failed to start), as if it had been started in place. A three-line wrapper records the command's
+  the working directory set to the trial code directory. A three-line wrapper records the command's
   exit code in ``.nni/code``, so that a restarted manager learns how a trial it did not start ended.
+* Preparing its directory and starting its process are system-call heavy (metadata writes,
+  ``fork``/``exec``), so they run on one worker thread shared by the process's local services, in
+  submission order, never on the event loop. The submission returns once the trial runs (or failed
+  to start), as when it was started in place.
 * ``NNI_PLATFORM=local``: NNI's SDK, and the light ``nni`` module, append records to
   ``.nni/metrics``. The service learns of each append through inotify (a poll elsewhere) and delivers
   the record's bytes to the listeners, in order, before the terminal status.
@@ -319,17 +320,12 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             raise run.prepare_error
         detail = run.detail
         try:
-            nni_dir = os.path.join(detail.working_directory, ".nni")
             try:
-                os.mkdir(detail.working_directory)
-            except FileNotFoundError:
-                os.makedirs(detail.working_directory, exist_ok=True)
-            except FileExistsError:
-                pass
-            try:
-                os.mkdir(nni_dir)
-            except FileExistsError:
-                pass
+                _make_dir(detail.working_directory)
+            except FileNotFoundError:  # the first trial: <experiment dir>/trials/ is made too
+                os.makedirs(os.path.dirname(detail.working_directory), exist_ok=True)
+                _make_dir(detail.working_directory)
+            _make_dir(os.path.join(detail.working_directory, ".nni"))
             Path(detail.working_directory, "parameter.cfg").write_text(
                 detail.form.hyper_parameters.value, encoding="utf-8"
             )
@@ -607,6 +603,15 @@ class LocalTrainingService(TrainingService[LocalConfig]):
                 message="The trial was not running any more and left no exit status.",
                 infrastructure_failure=True,
             )
+
+
+def _make_dir(path: str) -> None:
+    """``mkdir``; a directory already there is fine (one system call where pathlib's made up to three)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
 
 
 async def _shielded(job: asyncio.Future[Any]) -> Any:

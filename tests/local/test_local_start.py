@@ -130,6 +130,11 @@ async def test_a_directory_that_cannot_be_made_fails_the_submission(tmp_path: Pa
         (svc.experiment_dir / "trials").write_text("a file where the trials' directory should be")
         with pytest.raises(NotADirectoryError):
             await svc.submit_trial_job(_form("nodir1", 0))
+        (svc.experiment_dir / "trials").unlink()
+        (svc.experiment_dir / "trials" / "nodir2").mkdir(parents=True)
+        (svc.experiment_dir / "trials" / "nodir2" / ".nni").write_text("a file where .nni/ should be")
+        with pytest.raises(FileExistsError):
+            await svc.submit_trial_job(_form("nodir2", 1))
         assert await svc.list_trial_jobs() == []
 
 
