@@ -12,7 +12,11 @@ requests. The last lines give each database against the baseline and PostgreSQL 
     python bench/bench_service.py [--users 50] [--trials 20] [--concurrency 4] [--pg URL|auto|none]
 
 ``--pg auto`` (the default) starts a throw-away PostgreSQL cluster (initdb, pg_ctl) for the run.
+``--repeat N`` runs SQLite then PostgreSQL N times, alternating (a fresh database each time), and
+ends with the median of each figure: on a shared machine one run's ratio moves by 2x.
 ``BENCH_SERVICE_LOG=FILE`` appends the services' logs there (else they are discarded).
+``BENCH_SERVE_HOOK=FILE`` runs that Python file in the service process before it starts (for
+investigating: a profiler, timers around a method).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import glob
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,11 +42,13 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import loop_lag_report, percentile  # noqa: E402
+from _common import loop_lag_report, percentile, thread_cpu  # noqa: E402
 
 # `nni-ts serve` with a probe in every event loop it runs (see _common.install_loop_lag).
 SERVE_WITH_PROBE = f"""
-import sys
+import os, sys
+if os.environ.get("BENCH_SERVE_HOOK"):
+    exec(compile(open(os.environ["BENCH_SERVE_HOOK"]).read(), os.environ["BENCH_SERVE_HOOK"], "exec"))
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from _common import install_loop_lag
 install_loop_lag(sys.argv[1])
@@ -287,6 +294,7 @@ class Run:
     idle: int
     peak: int
     stalls: str
+    cpu: dict[str, float]
 
     @property
     def every(self) -> list[float]:
@@ -336,7 +344,32 @@ def run_service(name: str, db: str, home: Path, args: argparse.Namespace) -> Run
     serve.wait(120)
     serve.stdout.close()
     stalls = loop_lag_report(lag_file) if not prof else "not measured (profiling)"
-    return Run(name, creates, reads, polls, wall, delays, idle, mem.peak, stalls)
+    cpu = thread_cpu(lag_file) if not prof else {}
+    return Run(name, creates, reads, polls, wall, delays, idle, mem.peak, stalls, cpu)
+
+
+async def create_database(url: str, name: str) -> str:
+    """A new empty database on the server of ``url``; its URL."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def cpu_line(run: Run, trials: int) -> str:
+    """The service's CPU by thread: the API's loop, the engine's, the SQLite writer, the rest."""
+    api = run.cpu.get("MainThread", 0.0)
+    engine = sum(v for k, v in run.cpu.items() if k.startswith("nni-ts-service-engine"))
+    writer = sum(v for k, v in run.cpu.items() if k.startswith("nni-ts-store"))
+    rest = sum(run.cpu.values()) - api - engine - writer
+    return (
+        f"API thread {api:.1f} s, engine thread {engine:.1f} s ({engine / trials * 1000:.1f} ms per trial), "
+        f"SQLite writer {writer:.1f} s, other threads {rest:.1f} s"
+    )
 
 
 def main() -> None:
@@ -347,19 +380,23 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=0.1, help="Seconds between a user's polls.")
     parser.add_argument("--watchers", type=int, default=5, help="Users whose metrics are polled every 20 ms.")
     parser.add_argument("--pg", default="auto", help="PostgreSQL: a URL, auto (a throw-away cluster) or none.")
+    parser.add_argument("--repeat", type=int, default=1, help="Runs of SQLite then PostgreSQL, alternating.")
     args = parser.parse_args()
 
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="nni-ts-bench-service-") as tmp:
-        home = Path(tmp) / "sqlite"
-        home.mkdir()
-        runs.append(run_service("sqlite", f"sqlite:///{home / 'service.db'}", home, args))
+    with tempfile.TemporaryDirectory(prefix="nni-ts-bench-service-") as tmp, contextlib.ExitStack() as stack:
+        url = None
         if args.pg != "none":
-            home = Path(tmp) / "postgresql"
+            url = stack.enter_context(throwaway_postgres()) if args.pg == "auto" else args.pg
+        for i in range(args.repeat):
+            home = Path(tmp) / f"sqlite-{i}"
             home.mkdir()
-            with contextlib.ExitStack() as stack:
-                url = stack.enter_context(throwaway_postgres()) if args.pg == "auto" else args.pg
-                runs.append(run_service("postgresql", url, home, args))
+            runs.append(run_service("sqlite", f"sqlite:///{home / 'service.db'}", home, args))
+            if url is not None:
+                home = Path(tmp) / f"postgresql-{i}"
+                home.mkdir()
+                db = url if i == 0 else asyncio.run(create_database(url, f"bench_{i}"))
+                runs.append(run_service("postgresql", db, home, args))
 
         port = free_port()
         baseline = subprocess.Popen(
@@ -397,6 +434,8 @@ def main() -> None:
             f"RSS idle {r.idle / 2**20:.0f} MiB, peak {r.peak / 2**20:.0f} MiB"
         )
         print(f"  event-loop stalls of the service: {r.stalls}")
+        if r.cpu:
+            print(f"  CPU of the service: {cpu_line(r, total_trials)}")
         if r.delays:
             print(
                 f"  report -> readable through the API ({len(r.delays)} records): "
@@ -413,14 +452,26 @@ def main() -> None:
         f"p50={percentile(b_every, 50):.1f} ms p99={percentile(b_every, 99):.1f} ms; "
         f"RSS peak {base_mem.peak / 2**20:.0f} MiB"
     )
-    if len(runs) == 2:
-        sq, pg = runs
+    pairs = list(zip(runs[0::2], runs[1::2], strict=False)) if url is not None else []
+    for sq, pg in pairs:
         print(
             f"PostgreSQL vs SQLite (target within 1.5x): p50 {percentile(pg.every, 50):.1f} / "
             f"{percentile(sq.every, 50):.1f} ms = {percentile(pg.every, 50) / percentile(sq.every, 50):.2f}x, "
             f"p99 {percentile(pg.every, 99):.1f} / {percentile(sq.every, 99):.1f} ms = "
             f"{percentile(pg.every, 99) / percentile(sq.every, 99):.2f}x; wall {pg.wall:.1f} / {sq.wall:.1f} s"
         )
+    if len(pairs) > 1:
+
+        def med(values: list[float]) -> str:
+            return f"median {statistics.median(values):.2f} of [{', '.join(f'{v:.2f}' for v in values)}]"
+
+        p50s = [percentile(pg.every, 50) / percentile(sq.every, 50) for sq, pg in pairs]
+        p99s = [percentile(pg.every, 99) / percentile(sq.every, 99) for sq, pg in pairs]
+        print(f"over {len(pairs)} alternating runs, PostgreSQL / SQLite p50: {med(p50s)}; p99: {med(p99s)}")
+        for name, index in (("SQLite", 0), ("PostgreSQL", 1)):
+            delays = [percentile(pair[index].delays, 99) for pair in pairs if pair[index].delays]
+            if delays:
+                print(f"  report -> readable p99 on {name} (target < 200 ms), ms: {med(delays)}")
 
 
 if __name__ == "__main__":
