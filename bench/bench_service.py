@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import glob
+import json
 import os
 import shutil
 import statistics
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ async def user_session(
     polls: int | None,
     creates: list[float],
     reads: list[float],
-    created: asyncio.Queue[str] | None = None,
+    created: Callable[[str], None] | None = None,
 ) -> int:
     """Create an experiment, then poll it (until it ends, or ``polls`` times for the baseline)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -138,7 +139,7 @@ async def user_session(
         assert resp.status in (200, 201), body
     creates.append((time.perf_counter() - start) * 1000)
     if created is not None:
-        created.put_nowait(body["id"])
+        created(body["id"])
     n = 0
     while True:
         await asyncio.sleep(pace)
@@ -157,15 +158,18 @@ async def user_session(
 
 
 async def watch_metrics(
-    session: aiohttp.ClientSession, base: str, token: str, ids: asyncio.Queue[str], delays: list[float]
+    session: aiohttp.ClientSession, base: str, token: str, experiment_id: str, delays: list[float]
 ) -> None:
     """Poll one experiment's metrics every 20 ms until it ends: for each record newly readable, the
-    time since the trial wrote it (its value is the trial's wall clock in ns)."""
+    time since the trial wrote it (its value is the trial's wall clock in ns), taken when the answer
+    that first holds it has arrived (an upper bound). The experiment's status (to know when to stop)
+    is read every 25th turn only, so that the turn is one request and 20 ms of sleep."""
     headers = {"Authorization": f"Bearer {token}"}
-    experiment_id = await ids.get()
     seen: set[tuple[str, int]] = set()
     deadline = time.monotonic() + 600
+    turn = 0
     while time.monotonic() < deadline:
+        turn += 1
         async with session.get(f"{base}/api/v1/experiments/{experiment_id}/metrics", headers=headers) as resp:
             records = await resp.json()
             assert resp.status == 200, records
@@ -175,12 +179,31 @@ async def watch_metrics(
             if key not in seen and isinstance(m["value"], int):
                 seen.add(key)
                 delays.append((now - m["value"]) / 1e6)
+        if turn % 25:
+            await asyncio.sleep(0.02)
+            continue
         async with session.get(f"{base}/api/v1/experiments/{experiment_id}", headers=headers) as resp:
             shown = await resp.json()
         if shown["status"] != "RUNNING" and len(seen) >= shown["trialCount"]:
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"experiment {experiment_id}: its metrics were not all readable within 600 s")
+
+
+async def watcher_process(base: str) -> None:
+    """``bench_service.py --watch URL``: the watchers in a process of their own, so that the 50 users'
+    requests on the load's event loop do not delay what they measure. Reads ``token experiment-id``
+    lines on stdin (one per watcher, as the experiments are created), watches each, and prints the
+    delays as JSON once stdin is closed and every watcher is done."""
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        watchers = []
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            token, experiment_id = line.split()
+            watchers.append(loop.create_task(watch_metrics(session, base, token, experiment_id, delays)))
+        await asyncio.gather(*watchers)
+    print(json.dumps(delays), flush=True)
 
 
 async def load(
@@ -194,11 +217,18 @@ async def load(
 ) -> tuple[list[float], list[float], list[int], float, list[float]]:
     creates: list[float] = []
     reads: list[float] = []
-    delays: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
+    watch = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--watch", base, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert watch.stdin is not None and watch.stdout is not None
+    stdin = watch.stdin
+
+    def created(token: str | None) -> Callable[[str], None]:
+        return lambda experiment_id: stdin.write(f"{token} {experiment_id}\n".encode())
+
     start = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
-        queues: list[asyncio.Queue[str]] = [asyncio.Queue() for _ in range(watchers)]
 
         async def user(i: int, tok: str | None) -> int:
             return await user_session(
@@ -211,13 +241,15 @@ async def load(
                 polls[i] if polls else None,
                 creates,
                 reads,
-                queues[i] if i < watchers else None,
+                created(tok) if i < watchers else None,
             )
 
-        watch = [watch_metrics(session, base, str(tokens[i]), queues[i], delays) for i in range(watchers)]
-        results = await asyncio.gather(*(user(i, tok) for i, tok in enumerate(tokens)), *watch)
-    counts = [int(c) for c in results[: len(tokens)]]
-    return creates, reads, counts, time.perf_counter() - start, delays
+        results = await asyncio.gather(*(user(i, tok) for i, tok in enumerate(tokens)))
+    stdin.close()
+    delays = json.loads(await asyncio.wait_for(watch.stdout.read(), 600) or b"[]")
+    if await watch.wait() != 0:
+        raise RuntimeError("the watchers' process failed")
+    return creates, reads, [int(c) for c in results], time.perf_counter() - start, delays
 
 
 def free_port() -> int:
@@ -373,6 +405,9 @@ def cpu_line(run: Run, trials: int) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--watch"]:
+        asyncio.run(watcher_process(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--trials", type=int, default=20)
