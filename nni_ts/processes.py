@@ -14,6 +14,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import psutil
 
@@ -45,12 +47,46 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+#: Seconds a reading of the boot time is reused (psutil reads ``/proc/stat`` on every call).
+BOOT_TIME_TTL = 60.0
+_boot_time: tuple[float, float] = (-BOOT_TIME_TTL, 0.0)  # (monotonic time of the reading, boot time)
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cached_boot_time() -> float:
+    global _boot_time
+    read_at, value = _boot_time
+    now = time.monotonic()
+    if now - read_at >= BOOT_TIME_TTL:
+        value = float(psutil.boot_time())
+        _boot_time = (now, value)
+    return value
+
+
 def create_time(pid: int) -> float | None:
-    """The process's start time (seconds since the epoch), or None if it is gone."""
+    """The process's start time (seconds since the epoch), or None if it is gone.
+
+    The same value as ``psutil.Process(pid).create_time()`` (a restarted manager compares it with the
+    one it stored, against pid reuse), from one read of ``/proc/<pid>/stat`` on Linux: the system's
+    boot time, which psutil reads from ``/proc/stat`` on every call, is read once a minute at most.
+    """
+    if sys.platform != "linux":
+        try:
+            return float(psutil.Process(pid).create_time())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
     try:
-        return float(psutil.Process(pid).create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:  # gone (or hidden from us)
         return None
+    # Field 22, starttime (clock ticks since boot), counted after the command name, which may hold
+    # spaces and parentheses: it ends at the last ')'.
+    try:
+        ticks = stat[stat.rindex(b")") + 2 :].split()[19]
+    except (ValueError, IndexError):
+        return None
+    return float(ticks) / _CLOCK_TICKS + _cached_boot_time()
 
 
 async def wait_pid(popen: subprocess.Popen[bytes] | None, pid: int, *, poll: float = 0.1) -> int | None:

@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import copy
 import enum
 import inspect
 import json
@@ -145,9 +146,50 @@ _REQUEUE_FROM: frozenset[TrialJobStatus] = frozenset({TrialJobStatus.RUNNING, Tr
 TRIAL_FILES = ("stdout", "stderr", "trial.log")
 
 
+_ATOMIC = (str, int, float, bool, type(None), enum.Enum, bytes)
+
+
+def _deep_copy(value: Any) -> Any:
+    """``copy.deepcopy`` for what a trial's detail holds (pydantic models, JSON-like containers and
+    atomic values), at a fraction of its cost (no memo): a detail is copied on every status change and
+    for every caller that asks for one. Anything else goes to ``copy.deepcopy``."""
+    if isinstance(value, _ATOMIC):
+        return value
+    if isinstance(value, pydantic.BaseModel):
+        new = copy.copy(value)  # its own __dict__, fields-set and private state
+        fields = new.__dict__
+        for name, item in fields.items():
+            if not isinstance(item, _ATOMIC):
+                fields[name] = _deep_copy(item)
+        return new
+    kind = type(value)
+    if kind is dict:
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_deep_copy(v) for v in value]
+    if kind is tuple:
+        return tuple(_deep_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
+def _copy_detail(detail: TrialJobDetail) -> TrialJobDetail:
+    """A deep copy of ``detail`` (what ``detail.model_copy(deep=True)`` gives, about twice as fast)."""
+    copied: TrialJobDetail = _deep_copy(detail)
+    return copied
+
+
 def new_trial_id(length: int = 5) -> str:
-    """A random trial id in NNI's style (letters and digits)."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+    """A random trial id in NNI's style (letters and digits), uniform over all ``length``-letter ids.
+
+    Drawn as one number (one read of the system's random source, where a letter at a time took one
+    each), written in base 62."""
+    base = len(_ID_ALPHABET)
+    number = secrets.randbelow(base**length)
+    letters = []
+    for _ in range(length):
+        number, digit = divmod(number, base)
+        letters.append(_ID_ALPHABET[digit])
+    return "".join(letters)
 
 
 def parameters_as_args(parameters: Mapping[str, Any]) -> str:
@@ -203,7 +245,7 @@ class TrialReporter:
 
     def detail(self, trial_id: str) -> TrialJobDetail:
         """A copy of the trial's detail."""
-        return self._service._get(trial_id).model_copy(deep=True)
+        return _copy_detail(self._service._get(trial_id))
 
     def status(self, trial_id: str) -> TrialJobStatus:
         return self._service._get(trial_id).status
@@ -230,7 +272,7 @@ class TrialReporter:
             return False
         if detail.message != message:
             detail.message = message
-            self._service.events.emit("trial_status", detail.model_copy(deep=True))
+            self._service.events.emit("trial_status", _copy_detail(detail))
         return True
 
     def requeued(self, trial_id: str, message: str) -> bool:
@@ -522,11 +564,11 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
 
     async def list_trial_jobs(self) -> list[TrialJobDetail]:
         """Every trial this service knows, in submission order (copies)."""
-        return [t.model_copy(deep=True) for t in self._trials.values()]
+        return [_copy_detail(t) for t in self._trials.values()]
 
     async def get_trial_job(self, trial_job_id: str) -> TrialJobDetail:
         """One trial (a copy). Raises :class:`TrialNotFoundError`."""
-        return self._get(trial_job_id).model_copy(deep=True)
+        return _copy_detail(self._get(trial_job_id))
 
     async def submit_trial_job(self, form: TrialJobApplicationForm) -> TrialJobDetail:
         """Submit a trial. It starts WAITING; the platform moves it on. Returns a copy of its detail."""
@@ -559,7 +601,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             self._submitting -= 1
             if self._submitting == 0:
                 self._submits_done.set()
-        return detail.model_copy(deep=True)
+        return _copy_detail(detail)
 
     async def reattach_trial_job(self, detail: TrialJobDetail, metrics_delivered: int = 0) -> TrialJobDetail:
         """Take over a trial started by an earlier run of the manager (resume).
@@ -573,11 +615,11 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
         self._require(ServiceState.RUNNING, call="reattach_trial_job")
         if detail.id in self._trials:
             raise TrialStateError(f"Trial {detail.id} is already known to this service.")
-        detail = detail.model_copy(deep=True)
+        detail = _copy_detail(detail)
         self._trials[detail.id] = detail
         self._metric_counts[detail.id] = metrics_delivered
         if detail.status.is_terminal:
-            return detail.model_copy(deep=True)
+            return _copy_detail(detail)
         try:
             await self._reattach(detail, metrics_delivered)
         except NotImplementedError:
@@ -587,7 +629,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
                 message=f"The {self.platform_name} platform cannot re-attach to a running trial.",
                 infrastructure_failure=True,
             )
-        return detail.model_copy(deep=True)
+        return _copy_detail(detail)
 
     async def update_trial_job(self, trial_job_id: str, form: TrialJobApplicationForm) -> TrialJobDetail:
         """Give a live trial new hyper-parameters (multi-phase). Most platforms do not support it."""
@@ -597,7 +639,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             raise TrialStateError(f"Trial {trial_job_id} is {detail.status.value}; it cannot be updated.")
         await self._update(detail, form)
         detail.form = form
-        return detail.model_copy(deep=True)
+        return _copy_detail(detail)
 
     async def cancel_trial_job(self, trial_job_id: str, is_early_stopped: bool = False) -> None:
         """Stop a trial and everything it started. It ends USER_CANCELED, or EARLY_STOPPED.
@@ -713,7 +755,7 @@ class TrainingService(abc.ABC, Generic[ConfigT]):
             self._unknown_timers[trial_job_id] = self.clock.call_later(
                 self.unknown_timeout, self._unknown_expired, trial_job_id
             )
-        self.events.emit("trial_status", detail.model_copy(deep=True))
+        self.events.emit("trial_status", _copy_detail(detail))
         return True
 
     def _unknown_expired(self, trial_job_id: str) -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import random
+import re
 from typing import Any
 
+import pydantic
 import pytest
 
 from nni_ts import (
@@ -18,7 +22,7 @@ from nni_ts import (
 from nni_ts.config import TrainingServiceConfig
 from nni_ts.testing import FakeClock
 from nni_ts.testing.conformance import form
-from nni_ts.training_service import ServiceState
+from nni_ts.training_service import ServiceState, new_trial_id
 
 
 class Manual(TrainingService[TrainingServiceConfig]):
@@ -309,3 +313,64 @@ async def test_clean_up_under_a_timeout_is_cancellable(tmp_path: Any) -> None:
         async with asyncio.timeout(0.1):
             await s.clean_up()
     assert s.state is ServiceState.STOPPED
+
+
+@pytest.fixture
+def deep_copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The type of everything given to ``copy.deepcopy`` or ``model_copy(deep=True)`` from now on."""
+    made: list[str] = []
+    real_deepcopy, real_model = copy.deepcopy, pydantic.BaseModel.__deepcopy__
+
+    def counted(x: Any, memo: Any = None, *args: Any) -> Any:
+        made.append(type(x).__name__)
+        return real_deepcopy(x, memo, *args)
+
+    def counted_model(self: pydantic.BaseModel, memo: Any = None) -> Any:
+        made.append(type(self).__name__)
+        return real_model(self, memo)
+
+    monkeypatch.setattr(copy, "deepcopy", counted)
+    monkeypatch.setattr(pydantic.BaseModel, "__deepcopy__", counted_model)
+    return made
+
+
+async def test_details_handed_out_are_copies_made_without_deepcopy(svc: Manual, deep_copies: list[str]) -> None:
+    events: list[TrialJobDetail] = []
+    svc.events.on("trial_status", events.append)
+    f = form({"x": 1}).model_copy(update={"env": {"A": "1"}})
+    submitted = await svc.submit_trial_job(f)
+    tid = submitted.id
+    svc.reporter.note(tid, platform_data={"pid": 1, "gpus": [0]})
+    svc.reporter.running(tid)
+    await svc.reporter.ended(tid, TrialJobStatus.SUCCEEDED)
+    assert [e.status for e in events] == [TrialJobStatus.RUNNING, TrialJobStatus.SUCCEEDED]  # snapshots
+    handed = [submitted, await svc.get_trial_job(tid), *await svc.list_trial_jobs(), svc.reporter.detail(tid), *events]
+    for d in handed:  # whatever a caller does with its copy ...
+        d.form.env["A"] = "changed"
+        d.form.hyper_parameters.value = "{}"
+        d.platform_data.setdefault("gpus", []).append(9)
+        d.tags.append("mine")
+        d.message = "mine"
+    now = await svc.get_trial_job(tid)  # ... the service's own detail is untouched
+    assert now.form.env == {"A": "1"} and now.form.hyper_parameters.value == f.hyper_parameters.value
+    assert now.platform_data == {"pid": 1, "gpus": [0]} and now.tags == [] and now.message is None
+    assert now.status is TrialJobStatus.SUCCEEDED
+    assert deep_copies == []  # copied field by field: copy.deepcopy is several times slower
+
+
+def test_a_trial_id_takes_one_read_of_the_random_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    real = random._urandom  # type: ignore[attr-defined]
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return bytes(real(n))
+
+    monkeypatch.setattr(random, "_urandom", counted)
+    ids = [new_trial_id() for _ in range(3000)]
+    assert len(reads) < 1.5 * len(ids)  # one read per id (a few retries); a letter at a time made five
+    assert all(re.fullmatch(r"[A-Za-z0-9]{5}", i) for i in ids)
+    # Uniform: every letter shows up at every position (3,000 draws: ~48 of each expected).
+    alphabet = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    assert all({i[pos] for i in ids} == alphabet for pos in range(5))
+    assert re.fullmatch(r"[A-Za-z0-9]{8}", new_trial_id(8))

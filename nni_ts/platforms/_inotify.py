@@ -9,6 +9,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import struct
 import sys
@@ -24,6 +25,16 @@ _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _MASK = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE
 _EVENT = struct.Struct("iIII")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, for the inotify calls: found once per process (``find_library`` runs ``ldconfig -p``).
+
+    Loaded as a ``PyDLL``, which keeps the GIL during a call: these calls are short, non-blocking system
+    calls, and a call that released the GIL would then wait for it to come back (several milliseconds
+    on a busy service, where another thread holds it), on the event loop's thread."""
+    return ctypes.PyDLL(ctypes.util.find_library("c") or None, use_errno=True)
 
 
 class DirWatcher:
@@ -47,7 +58,7 @@ class DirWatcher:
         self._loop = asyncio.get_running_loop()
         if sys.platform.startswith("linux"):
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+                libc = _libc()
                 fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
                 if fd >= 0:
                     self._libc, self._fd = libc, fd

@@ -726,7 +726,9 @@ class ExperimentService:
             workspace_dir=self.workspace_dir(user.name, workspace),
             policy=self.settings.policy,
         )
-        tuner = self._tuner_for(config)
+        # Off the API loop: the first tuner of a kind imports its library (optuna: 150 ms idle, more on a
+        # busy machine), and a custom tuner runs the user's code; every request waited for that.
+        tuner = await asyncio.to_thread(self._tuner_for, config)
         trials, gpus = resource_need(config)
         experiment_id = new_trial_id(8).lower()
         shown = redact(raw if isinstance(raw, dict) else {})

@@ -3,8 +3,10 @@
 Threads
 -------
 Experiments run on their own event loop in one *engine* thread; the HTTP API runs on the main
-loop. Starting trials is system-call heavy (directories, files, ``fork``), and those calls release
-the GIL, so the API keeps answering while hundreds of trials start and end. Every Experiment,
+loop. Starting trials is system-call heavy (directories, files, ``fork``): the local platform makes
+those calls on a worker thread of its own, so that neither loop waits for them (every call that
+releases the GIL also waits to get it back), and the API keeps answering while hundreds of trials
+start and end. Every Experiment,
 its training service and the experiment storage are touched only from the engine thread; the API
 reaches them through :meth:`ExperimentManager._call`. The few service-database statements the
 engine makes (an experiment's end) run on the API loop, through the API's connection.
@@ -440,6 +442,8 @@ class ExperimentManager:
                 pass
 
     def _broadcast(self, live: _Live, event: dict[str, Any]) -> None:  # engine thread
+        if not live.subscribers:  # nobody streams it: no wake-up of the API loop (four per trial)
+            return
         self._to_api(self._deliver, live, {"experimentId": live.id, "time": now_ms(), **event})
 
     @staticmethod

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import copy
 import json
 import os
 import queue
@@ -551,47 +550,11 @@ class Store:
     # ------------------------------------------------------------------ trials
 
     def insert_trial(self, trial: TrialRecord) -> None:
-        self._write(
-            f"INSERT INTO trials ({_TRIAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                trial.experiment_id,
-                trial.id,
-                trial.sequence_id,
-                trial.parameter_id,
-                trial.attempt,
-                json.dumps(trial.parameters),
-                trial.status.value,
-                trial.submit_ms,
-                trial.start_ms,
-                trial.end_ms,
-                trial.exit_code,
-                trial.message,
-                int(trial.infrastructure_failure),
-                trial.final_value,
-                trial.final_data,
-                trial.metric_count,
-                trial.detail.model_dump_json() if trial.detail is not None else None,
-            ),
-        )
+        self._write(_INSERT_TRIAL, _insert_trial_params(trial))
 
     def update_trial(self, experiment_id: str, detail: TrialJobDetail) -> None:
         """Record the trial's latest detail (status, times, exit code, platform data)."""
-        self._write(
-            "UPDATE trials SET status=?, submit_ms=?, start_ms=?, end_ms=?, exit_code=?, message=?, "
-            "infra_failure=?, detail=? WHERE experiment_id=? AND id=?",
-            (
-                detail.status.value,
-                detail.submit_time,
-                detail.start_time,
-                detail.end_time,
-                detail.exit_code,
-                detail.message,
-                int(detail.infrastructure_failure),
-                detail.model_dump_json(),
-                experiment_id,
-                detail.id,
-            ),
-        )
+        self._write(_UPDATE_TRIAL, _update_trial_params(experiment_id, detail))
 
     def get_trial(self, experiment_id: str, trial_id: str) -> TrialRecord:
         rows = self._read(
@@ -697,12 +660,26 @@ class AsyncStore:
         return self._call(lambda: self.store.delete_experiment(experiment_id), write=True)
 
     def insert_trial(self, trial: TrialRecord) -> asyncio.Future[None]:
-        trial = copy.deepcopy(trial)  # stored as it is now, whatever the caller does with it next
-        return self._call(lambda: self.store.insert_trial(trial), write=True)
+        # Stored as it is now, whatever the caller does with it next: its row is encoded here (a
+        # fraction of the cost of a deep copy), the writer thread only executes the statement.
+        return self._write_row(_INSERT_TRIAL, lambda: _insert_trial_params(trial))
 
     def update_trial(self, experiment_id: str, detail: TrialJobDetail) -> asyncio.Future[None]:
-        detail = detail.model_copy(deep=True)
-        return self._call(lambda: self.store.update_trial(experiment_id, detail), write=True)
+        return self._write_row(_UPDATE_TRIAL, lambda: _update_trial_params(experiment_id, detail))
+
+    def _write_row(self, sql: str, params: Callable[[], tuple[Any, ...]]) -> asyncio.Future[None]:
+        try:
+            row = params()
+        except Exception as exc:  # an unencodable value fails the call, as it would in the writer
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        store = self.store
+
+        def write() -> None:
+            store._write(sql, row)
+
+        return self._call(write, write=True)
 
     def add_metric(
         self, experiment_id: str, trial_id: str, seq: int, *, type: str, value: float | None, data: str
@@ -726,6 +703,50 @@ class AsyncStore:
 
     def metrics(self, experiment_id: str, trial_id: str) -> asyncio.Future[list[MetricRecord]]:
         return self._call(lambda: self.store.metrics(experiment_id, trial_id), write=False)
+
+
+_INSERT_TRIAL = f"INSERT INTO trials ({_TRIAL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPDATE_TRIAL = (
+    "UPDATE trials SET status=?, submit_ms=?, start_ms=?, end_ms=?, exit_code=?, message=?, "
+    "infra_failure=?, detail=? WHERE experiment_id=? AND id=?"
+)
+
+
+def _insert_trial_params(trial: TrialRecord) -> tuple[Any, ...]:
+    return (
+        trial.experiment_id,
+        trial.id,
+        trial.sequence_id,
+        trial.parameter_id,
+        trial.attempt,
+        json.dumps(trial.parameters),
+        trial.status.value,
+        trial.submit_ms,
+        trial.start_ms,
+        trial.end_ms,
+        trial.exit_code,
+        trial.message,
+        int(trial.infrastructure_failure),
+        trial.final_value,
+        trial.final_data,
+        trial.metric_count,
+        trial.detail.model_dump_json() if trial.detail is not None else None,
+    )
+
+
+def _update_trial_params(experiment_id: str, detail: TrialJobDetail) -> tuple[Any, ...]:
+    return (
+        detail.status.value,
+        detail.submit_time,
+        detail.start_time,
+        detail.end_time,
+        detail.exit_code,
+        detail.message,
+        int(detail.infrastructure_failure),
+        detail.model_dump_json(),
+        experiment_id,
+        detail.id,
+    )
 
 
 def default_store_path() -> Path:

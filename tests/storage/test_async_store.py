@@ -7,15 +7,19 @@ SQLITE_FULL as a full disk does, and a second connection holding ``BEGIN EXCLUSI
 from __future__ import annotations
 
 import asyncio
+import copy
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from nni_ts.errors import StoreError
+from nni_ts.models import TrialJobDetail, TrialJobStatus
 from nni_ts.storage import AsyncStore, Store, TrialRecord
+from nni_ts.testing.conformance import form
 from nni_ts.testing.loopguard import no_sqlite_on_loop
 
 
@@ -146,3 +150,27 @@ async def test_a_call_is_queued_when_made_not_when_awaited(astore: AsyncStore) -
     read = astore.get_trial("e1", "t1")
     assert (await read).status is TrialJobStatus.RUNNING
     assert write.done() and write.result() is None
+
+
+async def test_a_trial_is_stored_as_it_was_at_the_call_without_deep_copies(
+    astore: AsyncStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    real_deepcopy, real_model = copy.deepcopy, pydantic.BaseModel.__deepcopy__
+    monkeypatch.setattr(copy, "deepcopy", lambda x, *a: made.append(type(x).__name__) or real_deepcopy(x, *a))
+    monkeypatch.setattr(
+        pydantic.BaseModel, "__deepcopy__", lambda self, *a: made.append(type(self).__name__) or real_model(self, *a)
+    )
+    record = _trial("t2", 1)
+    inserted = asyncio.ensure_future(astore.insert_trial(record))
+    first = asyncio.ensure_future(astore.get_trial("e1", "t2"))
+    record.parameters["x"] = 99  # the caller goes on with its objects before the writer ran
+    detail = TrialJobDetail(id="t2", status=TrialJobStatus.RUNNING, form=form({"x": 1}, 1), message="running")
+    updated = asyncio.ensure_future(astore.update_trial("e1", detail))
+    detail.status, detail.message = TrialJobStatus.FAILED, "later"
+    second = asyncio.ensure_future(astore.get_trial("e1", "t2"))
+    await asyncio.gather(inserted, updated)
+    assert (await first).parameters == {"x": 1}
+    stored = await second
+    assert (stored.status, stored.message) == (TrialJobStatus.RUNNING, "running")
+    assert made == []  # encoded at the call: a deep copy of each was several times dearer
