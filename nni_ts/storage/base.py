@@ -21,8 +21,9 @@ interface. Its contract, the same on both backends:
   raises :class:`~nni_ts.errors.StoreError` if it did not.
 * Writes that queue up meanwhile share one transaction (each still succeeds or fails on its own):
   under load, one commit covers a burst of records.
-* Nothing blocks the event loop: SQLite runs on the store's writer thread
-  (:class:`~nni_ts.storage.store.AsyncStore`); PostgreSQL is asyncpg, natively async.
+* Nothing blocks the event loop, and a busy event loop holds up no write: SQLite runs on the
+  store's writer thread (:class:`~nni_ts.storage.store.AsyncStore`); PostgreSQL (asyncpg) on an
+  event loop of the storage's own, in a thread of its own (:class:`PostgresStorage`).
 
 Records are the store's dataclasses (:class:`ExperimentRecord`, :class:`TrialRecord`,
 :class:`MetricRecord`); metric data is kept byte for byte (PostgreSQL: BYTEA, so a record with a NUL
