@@ -12,7 +12,11 @@ requests. The last lines give each database against the baseline and PostgreSQL 
     python bench/bench_service.py [--users 50] [--trials 20] [--concurrency 4] [--pg URL|auto|none]
 
 ``--pg auto`` (the default) starts a throw-away PostgreSQL cluster (initdb, pg_ctl) for the run.
+``--repeat N`` runs SQLite then PostgreSQL N times, alternating (a fresh database each time), and
+ends with the median of each figure: on a shared machine one run's ratio moves by 2x.
 ``BENCH_SERVICE_LOG=FILE`` appends the services' logs there (else they are discarded).
+``BENCH_SERVE_HOOK=FILE`` runs that Python file in the service process before it starts (for
+investigating: a profiler, timers around a method).
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ import argparse
 import asyncio
 import contextlib
 import glob
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,11 +43,13 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import loop_lag_report, percentile  # noqa: E402
+from _common import loop_lag_report, percentile, thread_cpu  # noqa: E402
 
 # `nni-ts serve` with a probe in every event loop it runs (see _common.install_loop_lag).
 SERVE_WITH_PROBE = f"""
-import sys
+import os, sys
+if os.environ.get("BENCH_SERVE_HOOK"):
+    exec(compile(open(os.environ["BENCH_SERVE_HOOK"]).read(), os.environ["BENCH_SERVE_HOOK"], "exec"))
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
 from _common import install_loop_lag
 install_loop_lag(sys.argv[1])
@@ -119,7 +127,7 @@ async def user_session(
     polls: int | None,
     creates: list[float],
     reads: list[float],
-    created: asyncio.Queue[str] | None = None,
+    created: Callable[[str], None] | None = None,
 ) -> int:
     """Create an experiment, then poll it (until it ends, or ``polls`` times for the baseline)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -131,7 +139,7 @@ async def user_session(
         assert resp.status in (200, 201), body
     creates.append((time.perf_counter() - start) * 1000)
     if created is not None:
-        created.put_nowait(body["id"])
+        created(body["id"])
     n = 0
     while True:
         await asyncio.sleep(pace)
@@ -150,15 +158,18 @@ async def user_session(
 
 
 async def watch_metrics(
-    session: aiohttp.ClientSession, base: str, token: str, ids: asyncio.Queue[str], delays: list[float]
+    session: aiohttp.ClientSession, base: str, token: str, experiment_id: str, delays: list[float]
 ) -> None:
     """Poll one experiment's metrics every 20 ms until it ends: for each record newly readable, the
-    time since the trial wrote it (its value is the trial's wall clock in ns)."""
+    time since the trial wrote it (its value is the trial's wall clock in ns), taken when the answer
+    that first holds it has arrived (an upper bound). The experiment's status (to know when to stop)
+    is read every 25th turn only, so that the turn is one request and 20 ms of sleep."""
     headers = {"Authorization": f"Bearer {token}"}
-    experiment_id = await ids.get()
     seen: set[tuple[str, int]] = set()
     deadline = time.monotonic() + 600
+    turn = 0
     while time.monotonic() < deadline:
+        turn += 1
         async with session.get(f"{base}/api/v1/experiments/{experiment_id}/metrics", headers=headers) as resp:
             records = await resp.json()
             assert resp.status == 200, records
@@ -168,12 +179,31 @@ async def watch_metrics(
             if key not in seen and isinstance(m["value"], int):
                 seen.add(key)
                 delays.append((now - m["value"]) / 1e6)
+        if turn % 25:
+            await asyncio.sleep(0.02)
+            continue
         async with session.get(f"{base}/api/v1/experiments/{experiment_id}", headers=headers) as resp:
             shown = await resp.json()
         if shown["status"] != "RUNNING" and len(seen) >= shown["trialCount"]:
             return
         await asyncio.sleep(0.02)
     raise TimeoutError(f"experiment {experiment_id}: its metrics were not all readable within 600 s")
+
+
+async def watcher_process(base: str) -> None:
+    """``bench_service.py --watch URL``: the watchers in a process of their own, so that the 50 users'
+    requests on the load's event loop do not delay what they measure. Reads ``token experiment-id``
+    lines on stdin (one per watcher, as the experiments are created), watches each, and prints the
+    delays as JSON once stdin is closed and every watcher is done."""
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        watchers = []
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            token, experiment_id = line.split()
+            watchers.append(loop.create_task(watch_metrics(session, base, token, experiment_id, delays)))
+        await asyncio.gather(*watchers)
+    print(json.dumps(delays), flush=True)
 
 
 async def load(
@@ -187,11 +217,18 @@ async def load(
 ) -> tuple[list[float], list[float], list[int], float, list[float]]:
     creates: list[float] = []
     reads: list[float] = []
-    delays: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
+    watch = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--watch", base, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert watch.stdin is not None and watch.stdout is not None
+    stdin = watch.stdin
+
+    def created(token: str | None) -> Callable[[str], None]:
+        return lambda experiment_id: stdin.write(f"{token} {experiment_id}\n".encode())
+
     start = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector) as session:
-        queues: list[asyncio.Queue[str]] = [asyncio.Queue() for _ in range(watchers)]
 
         async def user(i: int, tok: str | None) -> int:
             return await user_session(
@@ -204,13 +241,15 @@ async def load(
                 polls[i] if polls else None,
                 creates,
                 reads,
-                queues[i] if i < watchers else None,
+                created(tok) if i < watchers else None,
             )
 
-        watch = [watch_metrics(session, base, str(tokens[i]), queues[i], delays) for i in range(watchers)]
-        results = await asyncio.gather(*(user(i, tok) for i, tok in enumerate(tokens)), *watch)
-    counts = [int(c) for c in results[: len(tokens)]]
-    return creates, reads, counts, time.perf_counter() - start, delays
+        results = await asyncio.gather(*(user(i, tok) for i, tok in enumerate(tokens)))
+    stdin.close()
+    delays = json.loads(await asyncio.wait_for(watch.stdout.read(), 600) or b"[]")
+    if await watch.wait() != 0:
+        raise RuntimeError("the watchers' process failed")
+    return creates, reads, [int(c) for c in results], time.perf_counter() - start, delays
 
 
 def free_port() -> int:
@@ -287,6 +326,7 @@ class Run:
     idle: int
     peak: int
     stalls: str
+    cpu: dict[str, float]
 
     @property
     def every(self) -> list[float]:
@@ -336,10 +376,38 @@ def run_service(name: str, db: str, home: Path, args: argparse.Namespace) -> Run
     serve.wait(120)
     serve.stdout.close()
     stalls = loop_lag_report(lag_file) if not prof else "not measured (profiling)"
-    return Run(name, creates, reads, polls, wall, delays, idle, mem.peak, stalls)
+    cpu = thread_cpu(lag_file) if not prof else {}
+    return Run(name, creates, reads, polls, wall, delays, idle, mem.peak, stalls, cpu)
+
+
+async def create_database(url: str, name: str) -> str:
+    """A new empty database on the server of ``url``; its URL."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def cpu_line(run: Run, trials: int) -> str:
+    """The service's CPU by thread: the API's loop, the engine's, the SQLite writer, the rest."""
+    api = run.cpu.get("MainThread", 0.0)
+    engine = sum(v for k, v in run.cpu.items() if k.startswith("nni-ts-service-engine"))
+    writer = sum(v for k, v in run.cpu.items() if k.startswith("nni-ts-store"))
+    rest = sum(run.cpu.values()) - api - engine - writer
+    return (
+        f"API thread {api:.1f} s, engine thread {engine:.1f} s ({engine / trials * 1000:.1f} ms per trial), "
+        f"SQLite writer {writer:.1f} s, other threads {rest:.1f} s"
+    )
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--watch"]:
+        asyncio.run(watcher_process(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--trials", type=int, default=20)
@@ -347,19 +415,23 @@ def main() -> None:
     parser.add_argument("--pace", type=float, default=0.1, help="Seconds between a user's polls.")
     parser.add_argument("--watchers", type=int, default=5, help="Users whose metrics are polled every 20 ms.")
     parser.add_argument("--pg", default="auto", help="PostgreSQL: a URL, auto (a throw-away cluster) or none.")
+    parser.add_argument("--repeat", type=int, default=1, help="Runs of SQLite then PostgreSQL, alternating.")
     args = parser.parse_args()
 
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="nni-ts-bench-service-") as tmp:
-        home = Path(tmp) / "sqlite"
-        home.mkdir()
-        runs.append(run_service("sqlite", f"sqlite:///{home / 'service.db'}", home, args))
+    with tempfile.TemporaryDirectory(prefix="nni-ts-bench-service-") as tmp, contextlib.ExitStack() as stack:
+        url = None
         if args.pg != "none":
-            home = Path(tmp) / "postgresql"
+            url = stack.enter_context(throwaway_postgres()) if args.pg == "auto" else args.pg
+        for i in range(args.repeat):
+            home = Path(tmp) / f"sqlite-{i}"
             home.mkdir()
-            with contextlib.ExitStack() as stack:
-                url = stack.enter_context(throwaway_postgres()) if args.pg == "auto" else args.pg
-                runs.append(run_service("postgresql", url, home, args))
+            runs.append(run_service("sqlite", f"sqlite:///{home / 'service.db'}", home, args))
+            if url is not None:
+                home = Path(tmp) / f"postgresql-{i}"
+                home.mkdir()
+                db = url if i == 0 else asyncio.run(create_database(url, f"bench_{i}"))
+                runs.append(run_service("postgresql", db, home, args))
 
         port = free_port()
         baseline = subprocess.Popen(
@@ -397,6 +469,8 @@ def main() -> None:
             f"RSS idle {r.idle / 2**20:.0f} MiB, peak {r.peak / 2**20:.0f} MiB"
         )
         print(f"  event-loop stalls of the service: {r.stalls}")
+        if r.cpu:
+            print(f"  CPU of the service: {cpu_line(r, total_trials)}")
         if r.delays:
             print(
                 f"  report -> readable through the API ({len(r.delays)} records): "
@@ -413,14 +487,26 @@ def main() -> None:
         f"p50={percentile(b_every, 50):.1f} ms p99={percentile(b_every, 99):.1f} ms; "
         f"RSS peak {base_mem.peak / 2**20:.0f} MiB"
     )
-    if len(runs) == 2:
-        sq, pg = runs
+    pairs = list(zip(runs[0::2], runs[1::2], strict=False)) if url is not None else []
+    for sq, pg in pairs:
         print(
             f"PostgreSQL vs SQLite (target within 1.5x): p50 {percentile(pg.every, 50):.1f} / "
             f"{percentile(sq.every, 50):.1f} ms = {percentile(pg.every, 50) / percentile(sq.every, 50):.2f}x, "
             f"p99 {percentile(pg.every, 99):.1f} / {percentile(sq.every, 99):.1f} ms = "
             f"{percentile(pg.every, 99) / percentile(sq.every, 99):.2f}x; wall {pg.wall:.1f} / {sq.wall:.1f} s"
         )
+    if len(pairs) > 1:
+
+        def med(values: list[float]) -> str:
+            return f"median {statistics.median(values):.2f} of [{', '.join(f'{v:.2f}' for v in values)}]"
+
+        p50s = [percentile(pg.every, 50) / percentile(sq.every, 50) for sq, pg in pairs]
+        p99s = [percentile(pg.every, 99) / percentile(sq.every, 99) for sq, pg in pairs]
+        print(f"over {len(pairs)} alternating runs, PostgreSQL / SQLite p50: {med(p50s)}; p99: {med(p99s)}")
+        for name, index in (("SQLite", 0), ("PostgreSQL", 1)):
+            delays = [percentile(pair[index].delays, 99) for pair in pairs if pair[index].delays]
+            if delays:
+                print(f"  report -> readable p99 on {name} (target < 200 ms), ms: {med(delays)}")
 
 
 if __name__ == "__main__":

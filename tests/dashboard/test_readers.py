@@ -116,6 +116,49 @@ async def test_both_readers_answer_alike(readers: tuple[SqliteReader, PostgresRe
         await pg.summary("nope")
 
 
+async def test_the_experiment_list_takes_a_fixed_number_of_statements(
+    readers: tuple[SqliteReader, PostgresReader],
+) -> None:
+    """The PostgreSQL reader's list of experiments does not take two round trips per experiment: with
+    four experiments (two that minimize, two that maximize, one without trials) it takes four
+    statements, and answers what :meth:`summary` answers for each."""
+    _, pg = readers
+    db = pg.db
+    async with db.transaction() as tx:  # one connection: the copies are temporary tables of it
+        await tx.execute("CREATE TEMP TABLE _e ON COMMIT DROP AS SELECT * FROM exp_experiments WITH NO DATA")
+        await tx.execute("CREATE TEMP TABLE _t ON COMMIT DROP AS SELECT * FROM exp_trials WITH NO DATA")
+        for new, mode, trials in (("e2", "minimize", True), ("e3", "maximize", False), ("e4", "minimize", True)):
+            await tx.execute("DELETE FROM _e")
+            await tx.execute("INSERT INTO _e SELECT * FROM exp_experiments WHERE id = 'e1'")
+            config = json.loads((await tx.fetch("SELECT config FROM _e"))[0][0])
+            config["tuner"] = {"name": "TPE", "classArgs": {"optimize_mode": mode}}
+            await tx.execute("UPDATE _e SET id = $1, config = $2", new, json.dumps(config))
+            await tx.execute("INSERT INTO exp_experiments SELECT * FROM _e")
+            if trials:
+                await tx.execute("DELETE FROM _t")
+                await tx.execute("INSERT INTO _t SELECT * FROM exp_trials WHERE experiment_id = 'e1'")
+                await tx.execute("UPDATE _t SET experiment_id = $1", new)
+                await tx.execute("INSERT INTO exp_trials SELECT * FROM _t")
+    expected = [await pg.summary(e) for e in ("e1", "e2", "e3", "e4")]
+    assert expected[1]["bestValue"] != expected[0]["bestValue"]  # minimize and maximize pick different trials
+    assert expected[2]["trialCount"] == 0 and expected[2]["bestValue"] is None
+    statements: list[str] = []
+    fetch = db.fetch
+
+    async def counting(sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        statements.append(sql)
+        return await fetch(sql, *args)
+
+    db.fetch = counting  # type: ignore[method-assign]
+    try:
+        assert await pg.summaries(None) == expected
+        assert len(statements) == 4, statements
+        assert await pg.summaries({"e2", "e3", "nope"}) == [expected[1], expected[2]]
+        assert await pg.summaries(set()) == []
+    finally:
+        db.fetch = fetch  # type: ignore[method-assign]
+
+
 async def test_the_change_detection_sees_a_commit(readers: tuple[SqliteReader, PostgresReader]) -> None:
     _, pg = readers
     before = await pg.data_version()

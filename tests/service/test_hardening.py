@@ -16,6 +16,7 @@ from service_support import PASSWORD_ROLE, Running, quick_config, running_servic
 from nni_ts.errors import UserError
 from nni_ts.service.db import open_database
 from nni_ts.service.users import add_user, check_name, remove_user
+from nni_ts.testing.postgres import new_database
 
 
 @pytest.mark.parametrize("name", ["mallory\n", "mallory\r\n", "\nmallory", "mal lory"])
@@ -222,6 +223,52 @@ async def test_a_postgresql_request_takes_one_connection_and_no_reset(postgres_s
             assert taken == ["acquire", "acquire"]
         finally:
             service.db._pool = pool  # type: ignore[attr-defined]
+
+
+async def test_a_postgresql_request_does_not_wait_for_its_connection_to_go_back(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14 (performance): a request that ended cleanly leaves ``bound()`` before asyncpg's
+    release (a shielded task, two or three turns of the loop) is done; the connection still comes
+    back (a pool of one serves the next request) and ``close()`` waits for it. A block that raised
+    waits for its release, which rolls back, as before."""
+    from nni_ts.service import db as db_mod
+
+    gate = asyncio.Event()
+    resets: list[bool] = []
+
+    async def slow_reset(conn: Any) -> None:
+        await gate.wait()
+        resets.append(conn.is_in_transaction())
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+
+    monkeypatch.setattr(db_mod, "_reset", slow_reset)
+    async with new_database(postgres_server) as url:
+        db = await db_mod.PostgresDatabase.connect(url, pool_size=1)
+        try:
+            async with asyncio.timeout(10):
+                async with db.bound():
+                    assert await db.fetch("SELECT 1") == [(1,)]
+            # Out of the block while the release is still held at the gate.
+            assert resets == [] and len(db._releases) == 1
+            gate.set()
+            async with asyncio.timeout(10), db.bound():  # the one connection came back
+                assert await db.fetch("SELECT 2") == [(2,)]
+            async with asyncio.timeout(10):
+                await asyncio.wait(db._releases.tasks)  # that block's release, through the open gate
+            gate.clear()
+            with pytest.raises(ValueError):
+                async with db.bound():
+                    async with db.transaction() as tx:
+                        await tx.execute("SELECT 3")
+                        asyncio.get_running_loop().call_later(0.2, gate.set)
+                        raise ValueError("the handler failed")
+            assert gate.is_set() and resets[-1] is False  # awaited: released, and rolled back by the transaction
+        finally:
+            gate.set()
+            await db.close()
+        assert len(db._releases) == 0
 
 
 async def test_without_a_trial_user_the_environment_is_still_an_allow_list(
