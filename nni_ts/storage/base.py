@@ -21,9 +21,8 @@ interface. Its contract, the same on both backends:
   raises :class:`~nni_ts.errors.StoreError` if it did not.
 * Writes that queue up meanwhile share one transaction (each still succeeds or fails on its own):
   under load, one commit covers a burst of records.
-* Nothing blocks the event loop, and a busy event loop holds up no write: SQLite runs on the
-  store's writer thread (:class:`~nni_ts.storage.store.AsyncStore`); PostgreSQL (asyncpg) on an
-  event loop of the storage's own, in a thread of its own (:class:`PostgresStorage`).
+* Nothing blocks the event loop: SQLite runs on the store's writer thread
+  (:class:`~nni_ts.storage.store.AsyncStore`); PostgreSQL is asyncpg, natively async.
 
 Records are the store's dataclasses (:class:`ExperimentRecord`, :class:`TrialRecord`,
 :class:`MetricRecord`); metric data is kept byte for byte (PostgreSQL: BYTEA, so a record with a NUL
@@ -34,15 +33,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import concurrent.futures
 import json
 import logging
 import math
 import re
-import threading
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -358,19 +355,15 @@ _ADD_METRIC = (
 class _Job:
     """One call queued on an experiment's lane: ``run(connection)`` on the lane's connection.
     ``single``: it is one statement (atomic by itself: alone, it needs no BEGIN and COMMIT).
-    ``op``: the same write as an operation of ``nni_ts_write_batch`` (kind, arguments), if it has one.
+    ``op``: the same write as an operation of ``nni_ts_write_batch`` (kind, arguments), if it has one."""
 
-    ``future`` is a thread-safe future: the caller's loop awaits it (``asyncio.wrap_future``) while
-    the storage's loop runs the job. Its caller may cancel it only until the lane takes the job
-    (:func:`_claim`); from then on the job runs to its end and the future gets its outcome."""
-
-    __slots__ = ("claimed", "future", "live", "op", "run", "single", "write")
+    __slots__ = ("future", "op", "run", "single", "write")
 
     def __init__(
         self,
         run: Callable[[Any], Awaitable[Any]],
         write: bool,
-        future: concurrent.futures.Future[Any],
+        future: asyncio.Future[Any],
         single: bool,
         op: tuple[str, tuple[Any, ...]] | None,
     ) -> None:
@@ -379,27 +372,6 @@ class _Job:
         self.future = future
         self.single = single
         self.op = op
-        self.claimed = False
-        self.live = False
-
-
-def _claim(job: _Job) -> bool:
-    """The lane takes ``job`` (storage loop only): True if it is to run, False if its caller gave up
-    (cancelled) before. Once taken, the caller can no longer cancel it: it commits or fails."""
-    if not job.claimed:
-        job.claimed = True
-        job.live = job.future.set_running_or_notify_cancel()
-    return job.live
-
-
-def _resolve(job: _Job, result: Any) -> None:
-    if _claim(job) and not job.future.done():
-        job.future.set_result(result)
-
-
-def _reject(job: _Job, error: BaseException) -> None:
-    if _claim(job) and not job.future.done():
-        job.future.set_exception(error)
 
 
 class _Lane:
@@ -410,61 +382,6 @@ class _Lane:
     def __init__(self) -> None:
         self.jobs: deque[_Job] = deque()
         self.task: asyncio.Task[None] | None = None
-
-
-class _LoopThread:
-    """An event loop running in a thread of its own: where a :class:`PostgresStorage` keeps its pool,
-    its lanes and every statement, so that its writes commit while the caller's loop is busy."""
-
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
-        #: Resolved once the loop is closed (the thread's last step).
-        self.stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_forever()
-            # Stopped: whatever is left (nothing, after a clean close) is cancelled and awaited.
-            left = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-            for task in left:
-                task.cancel()
-            if left:
-                self.loop.run_until_complete(asyncio.wait(left, timeout=10))
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        finally:
-            self.loop.close()
-            asyncio.set_event_loop(None)
-            self.stopped.set_result(None)
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run ``coro`` on this loop (from any thread)."""
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, self.loop)
-        except RuntimeError:  # the loop is closed
-            coro.close()
-            raise
-
-    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on this loop and wait for it from the caller's loop (cancelling the caller
-        cancels it)."""
-        return await asyncio.wrap_future(self.submit(coro))
-
-    def stop(self) -> None:
-        """Stop the loop (from any thread); the thread then closes it and ends."""
-        if not self.loop.is_closed():
-            try:
-                self.loop.call_soon_threadsafe(self.loop.stop)
-            except RuntimeError:  # closed meanwhile
-                pass
-
-    async def join(self) -> None:
-        """Wait (from the caller's loop, without blocking it) until the thread has ended."""
-        await asyncio.shield(asyncio.wrap_future(self.stopped))
-        self.thread.join()
 
 
 def _pg_failure(exc: BaseException, redacted: str) -> BaseException:
@@ -481,62 +398,36 @@ def _pg_failure(exc: BaseException, redacted: str) -> BaseException:
 
 
 class PostgresStorage(ExperimentStorage):
-    """The records in PostgreSQL (an asyncpg pool). Open with :meth:`connect` (from an event loop),
-    close with :meth:`close`.
-
-    The pool, the lanes and every statement run on an event loop of the storage's own, in a thread
-    of its own (``nni-ts-pg-storage``, started by :meth:`connect`, ended by :meth:`close`), as
-    SQLite's writer is a thread of its own: a write commits while the caller's loop is busy (the
-    service's engine loop also forks trials and watches their files; a lane that waited for it at
-    every hop waited for its stalls). The public methods are called from the caller's loop (any
-    loop) and return its futures; what they resolve to is plain Python (the store's dataclasses).
+    """The records in PostgreSQL (an asyncpg pool). Open with :meth:`connect`, on the event loop that
+    uses it.
 
     There are ``pool_size`` *lanes*; an experiment's calls all go to one lane (by its id), queue there
     in the order made, and one task runs them on one pooled connection (taken while the lane has
-    work). Consecutive writes in a lane, of all its experiments, run in one transaction (one
-    ``nni_ts_write_batch`` statement for the loop's usual writes) and resolve after the COMMIT
-    returned; a write alone commits by itself. A COMMIT waits for PostgreSQL to flush its WAL (an
-    fsync, milliseconds), so under load one flush covers every write queued meanwhile in the lane,
-    and the lanes' commits share flushes too (PostgreSQL's group commit). If a transaction fails,
-    each of its writes is run again in a transaction of its own, so a write fails only for its own
-    reason. A caller that is cancelled before the lane took its call drops the call; once taken, the
-    call runs to its end (commits or fails, never half) whatever its caller does.
+    work). Consecutive writes in a lane, of all its experiments, run in one transaction (BEGIN, one
+    statement each, COMMIT: a metric is one statement) and resolve after the COMMIT returned; a write
+    alone commits by itself. A COMMIT waits for PostgreSQL to flush its WAL (an fsync, milliseconds),
+    so under load one flush covers every write queued meanwhile in the lane, and the lanes' commits
+    share flushes too (PostgreSQL's group commit). If a transaction fails, each of its writes is run
+    again in a transaction of its own, so a write fails only for its own reason.
     """
 
-    def __init__(self, pool: Any, url: str, *, runner: _LoopThread, lanes: int = 10) -> None:
+    def __init__(self, pool: Any, url: str, *, lanes: int = 10) -> None:
         self._pool = pool
         self.url = url
         self._lane_count = max(1, lanes)
         self.location = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-        self._runner = runner
-        self._lanes: dict[str, _Lane] = {}  # the storage loop's (only it touches the lanes)
-        self._tasks = TaskSupervisor("experiment-storage")  # the lanes' tasks, on the storage loop
-        self._closed = False  # close() was called (caller's side)
-        self._stopping = False  # the storage loop is draining: no more jobs
-        self._closing: concurrent.futures.Future[None] | None = None  # close()'s drain, once called
+        self._lanes: dict[str, _Lane] = {}
+        self._tasks = TaskSupervisor("experiment-storage")
+        self._closed = False
 
     @classmethod
     async def connect(cls, url: str, *, password: str | None = None, pool_size: int = 10) -> PostgresStorage:
         try:
-            import asyncpg  # noqa: F401  (here, so that a missing package is a user's error)
+            import asyncpg
         except ImportError as exc:
             raise UserError(
                 "A postgresql:// storage needs the asyncpg package: pip install 'nni-ts[postgres]'."
             ) from exc
-        redacted = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-        runner = _LoopThread("nni-ts-pg-storage")
-        try:
-            pool = await runner.call(cls._open_pool(url, password, pool_size, redacted))
-        except BaseException:
-            runner.stop()
-            await runner.join()
-            raise
-        return cls(pool, url, runner=runner, lanes=pool_size)
-
-    @staticmethod
-    async def _open_pool(url: str, password: str | None, pool_size: int, redacted: str) -> Any:
-        """The pool, with the schema in place (on the storage loop)."""
-        import asyncpg
 
         async def no_reset(conn: Any) -> None:
             # asyncpg's default reset costs a round trip per release; a transaction left open is the
@@ -544,6 +435,7 @@ class PostgresStorage(ExperimentStorage):
             if conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
 
+        redacted = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -564,10 +456,7 @@ class PostgresStorage(ExperimentStorage):
         except (OSError, asyncpg.PostgresError) as exc:
             await pool.close()
             raise StoreError(f"Cannot open the experiment storage {redacted}: {exc}.") from exc
-        except BaseException:  # cancelled: no graceful close to wait for
-            pool.terminate()
-            raise
-        return pool
+        return cls(pool, url, lanes=pool_size)
 
     # ------------------------------------------------------------------ the lanes
 
@@ -580,33 +469,19 @@ class PostgresStorage(ExperimentStorage):
         single: bool = True,
         op: tuple[str, tuple[Any, ...]] | None = None,
     ) -> asyncio.Future[T]:
-        """Queue ``run`` on the experiment's lane now (caller's loop); the caller's future of it."""
-        caller = asyncio.get_running_loop()
-        if not self._closed:
-            job = _Job(run, write, concurrent.futures.Future(), single, op)
-            try:
-                # Handed over in the order made: the storage loop runs its callbacks first in, first out.
-                self._runner.loop.call_soon_threadsafe(self._enqueue, experiment_id, job)
-            except RuntimeError:  # the storage loop is closed
-                pass
-            else:
-                return asyncio.wrap_future(job.future, loop=caller)
-        future: asyncio.Future[T] = caller.create_future()
-        future.set_exception(StoreError(f"The experiment storage {self.location} is closed."))
-        return future
-
-    def _enqueue(self, experiment_id: str, job: _Job) -> None:
-        """On the storage loop: the job joins its lane; the lane's task starts if it is idle."""
-        if self._stopping:
-            _reject(job, StoreError(f"The experiment storage {self.location} is closed."))
-            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._closed:
+            future.set_exception(StoreError(f"The experiment storage {self.location} is closed."))
+            return future
         key = f"lane-{zlib.crc32(experiment_id.encode()) % self._lane_count}"
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
-        lane.jobs.append(job)
+        lane.jobs.append(_Job(run, write, future, single, op))
         if lane.task is None:
             lane.task = self._tasks.spawn(self._drain(key, lane), name=key)
+        return future
 
     async def _drain(self, key: str, lane: _Lane) -> None:
         try:
@@ -618,25 +493,28 @@ class PostgresStorage(ExperimentStorage):
                 except Exception as exc:
                     error = _pg_failure(exc, self.location)
                     while lane.jobs:  # nothing can run without a connection: fail what is queued
-                        _reject(lane.jobs.popleft(), error)
+                        job = lane.jobs.popleft()
+                        if not job.future.done():
+                            job.future.set_exception(error)
                     return
                 try:
                     while lane.jobs:
                         first = lane.jobs.popleft()
                         if not first.write:
-                            if _claim(first):  # else its caller gave up before it ran
-                                await self._run_one(conn, first, transaction=False)
+                            await self._run_one(conn, first, transaction=False)
                             continue
                         batch = [first]
                         while lane.jobs and lane.jobs[0].write and len(batch) < MAX_BATCH:
                             batch.append(lane.jobs.popleft())
-                        await self._commit(conn, [job for job in batch if _claim(job)])
+                        await self._commit(conn, batch)
                 finally:
                     await self._pool.release(conn)
         except asyncio.CancelledError:
             error = StoreError(f"The experiment storage {self.location} was closed before a call ran.")
             while lane.jobs:
-                _reject(lane.jobs.popleft(), error)
+                job = lane.jobs.popleft()
+                if not job.future.done():
+                    job.future.set_exception(error)
             raise
         finally:
             lane.task = None
@@ -644,7 +522,8 @@ class PostgresStorage(ExperimentStorage):
                 del self._lanes[key]
 
     async def _run_one(self, conn: Any, job: _Job, *, transaction: bool) -> None:
-        """One call (claimed) on its own; its future gets the outcome."""
+        if job.future.cancelled():
+            return  # its caller gave up before it ran
         try:
             if transaction:
                 async with conn.transaction():
@@ -652,15 +531,19 @@ class PostgresStorage(ExperimentStorage):
             else:
                 result = await job.run(conn)
         except asyncio.CancelledError as exc:
-            _reject(job, StoreError(f"The experiment storage {self.location} was closed."))
+            if not job.future.done():
+                job.future.set_exception(StoreError(f"The experiment storage {self.location} was closed."))
             raise exc
         except BaseException as exc:
-            _reject(job, _pg_failure(exc, self.location))
+            if not job.future.done():
+                job.future.set_exception(_pg_failure(exc, self.location))
             return
-        _resolve(job, result)
+        if not job.future.done():
+            job.future.set_result(result)
 
     async def _commit(self, conn: Any, jobs: list[_Job]) -> None:
-        """The writes (claimed) in one transaction; each resolves after the COMMIT returned."""
+        """The writes in one transaction; each resolves after the COMMIT returned."""
+        jobs = [j for j in jobs if not j.future.cancelled()]
         if len(jobs) <= 1:
             for job in jobs:  # one statement alone commits by itself: one round trip, not three
                 await self._run_one(conn, job, transaction=not job.single)
@@ -679,10 +562,6 @@ class PostgresStorage(ExperimentStorage):
                     for job in jobs:
                         results.append(await job.run(conn))
         except asyncio.CancelledError:
-            # Stopped mid-batch (close() gave up waiting): none of them is known to have committed.
-            error = StoreError(f"The experiment storage {self.location} was closed during a write.")
-            for job in jobs:
-                _reject(job, error)
             raise
         except BaseException:
             # One of them failed and undid the others: each again on its own, so that only the
@@ -691,27 +570,15 @@ class PostgresStorage(ExperimentStorage):
                 await self._run_one(conn, job, transaction=True)
             return
         for job, result in zip(jobs, results, strict=True):
-            _resolve(job, result)
+            if not job.future.done():
+                job.future.set_result(result)
 
-    async def _direct(self, coro: Coroutine[Any, Any, T]) -> T:
-        """``coro`` on the storage loop, outside every lane (reads that name no experiment, an
-        import); asyncpg's errors as StoreError."""
-        if self._closed:
-            coro.close()
-            raise StoreError(f"The experiment storage {self.location} is closed.")
-
-        async def guarded() -> T:
-            try:
-                return await coro
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:
-                error = _pg_failure(exc, self.location)
-                if error is exc:
-                    raise
-                raise error from exc
-
-        return await self._runner.call(guarded())
+    async def _direct(self, method: str, sql: str, *args: Any) -> Any:
+        """A statement outside every lane (reads that name no experiment)."""
+        try:
+            return await getattr(self._pool, method)(sql, *args)
+        except BaseException as exc:
+            raise _pg_failure(exc, self.location) from exc
 
     # ------------------------------------------------------------------ rows
 
@@ -776,11 +643,8 @@ class PostgresStorage(ExperimentStorage):
         return self._queue(experiment_id, run, write=False)
 
     async def list_experiments(self) -> list[ExperimentRecord]:
-        async def run() -> list[ExperimentRecord]:
-            rows = await self._pool.fetch(f"SELECT {_EXP_COLS} FROM exp_experiments ORDER BY created_ms, id")
-            return [self._experiment(r) for r in rows]
-
-        return await self._direct(run())
+        rows = await self._direct("fetch", f"SELECT {_EXP_COLS} FROM exp_experiments ORDER BY created_ms, id")
+        return [self._experiment(r) for r in rows]
 
     def update_experiment(self, experiment_id: str, **fields: Any) -> asyncio.Future[None]:
         unknown = set(fields) - _EXPERIMENT_FIELDS
@@ -917,94 +781,72 @@ class PostgresStorage(ExperimentStorage):
     ) -> bool:
         """Copy an experiment with its trials and metrics, as they are, in one transaction (moving a
         store file's experiments here). False if an experiment with that id is here already."""
+        import asyncpg
 
-        async def run() -> bool:
-            import asyncpg
-
-            try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    inserted = await conn.fetchval(
-                        f"INSERT INTO exp_experiments ({_EXP_COLS}) "
-                        "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT (id) DO NOTHING RETURNING 1",
-                        record.id,
-                        _pg_text(record.name),
-                        record.platform,
-                        record.status,
-                        json.dumps(record.config),
-                        record.created_ms,
-                        record.updated_ms,
-                        record.ended_ms,
-                        record.manager_pid,
-                        record.manager_started,
-                        _pg_text(record.message),
-                        record.working_dir,
-                        record.active_ms,
-                    )
-                    if inserted is None:
-                        return False
-                    await conn.executemany(
-                        f"INSERT INTO exp_trials ({_TRIAL_COLS}) VALUES "
-                        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-                        [
-                            (
-                                t.experiment_id,
-                                t.id,
-                                t.sequence_id,
-                                t.parameter_id,
-                                t.attempt,
-                                json.dumps(t.parameters),
-                                t.status.value,
-                                t.submit_ms,
-                                t.start_ms,
-                                t.end_ms,
-                                t.exit_code,
-                                _b(t.message),
-                                int(t.infrastructure_failure),
-                                t.final_value,
-                                _b(t.final_data),
-                                t.metric_count,
-                                _pg_text(t.detail.model_dump_json()) if t.detail is not None else None,
-                            )
-                            for t in trials
-                        ],
-                    )
-                    await conn.executemany(
-                        "INSERT INTO exp_metrics (experiment_id, trial_id, seq, type, value, data, created_ms) "
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                        [(record.id, m.trial_id, m.seq, m.type, m.value, _b(m.data), m.created_ms) for m in metrics],
-                    )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                raise StoreError(f"Importing experiment {record.id} into {self.location} failed: {exc}.") from exc
-            return True
-
-        return await self._direct(run())
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                inserted = await conn.fetchval(
+                    f"INSERT INTO exp_experiments ({_EXP_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING 1",
+                    record.id,
+                    _pg_text(record.name),
+                    record.platform,
+                    record.status,
+                    json.dumps(record.config),
+                    record.created_ms,
+                    record.updated_ms,
+                    record.ended_ms,
+                    record.manager_pid,
+                    record.manager_started,
+                    _pg_text(record.message),
+                    record.working_dir,
+                    record.active_ms,
+                )
+                if inserted is None:
+                    return False
+                await conn.executemany(
+                    f"INSERT INTO exp_trials ({_TRIAL_COLS}) VALUES "
+                    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                    [
+                        (
+                            t.experiment_id,
+                            t.id,
+                            t.sequence_id,
+                            t.parameter_id,
+                            t.attempt,
+                            json.dumps(t.parameters),
+                            t.status.value,
+                            t.submit_ms,
+                            t.start_ms,
+                            t.end_ms,
+                            t.exit_code,
+                            _b(t.message),
+                            int(t.infrastructure_failure),
+                            t.final_value,
+                            _b(t.final_data),
+                            t.metric_count,
+                            _pg_text(t.detail.model_dump_json()) if t.detail is not None else None,
+                        )
+                        for t in trials
+                    ],
+                )
+                await conn.executemany(
+                    "INSERT INTO exp_metrics (experiment_id, trial_id, seq, type, value, data, created_ms) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    [(record.id, m.trial_id, m.seq, m.type, m.value, _b(m.data), m.created_ms) for m in metrics],
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"Importing experiment {record.id} into {self.location} failed: {exc}.") from exc
+        return True
 
     async def close(self) -> None:
-        """Finish every queued call, stop the lanes, close the pool and end the storage's thread.
-        Once called, every call fails with StoreError. Cancelling the caller does not stop it: the
-        storage's thread finishes closing on its own."""
-        if self._closing is None:
-            self._closed = True
-            try:
-                self._closing = self._runner.submit(self._shutdown())
-            except RuntimeError:  # the loop is closed already
-                pass
-        await self._runner.join()
-        closing = self._closing
-        if closing is not None and closing.done() and not closing.cancelled():
-            closing.result()  # raises what closing the pool raised
-
-    async def _shutdown(self) -> None:
-        """On the storage loop: drain the lanes, close the pool, stop the loop (which ends the thread)."""
-        self._stopping = True
-        try:
-            pending = [lane.task for lane in list(self._lanes.values()) if lane.task is not None]
-            if pending:
-                await asyncio.wait(pending, timeout=30)
-            await self._tasks.stop(10)
-            await self._pool.close()
-        finally:
-            asyncio.get_running_loop().stop()
+        """Finish every queued call, stop the lanes and close the pool."""
+        self._closed = True
+        pending = [lane.task for lane in list(self._lanes.values()) if lane.task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+        await self._tasks.stop(10)
+        await self._pool.close()
 
 
 async def open_storage(url: str, *, password: str | None = None, pool_size: int = 10) -> ExperimentStorage:

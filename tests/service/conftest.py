@@ -21,14 +21,13 @@ BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 
 @pytest.fixture(autouse=True)
 def no_leaked_engine_threads() -> Iterator[None]:
-    """Fail a test that leaves a service's engine thread, or a PostgreSQL storage's thread, running."""
+    """Fail a test that leaves a service's engine thread running."""
     before = set(threading.enumerate())
     yield
-    names = ("nni-ts-service-engine", "nni-ts-pg-storage")
-    left = [t for t in threading.enumerate() if t not in before and t.name in names]
+    left = [t for t in threading.enumerate() if t not in before and t.name == "nni-ts-service-engine"]
     for t in left:
         t.join(10)
-    assert not [t.name for t in left if t.is_alive()], "the test left a service's thread running"
+    assert not [t for t in left if t.is_alive()], "the test left a service's engine thread running"
 
 
 _new_pg_database = new_database  # the name the tests of this directory import

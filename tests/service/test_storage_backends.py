@@ -4,8 +4,6 @@ as optuna tests its storages (issue 14: one storage for experiments)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -181,40 +179,6 @@ async def test_a_write_resolves_after_its_commit_and_queued_writes_share_one(
         finally:
             await conn.close()
         assert batches < 10, f"49 queued metrics took {batches} transactions"
-
-
-async def test_a_write_commits_while_the_callers_loop_is_busy(storage: ExperimentStorage, db_url: str) -> None:
-    """The caller's loop queues a metric, then is blocked (as the service's engine loop is, forking
-    trials): the write must commit all the same, seen by another connection before the loop runs
-    again (SQLite: its writer thread; PostgreSQL: the storage's own loop thread)."""
-    await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
-    await storage.insert_trial(_trial("e", "t", 0))
-    seen = threading.Event()
-
-    def observe() -> None:  # another thread, loop and connection
-        async def poll() -> None:
-            other = await open_storage(_same_database(db_url, storage))
-            try:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and not seen.is_set():
-                    if (await other.get_trial("e", "t")).metric_count == 1:
-                        seen.set()
-                    else:
-                        await asyncio.sleep(0.01)
-            finally:
-                await other.close()
-
-        asyncio.run(poll())
-
-    write = storage.add_metric("e", "t", 0, type="FINAL", value=1.0, data='{"value": 1}')
-    observer = threading.Thread(target=observe, name="storage-test-observer")
-    observer.start()
-    try:
-        committed_while_blocked = seen.wait(10)  # blocks the caller's loop (bounded)
-    finally:
-        observer.join(15)
-    assert committed_while_blocked, "the write did not commit while its caller's loop was blocked"
-    assert await write is True
 
 
 async def test_writes_batched_together_round_trip_exactly(storage: ExperimentStorage) -> None:
