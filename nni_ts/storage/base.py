@@ -411,6 +411,9 @@ class PostgresStorage(ExperimentStorage):
     again in a transaction of its own, so a write fails only for its own reason.
     """
 
+    #: How long :meth:`close` waits for the queued calls before it cancels the lanes.
+    close_timeout = 30.0
+
     def __init__(self, pool: Any, url: str, *, lanes: int = 10) -> None:
         self._pool = pool
         self.url = url
@@ -542,7 +545,22 @@ class PostgresStorage(ExperimentStorage):
             job.future.set_result(result)
 
     async def _commit(self, conn: Any, jobs: list[_Job]) -> None:
-        """The writes in one transaction; each resolves after the COMMIT returned."""
+        """The writes in one transaction; each resolves after the COMMIT returned. Cancelled on the
+        way (``close()`` gave up waiting), every write of the batch not yet resolved fails with a
+        StoreError, so that no caller waits for ever: it may or may not have been stored, and the
+        writes are idempotent, so the caller delivers it again later."""
+        try:
+            await self._commit_batch(conn, jobs)
+        except asyncio.CancelledError:
+            error = StoreError(
+                f"The experiment storage {self.location} was closed during a write; it may not have been stored."
+            )
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            raise
+
+    async def _commit_batch(self, conn: Any, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if not j.future.cancelled()]
         if len(jobs) <= 1:
             for job in jobs:  # one statement alone commits by itself: one round trip, not three
@@ -844,7 +862,7 @@ class PostgresStorage(ExperimentStorage):
         self._closed = True
         pending = [lane.task for lane in list(self._lanes.values()) if lane.task is not None]
         if pending:
-            await asyncio.wait(pending, timeout=30)
+            await asyncio.wait(pending, timeout=self.close_timeout)
         await self._tasks.stop(10)
         await self._pool.close()
 

@@ -268,3 +268,37 @@ def _same_database(db_url: str, storage: ExperimentStorage) -> str:
     if isinstance(storage, SqliteStorage):
         return f"sqlite:///{storage.store.path}"
     return db_url
+
+
+async def test_a_batch_cut_short_by_close_fails_its_writes_instead_of_leaving_them_waiting(
+    postgres_server: object,
+) -> None:
+    """PostgreSQL: ``close()`` waits ``close_timeout`` for the lanes, then cancels them. The writes of a
+    batch that was running then (here held by a lock another connection keeps) fail with a StoreError,
+    as a write that failed; before, their callers waited for ever."""
+    import asyncpg
+
+    from nni_ts.testing.postgres import new_database
+
+    async with new_database(postgres_server) as url:  # type: ignore[arg-type]
+        storage = await PostgresStorage.connect(url, pool_size=1)
+        await storage.create_experiment("e", name=None, platform="local", config={}, working_dir="/w")
+        await storage.insert_trial(_trial("e", "t", 0))
+        locker = await asyncpg.connect(url)
+        try:
+            await locker.execute("BEGIN; LOCK TABLE exp_metrics IN ACCESS EXCLUSIVE MODE")
+            writes = [
+                asyncio.ensure_future(
+                    storage.add_metric("e", "t", i, type="PERIODICAL", value=float(i), data=f'{{"value": {i}}}')
+                )
+                for i in range(3)
+            ]
+            await asyncio.sleep(0.3)  # the lane took the three as one batch, which waits for the lock
+            assert not any(w.done() for w in writes)
+            storage.close_timeout = 0.2
+            async with asyncio.timeout(20):
+                await storage.close()
+                outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            assert all(isinstance(o, StoreError) and "closed during a write" in str(o) for o in outcomes), outcomes
+        finally:
+            await locker.close()
