@@ -8,9 +8,12 @@ How a trial runs
   the working directory set to the trial code directory. A three-line wrapper records the command's
   exit code in ``.nni/code``, so that a restarted manager learns how a trial it did not start ended.
 * Preparing its directory and starting its process are system-call heavy (metadata writes,
-  ``fork``/``exec``), so they run on one worker thread shared by the process's local services, in
-  submission order, never on the event loop. The submission returns once the trial runs (or failed
-  to start), as when it was started in place.
+  ``fork``/``exec``): the local services of one event loop queue them on one *starter* that runs one
+  start per turn of the loop, in submission order, so that the records and events that arrive during a
+  burst of starts are handled between two of them instead of after all (a burst of 20 starts held the
+  loop 60-100 ms). A thread of its own was measured too: it kept the loop free but, as a third thread
+  competing for the GIL, made the service's API answers slower. The submission returns once the trial
+  runs (or failed to start).
 * ``NNI_PLATFORM=local``: NNI's SDK, and the light ``nni`` module, append records to
   ``.nni/metrics``. The service learns of each append through inotify (a poll elsewhere) and delivers
   the record's bytes to the listeners, in order, before the terminal status.
@@ -29,8 +32,8 @@ import os
 import signal
 import subprocess
 import threading
+import weakref
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -94,11 +97,11 @@ class _Run:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
-    # Starting it (see LocalTrainingService._launch): the worker thread prepares its directory and
+    # Starting it (see LocalTrainingService._launch): the starter prepares its directory and
     # starts its process; ``settled`` is set once it runs, failed to start or was cancelled before.
     launched: bool = False
-    prepared: bool = False  # written by the worker thread only
-    prepare_error: OSError | None = None  # written by the worker thread only
+    prepared: bool = False
+    prepare_error: OSError | None = None
     start_error: BaseException | None = None
     abandoned: bool = False  # its submission was cancelled: a process started for it is killed
     settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -112,22 +115,49 @@ class _PrepareFailed(Exception):
         self.error = error
 
 
-_STARTER: ThreadPoolExecutor | None = None
-_STARTER_LOCK = threading.Lock()
+class _LoopStarter:
+    """Runs the start jobs of every local service on one event loop, one job per turn of the loop:
+    the next is scheduled with ``call_soon`` after one ran, so the I/O that arrived meanwhile (a
+    trial's record, an API call) is handled first. No task: nothing to cancel or to own."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.jobs: deque[tuple[asyncio.Future[Any], Any, tuple[Any, ...]]] = deque()
+        self.scheduled = False
+
+    def submit(self, fn: Any, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.jobs.append((future, fn, args))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._run_one)
+        return future
+
+    def _run_one(self) -> None:
+        future, fn, args = self.jobs.popleft()
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's future
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(result)
+        if self.jobs:
+            self.loop.call_soon(self._run_one)  # the next one after the I/O that arrived meanwhile
+        else:
+            self.scheduled = False
 
 
-def _starter() -> ThreadPoolExecutor:
-    """The one thread that prepares and starts the trials of every local service of this process.
+_STARTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopStarter] = weakref.WeakKeyDictionary()
 
-    One, not one per service: the work is system calls (directory metadata, ``fork``/``exec``) that
-    only queue on each other in the kernel when run in parallel, and every extra thread competes with
-    the event loops for the GIL (measured with 50 experiments: one thread each made the loop stalls 10x
-    longer). A start takes a few milliseconds, so a queue of them is short."""
-    global _STARTER
-    with _STARTER_LOCK:
-        if _STARTER is None:
-            _STARTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nni-ts-local-start")
-        return _STARTER
+
+def _starter() -> _LoopStarter:
+    loop = asyncio.get_running_loop()
+    starter = _STARTERS.get(loop)
+    if starter is None:
+        starter = _STARTERS[loop] = _LoopStarter(loop)
+    return starter
 
 
 class _Abandoned(Exception):
@@ -186,7 +216,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         self._gpu: GpuScheduler | None = None
         self._base_env: dict[str, str] = {}
         self._code_dir = ""
-        self._jobs: set[asyncio.Future[Any]] = set()  # this service's jobs on the worker thread
+        self._jobs: set[asyncio.Future[Any]] = set()  # this service's jobs on the starter
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -238,12 +268,12 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         self._runs[detail.id] = run
         self._queue.append(run)  # now, so that trials start in submission order
         try:
-            self._launch_queued()  # its one worker job prepares and starts it, if it can start now
+            self._launch_queued()  # its one starter job prepares and starts it, if it can start now
             if not run.launched:
                 # It waits for a GPU: its directory and parameter file are written now (an error is the
-                # caller's), on the worker thread, which writes them before it starts the trial.
+                # caller's), by the starter, which writes them before it starts the trial.
                 try:
-                    await _shielded(self._in_worker(self._prepare_files, run))
+                    await _shielded(self._on_starter(self._prepare_files, run))
                 except OSError as exc:
                     run.start_error = exc
             if run.launched:
@@ -262,9 +292,9 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         n = run.detail.form.gpu_number
         return self.config.trial_gpu_number if n is None else n
 
-    def _in_worker(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
-        """Run ``fn(*args)`` on the worker thread (jobs run one at a time, in call order)."""
-        job = asyncio.get_running_loop().run_in_executor(_starter(), fn, *args)
+    def _on_starter(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        """Run ``fn(*args)`` on the loop's starter (one job per turn of the loop, in call order)."""
+        job = _starter().submit(fn, args)
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return job
@@ -283,7 +313,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             self._launch(run)
 
     def _launch(self, run: _Run) -> None:
-        """Start the trial on the worker thread; :meth:`_process_started` takes over on the loop."""
+        """Start the trial on the starter; :meth:`_process_started` takes over when it ran."""
         env = build_trial_env(
             self._base_env,
             platform="local",
@@ -296,7 +326,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             gpus=run.gpus,
         )
         env.update(run.detail.form.env)
-        job = self._in_worker(self._start_process, run, env, self.trial_command(run.detail))
+        job = self._on_starter(self._start_process, run, env, self.trial_command(run.detail))
         run.launched = True
         job.add_done_callback(lambda done: self._process_started(run, done))
 
@@ -310,10 +340,10 @@ class LocalTrainingService(TrainingService[LocalConfig]):
         run.done.set()
         run.settled.set()
 
-    # ------------------------------------------------------------------ on the worker thread
+    # ------------------------------------------------------------------ the starter's jobs
 
     def _prepare_files(self, run: _Run) -> None:
-        """The trial's directory, ``.nni/`` and ``parameter.cfg`` (worker thread)."""
+        """The trial's directory, ``.nni/`` and ``parameter.cfg`` (a starter job)."""
         if run.prepared:
             return
         if run.prepare_error is not None:
@@ -337,7 +367,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
     def _start_process(
         self, run: _Run, env: dict[str, str], command: str
     ) -> tuple[subprocess.Popen[bytes], float | None]:
-        """Prepare the trial's files (unless done) and start its process group (worker thread)."""
+        """Prepare the trial's files (unless done) and start its process group (a starter job)."""
         try:
             self._prepare_files(run)
         except OSError as exc:
@@ -384,7 +414,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
     # ------------------------------------------------------------------ back on the loop
 
     def _process_started(self, run: _Run, job: asyncio.Future[tuple[subprocess.Popen[bytes], float | None]]) -> None:
-        """The worker thread started the trial (or failed to): report it (loop, in start order)."""
+        """The starter started the trial (or failed to): report it (in start order)."""
         detail = run.detail
         exc = job.exception()
         if exc is None:
@@ -553,7 +583,7 @@ class LocalTrainingService(TrainingService[LocalConfig]):
             self._forget(run)
             await self.reporter.ended(detail.id, status, message="Cancelled before it started.")
             return
-        if run.launched and not run.settled.is_set():  # being started on the worker thread: it runs first
+        if run.launched and not run.settled.is_set():  # queued on the starter: it runs first
             await run.settled.wait()
         if run.pid <= 0:  # it could not start (and has ended already)
             return
@@ -615,7 +645,7 @@ def _make_dir(path: str) -> None:
 
 
 async def _shielded(job: asyncio.Future[Any]) -> Any:
-    """Wait for a worker job without cancelling it if the waiter is cancelled (it runs anyway)."""
+    """Wait for a starter job without cancelling it if the waiter is cancelled (it runs anyway)."""
     return await asyncio.shield(job)
 
 

@@ -1,5 +1,6 @@
-"""How the local platform starts trials: on its worker thread (never on the event loop), in submission
-order, and never leaving a process behind when the trial or its submission is cancelled meanwhile."""
+"""How the local platform starts trials: on the loop's starter, one per turn of the event loop, in
+submission order, and never leaving a process behind when the trial or its submission is cancelled
+meanwhile."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,33 +36,64 @@ def _service(tmp_path: Path, command: str = "true") -> LocalTrainingService:
 
 
 @pytest.fixture
-def popens(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
-    """Every process the platform starts: (the starting thread's ident, its NNI_TRIAL_JOB_ID)."""
+async def popens(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[tuple[int, str]]]:
+    """Every process the platform starts: (the turn of the event loop it started in, its
+    NNI_TRIAL_JOB_ID). A callback that schedules itself again counts the turns."""
     seen: list[tuple[int, str]] = []
     real = subprocess.Popen
+    loop = asyncio.get_running_loop()
+    turns = [0]
+    ticking = [True]
+
+    def tick() -> None:
+        turns[0] += 1
+        if ticking[0]:
+            loop.call_soon(tick)
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         trial = (kwargs.get("env") or {}).get("NNI_TRIAL_JOB_ID")
         if trial is not None:
-            seen.append((threading.get_ident(), trial))
+            seen.append((turns[0], trial))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(local.subprocess, "Popen", recording)
-    return seen
+    loop.call_soon(tick)
+    yield seen
+    ticking[0] = False
+
+
+class HeldStarter:
+    """The loop's starter, held: jobs queue and none runs until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.starter = local._starter()
+        assert not self.starter.scheduled and not self.starter.jobs
+        self.starter.scheduled = True  # as if a job were due: a new one only queues
+        self.released = False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.starter.jobs:
+            self.starter.loop.call_soon(self.starter._run_one)
+        else:
+            self.starter.scheduled = False
 
 
 @pytest.fixture
-def blocked_starter() -> Iterator[threading.Event]:
-    """Hold the starting thread until the test sets the event (it is set at the end in any case)."""
-    release = threading.Event()
-    local._starter().submit(release.wait, 30)
+async def held_starter() -> AsyncIterator[HeldStarter]:
+    """Hold the loop's starter until the test releases it (released at the end in any case)."""
+    held = HeldStarter()
     try:
-        yield release
+        yield held
     finally:
-        release.set()
+        held.release()
 
 
-async def test_trials_start_off_the_loop_in_submission_order(tmp_path: Path, popens: list[tuple[int, str]]) -> None:
+async def test_trials_start_one_per_turn_of_the_loop_in_submission_order(
+    tmp_path: Path, popens: list[tuple[int, str]]
+) -> None:
     ids = [f"order{i}" for i in range(6)]
     running: list[str] = []
     async with _service(tmp_path) as svc:
@@ -78,14 +109,14 @@ async def test_trials_start_off_the_loop_in_submission_order(tmp_path: Path, pop
             done = await wait_for_status(svc, tid, timeout=30)
             assert done.status is TrialJobStatus.SUCCEEDED, done.message
             assert (Path(done.working_directory) / "parameter.cfg").read_text() == done.form.hyper_parameters.value
-    loop_thread = threading.get_ident()
     assert [tid for _, tid in popens] == ids  # started in submission order ...
     assert running == ids  # ... and reported so
-    assert all(thread != loop_thread for thread, _ in popens)  # never on the event loop's thread
+    turns = [turn for turn, _ in popens]
+    assert turns == sorted(set(turns)), turns  # one start per turn of the loop: I/O is handled between two
 
 
 async def test_cancel_while_starting_stops_the_trial_once_it_runs(
-    tmp_path: Path, popens: list[tuple[int, str]], blocked_starter: threading.Event
+    tmp_path: Path, popens: list[tuple[int, str]], held_starter: HeldStarter
 ) -> None:
     async with _service(tmp_path, "sleep 30") as svc:
         submit = asyncio.ensure_future(svc.submit_trial_job(_form("cancel1", 0)))
@@ -94,7 +125,7 @@ async def test_cancel_while_starting_stops_the_trial_once_it_runs(
         cancel = asyncio.ensure_future(svc.cancel_trial_job("cancel1"))
         await asyncio.sleep(0.05)
         assert not cancel.done()  # it waits for the start
-        blocked_starter.set()
+        held_starter.release()
         await asyncio.wait_for(cancel, 30)
         started = await asyncio.wait_for(submit, 30)
         done = await svc.get_trial_job("cancel1")
@@ -106,7 +137,7 @@ async def test_cancel_while_starting_stops_the_trial_once_it_runs(
 
 
 async def test_a_cancelled_submission_starts_nothing(
-    tmp_path: Path, popens: list[tuple[int, str]], blocked_starter: threading.Event
+    tmp_path: Path, popens: list[tuple[int, str]], held_starter: HeldStarter
 ) -> None:
     async with _service(tmp_path, "sleep 30") as svc:
         submit = asyncio.ensure_future(svc.submit_trial_job(_form("gone1", 0)))
@@ -114,8 +145,8 @@ async def test_a_cancelled_submission_starts_nothing(
         submit.cancel()
         with pytest.raises(asyncio.CancelledError):
             await submit
-        blocked_starter.set()
-        # The next trial starts behind the abandoned one on the same thread: once it runs, the
+        held_starter.release()
+        # The next trial starts behind the abandoned one on the same starter: once it runs, the
         # abandoned start has been dealt with.
         after = await svc.submit_trial_job(_form("after1", 1))
         with pytest.raises(TrialNotFoundError):
