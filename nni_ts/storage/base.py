@@ -54,6 +54,7 @@ from .store import (
     Store,
     TrialRecord,
     _experiment_from_row,
+    _insert_trial_params,
     _trial_from_row,
 )
 
@@ -695,25 +696,12 @@ class PostgresStorage(ExperimentStorage):
     # ------------------------------------------------------------------ trials
 
     def insert_trial(self, trial: TrialRecord) -> asyncio.Future[None]:
-        args = (
-            trial.experiment_id,
-            trial.id,
-            trial.sequence_id,
-            trial.parameter_id,
-            trial.attempt,
-            json.dumps(trial.parameters),
-            trial.status.value,
-            trial.submit_ms,
-            trial.start_ms,
-            trial.end_ms,
-            trial.exit_code,
-            _b(trial.message),
-            int(trial.infrastructure_failure),
-            trial.final_value,
-            _b(trial.final_data),
-            trial.metric_count,
-            _pg_text(trial.detail.model_dump_json()) if trial.detail is not None else None,
-        )
+        # SQLite's row (the same columns, in the same order), with the texts that may hold any byte
+        # (message, final record) as BYTEA and the detail's JSON made safe for a TEXT column.
+        row = list(_insert_trial_params(trial))
+        row[11], row[14] = _b(row[11]), _b(row[14])
+        row[16] = None if row[16] is None else _pg_text(row[16])
+        args = tuple(row)
 
         async def run(conn: Any) -> None:
             await conn.execute(
