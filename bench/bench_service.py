@@ -11,7 +11,8 @@ requests. The last lines give each database against the baseline and PostgreSQL 
 
     python bench/bench_service.py [--users 50] [--trials 20] [--concurrency 4] [--pg URL|auto|none]
 
-``--pg auto`` (the default) starts a throw-away PostgreSQL cluster (initdb, pg_ctl) for the run.
+``--pg auto`` (the default) starts a throw-away PostgreSQL cluster (initdb, pg_ctl) for the run;
+``--pg-socket`` connects to it through its Unix socket instead of TCP on 127.0.0.1.
 ``--repeat N`` runs SQLite then PostgreSQL N times, alternating (a fresh database each time), and
 ends with the median of each figure: on a shared machine one run's ratio moves by 2x.
 ``BENCH_SERVICE_LOG=FILE`` appends the services' logs there (else they are discarded).
@@ -261,8 +262,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[str]:
-    """A PostgreSQL cluster for this run (initdb + pg_ctl on a free loopback port), removed after."""
+def throwaway_postgres(*, socket: bool = False) -> Iterator[str]:
+    """A PostgreSQL cluster for this run (initdb + pg_ctl on a free loopback port), removed after; its
+    URL over TCP, or over its Unix socket with ``socket``."""
 
     def binary(name: str) -> str:
         found = shutil.which(name) or (sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [None])[-1]
@@ -309,7 +311,11 @@ def throwaway_postgres() -> Iterator[str]:
             check=True,
             capture_output=True,
         )
-        yield f"postgresql://postgres@127.0.0.1:{port}/bench"
+        yield (
+            f"postgresql://postgres@/bench?host={base}&port={port}"
+            if socket
+            else f"postgresql://postgres@127.0.0.1:{port}/bench"
+        )
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
@@ -382,6 +388,8 @@ def run_service(name: str, db: str, home: Path, args: argparse.Namespace) -> Run
 
 async def create_database(url: str, name: str) -> str:
     """A new empty database on the server of ``url``; its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
     import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(url)
@@ -389,7 +397,7 @@ async def create_database(url: str, name: str) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return url.rsplit("/", 1)[0] + "/" + name
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def cpu_line(run: Run, trials: int) -> str:
@@ -416,13 +424,18 @@ def main() -> None:
     parser.add_argument("--watchers", type=int, default=5, help="Users whose metrics are polled every 20 ms.")
     parser.add_argument("--pg", default="auto", help="PostgreSQL: a URL, auto (a throw-away cluster) or none.")
     parser.add_argument("--repeat", type=int, default=1, help="Runs of SQLite then PostgreSQL, alternating.")
+    parser.add_argument(
+        "--pg-socket",
+        action="store_true",
+        help="With --pg auto: connect through the cluster's Unix socket, not TCP (a service on the database's host).",
+    )
     args = parser.parse_args()
 
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="nni-ts-bench-service-") as tmp, contextlib.ExitStack() as stack:
         url = None
         if args.pg != "none":
-            url = stack.enter_context(throwaway_postgres()) if args.pg == "auto" else args.pg
+            url = stack.enter_context(throwaway_postgres(socket=args.pg_socket)) if args.pg == "auto" else args.pg
         for i in range(args.repeat):
             home = Path(tmp) / f"sqlite-{i}"
             home.mkdir()
