@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from .kubernetes import KubernetesPlatformConfig, PodRoleConfig
+from .kubernetes import KubernetesPlatformConfig, PodRoleConfig, TrialDeadlineConfig
 
 __all__ = ["KubernetesJobConfig"]
 
 
-class KubernetesJobConfig(KubernetesPlatformConfig, PodRoleConfig):
+class KubernetesJobConfig(KubernetesPlatformConfig, PodRoleConfig, TrialDeadlineConfig):
     """Trials run as ``batch/v1`` Jobs of one pod, on any cluster: no operator needed (nni-ts)."""
 
     platform: Literal["kubernetes"] = Field("kubernetes", description="Always 'kubernetes'.")
@@ -36,24 +35,8 @@ class KubernetesJobConfig(KubernetesPlatformConfig, PodRoleConfig):
         "this long from its start (pod scheduling included). Default: the experiment's maxTrialDuration.",
     )
 
-    @field_validator("max_trial_duration", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        from .experiment import _duration_validator
-
-        return _duration_validator(v)
-
     @model_validator(mode="after")
     def _has_command(self) -> KubernetesJobConfig:
         if not (self.command or self.trial_command):
             raise ValueError("the kubernetes platform needs a command: set trialCommand (or trainingService.command)")
         return self
-
-    @property
-    def active_deadline_seconds(self) -> int | None:
-        """``maxTrialDuration`` as the Job's ``activeDeadlineSeconds``, or None."""
-        if self.max_trial_duration is None:
-            return None
-        from .experiment import parse_duration
-
-        return max(1, math.ceil(parse_duration(self.max_trial_duration, path="trainingService.maxTrialDuration")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -211,6 +212,29 @@ class KubernetesPlatformConfig(TrainingServiceConfig, PlatformPodSettings):
                 "starting and ending with a letter or digit"
             )
         return v
+
+
+class TrialDeadlineConfig(ConfigModel):
+    """``maxTrialDuration`` on a platform whose trial object has an ``activeDeadlineSeconds`` (a batch
+    Job, a TrainJob). Each platform's class redeclares the field with its own description."""
+
+    max_trial_duration: str | int | float | None = None
+
+    @field_validator("max_trial_duration", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        from .experiment import _duration_validator
+
+        return _duration_validator(v)
+
+    @property
+    def active_deadline_seconds(self) -> int | None:
+        """``maxTrialDuration`` as the object's ``activeDeadlineSeconds`` (rounded up), or None."""
+        if self.max_trial_duration is None:
+            return None
+        from .experiment import parse_duration
+
+        return max(1, math.ceil(parse_duration(self.max_trial_duration, path="trainingService.maxTrialDuration")))
 
 
 class PodRoleConfig(ConfigModel):

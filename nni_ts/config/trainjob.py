@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import re
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from .base import ConfigModel
-from .kubernetes import KubernetesPlatformConfig, parse_memory_mb
+from .kubernetes import KubernetesPlatformConfig, TrialDeadlineConfig, parse_memory_mb
 
 __all__ = ["RuntimeRefConfig", "TrainJobConfig", "TrainJobResourcesConfig", "TrainJobTrainerConfig"]
 
@@ -83,7 +82,7 @@ class TrainJobTrainerConfig(ConfigModel):
         return v
 
 
-class TrainJobConfig(KubernetesPlatformConfig):
+class TrainJobConfig(KubernetesPlatformConfig, TrialDeadlineConfig):
     """Trials run as Kubeflow Trainer v2 TrainJobs (trainer.kubeflow.org/v1alpha1, Trainer v2.2 or later)."""
 
     platform: Literal["trainjob"] = Field("trainjob", description="Always 'trainjob'.")
@@ -98,24 +97,8 @@ class TrainJobConfig(KubernetesPlatformConfig):
         "experiment's maxTrialDuration.",
     )
 
-    @field_validator("max_trial_duration", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> Any:
-        from .experiment import _duration_validator
-
-        return _duration_validator(v)
-
     @model_validator(mode="after")
     def _has_command(self) -> TrainJobConfig:
         if not self.trial_command:
             raise ValueError("the trainjob platform needs the trial's command: set trialCommand")
         return self
-
-    @property
-    def active_deadline_seconds(self) -> int | None:
-        """``maxTrialDuration`` as the TrainJob's ``spec.activeDeadlineSeconds``, or None."""
-        if self.max_trial_duration is None:
-            return None
-        from .experiment import parse_duration
-
-        return max(1, math.ceil(parse_duration(self.max_trial_duration, path="trainingService.maxTrialDuration")))
