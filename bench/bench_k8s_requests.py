@@ -44,7 +44,7 @@ from nni_ts.platforms.kubernetes.client import load_client  # noqa: E402
 from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService  # noqa: E402
 from nni_ts.registry import get_platform_class  # noqa: E402
 from nni_ts.testing.conformance import form, wait_for_status  # noqa: E402
-from nni_ts.testing.k8s import FakeCluster, Node  # noqa: E402
+from nni_ts.testing.k8s import FakeCluster, Node, trainer_crds  # noqa: E402
 from nni_ts.testing.k8s.cluster import CONTROLLERS  # noqa: E402
 
 NFS_SERVER, NFS_PATH = "10.0.0.1", "/exports/nni"
@@ -71,15 +71,7 @@ def _config(kubeconfig: Path, nfs: Path, code: Path) -> dict[str, Any]:
 
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "crds"
-TRAINER_CRDS = [
-    CRD_DIR / "next" / f
-    for f in (
-        "jobset.x-k8s.io_jobsets.yaml",
-        "trainer.kubeflow.org_trainjobs.yaml",
-        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
-        "trainer.kubeflow.org_trainingruntimes.yaml",
-    )
-]
+TRAINER_CRDS = trainer_crds(CRD_DIR)
 KUEUE_CRDS = [CRD_DIR / "next" / "kueue.x-k8s.io_workloads.yaml", CRD_DIR / "next" / "kueue.x-k8s.io_localqueues.yaml"]
 RUNTIME = "bench-python"
 

@@ -9,18 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nni_ts.testing.k8s import trainer_crds
+
 REPO = Path(__file__).resolve().parents[2]
 #: Kubeflow Trainer v2.3.0's and JobSet v0.12.0's CRDs (real, large: FakeCluster parses each file once per
-#: session). tests/kube_platforms/conftest.py has the same list for platform trainjob.
-TRAINER_CRDS = [
-    (REPO / ".." / "shared" / "crds" / "next" / f).resolve()
-    for f in (
-        "jobset.x-k8s.io_jobsets.yaml",
-        "trainer.kubeflow.org_trainjobs.yaml",
-        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
-        "trainer.kubeflow.org_trainingruntimes.yaml",
-    )
-]
+#: session).
+TRAINER_CRDS = trainer_crds((REPO / ".." / "shared" / "crds").resolve())
 
 
 @dataclass

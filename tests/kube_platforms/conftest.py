@@ -20,7 +20,7 @@ from nni_ts.platforms.kubernetes.frameworkcontroller import FrameworkControllerT
 from nni_ts.platforms.kubernetes.kubeflow import KubeflowTrainingService
 from nni_ts.platforms.kubernetes.trainjob import TrainJobTrainingService
 from nni_ts.storage import open_store
-from nni_ts.testing.k8s import FakeCluster, Node
+from nni_ts.testing.k8s import FakeCluster, Node, trainer_crds
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = (REPO / ".." / "shared" / "crds").resolve()
@@ -30,15 +30,7 @@ NFS_PATH = "/exports/nni"
 
 #: Kubeflow Trainer v2.3.0's and JobSet v0.12.0's CRDs (``platform: trainjob``); large, so only clusters of
 #: that platform load them (parsed once per session: ``load_yaml_documents`` caches).
-TRAINER_CRDS = [
-    CRD_DIR / "next" / f
-    for f in (
-        "jobset.x-k8s.io_jobsets.yaml",
-        "trainer.kubeflow.org_trainjobs.yaml",
-        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
-        "trainer.kubeflow.org_trainingruntimes.yaml",
-    )
-]
+TRAINER_CRDS = trainer_crds(CRD_DIR)
 #: The ClusterTrainingRuntime the trainjob tests name: one trainer step ``node``, no retries (a trial is one
 #: run: the Job's backoffLimit 0, its pods restartPolicy Never).
 TRAINJOB_RUNTIME = "nni-ts-python"

@@ -16,6 +16,7 @@ from nni_ts.service import PlatformPolicy, ServiceSettings
 from nni_ts.service.configs import workspace_namespace
 from nni_ts.service.db import open_database
 from nni_ts.service.users import add_user
+from nni_ts.testing.k8s import trainer_crds
 
 pytestmark = pytest.mark.slow  # seconds per test: scripts/test --fast leaves it out
 
@@ -23,15 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = (REPO / ".." / "shared" / "crds").resolve()
 NFS = ("10.0.0.1", "/exports/nni")
 KINDS = {"kubeflow": "tfjobs", "frameworkcontroller": "frameworks", "kubernetes": "jobs", "trainjob": "trainjobs"}
-TRAINER_CRDS = [
-    CRD_DIR / "next" / f
-    for f in (
-        "jobset.x-k8s.io_jobsets.yaml",
-        "trainer.kubeflow.org_trainjobs.yaml",
-        "trainer.kubeflow.org_clustertrainingruntimes.yaml",
-        "trainer.kubeflow.org_trainingruntimes.yaml",
-    )
-]
+TRAINER_CRDS = trainer_crds(CRD_DIR)
 
 TRAIN_PY = b"""
 import os, sys, time

@@ -13,10 +13,21 @@ from __future__ import annotations
 
 from .api import Api
 from .builtin_crds import BUILTIN_CRDS
-from .cluster import FakeCluster, load_yaml_documents
+from .cluster import TRAINER_CRD_FILES, FakeCluster, load_yaml_documents, trainer_crds
 from .faults import Faults
 from .kubelet import Node
 from .threaded import ThreadedCluster
 from .util import ApiError
 
-__all__ = ["BUILTIN_CRDS", "Api", "ApiError", "FakeCluster", "Faults", "Node", "ThreadedCluster", "load_yaml_documents"]
+__all__ = [
+    "BUILTIN_CRDS",
+    "TRAINER_CRD_FILES",
+    "Api",
+    "ApiError",
+    "FakeCluster",
+    "Faults",
+    "Node",
+    "ThreadedCluster",
+    "load_yaml_documents",
+    "trainer_crds",
+]

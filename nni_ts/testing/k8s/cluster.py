@@ -44,6 +44,20 @@ CONTROLLERS = (
 
 _YAML_CACHE: dict[tuple[str, float], list[JSON]] = {}
 
+#: The files, under the shared CRD directory (``shared/crds``), of Kubeflow Trainer v2.3.0's and JobSet
+#: v0.12.0's CRDs: what a cluster for ``platform: trainjob`` loads (large; parsed once per process).
+TRAINER_CRD_FILES = (
+    "next/jobset.x-k8s.io_jobsets.yaml",
+    "next/trainer.kubeflow.org_trainjobs.yaml",
+    "next/trainer.kubeflow.org_clustertrainingruntimes.yaml",
+    "next/trainer.kubeflow.org_trainingruntimes.yaml",
+)
+
+
+def trainer_crds(crd_dir: Path | str) -> list[Path]:
+    """The paths of :data:`TRAINER_CRD_FILES` under ``crd_dir``."""
+    return [Path(crd_dir) / name for name in TRAINER_CRD_FILES]
+
 
 def load_yaml_documents(path: Path | str) -> list[JSON]:
     """The non-empty YAML documents of a file (``kind: List`` items are expanded). Parsed files are cached
