@@ -127,6 +127,14 @@ class Database(abc.ABC):
         for statement in _TABLES.format(serial=serial).split(";"):
             if statement.strip():
                 await self.execute(statement)
+        if self.dialect == "postgresql":
+            # Changes to users and experiments, by any client, are notified (see readcache).
+            from .readcache import notify_schema
+
+            async with self.transaction() as tx:
+                await tx.execute("SELECT pg_advisory_xact_lock(7140015)")  # replicas starting at once
+                for statement in notify_schema():
+                    await tx.execute(statement)
         row = await self.fetchrow("SELECT value FROM svc_meta WHERE key = $1", "schema_version")
         if row is None:
             await self.execute(

@@ -112,6 +112,9 @@ class ExperimentManager:
         self._api_loop: asyncio.AbstractEventLoop | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._engine_main, name="nni-ts-service-engine", daemon=True)
+        #: Told ``(experiment_id, what)`` when an experiment's stored state changed, after the change
+        #: is committed ("trials", "metrics" or "experiment"); from either thread (the read cache).
+        self.on_change: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------------ the engine thread
 
@@ -138,6 +141,7 @@ class ExperimentManager:
                 url, password=self.database_password, pool_size=self.storage_pool_size
             )
             self._storage = storage
+            storage.add_commit_listener(self._changed)
             if self.legacy_store is not None:
                 await self._import_legacy_store(storage, self.legacy_store)
 
@@ -161,6 +165,10 @@ class ExperimentManager:
             copied += await storage.import_experiment(record, trials, metrics)
         await asyncio.to_thread(marker.write_text, f"{copied} experiment(s) copied to PostgreSQL\n")
         log.info("Copied %d experiment(s) from %s into the service database.", copied, path)
+
+    def _changed(self, experiment_id: str, what: str = "experiment") -> None:
+        if self.on_change is not None:
+            self.on_change(experiment_id, what)
 
     def _engine_main(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -298,6 +306,7 @@ class ExperimentManager:
             if not self._closing:
                 await self._final(live, status, message)
             live.done = True
+            self._changed(live.id)  # no longer live: its answers say so
             self._to_api(self._close_streams, live)
 
     async def _final(self, live: _Live, status: str, message: str | None) -> None:
@@ -320,6 +329,7 @@ class ExperimentManager:
                 experiment_id,
             )
         )
+        self._changed(experiment_id)
 
     # ------------------------------------------------------------------ control
 
