@@ -507,11 +507,12 @@ class ExperimentService:
         assert isinstance(user, User)
         return user
 
-    @staticmethod
-    async def _body(request: web.Request) -> bytes:
-        """The request's bytes; a body that cannot be decoded (Content-Encoding) is a 400."""
+    async def _body(self, request: web.Request) -> bytes:
+        """The request's bytes; a body that cannot be decoded (Content-Encoding) is a 400. No database
+        connection is held while a client sends it (slowly, maybe)."""
         try:
-            return await request.read()
+            async with self.db.unbound():
+                return await request.read()
         except RequestPayloadError as exc:
             encoding = request.headers.get("Content-Encoding", "identity")
             log.debug("Undecodable request body: %r", exc)
@@ -519,8 +520,7 @@ class ExperimentService:
                 400, f"The request body cannot be decoded: it is not valid Content-Encoding {encoding[:40]!r} data."
             ) from None
 
-    @classmethod
-    async def _json(cls, request: web.Request, *, optional: bool = False) -> Any:
+    async def _json(self, request: web.Request, *, optional: bool = False) -> Any:
         if not request.can_read_body:
             if optional:
                 return None
@@ -532,7 +532,7 @@ class ExperimentService:
             raise HTTPProblem(
                 415, f"The request body's charset {charset[:40]!r} is unknown; send JSON as UTF-8."
             ) from None
-        data = await cls._body(request)
+        data = await self._body(request)
         try:
             text = data.decode(charset)
         except (UnicodeDecodeError, ValueError):
@@ -787,8 +787,10 @@ class ExperimentService:
             policy=self.settings.policy,
         )
         # Off the API loop: the first tuner of a kind imports its library (optuna: 150 ms idle, more on a
-        # busy machine), and a custom tuner runs the user's code; every request waited for that.
-        tuner = await asyncio.to_thread(self._tuner_for, config)
+        # busy machine), and a custom tuner runs the user's code; every request waited for that. Without
+        # a database connection: 50 creates at once held all 20 of the pool meanwhile.
+        async with self.db.unbound():
+            tuner = await asyncio.to_thread(self._tuner_for, config)
         trials, gpus = resource_need(config)
         experiment_id = new_trial_id(8).lower()
         shown = redact(raw if isinstance(raw, dict) else {})
@@ -866,7 +868,8 @@ class ExperimentService:
         self.manager.forget(experiment_id)
         await self.manager.purge(experiment_id)
         exp_dir = self.workspace_dir(row.user_name, row.workspace) / "experiments" / experiment_id
-        await asyncio.to_thread(shutil.rmtree, exp_dir, True)
+        async with self.db.unbound():
+            await asyncio.to_thread(shutil.rmtree, exp_dir, True)
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM svc_experiments WHERE id = $1", experiment_id)
             await audit(tx, actor or user.name, "experiment.delete", f"{row.user_name}/{row.workspace}/{experiment_id}")
@@ -1011,9 +1014,10 @@ class ExperimentService:
         await self._before_user_files(user.name)
         self._identity(user.name)
         try:
-            await asyncio.to_thread(
-                write_file_nofollow, self.data_dir / "workspaces", [user.name, workspace, "code", *parts], data
-            )
+            async with self.db.unbound():
+                await asyncio.to_thread(
+                    write_file_nofollow, self.data_dir / "workspaces", [user.name, workspace, "code", *parts], data
+                )
         except SymlinkRefused as exc:
             raise HTTPProblem(
                 409, f"The file {rel!r} cannot be written: {exc.strerror} (links are never followed)."

@@ -182,8 +182,10 @@ class ExperimentManager:
         return [t for t in asyncio.all_tasks(self._loop) if not t.done()]
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the engine loop and wait for it from the API loop."""
-        return await asyncio.wrap_future(_threadsafe(coro, self._loop))
+        """Run ``coro`` on the engine loop and wait for it from the API loop. A request's database
+        connection goes back to the pool meanwhile (a stop can take minutes)."""
+        async with self.api_db.unbound():
+            return await asyncio.wrap_future(_threadsafe(coro, self._loop))
 
     async def _on_api(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the API loop (its database connection) and wait for it from the engine loop."""
