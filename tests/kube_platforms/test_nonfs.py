@@ -244,8 +244,8 @@ async def test_a_rotated_log_delivers_the_records_before_its_gap_and_reads_strea
     records 1 and 2 are framed, then 7 MiB of output push them out of the log before it is read. The
     records after the gap (3, 4 and the exit) are not delivered (never a hole), the manager warns once that
     #1 is missing, and the trial ends by its job's state (and its exit, which the log still has). The log is
-    streamed: reading the 3 MiB left of it back holds a small part at a time (5 MiB when it was read whole),
-    and a tail of ``stdout`` asks for the last lines only."""
+    streamed: reading the 3 MiB left of it back holds a small part at a time (read whole, it took 2.6 times
+    the log's size), and a tail of ``stdout`` asks for the last lines only."""
     cluster.kubelet.container_log_max_size = 4 << 20
     async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=60.0) as server:
         with TcpProxy(("127.0.0.1", server.port)) as proxy:
@@ -291,7 +291,7 @@ async def test_a_rotated_log_delivers_the_records_before_its_gap_and_reads_strea
     assert [seq for seq, _data in records] == [3, 4] and ended is not None and ended["record_count"] == 5
     gaps = [r.getMessage() for r in caplog.records if "neither delivered nor in its pod's log" in r.getMessage()]
     assert len(gaps) == 1 and "2 metric record(s) from #1 on" in gaps[0], gaps
-    assert len(log) > 2 << 20 and peak < 1 << 20, (len(log), peak)
+    assert len(log) > 2.5 * 2**20 and peak < 1.5 * 2**20, (len(log), peak)
     text = "".join(line for line in log.splitlines(keepends=True) if not line.startswith(("@nni-ts:m1", "@nni-ts:x1")))
     assert tail == text.encode()[-1000:] and b"@nni-ts:" not in tail
     assert cluster.server.log_queries[-1][2] == {"tailLines": "100"}
