@@ -358,7 +358,7 @@ class _Job:
     ``single``: it is one statement (atomic by itself: alone, it needs no BEGIN and COMMIT).
     ``op``: the same write as an operation of ``nni_ts_write_batch`` (kind, arguments), if it has one."""
 
-    __slots__ = ("future", "op", "run", "single", "write")
+    __slots__ = ("experiment_id", "future", "op", "run", "single", "write")
 
     def __init__(
         self,
@@ -367,12 +367,14 @@ class _Job:
         future: asyncio.Future[Any],
         single: bool,
         op: tuple[str, tuple[Any, ...]] | None,
+        experiment_id: str = "",
     ) -> None:
         self.run = run
         self.write = write
         self.future = future
         self.single = single
         self.op = op
+        self.experiment_id = experiment_id
 
 
 class _Lane:
@@ -423,6 +425,27 @@ class PostgresStorage(ExperimentStorage):
         self._lanes: dict[str, _Lane] = {}
         self._tasks = TaskSupervisor("experiment-storage")
         self._closed = False
+        #: Called as ``listener(experiment_id, what)`` after each write's COMMIT (``what``: "trials",
+        #: "metrics" or "experiment"), on the storage's loop; see :meth:`add_commit_listener`.
+        self._commit_listeners: list[Callable[[str, str], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(experiment_id, what)`` right after each write has committed, ``what`` being
+        "trials", "metrics" or "experiment".
+        The service's read cache learns this way that an experiment's answers changed."""
+        self._commit_listeners.append(listener)
+
+    def _committed(self, job: _Job) -> None:
+        """Tell the commit listeners about a write that has just committed: right after the COMMIT
+        returned, before its caller is resumed (a turn of the loop later)."""
+        if not job.write or not self._commit_listeners:
+            return
+        what = "experiment" if job.op is None else "metrics" if job.op[0] == "m" else "trials"
+        for listener in self._commit_listeners:
+            try:
+                listener(job.experiment_id, what)
+            except Exception:
+                log.exception("A commit listener of the experiment storage failed.")
 
     @classmethod
     async def connect(cls, url: str, *, password: str | None = None, pool_size: int = 10) -> PostgresStorage:
@@ -482,7 +505,7 @@ class PostgresStorage(ExperimentStorage):
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
-        lane.jobs.append(_Job(run, write, future, single, op))
+        lane.jobs.append(_Job(run, write, future, single, op, experiment_id))
         if lane.task is None:
             lane.task = self._tasks.spawn(self._drain(key, lane), name=key)
         return future
@@ -542,6 +565,7 @@ class PostgresStorage(ExperimentStorage):
             if not job.future.done():
                 job.future.set_exception(_pg_failure(exc, self.location))
             return
+        self._committed(job)
         if not job.future.done():
             job.future.set_result(result)
 
@@ -588,6 +612,8 @@ class PostgresStorage(ExperimentStorage):
             for job in jobs:
                 await self._run_one(conn, job, transaction=True)
             return
+        for job in jobs:
+            self._committed(job)
         for job, result in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)
