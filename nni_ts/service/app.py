@@ -181,7 +181,7 @@ class ExperimentService:
             self._db = None
             raise
         self._manager = manager
-        if not on_sqlite and self.settings.read_cache:
+        if not on_sqlite and self.settings.read_cache and self._db.notifies:
             self.read_cache = ReadCache()
             manager.on_change = self.read_cache.changed
             self.change_feed = ChangeFeed(self.database_url, self.read_cache, password=password)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextvars
+import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -25,6 +26,8 @@ from ..errors import StoreError, UserError
 from ..tasks import TaskSupervisor
 
 __all__ = ["Database", "open_database"]
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -93,6 +96,8 @@ class Database(abc.ABC):
 
     url: str
     dialect: str
+    #: Changes to users and experiments are notified (PostgreSQL, its triggers installed).
+    notifies: bool = False
 
     @abc.abstractmethod
     async def execute(self, sql: str, *args: Any) -> int:
@@ -138,10 +143,17 @@ class Database(abc.ABC):
             # Changes to users and experiments, by any client, are notified (see readcache).
             from .readcache import notify_schema
 
-            async with self.transaction() as tx:
-                await tx.execute("SELECT pg_advisory_xact_lock(7140015)")  # replicas starting at once
-                for statement in notify_schema():
-                    await tx.execute(statement)
+            try:
+                async with self.transaction() as tx:
+                    await tx.execute("SELECT pg_advisory_xact_lock(7140015)")  # replicas starting at once
+                    await tx.execute(notify_schema())
+                self.notifies = True
+            except StoreError as exc:  # e.g. a role that may use the tables but not add triggers to them
+                log.warning(
+                    "The read cache is off: the service cannot install its change notifications (%s); "
+                    "every poll reads the database.",
+                    exc,
+                )
         row = await self.fetchrow("SELECT value FROM svc_meta WHERE key = $1", "schema_version")
         if row is None:
             await self.execute(

@@ -42,44 +42,53 @@ log = logging.getLogger(__name__)
 
 #: The notification channel of changes to the service's tables.
 CHANNEL = "nni_ts_svc"
+_FUNCTION = "nni_ts_svc_changed_v1"
 #: The listening connection's ``application_name`` (as ``pg_stat_activity`` shows it).
 APPLICATION = "nni-ts read-cache feed"
 
 Kind = Literal["details", "metrics"]
 
 
-def notify_schema() -> list[str]:
-    """PostgreSQL statements that make every change to ``svc_users`` and ``svc_experiments``, by any
-    client, send a notification on :data:`CHANNEL` (run under the schema's advisory lock).
+def notify_schema() -> str:
+    """A PostgreSQL statement that makes every change to ``svc_users`` and ``svc_experiments``, by
+    any client, send a notification on :data:`CHANNEL` (run under the schema's advisory lock). The
+    function and the triggers are created only when missing (their names carry a version): a replica
+    starting does not lock the tables others use, and needs no privilege once they are there.
 
     Not on INSERT: a new row cannot make a kept answer stale (only answers of existing experiments,
     for existing tokens, are kept). And PostgreSQL serialises the COMMITs of notifying transactions
     (one lock per database, held through the WAL flush): 50 experiments created at once took twice
     as long when each one's INSERT notified."""
-    return [
-        f"""CREATE OR REPLACE FUNCTION nni_ts_svc_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF TG_TABLE_NAME = 'svc_experiments' THEN
-                IF TG_OP = 'DELETE' THEN
-                    PERFORM pg_notify('{CHANNEL}', 'e:' || OLD.id);
-                ELSE
-                    PERFORM pg_notify('{CHANNEL}', 'e:' || NEW.id);
-                END IF;
+    triggers = {
+        "nni_ts_svc_users_changed_v1": "AFTER UPDATE OR DELETE OR TRUNCATE ON svc_users FOR EACH STATEMENT",
+        "nni_ts_svc_experiments_changed_v1": "AFTER UPDATE OR DELETE ON svc_experiments FOR EACH ROW",
+        "nni_ts_svc_experiments_truncated_v1": "AFTER TRUNCATE ON svc_experiments FOR EACH STATEMENT",
+    }
+    creates = "\n".join(
+        f"IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{name}') THEN "
+        f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION {_FUNCTION}(); END IF;"
+        for name, when in triggers.items()
+    )
+    return f"""
+    DO $d$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = '{_FUNCTION}') THEN
+    CREATE FUNCTION {_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS $f$
+    BEGIN
+        IF TG_TABLE_NAME = 'svc_experiments' AND TG_LEVEL = 'ROW' THEN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('{CHANNEL}', 'e:' || OLD.id);
             ELSE
-                PERFORM pg_notify('{CHANNEL}', 'all');
+                PERFORM pg_notify('{CHANNEL}', 'e:' || NEW.id);
             END IF;
-            RETURN NULL;
-        END $$""",
-        "DROP TRIGGER IF EXISTS nni_ts_svc_users_changed ON svc_users",
-        "CREATE TRIGGER nni_ts_svc_users_changed AFTER UPDATE OR DELETE OR TRUNCATE ON svc_users "
-        "FOR EACH STATEMENT EXECUTE FUNCTION nni_ts_svc_changed()",
-        "DROP TRIGGER IF EXISTS nni_ts_svc_experiments_changed ON svc_experiments",
-        "CREATE TRIGGER nni_ts_svc_experiments_changed AFTER UPDATE OR DELETE ON svc_experiments "
-        "FOR EACH ROW EXECUTE FUNCTION nni_ts_svc_changed()",
-        "DROP TRIGGER IF EXISTS nni_ts_svc_experiments_truncated ON svc_experiments",
-        "CREATE TRIGGER nni_ts_svc_experiments_truncated AFTER TRUNCATE ON svc_experiments "
-        "FOR EACH STATEMENT EXECUTE FUNCTION nni_ts_svc_changed()",
-    ]
+        ELSE
+            PERFORM pg_notify('{CHANNEL}', 'all');
+        END IF;
+        RETURN NULL;
+    END $f$;
+    END IF;
+    {creates}
+    END $d$;
+    """
 
 
 class ReadCache:

@@ -174,3 +174,38 @@ async def test_sqlite_keeps_no_read_cache(svc: Running) -> None:
         assert svc.service.read_cache is None and svc.service.change_feed is None
     else:
         assert svc.service.read_cache is not None
+
+
+@pytest.mark.slow
+async def test_a_database_that_refuses_the_change_notifications_gets_a_service_without_read_cache(
+    svc_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If installing the change notifications fails (a role without the privilege, a database that
+    refuses the function), the service still starts, with the read cache off (every poll reads the
+    database) and a warning saying why. The failure is simulated by a statement PostgreSQL refuses."""
+    from service_support import running_service
+
+    from nni_ts.service import ServiceSettings, readcache
+
+    monkeypatch.setattr(readcache, "notify_schema", lambda: "SELECT nni_ts_no_such_function()")
+    db = await open_database(svc_url)
+    try:
+        assert not db.notifies
+        token = str(await users_mod.add_user(db, "alice"))
+    finally:
+        await db.close()
+    assert "cannot install its change notifications" in caplog.text
+    settings = ServiceSettings(data_dir=tmp_path / "svc", database_url=svc_url)
+    async with running_service(settings) as (service, api, _base):
+        assert service.read_cache is None and service.change_feed is None
+        created = await api.ok("POST", "/workspaces/w/experiments", token=token, json=quick_config(trials=1))
+        shown = await api.wait_experiment(created["id"], token)
+        assert shown["trialCounts"] == {"SUCCEEDED": 1}
+
+
+@pytest.fixture
+async def svc_url(postgres_server: Any) -> Any:
+    from nni_ts.testing.postgres import new_database
+
+    async with new_database(postgres_server) as url:
+        yield url
