@@ -457,3 +457,172 @@ async def test_a_queued_trial_outwaits_the_pending_timeout_and_can_be_cancelled(
         release.touch()
         done = await wait_for_status(service, first.id, timeout=60)
         assert done.status is TrialJobStatus.SUCCEEDED, done.message
+
+
+#: The resumed trial: two intermediate results, then it waits (bounded) until the test releases it (the file
+#: RELEASE), then the final result. Each run appends a line to RUNS.
+RESUMED_TRIAL = textwrap.dedent(
+    """
+    import os, time
+    import nni
+
+    params = nni.get_next_parameter()
+    with open(RUNS, "a") as fh:
+        fh.write("run\\n")
+    nni.report_intermediate_result(1)
+    nni.report_intermediate_result(2)
+    for _ in range(1200):
+        if os.path.exists(RELEASE):
+            break
+        time.sleep(0.05)
+    nni.report_final_result(params["x"])
+    """
+)
+
+
+def _quota(cluster: FakeCluster, cpu: str) -> None:
+    """Change the ClusterQueue's CPU quota (make_queues') to ``cpu``."""
+    resources = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "64Gi"}]
+    groups = [{"coveredResources": ["cpu", "memory"], "flavors": [{"name": "default-flavor", "resources": resources}]}]
+    cluster.patch("clusterqueues", "cluster-queue", {"spec": {"resourceGroups": groups}})
+
+
+def _stored(experiment: str) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The experiment's trials and each one's metrics, as the store has them now."""
+    from nni_ts.errors import StoreError
+    from nni_ts.storage import open_store
+
+    try:
+        with open_store(readonly=True) as s:
+            trials = s.list_trials(experiment, with_detail=True)
+            return trials, {t.id: s.metrics(experiment, t.id) for t in trials}
+    except StoreError:  # the first manager has not created the store yet
+        return [], {}
+
+
+def _metric_counts(experiment: str) -> list[tuple[Any, int]]:
+    trials, metrics = _stored(experiment)
+    return [(t, len(metrics[t.id])) for t in trials]
+
+
+@pytest.mark.slow
+async def test_a_requeued_trial_stays_the_same_waiting_trial_across_a_resume(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str
+) -> None:
+    """The manager (``nni-ts create``) is SIGKILLed while Kueue holds a trial it preempted, the evicted run's pod
+    still ending: ``Experiment.resume`` re-attaches it as the same WAITING trial (no resubmission, no second
+    object, its two delivered metrics kept, not a failure; the evicted run's keeper, still reporting its SIGTERM
+    exit, neither makes it RUNNING nor ends it), and when Kueue admits it again it runs anew and its metrics
+    arrive once."""
+    import os
+    import signal
+    import sys
+
+    from nni_ts.storage import open_store
+
+    exp_id = "kueueresume"
+    make_queues(cluster, cpu="1")
+    code = tmp_path / "code"
+    code.mkdir()
+    release, runs = tmp_path / "release", tmp_path / "runs"
+    (code / "trial.py").write_text(f"RELEASE = {str(release)!r}\nRUNS = {str(runs)!r}\n" + RESUMED_TRIAL)
+    platform_config = config_for(platform, cluster, nfs_dir, code, "python3 trial.py", queueName=QUEUE)
+    config = {
+        "experimentName": "kueue-resume",
+        "searchSpace": {"x": {"_type": "choice", "_value": [0.5]}},
+        "trialCommand": "python3 trial.py",
+        "trialCodeDirectory": str(code),
+        "trialConcurrency": 1,
+        "maxTrialNumber": 1,
+        "tuner": {"name": "GridSearch"},
+        "experimentWorkingDirectory": str(tmp_path / "home"),
+        "trainingService": platform_config,
+    }
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+
+    async def until(predicate: Any, what: str, timeout: float = 60) -> Any:
+        async with asyncio.timeout(timeout):
+            while not (value := predicate()):
+                await asyncio.sleep(0.1)
+        assert value, what
+        return value
+
+    with (tmp_path / "manager.log").open("w") as log:
+        manager = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "nni_ts.cli", "create", "-c", str(tmp_path / "config.yml"), "--id", exp_id],
+            "--quiet",
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        # The first manager: the trial runs and delivered its two intermediate results.
+        (trial,) = await until(lambda: [t for t, n in _metric_counts(exp_id) if n == 2], "two metrics stored")
+        job = trial.detail.platform_data["job"]
+        # Kueue preempts it, and cannot admit it again (its quota is taken back): the trial is WAITING.
+        _quota(cluster, "0")
+        # The evicted run's pod ends as slowly as on a real cluster (terminationGracePeriodSeconds: cancelGracePeriod
+        # + 5): its keeper retries its SIGTERM exit's report (refused: the requeued trial is unregistered) meanwhile.
+        cluster.kubelet.grace_cap = 10.0
+        workload = next(w for w in cluster.list("workloads") if w["metadata"]["ownerReferences"][0]["name"] == job)
+        cluster.kueue.preempt("default", workload["metadata"]["name"])
+        await until(
+            lambda: (
+                (t := _stored(exp_id)[0][0]).status is TrialJobStatus.WAITING
+                and "Preempted by Kueue" in (t.message or "")
+            ),
+            "the trial requeued in the store",
+        )
+    finally:
+        os.kill(manager.pid, signal.SIGKILL)  # the manager dies: no clean-up, the Job and its Workload stay
+        await manager.wait()
+    release.touch()  # the next run goes to its end
+    # While no manager runs, Kueue's reason changes (a smaller quota, still too small for the trial's 0.5 CPU).
+    _quota(cluster, "0.25")
+
+    store = open_store()
+    service = PLATFORMS[platform][1](platform_config, experiment_id=exp_id, experiment_dir=tmp_path / "home" / exp_id)
+    statuses: list[TrialJobDetail] = []
+    metrics: list[TrialJobMetric] = []
+    service.events.on("trial_status", lambda d: statuses.append(d) if d.id == trial.id else None)
+    service.add_trial_job_metric_listener(metrics.append)
+    exp = Experiment.resume(exp_id, store=store, service=service, control_socket=False)
+    task = asyncio.create_task(exp.run())
+    try:
+        # Re-attached, it read its Workload: the same WAITING trial, with Kueue's reason of now.
+        await until(
+            lambda: any("0.25 more needed" in (d.message or "") for d in statuses) or task.done(), "Kueue's reason"
+        )
+        assert not task.done(), task
+        now = service.reporter.detail(trial.id)
+        assert now.status is TrialJobStatus.WAITING and (now.message or "").startswith("Preempted by Kueue"), now
+        stored, stored_metrics = _stored(exp_id)
+        assert [(t.id, t.attempt, t.status) for t in stored] == [(trial.id, 1, TrialJobStatus.WAITING)]
+        assert len(stored_metrics[trial.id]) == 2
+        objects = cluster.list(service.plural, label_selector=f"nni-ts.io/trial={trial.id}")
+        assert [o["metadata"]["name"] for o in objects] == [job] and kq.is_suspended(objects[0])
+        # Kueue admits it again: it runs in a new pod, to its end.
+        _quota(cluster, "1")
+        async with asyncio.timeout(120):
+            result = await task
+    finally:
+        if not task.done():
+            exp.stop("the test ended")
+            await asyncio.wait_for(task, 60)
+        store.close()
+
+    assert result.status == "DONE", result.message
+    assert [(t.id, t.attempt, t.status) for t in result.trials] == [(trial.id, 1, TrialJobStatus.SUCCEEDED)], [
+        (t.id, t.status, t.message) for t in result.trials
+    ]
+    assert runs.read_text() == "run\nrun\n"  # the preempted run and the one after the resume; no other
+    # WAITING from its re-attach until Kueue admitted it again; never FAILED or UNKNOWN, nor RUNNING early.
+    changes = [d.status for d in statuses]
+    compact = [c for i, c in enumerate(changes) if i == 0 or changes[i - 1] is not c]
+    assert compact == [TrialJobStatus.WAITING, TrialJobStatus.RUNNING, TrialJobStatus.SUCCEEDED], statuses
+    # Every metric once: the resumed manager got only the final result (the new run's 1 and 2 were skipped).
+    assert [(m.trial_job_id, m.sequence) for m in metrics] == [(trial.id, 2)]
+    stored, stored_metrics = _stored(exp_id)
+    values = [json.loads(m.data)["value"] for m in stored_metrics[trial.id]]
+    assert [m.type for m in stored_metrics[trial.id]] == ["PERIODICAL", "PERIODICAL", "FINAL"], values
+    assert [float(v) for v in values] == [1, 2, 0.5], values
+    assert stored[0].detail is not None and stored[0].detail.platform_data["requeues"] == 1
