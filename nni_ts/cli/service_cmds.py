@@ -49,6 +49,13 @@ def add_parsers(sub: Any, parser_class: type[argparse.ArgumentParser]) -> None:
         help="PostgreSQL connections the experiments write their trials and metrics on (default 10).",
     )
     s.add_argument(
+        "--no-read-cache",
+        dest="read_cache",
+        action="store_false",
+        help="PostgreSQL: read every poll of an experiment from the database, even when it has not changed "
+        "(by default this replica answers repeated polls of the experiments it runs from memory).",
+    )
+    s.add_argument(
         "--trial-user",
         help="Run trials as this unprivileged OS user ('nni-{user}': one per service user); "
         "the service must run as root. Without it trials run as the service's own user.",
@@ -275,6 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
         storage_pool_size=args.storage_pool_size,
         trial_env=tuple(args.trial_env),
         database_password=_db_password(args),
+        read_cache=args.read_cache,
     )
     root = logging.getLogger("nni_ts")
     root.setLevel(logging.INFO)

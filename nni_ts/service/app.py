@@ -46,6 +46,7 @@ from .isolation import (
 )
 from .manager import ExperimentManager
 from .openapi import ID_PATTERN, openapi_document
+from .readcache import ChangeFeed, Kind, ReadCache
 from .repository import EXPERIMENT_COLUMNS, TRIAL_COLUMNS, ExperimentRow, ExtendRequest, TrialRow, parse_extend
 from .users import User, audit, check_name
 
@@ -96,6 +97,9 @@ class ServiceSettings:
     trial_env: tuple[str, ...] = ()
     #: The PostgreSQL password, when the URL has none (read from a file or the environment).
     database_password: str | None = field(default=None, repr=False)
+    #: PostgreSQL: answer repeated polls of a live experiment from memory while it has not changed
+    #: (nni_ts.service.readcache). SQLite reads in-process and keeps nothing.
+    read_cache: bool = True
 
 
 class HTTPProblem(Exception):
@@ -127,6 +131,9 @@ class ExperimentService:
         # The tables the experiments write their trials and metrics to (set by start()).
         self._trial_table = "exp_trials"
         self._metric_table = "exp_metrics"
+        #: PostgreSQL with ``settings.read_cache``: the polled answers (set by start()).
+        self.read_cache: ReadCache | None = None
+        self.change_feed: ChangeFeed | None = None
 
     @property
     def db(self) -> Database:
@@ -174,6 +181,11 @@ class ExperimentService:
             self._db = None
             raise
         self._manager = manager
+        if not on_sqlite and self.settings.read_cache:
+            self.read_cache = ReadCache()
+            manager.on_change = self.read_cache.changed
+            self.change_feed = ChangeFeed(self.database_url, self.read_cache, password=password)
+            self._tasks.spawn(self.change_feed.run(), name="read-cache-feed")
         databases = [store_path]
         if self.database_url.startswith("sqlite:///"):
             databases.append(Path(self.database_url[len("sqlite:///") :]).expanduser())
@@ -355,8 +367,56 @@ class ExperimentService:
             return await handler(request)
         if request.path.endswith("/events"):  # a stream: no connection held for its whole life
             return await self._authenticated(request, handler)
-        async with self.db.bound():  # one pooled connection for the request's every statement
-            return await self._authenticated(request, handler)
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            polled = self._polled(request) if request.method == "GET" else None
+            if polled is not None and self.read_cache is not None and self.read_cache.enabled:
+                return await self._cached(request, handler, self.read_cache, *polled)
+            async with self.db.bound():  # one pooled connection for the request's every statement
+                return await self._authenticated(request, handler)
+        try:
+            async with self.db.bound():
+                return await self._authenticated(request, handler)
+        finally:
+            if self.read_cache is not None and _USER_KEY in request:  # a write: what is kept of it is stale
+                experiment_id = request.match_info.get("experiment_id")
+                if experiment_id is not None:
+                    self.read_cache.changed(experiment_id)
+                else:
+                    self.read_cache.clear()
+
+    @staticmethod
+    def _polled(request: web.Request) -> tuple[str, Kind] | None:
+        """(experiment id, which) of a GET the read cache answers: an experiment's details or metrics."""
+        experiment_id = request.match_info.get("experiment_id")
+        if experiment_id is None:
+            return None
+        if request.path == f"{API}/experiments/{experiment_id}":
+            return experiment_id, "details"
+        if request.path == f"{API}/experiments/{experiment_id}/metrics":
+            return experiment_id, "metrics"
+        return None
+
+    async def _cached(
+        self, request: web.Request, handler: Handler, cache: ReadCache, experiment_id: str, kind: Kind
+    ) -> web.StreamResponse:
+        """A polled answer from the read cache when nothing it depends on changed since it was read
+        with this token; else read (token check and answer in one statement) and kept. Only the
+        experiments this replica runs are kept: their trials and metrics are written here."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or not self.manager.is_live(experiment_id):
+            async with self.db.bound():
+                return await self._authenticated(request, handler)
+        key = (users_mod.hash_token(token), request.path_qs)
+        kept = cache.get(key, experiment_id, kind)
+        if kept is not None:
+            return web.Response(body=kept[0], headers={"Content-Type": kept[1]})
+        stamp = cache.stamp(experiment_id, kind)  # before the read: a write during it makes it stale
+        async with self.db.bound():
+            response = await self._authenticated(request, handler)
+        if response.status == 200 and isinstance(response, web.Response) and isinstance(response.body, bytes):
+            cache.put(key, stamp, response.body, response.headers.get("Content-Type", "application/json"))
+        return response
 
     async def _authenticated(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         legacy = request.path == f"{API}/nni-exp"
@@ -447,11 +507,12 @@ class ExperimentService:
         assert isinstance(user, User)
         return user
 
-    @staticmethod
-    async def _body(request: web.Request) -> bytes:
-        """The request's bytes; a body that cannot be decoded (Content-Encoding) is a 400."""
+    async def _body(self, request: web.Request) -> bytes:
+        """The request's bytes; a body that cannot be decoded (Content-Encoding) is a 400. No database
+        connection is held while a client sends it (slowly, maybe)."""
         try:
-            return await request.read()
+            async with self.db.unbound():
+                return await request.read()
         except RequestPayloadError as exc:
             encoding = request.headers.get("Content-Encoding", "identity")
             log.debug("Undecodable request body: %r", exc)
@@ -459,8 +520,7 @@ class ExperimentService:
                 400, f"The request body cannot be decoded: it is not valid Content-Encoding {encoding[:40]!r} data."
             ) from None
 
-    @classmethod
-    async def _json(cls, request: web.Request, *, optional: bool = False) -> Any:
+    async def _json(self, request: web.Request, *, optional: bool = False) -> Any:
         if not request.can_read_body:
             if optional:
                 return None
@@ -472,7 +532,7 @@ class ExperimentService:
             raise HTTPProblem(
                 415, f"The request body's charset {charset[:40]!r} is unknown; send JSON as UTF-8."
             ) from None
-        data = await cls._body(request)
+        data = await self._body(request)
         try:
             text = data.decode(charset)
         except (UnicodeDecodeError, ValueError):
@@ -727,8 +787,10 @@ class ExperimentService:
             policy=self.settings.policy,
         )
         # Off the API loop: the first tuner of a kind imports its library (optuna: 150 ms idle, more on a
-        # busy machine), and a custom tuner runs the user's code; every request waited for that.
-        tuner = await asyncio.to_thread(self._tuner_for, config)
+        # busy machine), and a custom tuner runs the user's code; every request waited for that. Without
+        # a database connection: 50 creates at once held all 20 of the pool meanwhile.
+        async with self.db.unbound():
+            tuner = await asyncio.to_thread(self._tuner_for, config)
         trials, gpus = resource_need(config)
         experiment_id = new_trial_id(8).lower()
         shown = redact(raw if isinstance(raw, dict) else {})
@@ -806,7 +868,8 @@ class ExperimentService:
         self.manager.forget(experiment_id)
         await self.manager.purge(experiment_id)
         exp_dir = self.workspace_dir(row.user_name, row.workspace) / "experiments" / experiment_id
-        await asyncio.to_thread(shutil.rmtree, exp_dir, True)
+        async with self.db.unbound():
+            await asyncio.to_thread(shutil.rmtree, exp_dir, True)
         async with self.db.transaction() as tx:
             await tx.execute("DELETE FROM svc_experiments WHERE id = $1", experiment_id)
             await audit(tx, actor or user.name, "experiment.delete", f"{row.user_name}/{row.workspace}/{experiment_id}")
@@ -951,9 +1014,10 @@ class ExperimentService:
         await self._before_user_files(user.name)
         self._identity(user.name)
         try:
-            await asyncio.to_thread(
-                write_file_nofollow, self.data_dir / "workspaces", [user.name, workspace, "code", *parts], data
-            )
+            async with self.db.unbound():
+                await asyncio.to_thread(
+                    write_file_nofollow, self.data_dir / "workspaces", [user.name, workspace, "code", *parts], data
+                )
         except SymlinkRefused as exc:
             raise HTTPProblem(
                 409, f"The file {rel!r} cannot be written: {exc.strerror} (links are never followed)."

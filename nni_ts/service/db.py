@@ -115,6 +115,13 @@ class Database(abc.ABC):
         """Everything in this block uses one connection (PostgreSQL); SQLite has only one."""
         yield
 
+    @asynccontextmanager
+    async def unbound(self) -> AsyncIterator[None]:
+        """Inside :meth:`bound`, a wait with no statement (a request body arriving, a tuner being built,
+        an experiment stopping): the block's connection goes back to the pool meanwhile (PostgreSQL),
+        and the next statement takes one again. Inside a transaction it is kept."""
+        yield
+
     @abc.abstractmethod
     def transaction(self) -> Any:
         """``async with db.transaction() as tx:`` where ``tx`` has execute/fetch/fetchrow."""
@@ -127,6 +134,14 @@ class Database(abc.ABC):
         for statement in _TABLES.format(serial=serial).split(";"):
             if statement.strip():
                 await self.execute(statement)
+        if self.dialect == "postgresql":
+            # Changes to users and experiments, by any client, are notified (see readcache).
+            from .readcache import notify_schema
+
+            async with self.transaction() as tx:
+                await tx.execute("SELECT pg_advisory_xact_lock(7140015)")  # replicas starting at once
+                for statement in notify_schema():
+                    await tx.execute(statement)
         row = await self.fetchrow("SELECT value FROM svc_meta WHERE key = $1", "schema_version")
         if row is None:
             await self.execute(
@@ -266,8 +281,17 @@ async def _reset(conn: Any) -> None:
         await conn.execute("ROLLBACK")
 
 
-#: The connection bound to the current request (see :meth:`PostgresDatabase.bound`): (database, connection).
-_BOUND: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar("nni_ts_service_db", default=None)
+class _Binding:
+    """The connection of one :meth:`PostgresDatabase.bound` block: taken at its first statement."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+
+
+#: The binding of the current request (see :meth:`PostgresDatabase.bound`): (database, binding).
+_BOUND: contextvars.ContextVar[tuple[Any, _Binding] | None] = contextvars.ContextVar("nni_ts_service_db", default=None)
 
 
 class PostgresDatabase(Database):
@@ -309,43 +333,77 @@ class PostgresDatabase(Database):
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
-    def _conn(self) -> Any:
+    def _binding(self) -> _Binding | None:
         bound = _BOUND.get()
         return bound[1] if bound is not None and bound[0] is self else None
 
+    async def _conn(self) -> Any:
+        """The current block's connection, taken from the pool at its first statement; None outside
+        :meth:`bound` (then a statement takes one for itself)."""
+        binding = self._binding()
+        if binding is None:
+            return None
+        if binding.conn is None:
+            with _pg_errors(self.url):
+                conn = await self._pool.acquire()
+            if binding.conn is None:
+                binding.conn = conn
+            else:  # another statement of the block took one meanwhile: one connection per block
+                self._give_back(conn)
+        return binding.conn
+
+    def _give_back(self, conn: Any) -> None:
+        """A clean connection back to the pool, in the background: asyncpg's ``Pool.release`` runs in
+        a shielded task of its own, so awaiting it costs the request two or three turns of a busy
+        event loop before its answer is sent (p50 2-3 ms of a 9-13 ms poll in
+        ``bench/bench_service.py``)."""
+        self._releases.spawn(self._pool.release(conn), name="release")
+
     @asynccontextmanager
     async def bound(self) -> AsyncIterator[None]:
-        """Use one pooled connection for everything in this block (an HTTP request).
+        """Use one pooled connection for everything in this block (an HTTP request), taken at its
+        first statement (a request that reads nothing takes none) and given back at its end, or
+        meanwhile by :meth:`unbound` around a long wait.
 
         A block that ends normally, outside a transaction, hands its connection back in the
-        background: asyncpg's ``Pool.release`` runs in a shielded task of its own, so awaiting it
-        costs the request two or three turns of a busy event loop before its answer is sent (p50
-        2-3 ms of a 9-13 ms poll in ``bench/bench_service.py``). A block that raised, or left a
-        transaction open, waits for the release (which rolls back) as before."""
-        if self._conn() is not None:
+        background (:meth:`_give_back`). A block that raised, or left a transaction open, waits for
+        the release (which rolls back) as before."""
+        if self._binding() is not None:
             yield
             return
-        with _pg_errors(self.url):
-            conn = await self._pool.acquire()
-        token = _BOUND.set((self, conn))
+        binding = _Binding()
+        token = _BOUND.set((self, binding))
         clean = False
         try:
             yield
-            clean = not conn.is_in_transaction()
+            clean = binding.conn is None or not binding.conn.is_in_transaction()
         finally:
             _BOUND.reset(token)
-            if clean and not self._releases.closed:
-                self._releases.spawn(self._pool.release(conn), name="release")
-            else:
+            conn, binding.conn = binding.conn, None
+            if conn is not None:
+                if clean and not self._releases.closed:
+                    self._give_back(conn)
+                else:
+                    await self._pool.release(conn)
+
+    @asynccontextmanager
+    async def unbound(self) -> AsyncIterator[None]:
+        binding = self._binding()
+        if binding is not None and binding.conn is not None and not binding.conn.is_in_transaction():
+            conn, binding.conn = binding.conn, None
+            if self._releases.closed:
                 await self._pool.release(conn)
+            else:
+                self._give_back(conn)
+        yield
 
     async def execute(self, sql: str, *args: Any) -> int:
         with _pg_errors(self.url):
-            return self._rowcount(await (self._conn() or self._pool).execute(sql, *args))
+            return self._rowcount(await (await self._conn() or self._pool).execute(sql, *args))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         with _pg_errors(self.url):
-            conn = self._conn()
+            conn = await self._conn()
             if conn is None:
                 await self._pool.executemany(sql, [tuple(r) for r in rows])
             else:
@@ -354,12 +412,12 @@ class PostgresDatabase(Database):
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         with _pg_errors(self.url):
-            return [tuple(r) for r in await (self._conn() or self._pool).fetch(sql, *args)]
+            return [tuple(r) for r in await (await self._conn() or self._pool).fetch(sql, *args)]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PgTx]:
         with _pg_errors(self.url):
-            conn = self._conn()
+            conn = await self._conn()
             if conn is not None:
                 async with conn.transaction():
                     yield _PgTx(conn)

@@ -112,6 +112,9 @@ class ExperimentManager:
         self._api_loop: asyncio.AbstractEventLoop | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._engine_main, name="nni-ts-service-engine", daemon=True)
+        #: Told ``(experiment_id, what)`` when an experiment's stored state changed, after the change
+        #: is committed ("trials", "metrics" or "experiment"); from either thread (the read cache).
+        self.on_change: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------------ the engine thread
 
@@ -138,6 +141,7 @@ class ExperimentManager:
                 url, password=self.database_password, pool_size=self.storage_pool_size
             )
             self._storage = storage
+            storage.add_commit_listener(self._changed)
             if self.legacy_store is not None:
                 await self._import_legacy_store(storage, self.legacy_store)
 
@@ -162,6 +166,10 @@ class ExperimentManager:
         await asyncio.to_thread(marker.write_text, f"{copied} experiment(s) copied to PostgreSQL\n")
         log.info("Copied %d experiment(s) from %s into the service database.", copied, path)
 
+    def _changed(self, experiment_id: str, what: str = "experiment") -> None:
+        if self.on_change is not None:
+            self.on_change(experiment_id, what)
+
     def _engine_main(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._loop.run_forever()
@@ -174,8 +182,10 @@ class ExperimentManager:
         return [t for t in asyncio.all_tasks(self._loop) if not t.done()]
 
     async def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the engine loop and wait for it from the API loop."""
-        return await asyncio.wrap_future(_threadsafe(coro, self._loop))
+        """Run ``coro`` on the engine loop and wait for it from the API loop. A request's database
+        connection goes back to the pool meanwhile (a stop can take minutes)."""
+        async with self.api_db.unbound():
+            return await asyncio.wrap_future(_threadsafe(coro, self._loop))
 
     async def _on_api(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the API loop (its database connection) and wait for it from the engine loop."""
@@ -298,6 +308,7 @@ class ExperimentManager:
             if not self._closing:
                 await self._final(live, status, message)
             live.done = True
+            self._changed(live.id)  # no longer live: its answers say so
             self._to_api(self._close_streams, live)
 
     async def _final(self, live: _Live, status: str, message: str | None) -> None:
@@ -320,6 +331,7 @@ class ExperimentManager:
                 experiment_id,
             )
         )
+        self._changed(experiment_id)
 
     # ------------------------------------------------------------------ control
 

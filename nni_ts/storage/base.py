@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -423,6 +424,22 @@ class PostgresStorage(ExperimentStorage):
         self._lanes: dict[str, _Lane] = {}
         self._tasks = TaskSupervisor("experiment-storage")
         self._closed = False
+        #: Called as ``listener(experiment_id, what)`` after each write's COMMIT (``what``: "trials",
+        #: "metrics" or "experiment"), on the storage's loop; see :meth:`add_commit_listener`.
+        self._commit_listeners: list[Callable[[str, str], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(experiment_id, what)`` after each write has committed (or failed: then
+        nothing changed, and the call is harmless), ``what`` being "trials", "metrics" or "experiment".
+        The service's read cache learns this way that an experiment's answers changed."""
+        self._commit_listeners.append(listener)
+
+    def _written(self, experiment_id: str, what: str, _future: asyncio.Future[Any]) -> None:
+        for listener in self._commit_listeners:
+            try:
+                listener(experiment_id, what)
+            except Exception:
+                log.exception("A commit listener of the experiment storage failed.")
 
     @classmethod
     async def connect(cls, url: str, *, password: str | None = None, pool_size: int = 10) -> PostgresStorage:
@@ -483,6 +500,9 @@ class PostgresStorage(ExperimentStorage):
         if lane is None:
             lane = self._lanes[key] = _Lane()
         lane.jobs.append(_Job(run, write, future, single, op))
+        if write and self._commit_listeners:
+            what = "experiment" if op is None else "metrics" if op[0] == "m" else "trials"
+            future.add_done_callback(functools.partial(self._written, experiment_id, what))
         if lane.task is None:
             lane.task = self._tasks.spawn(self._drain(key, lane), name=key)
         return future

@@ -271,6 +271,51 @@ async def test_a_postgresql_request_does_not_wait_for_its_connection_to_go_back(
         assert len(db._releases) == 0
 
 
+async def test_a_request_waiting_for_its_body_or_the_engine_holds_no_database_connection(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    """Issue 14 (performance, and a denial of service): a request takes its connection at its first
+    statement and gives it back while it waits for something else: a body its client sends slowly, a
+    tuner being built, an experiment stopping. Before, the token check bound a connection for the whole
+    request: clients holding bodies back (or 50 creates at once) took the whole pool, and every other
+    request waited."""
+    from nni_ts.service import ServiceSettings
+
+    async with new_database(postgres_server) as url:
+        db = await open_database(url)
+        try:
+            token = str(await add_user(db, "alice"))
+        finally:
+            await db.close()
+        settings = ServiceSettings(data_dir=tmp_path / "svc", database_url=url, pool_size=2)
+        async with running_service(settings) as (service, api, base):
+            host, port = base.removeprefix("http://").split(":")
+            held = []
+            try:
+                for i in range(3):  # more uploads than the pool has connections, their bodies held back
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    writer.write(
+                        f"PUT /api/v1/workspaces/w/files/f{i}.py HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Bearer {token}\r\nContent-Length: 10\r\n\r\n12345".encode()
+                    )
+                    await writer.drain()
+                    held.append((reader, writer))
+                await asyncio.sleep(0.3)  # each has passed its token check and waits for the rest
+                async with asyncio.timeout(10):
+                    assert (await api.ok("GET", "/me", token=token))["name"] == "alice"
+                    created = await api.ok("POST", "/workspaces/w/experiments", token=token, json=quick_config())
+                    assert (await api.ok("GET", f"/experiments/{created['id']}", token=token))["id"] == created["id"]
+                for reader, writer in held:  # the held requests still complete
+                    writer.write(b"67890")
+                    await writer.drain()
+                    async with asyncio.timeout(10):
+                        assert (await reader.readline()).startswith(b"HTTP/1.1 201"), "upload failed"
+            finally:
+                for _, writer in held:
+                    writer.close()
+            await api.ok("POST", f"/experiments/{created['id']}/stop", token=token)
+
+
 async def test_without_a_trial_user_the_environment_is_still_an_allow_list(
     svc: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
