@@ -501,19 +501,21 @@ def _stored(experiment: str) -> tuple[list[Any], dict[str, list[Any]]]:
 
 
 def _metric_counts(experiment: str) -> list[tuple[Any, int]]:
+    """Each stored trial with the number of its stored metrics."""
     trials, metrics = _stored(experiment)
     return [(t, len(metrics[t.id])) for t in trials]
 
 
 @pytest.mark.slow
-async def test_a_requeued_trial_stays_the_same_waiting_trial_across_a_resume(
+async def test_requeued_trials_stay_the_same_waiting_trials_across_a_resume(
     cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str
 ) -> None:
-    """The manager (``nni-ts create``) is SIGKILLed while Kueue holds a trial it preempted, the evicted run's pod
-    still ending: ``Experiment.resume`` re-attaches it as the same WAITING trial (no resubmission, no second
-    object, its two delivered metrics kept, not a failure; the evicted run's keeper, still reporting its SIGTERM
-    exit, neither makes it RUNNING nor ends it), and when Kueue admits it again it runs anew and its metrics
-    arrive once."""
+    """The manager (``nni-ts create``) is SIGKILLed while Kueue holds trial A, which it preempted (A is WAITING,
+    the pod of its evicted run still ending, its keeper still retrying its SIGTERM exit's report); then Kueue
+    preempts trial B, RUNNING for the dead manager. ``Experiment.resume`` re-attaches both as the same trials,
+    WAITING (no resubmission, no second object, their two delivered metrics kept, not a failure; neither
+    RUNNING while Kueue holds it), and when Kueue admits them again they run anew and their metrics arrive
+    once."""
     import os
     import signal
     import sys
@@ -521,7 +523,7 @@ async def test_a_requeued_trial_stays_the_same_waiting_trial_across_a_resume(
     from nni_ts.storage import open_store
 
     exp_id = "kueueresume"
-    make_queues(cluster, cpu="1")
+    make_queues(cluster, cpu="1")  # each trial asks 0.5 CPU: both run
     code = tmp_path / "code"
     code.mkdir()
     release, runs = tmp_path / "release", tmp_path / "runs"
@@ -529,11 +531,11 @@ async def test_a_requeued_trial_stays_the_same_waiting_trial_across_a_resume(
     platform_config = config_for(platform, cluster, nfs_dir, code, "python3 trial.py", queueName=QUEUE)
     config = {
         "experimentName": "kueue-resume",
-        "searchSpace": {"x": {"_type": "choice", "_value": [0.5]}},
+        "searchSpace": {"x": {"_type": "choice", "_value": [0.25, 0.75]}},
         "trialCommand": "python3 trial.py",
         "trialCodeDirectory": str(code),
-        "trialConcurrency": 1,
-        "maxTrialNumber": 1,
+        "trialConcurrency": 2,
+        "maxTrialNumber": 2,
         "tuner": {"name": "GridSearch"},
         "experimentWorkingDirectory": str(tmp_path / "home"),
         "trainingService": platform_config,
@@ -547,6 +549,14 @@ async def test_a_requeued_trial_stays_the_same_waiting_trial_across_a_resume(
         assert value, what
         return value
 
+    def preempt(trial: Any) -> None:
+        job = trial.detail.platform_data["job"]
+        workload = next(w for w in cluster.list("workloads") if w["metadata"]["ownerReferences"][0]["name"] == job)
+        cluster.kueue.preempt("default", workload["metadata"]["name"])
+
+    def pods(trial: Any) -> list[Any]:
+        return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial.id}")
+
     with (tmp_path / "manager.log").open("w") as log:
         manager = await asyncio.create_subprocess_exec(
             *[sys.executable, "-m", "nni_ts.cli", "create", "-c", str(tmp_path / "config.yml"), "--id", exp_id],
@@ -555,52 +565,61 @@ async def test_a_requeued_trial_stays_the_same_waiting_trial_across_a_resume(
             stderr=log,
         )
     try:
-        # The first manager: the trial runs and delivered its two intermediate results.
-        (trial,) = await until(lambda: [t for t, n in _metric_counts(exp_id) if n == 2], "two metrics stored")
-        job = trial.detail.platform_data["job"]
-        # Kueue preempts it, and cannot admit it again (its quota is taken back): the trial is WAITING.
-        _quota(cluster, "0")
-        # The evicted run's pod ends as slowly as on a real cluster (terminationGracePeriodSeconds: cancelGracePeriod
-        # + 5): its keeper retries its SIGTERM exit's report (refused: the requeued trial is unregistered) meanwhile.
+        # The first manager: both trials run and delivered their two intermediate results.
+        both = await until(lambda: [t for t, n in _metric_counts(exp_id) if n == 2][1:] and _stored(exp_id)[0], "2+2")
+        a, b = sorted(both, key=lambda t: t.sequence_id)
+        _quota(cluster, "0")  # Kueue cannot admit a preempted trial again
+        # A's evicted run ends as slowly as on a real cluster (terminationGracePeriodSeconds: cancelGracePeriod
+        # + 5): its keeper retries its SIGTERM exit's report (refused: the requeued trial is unregistered).
         cluster.kubelet.grace_cap = 10.0
-        workload = next(w for w in cluster.list("workloads") if w["metadata"]["ownerReferences"][0]["name"] == job)
-        cluster.kueue.preempt("default", workload["metadata"]["name"])
+        preempt(a)
         await until(
             lambda: (
-                (t := _stored(exp_id)[0][0]).status is TrialJobStatus.WAITING
+                (t := next(t for t in _stored(exp_id)[0] if t.id == a.id)).status is TrialJobStatus.WAITING
                 and "Preempted by Kueue" in (t.message or "")
             ),
-            "the trial requeued in the store",
+            "trial A requeued in the store",
         )
     finally:
-        os.kill(manager.pid, signal.SIGKILL)  # the manager dies: no clean-up, the Job and its Workload stay
+        os.kill(manager.pid, signal.SIGKILL)  # the manager dies: no clean-up, the objects and Workloads stay
         await manager.wait()
-    release.touch()  # the next run goes to its end
-    # While no manager runs, Kueue's reason changes (a smaller quota, still too small for the trial's 0.5 CPU).
+    cluster.kubelet.grace_cap = 0.5
+    preempt(b)  # while no manager runs: B is RUNNING in the store
+    await cluster.wait_for(lambda c: not pods(b), timeout=30, message="B's evicted pod gone")
+    assert pods(a), "A's evicted pod ended before the resume: the test no longer covers that case"
+    release.touch()  # the next runs go to their end
+    # While no manager runs, Kueue's reason changes (a smaller quota, still too small for a trial's 0.5 CPU).
     _quota(cluster, "0.25")
 
     store = open_store()
     service = PLATFORMS[platform][1](platform_config, experiment_id=exp_id, experiment_dir=tmp_path / "home" / exp_id)
-    statuses: list[TrialJobDetail] = []
+    statuses: dict[str, list[TrialJobDetail]] = {a.id: [], b.id: []}
     metrics: list[TrialJobMetric] = []
-    service.events.on("trial_status", lambda d: statuses.append(d) if d.id == trial.id else None)
+    service.events.on("trial_status", lambda d: statuses[d.id].append(d))
     service.add_trial_job_metric_listener(metrics.append)
     exp = Experiment.resume(exp_id, store=store, service=service, control_socket=False)
     task = asyncio.create_task(exp.run())
     try:
-        # Re-attached, it read its Workload: the same WAITING trial, with Kueue's reason of now.
+        # Re-attached, each read its Workload: the same WAITING trial, with Kueue's reason of now.
         await until(
-            lambda: any("0.25 more needed" in (d.message or "") for d in statuses) or task.done(), "Kueue's reason"
+            lambda: (
+                all(any("0.25 more needed" in (d.message or "") for d in s) for s in statuses.values()) or task.done()
+            ),
+            "Kueue's reason",
         )
         assert not task.done(), task
-        now = service.reporter.detail(trial.id)
-        assert now.status is TrialJobStatus.WAITING and (now.message or "").startswith("Preempted by Kueue"), now
         stored, stored_metrics = _stored(exp_id)
-        assert [(t.id, t.attempt, t.status) for t in stored] == [(trial.id, 1, TrialJobStatus.WAITING)]
-        assert len(stored_metrics[trial.id]) == 2
-        objects = cluster.list(service.plural, label_selector=f"nni-ts.io/trial={trial.id}")
-        assert [o["metadata"]["name"] for o in objects] == [job] and kq.is_suspended(objects[0])
-        # Kueue admits it again: it runs in a new pod, to its end.
+        assert sorted((t.id, t.attempt, t.status) for t in stored) == sorted(
+            (t.id, 1, TrialJobStatus.WAITING) for t in (a, b)
+        )
+        for t in (a, b):
+            now = service.reporter.detail(t.id)
+            assert now.status is TrialJobStatus.WAITING and (now.message or "").startswith("Preempted by Kueue"), now
+            assert len(stored_metrics[t.id]) == 2
+            objects = cluster.list(service.plural, label_selector=f"nni-ts.io/trial={t.id}")
+            assert [o["metadata"]["name"] for o in objects] == [t.detail.platform_data["job"]]
+            assert kq.is_suspended(objects[0])
+        # Kueue admits them again: they run in new pods, to their end.
         _quota(cluster, "1")
         async with asyncio.timeout(120):
             result = await task
@@ -611,18 +630,19 @@ async def test_a_requeued_trial_stays_the_same_waiting_trial_across_a_resume(
         store.close()
 
     assert result.status == "DONE", result.message
-    assert [(t.id, t.attempt, t.status) for t in result.trials] == [(trial.id, 1, TrialJobStatus.SUCCEEDED)], [
-        (t.id, t.status, t.message) for t in result.trials
-    ]
-    assert runs.read_text() == "run\nrun\n"  # the preempted run and the one after the resume; no other
-    # WAITING from its re-attach until Kueue admitted it again; never FAILED or UNKNOWN, nor RUNNING early.
-    changes = [d.status for d in statuses]
-    compact = [c for i, c in enumerate(changes) if i == 0 or changes[i - 1] is not c]
-    assert compact == [TrialJobStatus.WAITING, TrialJobStatus.RUNNING, TrialJobStatus.SUCCEEDED], statuses
-    # Every metric once: the resumed manager got only the final result (the new run's 1 and 2 were skipped).
-    assert [(m.trial_job_id, m.sequence) for m in metrics] == [(trial.id, 2)]
+    assert sorted((t.id, t.attempt, t.status) for t in result.trials) == sorted(
+        (t.id, 1, TrialJobStatus.SUCCEEDED) for t in (a, b)
+    ), [(t.id, t.status, t.message) for t in result.trials]
+    assert runs.read_text() == "run\n" * 4  # each: the preempted run and the one after the resume; no other
     stored, stored_metrics = _stored(exp_id)
-    values = [json.loads(m.data)["value"] for m in stored_metrics[trial.id]]
-    assert [m.type for m in stored_metrics[trial.id]] == ["PERIODICAL", "PERIODICAL", "FINAL"], values
-    assert [float(v) for v in values] == [1, 2, 0.5], values
-    assert stored[0].detail is not None and stored[0].detail.platform_data["requeues"] == 1
+    for t in stored:
+        # WAITING from its re-attach until Kueue admitted it again; never FAILED or UNKNOWN, nor RUNNING early.
+        changes = [d.status for d in statuses[t.id]]
+        compact = [c for i, c in enumerate(changes) if i == 0 or changes[i - 1] is not c]
+        assert compact == [TrialJobStatus.WAITING, TrialJobStatus.RUNNING, TrialJobStatus.SUCCEEDED], (t.id, changes)
+        # Every metric once: the resumed manager got only the final result (the new run's 1 and 2 were skipped).
+        assert [m.sequence for m in metrics if m.trial_job_id == t.id] == [2]
+        values = [json.loads(m.data)["value"] for m in stored_metrics[t.id]]
+        assert [m.type for m in stored_metrics[t.id]] == ["PERIODICAL", "PERIODICAL", "FINAL"], values
+        assert [float(v) for v in values] == [1, 2, t.parameters["x"]], values
+        assert t.detail is not None and t.detail.platform_data["requeues"] == 1, t.detail.platform_data

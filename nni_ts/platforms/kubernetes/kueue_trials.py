@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ...models import TrialJobStatus
 from . import kueue as kq
 from .lifecycle import KueueStep, Phase, kueue_step
 from .names import LABEL_TRIAL
@@ -79,8 +80,13 @@ def reattached_while_evicted(service: KubernetesTrainingService[Any], trial: _Tr
     of the trial are still there. Those are the pods of a run Kueue evicted, still terminating: their keeper may
     still report (its SIGTERM exit, retried until its grace period ends) to the cluster server, which the new
     manager serves on the same port. The trial is then ``REQUEUED``, as after an eviction this manager saw: its
-    channel is registered only once those pods are gone (:func:`requeue_done_if_gone`), and it is WAITING."""
+    channel is registered only once those pods are gone (:func:`requeue_done_if_gone`), and it is WAITING.
+
+    Either way the trial's facts carry over what the earlier manager knew: how many times Kueue requeued it, and
+    whether it ran (RUNNING or UNKNOWN: Kueue had admitted it, so an evicted or queued Workload now is a requeue,
+    not a trial that still waits for its first admission)."""
     trial.facts.requeues = int((trial.detail.platform_data or {}).get("requeues") or 0)
+    trial.facts.admitted = trial.detail.status in (TrialJobStatus.RUNNING, TrialJobStatus.UNKNOWN)
     jobs, pods = service._job_watch, service._pod_watch
     if not service.config.queue_name or jobs is None or pods is None:
         return False
