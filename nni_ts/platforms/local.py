@@ -116,9 +116,9 @@ class _PrepareFailed(Exception):
 
 
 class _LoopStarter:
-    """Runs the start jobs of every local service on one event loop, one job per turn of the loop:
-    the next is scheduled with ``call_soon`` after one ran, so the I/O that arrived meanwhile (a
-    trial's record, an API call) is handled first. No task: nothing to cancel or to own."""
+    """Runs the start jobs of every local service on one event loop, one job every third turn of the
+    loop: after one ran, the I/O that arrived meanwhile (a trial's record, a database reply) is
+    handled, and what it woke up runs, before the next. No task: nothing to cancel or to own."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -144,9 +144,20 @@ class _LoopStarter:
             if not future.done():
                 future.set_result(result)
         if self.jobs:
-            self.loop.call_soon(self._run_one)  # the next one after the I/O that arrived meanwhile
+            # The next one after the I/O that arrived meanwhile, and after what that I/O woke up. A
+            # start takes milliseconds; a database reply that arrived during it is read in the next
+            # turn (its callback queued behind this one's), and the storage lane waiting for it runs in
+            # the turn after: the next start comes in the turn after that (when it came in the next
+            # turn, a lane's COMMIT waited for two starts).
+            self.loop.call_soon(self._after_turns, 2)
         else:
             self.scheduled = False
+
+    def _after_turns(self, turns: int) -> None:
+        if turns:
+            self.loop.call_soon(self._after_turns, turns - 1)
+        else:
+            self._run_one()
 
 
 _STARTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopStarter] = weakref.WeakKeyDictionary()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import functools
 import json
 import logging
 import math
@@ -359,7 +358,7 @@ class _Job:
     ``single``: it is one statement (atomic by itself: alone, it needs no BEGIN and COMMIT).
     ``op``: the same write as an operation of ``nni_ts_write_batch`` (kind, arguments), if it has one."""
 
-    __slots__ = ("future", "op", "run", "single", "write")
+    __slots__ = ("experiment_id", "future", "op", "run", "single", "write")
 
     def __init__(
         self,
@@ -368,12 +367,14 @@ class _Job:
         future: asyncio.Future[Any],
         single: bool,
         op: tuple[str, tuple[Any, ...]] | None,
+        experiment_id: str = "",
     ) -> None:
         self.run = run
         self.write = write
         self.future = future
         self.single = single
         self.op = op
+        self.experiment_id = experiment_id
 
 
 class _Lane:
@@ -429,15 +430,20 @@ class PostgresStorage(ExperimentStorage):
         self._commit_listeners: list[Callable[[str, str], None]] = []
 
     def add_commit_listener(self, listener: Callable[[str, str], None]) -> None:
-        """Call ``listener(experiment_id, what)`` after each write has committed (or failed: then
-        nothing changed, and the call is harmless), ``what`` being "trials", "metrics" or "experiment".
+        """Call ``listener(experiment_id, what)`` right after each write has committed, ``what`` being
+        "trials", "metrics" or "experiment".
         The service's read cache learns this way that an experiment's answers changed."""
         self._commit_listeners.append(listener)
 
-    def _written(self, experiment_id: str, what: str, _future: asyncio.Future[Any]) -> None:
+    def _committed(self, job: _Job) -> None:
+        """Tell the commit listeners about a write that has just committed: right after the COMMIT
+        returned, before its caller is resumed (a turn of the loop later)."""
+        if not job.write or not self._commit_listeners:
+            return
+        what = "experiment" if job.op is None else "metrics" if job.op[0] == "m" else "trials"
         for listener in self._commit_listeners:
             try:
-                listener(experiment_id, what)
+                listener(job.experiment_id, what)
             except Exception:
                 log.exception("A commit listener of the experiment storage failed.")
 
@@ -499,10 +505,7 @@ class PostgresStorage(ExperimentStorage):
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
-        lane.jobs.append(_Job(run, write, future, single, op))
-        if write and self._commit_listeners:
-            what = "experiment" if op is None else "metrics" if op[0] == "m" else "trials"
-            future.add_done_callback(functools.partial(self._written, experiment_id, what))
+        lane.jobs.append(_Job(run, write, future, single, op, experiment_id))
         if lane.task is None:
             lane.task = self._tasks.spawn(self._drain(key, lane), name=key)
         return future
@@ -562,6 +565,7 @@ class PostgresStorage(ExperimentStorage):
             if not job.future.done():
                 job.future.set_exception(_pg_failure(exc, self.location))
             return
+        self._committed(job)
         if not job.future.done():
             job.future.set_result(result)
 
@@ -608,6 +612,8 @@ class PostgresStorage(ExperimentStorage):
             for job in jobs:
                 await self._run_one(conn, job, transaction=True)
             return
+        for job in jobs:
+            self._committed(job)
         for job, result in zip(jobs, results, strict=True):
             if not job.future.done():
                 job.future.set_result(result)

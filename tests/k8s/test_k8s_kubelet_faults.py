@@ -316,3 +316,45 @@ async def test_a_cancelled_pod_reaps_the_processes_it_killed(tmp_path: Path) -> 
         await asyncio.wait([runner.task])
         for proc in procs:
             assert proc._popen.returncode is not None, proc.pid  # noqa: SLF001 - what Popen.__del__ checks
+
+
+async def test_log_rotation_and_log_options(tmp_path: Path) -> None:
+    """containerLogMaxSize: the kubelet rotates a container's log once it is over the size, and pods/log
+    then serves only the current file (as a real kubelet does), while a follower started before reads on
+    across the rotations; tailLines and limitBytes (which cuts the answer) apply to the current file."""
+    gate = tmp_path / "gate"
+    script = (
+        "import os, time\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+        "for i in range(20000):\n    print(f'line {i:05d}')\n"
+    )
+    async with FakeCluster(tmp_path / "c", container_log_max_size=4096) as cluster:
+        cluster.create(pod("chatty", [sys.executable, "-c", script]))
+        await cluster.wait_for_object("pods", "chatty", lambda p: phase(p) == "Running")
+        url = f"{cluster.url}/api/v1/namespaces/default/pods/chatty/log"
+        async with aiohttp.ClientSession() as session, asyncio.timeout(20):
+            async with session.get(url, params={"follow": "true"}) as resp:
+                gate.touch()
+                followed = await resp.text()
+            await cluster.wait_for_object("pods", "chatty", lambda p: phase(p) == "Succeeded")
+
+            async def read(**params: str) -> tuple[int, str]:
+                async with session.get(url, params=params) as resp:
+                    return resp.status, await resp.text()
+
+            _, current = await read()
+            _, tail = await read(tailLines="2")
+            _, head = await read(limitBytes="5")
+            _, both = await read(tailLines="3", limitBytes="8")
+            status, refused = await read(limitBytes="0")
+        queries = [q for _ns, name, q in cluster.server.log_queries if name == "chatty"]
+        (path,) = (tmp_path / "c").glob("pods/default/chatty-*/main-0.log")
+    assert followed == "".join(f"line {i:05d}\n" for i in range(20000))
+    assert followed.endswith(current) and 0 < len(current) <= 64 * 1024 < len(followed)
+    rotated = [path.with_name(f"main-0.log.{n}") for n in range(1, cluster.kubelet.log_generations[path] + 1)]
+    assert current == path.read_text() and "".join(p.read_text() for p in rotated) + current == followed
+    lines = current.splitlines(keepends=True)
+    assert tail == "".join(lines[-2:]) and tail.endswith("line 19999\n")
+    assert head == current[:5] and both == "".join(lines[-3:])[:8]
+    assert status == 422 and "limitBytes: Invalid value: 0: must be greater than 0" in refused
+    assert queries[-2:] == [{"tailLines": "3", "limitBytes": "8"}, {"limitBytes": "0"}]

@@ -44,6 +44,11 @@ CASES: list[tuple[str, Facts, TrialJobStatus, bool, str]] = [
     ("cancelled", Facts(cancel_status=TrialJobStatus.USER_CANCELED, keeper_exit=143), TrialJobStatus.USER_CANCELED,
      False, "Cancelled"),
     ("no exit record", Facts(job_final=JobView("succeeded", None, 0)), F, False, "left no exit record"),
+    ("exit in a rotated log", Facts(log_exit=(0, 3), job_final=JobView("succeeded", None, 0)),
+     TrialJobStatus.SUCCEEDED, False, "records from #3 on were lost"),
+    ("exit 2 in a rotated log", Facts(log_exit=(2, 1), job_final=FAILED_JOB), F, False,
+     "exited with code 2. Its metric records from #1 on were lost"),
+    ("the keeper's exit wins", Facts(keeper_exit=0, log_exit=(0, 3)), TrialJobStatus.SUCCEEDED, False, ""),
     ("failed, no exit, events", Facts(job_final=FAILED_JOB, warnings=["FailedScheduling: 0/1 nodes"]), F, False,
      "FailedScheduling"),
 ]  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import textwrap
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ TRIAL = textwrap.dedent(
     sys.stdout.flush()
     for i in range(1, params.get("n", 3) + 1):
         nni.report_intermediate_result(scale(i))
+        if i == params.get("pad_at"):  # output after the record's frame (the keeper frames it first)
+            sys.stdout.write(("." * 99 + "\n") * (params["pad"] // 100))
+            sys.stdout.flush()
     nni.report_final_result(params.get("final", 0.5))
     sys.exit(params.get("code", 0))
     """
@@ -231,6 +235,119 @@ async def test_a_keeper_that_gives_up_before_it_is_missed_is_read_back_when_its_
     assert _values(metrics, detail.id) == [0.0, 0.1, 0.2, 0.25]
     assert [m.sequence for m in metrics] == [0, 1, 2, 3]
     assert followed == {}  # read back, not followed
+
+
+async def test_a_rotated_log_delivers_the_records_before_its_gap_and_reads_stream_bounded(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The kubelet rotates the pod's log (containerLogMaxSize 4 MiB) while the manager cannot be reached:
+    records 1 and 2 are framed, then 7 MiB of output push them out of the log before it is read. The
+    records after the gap (3, 4 and the exit) are not delivered (never a hole), the manager warns once that
+    #1 is missing, and the trial ends by its job's state (and its exit, which the log still has). The log is
+    streamed: reading the 3 MiB left of it back holds a small part at a time (read whole, it took 2.6 times
+    the log's size), and a tail of ``stdout`` asks for the last lines only."""
+    cluster.kubelet.container_log_max_size = 4 << 20
+    async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=60.0) as server:
+        with TcpProxy(("127.0.0.1", server.port)) as proxy:
+            svc = _make(
+                cluster,
+                nfs_dir,
+                tmp_path,
+                "kubeflow",
+                code_dir,
+                reportTimeout=0.5,
+                service_kwargs={"server": server, "keeper_server_url": f"http://127.0.0.1:{proxy.port}"},
+            )
+            metrics: list[TrialJobMetric] = []
+            first = asyncio.Event()
+
+            def listen(metric: TrialJobMetric) -> None:
+                metrics.append(metric)
+                first.set()
+
+            svc.add_trial_job_metric_listener(listen)
+            gate = tmp_path / "gate"
+            async with svc:
+                params = {"n": 3, "final": 0.25, "gate": str(gate), "pad_at": 2, "pad": 7 << 20}
+                detail = await svc.submit_trial_job(form(params))
+                async with asyncio.timeout(TIMEOUT):
+                    await first.wait()
+                proxy.partition()
+                gate.touch()
+                done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+                (pod,) = cluster.list("pods", label_selector=f"nni-ts.io/trial={detail.id}")
+                log = cluster.pod_log(pod["metadata"]["name"])
+                tracemalloc.start()
+                try:
+                    records, ended = await svc.stager.read_back(detail.id, None, pod=pod["metadata"]["name"])
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+                tail = await svc.get_trial_file(detail.id, "stdout", tail=1000)
+                proxy.heal()
+    assert done.status is TrialJobStatus.SUCCEEDED and done.exit_code == 0, done.message
+    assert "metric records from #1 on were lost" in (done.message or ""), done.message
+    assert _values(metrics, detail.id) == [0.0] and [m.sequence for m in metrics] == [0]
+    assert [seq for seq, _data in records] == [3, 4] and ended is not None and ended["record_count"] == 5
+    gaps = [r.getMessage() for r in caplog.records if "neither delivered nor in its pod's log" in r.getMessage()]
+    assert len(gaps) == 1 and "2 metric record(s) from #1 on" in gaps[0], gaps
+    assert len(log) > 2.5 * 2**20 and peak < 1.5 * 2**20, (len(log), peak)
+    text = "".join(line for line in log.splitlines(keepends=True) if not line.startswith(("@nni-ts:m1", "@nni-ts:x1")))
+    assert tail == text.encode()[-1000:] and b"@nni-ts:" not in tail
+    assert cluster.server.log_queries[-1][2] == {"tailLines": "100"}
+
+
+async def test_a_stdout_tail_asks_for_more_lines_while_frames_fill_the_last_ones(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path
+) -> None:
+    """A tail of ``stdout`` asks for the log's last lines (``tailLines``); when they are mostly frames, the
+    next request asks for eight times as many. Frame lines are left out however the stream is cut."""
+    script = "for i in range(300): print(f'text {i:03d}')\nfor i in range(400): print('@nni-ts:m1 x 1 0 0/1 AA==')"
+    cluster.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "chatty"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "python", "command": ["python3", "-c", script]}],
+            },
+        }
+    )
+    await cluster.wait_for_object("pods", "chatty", lambda p: p["status"].get("phase") == "Succeeded")
+    text = "".join(f"text {i:03d}\n" for i in range(300)).encode()
+    svc = _make(cluster, nfs_dir, tmp_path, "kubeflow", code_dir)
+    async with svc:
+        tail = await svc.stager.read_file("t", "stdout", 1000, pod="chatty")
+        whole = await svc.stager.read_file("t", "stdout", None, pod="chatty")
+    assert tail == text[-1000:] and whole == text
+    assert [q for _ns, name, q in cluster.server.log_queries if name == "chatty"] == [
+        {"tailLines": "100"},
+        {"tailLines": "800"},
+        {},
+    ]
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_log_text_leaves_out_frame_lines_however_the_stream_is_cut(size: int) -> None:
+    from nni_ts.platforms.kubernetes.podstorage import MAX_FRAME_LINE, _LogText
+
+    long = b"@nni-ts:m1 " + b"y" * MAX_FRAME_LINE + b"\n"  # too long for a frame: the trial's text
+    log = b"a\n@nni-ts:m1 t 1 0 0/1 AA== m\n@nni-ts:x\nb @nni-ts:x1 t\n" + long + b"@nni-ts:x1 t 1 0 1 1 m\n@nni"
+    for tail, want in ((None, b"a\n@nni-ts:x\nb @nni-ts:x1 t\n" + long + b"@nni"), (6, b"y\n@nni")):
+        text = _LogText(tail)
+        for i in range(0, len(log), size):
+            text.feed(log[i : i + size])
+        text.end()
+        assert (text.value(), text.lines) == (want, 7)
+
+
+def test_line_splitter_keeps_the_end_of_a_long_line() -> None:
+    from nni_ts.platforms.kubernetes.client import LineSplitter
+
+    lines = LineSplitter(8)
+    assert lines.feed(b"ab\ncd") == b"ab\n" and lines.feed(b"x" * 100) == b""
+    assert lines.feed(b"yz @frame\nnext\nta") == b"x" * 8 + b"yz @frame\nnext\n" and lines.rest() == b"ta"
 
 
 async def test_a_pod_that_cannot_fetch_its_files_fails_the_trial_saying_why(

@@ -115,6 +115,52 @@ async def test_trials_start_one_per_turn_of_the_loop_in_submission_order(
     assert turns == sorted(set(turns)), turns  # one start per turn of the loop: I/O is handled between two
 
 
+async def test_what_io_wakes_during_a_burst_of_starts_runs_before_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database reply that arrives while a trial starts is read in the next turn of the loop, and
+    the task waiting for it (a storage lane, whose COMMIT acknowledges metrics) runs in the turn after:
+    before the next start, not after it (a start takes milliseconds, and there may be hundreds)."""
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+    reply, sender = __import__("socket").socketpair()
+    reply.setblocking(False)
+    arrived: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        loop.remove_reader(reply.fileno())
+        reply.recv(1)
+        arrived.set_result(None)
+
+    async def lane() -> None:
+        await arrived
+        order.append("lane")
+
+    real = subprocess.Popen
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        trial = (kwargs.get("env") or {}).get("NNI_TRIAL_JOB_ID")
+        if trial is not None:
+            order.append(trial)
+            if trial == "io0":  # the reply arrives while the first trial starts
+                sender.send(b"x")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local.subprocess, "Popen", recording)
+    loop.add_reader(reply.fileno(), readable)
+    waiting = asyncio.ensure_future(lane())
+    try:
+        async with _service(tmp_path) as svc:
+            await asyncio.gather(*(svc.submit_trial_job(_form(f"io{i}", i)) for i in range(3)))
+            for i in range(3):
+                await wait_for_status(svc, f"io{i}", timeout=30)
+        await asyncio.wait_for(waiting, 10)
+    finally:
+        reply.close()
+        sender.close()
+    assert order == ["io0", "lane", "io1", "io2"], order
+
+
 async def test_cancel_while_starting_stops_the_trial_once_it_runs(
     tmp_path: Path, popens: list[tuple[int, str]], held_starter: HeldStarter
 ) -> None:

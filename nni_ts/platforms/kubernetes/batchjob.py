@@ -137,6 +137,7 @@ class KubernetesJobTrainingService(KubernetesTrainingService[KubernetesJobConfig
         new channel skips (``next_seq``)."""
         facts = trial.facts
         facts.keeper_exit = None
+        facts.log_exit = None
         facts.primary_exit = None
         facts.problem = None
         facts.pod_deleted = None

@@ -26,12 +26,14 @@ import aiohttp
 
 from ...errors import ConfigError, PlatformError, TemporaryError
 
-__all__ = ["KubeApiError", "KubeClient", "load_client"]
+__all__ = ["KubeApiError", "KubeClient", "LineSplitter", "load_client"]
 
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+#: The largest chunk :meth:`KubeClient.stream_bytes` yields.
+STREAM_CHUNK = 64 * 1024
 
 
 class KubeApiError(PlatformError):
@@ -180,26 +182,47 @@ class KubeClient:
             if buffer.strip():
                 yield json.loads(buffer)
 
-    async def stream_lines(
+    async def stream_bytes(
         self, path: str, query: Mapping[str, Any], *, read_timeout: float | None = None
-    ) -> AsyncIterator[str]:
-        """A streaming GET of text (a followed pod log): yield its complete lines (without the newline) as
-        they come, then the unfinished rest. An error answer raises :class:`KubeApiError`; connection
-        problems raise ``aiohttp`` errors or ``TimeoutError``. No retries."""
+    ) -> AsyncIterator[bytes]:
+        """A streaming GET (a pod's log): yield the answer's bytes as they come, in chunks of at most
+        :data:`STREAM_CHUNK` bytes, never all of it at once. An error answer raises :class:`KubeApiError`;
+        connection problems raise ``aiohttp`` errors or ``TimeoutError`` (``read_timeout``: seconds without
+        data). No retries."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=read_timeout)
         resp = await self._send("GET", path, query, None, None, timeout)
         async with resp:
             if resp.status >= 300:
-                raise _api_error(resp.status, await resp.text(), "GET", path)
-            buffer = b""
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                if b"\n" in buffer:
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
-                        yield line.decode("utf-8", "replace")
-            if buffer:
-                yield buffer.decode("utf-8", "replace")
+                raise _api_error(resp.status, await resp.text(errors="replace"), "GET", path)
+            async for chunk in resp.content.iter_chunked(STREAM_CHUNK):
+                yield chunk
+
+
+class LineSplitter:
+    """Cuts a stream of chunks into blocks of complete lines, holding at most ``max_line`` bytes of an
+    unfinished line: of a longer line only its last ``max_line`` bytes are kept, so that memory stays
+    bounded whatever the stream holds."""
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete lines (each ending with its newline) that ``chunk`` finishes; may be empty."""
+        end = chunk.rfind(b"\n") + 1
+        block = b""
+        if end:
+            block, self._rest = self._rest + chunk[:end], chunk[end:]
+        else:
+            self._rest += chunk
+        if len(self._rest) > self.max_line:
+            self._rest = self._rest[-self.max_line :]
+        return block
+
+    def rest(self) -> bytes:
+        """The unfinished last line (at the end of the stream)."""
+        rest, self._rest = self._rest, b""
+        return rest
 
 
 def _api_error(status: int, text: str, method: str, path: str) -> KubeApiError:

@@ -93,6 +93,9 @@ class Facts:
 
     #: The keeper's exit code, reported or read back from its journal.
     keeper_exit: int | None = None
+    #: The keeper's exit found in the pod's log but not deliverable, because records before it are in no log
+    #: the manager could read (the kubelet rotated the log first): ``(exit code, first missing record)``.
+    log_exit: tuple[int, int] | None = None
     #: The job's final state (finished), from the job watch.
     job_final: JobView | None = None
     #: The job was deleted by someone else before it finished.
@@ -125,6 +128,7 @@ class Facts:
         """Forget what the evicted run left (its keeper's exit, its pods' problems): it was not the trial's
         end. What the platform or the user decided (a cancel, a forced failure) stays."""
         self.keeper_exit = None
+        self.log_exit = None
         self.job_final = None
         self.problem = None
         self.pod_deleted = None
@@ -214,13 +218,21 @@ def _infrastructure_cause(f: Facts, n: Names) -> str | None:
 def decide(f: Facts, n: Names) -> Decision:
     """The trial's terminal status, message, exit code and whether the platform (not the trial) failed."""
     code = f.keeper_exit
+    lost = ""
+    if code is None and f.log_exit is not None:
+        # The exit is known from the pod's log; the metrics after the gap are not (never with a hole).
+        code = f.log_exit[0]
+        lost = (
+            f"Its metric records from #{f.log_exit[1]} on were lost: the kubelet rotated the pod's log before "
+            "the manager could read them."
+        )
     if f.forced is not None:
         message, infra = f.forced
         return Decision(TrialJobStatus.FAILED, message, code, infra)
     if f.cancel_status is not None:
         return Decision(f.cancel_status, "Cancelled.", code)
     if code == 0:
-        return Decision(TrialJobStatus.SUCCEEDED, None, 0)
+        return Decision(TrialJobStatus.SUCCEEDED, lost or None, 0)
     view, problem = f.job_final, f.problem
     cause = _infrastructure_cause(f, n)
     if cause is not None and (code is None or is_signal_exit(code)):
@@ -243,7 +255,7 @@ def decide(f: Facts, n: Names) -> Decision:
                 f"{view.message} The reporting replica's command was stopped with it (exit code {code}).",
                 code,
             )
-        message = f"The trial command exited with code {code}."
+        message = f"The trial command exited with code {code}." + (f" {lost}" if lost else "")
         if problem is not None and problem.kind == "oom":
             message += f" {problem.message}"
         elif job_failed:

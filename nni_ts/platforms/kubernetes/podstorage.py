@@ -20,8 +20,12 @@ same de-duplicating :class:`~nni_ts.server.TrialChannel` as live reports:
   ``reportTimeout`` after its trial ended, so the pod lives on meanwhile, and a controller that deletes
   finished pods at once (FrameworkController) cannot take the log away first;
 * when the reporting container ended without the keeper's exit reaching the manager, or the job finished,
-  or the trial is stopped, :meth:`PodStager.read_back` reads the whole log once (the service then feeds
-  what it returns), completed by what earlier reads found (the pod may be gone by then).
+  or the trial is stopped, :meth:`PodStager.read_back` reads the log once (the service then feeds what it
+  returns), completed by what earlier reads found (the pod may be gone by then).
+
+Both stream the log and parse it chunk by chunk (:class:`~.client.LineSplitter`): only the records found
+are kept, never the log. The trial's ``stdout`` is the log without the frame lines; a tail of it asks the
+API server for the last lines only (``tailLines``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncio
 import io
 import logging
 import tarfile
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +44,7 @@ import trial_keeper
 from trial_keeper.logframes import FrameReader, frame_key
 
 from ...errors import ConfigError, TemporaryError, TrialNotFoundError
-from .client import KubeApiError
+from .client import KubeApiError, LineSplitter
 from .staging import Stager, _code_files, keeper_source_files
 
 if TYPE_CHECKING:
@@ -58,6 +63,14 @@ BOOTSTRAP_SOURCE = (Path(trial_keeper.__file__).resolve().parent / "bootstrap.py
 LOG_TIMEOUT = 120.0
 #: Connections a log follower makes at most (it reconnects when the stream breaks before the pod ended).
 FOLLOW_TRIES = 5
+#: Bytes of one log line the frame reader holds at most: a frame line is shorter than 16 KiB and ends its
+#: line, so of a longer line (the trial's output glued before a frame) the end is enough.
+MAX_LINE = 64 * 1024
+#: The longest line that can be a frame (the rest of an ``@nni-ts:`` line is the trial's text).
+MAX_FRAME_LINE = 16 * 1024
+#: Requests a tail read of ``stdout`` makes at most (each asks for more lines than the one before).
+TAIL_TRIES = 4
+_FRAME_TAGS = (b"@nni-ts:m1 ", b"@nni-ts:x1 ")
 
 
 def archive(files: list[tuple[Path, str]]) -> bytes:
@@ -97,6 +110,8 @@ class PodStager(Stager):
         #: gone at the next read; a replaced pod's log is another run's and is kept apart).
         self._read: dict[tuple[str, str], tuple[dict[int, str], dict[str, Any] | None]] = {}
         self._followers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: The gaps warned about, ``(trial, first missing record)``: each is logged once.
+        self._gaps: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ paths and environment
 
@@ -176,6 +191,7 @@ class PodStager(Stager):
                 self._files.pop(trial_id, None)
                 for key in [k for k in self._read if k[0] == trial_id]:
                     del self._read[key]
+                self._gaps = {gap for gap in self._gaps if gap[0] != trial_id}
                 for key in [k for k, task in self._followers.items() if k[0] == trial_id and task.done()]:
                     del self._followers[key]
 
@@ -200,20 +216,40 @@ class PodStager(Stager):
     async def read_back(
         self, trial_id: str, attempt: int | None, pod: str | None = None
     ) -> tuple[list[tuple[int, str]], dict[str, Any] | None]:
-        """The records and the exit framed in the pod's log, with what earlier reads found."""
+        """The records and the exit framed in the pod's log, with what earlier reads found. The log is
+        streamed and parsed chunk by chunk: only the records found are kept, never the log."""
         if pod:
-            path = f"/api/v1/namespaces/{self.service.namespace}/pods/{pod}/log"
+            reader = self._reader(trial_id, attempt)
             try:
-                text = await self.service.kube.request_text("GET", path, timeout=LOG_TIMEOUT)
+                async for found in self._log_frames(pod, {}, reader, read_timeout=LOG_TIMEOUT):
+                    self._keep(trial_id, pod, found, reader.ended)
             except (KubeApiError, TemporaryError, TimeoutError, aiohttp.ClientError) as exc:
                 log.info("Trial %s: could not read pod %s's log for its metrics: %s", trial_id, pod, exc)
-            else:
-                reader = self._reader(trial_id, attempt)
-                self._keep(trial_id, pod, reader.feed(text), reader.ended)
+            finally:
                 self._warn_forged(trial_id, pod, reader)
         records, ended = self._read.get((trial_id, pod or ""), ({}, None))
         self._warn_gap(trial_id, records, ended)
         return sorted(records.items()), ended
+
+    def _log_path(self, pod: str) -> str:
+        return f"/api/v1/namespaces/{self.service.namespace}/pods/{pod}/log"
+
+    async def _log_frames(
+        self, pod: str, query: Mapping[str, Any], reader: FrameReader, *, read_timeout: float | None
+    ) -> AsyncIterator[list[tuple[int, str]]]:
+        """Stream the pod's log into ``reader``, chunk by chunk (at most :data:`MAX_LINE` bytes of a line
+        held): yield the records each chunk completed, whenever it completed some or brought the exit."""
+        lines = LineSplitter(MAX_LINE)
+        ended = reader.ended
+        async for chunk in self.service.kube.stream_bytes(self._log_path(pod), query, read_timeout=read_timeout):
+            block = lines.feed(chunk)
+            found = reader.feed(block.decode("utf-8", "replace")) if block else []
+            if found or reader.ended is not ended:
+                ended = reader.ended
+                yield found
+        found = reader.feed(lines.rest().decode("utf-8", "replace"))
+        if found or reader.ended is not ended:
+            yield found
 
     def _reader(self, trial_id: str, attempt: int | None) -> FrameReader:
         return FrameReader(frame_key(self.service.server.token_for(trial_id)), trial_id, attempt)
@@ -243,16 +279,13 @@ class PodStager(Stager):
             )
 
     async def _follow(self, trial_id: str, attempt: int | None, pod: str) -> None:
-        path = f"/api/v1/namespaces/{self.service.namespace}/pods/{pod}/log"
         for _ in range(FOLLOW_TRIES):
             reader = self._reader(trial_id, attempt)  # a reconnection reads the log from its start again
             try:
-                async for line in self.service.kube.stream_lines(path, {"follow": "true"}):
-                    found = reader.feed(line)
-                    if found or reader.ended is not None:
-                        self._keep(trial_id, pod, found, reader.ended)
-                        if not await self._deliver(trial_id, found, reader.ended):
-                            return
+                async for found in self._log_frames(pod, {"follow": "true"}, reader, read_timeout=None):
+                    self._keep(trial_id, pod, found, reader.ended)
+                    if not await self._deliver(trial_id, found, reader.ended):
+                        return
                 return  # the container ended
             except (KubeApiError, TemporaryError, TimeoutError, aiohttp.ClientError) as exc:
                 log.info("Trial %s: following pod %s's log failed: %s", trial_id, pod, exc)
@@ -279,7 +312,8 @@ class PodStager(Stager):
             return
         end = int(ended["record_count"]) if ended else (max(records) + 1 if records else 0)
         missing = [seq for seq in range(delivered, end) if seq not in records]
-        if missing:
+        if missing and (trial_id, missing[0]) not in self._gaps:
+            self._gaps.add((trial_id, missing[0]))
             log.warning(
                 "Trial %s: %d metric record(s) from #%d on are neither delivered nor in its pod's log (the kubelet "
                 "rotated the log, or the pod is gone); the records after them are not delivered either.",
@@ -293,19 +327,26 @@ class PodStager(Stager):
 
     async def read_file(self, trial_id: str, name: str, tail: int | None, pod: str | None = None) -> bytes:
         """``stdout``: the reporting pod's log (stdout and stderr as the kubelet merges them), without the
-        keeper's frames; everything else is in the pod only (empty here)."""
-        if name != "stdout" or not pod:
+        keeper's frames; everything else is in the pod only (empty here). With ``tail``, only the log's
+        last lines are asked for (``tailLines``, more in a next request while they hold fewer than ``tail``
+        bytes of text) and at most about ``2 * tail`` bytes are held while they stream in."""
+        if name != "stdout" or not pod or (tail is not None and tail <= 0):
             return b""
-        path = f"/api/v1/namespaces/{self.service.namespace}/pods/{pod}/log"
-        query = {"tailLines": max(100, tail // 16)} if tail is not None else {}
-        try:
-            text = await self.service.kube.request_text("GET", path, query=query, timeout=LOG_TIMEOUT)
-        except (KubeApiError, TemporaryError, TimeoutError, aiohttp.ClientError) as exc:
-            log.info("Trial %s: no log from pod %s: %s", trial_id, pod, exc)
-            return b""
-        lines = text.splitlines(keepends=True)
-        data = "".join(line for line in lines if not line.startswith(("@nni-ts:m1 ", "@nni-ts:x1 "))).encode()
-        return data[-tail:] if tail is not None and tail >= 0 else data
+        lines = max(100, tail // 16) if tail is not None else None
+        for _ in range(TAIL_TRIES):
+            text = _LogText(tail)
+            try:
+                query = {"tailLines": lines} if lines is not None else {}
+                async for chunk in self.service.kube.stream_bytes(self._log_path(pod), query, read_timeout=LOG_TIMEOUT):
+                    text.feed(chunk)
+            except (KubeApiError, TemporaryError, TimeoutError, aiohttp.ClientError) as exc:
+                log.info("Trial %s: no log from pod %s: %s", trial_id, pod, exc)
+                return b""
+            text.end()
+            if lines is None or tail is None or text.size >= tail or text.lines < lines:
+                break  # enough text, or the whole log
+            lines *= 8
+        return text.value()
 
     def _read_file(self, trial_id: str, name: str, tail: int | None) -> bytes:
         raise AssertionError("PodStager.read_file is asynchronous")  # pragma: no cover
@@ -313,3 +354,55 @@ class PodStager(Stager):
     def _remove_experiment(self) -> None:
         self._files.clear()
         self._read.clear()
+
+
+class _LogText:
+    """A pod's log without the keeper's frame lines, fed in chunks as they stream in; with ``tail``, only
+    its last ``tail`` bytes are kept (at most about twice that is held). A line is held back only while it
+    may still be a frame (it starts with a frame's tag and is shorter than :data:`MAX_FRAME_LINE`)."""
+
+    def __init__(self, tail: int | None) -> None:
+        self.tail = tail
+        self.lines = 0  # lines seen, frames included
+        self.size = 0  # bytes of text kept (at most tail)
+        self._out = bytearray()
+        self._line = bytearray()  # the start of a line that may be a frame
+        self._text = False  # the current line is text: it goes out as it comes
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while start < len(chunk):
+            newline = chunk.find(b"\n", start)
+            end = len(chunk) if newline < 0 else newline + 1
+            piece = chunk[start:end]
+            start = end
+            if self._text:
+                self._emit(piece)
+            else:
+                self._line += piece
+                head = bytes(self._line[:11])
+                if not any(tag.startswith(head) for tag in _FRAME_TAGS) or len(self._line) > MAX_FRAME_LINE:
+                    self._text = True  # not a frame: text
+                    self._emit(self._line)
+                    self._line = bytearray()
+                elif newline >= 0:
+                    self._line = bytearray()  # a frame line: left out
+            if newline >= 0:
+                self.lines += 1
+                self._text = False
+
+    def end(self) -> None:
+        """The log ended: an unfinished line counts, and one that looked like a frame's start is text."""
+        if self._text or self._line:
+            self.lines += 1
+        self._emit(self._line)
+        self._line = bytearray()
+
+    def _emit(self, data: bytes | bytearray) -> None:
+        self._out += data
+        if self.tail is not None and len(self._out) > 2 * self.tail:
+            del self._out[: len(self._out) - self.tail]
+        self.size = len(self._out) if self.tail is None else min(len(self._out), self.tail)
+
+    def value(self) -> bytes:
+        return bytes(self._out if self.tail is None else self._out[-self.tail :])

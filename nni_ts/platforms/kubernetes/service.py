@@ -1248,10 +1248,17 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             channel = self.server.channel(trial.id)
         except KeyError:
             return
-        if records:
-            await channel.feed(records)
+        try:
+            if records:
+                await channel.feed(records)
+        except ValueError as exc:  # far beyond a gap: those records cannot come in order anyway
+            log.warning("Trial %s: the records read back from its pod's log are not delivered: %s", trial.id, exc)
         if ended is not None:
-            await channel.finish(int(ended["exit_code"]), int(ended["end_time_ms"]), int(ended["record_count"]))
+            code, end_ms = int(ended["exit_code"]), int(ended["end_time_ms"])
+            if not await channel.finish(code, end_ms, int(ended["record_count"])):
+                # Records before the exit are in no log (rotated out): the exit still says how the trial ended.
+                trial.facts.log_exit = (code, channel.next_seq)
+                trial.end_ms = trial.end_ms or end_ms
 
     async def _stop(self, trial: _Trial) -> None:
         """Stop and delete the job; the trial is concluded once its pods are gone (the pod watch says so)
@@ -1296,7 +1303,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             shared_storage=self.config.storage.storage_type != "none",
         )
         d = decide(trial.facts, names)
-        end = trial.end_ms if trial.facts.keeper_exit is not None else None
+        known = trial.facts.keeper_exit is not None or trial.facts.log_exit is not None
+        end = trial.end_ms if known else None
         await self.reporter.ended(
             trial.id,
             d.status,

@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         "in a private mount namespace per container (root only; 'auto': bind when possible)",
     )
     serve.add_argument(
+        "--container-log-max-size",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="rotate container logs over this size, as the kubelet's containerLogMaxSize (default: never)",
+    )
+    serve.add_argument(
         "--missing-image",
         action="append",
         default=[],
@@ -136,6 +143,7 @@ async def _serve(args: argparse.Namespace) -> int:
             missing_images=args.missing_image,
             tls=args.tls,
             volume_mode=args.volume_mode,
+            container_log_max_size=args.container_log_max_size,
             controllers=[*CONTROLLERS, "kueue"] if args.kueue else CONTROLLERS,
         )
     except (ValueError, OSError) as exc:

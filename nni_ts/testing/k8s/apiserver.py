@@ -86,6 +86,8 @@ class ApiServer:
         #: Seconds of silence after which a watch that allows bookmarks gets one.
         self.bookmark_interval = 5.0
         self.request_counts: Counter[tuple[str, str]] = Counter()
+        #: The query of every ``pods/log`` request, in order: ``(namespace, pod, {parameter: value})``.
+        self.log_queries: list[tuple[str, str, dict[str, str]]] = []
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Queue[Event | None]] = set()
         self._stream_tasks: set[asyncio.Task[Any]] = set()
@@ -657,8 +659,9 @@ class ApiServer:
     # ------------------------------------------------------------------ logs
 
     async def _log(self, request: web.Request, rtype: ResourceType, namespace: str, name: str) -> web.StreamResponse:
-        pod = self.api.get(rtype, namespace, name)
         q = request.query
+        self.log_queries.append((namespace, name, dict(q)))
+        pod = self.api.get(rtype, namespace, name)
         containers = [c["name"] for c in pod.get("spec", {}).get("containers") or []]
         container = q.get("container") or ""
         if not container:
@@ -674,22 +677,28 @@ class ApiServer:
                 f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
             )
         follow = q.get("follow", "").lower() in ("true", "1")
-        tail = int(q["tailLines"]) if q.get("tailLines") else None
         previous = q.get("previous", "").lower() in ("true", "1")
+        tail = _log_int(q, "tailLines", name, 0, "must be greater than or equal to 0")
+        limit = _log_int(q, "limitBytes", name, 1, "must be greater than 0")
         chunks = self.log_source(pod, container, follow, tail, previous)
         first = await anext(chunks, None)  # raises ApiError before the response starts, if any
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
-        if follow:
-            response.enable_chunked_encoding()
+        response.enable_chunked_encoding()
         await response.prepare(request)
+        # limitBytes: the answer ends after that many bytes, wherever a line is (as a real kubelet's).
+        left = limit if limit is not None else -1
         if first:
+            if left >= 0:
+                first, left = first[:left], left - min(left, len(first))
             await response.write(first)
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._streams.add(queue)
         try:
             async for chunk in chunks:
-                if not queue.empty():
+                if not queue.empty() or left == 0:
                     break
+                if left > 0:
+                    chunk, left = chunk[:left], left - min(left, len(chunk))
                 await response.write(chunk)
         except ConnectionError:
             return response
@@ -699,6 +708,22 @@ class ApiServer:
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response
+
+
+def _log_int(query: Any, key: str, pod: str, least: int, must: str) -> int | None:
+    """An integer parameter of a ``pods/log`` request, validated as a real API server does."""
+    text = query.get(key)
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError.bad_request(f"couldn't parse {key} {text!r}: not an integer") from None
+    if value < least:
+        raise ApiError.invalid(
+            "PodLogOptions", pod, "", [(key, "FieldValueInvalid", f"Invalid value: {value}: {must}")]
+        )
+    return value
 
 
 def status_response(code: int, reason: str, message: str) -> web.Response:

@@ -103,6 +103,7 @@ class FakeCluster:
         restart_backoff: float = 0.1,
         tls: bool = False,
         volume_mode: str = "rewrite",
+        container_log_max_size: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,7 @@ class FakeCluster:
             image_backoff=image_backoff,
             restart_backoff=restart_backoff,
             volume_mode=volume_mode,
+            container_log_max_size=container_log_max_size,
         )
         self.server.log_source = self.kubelet.logs
         self.faults = Faults(self)

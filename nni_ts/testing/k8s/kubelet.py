@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
@@ -474,14 +474,30 @@ class PodRunner:
         spec: JSON,
         init: bool = False,
     ) -> tuple[int, str]:
-        with open(log_path, "ab") as out:
-            try:
-                cwd.mkdir(parents=True, exist_ok=True)
-                c.proc = _Process(argv, out, cwd, env, self.kubelet.tasks)
-            except (OSError, ValueError) as exc:
-                out.write(f"failed to start the container command {argv!r}: {exc}\n".encode())
-                c.started_at = now_iso()
-                return 128, "StartError"
+        pump: _LogPump | None = None
+        try:
+            with open(log_path, "ab") as out:
+                try:
+                    cwd.mkdir(parents=True, exist_ok=True)
+                    if self.kubelet.container_log_max_size is None:
+                        c.proc = _Process(argv, out, cwd, env, self.kubelet.tasks)
+                    else:  # the output goes through the kubelet, which rotates the file (as a container runtime)
+                        pump = await _LogPump.open(log_path, self.kubelet)
+                        try:
+                            c.proc = _Process(argv, pump.write_fd, cwd, env, self.kubelet.tasks)
+                        finally:
+                            pump.child_started()
+                except (OSError, ValueError) as exc:
+                    out.write(f"failed to start the container command {argv!r}: {exc}\n".encode())
+                    c.started_at = now_iso()
+                    return 128, "StartError"
+            return await self._run_container(c, spec, init, pump)
+        finally:
+            if pump is not None:
+                pump.close()
+
+    async def _run_container(self, c: _Container, spec: JSON, init: bool, pump: _LogPump | None) -> tuple[int, str]:
+        assert c.proc is not None
         c.started_at = now_iso()
         self.log_written.set()
         if init:
@@ -509,6 +525,8 @@ class PodRunner:
                 await asyncio.wait([watcher])
         # The container ends when its main process does; take its process group down with it.
         c.proc.signal_all(signal.SIGKILL)
+        if pump is not None:  # the log is complete before the container is reported terminated
+            await pump.drained(2.0)
         if code < 0:
             code = 128 - code
         if c.oom:
@@ -698,6 +716,102 @@ class _ConfigError(Exception):
     pass
 
 
+#: Bytes a log read sends at once.
+LOG_CHUNK = 64 * 1024
+
+
+def _open_log(path: Path) -> BinaryIO | None:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the reader
+    except FileNotFoundError:
+        return None
+
+
+def _rotated_log(path: Path, generation: int) -> Path:
+    """Where the ``generation``-th rotation (from 1) moved a container's log file."""
+    return path.with_name(f"{path.name}.{generation}")
+
+
+def _tail_offset(f: BinaryIO, lines: int) -> int:
+    """Where the last ``lines`` lines of the open file start (read backwards, block by block)."""
+    end = f.seek(0, os.SEEK_END)
+    if lines <= 0 or end == 0:
+        return end
+    f.seek(end - 1)
+    pos = end - 1 if f.read(1) == b"\n" else end  # a final newline ends the last line, it starts none
+    while pos > 0:
+        size = min(LOG_CHUNK, pos)
+        f.seek(pos - size)
+        block = f.read(size)
+        i = len(block)
+        while (i := block.rfind(b"\n", 0, i)) >= 0:
+            lines -= 1
+            if lines == 0:
+                return pos - size + i + 1
+        pos -= size
+    return 0
+
+
+class _LogPump(asyncio.Protocol):
+    """A container's stdout and stderr through a pipe into its log file, rotated as a kubelet rotates a
+    container's log (``containerLogMaxSize``): when output comes while the file is over the size, the file
+    is renamed to ``<name>.<n>`` (n = 1, 2, ...: every rotated file is kept) and the output goes to a new
+    file. ``kubelet.log_generations[path]`` counts the rotations (a follower goes from file to file)."""
+
+    def __init__(self, path: Path, kubelet: Kubelet) -> None:
+        self.path = path
+        self.kubelet = kubelet
+        self.write_fd = -1
+        self._out = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._transport: asyncio.BaseTransport | None = None
+        self._eof = asyncio.Event()
+
+    @classmethod
+    async def open(cls, path: Path, kubelet: Kubelet) -> _LogPump:
+        pump = cls(path, kubelet)
+        read_fd, pump.write_fd = os.pipe()
+        try:
+            loop = asyncio.get_running_loop()
+            pump._transport, _ = await loop.connect_read_pipe(lambda: pump, os.fdopen(read_fd, "rb", buffering=0))
+        except BaseException:
+            os.close(pump.write_fd)
+            pump.close()
+            raise
+        return pump
+
+    def child_started(self) -> None:
+        """The child has its end of the pipe: close ours, so that the pipe ends with the container."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def data_received(self, data: bytes) -> None:
+        limit = self.kubelet.container_log_max_size
+        if limit is not None and self._out.tell() > limit:
+            self._out.close()
+            generation = self.kubelet.log_generations.get(self.path, 0) + 1
+            os.replace(self.path, _rotated_log(self.path, generation))
+            self._out = open(self.path, "ab")  # noqa: SIM115 - closed by close()
+            self.kubelet.log_generations[self.path] = generation
+        self._out.write(data)
+        self._out.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof.set()
+
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until every process holding the pipe has gone and all is written."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._eof.wait()
+
+    def close(self) -> None:
+        self.child_started()
+        if self._transport is not None:
+            self._transport.close()
+        self._out.close()
+
+
 class _Process:
     """A child process in its own session, awaited through a pidfd (no watcher thread per child) where
     the platform has them, else through a thread (``nni_ts.processes.wait_pid``)."""
@@ -841,8 +955,14 @@ class Kubelet:
         enforce_memory_limits: bool = True,
         api_port: int = 0,
         volume_mode: str = "rewrite",
+        container_log_max_size: int | None = None,
     ) -> None:
         self.api = api
+        #: ``containerLogMaxSize`` in bytes (None: logs are never rotated); a container started while it is
+        #: None writes its log file directly, one started with a size through the kubelet, which rotates it.
+        self.container_log_max_size = container_log_max_size
+        #: How many times each container log file was rotated.
+        self.log_generations: dict[Path, int] = {}
         self.state_dir = state_dir
         self.nfs_exports = {(s, p.rstrip("/") or "/"): Path(d) for (s, p), d in (nfs_exports or {}).items()}
         self.missing_images = missing_images if missing_images is not None else set()
@@ -1138,29 +1258,41 @@ class Kubelet:
             raise ApiError.bad_request(
                 f'previous terminated container "{container}" in pod "{pod["metadata"]["name"]}" not found'
             )
+        yield b""  # the request is valid: the answer starts
+        # Like a real kubelet, only the current file is read: what rotation moved out is not served.
         path = runner.log_path(container, index)
-        data = path.read_bytes() if path.exists() else b""
-        if tail is not None:
-            lines = data.splitlines(keepends=True)
-            data = b"".join(lines[-tail:]) if tail > 0 else b""
-        yield data
-        if not follow or previous:
-            return
-        offset = path.stat().st_size if path.exists() else 0
-        while True:
-            finished = runner.done.is_set() or (c.proc is None and c.exit_code is not None and c.restarts == index)
-            if path.exists():
-                size = path.stat().st_size
-                if size > offset:
-                    with open(path, "rb") as f:
-                        f.seek(offset)
-                        chunk = f.read(size - offset)
-                    offset = size
+        generation = self.log_generations.get(path, 0)  # of the file read (the current one, first)
+        f = _open_log(path)
+        try:
+            if f is not None:
+                f.seek(_tail_offset(f, tail) if tail is not None else 0)
+                while chunk := f.read(LOG_CHUNK):
                     yield chunk
-                    continue
-            if finished or runner.stopping or c.restarts != index:
+            if not follow or previous:
                 return
-            await asyncio.sleep(0.05)
+            while True:
+                finished = runner.done.is_set() or (c.proc is None and c.exit_code is not None and c.restarts == index)
+                if f is None:
+                    f = _open_log(path)
+                if f is not None:
+                    chunk = f.read(LOG_CHUNK)
+                    if chunk:
+                        yield chunk
+                        continue
+                    if self.log_generations.get(path, 0) > generation:
+                        # The file read was rotated and read to its end: on with the next one, which
+                        # may have been rotated meanwhile too (a follower loses nothing).
+                        generation += 1
+                        f.close()
+                        current = generation == self.log_generations.get(path, 0)
+                        f = _open_log(path if current else _rotated_log(path, generation + 1))
+                        continue
+                if finished or runner.stopping or c.restarts != index:
+                    return
+                await asyncio.sleep(0.05)
+        finally:
+            if f is not None:
+                f.close()
 
     # ------------------------------------------------------------- shutdown
 
