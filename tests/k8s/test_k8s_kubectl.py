@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from k8s_support import Kubectl, condition
@@ -115,6 +116,82 @@ spec:
     assert cluster.get("pods", "sleeper") is None
     missing = await kubectl("get", "pod", "sleeper")
     assert missing.code != 0 and 'pods "sleeper" not found' in missing.err
+
+
+def _sleeper(name: str, on_term: str, grace: int = 30) -> dict[str, Any]:
+    """A pod whose Python process handles SIGTERM with ``on_term`` (``exit``: exit 143, ``ignore``)."""
+    handler = "lambda *a: sys.exit(143)" if on_term == "exit" else "signal.SIG_IGN"
+    code = f"import signal, sys, time; signal.signal(signal.SIGTERM, {handler}); print('up', flush=True); "
+    code += "time.sleep(60)"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": grace,
+            "containers": [{"name": "main", "image": "python:3.11", "command": ["python3", "-c", code]}],
+        },
+    }
+
+
+async def test_kubectl_delete_pod_ends_it_gracefully_with_a_final_status(
+    cluster: FakeCluster, kubectl: Kubectl
+) -> None:
+    """As a real kubelet (1.27+) does with a pod deleted by hand: deletionTimestamp, SIGTERM, the grace
+    period, then the containers' terminated state and the phase Failed (a watcher sees MODIFIED), and only
+    then the object goes (DELETED). ``--grace-period=0 --force`` removes it at once, with no final status."""
+    for pod in (_sleeper("trapped", "exit"), _sleeper("stubborn", "ignore", grace=1), _sleeper("forced", "exit")):
+        cluster.create(pod)
+    await cluster.wait_for(lambda c: all("up" in c.pod_log(n) for n in ("trapped", "stubborn", "forced")), timeout=20)
+    watch = await asyncio.create_subprocess_exec(
+        *kubectl.argv("get", "pods", "-w", "-o", "json", "--output-watch-events", "--request-timeout=30s"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert watch.stdout is not None
+    try:
+        await cluster.wait_for(lambda c: c.request_counts[("watch", "pods")] >= 1, timeout=20)
+        for name in ("trapped", "stubborn"):
+            deleted = await kubectl("delete", "pod", name, "--wait=true")
+            assert deleted.code == 0 and f'pod "{name}" deleted' in deleted.out, deleted.err
+        forced = await kubectl("delete", "pod", "forced", "--grace-period=0", "--force")
+        assert forced.code == 0, forced.err
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        decoder, buffer = json.JSONDecoder(), ""
+        async with asyncio.timeout(20):
+            while sum(1 for kind, _, _ in events if kind == "DELETED") < 3:
+                chunk = (await watch.stdout.read(65536)).decode()
+                assert chunk, "kubectl get -w ended early"
+                buffer += chunk
+                while buffer.strip():
+                    try:
+                        event, end = decoder.raw_decode(buffer.lstrip())
+                    except json.JSONDecodeError:
+                        break
+                    buffer = buffer.lstrip()[end:]
+                    events.append((event["type"], event["object"]["metadata"]["name"], event["object"]))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            watch.kill()
+        await watch.wait()
+
+    def seen(name: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(kind, obj) for kind, n, obj in events if n == name and kind != "ADDED"]
+
+    for name, code in (("trapped", 143), ("stubborn", 137)):
+        changes = seen(name)
+        assert [kind for kind, _ in changes][-1] == "DELETED"
+        assert changes[0][1]["metadata"].get("deletionTimestamp") and changes[0][1]["status"]["phase"] == "Running"
+        final = changes[-2][1]  # the last MODIFIED, before the object goes
+        assert final["status"]["phase"] == "Failed", final["status"]
+        (status,) = final["status"]["containerStatuses"]
+        assert status["state"]["terminated"]["exitCode"] == code and status["state"]["terminated"]["reason"] == "Error"
+        assert not status["ready"] and changes[-1][1]["status"]["phase"] == "Failed"
+    forced_changes = seen("forced")
+    assert [kind for kind, _ in forced_changes] == ["DELETED"]
+    assert forced_changes[0][1]["status"]["phase"] == "Running"
+    assert not cluster.kubelet.runners and cluster.list("pods") == []
 
 
 async def test_get_watch_shows_the_job_progress(cluster: FakeCluster, kubectl: Kubectl, tmp_path: Path) -> None:

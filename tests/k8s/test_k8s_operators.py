@@ -328,6 +328,20 @@ async def test_framework_evicted_pod_is_failed_without_failed_container(cluster:
     assert comp["type"]["name"] == "Failed"
 
 
+async def test_framework_pod_deleted_by_hand_is_pod_external_deleted(cluster: FakeCluster) -> None:
+    """As FrameworkController does: a pod someone else deletes completes its task with -101 as soon as it has a
+    deletionTimestamp, whatever terminal status the kubelet writes before the pod goes (143 here)."""
+    command = "trap 'exit 143' TERM; sleep 60 & wait"
+    no_retry = {"fancyRetryPolicy": False, "maxRetryCount": 0}  # -101 is Transient: fancyRetryPolicy retries it
+    cluster.create(framework("fwdel", [role("worker", ["sh", "-c", command])], retryPolicy=no_retry))
+    await cluster.wait_for_object("pods", "fwdel-worker-0", lambda p: p["status"].get("phase") == "Running")
+    cluster.delete("pods", "fwdel-worker-0")
+    fw = await cluster.wait_for_object("frameworks", "fwdel", fw_done)
+    comp = fw["status"]["attemptStatus"]["completionStatus"]
+    assert (comp["code"], comp["phrase"]) == (-101, "PodExternalDeleted"), comp
+    assert comp["type"] == {"name": "Failed", "attributes": ["Transient"]}
+
+
 async def test_framework_barrier_init_container_and_plain_init_container(cluster: FakeCluster, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,19 @@ def _values(metrics: list[TrialJobMetric], trial_id: str) -> list[Any]:
 
 def _pods(cluster: FakeCluster, trial_id: str) -> list[dict[str, Any]]:
     return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial_id}")
+
+
+def _kubectl(cluster: FakeCluster, *args: str) -> str:
+    """The real kubectl against the fake cluster (bounded)."""
+    out = subprocess.run(
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
@@ -134,6 +148,37 @@ async def test_an_evicted_pod_is_replaced_and_the_trial_succeeds_with_every_metr
         assert evicted["status"]["phase"] == "Failed" and evicted["status"]["reason"] == "Evicted"
     state = Path(done.working_directory or "") / ".nni-ts"
     assert sorted(p.name for p in state.glob("attempt-*")) == ["attempt-1", "attempt-2"]
+
+
+async def test_a_pod_deleted_by_hand_fails_the_job_at_once_as_an_infrastructure_failure(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    """``kubectl delete pod`` (no DisruptionTarget): as on a real cluster, the pod ends Failed with the keeper's
+    SIGTERM exit (143) before it goes, the FailJob rule matches it, and the Job fails at once (no replacement,
+    no retry of backoffLimit spent). The trial is FAILED as an infrastructure failure (the experiment re-runs
+    it), with what it delivered before."""
+    svc = make_service(code_dir, "python3 kit_trial.py", backoffLimit=3)
+    metrics: list[TrialJobMetric] = []
+    svc.add_trial_job_metric_listener(metrics.append)
+    async with svc:
+        detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 60}))
+        await cluster.wait_for(lambda c: len(metrics) == 1, timeout=TIMEOUT, message="the trial's first metric")
+        (pod,) = _pods(cluster, detail.id)
+        await asyncio.to_thread(_kubectl, cluster, "delete", "pod", pod["metadata"]["name"])  # waits until gone
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        job = cluster.get("jobs", detail.platform_data["job"])
+        pods = _pods(cluster, detail.id)
+    assert done.status is TrialJobStatus.FAILED and done.infrastructure_failure, done.message
+    assert done.exit_code == 143, done.message
+    message = done.message or ""
+    assert f"The pod {pod['metadata']['name']} was deleted outside nni-ts" in message, message
+    assert "(exit code 143)" in message, message
+    assert job is not None and job["status"]["failed"] == 1 and job["status"].get("succeeded", 0) == 0
+    failed = [c for c in job["status"]["conditions"] if c["type"] == "Failed" and c["status"] == "True"]
+    assert failed and failed[0]["reason"] == "PodFailurePolicy", job["status"]["conditions"]
+    assert "exit code 143 matching FailJob rule at index 1" in failed[0]["message"]
+    assert pods == []  # not replaced
+    assert _values(metrics, detail.id) == [0.0] and [m.sequence for m in metrics] == [0]
 
 
 @pytest.mark.slow

@@ -457,3 +457,192 @@ async def test_a_queued_trial_outwaits_the_pending_timeout_and_can_be_cancelled(
         release.touch()
         done = await wait_for_status(service, first.id, timeout=60)
         assert done.status is TrialJobStatus.SUCCEEDED, done.message
+
+
+#: The resumed trial: two intermediate results, then it waits (bounded) until the test releases it (the file
+#: RELEASE), then the final result. Each run appends a line to RUNS.
+RESUMED_TRIAL = textwrap.dedent(
+    """
+    import os, time
+    import nni
+
+    params = nni.get_next_parameter()
+    with open(RUNS, "a") as fh:
+        fh.write("run\\n")
+    nni.report_intermediate_result(1)
+    nni.report_intermediate_result(2)
+    for _ in range(1200):
+        if os.path.exists(RELEASE):
+            break
+        time.sleep(0.05)
+    nni.report_final_result(params["x"])
+    """
+)
+
+
+def _quota(cluster: FakeCluster, cpu: str) -> None:
+    """Change the ClusterQueue's CPU quota (make_queues') to ``cpu``."""
+    resources = [{"name": "cpu", "nominalQuota": cpu}, {"name": "memory", "nominalQuota": "64Gi"}]
+    groups = [{"coveredResources": ["cpu", "memory"], "flavors": [{"name": "default-flavor", "resources": resources}]}]
+    cluster.patch("clusterqueues", "cluster-queue", {"spec": {"resourceGroups": groups}})
+
+
+def _stored(experiment: str) -> tuple[list[Any], dict[str, list[Any]]]:
+    """The experiment's trials and each one's metrics, as the store has them now."""
+    from nni_ts.errors import StoreError
+    from nni_ts.storage import open_store
+
+    try:
+        with open_store(readonly=True) as s:
+            trials = s.list_trials(experiment, with_detail=True)
+            return trials, {t.id: s.metrics(experiment, t.id) for t in trials}
+    except StoreError:  # the first manager has not created the store yet
+        return [], {}
+
+
+def _metric_counts(experiment: str) -> list[tuple[Any, int]]:
+    """Each stored trial with the number of its stored metrics."""
+    trials, metrics = _stored(experiment)
+    return [(t, len(metrics[t.id])) for t in trials]
+
+
+@pytest.mark.slow
+async def test_requeued_trials_stay_the_same_waiting_trials_across_a_resume(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, platform: str
+) -> None:
+    """The manager (``nni-ts create``) is SIGKILLed while Kueue holds trial A, which it preempted (A is WAITING,
+    the pod of its evicted run still ending, its keeper still retrying its SIGTERM exit's report); then Kueue
+    preempts trial B, RUNNING for the dead manager. ``Experiment.resume`` re-attaches both as the same trials,
+    WAITING (no resubmission, no second object, their two delivered metrics kept, not a failure; neither
+    RUNNING while Kueue holds it), and when Kueue admits them again they run anew and their metrics arrive
+    once."""
+    import os
+    import signal
+    import sys
+
+    from nni_ts.storage import open_store
+
+    exp_id = "kueueresume"
+    make_queues(cluster, cpu="1")  # each trial asks 0.5 CPU: both run
+    code = tmp_path / "code"
+    code.mkdir()
+    release, runs = tmp_path / "release", tmp_path / "runs"
+    (code / "trial.py").write_text(f"RELEASE = {str(release)!r}\nRUNS = {str(runs)!r}\n" + RESUMED_TRIAL)
+    platform_config = config_for(platform, cluster, nfs_dir, code, "python3 trial.py", queueName=QUEUE)
+    config = {
+        "experimentName": "kueue-resume",
+        "searchSpace": {"x": {"_type": "choice", "_value": [0.25, 0.75]}},
+        "trialCommand": "python3 trial.py",
+        "trialCodeDirectory": str(code),
+        "trialConcurrency": 2,
+        "maxTrialNumber": 2,
+        "tuner": {"name": "GridSearch"},
+        "experimentWorkingDirectory": str(tmp_path / "home"),
+        "trainingService": platform_config,
+    }
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config))
+
+    async def until(predicate: Any, what: str, timeout: float = 60) -> Any:
+        async with asyncio.timeout(timeout):
+            while not (value := predicate()):
+                await asyncio.sleep(0.1)
+        assert value, what
+        return value
+
+    def preempt(trial: Any) -> None:
+        job = trial.detail.platform_data["job"]
+        workload = next(w for w in cluster.list("workloads") if w["metadata"]["ownerReferences"][0]["name"] == job)
+        cluster.kueue.preempt("default", workload["metadata"]["name"])
+
+    def pods(trial: Any) -> list[Any]:
+        return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial.id}")
+
+    with (tmp_path / "manager.log").open("w") as log:
+        manager = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "nni_ts.cli", "create", "-c", str(tmp_path / "config.yml"), "--id", exp_id],
+            "--quiet",
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        # The first manager: both trials run and delivered their two intermediate results.
+        both = await until(lambda: [t for t, n in _metric_counts(exp_id) if n == 2][1:] and _stored(exp_id)[0], "2+2")
+        a, b = sorted(both, key=lambda t: t.sequence_id)
+        _quota(cluster, "0")  # Kueue cannot admit a preempted trial again
+        # A's evicted run ends as slowly as on a real cluster (terminationGracePeriodSeconds: cancelGracePeriod
+        # + 5): its keeper retries its SIGTERM exit's report (refused: the requeued trial is unregistered).
+        cluster.kubelet.grace_cap = 10.0
+        preempt(a)
+        await until(
+            lambda: (
+                (t := next(t for t in _stored(exp_id)[0] if t.id == a.id)).status is TrialJobStatus.WAITING
+                and "Preempted by Kueue" in (t.message or "")
+            ),
+            "trial A requeued in the store",
+        )
+    finally:
+        os.kill(manager.pid, signal.SIGKILL)  # the manager dies: no clean-up, the objects and Workloads stay
+        await manager.wait()
+    cluster.kubelet.grace_cap = 0.5
+    preempt(b)  # while no manager runs: B is RUNNING in the store
+    await cluster.wait_for(lambda c: not pods(b), timeout=30, message="B's evicted pod gone")
+    assert pods(a), "A's evicted pod ended before the resume: the test no longer covers that case"
+    release.touch()  # the next runs go to their end
+    # While no manager runs, Kueue's reason changes (a smaller quota, still too small for a trial's 0.5 CPU).
+    _quota(cluster, "0.25")
+
+    store = open_store()
+    service = PLATFORMS[platform][1](platform_config, experiment_id=exp_id, experiment_dir=tmp_path / "home" / exp_id)
+    statuses: dict[str, list[TrialJobDetail]] = {a.id: [], b.id: []}
+    metrics: list[TrialJobMetric] = []
+    service.events.on("trial_status", lambda d: statuses[d.id].append(d))
+    service.add_trial_job_metric_listener(metrics.append)
+    exp = Experiment.resume(exp_id, store=store, service=service, control_socket=False)
+    task = asyncio.create_task(exp.run())
+    try:
+        # Re-attached, each read its Workload: the same WAITING trial, with Kueue's reason of now.
+        await until(
+            lambda: (
+                all(any("0.25 more needed" in (d.message or "") for d in s) for s in statuses.values()) or task.done()
+            ),
+            "Kueue's reason",
+        )
+        assert not task.done(), task
+        stored, stored_metrics = _stored(exp_id)
+        assert sorted((t.id, t.attempt, t.status) for t in stored) == sorted(
+            (t.id, 1, TrialJobStatus.WAITING) for t in (a, b)
+        )
+        for t in (a, b):
+            now = service.reporter.detail(t.id)
+            assert now.status is TrialJobStatus.WAITING and (now.message or "").startswith("Preempted by Kueue"), now
+            assert len(stored_metrics[t.id]) == 2
+            objects = cluster.list(service.plural, label_selector=f"nni-ts.io/trial={t.id}")
+            assert [o["metadata"]["name"] for o in objects] == [t.detail.platform_data["job"]]
+            assert kq.is_suspended(objects[0])
+        # Kueue admits them again: they run in new pods, to their end.
+        _quota(cluster, "1")
+        async with asyncio.timeout(120):
+            result = await task
+    finally:
+        if not task.done():
+            exp.stop("the test ended")
+            await asyncio.wait_for(task, 60)
+        store.close()
+
+    assert result.status == "DONE", result.message
+    assert sorted((t.id, t.attempt, t.status) for t in result.trials) == sorted(
+        (t.id, 1, TrialJobStatus.SUCCEEDED) for t in (a, b)
+    ), [(t.id, t.status, t.message) for t in result.trials]
+    assert runs.read_text() == "run\n" * 4  # each: the preempted run and the one after the resume; no other
+    stored, stored_metrics = _stored(exp_id)
+    for t in stored:
+        # WAITING from its re-attach until Kueue admitted it again; never FAILED or UNKNOWN, nor RUNNING early.
+        changes = [d.status for d in statuses[t.id]]
+        compact = [c for i, c in enumerate(changes) if i == 0 or changes[i - 1] is not c]
+        assert compact == [TrialJobStatus.WAITING, TrialJobStatus.RUNNING, TrialJobStatus.SUCCEEDED], (t.id, changes)
+        # Every metric once: the resumed manager got only the final result (the new run's 1 and 2 were skipped).
+        assert [m.sequence for m in metrics if m.trial_job_id == t.id] == [2]
+        values = [json.loads(m.data)["value"] for m in stored_metrics[t.id]]
+        assert [m.type for m in stored_metrics[t.id]] == ["PERIODICAL", "PERIODICAL", "FINAL"], values
+        assert [float(v) for v in values] == [1, 2, t.parameters["x"]], values
+        assert t.detail is not None and t.detail.platform_data["requeues"] == 1, t.detail.platform_data

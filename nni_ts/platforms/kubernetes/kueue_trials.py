@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ...models import TrialJobStatus
 from . import kueue as kq
 from .lifecycle import KueueStep, Phase, kueue_step
+from .names import LABEL_TRIAL
 from .status import pod_phase, pod_problem
 from .watch import Watcher
 
@@ -28,7 +30,15 @@ if TYPE_CHECKING:
     from .client import JSON
     from .service import KubernetesTrainingService, _Trial
 
-__all__ = ["attempt_of", "held_if_suspended", "on_evicted_pod", "on_workload", "replay_workload", "start"]
+__all__ = [
+    "attempt_of",
+    "held_if_suspended",
+    "on_evicted_pod",
+    "on_workload",
+    "reattached_while_evicted",
+    "replay_workload",
+    "start",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,39 @@ def replay_workload(service: KubernetesTrainingService[Any], trial: _Trial) -> N
     for wl in list(service._workload_watch.cache.values()):
         if kq.workload_owner(wl, service.kind) == trial.job:
             service._post_event(trial, "workload", wl)
+
+
+def reattached_while_evicted(service: KubernetesTrainingService[Any], trial: _Trial) -> bool:
+    """On a re-attach (a resumed manager): whether the trial's object is suspended (Kueue holds it) while pods
+    of the trial are still there. Those are the pods of a run Kueue evicted, still terminating: their keeper may
+    still report (its SIGTERM exit, retried until its grace period ends) to the cluster server, which the new
+    manager serves on the same port. The trial is then ``REQUEUED``, as after an eviction this manager saw: its
+    channel is registered only once those pods are gone (:func:`requeue_done_if_gone`), and it is WAITING.
+
+    Either way the trial's facts carry over what the earlier manager knew: how many times Kueue requeued it, and
+    whether it ran (RUNNING or UNKNOWN: Kueue had admitted it, so an evicted or queued Workload now is a requeue,
+    not a trial that still waits for its first admission)."""
+    trial.facts.requeues = int((trial.detail.platform_data or {}).get("requeues") or 0)
+    trial.facts.admitted = trial.detail.status in (TrialJobStatus.RUNNING, TrialJobStatus.UNKNOWN)
+    jobs, pods = service._job_watch, service._pod_watch
+    if not service.config.queue_name or jobs is None or pods is None:
+        return False
+    obj = jobs.cache.get(trial.job)
+    left = [p for p in pods.cache.values() if (p["metadata"].get("labels") or {}).get(LABEL_TRIAL) == trial.label]
+    if obj is None or not kq.is_suspended(obj) or not left:
+        return False
+    trial.move(Phase.REQUEUED)
+    trial.evicted_pods = {p["metadata"]["uid"] for p in left}
+    trial.facts.requeues += 1  # an earlier manager records an eviction only once its pods are gone
+    message = kq.held_message(str(service.config.queue_name))
+    if service._workload_watch is not None:
+        for wl in service._workload_watch.cache.values():
+            if kq.workload_owner(wl, service.kind) == trial.job:
+                message = kq.admission(wl).message
+    trial.facts.queued = message
+    service.reporter.requeued(trial.id, message)  # RUNNING when the manager died: WAITING now (not a failure)
+    log.info("Trial %s: re-attached while the pods of its evicted run end: %s", trial.id, message)
+    return True
 
 
 def held_if_suspended(service: KubernetesTrainingService[Any], trial: _Trial, obj: JSON) -> None:

@@ -939,7 +939,8 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             )
         trial = _Trial(detail=detail, job=job, attempt=int(data.get("attempt") or 1), job_created=True)
         self._track(trial)
-        self._register(trial, attempt=self._channel_attempt(trial), next_seq=metrics_delivered)
+        if not kt.reattached_while_evicted(self, trial):
+            self._register(trial, attempt=self._channel_attempt(trial), next_seq=metrics_delivered)
         self._start_worker(trial)
         assert self._job_watch is not None
         if job in self._job_watch.cache:

@@ -150,6 +150,9 @@ class PodRunner:
         self.task: asyncio.Task[None] | None = None
         self.stopping = False
         self.stop_reason: tuple[str, str, str] | None = None  # (phase, reason, message)
+        #: Deleted gracefully (the API's deletion hook): the containers' end and the terminal phase are
+        #: written before the object goes, as a real kubelet (1.27+) does.
+        self.deleted = False
         self.done = asyncio.Event()
         self.log_written = asyncio.Event()
 
@@ -287,7 +290,7 @@ class PodRunner:
             for spec in self.pod["spec"]["containers"]
         ]
         await asyncio.gather(*loops)
-        if self.stopping and self.stop_reason is None:
+        if self.stopping and self.stop_reason is None and not self.deleted:
             return
         codes = [c.exit_code for c in self.containers.values()]
         if self.stop_reason is not None:
@@ -1063,6 +1066,10 @@ class Kubelet:
             return False
         if runner.stopping:
             return True
+        # Graceful deletion: SIGTERM, the grace period, SIGKILL; then the containers' terminated state (143
+        # after a SIGTERM, 137 after the SIGKILL) and the terminal phase are written (watchers see MODIFIED),
+        # and only then is the object removed (DELETED), as a real kubelet does since Kubernetes 1.27.
+        runner.deleted = True
         self._spawn_stop(runner, min(float(grace), self.grace_cap), remove=True)
         return True
 

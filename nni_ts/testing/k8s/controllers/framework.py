@@ -304,8 +304,16 @@ class FrameworkController(Controller):
                         self._set_state(task, "TaskAttemptCreationRequested")
                     continue
                 if pod is None or pod["metadata"]["uid"] != ta.get("podUID"):
-                    comp = completion(-101, f"Pod {pod_name} was deleted externally")
+                    comp = ta.get("completionStatus") or completion(-101, f"Pod {pod_name} was deleted externally")
                     self._complete_task(task, task_spec, comp)
+                    continue
+                if pod["metadata"].get("deletionTimestamp"):
+                    # Deleted by someone else (this controller deletes a task's pod only once the task has
+                    # completed): -101 at once, whatever final status the kubelet writes before the pod goes;
+                    # the task completes when the pod is gone.
+                    if ta.get("completionStatus") is None:
+                        ta["completionStatus"] = completion(-101, f"Pod {pod_name} is being deleted by others")
+                    self._set_state(task, "TaskAttemptDeleting")
                     continue
                 phase = (pod.get("status") or {}).get("phase")
                 ta.update(
