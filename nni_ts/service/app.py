@@ -66,6 +66,8 @@ _USER_KEY = web.RequestKey("user", User)
 _EXPERIMENT_KEY = web.RequestKey("experiment", object)
 #: What the route answers, read in the same statement (see ExperimentService._auth_and_read).
 _READ_KEY = web.RequestKey("read", object)
+#: Whether a removed user of the request's user name is still being archived (read with the token).
+_ARCHIVE_KEY = web.RequestKey("archive", bool)
 _USER_COLS_U = "u.name, u.is_admin, u.max_trials, u.max_gpus, u.created_ms"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -276,9 +278,13 @@ class ExperimentService:
         except OSError as exc:
             log.warning("The files of the removed user %s cannot be archived: %s", name, exc)
 
-    async def _before_user_files(self, user: str) -> None:
-        """A re-added user's first write waits until the removed user of that name is archived."""
-        if await self.db.fetchrow("SELECT name FROM svc_archives WHERE name = $1 AND done = 0", user):
+    async def _before_user_files(self, user: str, request: web.Request | None = None) -> None:
+        """A re-added user's first write waits until the removed user of that name is archived. With
+        ``request``: as read with its token check, when it was (no statement of its own)."""
+        pending = request.get(_ARCHIVE_KEY) if request is not None else None
+        if pending is None:
+            pending = bool(await self.db.fetchrow("SELECT name FROM svc_archives WHERE name = $1 AND done = 0", user))
+        if pending:
             await self.reconcile()
 
     def app(self) -> web.Application:
@@ -429,6 +435,15 @@ class ExperimentService:
         experiment_id = request.match_info.get("experiment_id")
         if experiment_id is not None:
             user = await self._auth_and_read(request, users_mod.hash_token(token.strip()), experiment_id)
+        elif request.method in ("POST", "PUT"):  # may write the user's files: the archive check too
+            row = await self.db.fetchrow(
+                f"SELECT {_USER_COLS_U}, EXISTS (SELECT 1 FROM svc_archives a WHERE a.name = u.name AND a.done = 0) "
+                "FROM svc_users u WHERE u.token_hash = $1",
+                users_mod.hash_token(token.strip()),
+            )
+            user = User(row[0], bool(row[1]), row[2], row[3], row[4]) if row is not None else None
+            if row is not None:
+                request[_ARCHIVE_KEY] = bool(row[5])
         else:
             user = await users_mod.user_by_token(self.db, token.strip())
         if user is None:
@@ -511,6 +526,8 @@ class ExperimentService:
         """The request's bytes; a body that cannot be decoded (Content-Encoding) is a 400. No database
         connection is held while a client sends it (slowly, maybe)."""
         try:
+            if request.content.is_eof():  # all here already (a small body comes with its headers)
+                return await request.read()
             async with self.db.unbound():
                 return await request.read()
         except RequestPayloadError as exc:
@@ -771,25 +788,33 @@ class ExperimentService:
         return tuner_for(config)
 
     async def create_experiment(
-        self, user: User, workspace: str, raw: Any, *, legacy: bool = False, actor: str | None = None
+        self,
+        user: User,
+        workspace: str,
+        raw: Any,
+        *,
+        legacy: bool = False,
+        actor: str | None = None,
+        request: web.Request | None = None,
     ) -> dict[str, Any]:
         """Validate, record and start an experiment. ``legacy``: the seeds' route, where a workspace runs
         one experiment at a time; checked inside the transaction that inserts it, after the user's row
         lock (PostgreSQL) or the write lock (SQLite), so parallel requests cannot both pass."""
         check_name(workspace, "A workspace name")
-        await self._before_user_files(user.name)
-        config = prepare_config(
-            raw,
-            user=user.name,
-            is_admin=user.is_admin,
-            workspace=workspace,
-            workspace_dir=self.workspace_dir(user.name, workspace),
-            policy=self.settings.policy,
-        )
-        # Off the API loop: the first tuner of a kind imports its library (optuna: 150 ms idle, more on a
-        # busy machine), and a custom tuner runs the user's code; every request waited for that. Without
-        # a database connection: 50 creates at once held all 20 of the pool meanwhile.
+        await self._before_user_files(user.name, request)
+        # Without a database connection until the transaction: 50 creates at once held all 20 of the
+        # pool while they validated their configs and built their tuners, and the others waited.
         async with self.db.unbound():
+            config = prepare_config(
+                raw,
+                user=user.name,
+                is_admin=user.is_admin,
+                workspace=workspace,
+                workspace_dir=self.workspace_dir(user.name, workspace),
+                policy=self.settings.policy,
+            )
+            # Off the API loop: the first tuner of a kind imports its library (optuna: 150 ms idle, more
+            # on a busy machine), and a custom tuner runs the user's code; every request waited for that.
             tuner = await asyncio.to_thread(self._tuner_for, config)
         trials, gpus = resource_need(config)
         experiment_id = new_trial_id(8).lower()
@@ -996,7 +1021,7 @@ class ExperimentService:
     async def _create(self, request: web.Request) -> web.Response:
         user = self._user(request)
         workspace = request.match_info["workspace"]
-        created = await self.create_experiment(user, workspace, await self._json(request))
+        created = await self.create_experiment(user, workspace, await self._json(request), request=request)
         return web.json_response(created, status=201)
 
     async def _upload(self, request: web.Request) -> web.Response:
@@ -1011,7 +1036,7 @@ class ExperimentService:
                 "without '.' or '..' parts.",
             )
         data = await self._body(request)
-        await self._before_user_files(user.name)
+        await self._before_user_files(user.name, request)
         self._identity(user.name)
         try:
             async with self.db.unbound():

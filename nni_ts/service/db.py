@@ -327,11 +327,14 @@ class PostgresDatabase(Database):
                 "A postgresql:// database needs the asyncpg package: pip install 'nni-ts[postgres]'."
             ) from exc
         try:
+            # Every connection opened at the start and kept: a burst of requests (50 creates at once)
+            # otherwise waited for the pool to open connections one by one (tens of ms each).
             pool = await asyncpg.create_pool(
                 url,
                 password=password,
-                min_size=min(2, pool_size),
+                min_size=pool_size,
                 max_size=pool_size,
+                max_inactive_connection_lifetime=0,
                 command_timeout=60,
                 reset=_reset,
             )
