@@ -271,6 +271,19 @@ def serve_fake_cluster(tmp_path: Path, nfs: Path, extra_crds: list[Path] | None 
             proc.stdout.close()
 
 
+def kubectl(cluster: FakeCluster, *args: str) -> str:
+    """The real kubectl against the fake cluster (bounded); its stdout, the test failing on an error."""
+    out = subprocess.run(
+        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
     """Poll ``predicate`` every 0.1 s (bounded) from a synchronous test driving the CLI."""
     deadline = time.monotonic() + timeout

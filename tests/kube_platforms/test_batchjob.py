@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from nni_ts.models import TrialJobMetric, TrialJobStatus
 from nni_ts.testing.conformance import KIT_TRIAL, form, wait_for_status
 from nni_ts.testing.k8s import FakeCluster
 
-from .conftest import Factory
+from .conftest import Factory, kubectl
 
 TIMEOUT = 60.0
 
@@ -41,19 +40,6 @@ def _values(metrics: list[TrialJobMetric], trial_id: str) -> list[Any]:
 
 def _pods(cluster: FakeCluster, trial_id: str) -> list[dict[str, Any]]:
     return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial_id}")
-
-
-def _kubectl(cluster: FakeCluster, *args: str) -> str:
-    """The real kubectl against the fake cluster (bounded)."""
-    out = subprocess.run(
-        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 async def test_the_trials_own_failure_fails_it_at_once_with_the_job_reason(
@@ -164,7 +150,7 @@ async def test_a_pod_deleted_by_hand_fails_the_job_at_once_as_an_infrastructure_
         detail = await svc.submit_trial_job(form({"mode": "sleep", "seconds": 60}))
         await cluster.wait_for(lambda c: len(metrics) == 1, timeout=TIMEOUT, message="the trial's first metric")
         (pod,) = _pods(cluster, detail.id)
-        await asyncio.to_thread(_kubectl, cluster, "delete", "pod", pod["metadata"]["name"])  # waits until gone
+        await asyncio.to_thread(kubectl, cluster, "delete", "pod", pod["metadata"]["name"])  # waits until gone
         done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
         job = cluster.get("jobs", detail.platform_data["job"])
         pods = _pods(cluster, detail.id)

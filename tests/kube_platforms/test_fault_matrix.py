@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from nni_ts.models import TrialJobMetric, TrialJobStatus
 from nni_ts.testing.conformance import KIT_TRIAL, form, wait_for_status
 from nni_ts.testing.k8s import FakeCluster
 
-from .conftest import Factory
+from .conftest import Factory, kubectl
 
 TIMEOUT = 60.0
 
@@ -36,18 +35,6 @@ def _values(metrics: list[TrialJobMetric], trial_id: str) -> list[Any]:
 
 def _pods(cluster: FakeCluster, trial_id: str) -> list[dict[str, Any]]:
     return cluster.list("pods", label_selector=f"nni-ts.io/trial={trial_id}")
-
-
-def _kubectl(cluster: FakeCluster, *args: str) -> str:
-    out = subprocess.run(
-        ["kubectl", "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 # ---------------------------------------------------------------------- 1. multi-replica roles
@@ -149,10 +136,10 @@ async def test_a_pod_taken_away_is_an_infrastructure_failure(
     async with svc:
         trial_id, pod = await _running_trial(svc, cluster, metrics)
         if how == "kubectl delete pod":
-            await asyncio.to_thread(_kubectl, cluster, "delete", "pod", pod, "--wait=false")
+            await asyncio.to_thread(kubectl, cluster, "delete", "pod", pod, "--wait=false")
         elif how == "kubectl drain":
             node = _pods(cluster, trial_id)[0]["spec"]["nodeName"]
-            await asyncio.to_thread(_kubectl, cluster, "drain", node, "--ignore-daemonsets", "--force", "--timeout=30s")
+            await asyncio.to_thread(kubectl, cluster, "drain", node, "--ignore-daemonsets", "--force", "--timeout=30s")
         else:
             node = _pods(cluster, trial_id)[0]["spec"]["nodeName"]
             await cluster.faults.lose_node(node)
@@ -176,7 +163,7 @@ async def test_the_anchor_deleted_is_recreated_and_the_budget_is_not_burnt(
     async with svc:
         trial_id, _pod = await _running_trial(svc, cluster, metrics)
         anchor = svc.anchor["metadata"]
-        await asyncio.to_thread(_kubectl, cluster, "delete", "configmap", anchor["name"], "--wait=false")
+        await asyncio.to_thread(kubectl, cluster, "delete", "configmap", anchor["name"], "--wait=false")
         done = await wait_for_status(svc, trial_id, timeout=TIMEOUT)
         assert done.status is TrialJobStatus.FAILED and done.infrastructure_failure, done.message
         await cluster.wait_for(
@@ -198,7 +185,7 @@ async def test_a_job_deleted_by_hand(cluster: FakeCluster, make_service: Factory
     async with svc:
         trial_id, _pod = await _running_trial(svc, cluster, metrics)
         job = (await svc.get_trial_job(trial_id)).platform_data["job"]
-        await asyncio.to_thread(_kubectl, cluster, "delete", svc.plural, job, "--wait=false")
+        await asyncio.to_thread(kubectl, cluster, "delete", svc.plural, job, "--wait=false")
         done = await wait_for_status(svc, trial_id, timeout=TIMEOUT)
         assert done.status is TrialJobStatus.FAILED and done.infrastructure_failure, done.message
         assert _values(metrics, trial_id) == [0.0]
@@ -242,8 +229,8 @@ async def test_the_token_is_not_readable_from_the_job_or_pod_spec(
         token = svc.server.token_for(trial_id)
         job = (await svc.get_trial_job(trial_id)).platform_data["job"]
         for text in (
-            await asyncio.to_thread(_kubectl, cluster, "get", svc.plural, job, "-o", "json"),
-            await asyncio.to_thread(_kubectl, cluster, "get", "pod", pod, "-o", "json"),
+            await asyncio.to_thread(kubectl, cluster, "get", svc.plural, job, "-o", "json"),
+            await asyncio.to_thread(kubectl, cluster, "get", "pod", pod, "-o", "json"),
         ):
             assert token not in text
             assert "secretKeyRef" in text

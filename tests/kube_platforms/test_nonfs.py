@@ -5,9 +5,11 @@ reached the metrics come back from the pod's log. Runs on every Kubernetes platf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import textwrap
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -197,11 +199,13 @@ async def test_manager_unreachable_metrics_come_from_the_pod_log_once(
     assert [m.sequence for m in metrics] == [0, 1, 2, 3, 4]
 
 
-async def test_a_keeper_that_gives_up_before_it_is_missed_is_read_back_when_its_pod_ends(
+@contextlib.asynccontextmanager
+async def _keeper_that_gives_up(
     cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path
-) -> None:
-    """The other path: the keeper gives up (reportTimeout 0.5 s) long before the heartbeat time-out, so no
-    log is followed; the pod's log is read once its container ended (the TFJob keeps its pods)."""
+) -> AsyncIterator[tuple[Any, TcpProxy, list[TrialJobMetric], asyncio.Event]]:
+    """A kubeflow service (started) whose keepers reach the cluster server through a proxy the test can
+    cut, and give up after 0.5 s (reportTimeout) long before the heartbeat time-out: (service, proxy,
+    the metrics delivered, an event set at the first one)."""
     async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=60.0) as server:
         with TcpProxy(("127.0.0.1", server.port)) as proxy:
             svc = _make(
@@ -221,16 +225,25 @@ async def test_a_keeper_that_gives_up_before_it_is_missed_is_read_back_when_its_
                 first.set()
 
             svc.add_trial_job_metric_listener(listen)
-            gate = tmp_path / "gate"
             async with svc:
-                detail = await svc.submit_trial_job(form({"n": 2, "final": 0.25, "gate": str(gate)}))
-                async with asyncio.timeout(TIMEOUT):
-                    await first.wait()
-                proxy.partition()
-                gate.touch()
-                done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
-                followed = dict(svc.stager._followers)
-                proxy.heal()
+                yield svc, proxy, metrics, first
+
+
+async def test_a_keeper_that_gives_up_before_it_is_missed_is_read_back_when_its_pod_ends(
+    cluster: FakeCluster, nfs_dir: Path, tmp_path: Path, code_dir: Path
+) -> None:
+    """The other path: the keeper gives up (reportTimeout 0.5 s) long before the heartbeat time-out, so no
+    log is followed; the pod's log is read once its container ended (the TFJob keeps its pods)."""
+    async with _keeper_that_gives_up(cluster, nfs_dir, tmp_path, code_dir) as (svc, proxy, metrics, first):
+        gate = tmp_path / "gate"
+        detail = await svc.submit_trial_job(form({"n": 2, "final": 0.25, "gate": str(gate)}))
+        async with asyncio.timeout(TIMEOUT):
+            await first.wait()
+        proxy.partition()
+        gate.touch()
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        followed = dict(svc.stager._followers)
+        proxy.heal()
     assert done.status is TrialJobStatus.SUCCEEDED and done.exit_code == 0, done.message
     assert _values(metrics, detail.id) == [0.0, 0.1, 0.2, 0.25]
     assert [m.sequence for m in metrics] == [0, 1, 2, 3]
@@ -247,44 +260,25 @@ async def test_a_rotated_log_delivers_the_records_before_its_gap_and_reads_strea
     streamed: reading the 3 MiB left of it back holds a small part at a time (read whole, it took 2.6 times
     the log's size), and a tail of ``stdout`` asks for the last lines only."""
     cluster.kubelet.container_log_max_size = 4 << 20
-    async with ClusterServer("127.0.0.1", 0, heartbeat_timeout=60.0) as server:
-        with TcpProxy(("127.0.0.1", server.port)) as proxy:
-            svc = _make(
-                cluster,
-                nfs_dir,
-                tmp_path,
-                "kubeflow",
-                code_dir,
-                reportTimeout=0.5,
-                service_kwargs={"server": server, "keeper_server_url": f"http://127.0.0.1:{proxy.port}"},
-            )
-            metrics: list[TrialJobMetric] = []
-            first = asyncio.Event()
-
-            def listen(metric: TrialJobMetric) -> None:
-                metrics.append(metric)
-                first.set()
-
-            svc.add_trial_job_metric_listener(listen)
-            gate = tmp_path / "gate"
-            async with svc:
-                params = {"n": 3, "final": 0.25, "gate": str(gate), "pad_at": 2, "pad": 7 << 20}
-                detail = await svc.submit_trial_job(form(params))
-                async with asyncio.timeout(TIMEOUT):
-                    await first.wait()
-                proxy.partition()
-                gate.touch()
-                done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
-                (pod,) = cluster.list("pods", label_selector=f"nni-ts.io/trial={detail.id}")
-                log = cluster.pod_log(pod["metadata"]["name"])
-                tracemalloc.start()
-                try:
-                    records, ended = await svc.stager.read_back(detail.id, None, pod=pod["metadata"]["name"])
-                    peak = tracemalloc.get_traced_memory()[1]
-                finally:
-                    tracemalloc.stop()
-                tail = await svc.get_trial_file(detail.id, "stdout", tail=1000)
-                proxy.heal()
+    async with _keeper_that_gives_up(cluster, nfs_dir, tmp_path, code_dir) as (svc, proxy, metrics, first):
+        gate = tmp_path / "gate"
+        params = {"n": 3, "final": 0.25, "gate": str(gate), "pad_at": 2, "pad": 7 << 20}
+        detail = await svc.submit_trial_job(form(params))
+        async with asyncio.timeout(TIMEOUT):
+            await first.wait()
+        proxy.partition()
+        gate.touch()
+        done = await wait_for_status(svc, detail.id, timeout=TIMEOUT)
+        (pod,) = cluster.list("pods", label_selector=f"nni-ts.io/trial={detail.id}")
+        log = cluster.pod_log(pod["metadata"]["name"])
+        tracemalloc.start()
+        try:
+            records, ended = await svc.stager.read_back(detail.id, None, pod=pod["metadata"]["name"])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        tail = await svc.get_trial_file(detail.id, "stdout", tail=1000)
+        proxy.heal()
     assert done.status is TrialJobStatus.SUCCEEDED and done.exit_code == 0, done.message
     assert "metric records from #1 on were lost" in (done.message or ""), done.message
     assert _values(metrics, detail.id) == [0.0] and [m.sequence for m in metrics] == [0]
