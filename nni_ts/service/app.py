@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -111,6 +112,13 @@ class HTTPProblem(Exception):
         super().__init__(message)
         self.status = status
         self.extra = extra
+
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def _shift_param(offset: int, match: re.Match[str]) -> str:
+    return f"${int(match.group(1)) + offset}"
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -734,6 +742,22 @@ class ExperimentService:
         )
         return out
 
+    async def _execute_together(self, tx: Any, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Several INSERTs in one transaction: on PostgreSQL in one round trip (one statement of
+        data-modifying CTEs, each statement's ``$n`` renumbered after the previous ones'), on SQLite one
+        by one (each an in-process call)."""
+        if self.db.dialect != "postgresql":
+            for sql, args in statements:
+                await tx.execute(sql, *args)
+            return
+        parts: list[str] = []
+        values: list[Any] = []
+        for i, (sql, args) in enumerate(statements):
+            renumbered = _PARAM.sub(functools.partial(_shift_param, len(values)), sql)
+            parts.append(f"w{i} AS ({renumbered})")
+            values.extend(args)
+        await tx.execute(f"WITH {', '.join(parts)} SELECT 1", *values)
+
     async def _usage(self, tx: Any, user: str) -> tuple[int, int]:
         row = await tx.fetchrow(
             "SELECT COALESCE(SUM(trial_concurrency), 0), COALESCE(SUM(trial_concurrency * gpus_per_trial), 0) "
@@ -836,39 +860,44 @@ class ExperimentService:
                         experimentId=running[0],
                     )
             now = now_ms()
-            await tx.execute(
-                "INSERT INTO svc_workspaces (user_name, name, created_ms) VALUES ($1, $2, $3) "
-                "ON CONFLICT (user_name, name) DO NOTHING",
-                user.name,
-                workspace,
-                now,
-            )
-            await tx.execute(
-                f"INSERT INTO svc_experiments ({self._EXP_COLS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-                experiment_id,
-                user.name,
-                workspace,
-                config.experiment_name,
-                config.training_service.platform,
-                "RUNNING",
-                None,
-                json.dumps(stored),
-                trials,
-                gpus,
-                optimize_mode(config),
-                self.settings.replica,
-                int(legacy),
-                now,
-                now,
-                None,
-            )
-            await audit(
+            await self._execute_together(
                 tx,
-                actor or user.name,
-                "experiment.create",
-                f"{user.name}/{workspace}/{experiment_id}",
-                {"legacy": legacy, "config": shown},
+                (
+                    "INSERT INTO svc_workspaces (user_name, name, created_ms) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (user_name, name) DO NOTHING",
+                    (user.name, workspace, now),
+                ),
+                (
+                    f"INSERT INTO svc_experiments ({self._EXP_COLS}) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                    (
+                        experiment_id,
+                        user.name,
+                        workspace,
+                        config.experiment_name,
+                        config.training_service.platform,
+                        "RUNNING",
+                        None,
+                        json.dumps(stored),
+                        trials,
+                        gpus,
+                        optimize_mode(config),
+                        self.settings.replica,
+                        int(legacy),
+                        now,
+                        now,
+                        None,
+                    ),
+                ),
+                (
+                    users_mod.AUDIT_INSERT,
+                    users_mod.audit_args(
+                        actor or user.name,
+                        "experiment.create",
+                        f"{user.name}/{workspace}/{experiment_id}",
+                        {"legacy": legacy, "config": shown},
+                    ),
+                ),
             )
         # The platform class is looked up once (entry points are slow to scan), not per experiment.
         service = self._platform(config, experiment_id, user.name)

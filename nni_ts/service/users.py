@@ -74,16 +74,18 @@ def _user(row: tuple[Any, ...]) -> User:
 _COLS = "name, is_admin, max_trials, max_gpus, created_ms"
 
 
+#: The audit log's INSERT, its arguments from :func:`audit_args`.
+AUDIT_INSERT = "INSERT INTO svc_audit (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
+
+
+def audit_args(actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> tuple[Any, ...]:
+    """The arguments of :data:`AUDIT_INSERT` for one change. ``detail`` must hold no secret."""
+    return now_ms(), actor, action, target, json.dumps(detail or {}, sort_keys=True, default=str)
+
+
 async def audit(db: Any, actor: str, action: str, target: str, detail: dict[str, Any] | None = None) -> None:
     """Record one change (who, what, on what, when). ``detail`` must hold no secret."""
-    await db.execute(
-        "INSERT INTO svc_audit (at_ms, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
-        now_ms(),
-        actor,
-        action,
-        target,
-        json.dumps(detail or {}, sort_keys=True, default=str),
-    )
+    await db.execute(AUDIT_INSERT, *audit_args(actor, action, target, detail))
 
 
 async def get_user(db: Database, name: str) -> User | None:
