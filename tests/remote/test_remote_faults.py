@@ -297,3 +297,33 @@ async def test_wrong_passphrase_names_the_key_file(sshd_cluster: SshdCluster, tm
     assert str(key) in message and "passphrase" in message and f"127.0.0.1:{host0.port}" in message
     assert wrong not in message
     await svc.clean_up()
+
+
+async def test_an_sftp_read_ahead_cut_by_a_lost_connection_ends_quietly(
+    sshd_cluster: SshdCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """paramiko's read-ahead (``SFTPFile.prefetch``, used by every read of a trial's files) sends its
+    requests from a thread of its own. When the connection closed before that thread was done, it died
+    with an uncaught "Socket is closed" (a traceback on stderr; seen once in the suite, at the end of a
+    re-attach test). The read itself fails and is reported as the connection's loss; the thread now
+    ends quietly. Its body is run here as the thread would, once the connection is gone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nni_ts.config.remote import RemoteMachineConfig
+    from nni_ts.platforms.remote.ssh import HostConnection
+
+    host = sshd_cluster.hosts[0]
+    big = host.work_dir / "big"
+    big.write_bytes(b"x" * 100_000)
+    with ThreadPoolExecutor(2) as pool:
+        machine = RemoteMachineConfig.model_validate(host.machine(workDirectory=str(host.work_dir)))
+        conn = HostConnection(machine, executor=pool, known_hosts=sshd_cluster.known_hosts)
+        await conn.connect()
+        try:
+            assert await conn.read(str(big)) == b"x" * 100_000  # read ahead, whole
+            fh = conn._sftp_client().open(str(big), "rb")
+        finally:
+            await conn.close()
+    caplog.set_level(logging.DEBUG, logger="nni_ts.platforms.remote.ssh")
+    fh._prefetch_thread([(0, 32768), (32768, 32768)], None)  # type: ignore[attr-defined]
+    assert "An SFTP read-ahead ended with its connection" in caplog.text

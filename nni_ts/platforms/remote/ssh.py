@@ -188,6 +188,30 @@ class _Pump(threading.Thread):
             self._wake_w.close()
 
 
+def _guard_sftp_prefetch() -> None:
+    """paramiko's ``SFTPFile.prefetch()`` sends a file's read requests from a thread of its own, which
+    dies with an uncaught OSError (a traceback on stderr) when the connection closes before it is
+    done. The read itself then fails and is reported as the connection's loss; the thread's error is
+    that same failure, so the thread ends quietly instead (logged at debug level)."""
+    from paramiko.sftp_file import SFTPFile
+
+    original = SFTPFile._prefetch_thread  # type: ignore[attr-defined]
+    if getattr(original, "nni_ts_guarded", False):
+        return
+
+    def guarded(self: SFTPFile, chunks: Any, max_concurrent_requests: Any) -> None:
+        try:
+            original(self, chunks, max_concurrent_requests)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            log.debug("An SFTP read-ahead ended with its connection: %s", exc)
+
+    guarded.nni_ts_guarded = True  # type: ignore[attr-defined]
+    SFTPFile._prefetch_thread = guarded  # type: ignore[attr-defined]
+
+
+_guard_sftp_prefetch()
+
+
 def _close_quietly(thing: Any) -> None:
     """Close a socket, channel, SFTP session or client that may be broken already."""
     try:
