@@ -248,3 +248,36 @@ async def test_an_image_without_python_says_so(cluster: FakeCluster, make_servic
         assert done.status is TrialJobStatus.FAILED
         assert "no python3 or python" in (done.message or ""), done.message
         assert done.exit_code == 127
+
+
+async def test_a_failed_pods_last_lines_are_its_last_bytes(
+    cluster: FakeCluster, make_service: Factory, code_dir: Path
+) -> None:
+    """What a failed trial's message quotes from its pod (when the keeper could not record an exit) is
+    the end of its last ten lines, at most 4 KiB. It asked for ``limitBytes=4096``, which a real API
+    server (and the fake) answers with the *first* 4 KiB of those lines: the reason, printed last, was
+    cut off."""
+    svc = make_service(code_dir, "python3 kit_trial.py")
+    async with svc:
+        namespace = svc.namespace
+        script = "for i in range(12): print(f'line {i:02d} ' + 'x' * 1000)\nprint('the reason it failed')"
+        cluster.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "talkative", "namespace": namespace},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "python", "command": ["python3", "-c", script]}],
+                },
+            }
+        )
+        await cluster.wait_for_object(
+            "pods",
+            "talkative",
+            lambda p: ((p or {}).get("status") or {}).get("phase") == "Succeeded",
+            namespace=namespace,
+        )
+        tail = await svc._pod_log_tail("talkative")
+    assert tail.endswith("the reason it failed"), tail[-200:]
+    assert len(tail.encode()) <= 4096 and "line 11 " in tail and "line 00 " not in tail

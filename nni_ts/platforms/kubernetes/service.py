@@ -1226,16 +1226,20 @@ class KubernetesTrainingService(TrainingService[ConfigT]):
             return
         await self._conclude(trial)
 
-    async def _pod_log_tail(self, pod: str, lines: int = 10) -> str:
+    async def _pod_log_tail(self, pod: str, lines: int = 10, limit: int = 4096) -> str:
+        """The pod's last ``lines`` lines, at most their last ``limit`` bytes (streamed: ``limitBytes``
+        would keep the *first* bytes of those lines, where the reason a trial failed is at the end)."""
+        tail = bytearray()
+        path = f"{self._collection('pods')}/{pod}/log"
         try:
             async with asyncio.timeout(10):
-                body = await self.kube.request_text(
-                    "GET", f"{self._collection('pods')}/{pod}/log", query={"tailLines": lines, "limitBytes": 4096}
-                )
+                async for chunk in self.kube.stream_bytes(path, {"tailLines": lines}):
+                    tail += chunk
+                    del tail[:-limit]
         except (KubeApiError, TemporaryError, TimeoutError, aiohttp.ClientError) as exc:
             log.info("No log for pod %s: %s", pod, exc)
             return ""
-        return body.strip()
+        return tail.decode("utf-8", "replace").strip()
 
     async def _read_back(self, trial: _Trial) -> None:
         assert self.stager is not None
