@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -114,11 +113,10 @@ class HTTPProblem(Exception):
         self.extra = extra
 
 
-_PARAM = re.compile(r"\$(\d+)")
-
-
-def _shift_param(offset: int, match: re.Match[str]) -> str:
-    return f"${int(match.group(1)) + offset}"
+def _bearer(request: web.Request) -> str | None:
+    """The request's API token (``Authorization: Bearer <token>``), or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -416,9 +414,8 @@ class ExperimentService:
         """A polled answer from the read cache when nothing it depends on changed since it was read
         with this token; else read (token check and answer in one statement) and kept. Only the
         experiments this replica runs are kept: their trials and metrics are written here."""
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or not self.manager.is_live(experiment_id):
+        token = _bearer(request)
+        if token is None or not self.manager.is_live(experiment_id):
             async with self.db.bound():
                 return await self._authenticated(request, handler)
         key = (users_mod.hash_token(token), request.path_qs)
@@ -434,26 +431,19 @@ class ExperimentService:
 
     async def _authenticated(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         legacy = request.path == f"{API}/nni-exp"
-        header = request.headers.get("Authorization", "")
-        if not header and legacy and self.settings.legacy_auth == "none":
+        if not request.headers.get("Authorization") and legacy and self.settings.legacy_auth == "none":
             return await handler(request)
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = _bearer(request)
+        if token is None:
             raise HTTPProblem(401, "This request needs an API token: send the header 'Authorization: Bearer <token>'.")
         experiment_id = request.match_info.get("experiment_id")
         if experiment_id is not None:
-            user = await self._auth_and_read(request, users_mod.hash_token(token.strip()), experiment_id)
+            user = await self._auth_and_read(request, users_mod.hash_token(token), experiment_id)
         elif request.method in ("POST", "PUT"):  # may write the user's files: the archive check too
-            row = await self.db.fetchrow(
-                f"SELECT {_USER_COLS_U}, EXISTS (SELECT 1 FROM svc_archives a WHERE a.name = u.name AND a.done = 0) "
-                "FROM svc_users u WHERE u.token_hash = $1",
-                users_mod.hash_token(token.strip()),
-            )
-            user = User(row[0], bool(row[1]), row[2], row[3], row[4]) if row is not None else None
-            if row is not None:
-                request[_ARCHIVE_KEY] = bool(row[5])
+            user, archiving = await users_mod.user_by_token_archiving(self.db, token)
+            request[_ARCHIVE_KEY] = archiving
         else:
-            user = await users_mod.user_by_token(self.db, token.strip())
+            user = await users_mod.user_by_token(self.db, token)
         if user is None:
             raise HTTPProblem(401, "The API token is not valid (it may have been rotated or its user removed).")
         request[_USER_KEY] = user
@@ -742,22 +732,6 @@ class ExperimentService:
         )
         return out
 
-    async def _execute_together(self, tx: Any, *statements: tuple[str, tuple[Any, ...]]) -> None:
-        """Several INSERTs in one transaction: on PostgreSQL in one round trip (one statement of
-        data-modifying CTEs, each statement's ``$n`` renumbered after the previous ones'), on SQLite one
-        by one (each an in-process call)."""
-        if self.db.dialect != "postgresql":
-            for sql, args in statements:
-                await tx.execute(sql, *args)
-            return
-        parts: list[str] = []
-        values: list[Any] = []
-        for i, (sql, args) in enumerate(statements):
-            renumbered = _PARAM.sub(functools.partial(_shift_param, len(values)), sql)
-            parts.append(f"w{i} AS ({renumbered})")
-            values.extend(args)
-        await tx.execute(f"WITH {', '.join(parts)} SELECT 1", *values)
-
     async def _usage(self, tx: Any, user: str) -> tuple[int, int]:
         row = await tx.fetchrow(
             "SELECT COALESCE(SUM(trial_concurrency), 0), COALESCE(SUM(trial_concurrency * gpus_per_trial), 0) "
@@ -860,8 +834,7 @@ class ExperimentService:
                         experimentId=running[0],
                     )
             now = now_ms()
-            await self._execute_together(
-                tx,
+            await tx.execute_all(
                 (
                     "INSERT INTO svc_workspaces (user_name, name, created_ms) VALUES ($1, $2, $3) "
                     "ON CONFLICT (user_name, name) DO NOTHING",

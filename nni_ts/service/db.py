@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextvars
+import functools
 import logging
 import re
 import sqlite3
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS svc_audit (
 );
 """
 
-_PLACEHOLDER = re.compile(r"\$\d+")
+_PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 class Database(abc.ABC):
@@ -129,7 +130,8 @@ class Database(abc.ABC):
 
     @abc.abstractmethod
     def transaction(self) -> Any:
-        """``async with db.transaction() as tx:`` where ``tx`` has execute/fetch/fetchrow."""
+        """``async with db.transaction() as tx:`` where ``tx`` has execute/fetch/fetchrow, and
+        ``execute_all(*statements)``: several writes, in one round trip on PostgreSQL."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -267,6 +269,15 @@ class _SqliteTx:
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         rows = await self.fetch(sql, *args)
         return rows[0] if rows else None
+
+    async def execute_all(self, *statements: tuple[str, Sequence[Any]]) -> None:
+        """Several data-changing statements of this transaction, one by one (in-process calls)."""
+        for sql, args in statements:
+            await self.execute(sql, *args)
+
+
+def _shift_placeholder(offset: int, match: re.Match[str]) -> str:
+    return f"${int(match.group(1)) + offset}"
 
 
 @contextmanager
@@ -461,6 +472,17 @@ class _PgTx:
     async def fetchrow(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         rows = await self.fetch(sql, *args)
         return rows[0] if rows else None
+
+    async def execute_all(self, *statements: tuple[str, Sequence[Any]]) -> None:
+        """Several data-changing statements (INSERTs, UPDATEs) in ONE round trip: one statement of
+        data-modifying CTEs, each statement's ``$n`` renumbered after the previous ones'."""
+        parts: list[str] = []
+        values: list[Any] = []
+        for i, (sql, args) in enumerate(statements):
+            renumbered = _PLACEHOLDER.sub(functools.partial(_shift_placeholder, len(values)), sql)
+            parts.append(f"w{i} AS ({renumbered})")
+            values.extend(args)
+        await self.execute(f"WITH {', '.join(parts)} SELECT 1", *values)
 
 
 def default_database_url() -> str:

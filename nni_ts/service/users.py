@@ -98,6 +98,17 @@ async def user_by_token(db: Database, token: str) -> User | None:
     return _user(row) if row else None
 
 
+async def user_by_token_archiving(db: Database, token: str) -> tuple[User | None, bool]:
+    """:func:`user_by_token`, and whether a removed user of that name is still being archived (what a
+    write of the user's files waits for), in one statement."""
+    row = await db.fetchrow(
+        f"SELECT {_COLS}, EXISTS (SELECT 1 FROM svc_archives a WHERE a.name = u.name AND a.done = 0) "
+        "FROM svc_users u WHERE u.token_hash = $1",
+        hash_token(token),
+    )
+    return (_user(row), bool(row[5])) if row else (None, False)
+
+
 async def list_users(db: Database) -> list[User]:
     return [_user(r) for r in await db.fetch(f"SELECT {_COLS} FROM svc_users ORDER BY name")]
 
